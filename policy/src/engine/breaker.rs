@@ -1,0 +1,824 @@
+//! Circuit breaking: stop sending requests to an upstream that keeps failing, then probe it.
+//!
+//! ```text
+//!            failure or slow rate ≥ threshold          open_for elapsed
+//!   Closed ─────────(after minimum_calls)────────▶ Open ───────────────▶ HalfOpen
+//!     ▲                                             ▲                      │  │
+//!     │            a probe fails or is slow         └──────────────────────┘  │
+//!     └───────────── half_open_calls probes all succeed ─────────────────────┘
+//! ```
+//!
+//! - **Closed**: every request passes; outcomes fill the window (the last N calls, or the calls of
+//!   the last period in time buckets). Once the window holds `minimum_calls` calls, a failure rate
+//!   or slow-call rate at or above its threshold opens the breaker.
+//! - **Open**: every request is rejected at once, without touching the upstream, until `open_for`
+//!   has passed.
+//! - **HalfOpen**: up to `half_open_calls` probes are admitted, others rejected. All probes must
+//!   succeed to close (with an empty window); one failed or slow probe re-opens. Probes that never
+//!   report (a worker died) do not wedge the breaker: after another `open_for` the round restarts.
+//!
+//! Each admission returns a [`Ticket`] stamped with the breaker's *generation*, which changes on
+//! every transition. An outcome recorded with an old ticket (a call admitted before the breaker
+//! opened and finishing after) is ignored, so late results cannot close or re-open a breaker.
+//!
+//! The state is a byte value of at most ~2.5 KB (a 10,000-call window is two bitmaps), updated by
+//! compare-and-swap in shared data like every engine here.
+
+use super::Nanos;
+use super::codec::{Reader, Writer};
+use crate::model::{self, Window};
+
+const TAG: u8 = 0x42; // 'B'
+
+/// Most time buckets of a time-based window.
+const MAX_BUCKETS: u64 = 60;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    window: WindowConfig,
+    minimum_calls: u32,
+    failure_rate: u32,
+    slow: Option<(Nanos, u32)>,
+    open_for: Nanos,
+    half_open_calls: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowConfig {
+    Calls(u32),
+    Time { bucket: Nanos, buckets: u32 },
+}
+
+/// Where the breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Closed,
+    Open {
+        until: Nanos,
+    },
+    HalfOpen {
+        since: Nanos,
+        admitted: u32,
+        succeeded: u32,
+    },
+}
+
+impl Phase {
+    /// 0 closed, 1 open, 2 half-open: the value of the breaker-state gauge.
+    pub fn gauge(&self) -> u64 {
+        match self {
+            Phase::Closed => 0,
+            Phase::Open { .. } => 1,
+            Phase::HalfOpen { .. } => 2,
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Closed => "closed",
+            Phase::Open { .. } => "open",
+            Phase::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerState {
+    generation: u32,
+    phase: Phase,
+    window: WindowState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WindowState {
+    /// Ring of the last N outcomes as two bitmaps.
+    Calls {
+        next: u32,
+        filled: u32,
+        failed: Vec<u8>,
+        slow: Vec<u8>,
+    },
+    /// Counts per time bucket, each stamped with its bucket number.
+    Time { buckets: Vec<Bucket> },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Bucket {
+    epoch: u64,
+    calls: u32,
+    failed: u32,
+    slow: u32,
+}
+
+/// Counts of the calls in the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowCounts {
+    pub calls: u32,
+    pub failed: u32,
+    pub slow: u32,
+}
+
+/// Proof of admission, handed back with the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    generation: u32,
+    probe: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted(Ticket),
+    Rejected { retry_after: Nanos },
+}
+
+/// A phase change, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Phase,
+    pub to: Phase,
+}
+
+impl BreakerConfig {
+    pub fn from_model(cb: &model::CircuitBreaker) -> Self {
+        let window = match cb.window {
+            Window::Calls(n) => WindowConfig::Calls(n.max(1)),
+            Window::Time(d) => {
+                let total = d.as_nanos().max(1);
+                let buckets = (d.as_millis() / 100).clamp(1, MAX_BUCKETS);
+                WindowConfig::Time {
+                    bucket: total.div_ceil(buckets),
+                    buckets: buckets as u32,
+                }
+            }
+        };
+        BreakerConfig {
+            window,
+            minimum_calls: cb.minimum_calls.max(1),
+            failure_rate: u32::from(cb.failure_rate),
+            slow: cb
+                .slow_call
+                .as_ref()
+                .map(|s| (s.duration.as_nanos(), u32::from(s.rate))),
+            open_for: cb.open_for.as_nanos(),
+            half_open_calls: cb.half_open_calls.max(1),
+        }
+    }
+
+    /// A closed breaker with an empty window.
+    pub fn new_state(&self) -> BreakerState {
+        BreakerState {
+            generation: 0,
+            phase: Phase::Closed,
+            window: self.empty_window(),
+        }
+    }
+
+    fn empty_window(&self) -> WindowState {
+        match self.window {
+            WindowConfig::Calls(n) => {
+                let bytes = n.div_ceil(8) as usize;
+                WindowState::Calls {
+                    next: 0,
+                    filled: 0,
+                    failed: vec![0; bytes],
+                    slow: vec![0; bytes],
+                }
+            }
+            WindowConfig::Time { buckets, .. } => WindowState::Time {
+                buckets: vec![Bucket::default(); buckets as usize],
+            },
+        }
+    }
+
+    // ---- decisions ----
+
+    /// Decides whether a request may go to the upstream.
+    pub fn admit(&self, st: &mut BreakerState, now: Nanos) -> (Admission, Option<Transition>) {
+        match st.phase {
+            Phase::Closed => (Admission::Admitted(st.ticket(false)), None),
+            Phase::Open { until } if now < until => (
+                Admission::Rejected {
+                    retry_after: until - now,
+                },
+                None,
+            ),
+            Phase::Open { .. } => {
+                let t = self.to_half_open(st, now);
+                (self.admit_probe(st, now), Some(t))
+            }
+            Phase::HalfOpen {
+                since, admitted, ..
+            } => {
+                if admitted >= self.half_open_calls && now.saturating_sub(since) >= self.open_for {
+                    // Probes were lost (never reported): start a new round.
+                    let t = self.to_half_open(st, now);
+                    return (self.admit_probe(st, now), Some(t));
+                }
+                (self.admit_probe(st, now), None)
+            }
+        }
+    }
+
+    fn admit_probe(&self, st: &mut BreakerState, now: Nanos) -> Admission {
+        if let Phase::HalfOpen {
+            since, admitted, ..
+        } = &mut st.phase
+        {
+            if *admitted < self.half_open_calls {
+                *admitted += 1;
+                return Admission::Admitted(Ticket {
+                    generation: st.generation,
+                    probe: true,
+                });
+            }
+            let retry_after = since
+                .saturating_add(self.open_for)
+                .saturating_sub(now)
+                .max(1);
+            return Admission::Rejected { retry_after };
+        }
+        Admission::Rejected {
+            retry_after: self.open_for,
+        }
+    }
+
+    /// Records the outcome of an admitted call. `failed` is the caller's classification
+    /// (`failure_on`); slowness is judged here from `duration`.
+    pub fn record(
+        &self,
+        st: &mut BreakerState,
+        now: Nanos,
+        ticket: Ticket,
+        failed: bool,
+        duration: Nanos,
+    ) -> Option<Transition> {
+        if ticket.generation != st.generation {
+            return None; // admitted under an earlier phase: stale
+        }
+        let slow = self.slow.is_some_and(|(limit, _)| duration > limit);
+        match st.phase {
+            Phase::Closed => {
+                self.push(&mut st.window, now, failed, slow);
+                let c = self.window_counts(&st.window, now);
+                (c.calls >= self.minimum_calls && self.over_threshold(c))
+                    .then(|| self.to_open(st, now))
+            }
+            Phase::HalfOpen { .. } if ticket.probe && (failed || slow) => {
+                Some(self.to_open(st, now))
+            }
+            Phase::HalfOpen {
+                ref mut succeeded, ..
+            } if ticket.probe => {
+                *succeeded += 1;
+                (*succeeded >= self.half_open_calls).then(|| self.to_closed(st))
+            }
+            Phase::HalfOpen { .. } | Phase::Open { .. } => None,
+        }
+    }
+
+    fn over_threshold(&self, c: WindowCounts) -> bool {
+        let calls = u64::from(c.calls);
+        let failing = u64::from(c.failed) * 100 >= u64::from(self.failure_rate) * calls;
+        let slow = self
+            .slow
+            .is_some_and(|(_, rate)| u64::from(c.slow) * 100 >= u64::from(rate) * calls);
+        failing || slow
+    }
+
+    // ---- transitions, one function each ----
+
+    fn transition(st: &mut BreakerState, to: Phase) -> Transition {
+        let from = st.phase;
+        st.phase = to;
+        st.generation = st.generation.wrapping_add(1);
+        Transition { from, to }
+    }
+
+    /// Closed or HalfOpen → Open, for `open_for`.
+    fn to_open(&self, st: &mut BreakerState, now: Nanos) -> Transition {
+        st.window = self.empty_window();
+        Self::transition(
+            st,
+            Phase::Open {
+                until: now.saturating_add(self.open_for),
+            },
+        )
+    }
+
+    /// Open → HalfOpen (or a fresh HalfOpen round).
+    fn to_half_open(&self, st: &mut BreakerState, now: Nanos) -> Transition {
+        Self::transition(
+            st,
+            Phase::HalfOpen {
+                since: now,
+                admitted: 0,
+                succeeded: 0,
+            },
+        )
+    }
+
+    /// HalfOpen → Closed, with an empty window.
+    fn to_closed(&self, st: &mut BreakerState) -> Transition {
+        st.window = self.empty_window();
+        Self::transition(st, Phase::Closed)
+    }
+
+    // ---- the window ----
+
+    fn push(&self, w: &mut WindowState, now: Nanos, failed: bool, slow: bool) {
+        match (w, self.window) {
+            (
+                WindowState::Calls {
+                    next,
+                    filled,
+                    failed: f,
+                    slow: s,
+                },
+                WindowConfig::Calls(n),
+            ) => {
+                set_bit(f, *next, failed);
+                set_bit(s, *next, slow);
+                *next = (*next + 1) % n;
+                *filled = (*filled + 1).min(n);
+            }
+            (
+                WindowState::Time { buckets },
+                WindowConfig::Time {
+                    bucket,
+                    buckets: count,
+                },
+            ) => {
+                let epoch = now / bucket;
+                let slot = (epoch % u64::from(count)) as usize;
+                if let Some(b) = buckets.get_mut(slot) {
+                    if b.epoch != epoch {
+                        *b = Bucket {
+                            epoch,
+                            ..Bucket::default()
+                        };
+                    }
+                    b.calls = b.calls.saturating_add(1);
+                    b.failed = b.failed.saturating_add(u32::from(failed));
+                    b.slow = b.slow.saturating_add(u32::from(slow));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The calls currently in the window.
+    pub fn counts(&self, st: &BreakerState, now: Nanos) -> WindowCounts {
+        self.window_counts(&st.window, now)
+    }
+
+    fn window_counts(&self, w: &WindowState, now: Nanos) -> WindowCounts {
+        match (w, self.window) {
+            (
+                WindowState::Calls {
+                    filled,
+                    failed,
+                    slow,
+                    ..
+                },
+                _,
+            ) => WindowCounts {
+                calls: *filled,
+                failed: failed.iter().map(|b| b.count_ones()).sum(),
+                slow: slow.iter().map(|b| b.count_ones()).sum(),
+            },
+            (
+                WindowState::Time { buckets },
+                WindowConfig::Time {
+                    bucket,
+                    buckets: count,
+                },
+            ) => {
+                let current = now / bucket;
+                let oldest = current.saturating_sub(u64::from(count) - 1);
+                buckets
+                    .iter()
+                    .filter(|b| b.calls > 0 && b.epoch >= oldest && b.epoch <= current)
+                    .fold(WindowCounts::default(), |acc, b| WindowCounts {
+                        calls: acc.calls.saturating_add(b.calls),
+                        failed: acc.failed.saturating_add(b.failed),
+                        slow: acc.slow.saturating_add(b.slow),
+                    })
+            }
+            _ => WindowCounts::default(),
+        }
+    }
+
+    // ---- shared-data encoding ----
+
+    pub fn encode(&self, st: &BreakerState) -> Vec<u8> {
+        let mut w = Writer::with_tag(TAG);
+        w.u32(st.generation);
+        match st.phase {
+            Phase::Closed => w.u8(0),
+            Phase::Open { until } => w.u8(1).u64(until),
+            Phase::HalfOpen {
+                since,
+                admitted,
+                succeeded,
+            } => w.u8(2).u64(since).u32(admitted).u32(succeeded),
+        };
+        match &st.window {
+            WindowState::Calls {
+                next,
+                filled,
+                failed,
+                slow,
+            } => {
+                w.u8(0).u32(*next).u32(*filled).bytes(failed).bytes(slow);
+            }
+            WindowState::Time { buckets } => {
+                w.u8(1);
+                for b in buckets {
+                    w.u64(b.epoch).u32(b.calls).u32(b.failed).u32(b.slow);
+                }
+            }
+        }
+        w.finish()
+    }
+
+    /// Reads a state; None when the bytes are foreign or were written for another window shape
+    /// (the configuration changed), in which case callers start from [`Self::new_state`].
+    pub fn decode(&self, bytes: &[u8]) -> Option<BreakerState> {
+        let mut r = Reader::with_tag(bytes, TAG)?;
+        let generation = r.u32()?;
+        let phase = match r.u8()? {
+            0 => Phase::Closed,
+            1 => Phase::Open { until: r.u64()? },
+            2 => Phase::HalfOpen {
+                since: r.u64()?,
+                admitted: r.u32()?,
+                succeeded: r.u32()?,
+            },
+            _ => return None,
+        };
+        let window = match (r.u8()?, self.window) {
+            (0, WindowConfig::Calls(n)) => {
+                let (next, filled) = (r.u32()?, r.u32()?);
+                let len = n.div_ceil(8) as usize;
+                let failed = r.bytes(len)?.to_vec();
+                let slow = r.bytes(len)?.to_vec();
+                if next >= n || filled > n {
+                    return None;
+                }
+                WindowState::Calls {
+                    next,
+                    filled,
+                    failed,
+                    slow,
+                }
+            }
+            (1, WindowConfig::Time { buckets: count, .. }) => {
+                let mut buckets = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    buckets.push(Bucket {
+                        epoch: r.u64()?,
+                        calls: r.u32()?,
+                        failed: r.u32()?,
+                        slow: r.u32()?,
+                    });
+                }
+                WindowState::Time { buckets }
+            }
+            _ => return None,
+        };
+        r.done().then_some(BreakerState {
+            generation,
+            phase,
+            window,
+        })
+    }
+
+    fn load(&self, bytes: Option<&[u8]>) -> BreakerState {
+        bytes
+            .and_then(|b| self.decode(b))
+            .unwrap_or_else(|| self.new_state())
+    }
+
+    /// [`Self::admit`] on shared-data bytes, for [`super::store::update`]; writes only on change.
+    pub fn admit_bytes(
+        &self,
+        bytes: Option<&[u8]>,
+        now: Nanos,
+    ) -> ((Admission, Option<Transition>, Phase), Option<Vec<u8>>) {
+        let mut st = self.load(bytes);
+        let before = st.clone();
+        let (admission, transition) = self.admit(&mut st, now);
+        let write = (st != before || bytes.is_none()).then(|| self.encode(&st));
+        ((admission, transition, st.phase), write)
+    }
+
+    /// [`Self::record`] on shared-data bytes.
+    pub fn record_bytes(
+        &self,
+        bytes: Option<&[u8]>,
+        now: Nanos,
+        ticket: Ticket,
+        failed: bool,
+        duration: Nanos,
+    ) -> ((Option<Transition>, Phase), Option<Vec<u8>>) {
+        let mut st = self.load(bytes);
+        let before = st.clone();
+        let transition = self.record(&mut st, now, ticket, failed, duration);
+        let write = (st != before).then(|| self.encode(&st));
+        ((transition, st.phase), write)
+    }
+}
+
+impl BreakerState {
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+    fn ticket(&self, probe: bool) -> Ticket {
+        Ticket {
+            generation: self.generation,
+            probe,
+        }
+    }
+}
+
+fn set_bit(bits: &mut [u8], i: u32, on: bool) {
+    if let Some(byte) = bits.get_mut((i / 8) as usize) {
+        let mask = 1u8 << (i % 8);
+        if on { *byte |= mask } else { *byte &= !mask }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CircuitBreaker, Duration, SlowCall};
+    use proptest::prelude::*;
+
+    const MS: Nanos = 1_000_000;
+
+    fn config(
+        window: Window,
+        minimum_calls: u32,
+        failure_rate: u8,
+        half_open_calls: u32,
+    ) -> BreakerConfig {
+        BreakerConfig::from_model(&CircuitBreaker {
+            window,
+            minimum_calls,
+            failure_rate,
+            slow_call: Some(SlowCall {
+                duration: Duration::from_millis(100),
+                rate: 80,
+            }),
+            failure_on: model::default_failure_on(),
+            open_for: Duration::from_millis(1000),
+            half_open_calls,
+            response: model::default_breaker_response(),
+        })
+    }
+
+    fn call(
+        c: &BreakerConfig,
+        st: &mut BreakerState,
+        now: Nanos,
+        failed: bool,
+    ) -> Option<Transition> {
+        match c.admit(st, now).0 {
+            Admission::Admitted(t) => c.record(st, now, t, failed, MS),
+            Admission::Rejected { .. } => None,
+        }
+    }
+
+    #[test]
+    fn full_lifecycle() {
+        let c = config(Window::Calls(10), 4, 50, 2);
+        let mut st = c.new_state();
+        // Three failures: below minimum_calls, stays closed.
+        for _ in 0..3 {
+            assert_eq!(call(&c, &mut st, 0, true), None);
+        }
+        // Fourth call: 4 calls, 100% failing: opens.
+        let t = call(&c, &mut st, 0, true).unwrap();
+        assert_eq!(t.to, Phase::Open { until: 1000 * MS });
+        // Open: rejected with the time left.
+        assert_eq!(
+            c.admit(&mut st, 400 * MS).0,
+            Admission::Rejected {
+                retry_after: 600 * MS
+            }
+        );
+        // After open_for: two probes, a third is rejected.
+        let (a1, t1) = c.admit(&mut st, 1000 * MS);
+        assert_eq!(t1.map(|t| t.to.name()), Some("half_open"));
+        let (a2, _) = c.admit(&mut st, 1000 * MS);
+        assert!(matches!(
+            c.admit(&mut st, 1000 * MS).0,
+            Admission::Rejected { .. }
+        ));
+        let (Admission::Admitted(p1), Admission::Admitted(p2)) = (a1, a2) else {
+            panic!()
+        };
+        assert_eq!(c.record(&mut st, 1001 * MS, p1, false, MS), None);
+        // A failed second probe re-opens.
+        let t = c.record(&mut st, 1002 * MS, p2, true, MS).unwrap();
+        assert_eq!(t.to, Phase::Open { until: 2002 * MS });
+        // Next round: both succeed → closed.
+        let (Admission::Admitted(p1), _) = c.admit(&mut st, 2002 * MS) else {
+            panic!()
+        };
+        let (Admission::Admitted(p2), _) = c.admit(&mut st, 2002 * MS) else {
+            panic!()
+        };
+        assert_eq!(c.record(&mut st, 2003 * MS, p1, false, MS), None);
+        assert_eq!(
+            c.record(&mut st, 2003 * MS, p2, false, MS).map(|t| t.to),
+            Some(Phase::Closed)
+        );
+        assert_eq!(c.counts(&st, 2003 * MS), WindowCounts::default());
+    }
+
+    #[test]
+    fn failure_rate_threshold_is_inclusive_and_counts_successes() {
+        let c = config(Window::Calls(100), 10, 50, 1);
+        let mut st = c.new_state();
+        for i in 0..9 {
+            assert_eq!(call(&c, &mut st, 0, i % 2 == 0), None); // 5 of 9 failing, below minimum
+        }
+        assert!(call(&c, &mut st, 0, false).is_some()); // 5 of 10 = 50%: opens
+    }
+
+    #[test]
+    fn count_window_forgets_old_calls() {
+        let c = config(Window::Calls(4), 4, 75, 1);
+        let mut st = c.new_state();
+        for failed in [true, true, false, false, false, false] {
+            assert_eq!(call(&c, &mut st, 0, failed), None);
+        }
+        // Window now holds 4 successes; two failures make 2/4 = 50% < 75%.
+        assert_eq!(call(&c, &mut st, 0, true), None);
+        assert_eq!(call(&c, &mut st, 0, true), None);
+        assert!(call(&c, &mut st, 0, true).is_some()); // 3/4 = 75%
+    }
+
+    #[test]
+    fn time_window_expires_old_buckets() {
+        let c = config(Window::Time(Duration::from_millis(1000)), 5, 50, 1);
+        let mut st = c.new_state();
+        for _ in 0..4 {
+            call(&c, &mut st, 0, true);
+        }
+        // 1.5 s later the failures are out of the window: 1 failure of 5 does not open...
+        for _ in 0..4 {
+            assert_eq!(call(&c, &mut st, 1500 * MS, false), None);
+        }
+        assert_eq!(call(&c, &mut st, 1500 * MS, true), None);
+        assert_eq!(
+            c.counts(&st, 1500 * MS),
+            WindowCounts {
+                calls: 5,
+                failed: 1,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn slow_calls_open_the_breaker() {
+        let c = config(Window::Calls(10), 5, 100, 1);
+        let mut st = c.new_state();
+        let mut last = None;
+        for _ in 0..5 {
+            let Admission::Admitted(t) = c.admit(&mut st, 0).0 else {
+                panic!()
+            };
+            last = c.record(&mut st, 0, t, false, 150 * MS);
+        }
+        assert_eq!(last.map(|t| t.to.name()), Some("open"));
+    }
+
+    #[test]
+    fn stale_outcomes_are_ignored() {
+        let c = config(Window::Calls(10), 1, 100, 1);
+        let mut st = c.new_state();
+        let Admission::Admitted(early) = c.admit(&mut st, 0).0 else {
+            panic!()
+        };
+        call(&c, &mut st, 0, true); // opens
+        let Admission::Admitted(probe) = c.admit(&mut st, 1000 * MS).0 else {
+            panic!()
+        };
+        // The early call finishes successfully now: must not count as a probe.
+        assert_eq!(c.record(&mut st, 1000 * MS, early, false, MS), None);
+        assert!(matches!(st.phase, Phase::HalfOpen { succeeded: 0, .. }));
+        assert!(c.record(&mut st, 1000 * MS, probe, false, MS).is_some());
+    }
+
+    #[test]
+    fn lost_probes_do_not_wedge_half_open() {
+        let c = config(Window::Calls(10), 1, 100, 1);
+        let mut st = c.new_state();
+        call(&c, &mut st, 0, true);
+        assert!(matches!(
+            c.admit(&mut st, 1000 * MS).0,
+            Admission::Admitted(_)
+        )); // never reported
+        assert!(matches!(
+            c.admit(&mut st, 1500 * MS).0,
+            Admission::Rejected { .. }
+        ));
+        assert!(matches!(
+            c.admit(&mut st, 2000 * MS).0,
+            Admission::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn encoding_round_trips_and_refuses_foreign_shapes() {
+        let c = config(Window::Calls(100), 5, 50, 2);
+        let mut st = c.new_state();
+        for i in 0..30 {
+            call(&c, &mut st, i * MS, i % 3 == 0);
+        }
+        let bytes = c.encode(&st);
+        assert_eq!(c.decode(&bytes), Some(st));
+        let other = config(Window::Calls(50), 5, 50, 2);
+        assert_eq!(other.decode(&bytes), None);
+        let t = config(Window::Time(Duration::from_millis(10_000)), 5, 50, 2);
+        let st = t.new_state();
+        assert_eq!(t.decode(&t.encode(&st)), Some(st));
+        // tag, generation, phase, window kind, next, filled, two 13-byte bitmaps
+        assert_eq!(
+            c.encode(&c.new_state()).len(),
+            1 + 4 + 1 + 1 + 4 + 4 + 13 + 13
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Call { failed: bool, slow: bool },
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (any::<bool>(), proptest::bool::weighted(0.1)).prop_map(|(failed, slow)| Op::Call { failed, slow }),
+            1 => (0u64..1500).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        /// The breaker closes only after `half_open_calls` successful probes since it last opened,
+        /// rejects everything while open, and never opens below `minimum_calls`.
+        #[test]
+        fn invariants(
+            window in prop_oneof![(1u32..50).prop_map(Window::Calls), (1u64..5).prop_map(|s| Window::Time(Duration::from_millis(s * 1000)))],
+            minimum_calls in 1u32..20,
+            failure_rate in 1u8..=100,
+            half_open_calls in 1u32..5,
+            ops in proptest::collection::vec(op(), 1..400),
+        ) {
+            let minimum_calls = match window { Window::Calls(n) => minimum_calls.min(n), _ => minimum_calls };
+            let c = config(window, minimum_calls, failure_rate, half_open_calls);
+            // Round-trip through bytes every step, as shared data would.
+            let mut bytes = c.encode(&c.new_state());
+            let mut now = 0;
+            let mut probe_successes = 0;
+            let mut calls_since_closed = 0u32;
+            for op in ops {
+                match op {
+                    Op::Wait(ms) => now += ms * MS,
+                    Op::Call { failed, slow } => {
+                        let ((admission, transition, phase), w) = c.admit_bytes(Some(&bytes), now);
+                        if let Some(w) = w { bytes = w; }
+                        if let Some(t) = transition {
+                            prop_assert!(matches!(t.from, Phase::Open { .. } | Phase::HalfOpen { .. }), "admit moved from {:?}", t.from);
+                            probe_successes = 0;
+                        }
+                        if let Phase::Open { until } = phase {
+                            prop_assert!(now < until);
+                            prop_assert!(matches!(admission, Admission::Rejected { .. }), "admitted while open");
+                        }
+                        let Admission::Admitted(ticket) = admission else { continue };
+                        let duration = if slow { 150 * MS } else { MS };
+                        let ((transition, _), w) = c.record_bytes(Some(&bytes), now, ticket, failed, duration);
+                        if let Some(w) = w { bytes = w; }
+                        if ticket.probe && !failed && !slow { probe_successes += 1; }
+                        if matches!(phase, Phase::Closed) { calls_since_closed += 1; }
+                        if let Some(t) = transition {
+                            match t.to {
+                                Phase::Closed => {
+                                    prop_assert!(probe_successes >= half_open_calls);
+                                    calls_since_closed = 0;
+                                }
+                                Phase::Open { .. } if matches!(t.from, Phase::Closed) => {
+                                    prop_assert!(calls_since_closed >= minimum_calls);
+                                    calls_since_closed = 0;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

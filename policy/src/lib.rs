@@ -1,0 +1,66 @@
+//! # breakwater-policy
+//!
+//! The policy language and the decisions it drives, with no dependency on proxy-wasm: this crate
+//! builds natively (CLI, admin server, host-test), for `wasm32-wasip1` (the Envoy filter) and for
+//! `wasm32-unknown-unknown` (the admin UI validates in the browser with this exact code).
+//!
+//! - [`load`] reads a YAML or JSON document and reports every problem at once with its path,
+//!   line and column ([`source`] → [`decode`] → [`check`]).
+//! - [`compile`] turns a valid [`model::Document`] into the normalized JSON the filter receives,
+//!   and [`plan::Plan`] is the immutable form every request reads.
+//! - [`engine`] holds the pure decision engines (rate limit, concurrency limit, circuit breaker,
+//!   retry budget). They take `now` from an injected clock and keep their state in small byte
+//!   values updated by compare-and-swap, the shape of proxy-wasm shared data.
+
+pub mod check;
+pub mod decode;
+pub mod diag;
+pub mod engine;
+pub mod model;
+pub mod plan;
+pub mod schema;
+pub mod source;
+
+pub use diag::{Diagnostic, Severity, Span};
+pub use model::Document;
+
+/// A document that passed validation, with the warnings it drew.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub document: Document,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads, decodes and checks a document. `Err` holds every error and warning, in document order.
+pub fn load(text: &str) -> Result<Loaded, Vec<Diagnostic>> {
+    finish(source::parse(text))
+}
+
+/// As [`load`], from bytes that may not be UTF-8.
+pub fn load_bytes(bytes: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
+    finish(source::parse_bytes(bytes))
+}
+
+fn finish(root: Result<source::Node, Vec<Diagnostic>>) -> Result<Loaded, Vec<Diagnostic>> {
+    let root = root?;
+    let (document, mut diags, spans) = decode::decode(&root);
+    // Cross-field rules only make sense on fields that decoded; but run them anyway when the
+    // failures are elsewhere, so users see everything in one pass.
+    diags.extend(check::check(&document, &spans));
+    diags.sort_by_key(|d| d.span.map(|s| (s.line, s.col)));
+    if diags.iter().any(Diagnostic::is_error) {
+        Err(diags)
+    } else {
+        Ok(Loaded {
+            document,
+            warnings: diags,
+        })
+    }
+}
+
+/// The normalized JSON the filter receives as plugin configuration: every default filled in.
+/// It is itself a valid policy document, and loading it gives back the same [`Document`].
+pub fn compile(doc: &Document) -> String {
+    // Serializing plain data structs with string keys cannot fail.
+    serde_json::to_string(doc).unwrap_or_default()
+}

@@ -1,0 +1,763 @@
+//! The policy language v1: what users write, as Rust types.
+//!
+//! These types serialize to the *normalized* document (every default filled in, durations in their
+//! shortest exact unit). That normalized JSON is what `breakwater compile` prints and what the
+//! filter receives as plugin configuration; it is itself a valid policy document, so the filter
+//! reads it with the same loader and reports the same errors as the CLI.
+//!
+//! User input is decoded by [`crate::decode`], which reports every problem with its position; the
+//! serde `Deserialize` impls here are the fast path for documents already known to be normalized.
+//! Defaults live in one place, the `default_*` functions below, and appear in the JSON Schema.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A policy document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "breakwater policy document", extend("$id" = "https://breakwater.dev/schema/policy-v1.json"))]
+pub struct Document {
+    /// Version of the policy language. Always 1.
+    #[schemars(range(min = 1, max = 1))]
+    pub version: u32,
+    /// Add `x-breakwater-policy` and `x-breakwater-decision` headers to responses (for debugging).
+    #[serde(default)]
+    pub debug_headers: bool,
+    /// Ordered: the first policy whose `match` holds applies to a request; later ones are not
+    /// consulted. A request that matches no policy passes untouched.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+/// One named set of resilience rules for the requests it matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Unique name; appears in metrics (`policy` label) and debug headers.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub name: String,
+    /// Which requests this policy applies to. Every given condition must hold; omitted = all.
+    #[serde(rename = "match", default)]
+    pub matcher: Match,
+    /// `enforce` rejects; `shadow` decides and counts but never rejects.
+    #[serde(default)]
+    pub mode: Mode,
+    /// What to do when the filter's shared state cannot be read or written.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<ConcurrencyLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Overall time for the request, retries included (Envoy's route timeout for this request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+/// Conditions on a request; all given ones must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// `:authority` without its port: exact (`shop.example.com`) or a `*.` suffix (`*.example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// Exact path (query string excluded). Not together with `path_prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Path prefix (query string excluded). Not together with `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// HTTP methods, upper case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Header name (lower case) → exact value, or `*` for "present with any value".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Let the request through when state is unavailable (fail open).
+    #[default]
+    Allow,
+    /// Reject the request with the block's response when state is unavailable (fail closed).
+    Deny,
+}
+
+/// Token-bucket rate limit (GCRA), shared by all Envoy workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tokens added per `per`.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub rate: u64,
+    /// The period `rate` refers to.
+    #[serde(default = "default_per")]
+    pub per: Duration,
+    /// Bucket size: requests admitted at once after a quiet period. Default: `rate`.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub burst: u64,
+    /// What the bucket is per; omitted = one bucket for all requests of the policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<KeyPart>,
+    /// Bound on tracked keys for this policy.
+    #[serde(default = "default_max_keys")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_keys: u32,
+    /// Reply when rate limited. Default: 429 `rate limited`.
+    #[serde(default = "default_rate_limit_response")]
+    pub response: Response,
+}
+
+/// Bound on requests in flight at once, shared by all Envoy workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimit {
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_in_flight: u32,
+    /// What the limit is per; omitted = one limit for all requests of the policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<KeyPart>,
+    /// Bound on tracked keys for this policy.
+    #[serde(default = "default_max_keys")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_keys: u32,
+    /// Reply when the limit is reached. Default: 503 `too many requests in flight`.
+    #[serde(default = "default_concurrency_response")]
+    pub response: Response,
+}
+
+/// Circuit breaker: stop calling an upstream that keeps failing, probe it after a pause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// An integer = the last N calls; a duration (`10s`) = the calls of the last period.
+    #[serde(default = "default_window")]
+    pub window: Window,
+    /// Calls needed in the window before the failure rate is judged.
+    #[serde(default = "default_minimum_calls")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub minimum_calls: u32,
+    /// Percent of failed calls in the window that opens the breaker.
+    #[serde(default = "default_failure_rate")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_rate: u8,
+    /// Calls slower than `duration` count as slow; `rate` percent of slow calls opens the breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_call: Option<SlowCall>,
+    /// Outcomes that count as failures: classes or exact status codes.
+    #[serde(default = "default_failure_on")]
+    pub failure_on: Vec<Outcome>,
+    /// How long the breaker stays open before probing.
+    #[serde(default = "default_open_for")]
+    pub open_for: Duration,
+    /// Probes admitted while half-open; all must succeed to close.
+    #[serde(default = "default_half_open_calls")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub half_open_calls: u32,
+    /// Reply while open. Default: 503 `circuit open`.
+    #[serde(default = "default_breaker_response")]
+    pub response: Response,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlowCall {
+    pub duration: Duration,
+    #[schemars(range(min = 1, max = 100))]
+    pub rate: u8,
+}
+
+/// Retries, done by Envoy's router on the filter's instructions, within a budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub max_retries: u32,
+    /// Envoy retry conditions (`x-envoy-retry-on`).
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// Status codes retried under `retriable-status-codes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<u16>,
+    /// Time limit of each attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// Methods that may be retried. Default: the idempotent ones.
+    #[serde(default = "default_retry_methods")]
+    pub methods: Vec<String>,
+    /// Retries allowed per second: `percent` of requests plus `min_per_second`.
+    #[serde(default)]
+    pub budget: Budget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    #[serde(default = "default_budget_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: u8,
+    #[serde(default = "default_budget_min_per_second")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub min_per_second: u32,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            percent: default_budget_percent(),
+            min_per_second: default_budget_min_per_second(),
+        }
+    }
+}
+
+/// A reply in place of an upstream failure left after retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    #[serde(default = "default_fallback_on")]
+    pub on: Vec<Outcome>,
+    pub response: Response,
+}
+
+/// A reply the filter sends itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    #[schemars(range(min = 200, max = 599))]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+}
+
+impl Response {
+    pub fn with_status(status: u16, body: &str) -> Self {
+        let mut headers = BTreeMap::new();
+        if !body.is_empty() {
+            headers.insert("content-type".to_string(), "text/plain".to_string());
+        }
+        Response {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+}
+
+// ---- defaults: the single place they are defined (docs/policy.md lists them) ----
+
+pub fn default_per() -> Duration {
+    Duration::from_millis(1000)
+}
+pub fn default_max_keys() -> u32 {
+    100_000
+}
+pub fn default_rate_limit_response() -> Response {
+    Response::with_status(429, "rate limited\n")
+}
+pub fn default_concurrency_response() -> Response {
+    Response::with_status(503, "too many requests in flight\n")
+}
+pub fn default_window() -> Window {
+    Window::Calls(100)
+}
+pub fn default_minimum_calls() -> u32 {
+    20
+}
+pub fn default_failure_rate() -> u8 {
+    50
+}
+pub fn default_failure_on() -> Vec<Outcome> {
+    vec![
+        Outcome::Status5xx,
+        Outcome::Reset,
+        Outcome::ConnectFailure,
+        Outcome::Timeout,
+    ]
+}
+pub fn default_open_for() -> Duration {
+    Duration::from_millis(30_000)
+}
+pub fn default_half_open_calls() -> u32 {
+    5
+}
+pub fn default_breaker_response() -> Response {
+    Response::with_status(503, "circuit open\n")
+}
+pub fn default_max_retries() -> u32 {
+    1
+}
+pub fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnectFailure,
+        RetryOn::Reset,
+        RetryOn::GatewayError,
+    ]
+}
+pub fn default_retry_methods() -> Vec<String> {
+    ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+        .map(String::from)
+        .to_vec()
+}
+pub fn default_budget_percent() -> u8 {
+    20
+}
+pub fn default_budget_min_per_second() -> u32 {
+    10
+}
+pub fn default_fallback_on() -> Vec<Outcome> {
+    vec![
+        Outcome::Status5xx,
+        Outcome::Timeout,
+        Outcome::Reset,
+        Outcome::ConnectFailure,
+    ]
+}
+
+/// HTTP methods a policy may name.
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+// ---- value types with their own text forms ----
+
+/// A duration written as a whole number and a unit: `250ms`, `1s`, `2m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration {
+    millis: u64,
+}
+
+/// The longest duration a policy may name (one day).
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+
+impl Duration {
+    pub const fn from_millis(millis: u64) -> Self {
+        Duration { millis }
+    }
+    pub const fn as_millis(self) -> u64 {
+        self.millis
+    }
+    pub const fn as_nanos(self) -> u64 {
+        self.millis.saturating_mul(1_000_000)
+    }
+
+    /// Parses `250ms`, `1s`, `2m`, `1h`. The error says what is wrong in the user's words.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let hint = "write a whole number and a unit: 250ms, 1s, 2m, 1h";
+        if digits.is_empty() {
+            return Err(format!("`{text}` is not a duration; {hint}"));
+        }
+        let factor = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "" => return Err(format!("`{text}` has no unit; {hint}")),
+            _ => return Err(format!("`{text}` has an unknown unit `{unit}`; {hint}")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{text}` is too long a duration"))?;
+        let millis = n.checked_mul(factor).filter(|m| *m <= MAX_DURATION_MS);
+        match millis {
+            Some(0) => Err("must be longer than 0".to_string()),
+            Some(millis) => Ok(Duration { millis }),
+            None => Err(format!("`{text}` is longer than the maximum of 24h")),
+        }
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.millis;
+        match () {
+            _ if m > 0 && m % 3_600_000 == 0 => write!(f, "{}h", m / 3_600_000),
+            _ if m > 0 && m % 60_000 == 0 => write!(f, "{}m", m / 60_000),
+            _ if m > 0 && m % 1000 == 0 => write!(f, "{}s", m / 1000),
+            _ => write!(f, "{m}ms"),
+        }
+    }
+}
+
+/// Text forms shared by the value types: Display for output, `parse` for input.
+macro_rules! text_serde {
+    ($ty:ty, $($schema:tt)+) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                <$ty>::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+        impl JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($($schema)+)
+            }
+        }
+    };
+}
+
+text_serde!(Duration, {
+    "type": "string",
+    "pattern": "^[0-9]+(ms|s|m|h)$",
+    "description": "A whole number and a unit: 250ms, 1s, 2m, 1h (at most 24h).",
+    "examples": ["250ms", "1s", "2m"]
+});
+
+/// A circuit-breaker window: the last N calls, or the calls of the last period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Calls(u32),
+    Time(Duration),
+}
+
+/// Most calls a count-based window may hold (its state is a bitmap in shared data).
+pub const MAX_WINDOW_CALLS: u32 = 10_000;
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Window::Calls(n) => s.serialize_u32(*n),
+            Window::Time(d) => d.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Calls(u32),
+            Time(Duration),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Calls(n) => Window::Calls(n),
+            Raw::Time(t) => Window::Time(t),
+        })
+    }
+}
+
+impl JsonSchema for Window {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Window".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let duration = generator.subschema_for::<Duration>();
+        schemars::json_schema!({
+            "description": "An integer = the last N calls (1..10000); a duration = the calls of the last period (1s..1h).",
+            "oneOf": [
+                { "type": "integer", "minimum": 1, "maximum": MAX_WINDOW_CALLS },
+                duration
+            ]
+        })
+    }
+}
+
+/// One part of a rate-limit or concurrency key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyPart {
+    ClientIp,
+    Host,
+    Method,
+    Path,
+    /// A request header, by lower-case name.
+    Header(String),
+}
+
+impl KeyPart {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "client_ip" => KeyPart::ClientIp,
+            "host" => KeyPart::Host,
+            "method" => KeyPart::Method,
+            "path" => KeyPart::Path,
+            _ => match text.strip_prefix("header:") {
+                Some(name) if is_header_name(name) => KeyPart::Header(name.to_string()),
+                Some(name) => {
+                    return Err(format!(
+                        "`{name}` is not a header name (lower-case letters, digits, `-` and `_`)"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "unknown key part `{text}`; use client_ip, host, method, path or header:NAME"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+impl fmt::Display for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPart::ClientIp => f.write_str("client_ip"),
+            KeyPart::Host => f.write_str("host"),
+            KeyPart::Method => f.write_str("method"),
+            KeyPart::Path => f.write_str("path"),
+            KeyPart::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+text_serde!(KeyPart, {
+    "type": "string",
+    "pattern": "^(client_ip|host|method|path|header:[a-z0-9_-]+)$",
+    "description": "client_ip | host | method | path | header:NAME"
+});
+
+/// True for lower-case HTTP header names as Envoy normalizes them.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// A class of upstream outcome, or an exact status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Any 5xx response, also Envoy's own (503 on connect failure, 504 on timeout).
+    Status5xx,
+    /// 502, 503, 504.
+    GatewayError,
+    /// The upstream connection was reset (before or after response headers).
+    Reset,
+    /// The upstream could not be connected to.
+    ConnectFailure,
+    /// The overall or per-try timeout expired.
+    Timeout,
+    /// This exact status code.
+    Status(u16),
+}
+
+pub const OUTCOME_CLASSES: [&str; 5] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "timeout",
+];
+
+impl Outcome {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "5xx" => Outcome::Status5xx,
+            "gateway-error" => Outcome::GatewayError,
+            "reset" => Outcome::Reset,
+            "connect-failure" => Outcome::ConnectFailure,
+            "timeout" => Outcome::Timeout,
+            _ => match text.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => Outcome::Status(code),
+                Ok(_) => return Err(format!("status {text} is outside 100..599")),
+                Err(_) => {
+                    return Err(format!(
+                        "unknown outcome `{text}`; use {}, or a status code",
+                        OUTCOME_CLASSES.join(", ")
+                    ));
+                }
+            },
+        })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Status5xx => f.write_str("5xx"),
+            Outcome::GatewayError => f.write_str("gateway-error"),
+            Outcome::Reset => f.write_str("reset"),
+            Outcome::ConnectFailure => f.write_str("connect-failure"),
+            Outcome::Timeout => f.write_str("timeout"),
+            Outcome::Status(code) => write!(f, "{code}"),
+        }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Outcome::Status(code) => s.serialize_u16(*code),
+            other => s.collect_str(other),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Code(u16),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Code(c) => Outcome::parse(&c.to_string()),
+            Raw::Text(t) => Outcome::parse(&t),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Outcome {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Outcome".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An outcome class or an exact status code.",
+            "oneOf": [
+                { "type": "string", "enum": OUTCOME_CLASSES },
+                { "type": "integer", "minimum": 100, "maximum": 599 }
+            ]
+        })
+    }
+}
+
+/// Envoy's retry conditions, as `x-envoy-retry-on` spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    #[serde(rename = "5xx")]
+    Status5xx,
+    GatewayError,
+    Reset,
+    ResetBeforeRequest,
+    ConnectFailure,
+    RefusedStream,
+    #[serde(rename = "retriable-4xx")]
+    Retriable4xx,
+    RetriableStatusCodes,
+    EnvoyRatelimited,
+    #[serde(rename = "http3-post-connect-failure")]
+    Http3PostConnectFailure,
+}
+
+impl RetryOn {
+    pub const ALL: [RetryOn; 10] = [
+        RetryOn::Status5xx,
+        RetryOn::GatewayError,
+        RetryOn::Reset,
+        RetryOn::ResetBeforeRequest,
+        RetryOn::ConnectFailure,
+        RetryOn::RefusedStream,
+        RetryOn::Retriable4xx,
+        RetryOn::RetriableStatusCodes,
+        RetryOn::EnvoyRatelimited,
+        RetryOn::Http3PostConnectFailure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::Status5xx => "5xx",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Reset => "reset",
+            RetryOn::ResetBeforeRequest => "reset-before-request",
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::RefusedStream => "refused-stream",
+            RetryOn::Retriable4xx => "retriable-4xx",
+            RetryOn::RetriableStatusCodes => "retriable-status-codes",
+            RetryOn::EnvoyRatelimited => "envoy-ratelimited",
+            RetryOn::Http3PostConnectFailure => "http3-post-connect-failure",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print_in_their_shortest_exact_unit() {
+        for (text, ms, shown) in [
+            ("250ms", 250, "250ms"),
+            ("1s", 1000, "1s"),
+            ("1500ms", 1500, "1500ms"),
+            ("120s", 120_000, "2m"),
+            ("1h", 3_600_000, "1h"),
+        ] {
+            let d = Duration::parse(text).unwrap();
+            assert_eq!(d.as_millis(), ms);
+            assert_eq!(d.to_string(), shown);
+        }
+        for bad in [
+            "",
+            "1",
+            "1.5s",
+            "s",
+            "1d",
+            "-1s",
+            "0s",
+            "25h",
+            "99999999999999999999999s",
+        ] {
+            assert!(Duration::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn key_parts_and_outcomes_round_trip() {
+        for text in ["client_ip", "host", "method", "path", "header:x-api-key"] {
+            assert_eq!(KeyPart::parse(text).unwrap().to_string(), text);
+        }
+        assert!(KeyPart::parse("header:X-Api-Key").is_err());
+        assert!(KeyPart::parse("ip").is_err());
+        for text in [
+            "5xx",
+            "gateway-error",
+            "reset",
+            "connect-failure",
+            "timeout",
+            "429",
+        ] {
+            assert_eq!(Outcome::parse(text).unwrap().to_string(), text);
+        }
+        assert!(Outcome::parse("600").is_err());
+        for r in RetryOn::ALL {
+            assert_eq!(RetryOn::parse(r.as_str()), Some(r));
+            assert_eq!(
+                serde_json::to_value(r).unwrap(),
+                serde_json::json!(r.as_str())
+            );
+        }
+    }
+}

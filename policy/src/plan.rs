@@ -1,0 +1,290 @@
+//! The immutable form of a document that every request reads.
+//!
+//! Compiled once per configuration (in the filter's on_configure), so that per request nothing is
+//! parsed, allocated for matching, or looked up by name: the request's host, path and method are
+//! compared against pre-normalized matchers in order, and the first match wins.
+
+use crate::engine::breaker::BreakerConfig;
+use crate::engine::budget::RetryBudget;
+use crate::engine::rate_limit::Gcra;
+use crate::model::{self, Document, KeyPart, Mode, Policy};
+
+/// What a matcher needs to know about a request.
+pub trait RequestView {
+    /// `:authority`, possibly with a port.
+    fn authority(&self) -> &str;
+    /// `:path`, possibly with a query string.
+    fn path(&self) -> &str;
+    fn method(&self) -> &str;
+    /// A request header by lower-case name.
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub debug_headers: bool,
+    pub policies: Vec<PolicyPlan>,
+    /// Every request header a matcher or key reads, so the filter fetches each once.
+    pub header_names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyPlan {
+    pub policy: Policy,
+    pub matcher: Matcher,
+    pub rate_limit: Option<Gcra>,
+    pub breaker: Option<BreakerConfig>,
+    pub budget: Option<RetryBudget>,
+}
+
+impl PolicyPlan {
+    pub fn name(&self) -> &str {
+        &self.policy.name
+    }
+    pub fn enforcing(&self) -> bool {
+        self.policy.mode == Mode::Enforce
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    hosts: Option<Vec<HostPattern>>,
+    path: Option<PathPattern>,
+    methods: Option<Vec<String>>,
+    headers: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+enum PathPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Matcher {
+    pub fn new(m: &model::Match) -> Self {
+        let hosts = m.hosts.as_ref().map(|hs| {
+            hs.iter()
+                .map(|h| match h.strip_prefix('*') {
+                    Some(suffix) => HostPattern::Suffix(suffix.to_ascii_lowercase()),
+                    None => HostPattern::Exact(h.to_ascii_lowercase()),
+                })
+                .collect()
+        });
+        let path = match (&m.path, &m.path_prefix) {
+            (Some(p), _) => Some(PathPattern::Exact(p.clone())),
+            (None, Some(p)) => Some(PathPattern::Prefix(p.clone())),
+            (None, None) => None,
+        };
+        let headers = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), (v != "*").then(|| v.clone())))
+            .collect();
+        Matcher {
+            hosts,
+            path,
+            methods: m.methods.clone(),
+            headers,
+        }
+    }
+
+    pub fn matches(&self, req: &impl RequestView) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.iter().any(|m| m == req.method()) {
+                return false;
+            }
+        }
+        if let Some(path) = &self.path {
+            let p = req.path();
+            let p = p.split_once('?').map_or(p, |(p, _)| p);
+            let ok = match path {
+                PathPattern::Exact(e) => p == e,
+                PathPattern::Prefix(prefix) => p.starts_with(prefix.as_str()),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(hosts) = &self.hosts {
+            let host = strip_port(req.authority());
+            let ok = hosts.iter().any(|h| match h {
+                HostPattern::Exact(e) => host.eq_ignore_ascii_case(e),
+                HostPattern::Suffix(s) => {
+                    host.len() > s.len()
+                        && host
+                            .get(host.len() - s.len()..)
+                            .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+                }
+            });
+            if !ok {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, want)| match (req.header(name), want) {
+                (Some(_), None) => true,
+                (Some(v), Some(w)) => v == w,
+                (None, _) => false,
+            })
+    }
+}
+
+/// `host:port` → `host`; `[::1]:80` → `[::1]`.
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .and_then(|i| authority.get(..=i))
+            .unwrap_or(authority);
+    }
+    authority.split_once(':').map_or(authority, |(h, _)| h)
+}
+
+impl Plan {
+    /// Compiles a validated document.
+    pub fn new(doc: &Document) -> Result<Plan, String> {
+        let mut policies = Vec::with_capacity(doc.policies.len());
+        let mut header_names: Vec<String> = Vec::new();
+        for p in &doc.policies {
+            let rate_limit = match &p.rate_limit {
+                Some(rl) => Some(
+                    Gcra::try_new(rl.rate, rl.per.as_nanos(), rl.burst)
+                        .map_err(|e| format!("policy {}: rate_limit: {e}", p.name))?,
+                ),
+                None => None,
+            };
+            header_names.extend(p.matcher.headers.keys().cloned());
+            let keys = p
+                .rate_limit
+                .iter()
+                .flat_map(|r| &r.key)
+                .chain(p.concurrency_limit.iter().flat_map(|c| &c.key));
+            for k in keys {
+                if let KeyPart::Header(h) = k {
+                    header_names.push(h.clone());
+                }
+            }
+            policies.push(PolicyPlan {
+                policy: p.clone(),
+                matcher: Matcher::new(&p.matcher),
+                rate_limit,
+                breaker: p.circuit_breaker.as_ref().map(BreakerConfig::from_model),
+                budget: p
+                    .retry
+                    .as_ref()
+                    .map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
+            });
+        }
+        header_names.sort();
+        header_names.dedup();
+        Ok(Plan {
+            debug_headers: doc.debug_headers,
+            policies,
+            header_names,
+        })
+    }
+
+    /// The first policy whose match holds.
+    pub fn select(&self, req: &impl RequestView) -> Option<&PolicyPlan> {
+        self.policies.iter().find(|p| p.matcher.matches(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Req {
+        authority: &'static str,
+        path: &'static str,
+        method: &'static str,
+        headers: HashMap<&'static str, &'static str>,
+    }
+
+    impl RequestView for Req {
+        fn authority(&self) -> &str {
+            self.authority
+        }
+        fn path(&self) -> &str {
+            self.path
+        }
+        fn method(&self) -> &str {
+            self.method
+        }
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.get(name).copied()
+        }
+    }
+
+    fn req(authority: &'static str, path: &'static str, method: &'static str) -> Req {
+        Req {
+            authority,
+            path,
+            method,
+            headers: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn first_matching_policy_wins() {
+        let doc = crate::load(
+            r#"
+version: 1
+policies:
+  - name: checkout
+    match: { hosts: ["shop.example.com", "*.shop.test"], path_prefix: /api/checkout, methods: [POST] }
+  - name: tenant-gold
+    match: { headers: { x-tenant: gold } }
+  - name: any-tenant
+    match: { headers: { x-tenant: "*" } }
+  - name: exact
+    match: { path: /health }
+"#,
+        )
+        .unwrap()
+        .document;
+        let plan = Plan::new(&doc).unwrap();
+        let name = |r: &Req| plan.select(r).map(|p| p.name().to_string());
+        assert_eq!(
+            name(&req("shop.example.com:8443", "/api/checkout/1?x=1", "POST")).as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(
+            name(&req("SHOP.example.com", "/api/checkout", "POST")).as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(
+            name(&req("eu.shop.test", "/api/checkout", "POST")).as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(name(&req("shop.test", "/api/checkout", "POST")), None);
+        assert_eq!(name(&req("shop.example.com", "/api/checkout", "GET")), None);
+        let mut r = req("a", "/", "GET");
+        r.headers.insert("x-tenant", "gold");
+        assert_eq!(name(&r).as_deref(), Some("tenant-gold"));
+        r.headers.insert("x-tenant", "silver");
+        assert_eq!(name(&r).as_deref(), Some("any-tenant"));
+        assert_eq!(
+            name(&req("a", "/health?full", "GET")).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(name(&req("a", "/healthz", "GET")), None);
+        assert_eq!(plan.header_names, vec!["x-tenant"]);
+    }
+
+    #[test]
+    fn ports_are_stripped_from_authorities() {
+        assert_eq!(strip_port("a.com:80"), "a.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("a.com"), "a.com");
+    }
+}

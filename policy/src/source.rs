@@ -1,0 +1,504 @@
+//! Reading a policy document into a tree that remembers where every value came from.
+//!
+//! serde stops at the first error and forgets positions, but users fix documents faster when they
+//! see *every* problem with its line and column. So a document is first read into a [`Node`] tree
+//! (YAML 1.2, which also reads JSON), and [`crate::decode`] then walks that tree, collecting all
+//! problems at once.
+//!
+//! Hostile input is expected here (documents come from users, from the admin API and from Envoy's
+//! plugin configuration): nesting depth, node count and number sizes are bounded, aliases are
+//! expanded under the same node budget (no "billion laughs"), and nothing in this module panics.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use crate::diag::{Diagnostic, Span};
+
+/// Deepest nesting accepted. Policy documents need about 6 levels.
+pub const MAX_DEPTH: usize = 64;
+/// Most nodes (scalars, sequences, mappings, aliases expanded) accepted in one document.
+pub const MAX_NODES: usize = 2_000_000;
+
+/// A value read from a document, with the position of its first character.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub span: Span,
+}
+
+/// The kinds of value a YAML or JSON document holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// An integer too large for i64; kept as written so errors can show it.
+    BigInt(String),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Keys in document order. Duplicate keys are reported while reading.
+    Map(Vec<(Node, Node)>),
+}
+
+impl Value {
+    /// The user's word for this kind of value, for messages like "expected a number, found a list".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) | Value::BigInt(_) => "an integer",
+            Value::Float(_) => "a decimal number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// Reads UTF-8 bytes: a non-UTF-8 document is an error that points at the first bad byte.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text),
+        Err(e) => {
+            let good = bytes.get(..e.valid_up_to()).unwrap_or_default();
+            // The prefix is valid UTF-8 by construction.
+            let prefix = String::from_utf8_lossy(good);
+            let span = Span::at_end_of(&prefix);
+            Err(vec![
+                Diagnostic::error(
+                    "",
+                    format!(
+                        "the document is not valid UTF-8 (bad byte at offset {})",
+                        e.valid_up_to()
+                    ),
+                )
+                .with_span(span),
+            ])
+        }
+    }
+}
+
+/// Reads one YAML (or JSON) document.
+pub fn parse(text: &str) -> Result<Node, Vec<Diagnostic>> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = match parser.next_token() {
+            Ok(x) => x,
+            Err(e) => {
+                let m = e.marker();
+                return Err(vec![
+                    Diagnostic::error("", format!("YAML syntax error: {}", e.info()))
+                        .with_span(span_of(m)),
+                ]);
+            }
+        };
+        match builder.event(event, mark) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Done) => break,
+            Err(d) => return Err(vec![*d]),
+        }
+    }
+    let mut errors = builder.errors;
+    match builder.root {
+        Some(root) if errors.is_empty() => Ok(root),
+        Some(_) => Err(errors),
+        None => {
+            errors.push(Diagnostic::error("", "the document is empty").with_span(Span::new(1, 1)));
+            Err(errors)
+        }
+    }
+}
+
+fn span_of(m: &Marker) -> Span {
+    // yaml-rust2 counts lines from 1 and columns from 0.
+    Span::new(m.line().max(1), m.col() + 1)
+}
+
+enum Flow {
+    Continue,
+    Done,
+}
+
+enum Open {
+    Seq {
+        span: Span,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        span: Span,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        pending_key: Option<Node>,
+    },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Open>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+    documents: usize,
+    nodes: usize,
+    errors: Vec<Diagnostic>,
+}
+
+type Fatal = Box<Diagnostic>;
+
+impl Builder {
+    fn event(&mut self, event: Event, mark: Marker) -> Result<Flow, Fatal> {
+        let span = span_of(&mark);
+        match event {
+            Event::StreamEnd => return Ok(Flow::Done),
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(Box::new(
+                        Diagnostic::error(
+                            "",
+                            "a policy file holds one document; found a second one (`---`)",
+                        )
+                        .with_span(span),
+                    ));
+                }
+            }
+            Event::Nothing | Event::StreamStart | Event::DocumentEnd => {}
+            Event::Alias(id) => {
+                let node = match self.anchors.get(&id) {
+                    Some(n) => n.clone(),
+                    None => {
+                        return Err(Box::new(
+                            Diagnostic::error("", "alias to an unknown anchor").with_span(span),
+                        ));
+                    }
+                };
+                self.count(count_nodes(&node), span)?;
+                self.push_value(Node {
+                    value: node.value,
+                    span,
+                })?;
+            }
+            Event::Scalar(text, style, anchor, _tag) => {
+                self.count(1, span)?;
+                let value = scalar(text, style);
+                let node = Node { value, span };
+                if anchor > 0 {
+                    self.anchors.insert(anchor, node.clone());
+                }
+                self.push_value(node)?;
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.open(span)?;
+                self.stack.push(Open::Seq {
+                    span,
+                    anchor,
+                    items: Vec::new(),
+                });
+            }
+            Event::MappingStart(anchor, _) => {
+                self.open(span)?;
+                self.stack.push(Open::Map {
+                    span,
+                    anchor,
+                    entries: Vec::new(),
+                    pending_key: None,
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let node = match self.stack.pop() {
+                    Some(Open::Seq {
+                        span,
+                        anchor,
+                        items,
+                    }) => {
+                        let node = Node {
+                            value: Value::Seq(items),
+                            span,
+                        };
+                        if anchor > 0 {
+                            self.anchors.insert(anchor, node.clone());
+                        }
+                        node
+                    }
+                    Some(Open::Map {
+                        span,
+                        anchor,
+                        entries,
+                        ..
+                    }) => {
+                        let node = Node {
+                            value: Value::Map(entries),
+                            span,
+                        };
+                        if anchor > 0 {
+                            self.anchors.insert(anchor, node.clone());
+                        }
+                        node
+                    }
+                    None => {
+                        return Err(Box::new(
+                            Diagnostic::error("", "unbalanced YAML structure").with_span(span),
+                        ));
+                    }
+                };
+                self.push_value(node)?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn open(&mut self, span: Span) -> Result<(), Fatal> {
+        self.count(1, span)?;
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(Box::new(
+                Diagnostic::error(
+                    "",
+                    format!("the document nests deeper than {MAX_DEPTH} levels"),
+                )
+                .with_span(span),
+            ));
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, n: usize, span: Span) -> Result<(), Fatal> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(Box::new(
+                Diagnostic::error(
+                    "",
+                    format!("the document has more than {MAX_NODES} values (aliases included)"),
+                )
+                .with_span(span),
+            ));
+        }
+        Ok(())
+    }
+
+    fn push_value(&mut self, node: Node) -> Result<(), Fatal> {
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Open::Seq { items, .. }) => items.push(node),
+            Some(Open::Map {
+                entries,
+                pending_key,
+                ..
+            }) => match pending_key.take() {
+                None => {
+                    if !matches!(
+                        node.value,
+                        Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Null
+                    ) {
+                        return Err(Box::new(
+                            Diagnostic::error("", "mapping keys must be plain words")
+                                .with_span(node.span),
+                        ));
+                    }
+                    let key = key_text(&node);
+                    if entries.iter().any(|(k, _)| key_text(k) == key) {
+                        self.errors.push(
+                            Diagnostic::error("", format!("duplicate key `{key}`"))
+                                .with_span(node.span),
+                        );
+                    }
+                    *pending_key = Some(node);
+                }
+                Some(key) => entries.push((key, node)),
+            },
+        }
+        Ok(())
+    }
+}
+
+/// The text of a mapping key (`404:` is a key too).
+pub fn key_text(node: &Node) -> String {
+    match &node.value {
+        Value::Str(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::BigInt(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Seq(_) | Value::Map(_) => String::new(),
+    }
+}
+
+fn count_nodes(node: &Node) -> usize {
+    // Iterative, so a wide alias cannot overflow the stack either.
+    let mut total = 0usize;
+    let mut todo = vec![node];
+    while let Some(n) = todo.pop() {
+        total = total.saturating_add(1);
+        match &n.value {
+            Value::Seq(items) => todo.extend(items.iter()),
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    todo.push(k);
+                    todo.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// YAML 1.2 core schema resolution of a scalar; quoted scalars are always strings.
+fn scalar(text: String, style: TScalarStyle) -> Value {
+    if style != TScalarStyle::Plain {
+        return Value::Str(text);
+    }
+    match text.as_str() {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if is_integer(&text) {
+        return match text.parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::BigInt(text),
+        };
+    }
+    if is_float(&text) {
+        if let Ok(f) = text.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    Value::Str(text)
+}
+
+fn is_integer(s: &str) -> bool {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_float(s: &str) -> bool {
+    let body = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if matches!(body, ".inf" | ".Inf" | ".INF" | ".nan" | ".NaN" | ".NAN") {
+        return false; // not useful in policies; kept as text so the error names it
+    }
+    let mut seen_digit = false;
+    let mut seen_dot = false;
+    let mut seen_exp = false;
+    let mut prev = ' ';
+    for c in body.chars() {
+        match c {
+            '0'..='9' => seen_digit = true,
+            '.' if !seen_dot && !seen_exp => seen_dot = true,
+            'e' | 'E' if seen_digit && !seen_exp => seen_exp = true,
+            '+' | '-' if prev == 'e' || prev == 'E' => {}
+            _ => return false,
+        }
+        prev = c;
+    }
+    seen_digit && (seen_dot || seen_exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(text: &str) -> Node {
+        match parse(text) {
+            Ok(n) => n,
+            Err(e) => unreachable!("parse failed: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn scalars_resolve_like_yaml_1_2() {
+        let n = root("a: 1\nb: 1.5\nc: '1'\nd: true\ne: ~\nf: 1s\ng: 99999999999999999999\n");
+        let Value::Map(entries) = n.value else {
+            unreachable!()
+        };
+        let values: Vec<_> = entries.into_iter().map(|(_, v)| v.value).collect();
+        assert_eq!(
+            values,
+            vec![
+                Value::Int(1),
+                Value::Float(1.5),
+                Value::Str("1".into()),
+                Value::Bool(true),
+                Value::Null,
+                Value::Str("1s".into()),
+                Value::BigInt("99999999999999999999".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn positions_are_one_based_line_and_column() {
+        let n = root("version: 1\npolicies:\n  - name: x\n");
+        let Value::Map(entries) = n.value else {
+            unreachable!()
+        };
+        let (k, v) = &entries[1];
+        assert_eq!((k.span.line, k.span.col), (2, 1));
+        let Value::Seq(items) = &v.value else {
+            unreachable!()
+        };
+        let Value::Map(inner) = &items[0].value else {
+            unreachable!()
+        };
+        assert_eq!((inner[0].1.span.line, inner[0].1.span.col), (3, 11));
+    }
+
+    #[test]
+    fn json_is_read_too() {
+        let n = root(r#"{"version": 1, "policies": [{"name": "a"}]}"#);
+        assert!(matches!(n.value, Value::Map(ref e) if e.len() == 2));
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let errs = parse("a: 1\na: 2\n").err().unwrap_or_default();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("duplicate key `a`"));
+        assert_eq!(errs[0].span.map(|s| s.line), Some(2));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let text = "[".repeat(100_000);
+        let errs = parse(&text).err().unwrap_or_default();
+        let m = &errs[0].message;
+        assert!(
+            m.contains("nests deeper") || m.contains("recursion limit"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut doc = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        let mut prev = 'a';
+        for c in 'b'..='k' {
+            doc.push_str(&format!(
+                "{c}: &{c} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+            prev = c;
+        }
+        let errs = parse(&doc).err().unwrap_or_default();
+        assert!(errs[0].message.contains("more than"), "{errs:?}");
+    }
+
+    #[test]
+    fn non_utf8_points_at_the_bad_byte() {
+        let errs = parse_bytes(b"version: 1\nname: \xff\n")
+            .err()
+            .unwrap_or_default();
+        assert!(errs[0].message.contains("offset 17"), "{errs:?}");
+        assert_eq!(errs[0].span.map(|s| (s.line, s.col)), Some((2, 7)));
+    }
+
+    #[test]
+    fn second_document_is_refused() {
+        let errs = parse("a: 1\n---\nb: 2\n").err().unwrap_or_default();
+        assert!(errs[0].message.contains("one document"), "{errs:?}");
+    }
+}
