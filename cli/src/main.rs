@@ -1,1 +1,154 @@
-fn main() {}
+//! `breakwater`: check, explain and compile policy documents.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use breakwater_policy::{Diagnostic, diag};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "breakwater", version, about = "Resilience policies for Envoy: validate, compile, schema")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check policy documents; print every problem with its line. Exit 1 on errors.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the JSON Schema of the policy language.
+    Schema,
+    /// Print the JSON the filter receives as plugin configuration (defaults filled in).
+    Compile {
+        file: PathBuf,
+        /// Indent the JSON.
+        #[arg(long)]
+        pretty: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { files, format } => validate(&files, format),
+        Command::Schema => {
+            print!("{}", breakwater_policy::schema::json_schema());
+            ExitCode::SUCCESS
+        }
+        Command::Compile { file, pretty } => compile(&file, pretty),
+    }
+}
+
+/// A file read for checking: its text (when UTF-8, for carets) and the load result.
+struct Checked {
+    source: Option<String>,
+    result: Result<breakwater_policy::Loaded, Vec<Diagnostic>>,
+}
+
+fn check_file(path: &Path) -> Result<Checked, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let result = breakwater_policy::load_bytes(&bytes);
+    Ok(Checked { source: String::from_utf8(bytes).ok(), result })
+}
+
+fn validate(files: &[PathBuf], format: Format) -> ExitCode {
+    let mut failed = false;
+    let mut reports = Vec::new();
+    let mut out = String::new();
+    for path in files {
+        let name = path.display().to_string();
+        let checked = match check_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                failed = true;
+                let d = Diagnostic::error("", e);
+                out.push_str(&d.render(&name, None));
+                reports.push(json!({ "file": name, "valid": false, "diagnostics": [d] }));
+                continue;
+            }
+        };
+        let (valid, diagnostics) = match &checked.result {
+            Ok(loaded) => (true, loaded.warnings.clone()),
+            Err(diags) => (false, diags.clone()),
+        };
+        failed |= !valid;
+        let rendered = diag::render_all(&diagnostics, &name, checked.source.as_deref());
+        if !rendered.is_empty() {
+            out.push_str(&rendered);
+            out.push('\n');
+        }
+        let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+        let warnings = diagnostics.len() - errors;
+        let summary = match (valid, warnings) {
+            (true, 0) => format!("{name}: ok\n"),
+            (true, w) => format!("{name}: ok ({w} warning{})\n", plural(w)),
+            (false, w) => format!(
+                "{name}: {errors} error{}{}\n",
+                plural(errors),
+                if w > 0 { format!(", {w} warning{}", plural(w)) } else { String::new() }
+            ),
+        };
+        out.push_str(&summary);
+        reports.push(json!({ "file": name, "valid": valid, "diagnostics": diagnostics }));
+    }
+    let text = match format {
+        Format::Text => out,
+        Format::Json => format!("{}\n", serde_json::Value::Array(reports)),
+    };
+    emit(&text);
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn compile(path: &Path, pretty: bool) -> ExitCode {
+    let name = path.display().to_string();
+    let checked = match check_file(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{}", Diagnostic::error("", e).render(&name, None));
+            return ExitCode::FAILURE;
+        }
+    };
+    match checked.result {
+        Ok(loaded) => {
+            if !loaded.warnings.is_empty() {
+                eprintln!("{}", diag::render_all(&loaded.warnings, &name, checked.source.as_deref()));
+            }
+            let json = breakwater_policy::compile(&loaded.document);
+            let json = match (pretty, serde_json::from_str::<serde_json::Value>(&json)) {
+                (true, Ok(v)) => serde_json::to_string_pretty(&v).unwrap_or(json),
+                _ => json,
+            };
+            emit(&format!("{json}\n"));
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            eprintln!("{}", diag::render_all(&diags, &name, checked.source.as_deref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Writes to stdout, tolerating a closed pipe (`breakwater schema | head`).
+fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+}

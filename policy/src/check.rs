@@ -8,10 +8,7 @@ use crate::model::*;
 
 /// Checks a decoded document; returns errors and warnings.
 pub fn check(doc: &Document, spans: &SpanIndex) -> Vec<Diagnostic> {
-    let mut out = Checks {
-        spans,
-        diags: Vec::new(),
-    };
+    let mut out = Checks { spans, diags: Vec::new() };
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, p) in doc.policies.iter().enumerate() {
         let path = format!("policies[{i}]");
@@ -19,10 +16,7 @@ pub fn check(doc: &Document, spans: &SpanIndex) -> Vec<Diagnostic> {
             if let Some(first) = seen.insert(&p.name, i) {
                 out.error(
                     &format!("{path}.name"),
-                    format!(
-                        "duplicate policy name `{}` (also policies[{first}])",
-                        p.name
-                    ),
+                    format!("duplicate policy name `{}` (also policies[{first}])", p.name),
                 );
             }
         }
@@ -39,12 +33,6 @@ pub fn check(doc: &Document, spans: &SpanIndex) -> Vec<Diagnostic> {
                 break;
             }
         }
-    }
-    if doc.policies.is_empty() {
-        out.warning(
-            "policies",
-            "the document has no policies: every request passes untouched".into(),
-        );
     }
     out.diags
 }
@@ -88,35 +76,15 @@ impl Checks<'_> {
                 "give either `path` (exact) or `path_prefix`, not both".into(),
             );
         }
-        for (field, empty) in [
-            ("hosts", m.hosts.as_ref().is_some_and(Vec::is_empty)),
-            ("methods", m.methods.as_ref().is_some_and(Vec::is_empty)),
-        ] {
-            if empty {
-                self.error(
-                    &format!("{path}.match.{field}"),
-                    format!("an empty list matches nothing; remove `{field}` to match all"),
-                );
-            }
-        }
         if let Some(cb) = &p.circuit_breaker {
             let at = format!("{path}.circuit_breaker");
             if let Window::Calls(n) = cb.window {
                 if cb.minimum_calls > n {
                     self.error(
                         &format!("{at}.minimum_calls"),
-                        format!(
-                            "must be at most the window ({n} calls), or the breaker can never open"
-                        ),
+                        format!("must be at most the window ({n} calls), or the breaker can never open"),
                     );
                 }
-            }
-            if cb.failure_on.is_empty() {
-                self.error(
-                    &format!("{at}.failure_on"),
-                    "an empty list means nothing ever fails; remove the breaker or name outcomes"
-                        .into(),
-                );
             }
             if let (Some(slow), Some(timeout)) = (&cb.slow_call, p.timeout) {
                 if slow.duration >= timeout {
@@ -142,18 +110,6 @@ impl Checks<'_> {
                     "`retriable-status-codes` needs `statuses` (the codes to retry)".into(),
                 );
             }
-            if r.retry_on.is_empty() && r.max_retries > 0 {
-                self.error(
-                    &format!("{at}.retry_on"),
-                    "name at least one condition to retry on".into(),
-                );
-            }
-            if r.methods.is_empty() {
-                self.error(
-                    &format!("{at}.methods"),
-                    "an empty list retries nothing; remove it for the idempotent methods".into(),
-                );
-            }
             if let Some(m) = r.methods.iter().find(|m| *m == "POST" || *m == "PATCH") {
                 self.warning(
                     &format!("{at}.methods"),
@@ -169,14 +125,6 @@ impl Checks<'_> {
                 }
             }
         }
-        if let Some(fb) = &p.fallback {
-            if fb.on.is_empty() {
-                self.error(
-                    &format!("{path}.fallback.on"),
-                    "an empty list never falls back; name outcomes".into(),
-                );
-            }
-        }
     }
 }
 
@@ -190,24 +138,19 @@ pub fn covers(earlier: &Match, later: &Match) -> bool {
     let path = match (&earlier.path, &earlier.path_prefix) {
         (None, None) => true,
         (Some(exact), _) => later.path.as_ref() == Some(exact),
-        (None, Some(prefix)) => later
-            .path
-            .as_ref()
-            .or(later.path_prefix.as_ref())
-            .is_some_and(|l| l.starts_with(prefix.as_str())),
+        (None, Some(prefix)) => {
+            later.path.as_ref().or(later.path_prefix.as_ref()).is_some_and(|l| l.starts_with(prefix.as_str()))
+        }
     };
     let methods = match (&earlier.methods, &later.methods) {
         (None, _) => true,
         (Some(_), None) => false,
         (Some(e), Some(l)) => l.iter().all(|m| e.contains(m)),
     };
-    let headers = earlier
-        .headers
-        .iter()
-        .all(|(name, value)| match later.headers.get(name) {
-            Some(v) => value == "*" || v == value,
-            None => false,
-        });
+    let headers = earlier.headers.iter().all(|(name, value)| match later.headers.get(name) {
+        Some(v) => value == "*" || v == value,
+        None => false,
+    });
     hosts && path && methods && headers
 }
 
@@ -217,10 +160,7 @@ fn host_covers(earlier: &str, later: &str) -> bool {
     }
     match earlier.strip_prefix("*.") {
         // `*.example.com` covers `a.example.com` and `*.a.example.com`, not `example.com`.
-        Some(suffix) => later
-            .strip_prefix("*.")
-            .unwrap_or(later)
-            .ends_with(&format!(".{suffix}")),
+        Some(suffix) => later.strip_prefix("*.").unwrap_or(later).ends_with(&format!(".{suffix}")),
         None => false,
     }
 }
@@ -242,19 +182,12 @@ mod tests {
     fn coverage_of_matches() {
         let all = Match::default();
         let api = m(None, Some("/api"), None);
-        let checkout = m(
-            Some(&["shop.example.com"]),
-            Some("/api/checkout"),
-            Some(&["POST"]),
-        );
+        let checkout = m(Some(&["shop.example.com"]), Some("/api/checkout"), Some(&["POST"]));
         assert!(covers(&all, &checkout));
         assert!(covers(&api, &checkout));
         assert!(!covers(&checkout, &api));
         assert!(covers(&m(Some(&["*.example.com"]), None, None), &checkout));
-        assert!(!covers(
-            &m(Some(&["*.example.com"]), None, None),
-            &m(Some(&["example.com"]), None, None)
-        ));
+        assert!(!covers(&m(Some(&["*.example.com"]), None, None), &m(Some(&["example.com"]), None, None)));
         assert!(!covers(&m(None, None, Some(&["GET"])), &checkout));
         let mut tenant = Match::default();
         tenant.headers.insert("x-tenant".into(), "*".into());

@@ -50,14 +50,8 @@ pub const BREAKER_FIELDS: &[&str] = &[
     "response",
 ];
 pub const SLOW_CALL_FIELDS: &[&str] = &["duration", "rate"];
-pub const RETRY_FIELDS: &[&str] = &[
-    "max_retries",
-    "retry_on",
-    "statuses",
-    "per_try_timeout",
-    "methods",
-    "budget",
-];
+pub const RETRY_FIELDS: &[&str] =
+    &["max_retries", "retry_on", "statuses", "per_try_timeout", "methods", "budget"];
 pub const BUDGET_FIELDS: &[&str] = &["percent", "min_per_second"];
 pub const FALLBACK_FIELDS: &[&str] = &["on", "response"];
 pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
@@ -89,19 +83,12 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&self, name: &str) -> Option<(&'n Node, String)> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, n)| (*n, join(&self.path, name)))
+        self.entries.iter().find(|(k, _)| k == name).map(|(_, n)| (*n, join(&self.path, name)))
     }
 }
 
 fn join(path: &str, field: &str) -> String {
-    if path.is_empty() {
-        field.to_string()
-    } else {
-        format!("{path}.{field}")
-    }
+    if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
 }
 
 fn index(path: &str, i: usize) -> String {
@@ -120,8 +107,7 @@ pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
 
 impl Decoder {
     fn error(&mut self, path: &str, node: &Node, message: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::error(path, message).with_span(node.span));
+        self.diags.push(Diagnostic::error(path, message).with_span(node.span));
     }
 
     fn visit(&mut self, path: &str, node: &Node) {
@@ -139,10 +125,7 @@ impl Decoder {
             self.expected(path, node, "a mapping");
             return None;
         };
-        let mut fields = Fields {
-            path: path.to_string(),
-            entries: Vec::new(),
-        };
+        let mut fields = Fields { path: path.to_string(), entries: Vec::new() };
         for (key, value) in entries {
             let name = key_text(key);
             if known.contains(&name.as_str()) {
@@ -152,10 +135,7 @@ impl Decoder {
             let at = join(path, &name);
             let message = match suggest(&name, known) {
                 Some(s) => format!("unknown field `{name}`; did you mean `{s}`?"),
-                None => format!(
-                    "unknown field `{name}`; expected one of: {}",
-                    known.join(", ")
-                ),
+                None => format!("unknown field `{name}`; expected one of: {}", known.join(", ")),
             };
             self.error(&at, key, message);
         }
@@ -173,13 +153,24 @@ impl Decoder {
         }
     }
 
-    /// A list whose items each decode on their own; bad items are reported and dropped.
+    /// A list whose items each decode on their own; bad items are reported and left out, so the
+    /// cross-field checks still see the good ones.
     fn list<T>(
         &mut self,
         node: &Node,
         path: &str,
-        mut item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+        item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
     ) -> Option<Vec<T>> {
+        self.list_of(node, path, item).map(|(items, _)| items)
+    }
+
+    /// As [`Self::list`], with whether every item decoded.
+    fn list_of<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        mut item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Option<(Vec<T>, bool)> {
         let items = self.seq(node, path)?;
         let mut out = Vec::with_capacity(items.len());
         for (i, n) in items.iter().enumerate() {
@@ -189,7 +180,24 @@ impl Decoder {
                 out.push(v);
             }
         }
-        Some(out)
+        let complete = out.len() == items.len();
+        Some((out, complete))
+    }
+
+    /// A list that must not be empty as written (`why` says what an empty one would mean).
+    fn non_empty_list<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        why: &str,
+        item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        if matches!(&node.value, Value::Seq(items) if items.is_empty()) {
+            self.visit(path, node);
+            self.error(path, node, why.to_string());
+            return None;
+        }
+        self.list(node, path, item)
     }
 
     fn string(&mut self, node: &Node, path: &str) -> Option<String> {
@@ -240,15 +248,8 @@ impl Decoder {
         }
     }
 
-    fn int_as<T: TryFrom<u64>>(
-        &mut self,
-        node: &Node,
-        path: &str,
-        min: u64,
-        max: u64,
-    ) -> Option<T> {
-        self.int(node, path, min, max)
-            .and_then(|v| T::try_from(v).ok())
+    fn int_as<T: TryFrom<u64>>(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<T> {
+        self.int(node, path, min, max).and_then(|v| T::try_from(v).ok())
     }
 
     /// A string-valued field parsed by `parse`, whose error message is the user-facing one.
@@ -285,10 +286,7 @@ impl Decoder {
         let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
         let message = match suggest(&text, &names) {
             Some(s) => format!("unknown value `{text}`; did you mean `{s}`?"),
-            None => format!(
-                "unknown value `{text}`; expected one of: {}",
-                names.join(", ")
-            ),
+            None => format!("unknown value `{text}`; expected one of: {}", names.join(", ")),
         };
         self.error(path, node, message);
         None
@@ -303,10 +301,7 @@ impl Decoder {
         let message = if METHODS.contains(&upper.as_str()) {
             format!("methods are upper case: write `{upper}`")
         } else {
-            format!(
-                "unknown HTTP method `{text}`; expected one of: {}",
-                METHODS.join(", ")
-            )
+            format!("unknown HTTP method `{text}`; expected one of: {}", METHODS.join(", "))
         };
         self.error(path, node, message);
         None
@@ -345,11 +340,7 @@ impl Decoder {
     // ---- the document ----
 
     fn document(&mut self, node: &Node) -> Document {
-        let mut doc = Document {
-            version: 1,
-            debug_headers: false,
-            policies: Vec::new(),
-        };
+        let mut doc = Document { version: 1, debug_headers: false, policies: Vec::new() };
         let Some(f) = self.fields(node, "", DOCUMENT_FIELDS) else {
             return doc;
         };
@@ -365,11 +356,7 @@ impl Decoder {
                     }
                 }
             }
-            None => self.error(
-                "version",
-                node,
-                "missing field `version` (write `version: 1`)",
-            ),
+            None => self.error("version", node, "missing field `version` (write `version: 1`)"),
         }
         if let Some((n, p)) = f.get("debug_headers") {
             doc.debug_headers = self.bool(n, &p).unwrap_or_default();
@@ -378,17 +365,25 @@ impl Decoder {
             Some((n, p)) => {
                 if let Value::Seq(items) = &n.value {
                     if items.len() > MAX_POLICIES {
-                        self.error(
-                            &p,
-                            n,
-                            format!("at most {MAX_POLICIES} policies, found {}", items.len()),
-                        );
+                        self.error(&p, n, format!("at most {MAX_POLICIES} policies, found {}", items.len()));
                         return doc;
                     }
                 }
-                doc.policies = self
-                    .list(n, &p, |d, n, p| d.policy(n, p))
-                    .unwrap_or_default();
+                if matches!(&n.value, Value::Seq(items) if items.is_empty()) {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            &p,
+                            "the document has no policies: every request passes untouched",
+                        )
+                        .with_span(n.span),
+                    );
+                }
+                // All or nothing: cross-field checks name policies by index, which must stay
+                // the document's own.
+                doc.policies = match self.list_of(n, &p, |d, n, p| d.policy(n, p)) {
+                    Some((policies, true)) => policies,
+                    _ => Vec::new(),
+                };
             }
             None => self.error("policies", node, "missing field `policies`"),
         }
@@ -420,21 +415,12 @@ impl Decoder {
             policy.matcher = self.matcher(n, &p);
         }
         if let Some((n, p)) = f.get("mode") {
-            policy.mode = self
-                .word(
-                    n,
-                    &p,
-                    &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)],
-                )
-                .unwrap_or_default();
+            policy.mode =
+                self.word(n, &p, &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)]).unwrap_or_default();
         }
         if let Some((n, p)) = f.get("failure_mode") {
             policy.failure_mode = self
-                .word(
-                    n,
-                    &p,
-                    &[("allow", FailureMode::Allow), ("deny", FailureMode::Deny)],
-                )
+                .word(n, &p, &[("allow", FailureMode::Allow), ("deny", FailureMode::Deny)])
                 .unwrap_or_default();
         }
         if let Some((n, p)) = f.get("rate_limit") {
@@ -464,7 +450,8 @@ impl Decoder {
             return m;
         };
         if let Some((n, p)) = f.get("hosts") {
-            m.hosts = self.list(n, &p, |d, n, p| d.parsed(n, p, check_host));
+            let why = "an empty list matches nothing; remove `hosts` to match all";
+            m.hosts = self.non_empty_list(n, &p, why, |d, n, p| d.parsed(n, p, check_host));
         }
         if let Some((n, p)) = f.get("path") {
             m.path = self.parsed(n, &p, check_path);
@@ -473,18 +460,15 @@ impl Decoder {
             m.path_prefix = self.parsed(n, &p, check_path);
         }
         if let Some((n, p)) = f.get("methods") {
-            m.methods = self.list(n, &p, |d, n, p| d.method(n, p));
+            let why = "an empty list matches nothing; remove `methods` to match all";
+            m.methods = self.non_empty_list(n, &p, why, |d, n, p| d.method(n, p));
         }
         if let Some((n, p)) = f.get("headers") {
             m.headers = self.string_map(n, &p, |d, name, value, key, p| {
                 if !is_header_name(name) {
                     d.error(p, key, format!("`{name}` is not a lower-case header name"));
-                } else if name.starts_with(':') || value.is_empty() {
-                    d.error(
-                        p,
-                        key,
-                        "give a value, or `*` for \"present with any value\"",
-                    );
+                } else if value.is_empty() {
+                    d.error(p, key, "give a value, or `*` for \"present with any value\"");
                 }
             });
         }
@@ -493,9 +477,7 @@ impl Decoder {
 
     fn keys(&mut self, f: &Fields<'_>) -> Vec<KeyPart> {
         match f.get("key") {
-            Some((n, p)) => self
-                .list(n, &p, |d, n, p| d.parsed(n, p, KeyPart::parse))
-                .unwrap_or_default(),
+            Some((n, p)) => self.list(n, &p, |d, n, p| d.parsed(n, p, KeyPart::parse)).unwrap_or_default(),
             None => Vec::new(),
         }
     }
@@ -511,33 +493,16 @@ impl Decoder {
         let rate = match f.get("rate") {
             Some((n, p)) => self.int(n, &p, 1, 1_000_000_000).unwrap_or(1),
             None => {
-                self.error(
-                    &join(path, "rate"),
-                    node,
-                    "missing field `rate` (tokens per `per`)",
-                );
+                self.error(&join(path, "rate"), node, "missing field `rate` (tokens per `per`)");
                 1
             }
         };
-        let per = f
-            .get("per")
-            .and_then(|(n, p)| self.duration(n, &p))
-            .unwrap_or_else(default_per);
-        let burst = f
-            .get("burst")
-            .and_then(|(n, p)| self.int(n, &p, 1, 1_000_000_000))
-            .unwrap_or(rate);
+        let per = f.get("per").and_then(|(n, p)| self.duration(n, &p)).unwrap_or_else(default_per);
+        let burst = f.get("burst").and_then(|(n, p)| self.int(n, &p, 1, 1_000_000_000)).unwrap_or(rate);
         let key = self.keys(&f);
         let max_keys = self.max_keys(&f);
         let response = self.response_or(&f, default_rate_limit_response);
-        Some(RateLimit {
-            rate,
-            per,
-            burst,
-            key,
-            max_keys,
-            response,
-        })
+        Some(RateLimit { rate, per, burst, key, max_keys, response })
     }
 
     fn concurrency_limit(&mut self, node: &Node, path: &str) -> Option<ConcurrencyLimit> {
@@ -545,27 +510,19 @@ impl Decoder {
         let max_in_flight = match f.get("max_in_flight") {
             Some((n, p)) => self.int_as(n, &p, 1, 1_000_000).unwrap_or(1),
             None => {
-                self.error(
-                    &join(path, "max_in_flight"),
-                    node,
-                    "missing field `max_in_flight`",
-                );
+                self.error(&join(path, "max_in_flight"), node, "missing field `max_in_flight`");
                 1
             }
         };
         let key = self.keys(&f);
         let max_keys = self.max_keys(&f);
         let response = self.response_or(&f, default_concurrency_response);
-        Some(ConcurrencyLimit {
-            max_in_flight,
-            key,
-            max_keys,
-            response,
-        })
+        Some(ConcurrencyLimit { max_in_flight, key, max_keys, response })
     }
 
     fn outcomes(&mut self, node: &Node, path: &str) -> Option<Vec<Outcome>> {
-        self.list(node, path, |d, n, p| match &n.value {
+        let why = "an empty list names no outcome; list outcomes or remove the field for the defaults";
+        self.non_empty_list(node, path, why, |d, n, p| match &n.value {
             Value::Int(code) => {
                 d.visit(p, n);
                 match Outcome::parse(&code.to_string()) {
@@ -584,9 +541,9 @@ impl Decoder {
         let f = self.fields(node, path, BREAKER_FIELDS)?;
         let window = match f.get("window") {
             Some((n, p)) => match &n.value {
-                Value::Int(_) | Value::BigInt(_) | Value::Float(_) => self
-                    .int_as(n, &p, 1, u64::from(MAX_WINDOW_CALLS))
-                    .map(Window::Calls),
+                Value::Int(_) | Value::BigInt(_) | Value::Float(_) => {
+                    self.int_as(n, &p, 1, u64::from(MAX_WINDOW_CALLS)).map(Window::Calls)
+                }
                 _ => self.duration(n, &p).and_then(|d| {
                     if (1000..=3_600_000).contains(&d.as_millis()) {
                         Some(Window::Time(d))
@@ -619,27 +576,16 @@ impl Decoder {
             let rate = match s.get("rate") {
                 Some((n, p)) => self.int_as(n, &p, 1, 100),
                 None => {
-                    self.error(
-                        &join(&p, "rate"),
-                        n,
-                        "missing field `rate` (percent of slow calls)",
-                    );
+                    self.error(&join(&p, "rate"), n, "missing field `rate` (percent of slow calls)");
                     None
                 }
             };
-            Some(SlowCall {
-                duration: duration?,
-                rate: rate?,
-            })
+            Some(SlowCall { duration: duration?, rate: rate? })
         });
-        let failure_on = f
-            .get("failure_on")
-            .and_then(|(n, p)| self.outcomes(n, &p))
-            .unwrap_or_else(default_failure_on);
-        let open_for = f
-            .get("open_for")
-            .and_then(|(n, p)| self.duration(n, &p))
-            .unwrap_or_else(default_open_for);
+        let failure_on =
+            f.get("failure_on").and_then(|(n, p)| self.outcomes(n, &p)).unwrap_or_else(default_failure_on);
+        let open_for =
+            f.get("open_for").and_then(|(n, p)| self.duration(n, &p)).unwrap_or_else(default_open_for);
         let half_open_calls = f
             .get("half_open_calls")
             .and_then(|(n, p)| self.int_as(n, &p, 1, 1000))
@@ -666,18 +612,22 @@ impl Decoder {
         let words: Vec<(&str, RetryOn)> = RetryOn::ALL.iter().map(|r| (r.as_str(), *r)).collect();
         let retry_on = f
             .get("retry_on")
-            .and_then(|(n, p)| self.list(n, &p, |d, n, p| d.word(n, p, &words)))
+            .and_then(|(n, p)| {
+                let why = "name at least one condition to retry on";
+                self.non_empty_list(n, &p, why, |d, n, p| d.word(n, p, &words))
+            })
             .unwrap_or_else(default_retry_on);
         let statuses = f
             .get("statuses")
             .and_then(|(n, p)| self.list(n, &p, |d, n, p| d.int_as(n, p, 100, 599)))
             .unwrap_or_default();
-        let per_try_timeout = f
-            .get("per_try_timeout")
-            .and_then(|(n, p)| self.duration(n, &p));
+        let per_try_timeout = f.get("per_try_timeout").and_then(|(n, p)| self.duration(n, &p));
         let methods = f
             .get("methods")
-            .and_then(|(n, p)| self.list(n, &p, |d, n, p| d.method(n, p)))
+            .and_then(|(n, p)| {
+                let why = "an empty list retries nothing; remove it for the idempotent methods";
+                self.non_empty_list(n, &p, why, |d, n, p| d.method(n, p))
+            })
             .unwrap_or_else(default_retry_methods);
         let budget = f
             .get("budget")
@@ -695,22 +645,12 @@ impl Decoder {
                 })
             })
             .unwrap_or_default();
-        Some(Retry {
-            max_retries,
-            retry_on,
-            statuses,
-            per_try_timeout,
-            methods,
-            budget,
-        })
+        Some(Retry { max_retries, retry_on, statuses, per_try_timeout, methods, budget })
     }
 
     fn fallback(&mut self, node: &Node, path: &str) -> Option<Fallback> {
         let f = self.fields(node, path, FALLBACK_FIELDS)?;
-        let on = f
-            .get("on")
-            .and_then(|(n, p)| self.outcomes(n, &p))
-            .unwrap_or_else(default_fallback_on);
+        let on = f.get("on").and_then(|(n, p)| self.outcomes(n, &p)).unwrap_or_else(default_fallback_on);
         let response = match f.get("response") {
             Some((n, p)) => self.response(n, &p, None)?,
             None => {
@@ -735,12 +675,7 @@ impl Decoder {
         }
     }
 
-    fn response(
-        &mut self,
-        node: &Node,
-        path: &str,
-        default_status: Option<u16>,
-    ) -> Option<Response> {
+    fn response(&mut self, node: &Node, path: &str, default_status: Option<u16>) -> Option<Response> {
         let f = self.fields(node, path, RESPONSE_FIELDS)?;
         let status = match (f.get("status"), default_status) {
             (Some((n, p)), _) => self.int_as(n, &p, 200, 599)?,
@@ -766,22 +701,14 @@ impl Decoder {
             Some((n, p)) => {
                 let body = self.string(n, &p)?;
                 if body.len() > MAX_BODY_BYTES {
-                    self.error(
-                        &p,
-                        n,
-                        format!("a reply body may have at most {MAX_BODY_BYTES} bytes"),
-                    );
+                    self.error(&p, n, format!("a reply body may have at most {MAX_BODY_BYTES} bytes"));
                     return None;
                 }
                 body
             }
             None => String::new(),
         };
-        Some(Response {
-            status,
-            headers,
-            body,
-        })
+        Some(Response { status, headers, body })
     }
 }
 
@@ -802,9 +729,8 @@ fn check_name(name: &str) -> Result<String, String> {
 
 fn check_host(host: &str) -> Result<String, String> {
     let bare = host.strip_prefix("*.").unwrap_or(host);
-    let label_ok = |l: &str| {
-        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
+    let label_ok =
+        |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if host.contains(':') {
         return Err(format!(
             "`{host}`: hosts are matched without their port; remove `:{}`",
@@ -815,9 +741,7 @@ fn check_host(host: &str) -> Result<String, String> {
         return Err(format!("`{host}`: write hosts in lower case"));
     }
     if bare.len() > 253 || !bare.split('.').all(label_ok) {
-        return Err(format!(
-            "`{host}` is not a host name (exact, or `*.` followed by a suffix)"
-        ));
+        return Err(format!("`{host}` is not a host name (exact, or `*.` followed by a suffix)"));
     }
     Ok(host.to_string())
 }
@@ -853,11 +777,7 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad}");
         }
         assert!(check_host("*.example.com").is_ok());
-        assert!(
-            check_host("shop.example.com:8080")
-                .unwrap_err()
-                .contains("port")
-        );
+        assert!(check_host("shop.example.com:8080").unwrap_err().contains("port"));
         assert!(check_host("Shop.example.com").is_err());
         assert!(check_host("*").is_err());
         assert!(check_path("/api").is_ok());

@@ -45,19 +45,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Error,
-            path: path.into(),
-            message: message.into(),
-            span: None,
-        }
+        Diagnostic { severity: Severity::Error, path: path.into(), message: message.into(), span: None }
     }
 
     pub fn warning(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(path, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(path, message) }
     }
 
     pub fn with_span(mut self, span: Span) -> Self {
@@ -90,14 +82,9 @@ impl Diagnostic {
             let number = span.line.to_string();
             let pad = " ".repeat(number.len());
             // Tabs would misplace the caret; show them as one space, as the column counts them.
-            let shown: String = text
-                .chars()
-                .map(|c| if c == '\t' { ' ' } else { c })
-                .collect();
+            let shown: String = text.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
             let caret_pad = " ".repeat(span.col.saturating_sub(1));
-            out.push_str(&format!(
-                "{pad} |\n{number} | {shown}\n{pad} | {caret_pad}^\n"
-            ));
+            out.push_str(&format!("{pad} |\n{number} | {shown}\n{pad} | {caret_pad}^\n"));
         }
         out
     }
@@ -119,11 +106,7 @@ impl fmt::Display for Diagnostic {
 
 /// Renders every diagnostic of a file, errors and warnings in document order.
 pub fn render_all(diagnostics: &[Diagnostic], file: &str, source: Option<&str>) -> String {
-    diagnostics
-        .iter()
-        .map(|d| d.render(file, source))
-        .collect::<Vec<_>>()
-        .join("\n")
+    diagnostics.iter().map(|d| d.render(file, source)).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]
@@ -132,8 +115,7 @@ mod tests {
 
     #[test]
     fn render_points_a_caret_at_the_column() {
-        let d =
-            Diagnostic::error("policies[0].name", "must not be empty").with_span(Span::new(2, 11));
+        let d = Diagnostic::error("policies[0].name", "must not be empty").with_span(Span::new(2, 11));
         let out = d.render("a.yaml", Some("version: 1\n  - name: ''\n"));
         assert_eq!(
             out,

@@ -48,14 +48,7 @@ fn finish(root: Result<source::Node, Vec<Diagnostic>>) -> Result<Loaded, Vec<Dia
     // failures are elsewhere, so users see everything in one pass.
     diags.extend(check::check(&document, &spans));
     diags.sort_by_key(|d| d.span.map(|s| (s.line, s.col)));
-    if diags.iter().any(Diagnostic::is_error) {
-        Err(diags)
-    } else {
-        Ok(Loaded {
-            document,
-            warnings: diags,
-        })
-    }
+    if diags.iter().any(Diagnostic::is_error) { Err(diags) } else { Ok(Loaded { document, warnings: diags }) }
 }
 
 /// The normalized JSON the filter receives as plugin configuration: every default filled in.

@@ -223,10 +223,7 @@ pub struct Budget {
 
 impl Default for Budget {
     fn default() -> Self {
-        Budget {
-            percent: default_budget_percent(),
-            min_per_second: default_budget_min_per_second(),
-        }
+        Budget { percent: default_budget_percent(), min_per_second: default_budget_min_per_second() }
     }
 }
 
@@ -257,11 +254,7 @@ impl Response {
         if !body.is_empty() {
             headers.insert("content-type".to_string(), "text/plain".to_string());
         }
-        Response {
-            status,
-            headers,
-            body: body.to_string(),
-        }
+        Response { status, headers, body: body.to_string() }
     }
 }
 
@@ -289,12 +282,7 @@ pub fn default_failure_rate() -> u8 {
     50
 }
 pub fn default_failure_on() -> Vec<Outcome> {
-    vec![
-        Outcome::Status5xx,
-        Outcome::Reset,
-        Outcome::ConnectFailure,
-        Outcome::Timeout,
-    ]
+    vec![Outcome::Status5xx, Outcome::Reset, Outcome::ConnectFailure, Outcome::Timeout]
 }
 pub fn default_open_for() -> Duration {
     Duration::from_millis(30_000)
@@ -309,16 +297,10 @@ pub fn default_max_retries() -> u32 {
     1
 }
 pub fn default_retry_on() -> Vec<RetryOn> {
-    vec![
-        RetryOn::ConnectFailure,
-        RetryOn::Reset,
-        RetryOn::GatewayError,
-    ]
+    vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::GatewayError]
 }
 pub fn default_retry_methods() -> Vec<String> {
-    ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
-        .map(String::from)
-        .to_vec()
+    ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"].map(String::from).to_vec()
 }
 pub fn default_budget_percent() -> u8 {
     20
@@ -327,18 +309,12 @@ pub fn default_budget_min_per_second() -> u32 {
     10
 }
 pub fn default_fallback_on() -> Vec<Outcome> {
-    vec![
-        Outcome::Status5xx,
-        Outcome::Timeout,
-        Outcome::Reset,
-        Outcome::ConnectFailure,
-    ]
+    vec![Outcome::Status5xx, Outcome::Timeout, Outcome::Reset, Outcome::ConnectFailure]
 }
 
 /// HTTP methods a policy may name.
-pub const METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-];
+pub const METHODS: [&str; 9] =
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
 
 // ---- value types with their own text forms ----
 
@@ -365,9 +341,7 @@ impl Duration {
     /// Parses `250ms`, `1s`, `2m`, `1h`. The error says what is wrong in the user's words.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
         let hint = "write a whole number and a unit: 250ms, 1s, 2m, 1h";
         if digits.is_empty() {
@@ -379,11 +353,14 @@ impl Duration {
             "m" => 60_000,
             "h" => 3_600_000,
             "" => return Err(format!("`{text}` has no unit; {hint}")),
-            _ => return Err(format!("`{text}` has an unknown unit `{unit}`; {hint}")),
+            _ => {
+                return Err(match fractional_millis(text) {
+                    Some(ms) => format!("durations are whole numbers: write {ms}ms instead of {text}"),
+                    None => format!("`{text}` has an unknown unit `{unit}`; {hint}"),
+                });
+            }
         };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{text}` is too long a duration"))?;
+        let n: u64 = digits.parse().map_err(|_| format!("`{text}` is too long a duration"))?;
         let millis = n.checked_mul(factor).filter(|m| *m <= MAX_DURATION_MS);
         match millis {
             Some(0) => Err("must be longer than 0".to_string()),
@@ -391,6 +368,20 @@ impl Duration {
             None => Err(format!("`{text}` is longer than the maximum of 24h")),
         }
     }
+}
+
+/// `1.5s` → 1500: the whole milliseconds a fractional duration stands for, if it is exact.
+fn fractional_millis(text: &str) -> Option<u64> {
+    let unit_at = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (number, unit) = text.split_at(unit_at);
+    let factor = match unit {
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return None,
+    };
+    let ms = number.parse::<f64>().ok()? * factor;
+    (ms.fract() == 0.0 && ms >= 1.0 && ms <= MAX_DURATION_MS as f64).then_some(ms as u64)
 }
 
 impl fmt::Display for Duration {
@@ -544,9 +535,7 @@ text_serde!(KeyPart, {
 pub fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 256
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// A class of upstream outcome, or an exact status code.
@@ -566,13 +555,7 @@ pub enum Outcome {
     Status(u16),
 }
 
-pub const OUTCOME_CLASSES: [&str; 5] = [
-    "5xx",
-    "gateway-error",
-    "reset",
-    "connect-failure",
-    "timeout",
-];
+pub const OUTCOME_CLASSES: [&str; 5] = ["5xx", "gateway-error", "reset", "connect-failure", "timeout"];
 
 impl Outcome {
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -719,17 +702,7 @@ mod tests {
             assert_eq!(d.as_millis(), ms);
             assert_eq!(d.to_string(), shown);
         }
-        for bad in [
-            "",
-            "1",
-            "1.5s",
-            "s",
-            "1d",
-            "-1s",
-            "0s",
-            "25h",
-            "99999999999999999999999s",
-        ] {
+        for bad in ["", "1", "1.5s", "s", "1d", "-1s", "0s", "25h", "99999999999999999999999s"] {
             assert!(Duration::parse(bad).is_err(), "{bad} should be refused");
         }
     }
@@ -741,23 +714,13 @@ mod tests {
         }
         assert!(KeyPart::parse("header:X-Api-Key").is_err());
         assert!(KeyPart::parse("ip").is_err());
-        for text in [
-            "5xx",
-            "gateway-error",
-            "reset",
-            "connect-failure",
-            "timeout",
-            "429",
-        ] {
+        for text in ["5xx", "gateway-error", "reset", "connect-failure", "timeout", "429"] {
             assert_eq!(Outcome::parse(text).unwrap().to_string(), text);
         }
         assert!(Outcome::parse("600").is_err());
         for r in RetryOn::ALL {
             assert_eq!(RetryOn::parse(r.as_str()), Some(r));
-            assert_eq!(
-                serde_json::to_value(r).unwrap(),
-                serde_json::json!(r.as_str())
-            );
+            assert_eq!(serde_json::to_value(r).unwrap(), serde_json::json!(r.as_str()));
         }
     }
 }

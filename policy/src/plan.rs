@@ -82,17 +82,8 @@ impl Matcher {
             (None, Some(p)) => Some(PathPattern::Prefix(p.clone())),
             (None, None) => None,
         };
-        let headers = m
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), (v != "*").then(|| v.clone())))
-            .collect();
-        Matcher {
-            hosts,
-            path,
-            methods: m.methods.clone(),
-            headers,
-        }
+        let headers = m.headers.iter().map(|(k, v)| (k.clone(), (v != "*").then(|| v.clone()))).collect();
+        Matcher { hosts, path, methods: m.methods.clone(), headers }
     }
 
     pub fn matches(&self, req: &impl RequestView) -> bool {
@@ -118,32 +109,25 @@ impl Matcher {
                 HostPattern::Exact(e) => host.eq_ignore_ascii_case(e),
                 HostPattern::Suffix(s) => {
                     host.len() > s.len()
-                        && host
-                            .get(host.len() - s.len()..)
-                            .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+                        && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s))
                 }
             });
             if !ok {
                 return false;
             }
         }
-        self.headers
-            .iter()
-            .all(|(name, want)| match (req.header(name), want) {
-                (Some(_), None) => true,
-                (Some(v), Some(w)) => v == w,
-                (None, _) => false,
-            })
+        self.headers.iter().all(|(name, want)| match (req.header(name), want) {
+            (Some(_), None) => true,
+            (Some(v), Some(w)) => v == w,
+            (None, _) => false,
+        })
     }
 }
 
 /// `host:port` → `host`; `[::1]:80` → `[::1]`.
 fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
-        return authority
-            .find(']')
-            .and_then(|i| authority.get(..=i))
-            .unwrap_or(authority);
+        return authority.find(']').and_then(|i| authority.get(..=i)).unwrap_or(authority);
     }
     authority.split_once(':').map_or(authority, |(h, _)| h)
 }
@@ -177,19 +161,12 @@ impl Plan {
                 matcher: Matcher::new(&p.matcher),
                 rate_limit,
                 breaker: p.circuit_breaker.as_ref().map(BreakerConfig::from_model),
-                budget: p
-                    .retry
-                    .as_ref()
-                    .map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
+                budget: p.retry.as_ref().map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
             });
         }
         header_names.sort();
         header_names.dedup();
-        Ok(Plan {
-            debug_headers: doc.debug_headers,
-            policies,
-            header_names,
-        })
+        Ok(Plan { debug_headers: doc.debug_headers, policies, header_names })
     }
 
     /// The first policy whose match holds.
@@ -226,12 +203,7 @@ mod tests {
     }
 
     fn req(authority: &'static str, path: &'static str, method: &'static str) -> Req {
-        Req {
-            authority,
-            path,
-            method,
-            headers: HashMap::new(),
-        }
+        Req { authority, path, method, headers: HashMap::new() }
     }
 
     #[test]
@@ -258,14 +230,8 @@ policies:
             name(&req("shop.example.com:8443", "/api/checkout/1?x=1", "POST")).as_deref(),
             Some("checkout")
         );
-        assert_eq!(
-            name(&req("SHOP.example.com", "/api/checkout", "POST")).as_deref(),
-            Some("checkout")
-        );
-        assert_eq!(
-            name(&req("eu.shop.test", "/api/checkout", "POST")).as_deref(),
-            Some("checkout")
-        );
+        assert_eq!(name(&req("SHOP.example.com", "/api/checkout", "POST")).as_deref(), Some("checkout"));
+        assert_eq!(name(&req("eu.shop.test", "/api/checkout", "POST")).as_deref(), Some("checkout"));
         assert_eq!(name(&req("shop.test", "/api/checkout", "POST")), None);
         assert_eq!(name(&req("shop.example.com", "/api/checkout", "GET")), None);
         let mut r = req("a", "/", "GET");
@@ -273,10 +239,7 @@ policies:
         assert_eq!(name(&r).as_deref(), Some("tenant-gold"));
         r.headers.insert("x-tenant", "silver");
         assert_eq!(name(&r).as_deref(), Some("any-tenant"));
-        assert_eq!(
-            name(&req("a", "/health?full", "GET")).as_deref(),
-            Some("exact")
-        );
+        assert_eq!(name(&req("a", "/health?full", "GET")).as_deref(), Some("exact"));
         assert_eq!(name(&req("a", "/healthz", "GET")), None);
         assert_eq!(plan.header_names, vec!["x-tenant"]);
     }

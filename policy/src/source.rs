@@ -70,10 +70,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
             Err(vec![
                 Diagnostic::error(
                     "",
-                    format!(
-                        "the document is not valid UTF-8 (bad byte at offset {})",
-                        e.valid_up_to()
-                    ),
+                    format!("the document is not valid UTF-8 (bad byte at offset {})", e.valid_up_to()),
                 )
                 .with_span(span),
             ])
@@ -91,8 +88,7 @@ pub fn parse(text: &str) -> Result<Node, Vec<Diagnostic>> {
             Err(e) => {
                 let m = e.marker();
                 return Err(vec![
-                    Diagnostic::error("", format!("YAML syntax error: {}", e.info()))
-                        .with_span(span_of(m)),
+                    Diagnostic::error("", format!("YAML syntax error: {}", e.info())).with_span(span_of(m)),
                 ]);
             }
         };
@@ -124,17 +120,8 @@ enum Flow {
 }
 
 enum Open {
-    Seq {
-        span: Span,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Map {
-        span: Span,
-        anchor: usize,
-        entries: Vec<(Node, Node)>,
-        pending_key: Option<Node>,
-    },
+    Seq { span: Span, anchor: usize, items: Vec<Node> },
+    Map { span: Span, anchor: usize, entries: Vec<(Node, Node)>, pending_key: Option<Node> },
 }
 
 #[derive(Default)]
@@ -158,11 +145,8 @@ impl Builder {
                 self.documents += 1;
                 if self.documents > 1 {
                     return Err(Box::new(
-                        Diagnostic::error(
-                            "",
-                            "a policy file holds one document; found a second one (`---`)",
-                        )
-                        .with_span(span),
+                        Diagnostic::error("", "a policy file holds one document; found a second one (`---`)")
+                            .with_span(span),
                     ));
                 }
             }
@@ -177,10 +161,7 @@ impl Builder {
                     }
                 };
                 self.count(count_nodes(&node), span)?;
-                self.push_value(Node {
-                    value: node.value,
-                    span,
-                })?;
+                self.push_value(Node { value: node.value, span })?;
             }
             Event::Scalar(text, style, anchor, _tag) => {
                 self.count(1, span)?;
@@ -193,47 +174,26 @@ impl Builder {
             }
             Event::SequenceStart(anchor, _) => {
                 self.open(span)?;
-                self.stack.push(Open::Seq {
-                    span,
-                    anchor,
-                    items: Vec::new(),
-                });
+                self.stack.push(Open::Seq { span, anchor, items: Vec::new() });
             }
             Event::MappingStart(anchor, _) => {
                 self.open(span)?;
-                self.stack.push(Open::Map {
-                    span,
-                    anchor,
-                    entries: Vec::new(),
-                    pending_key: None,
-                });
+                self.stack.push(Open::Map { span, anchor, entries: Vec::new(), pending_key: None });
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
-                    Some(Open::Seq {
-                        span,
-                        anchor,
-                        items,
-                    }) => {
-                        let node = Node {
-                            value: Value::Seq(items),
-                            span,
-                        };
+                    Some(Open::Seq { span, anchor, items }) => {
+                        let node = Node { value: Value::Seq(items), span };
                         if anchor > 0 {
                             self.anchors.insert(anchor, node.clone());
                         }
                         node
                     }
-                    Some(Open::Map {
-                        span,
-                        anchor,
-                        entries,
-                        ..
-                    }) => {
-                        let node = Node {
-                            value: Value::Map(entries),
-                            span,
-                        };
+                    Some(Open::Map { span, anchor, entries, .. }) => {
+                        // A block mapping is marked where its first `:` stands; point at its first key
+                        // instead, which is where people look for "missing field" errors.
+                        let span = entries.first().map_or(span, |(k, _)| k.span);
+                        let node = Node { value: Value::Map(entries), span };
                         if anchor > 0 {
                             self.anchors.insert(anchor, node.clone());
                         }
@@ -255,11 +215,8 @@ impl Builder {
         self.count(1, span)?;
         if self.stack.len() >= MAX_DEPTH {
             return Err(Box::new(
-                Diagnostic::error(
-                    "",
-                    format!("the document nests deeper than {MAX_DEPTH} levels"),
-                )
-                .with_span(span),
+                Diagnostic::error("", format!("the document nests deeper than {MAX_DEPTH} levels"))
+                    .with_span(span),
             ));
         }
         Ok(())
@@ -283,26 +240,17 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Open::Seq { items, .. }) => items.push(node),
-            Some(Open::Map {
-                entries,
-                pending_key,
-                ..
-            }) => match pending_key.take() {
+            Some(Open::Map { entries, pending_key, .. }) => match pending_key.take() {
                 None => {
-                    if !matches!(
-                        node.value,
-                        Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Null
-                    ) {
+                    if !matches!(node.value, Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Null) {
                         return Err(Box::new(
-                            Diagnostic::error("", "mapping keys must be plain words")
-                                .with_span(node.span),
+                            Diagnostic::error("", "mapping keys must be plain words").with_span(node.span),
                         ));
                     }
                     let key = key_text(&node);
                     if entries.iter().any(|(k, _)| key_text(k) == key) {
                         self.errors.push(
-                            Diagnostic::error("", format!("duplicate key `{key}`"))
-                                .with_span(node.span),
+                            Diagnostic::error("", format!("duplicate key `{key}`")).with_span(node.span),
                         );
                     }
                     *pending_key = Some(node);
@@ -413,9 +361,7 @@ mod tests {
     #[test]
     fn scalars_resolve_like_yaml_1_2() {
         let n = root("a: 1\nb: 1.5\nc: '1'\nd: true\ne: ~\nf: 1s\ng: 99999999999999999999\n");
-        let Value::Map(entries) = n.value else {
-            unreachable!()
-        };
+        let Value::Map(entries) = n.value else { unreachable!() };
         let values: Vec<_> = entries.into_iter().map(|(_, v)| v.value).collect();
         assert_eq!(
             values,
@@ -434,17 +380,11 @@ mod tests {
     #[test]
     fn positions_are_one_based_line_and_column() {
         let n = root("version: 1\npolicies:\n  - name: x\n");
-        let Value::Map(entries) = n.value else {
-            unreachable!()
-        };
+        let Value::Map(entries) = n.value else { unreachable!() };
         let (k, v) = &entries[1];
         assert_eq!((k.span.line, k.span.col), (2, 1));
-        let Value::Seq(items) = &v.value else {
-            unreachable!()
-        };
-        let Value::Map(inner) = &items[0].value else {
-            unreachable!()
-        };
+        let Value::Seq(items) = &v.value else { unreachable!() };
+        let Value::Map(inner) = &items[0].value else { unreachable!() };
         assert_eq!((inner[0].1.span.line, inner[0].1.span.col), (3, 11));
     }
 
@@ -467,10 +407,7 @@ mod tests {
         let text = "[".repeat(100_000);
         let errs = parse(&text).err().unwrap_or_default();
         let m = &errs[0].message;
-        assert!(
-            m.contains("nests deeper") || m.contains("recursion limit"),
-            "{errs:?}"
-        );
+        assert!(m.contains("nests deeper") || m.contains("recursion limit"), "{errs:?}");
     }
 
     #[test]
@@ -489,9 +426,7 @@ mod tests {
 
     #[test]
     fn non_utf8_points_at_the_bad_byte() {
-        let errs = parse_bytes(b"version: 1\nname: \xff\n")
-            .err()
-            .unwrap_or_default();
+        let errs = parse_bytes(b"version: 1\nname: \xff\n").err().unwrap_or_default();
         assert!(errs[0].message.contains("offset 17"), "{errs:?}");
         assert_eq!(errs[0].span.map(|s| (s.line, s.col)), Some((2, 7)));
     }

@@ -53,14 +53,8 @@ enum WindowConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Closed,
-    Open {
-        until: Nanos,
-    },
-    HalfOpen {
-        since: Nanos,
-        admitted: u32,
-        succeeded: u32,
-    },
+    Open { until: Nanos },
+    HalfOpen { since: Nanos, admitted: u32, succeeded: u32 },
 }
 
 impl Phase {
@@ -91,12 +85,7 @@ pub struct BreakerState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum WindowState {
     /// Ring of the last N outcomes as two bitmaps.
-    Calls {
-        next: u32,
-        filled: u32,
-        failed: Vec<u8>,
-        slow: Vec<u8>,
-    },
+    Calls { next: u32, filled: u32, failed: Vec<u8>, slow: Vec<u8> },
     /// Counts per time bucket, each stamped with its bucket number.
     Time { buckets: Vec<Bucket> },
 }
@@ -144,20 +133,14 @@ impl BreakerConfig {
             Window::Time(d) => {
                 let total = d.as_nanos().max(1);
                 let buckets = (d.as_millis() / 100).clamp(1, MAX_BUCKETS);
-                WindowConfig::Time {
-                    bucket: total.div_ceil(buckets),
-                    buckets: buckets as u32,
-                }
+                WindowConfig::Time { bucket: total.div_ceil(buckets), buckets: buckets as u32 }
             }
         };
         BreakerConfig {
             window,
             minimum_calls: cb.minimum_calls.max(1),
             failure_rate: u32::from(cb.failure_rate),
-            slow: cb
-                .slow_call
-                .as_ref()
-                .map(|s| (s.duration.as_nanos(), u32::from(s.rate))),
+            slow: cb.slow_call.as_ref().map(|s| (s.duration.as_nanos(), u32::from(s.rate))),
             open_for: cb.open_for.as_nanos(),
             half_open_calls: cb.half_open_calls.max(1),
         }
@@ -165,27 +148,18 @@ impl BreakerConfig {
 
     /// A closed breaker with an empty window.
     pub fn new_state(&self) -> BreakerState {
-        BreakerState {
-            generation: 0,
-            phase: Phase::Closed,
-            window: self.empty_window(),
-        }
+        BreakerState { generation: 0, phase: Phase::Closed, window: self.empty_window() }
     }
 
     fn empty_window(&self) -> WindowState {
         match self.window {
             WindowConfig::Calls(n) => {
                 let bytes = n.div_ceil(8) as usize;
-                WindowState::Calls {
-                    next: 0,
-                    filled: 0,
-                    failed: vec![0; bytes],
-                    slow: vec![0; bytes],
-                }
+                WindowState::Calls { next: 0, filled: 0, failed: vec![0; bytes], slow: vec![0; bytes] }
             }
-            WindowConfig::Time { buckets, .. } => WindowState::Time {
-                buckets: vec![Bucket::default(); buckets as usize],
-            },
+            WindowConfig::Time { buckets, .. } => {
+                WindowState::Time { buckets: vec![Bucket::default(); buckets as usize] }
+            }
         }
     }
 
@@ -195,19 +169,12 @@ impl BreakerConfig {
     pub fn admit(&self, st: &mut BreakerState, now: Nanos) -> (Admission, Option<Transition>) {
         match st.phase {
             Phase::Closed => (Admission::Admitted(st.ticket(false)), None),
-            Phase::Open { until } if now < until => (
-                Admission::Rejected {
-                    retry_after: until - now,
-                },
-                None,
-            ),
+            Phase::Open { until } if now < until => (Admission::Rejected { retry_after: until - now }, None),
             Phase::Open { .. } => {
                 let t = self.to_half_open(st, now);
                 (self.admit_probe(st, now), Some(t))
             }
-            Phase::HalfOpen {
-                since, admitted, ..
-            } => {
+            Phase::HalfOpen { since, admitted, .. } => {
                 if admitted >= self.half_open_calls && now.saturating_sub(since) >= self.open_for {
                     // Probes were lost (never reported): start a new round.
                     let t = self.to_half_open(st, now);
@@ -219,26 +186,15 @@ impl BreakerConfig {
     }
 
     fn admit_probe(&self, st: &mut BreakerState, now: Nanos) -> Admission {
-        if let Phase::HalfOpen {
-            since, admitted, ..
-        } = &mut st.phase
-        {
+        if let Phase::HalfOpen { since, admitted, .. } = &mut st.phase {
             if *admitted < self.half_open_calls {
                 *admitted += 1;
-                return Admission::Admitted(Ticket {
-                    generation: st.generation,
-                    probe: true,
-                });
+                return Admission::Admitted(Ticket { generation: st.generation, probe: true });
             }
-            let retry_after = since
-                .saturating_add(self.open_for)
-                .saturating_sub(now)
-                .max(1);
+            let retry_after = since.saturating_add(self.open_for).saturating_sub(now).max(1);
             return Admission::Rejected { retry_after };
         }
-        Admission::Rejected {
-            retry_after: self.open_for,
-        }
+        Admission::Rejected { retry_after: self.open_for }
     }
 
     /// Records the outcome of an admitted call. `failed` is the caller's classification
@@ -259,15 +215,10 @@ impl BreakerConfig {
             Phase::Closed => {
                 self.push(&mut st.window, now, failed, slow);
                 let c = self.window_counts(&st.window, now);
-                (c.calls >= self.minimum_calls && self.over_threshold(c))
-                    .then(|| self.to_open(st, now))
+                (c.calls >= self.minimum_calls && self.over_threshold(c)).then(|| self.to_open(st, now))
             }
-            Phase::HalfOpen { .. } if ticket.probe && (failed || slow) => {
-                Some(self.to_open(st, now))
-            }
-            Phase::HalfOpen {
-                ref mut succeeded, ..
-            } if ticket.probe => {
+            Phase::HalfOpen { .. } if ticket.probe && (failed || slow) => Some(self.to_open(st, now)),
+            Phase::HalfOpen { ref mut succeeded, .. } if ticket.probe => {
                 *succeeded += 1;
                 (*succeeded >= self.half_open_calls).then(|| self.to_closed(st))
             }
@@ -278,9 +229,7 @@ impl BreakerConfig {
     fn over_threshold(&self, c: WindowCounts) -> bool {
         let calls = u64::from(c.calls);
         let failing = u64::from(c.failed) * 100 >= u64::from(self.failure_rate) * calls;
-        let slow = self
-            .slow
-            .is_some_and(|(_, rate)| u64::from(c.slow) * 100 >= u64::from(rate) * calls);
+        let slow = self.slow.is_some_and(|(_, rate)| u64::from(c.slow) * 100 >= u64::from(rate) * calls);
         failing || slow
     }
 
@@ -296,24 +245,12 @@ impl BreakerConfig {
     /// Closed or HalfOpen → Open, for `open_for`.
     fn to_open(&self, st: &mut BreakerState, now: Nanos) -> Transition {
         st.window = self.empty_window();
-        Self::transition(
-            st,
-            Phase::Open {
-                until: now.saturating_add(self.open_for),
-            },
-        )
+        Self::transition(st, Phase::Open { until: now.saturating_add(self.open_for) })
     }
 
     /// Open → HalfOpen (or a fresh HalfOpen round).
     fn to_half_open(&self, st: &mut BreakerState, now: Nanos) -> Transition {
-        Self::transition(
-            st,
-            Phase::HalfOpen {
-                since: now,
-                admitted: 0,
-                succeeded: 0,
-            },
-        )
+        Self::transition(st, Phase::HalfOpen { since: now, admitted: 0, succeeded: 0 })
     }
 
     /// HalfOpen → Closed, with an empty window.
@@ -326,35 +263,18 @@ impl BreakerConfig {
 
     fn push(&self, w: &mut WindowState, now: Nanos, failed: bool, slow: bool) {
         match (w, self.window) {
-            (
-                WindowState::Calls {
-                    next,
-                    filled,
-                    failed: f,
-                    slow: s,
-                },
-                WindowConfig::Calls(n),
-            ) => {
+            (WindowState::Calls { next, filled, failed: f, slow: s }, WindowConfig::Calls(n)) => {
                 set_bit(f, *next, failed);
                 set_bit(s, *next, slow);
                 *next = (*next + 1) % n;
                 *filled = (*filled + 1).min(n);
             }
-            (
-                WindowState::Time { buckets },
-                WindowConfig::Time {
-                    bucket,
-                    buckets: count,
-                },
-            ) => {
+            (WindowState::Time { buckets }, WindowConfig::Time { bucket, buckets: count }) => {
                 let epoch = now / bucket;
                 let slot = (epoch % u64::from(count)) as usize;
                 if let Some(b) = buckets.get_mut(slot) {
                     if b.epoch != epoch {
-                        *b = Bucket {
-                            epoch,
-                            ..Bucket::default()
-                        };
+                        *b = Bucket { epoch, ..Bucket::default() };
                     }
                     b.calls = b.calls.saturating_add(1);
                     b.failed = b.failed.saturating_add(u32::from(failed));
@@ -372,36 +292,22 @@ impl BreakerConfig {
 
     fn window_counts(&self, w: &WindowState, now: Nanos) -> WindowCounts {
         match (w, self.window) {
-            (
-                WindowState::Calls {
-                    filled,
-                    failed,
-                    slow,
-                    ..
-                },
-                _,
-            ) => WindowCounts {
+            (WindowState::Calls { filled, failed, slow, .. }, _) => WindowCounts {
                 calls: *filled,
                 failed: failed.iter().map(|b| b.count_ones()).sum(),
                 slow: slow.iter().map(|b| b.count_ones()).sum(),
             },
-            (
-                WindowState::Time { buckets },
-                WindowConfig::Time {
-                    bucket,
-                    buckets: count,
-                },
-            ) => {
+            (WindowState::Time { buckets }, WindowConfig::Time { bucket, buckets: count }) => {
                 let current = now / bucket;
                 let oldest = current.saturating_sub(u64::from(count) - 1);
-                buckets
-                    .iter()
-                    .filter(|b| b.calls > 0 && b.epoch >= oldest && b.epoch <= current)
-                    .fold(WindowCounts::default(), |acc, b| WindowCounts {
+                buckets.iter().filter(|b| b.calls > 0 && b.epoch >= oldest && b.epoch <= current).fold(
+                    WindowCounts::default(),
+                    |acc, b| WindowCounts {
                         calls: acc.calls.saturating_add(b.calls),
                         failed: acc.failed.saturating_add(b.failed),
                         slow: acc.slow.saturating_add(b.slow),
-                    })
+                    },
+                )
             }
             _ => WindowCounts::default(),
         }
@@ -415,19 +321,10 @@ impl BreakerConfig {
         match st.phase {
             Phase::Closed => w.u8(0),
             Phase::Open { until } => w.u8(1).u64(until),
-            Phase::HalfOpen {
-                since,
-                admitted,
-                succeeded,
-            } => w.u8(2).u64(since).u32(admitted).u32(succeeded),
+            Phase::HalfOpen { since, admitted, succeeded } => w.u8(2).u64(since).u32(admitted).u32(succeeded),
         };
         match &st.window {
-            WindowState::Calls {
-                next,
-                filled,
-                failed,
-                slow,
-            } => {
+            WindowState::Calls { next, filled, failed, slow } => {
                 w.u8(0).u32(*next).u32(*filled).bytes(failed).bytes(slow);
             }
             WindowState::Time { buckets } => {
@@ -448,11 +345,7 @@ impl BreakerConfig {
         let phase = match r.u8()? {
             0 => Phase::Closed,
             1 => Phase::Open { until: r.u64()? },
-            2 => Phase::HalfOpen {
-                since: r.u64()?,
-                admitted: r.u32()?,
-                succeeded: r.u32()?,
-            },
+            2 => Phase::HalfOpen { since: r.u64()?, admitted: r.u32()?, succeeded: r.u32()? },
             _ => return None,
         };
         let window = match (r.u8()?, self.window) {
@@ -464,12 +357,7 @@ impl BreakerConfig {
                 if next >= n || filled > n {
                     return None;
                 }
-                WindowState::Calls {
-                    next,
-                    filled,
-                    failed,
-                    slow,
-                }
+                WindowState::Calls { next, filled, failed, slow }
             }
             (1, WindowConfig::Time { buckets: count, .. }) => {
                 let mut buckets = Vec::with_capacity(count as usize);
@@ -485,17 +373,11 @@ impl BreakerConfig {
             }
             _ => return None,
         };
-        r.done().then_some(BreakerState {
-            generation,
-            phase,
-            window,
-        })
+        r.done().then_some(BreakerState { generation, phase, window })
     }
 
     fn load(&self, bytes: Option<&[u8]>) -> BreakerState {
-        bytes
-            .and_then(|b| self.decode(b))
-            .unwrap_or_else(|| self.new_state())
+        bytes.and_then(|b| self.decode(b)).unwrap_or_else(|| self.new_state())
     }
 
     /// [`Self::admit`] on shared-data bytes, for [`super::store::update`]; writes only on change.
@@ -533,10 +415,7 @@ impl BreakerState {
         self.phase
     }
     fn ticket(&self, probe: bool) -> Ticket {
-        Ticket {
-            generation: self.generation,
-            probe,
-        }
+        Ticket { generation: self.generation, probe }
     }
 }
 
@@ -555,20 +434,12 @@ mod tests {
 
     const MS: Nanos = 1_000_000;
 
-    fn config(
-        window: Window,
-        minimum_calls: u32,
-        failure_rate: u8,
-        half_open_calls: u32,
-    ) -> BreakerConfig {
+    fn config(window: Window, minimum_calls: u32, failure_rate: u8, half_open_calls: u32) -> BreakerConfig {
         BreakerConfig::from_model(&CircuitBreaker {
             window,
             minimum_calls,
             failure_rate,
-            slow_call: Some(SlowCall {
-                duration: Duration::from_millis(100),
-                rate: 80,
-            }),
+            slow_call: Some(SlowCall { duration: Duration::from_millis(100), rate: 80 }),
             failure_on: model::default_failure_on(),
             open_for: Duration::from_millis(1000),
             half_open_calls,
@@ -576,12 +447,7 @@ mod tests {
         })
     }
 
-    fn call(
-        c: &BreakerConfig,
-        st: &mut BreakerState,
-        now: Nanos,
-        failed: bool,
-    ) -> Option<Transition> {
+    fn call(c: &BreakerConfig, st: &mut BreakerState, now: Nanos, failed: bool) -> Option<Transition> {
         match c.admit(st, now).0 {
             Admission::Admitted(t) => c.record(st, now, t, failed, MS),
             Admission::Rejected { .. } => None,
@@ -600,39 +466,22 @@ mod tests {
         let t = call(&c, &mut st, 0, true).unwrap();
         assert_eq!(t.to, Phase::Open { until: 1000 * MS });
         // Open: rejected with the time left.
-        assert_eq!(
-            c.admit(&mut st, 400 * MS).0,
-            Admission::Rejected {
-                retry_after: 600 * MS
-            }
-        );
+        assert_eq!(c.admit(&mut st, 400 * MS).0, Admission::Rejected { retry_after: 600 * MS });
         // After open_for: two probes, a third is rejected.
         let (a1, t1) = c.admit(&mut st, 1000 * MS);
         assert_eq!(t1.map(|t| t.to.name()), Some("half_open"));
         let (a2, _) = c.admit(&mut st, 1000 * MS);
-        assert!(matches!(
-            c.admit(&mut st, 1000 * MS).0,
-            Admission::Rejected { .. }
-        ));
-        let (Admission::Admitted(p1), Admission::Admitted(p2)) = (a1, a2) else {
-            panic!()
-        };
+        assert!(matches!(c.admit(&mut st, 1000 * MS).0, Admission::Rejected { .. }));
+        let (Admission::Admitted(p1), Admission::Admitted(p2)) = (a1, a2) else { panic!() };
         assert_eq!(c.record(&mut st, 1001 * MS, p1, false, MS), None);
         // A failed second probe re-opens.
         let t = c.record(&mut st, 1002 * MS, p2, true, MS).unwrap();
         assert_eq!(t.to, Phase::Open { until: 2002 * MS });
         // Next round: both succeed → closed.
-        let (Admission::Admitted(p1), _) = c.admit(&mut st, 2002 * MS) else {
-            panic!()
-        };
-        let (Admission::Admitted(p2), _) = c.admit(&mut st, 2002 * MS) else {
-            panic!()
-        };
+        let (Admission::Admitted(p1), _) = c.admit(&mut st, 2002 * MS) else { panic!() };
+        let (Admission::Admitted(p2), _) = c.admit(&mut st, 2002 * MS) else { panic!() };
         assert_eq!(c.record(&mut st, 2003 * MS, p1, false, MS), None);
-        assert_eq!(
-            c.record(&mut st, 2003 * MS, p2, false, MS).map(|t| t.to),
-            Some(Phase::Closed)
-        );
+        assert_eq!(c.record(&mut st, 2003 * MS, p2, false, MS).map(|t| t.to), Some(Phase::Closed));
         assert_eq!(c.counts(&st, 2003 * MS), WindowCounts::default());
     }
 
@@ -671,14 +520,7 @@ mod tests {
             assert_eq!(call(&c, &mut st, 1500 * MS, false), None);
         }
         assert_eq!(call(&c, &mut st, 1500 * MS, true), None);
-        assert_eq!(
-            c.counts(&st, 1500 * MS),
-            WindowCounts {
-                calls: 5,
-                failed: 1,
-                slow: 0
-            }
-        );
+        assert_eq!(c.counts(&st, 1500 * MS), WindowCounts { calls: 5, failed: 1, slow: 0 });
     }
 
     #[test]
@@ -687,9 +529,7 @@ mod tests {
         let mut st = c.new_state();
         let mut last = None;
         for _ in 0..5 {
-            let Admission::Admitted(t) = c.admit(&mut st, 0).0 else {
-                panic!()
-            };
+            let Admission::Admitted(t) = c.admit(&mut st, 0).0 else { panic!() };
             last = c.record(&mut st, 0, t, false, 150 * MS);
         }
         assert_eq!(last.map(|t| t.to.name()), Some("open"));
@@ -699,13 +539,9 @@ mod tests {
     fn stale_outcomes_are_ignored() {
         let c = config(Window::Calls(10), 1, 100, 1);
         let mut st = c.new_state();
-        let Admission::Admitted(early) = c.admit(&mut st, 0).0 else {
-            panic!()
-        };
+        let Admission::Admitted(early) = c.admit(&mut st, 0).0 else { panic!() };
         call(&c, &mut st, 0, true); // opens
-        let Admission::Admitted(probe) = c.admit(&mut st, 1000 * MS).0 else {
-            panic!()
-        };
+        let Admission::Admitted(probe) = c.admit(&mut st, 1000 * MS).0 else { panic!() };
         // The early call finishes successfully now: must not count as a probe.
         assert_eq!(c.record(&mut st, 1000 * MS, early, false, MS), None);
         assert!(matches!(st.phase, Phase::HalfOpen { succeeded: 0, .. }));
@@ -717,18 +553,9 @@ mod tests {
         let c = config(Window::Calls(10), 1, 100, 1);
         let mut st = c.new_state();
         call(&c, &mut st, 0, true);
-        assert!(matches!(
-            c.admit(&mut st, 1000 * MS).0,
-            Admission::Admitted(_)
-        )); // never reported
-        assert!(matches!(
-            c.admit(&mut st, 1500 * MS).0,
-            Admission::Rejected { .. }
-        ));
-        assert!(matches!(
-            c.admit(&mut st, 2000 * MS).0,
-            Admission::Admitted(_)
-        ));
+        assert!(matches!(c.admit(&mut st, 1000 * MS).0, Admission::Admitted(_))); // never reported
+        assert!(matches!(c.admit(&mut st, 1500 * MS).0, Admission::Rejected { .. }));
+        assert!(matches!(c.admit(&mut st, 2000 * MS).0, Admission::Admitted(_)));
     }
 
     #[test]
@@ -746,10 +573,7 @@ mod tests {
         let st = t.new_state();
         assert_eq!(t.decode(&t.encode(&st)), Some(st));
         // tag, generation, phase, window kind, next, filled, two 13-byte bitmaps
-        assert_eq!(
-            c.encode(&c.new_state()).len(),
-            1 + 4 + 1 + 1 + 4 + 4 + 13 + 13
-        );
+        assert_eq!(c.encode(&c.new_state()).len(), 1 + 4 + 1 + 1 + 4 + 4 + 13 + 13);
     }
 
     #[derive(Debug, Clone)]

@@ -50,10 +50,7 @@ pub struct Reservation {
 
 impl RetryBudget {
     pub fn new(percent: u8, min_per_second: u32) -> Self {
-        RetryBudget {
-            percent: u64::from(percent),
-            min_per_second: u64::from(min_per_second),
-        }
+        RetryBudget { percent: u64::from(percent), min_per_second: u64::from(min_per_second) }
     }
 
     /// Counts a request and reserves up to `want` retries for it.
@@ -61,9 +58,7 @@ impl RetryBudget {
         let epoch = now / BUCKET_NS;
         let bucket = st.bucket_mut(epoch);
         bucket.requests = bucket.requests.saturating_add(1);
-        let granted = u32::try_from(self.available(st, now))
-            .unwrap_or(u32::MAX)
-            .min(want);
+        let granted = u32::try_from(self.available(st, now)).unwrap_or(u32::MAX).min(want);
         let bucket = st.bucket_mut(epoch);
         bucket.retries = bucket.retries.saturating_add(granted);
         Reservation { granted, epoch }
@@ -95,12 +90,7 @@ impl RetryBudget {
         self.min_per_second + self.percent * requests / 100
     }
 
-    pub fn start_bytes(
-        &self,
-        bytes: Option<&[u8]>,
-        now: Nanos,
-        want: u32,
-    ) -> (Reservation, Option<Vec<u8>>) {
+    pub fn start_bytes(&self, bytes: Option<&[u8]>, now: Nanos, want: u32) -> (Reservation, Option<Vec<u8>>) {
         let mut st = bytes.and_then(decode).unwrap_or_default();
         let r = self.start(&mut st, now, want);
         (r, Some(encode(&st)))
@@ -127,11 +117,7 @@ impl BudgetState {
         let slot = (epoch % BUCKETS) as usize;
         let b = &mut self.buckets[slot % self.buckets.len()];
         if b.epoch != epoch {
-            *b = Bucket {
-                epoch,
-                requests: 0,
-                retries: 0,
-            };
+            *b = Bucket { epoch, requests: 0, retries: 0 };
         }
         b
     }
@@ -143,9 +129,7 @@ impl BudgetState {
         self.buckets
             .iter()
             .filter(|b| b.epoch >= oldest && b.epoch <= current)
-            .fold((0, 0), |(q, r), b| {
-                (q + u64::from(b.requests), r + u64::from(b.retries))
-            })
+            .fold((0, 0), |(q, r), b| (q + u64::from(b.requests), r + u64::from(b.retries)))
     }
 }
 
@@ -161,11 +145,7 @@ pub fn decode(bytes: &[u8]) -> Option<BudgetState> {
     let mut r = Reader::with_tag(bytes, TAG)?;
     let mut st = BudgetState::default();
     for b in &mut st.buckets {
-        *b = Bucket {
-            epoch: r.u64()?,
-            requests: r.u32()?,
-            retries: r.u32()?,
-        };
+        *b = Bucket { epoch: r.u64()?, requests: r.u32()?, retries: r.u32()? };
     }
     r.done().then_some(st)
 }

@@ -17,9 +17,7 @@ pub struct FakeClock {
 
 impl FakeClock {
     pub fn at(now: Nanos) -> Self {
-        FakeClock {
-            now: Cell::new(now),
-        }
+        FakeClock { now: Cell::new(now) }
     }
     pub fn advance(&self, by: Nanos) {
         self.now.set(self.now.get().saturating_add(by));

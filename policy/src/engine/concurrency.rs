@@ -36,21 +36,9 @@ pub fn encode(n: u32) -> Vec<u8> {
 pub fn acquire(state: Option<&[u8]>, max: u32) -> (Slot, Option<Vec<u8>>) {
     let n = decode(state);
     if n >= max {
-        return (
-            Slot {
-                acquired: false,
-                in_flight: n,
-            },
-            None,
-        );
+        return (Slot { acquired: false, in_flight: n }, None);
     }
-    (
-        Slot {
-            acquired: true,
-            in_flight: n + 1,
-        },
-        Some(encode(n + 1)),
-    )
+    (Slot { acquired: true, in_flight: n + 1 }, Some(encode(n + 1)))
 }
 
 /// Gives a slot back; never below zero.

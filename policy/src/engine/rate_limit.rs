@@ -44,13 +44,7 @@ impl Gcra {
         }
         let interval = per.div_ceil(rate);
         let tolerance = interval.saturating_mul(burst);
-        Ok(Gcra {
-            interval,
-            tolerance,
-            rate,
-            per,
-            burst,
-        })
+        Ok(Gcra { interval, tolerance, rate, per, burst })
     }
 
     pub fn rate(&self) -> u64 {
@@ -90,11 +84,7 @@ impl Gcra {
 
     /// [`Gcra::decide`] on the shared-data encoding, for use inside [`super::store::update`].
     /// Foreign or damaged bytes count as a new bucket.
-    pub fn decide_bytes(
-        &self,
-        state: Option<&[u8]>,
-        now: Nanos,
-    ) -> (RateDecision, Option<Vec<u8>>) {
+    pub fn decide_bytes(&self, state: Option<&[u8]>, now: Nanos) -> (RateDecision, Option<Vec<u8>>) {
         let (decision, tat) = self.decide(state.and_then(decode_tat), now);
         (decision, tat.map(encode_tat))
     }
@@ -126,14 +116,7 @@ mod tests {
 
     fn run(g: &Gcra, times: &[Nanos]) -> usize {
         let store = MemoryStore::default();
-        times
-            .iter()
-            .filter(|now| {
-                update(&store, "k", |s| g.decide_bytes(s, **now))
-                    .unwrap()
-                    .allowed
-            })
-            .count()
+        times.iter().filter(|now| update(&store, "k", |s| g.decide_bytes(s, **now)).unwrap().allowed).count()
     }
 
     #[test]

@@ -34,13 +34,8 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::CasMismatch => {
-                f.write_str("shared data changed concurrently (CAS mismatch)")
-            }
-            StoreError::Contended => write!(
-                f,
-                "shared data still contended after {MAX_ATTEMPTS} attempts"
-            ),
+            StoreError::CasMismatch => f.write_str("shared data changed concurrently (CAS mismatch)"),
+            StoreError::Contended => write!(f, "shared data still contended after {MAX_ATTEMPTS} attempts"),
             StoreError::Unavailable(why) => write!(f, "shared data unavailable: {why}"),
         }
     }
@@ -102,12 +97,7 @@ impl MemoryStore {
     }
     /// Total bytes of keys and values, for memory-bound tests.
     pub fn bytes(&self) -> usize {
-        self.inner
-            .borrow()
-            .map
-            .iter()
-            .map(|(k, (v, _))| k.len() + v.len())
-            .sum()
+        self.inner.borrow().map.iter().map(|(k, (v, _))| k.len() + v.len()).sum()
     }
 }
 
@@ -141,10 +131,7 @@ mod tests {
 
     fn increment(store: &MemoryStore) -> u64 {
         update(store, "n", |cur| {
-            let n = cur
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes)
-                + 1;
+            let n = cur.and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes) + 1;
             (n, Some(n.to_le_bytes().to_vec()))
         })
         .unwrap()
@@ -156,10 +143,7 @@ mod tests {
         assert_eq!(s.get("k").unwrap(), None);
         s.set("k", b"a", 12345).unwrap();
         let (_, cas) = s.get("k").unwrap().unwrap();
-        assert_eq!(
-            s.set("k", b"b", cas.wrapping_add(1)),
-            Err(StoreError::CasMismatch)
-        );
+        assert_eq!(s.set("k", b"b", cas.wrapping_add(1)), Err(StoreError::CasMismatch));
         s.set("k", b"b", cas).unwrap();
         assert_eq!(s.get("k").unwrap().unwrap().0, b"b");
     }
@@ -171,10 +155,7 @@ mod tests {
         let s = MemoryStore::default();
         // Writer A saw "missing" and decided 1; writer B also saw "missing" and decided 1.
         s.set("n", &1u64.to_le_bytes(), CREATE_CAS).unwrap();
-        assert_eq!(
-            s.set("n", &1u64.to_le_bytes(), CREATE_CAS),
-            Err(StoreError::CasMismatch)
-        );
+        assert_eq!(s.set("n", &1u64.to_le_bytes(), CREATE_CAS), Err(StoreError::CasMismatch));
         // B retries through update and lands on 2.
         assert_eq!(increment(&s), 2);
     }
@@ -200,9 +181,6 @@ mod tests {
                 Err(StoreError::CasMismatch)
             }
         }
-        assert_eq!(
-            update(&Busy, "k", |_| ((), Some(vec![1]))),
-            Err(StoreError::Contended)
-        );
+        assert_eq!(update(&Busy, "k", |_| ((), Some(vec![1]))), Err(StoreError::Contended));
     }
 }

@@ -1,0 +1,80 @@
+//! The shipped documents: every example is valid and round-trips through `compile`; every document
+//! in policies/invalid fails with exactly the diagnostics in its `.expected` file
+//! (`LINE:COL severity PATH: MESSAGE`, one per line).
+//!
+//! After an intended change of messages, regenerate with `BREAKWATER_BLESS=1 cargo test -p
+//! breakwater-policy --test documents` and review the diff.
+
+use std::path::{Path, PathBuf};
+
+use breakwater_policy::{Diagnostic, Severity};
+
+fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.to_string_lossy().ends_with(".scenario.yaml")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn line(d: &Diagnostic) -> String {
+    let at = d.span.map_or("-".to_string(), |s| format!("{}:{}", s.line, s.col));
+    let severity = match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    format!("{at} {severity} {}: {}", d.path, d.message)
+}
+
+#[test]
+fn examples_are_valid_and_compile_round_trips() {
+    let files = yaml_files(&policies_dir());
+    assert!(files.len() >= 3, "expected at least three example policies, found {files:?}");
+    for file in files {
+        let loaded = breakwater_policy::load_bytes(&std::fs::read(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e:#?}", file.display()));
+        assert!(loaded.warnings.is_empty(), "{}: {:#?}", file.display(), loaded.warnings);
+        // The compiled JSON is a valid document that loads back to the same model, through the
+        // user-facing loader and through serde alike.
+        let json = breakwater_policy::compile(&loaded.document);
+        let again = breakwater_policy::load(&json).unwrap().document;
+        assert_eq!(again, loaded.document, "{}", file.display());
+        let via_serde: breakwater_policy::Document = serde_json::from_str(&json).unwrap();
+        assert_eq!(via_serde, loaded.document, "{}", file.display());
+        assert_eq!(breakwater_policy::compile(&again), json);
+    }
+}
+
+#[test]
+fn invalid_documents_fail_with_the_expected_diagnostics() {
+    let dir = policies_dir().join("invalid");
+    let bless = std::env::var_os("BREAKWATER_BLESS").is_some();
+    let files = yaml_files(&dir);
+    assert!(files.len() >= 10, "{files:?}");
+    let mut mismatches = Vec::new();
+    for file in files {
+        let result = breakwater_policy::load_bytes(&std::fs::read(&file).unwrap());
+        let diags = result.expect_err(&format!("{} should be invalid", file.display()));
+        assert!(diags.iter().any(Diagnostic::is_error));
+        let got: String = diags.iter().map(|d| line(d) + "\n").collect();
+        let expected_file = file.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_file, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&expected_file)
+            .unwrap_or_else(|_| panic!("missing {} (run with BREAKWATER_BLESS=1)", expected_file.display()));
+        if got != want {
+            mismatches.push(format!("{}:\n--- expected\n{want}--- got\n{got}", file.display()));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
