@@ -28,7 +28,6 @@ pub struct Document {
     pub debug_headers: bool,
     /// Ordered: the first policy whose `match` holds applies to a request; later ones are not
     /// consulted. A request that matches no policy passes untouched.
-    #[serde(default)]
     pub policies: Vec<Policy>,
 }
 
