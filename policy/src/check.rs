@@ -12,13 +12,13 @@ pub fn check(doc: &Document, spans: &SpanIndex) -> Vec<Diagnostic> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, p) in doc.policies.iter().enumerate() {
         let path = format!("policies[{i}]");
-        if !p.name.is_empty() {
-            if let Some(first) = seen.insert(&p.name, i) {
-                out.error(
-                    &format!("{path}.name"),
-                    format!("duplicate policy name `{}` (also policies[{first}])", p.name),
-                );
-            }
+        if !p.name.is_empty()
+            && let Some(first) = seen.insert(&p.name, i)
+        {
+            out.error(
+                &format!("{path}.name"),
+                format!("duplicate policy name `{}` (also policies[{first}])", p.name),
+            );
         }
         out.policy(p, &path);
         for (j, earlier) in doc.policies.iter().enumerate().take(i) {
@@ -78,21 +78,21 @@ impl Checks<'_> {
         }
         if let Some(cb) = &p.circuit_breaker {
             let at = format!("{path}.circuit_breaker");
-            if let Window::Calls(n) = cb.window {
-                if cb.minimum_calls > n {
-                    self.error(
-                        &format!("{at}.minimum_calls"),
-                        format!("must be at most the window ({n} calls), or the breaker can never open"),
-                    );
-                }
+            if let Window::Calls(n) = cb.window
+                && cb.minimum_calls > n
+            {
+                self.error(
+                    &format!("{at}.minimum_calls"),
+                    format!("must be at most the window ({n} calls), or the breaker can never open"),
+                );
             }
-            if let (Some(slow), Some(timeout)) = (&cb.slow_call, p.timeout) {
-                if slow.duration >= timeout {
-                    self.warning(
+            if let (Some(slow), Some(timeout)) = (&cb.slow_call, p.timeout)
+                && slow.duration >= timeout
+            {
+                self.warning(
                         &format!("{at}.slow_call.duration"),
                         format!("no call can be slower than {} because timeout is {timeout}; the slow-call rule never applies", slow.duration),
                     );
-                }
             }
         }
         if let Some(r) = &p.retry {
@@ -116,13 +116,13 @@ impl Checks<'_> {
                     format!("{m} is not idempotent: a retry may apply the request twice"),
                 );
             }
-            if let (Some(per_try), Some(timeout)) = (r.per_try_timeout, p.timeout) {
-                if per_try >= timeout {
-                    self.error(
-                        &format!("{at}.per_try_timeout"),
-                        format!("must be shorter than timeout ({timeout})"),
-                    );
-                }
+            if let (Some(per_try), Some(timeout)) = (r.per_try_timeout, p.timeout)
+                && per_try >= timeout
+            {
+                self.error(
+                    &format!("{at}.per_try_timeout"),
+                    format!("must be shorter than timeout ({timeout})"),
+                );
             }
         }
     }

@@ -346,14 +346,10 @@ impl Decoder {
         };
         match f.get("version") {
             Some((n, p)) => {
-                if let Some(v) = self.int(n, &p, 0, u64::MAX) {
-                    if v != 1 {
-                        self.error(
-                            &p,
-                            n,
-                            format!("unsupported version {v}; this breakwater reads version 1"),
-                        );
-                    }
+                if let Some(v) = self.int(n, &p, 0, u64::MAX)
+                    && v != 1
+                {
+                    self.error(&p, n, format!("unsupported version {v}; this breakwater reads version 1"));
                 }
             }
             None => self.error("version", node, "missing field `version` (write `version: 1`)"),
@@ -363,11 +359,11 @@ impl Decoder {
         }
         match f.get("policies") {
             Some((n, p)) => {
-                if let Value::Seq(items) = &n.value {
-                    if items.len() > MAX_POLICIES {
-                        self.error(&p, n, format!("at most {MAX_POLICIES} policies, found {}", items.len()));
-                        return doc;
-                    }
+                if let Value::Seq(items) = &n.value
+                    && items.len() > MAX_POLICIES
+                {
+                    self.error(&p, n, format!("at most {MAX_POLICIES} policies, found {}", items.len()));
+                    return doc;
                 }
                 if matches!(&n.value, Value::Seq(items) if items.is_empty()) {
                     self.diags.push(

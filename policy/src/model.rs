@@ -387,9 +387,9 @@ impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.millis;
         match () {
-            _ if m > 0 && m % 3_600_000 == 0 => write!(f, "{}h", m / 3_600_000),
-            _ if m > 0 && m % 60_000 == 0 => write!(f, "{}m", m / 60_000),
-            _ if m > 0 && m % 1000 == 0 => write!(f, "{}s", m / 1000),
+            _ if m > 0 && m.is_multiple_of(3_600_000) => write!(f, "{}h", m / 3_600_000),
+            _ if m > 0 && m.is_multiple_of(60_000) => write!(f, "{}m", m / 60_000),
+            _ if m > 0 && m.is_multiple_of(1000) => write!(f, "{}s", m / 1000),
             _ => write!(f, "{m}ms"),
         }
     }

@@ -87,10 +87,10 @@ impl Matcher {
     }
 
     pub fn matches(&self, req: &impl RequestView) -> bool {
-        if let Some(methods) = &self.methods {
-            if !methods.iter().any(|m| m == req.method()) {
-                return false;
-            }
+        if let Some(methods) = &self.methods
+            && !methods.iter().any(|m| m == req.method())
+        {
+            return false;
         }
         if let Some(path) = &self.path {
             let p = req.path();

@@ -312,10 +312,10 @@ fn scalar(text: String, style: TScalarStyle) -> Value {
             Err(_) => Value::BigInt(text),
         };
     }
-    if is_float(&text) {
-        if let Ok(f) = text.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if is_float(&text)
+        && let Ok(f) = text.parse::<f64>()
+    {
+        return Value::Float(f);
     }
     Value::Str(text)
 }

@@ -5,6 +5,8 @@
 //! After an intended change of messages, regenerate with `BREAKWATER_BLESS=1 cargo test -p
 //! breakwater-policy --test documents` and review the diff.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use breakwater_policy::{Diagnostic, Severity};

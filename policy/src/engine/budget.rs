@@ -72,10 +72,10 @@ impl RetryBudget {
             return; // nothing to return, or the charged bucket has left the window
         }
         let slot = (r.epoch % BUCKETS) as usize;
-        if let Some(b) = st.buckets.get_mut(slot) {
-            if b.epoch == r.epoch {
-                b.retries = b.retries.saturating_sub(unused);
-            }
+        if let Some(b) = st.buckets.get_mut(slot)
+            && b.epoch == r.epoch
+        {
+            b.retries = b.retries.saturating_sub(unused);
         }
     }
 

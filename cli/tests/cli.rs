@@ -1,0 +1,115 @@
+//! The `breakwater` command as users run it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn breakwater(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_breakwater")).args(args).current_dir(repo()).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    let out = breakwater(&[
+        "validate",
+        "policies/api-per-key.yaml",
+        "policies/flaky-backend.yaml",
+        "policies/gateway-shadow.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout),
+        "policies/api-per-key.yaml: ok\npolicies/flaky-backend.yaml: ok\npolicies/gateway-shadow.yaml: ok\n"
+    );
+}
+
+#[test]
+fn validate_shows_the_line_and_a_caret_and_exits_1() {
+    let out = breakwater(&["validate", "policies/invalid/per-try-timeout.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stdout),
+        "error: policies[0].retry.per_try_timeout: must be shorter than timeout (3s)\n\
+         \x20 --> policies/invalid/per-try-timeout.yaml:6:24\n\
+         \x20 |\n\
+         6 |       per_try_timeout: 5s\n\
+         \x20 |                        ^\n\
+         \n\
+         policies/invalid/per-try-timeout.yaml: 1 error\n"
+    );
+}
+
+#[test]
+fn validate_reports_every_file_and_fails_if_any_fails() {
+    let out =
+        breakwater(&["validate", "policies/invalid/unknown-fields.yaml", "policies/gateway-shadow.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("did you mean `rate_limit`?"), "{stdout}");
+    assert!(stdout.contains("policies/invalid/unknown-fields.yaml: 3 errors\n"), "{stdout}");
+    assert!(stdout.ends_with("policies/gateway-shadow.yaml: ok\n"), "{stdout}");
+}
+
+#[test]
+fn validate_json_for_machines() {
+    let out = breakwater(&["validate", "--format", "json", "policies/invalid/retry-statuses.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &v[0];
+    assert_eq!(report["file"], "policies/invalid/retry-statuses.yaml");
+    assert_eq!(report["valid"], false);
+    let first = &report["diagnostics"][0];
+    assert_eq!(first["path"], "policies[0].retry.statuses");
+    assert_eq!(first["severity"], "error");
+    assert_eq!((first["line"].as_u64(), first["col"].as_u64()), (Some(6), Some(17)));
+    let warnings = report["diagnostics"].as_array().unwrap().iter().filter(|d| d["severity"] == "warning");
+    assert_eq!(warnings.count(), 1);
+}
+
+#[test]
+fn validate_missing_file_is_an_error_not_a_crash() {
+    let out = breakwater(&["validate", "policies/does-not-exist.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("cannot read policies/does-not-exist.yaml"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn compile_prints_normalized_json_with_defaults() {
+    let out = breakwater(&["compile", "policies/gateway-shadow.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["policies"][0];
+    assert_eq!(p["mode"], "shadow");
+    assert_eq!(p["failure_mode"], "allow");
+    assert_eq!(p["circuit_breaker"]["window"], "10s");
+    assert_eq!(p["circuit_breaker"]["open_for"], "30s");
+    assert_eq!(p["circuit_breaker"]["half_open_calls"], 5);
+    assert_eq!(p["rate_limit"]["response"]["status"], 429);
+    assert_eq!(p["concurrency_limit"]["max_keys"], 100000);
+    // And it is a valid document in its own right.
+    breakwater_policy::load(&text(&out.stdout)).unwrap();
+}
+
+#[test]
+fn compile_refuses_invalid_documents() {
+    let out = breakwater(&["compile", "policies/invalid/duplicate-names.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(text(&out.stderr).contains("duplicate policy name `api`"));
+}
+
+#[test]
+fn schema_is_the_committed_file() {
+    let out = breakwater(&["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), std::fs::read_to_string(repo().join("policies/schema.json")).unwrap());
+}

@@ -1,0 +1,56 @@
+# breakwater's tasks. Run through ./dev (which installs the tools first): ./dev <recipe>.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+export PATH := justfile_directory() / ".tools/bin" + ":" + env_var("PATH")
+
+filter_wasm := "target/wasm32-wasip1/release/breakwater_filter.wasm"
+
+# List the recipes.
+default:
+    @just --list
+
+# The whole test suite: what CI runs.
+test: lint build-wasm test-rust validate-examples
+    @echo "all checks passed"
+
+# Formatting and clippy (unwrap/expect/panic are denied outside tests).
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --locked --workspace --all-targets -- -D warnings
+
+# The filter for Envoy (wasm32-wasip1) and the admin's validator for browsers (wasm32-unknown-unknown).
+build-wasm:
+    cargo build --locked --release -p breakwater-filter --target wasm32-wasip1
+    cargo build --locked -p breakwater-admin-ui --target wasm32-unknown-unknown
+    @ls -l {{filter_wasm}} | awk '{print "filter wasm: " $5 " bytes"}'
+
+# Unit, property and integration tests of every crate.
+test-rust:
+    cargo test --locked --workspace
+
+# The shipped example policies validate.
+validate-examples:
+    cargo run -q --locked -p breakwater-cli -- validate $(ls policies/*.yaml | grep -v '\.scenario\.yaml$')
+
+# Regenerate the committed JSON Schema after changing the model.
+schema:
+    cargo run -q --locked -p breakwater-cli -- schema > policies/schema.json
+
+# Regenerate policies/invalid/*.expected after an intended change of messages (review the diff!).
+bless:
+    BREAKWATER_BLESS=1 cargo test --locked -p breakwater-policy --test documents
+    git diff --stat policies/invalid
+
+# The demo. Until the filter enforces policies, it builds everything and shows what exists.
+demo: build-wasm
+    cargo build --locked -q -p breakwater-cli
+    @echo
+    @echo "breakwater is built:"
+    @echo "  CLI          target/debug/breakwater (validate, schema, compile)"
+    @echo "  filter       {{filter_wasm}}"
+    @echo "  envoy        $(envoy --version 2>/dev/null | grep -o '[0-9.]*/[A-Za-z]*' | head -n1) at .tools/bin/envoy"
+    @echo
+    target/debug/breakwater validate $(ls policies/*.yaml | grep -v '\.scenario\.yaml$')
+    @echo
+    @echo "Try an invalid document:  target/debug/breakwater validate policies/invalid/per-try-timeout.yaml"
+    @echo "See what the filter gets: target/debug/breakwater compile --pretty policies/flaky-backend.yaml"
