@@ -15,6 +15,7 @@
 pub mod check;
 pub mod decode;
 pub mod diag;
+pub mod enforce;
 pub mod engine;
 pub mod model;
 pub mod plan;

@@ -18,6 +18,10 @@ pub trait RequestView {
     fn method(&self) -> &str;
     /// A request header by lower-case name.
     fn header(&self, name: &str) -> Option<&str>;
+    /// The downstream client's IP address (without port), when known.
+    fn client_ip(&self) -> Option<&str> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +30,8 @@ pub struct Plan {
     pub policies: Vec<PolicyPlan>,
     /// Every request header a matcher or key reads, so the filter fetches each once.
     pub header_names: Vec<String>,
+    /// Whether any key uses the client IP (so the filter reads `source.address` only then).
+    pub needs_client_ip: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +143,7 @@ impl Plan {
     pub fn new(doc: &Document) -> Result<Plan, String> {
         let mut policies = Vec::with_capacity(doc.policies.len());
         let mut header_names: Vec<String> = Vec::new();
+        let mut needs_client_ip = false;
         for p in &doc.policies {
             let rate_limit = match &p.rate_limit {
                 Some(rl) => Some(
@@ -152,8 +159,10 @@ impl Plan {
                 .flat_map(|r| &r.key)
                 .chain(p.concurrency_limit.iter().flat_map(|c| &c.key));
             for k in keys {
-                if let KeyPart::Header(h) = k {
-                    header_names.push(h.clone());
+                match k {
+                    KeyPart::Header(h) => header_names.push(h.clone()),
+                    KeyPart::ClientIp => needs_client_ip = true,
+                    _ => {}
                 }
             }
             policies.push(PolicyPlan {
@@ -166,7 +175,7 @@ impl Plan {
         }
         header_names.sort();
         header_names.dedup();
-        Ok(Plan { debug_headers: doc.debug_headers, policies, header_names })
+        Ok(Plan { debug_headers: doc.debug_headers, policies, header_names, needs_client_ip })
     }
 
     /// The first policy whose match holds.

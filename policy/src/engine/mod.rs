@@ -12,6 +12,7 @@ pub mod budget;
 pub mod clock;
 pub mod codec;
 pub mod concurrency;
+pub mod keys;
 pub mod rate_limit;
 pub mod store;
 

@@ -1,0 +1,288 @@
+//! Bounded tables of per-key state (per client IP, per API key, ...) in shared data.
+//!
+//! Envoy's shared data has no delete: a key once written stays for the life of the VM. One entry per
+//! distinct client would let memory grow without bound, so each policy block owns a fixed table of
+//! `max_keys` *slots*, named `<prefix>/<slot number>`. A request key is hashed to a home slot and
+//! probes at most [`PROBES`] consecutive slots. Each slot value is the owner's 8-byte fingerprint
+//! followed by the engine's state.
+//!
+//! **Eviction rule.** Probing takes the first slot that is (1) empty, (2) already ours, or (3) held
+//! by another key whose state is *idle* (a full token bucket, zero requests in flight): idle state
+//! carries no information, so taking it over loses nothing. When all probed slots hold active
+//! state of other keys, a rate-limit table evicts the slot closest to idle (the bucket nearest to
+//! full, so the evicted key loses the least); a concurrency table cannot evict (the holders'
+//! releases must find their counts), so the request is treated as "state unavailable" and the
+//! policy's `failure_mode` decides.
+//!
+//! Memory is therefore at most `max_keys` entries per block, each at most 64 bytes (name + value).
+
+use std::hash::{Hash, Hasher};
+
+use super::Nanos;
+use super::store::{SharedStore, StoreError, update};
+
+/// Slots probed per key.
+pub const PROBES: u32 = 4;
+
+/// A table of slots for one block of one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTable {
+    prefix: String,
+    slots: u32,
+}
+
+/// Where a key's state was found, to come back to it (e.g. to release a concurrency slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRef {
+    pub name: String,
+    pub fingerprint: u64,
+}
+
+/// How an engine judges a slot's state when deciding whether it can be taken over.
+pub trait SlotState {
+    /// None when the state carries no information (may be taken over); otherwise a score, lower
+    /// meaning "closer to idle", or None-evictable: see [`SlotState::evictable`].
+    fn activity(&self, state: &[u8], now: Nanos) -> Option<u64>;
+    /// Whether an active slot of another key may be evicted.
+    fn evictable(&self) -> bool;
+}
+
+/// The fingerprint of a composed key. Stable across workers and restarts.
+pub fn fingerprint(key: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    // 0 marks "no owner" in nothing we store, but keep it out of the range anyway.
+    h.finish().max(1)
+}
+
+impl KeyTable {
+    pub fn new(prefix: String, slots: u32) -> Self {
+        KeyTable { prefix, slots: slots.max(1) }
+    }
+
+    fn name(&self, slot: u32) -> String {
+        format!("{}/{slot}", self.prefix)
+    }
+
+    fn probes(&self, fp: u64) -> impl Iterator<Item = u32> + '_ {
+        let home = (fp % u64::from(self.slots)) as u32;
+        (0..PROBES.min(self.slots)).map(move |i| (home + i) % self.slots)
+    }
+
+    /// Finds the key's slot and applies `decide` to its state (None = fresh state). `decide`
+    /// returns the decision and the new state (None = unchanged). Err(Unavailable) when no slot
+    /// could be had.
+    pub fn update<S, T>(
+        &self,
+        store: &S,
+        key: &[u8],
+        now: Nanos,
+        kind: &impl SlotState,
+        mut decide: impl FnMut(Option<&[u8]>) -> (T, Option<Vec<u8>>),
+    ) -> Result<(T, SlotRef), StoreError>
+    where
+        S: SharedStore + ?Sized,
+    {
+        let fp = fingerprint(key);
+        let mut closest: Option<(u64, u32)> = None;
+        for slot in self.probes(fp) {
+            let name = self.name(slot);
+            let current = store.get(&name)?;
+            let (owner, state) = split(current.as_ref().map(|(v, _)| v.as_slice()));
+            let claimable = match owner {
+                None => true,
+                Some(o) if o == fp => true,
+                Some(_) => match state.and_then(|s| kind.activity(s, now)) {
+                    None => true,
+                    Some(score) => {
+                        if closest.is_none_or(|(best, _)| score < best) {
+                            closest = Some((score, slot));
+                        }
+                        false
+                    }
+                },
+            };
+            if claimable {
+                return self.apply(store, &name, fp, now, kind, &mut decide, false);
+            }
+        }
+        match closest {
+            Some((_, slot)) if kind.evictable() => {
+                let name = self.name(slot);
+                self.apply(store, &name, fp, now, kind, &mut decide, true)
+            }
+            _ => Err(StoreError::Unavailable(format!(
+                "all {} probed slots of {} are busy",
+                PROBES, self.prefix
+            ))),
+        }
+    }
+
+    /// Runs `decide` on the slot in a CAS loop, taking the slot over when it belongs to another
+    /// key that is idle (or, with `evict`, whatever its state).
+    #[allow(clippy::too_many_arguments)]
+    fn apply<S, T>(
+        &self,
+        store: &S,
+        name: &str,
+        fp: u64,
+        now: Nanos,
+        kind: &impl SlotState,
+        decide: &mut impl FnMut(Option<&[u8]>) -> (T, Option<Vec<u8>>),
+        evict: bool,
+    ) -> Result<(T, SlotRef), StoreError>
+    where
+        S: SharedStore + ?Sized,
+    {
+        let mut lost = false;
+        let result = update(store, name, |bytes| {
+            let (owner, state) = split(bytes);
+            let mine = match owner {
+                Some(o) if o == fp => state,
+                None => None,
+                // Another key: take over only if it is (still) idle, or we were told to evict.
+                Some(_) if evict || state.and_then(|s| kind.activity(s, now)).is_none() => None,
+                Some(_) => {
+                    lost = true;
+                    return (None, None);
+                }
+            };
+            let (decision, new) = decide(mine);
+            // A fresh state that `decide` leaves unchanged is still written, to claim the slot.
+            let new =
+                new.or_else(|| (owner != Some(fp)).then(|| mine.map(<[u8]>::to_vec).unwrap_or_default()));
+            (Some(decision), new.map(|s| join(fp, &s)))
+        })?;
+        match result {
+            Some(decision) if !lost => Ok((decision, SlotRef { name: name.to_string(), fingerprint: fp })),
+            _ => Err(StoreError::Unavailable(format!("slot {name} was taken concurrently"))),
+        }
+    }
+
+    /// Applies `decide` to a slot found earlier, if the key still owns it (None otherwise).
+    pub fn update_at<S, T>(
+        store: &S,
+        slot: &SlotRef,
+        mut decide: impl FnMut(Option<&[u8]>) -> (T, Option<Vec<u8>>),
+    ) -> Result<Option<T>, StoreError>
+    where
+        S: SharedStore + ?Sized,
+    {
+        update(store, &slot.name, |bytes| match split(bytes) {
+            (Some(o), state) if o == slot.fingerprint => {
+                let (d, new) = decide(state);
+                (Some(d), new.map(|s| join(o, &s)))
+            }
+            _ => (None, None),
+        })
+    }
+}
+
+fn split(bytes: Option<&[u8]>) -> (Option<u64>, Option<&[u8]>) {
+    match bytes.and_then(|b| b.split_first_chunk::<8>()) {
+        Some((fp, rest)) => (Some(u64::from_le_bytes(*fp)), (!rest.is_empty()).then_some(rest)),
+        None => (None, None),
+    }
+}
+
+fn join(fp: u64, state: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + state.len());
+    v.extend_from_slice(&fp.to_le_bytes());
+    v.extend_from_slice(state);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::store::MemoryStore;
+
+    /// A counter that is idle at zero and evictable.
+    struct Counter {
+        evictable: bool,
+    }
+    impl SlotState for Counter {
+        fn activity(&self, state: &[u8], _: Nanos) -> Option<u64> {
+            let n = state.first().copied().unwrap_or(0);
+            (n > 0).then_some(u64::from(n))
+        }
+        fn evictable(&self) -> bool {
+            self.evictable
+        }
+    }
+
+    fn bump(state: Option<&[u8]>) -> (u8, Option<Vec<u8>>) {
+        let n = state.and_then(|s| s.first().copied()).unwrap_or(0) + 1;
+        (n, Some(vec![n]))
+    }
+
+    #[test]
+    fn keys_keep_their_own_state() {
+        let store = MemoryStore::default();
+        let t = KeyTable::new("bw/p/rl".into(), 100);
+        let k = Counter { evictable: true };
+        for _ in 0..3 {
+            t.update(&store, b"alice", 0, &k, bump).unwrap();
+        }
+        let (n, _) = t.update(&store, b"bob", 0, &k, bump).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(t.update(&store, b"alice", 0, &k, bump).unwrap().0, 4);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_slot_count() {
+        let store = MemoryStore::default();
+        let t = KeyTable::new("bw/p/rl".into(), 64);
+        let k = Counter { evictable: true };
+        for i in 0..10_000u32 {
+            t.update(&store, &i.to_le_bytes(), 0, &k, bump).unwrap();
+        }
+        assert!(store.len() <= 64, "{} entries", store.len());
+        assert!(store.bytes() <= 64 * 64, "{} bytes", store.bytes());
+    }
+
+    #[test]
+    fn idle_slots_are_taken_over_busy_ones_evicted_only_if_allowed() {
+        let store = MemoryStore::default();
+        let t = KeyTable::new("bw/p/c".into(), 1);
+        let busy = Counter { evictable: false };
+        t.update(&store, b"a", 0, &busy, bump).unwrap();
+        // Slot held by an active "a": "b" cannot have it.
+        assert!(matches!(t.update(&store, b"b", 0, &busy, bump), Err(StoreError::Unavailable(_))));
+        // "a" goes idle (back to 0): now "b" takes it over with fresh state.
+        let (_, slot) = t.update(&store, b"a", 0, &busy, |_| ((), Some(vec![0]))).unwrap();
+        assert_eq!(t.update(&store, b"b", 0, &busy, bump).unwrap().0, 1);
+        // The old owner's reference no longer applies.
+        assert_eq!(KeyTable::update_at(&store, &slot, bump).unwrap(), None);
+        // An evicting table takes active slots.
+        let evicting = Counter { evictable: true };
+        assert_eq!(t.update(&store, b"c", 0, &evicting, bump).unwrap().0, 1);
+    }
+
+    #[test]
+    fn eviction_picks_the_slot_closest_to_idle() {
+        let store = MemoryStore::default();
+        let t = KeyTable::new("bw/p/rl".into(), 4);
+        let k = Counter { evictable: true };
+        // Fill all four slots with distinct active keys of different activity.
+        let mut keys = Vec::new();
+        let mut i = 0u32;
+        while keys.len() < 4 {
+            let key = i.to_le_bytes();
+            i += 1;
+            let fp = fingerprint(&key);
+            if keys.iter().any(|(_, f)| f % 4 == fp % 4) {
+                continue;
+            }
+            keys.push((key, fp));
+        }
+        for (n, (key, _)) in keys.iter().enumerate() {
+            for _ in 0..=n {
+                t.update(&store, key, 0, &k, bump).unwrap();
+            }
+        }
+        let (_, slot) = t.update(&store, b"newcomer", 0, &k, bump).unwrap();
+        // The least active (count 1) key's slot went to the newcomer.
+        assert_eq!(slot.name, format!("bw/p/rl/{}", keys[0].1 % 4));
+    }
+}

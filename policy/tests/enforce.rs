@@ -1,0 +1,336 @@
+//! The request lifecycle natively: plan + in-memory shared data + fake clock. The same behaviours
+//! are tested through the compiled filter in real Envoy (tests/ at the workspace root).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+
+use breakwater_policy::enforce::{self, Admitted, Decision, Event, Exchange, Verdict, flags};
+use breakwater_policy::engine::clock::{Clock, FakeClock};
+use breakwater_policy::engine::store::{MemoryStore, SharedStore, StoreError};
+use breakwater_policy::plan::{Plan, RequestView};
+
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    headers: HashMap<&'static str, &'static str>,
+    ip: &'static str,
+}
+
+impl RequestView for Req {
+    fn authority(&self) -> &str {
+        "shop.example.com"
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).copied()
+    }
+    fn client_ip(&self) -> Option<&str> {
+        Some(self.ip)
+    }
+}
+
+fn get(path: &'static str) -> Req {
+    Req { method: "GET", path, headers: HashMap::new(), ip: "10.0.0.1" }
+}
+
+struct Sim<S: SharedStore = MemoryStore> {
+    plan: Plan,
+    store: S,
+    clock: FakeClock,
+}
+
+fn sim(yaml: &str) -> Sim {
+    sim_with(yaml, MemoryStore::default())
+}
+
+fn sim_with<S: SharedStore>(yaml: &str, store: S) -> Sim<S> {
+    let doc = breakwater_policy::load(yaml).unwrap_or_else(|e| panic!("{e:#?}")).document;
+    Sim { plan: Plan::new(&doc).unwrap(), store, clock: FakeClock::at(1_000_000_000_000) }
+}
+
+impl<S: SharedStore> Sim<S> {
+    fn admit(&self, req: &Req) -> Admitted {
+        enforce::admit(&self.plan, &self.store, req, self.clock.now()).expect("a policy matches")
+    }
+    fn finish(&self, a: &mut Admitted, status: u16, attempts: u32) {
+        let ex = Exchange { status: Some(status), ..Exchange::default() };
+        enforce::finish(&self.plan, &self.store, a, &ex, Some(attempts), self.clock.now());
+    }
+    /// A whole request: admitted, and if forwarded, answered with `status`.
+    fn call(&self, req: &Req, status: u16) -> Decision {
+        let mut a = self.admit(req);
+        if a.forwarded() {
+            self.finish(&mut a, status, 1);
+        }
+        a.decision
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn rejection(a: &Admitted) -> &enforce::Reply {
+    match &a.verdict {
+        Verdict::Reject(r) => r,
+        Verdict::Forward { .. } => panic!("expected a rejection, got {:?}", a.decision),
+    }
+}
+
+fn router_headers(a: &Admitted) -> &[(&'static str, String)] {
+    match &a.verdict {
+        Verdict::Forward { request_headers } => request_headers,
+        Verdict::Reject(_) => panic!("expected forwarding"),
+    }
+}
+
+#[test]
+fn rate_limit_per_key_with_headers() {
+    let s = sim(r#"
+version: 1
+policies:
+  - name: api
+    rate_limit: { rate: 10, per: 1s, burst: 5, key: ["header:x-api-key"] }
+"#);
+    let mut alice = get("/");
+    alice.headers.insert("x-api-key", "alice");
+    let mut bob = get("/");
+    bob.headers.insert("x-api-key", "bob");
+    let decisions: Vec<Decision> = (0..6).map(|_| s.call(&alice, 200)).collect();
+    assert_eq!(decisions.iter().filter(|d| **d == Decision::Allowed).count(), 5);
+    let a = s.admit(&alice);
+    let r = rejection(&a);
+    assert_eq!(r.status, 429);
+    assert_eq!(header(&r.headers, "retry-after"), Some("1"));
+    assert_eq!(header(&r.headers, "ratelimit-policy"), Some("\"api\";q=5;w=1"));
+    assert_eq!(header(&r.headers, "ratelimit"), Some("\"api\";r=0;t=1"));
+    assert_eq!(r.body, "rate limited\n");
+    // Bob is independent.
+    assert_eq!(s.call(&bob, 200), Decision::Allowed);
+    // One token per 100 ms.
+    s.clock.advance_ms(100);
+    assert_eq!(s.call(&alice, 200), Decision::Allowed);
+    assert_eq!(s.call(&alice, 200), Decision::RateLimited);
+}
+
+#[test]
+fn rate_limit_is_exact_over_time() {
+    let s = sim("version: 1\npolicies:\n  - name: api\n    rate_limit: { rate: 100, per: 1s, burst: 20 }\n");
+    let mut admitted = 0;
+    for _ in 0..10_000 {
+        if s.call(&get("/"), 200) == Decision::Allowed {
+            admitted += 1;
+        }
+        s.clock.advance_ms(1);
+    }
+    // 20 + 100/s · 9.999 s
+    assert_eq!(admitted, 20 + 999);
+}
+
+#[test]
+fn concurrency_slots_are_held_until_finish_and_released_once() {
+    let s = sim("version: 1\npolicies:\n  - name: api\n    concurrency_limit: { max_in_flight: 2 }\n");
+    let mut a1 = s.admit(&get("/"));
+    let mut a2 = s.admit(&get("/"));
+    let a3 = s.admit(&get("/"));
+    assert_eq!(
+        (a1.decision, a2.decision, a3.decision),
+        (Decision::Allowed, Decision::Allowed, Decision::ConcurrencyLimited)
+    );
+    assert_eq!(rejection(&a3).status, 503);
+    // A client abort (no response) releases too; finishing twice releases once.
+    enforce::finish(&s.plan, &s.store, &mut a1, &Exchange::default(), None, s.clock.now());
+    enforce::finish(&s.plan, &s.store, &mut a1, &Exchange::default(), None, s.clock.now());
+    let mut a4 = s.admit(&get("/"));
+    assert_eq!(a4.decision, Decision::Allowed);
+    assert_eq!(s.admit(&get("/")).decision, Decision::ConcurrencyLimited);
+    s.finish(&mut a2, 200, 1);
+    s.finish(&mut a4, 200, 1);
+    assert!(a4.events.contains(&Event::InFlight(0)));
+}
+
+#[test]
+fn breaker_lifecycle() {
+    let s = sim(r#"
+version: 1
+policies:
+  - name: flaky
+    circuit_breaker: { window: 10, minimum_calls: 4, failure_rate: 50, open_for: 1s, half_open_calls: 2 }
+"#);
+    for _ in 0..3 {
+        assert_eq!(s.call(&get("/"), 503), Decision::Allowed);
+    }
+    let mut a = s.admit(&get("/"));
+    s.finish(&mut a, 503, 1);
+    assert!(
+        a.events.iter().any(|e| matches!(e, Event::Breaker(t) if t.to.name() == "open")),
+        "{:?}",
+        a.events
+    );
+    let open = s.admit(&get("/"));
+    assert_eq!(open.decision, Decision::CircuitOpen);
+    assert_eq!(rejection(&open).status, 503);
+    assert_eq!(header(&rejection(&open).headers, "retry-after"), Some("1"));
+    s.clock.advance_ms(1000);
+    let mut p1 = s.admit(&get("/"));
+    let mut p2 = s.admit(&get("/"));
+    assert_eq!(s.admit(&get("/")).decision, Decision::CircuitOpen);
+    s.finish(&mut p1, 200, 1);
+    s.finish(&mut p2, 200, 1);
+    assert!(p2.events.iter().any(|e| matches!(e, Event::Breaker(t) if t.to.name() == "closed")));
+    assert_eq!(s.call(&get("/"), 200), Decision::Allowed);
+}
+
+#[test]
+fn retries_only_for_the_methods_and_within_the_budget() {
+    let s = sim(r#"
+version: 1
+policies:
+  - name: api
+    retry:
+      max_retries: 2
+      retry_on: [5xx, retriable-status-codes]
+      statuses: [409]
+      per_try_timeout: 250ms
+      methods: [GET]
+      budget: { percent: 0, min_per_second: 3 }
+    timeout: 2s
+"#);
+    let mut first = s.admit(&get("/"));
+    assert_eq!(
+        router_headers(&first),
+        &[
+            ("x-envoy-retry-on", "5xx,retriable-status-codes".to_string()),
+            ("x-envoy-max-retries", "2".to_string()),
+            ("x-envoy-retriable-status-codes", "409".to_string()),
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "250".to_string()),
+            ("x-envoy-upstream-rq-timeout-ms", "2000".to_string()),
+        ]
+    );
+    let post = s.admit(&Req { method: "POST", ..get("/") });
+    assert_eq!(router_headers(&post), &[("x-envoy-upstream-rq-timeout-ms", "2000".to_string())]);
+    // Budget: 3 per second, 2 reserved by the first request; the next gets 1, then 0.
+    let second = s.admit(&get("/"));
+    assert_eq!(header_of(&second, "x-envoy-max-retries"), Some("1"));
+    assert!(second.events.contains(&Event::BudgetExhausted));
+    let third = s.admit(&get("/"));
+    assert_eq!(header_of(&third, "x-envoy-max-retries"), Some("0"));
+    // The first used one retry of its two: one comes back.
+    s.finish(&mut first, 200, 2);
+    assert!(first.events.contains(&Event::Retried(1)));
+    assert_eq!(header_of(&s.admit(&get("/")), "x-envoy-max-retries"), Some("1"));
+}
+
+fn header_of<'a>(a: &'a Admitted, name: &str) -> Option<&'a str> {
+    router_headers(a).iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn fallback_replaces_failures_but_not_our_own_replies() {
+    let s = sim(r#"
+version: 1
+debug_headers: true
+policies:
+  - name: recs
+    rate_limit: { rate: 1, burst: 1 }
+    fallback:
+      on: [5xx, timeout]
+      response: { status: 200, headers: { content-type: application/json }, body: '{"items":[]}' }
+"#);
+    let mut a = s.admit(&get("/"));
+    assert_eq!(
+        enforce::fallback(&s.plan, &mut a, &Exchange { status: Some(200), ..Exchange::default() }),
+        None
+    );
+    let fb =
+        enforce::fallback(&s.plan, &mut a, &Exchange { status: Some(503), ..Exchange::default() }).unwrap();
+    assert_eq!((fb.status, fb.body.as_str()), (200, "{\"items\":[]}"));
+    assert_eq!(header(&fb.headers, "x-breakwater-decision"), Some("fallback"));
+    assert!(a.events.contains(&Event::Fallback));
+    // A rate-limited request's own 429 passes through response processing untouched.
+    let mut limited = s.admit(&get("/"));
+    assert_eq!(limited.decision, Decision::RateLimited);
+    assert_eq!(header(&rejection(&limited).headers, "x-breakwater-policy"), Some("recs"));
+    assert_eq!(
+        enforce::fallback(&s.plan, &mut limited, &Exchange { status: Some(429), ..Exchange::default() }),
+        None
+    );
+}
+
+#[test]
+fn shadow_mode_counts_but_forwards() {
+    let s = sim(
+        "version: 1\npolicies:\n  - name: api\n    mode: shadow\n    rate_limit: { rate: 1, burst: 1 }\n",
+    );
+    assert_eq!(s.call(&get("/"), 200), Decision::Allowed);
+    let a = s.admit(&get("/"));
+    assert_eq!(a.decision, Decision::RateLimited);
+    assert!(a.forwarded());
+    assert!(a.events.contains(&Event::Decision(Decision::RateLimited)));
+}
+
+/// A store that refuses every call: failure_mode decides.
+struct Broken;
+impl SharedStore for Broken {
+    fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        Err(StoreError::Unavailable("test".into()))
+    }
+    fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("test".into()))
+    }
+}
+
+#[test]
+fn failure_mode_applies_when_state_is_unavailable() {
+    let open = sim_with("version: 1\npolicies:\n  - name: a\n    rate_limit: { rate: 1 }\n", Broken);
+    let a = open.admit(&get("/"));
+    assert!(a.forwarded());
+    assert!(a.events.contains(&Event::StateUnavailable));
+    let closed = sim_with(
+        "version: 1\npolicies:\n  - name: a\n    failure_mode: deny\n    rate_limit: { rate: 1 }\n",
+        Broken,
+    );
+    assert_eq!(rejection(&closed.admit(&get("/"))).status, 429);
+}
+
+#[test]
+fn client_ip_keys_and_unmatched_requests() {
+    let s = sim(r#"
+version: 1
+policies:
+  - name: per-ip
+    match: { path_prefix: /api }
+    rate_limit: { rate: 1, burst: 1, key: [client_ip] }
+"#);
+    assert!(s.plan.needs_client_ip);
+    assert_eq!(s.call(&get("/api/a"), 200), Decision::Allowed);
+    assert_eq!(s.call(&get("/api/a"), 200), Decision::RateLimited);
+    assert_eq!(s.call(&Req { ip: "10.0.0.2", ..get("/api/a") }, 200), Decision::Allowed);
+    assert!(enforce::admit(&s.plan, &s.store, &get("/other"), s.clock.now()).is_none());
+}
+
+#[test]
+fn outcomes_are_classified_from_status_flags_and_details() {
+    let ex = |status, flags, details: &str| Exchange { status: Some(status), flags, details: details.into() };
+    use breakwater_policy::model::Outcome::*;
+    let connect = ex(
+        503,
+        flags::UPSTREAM_CONNECTION_FAILURE,
+        "upstream_reset_before_response_started{remote_connection_failure}",
+    );
+    assert!(
+        connect.is(ConnectFailure) && connect.is(Status5xx) && connect.is(GatewayError) && !connect.is(Reset)
+    );
+    let reset = ex(503, flags::UPSTREAM_REMOTE_RESET, "upstream_reset_before_response_started{remote_reset}");
+    assert!(reset.is(Reset) && !reset.is(ConnectFailure) && !reset.is(Timeout));
+    let timeout = ex(504, flags::UPSTREAM_REQUEST_TIMEOUT, "response_timeout");
+    assert!(timeout.is(Timeout) && timeout.is(Status5xx) && !timeout.is(Reset));
+    let teapot = ex(418, 0, "via_upstream");
+    assert!(teapot.is(Status(418)) && !teapot.is(Status5xx));
+}
