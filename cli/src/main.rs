@@ -1,4 +1,6 @@
-//! `breakwater`: check, explain and compile policy documents.
+//! `breakwater`: check, explain, compile and publish policy documents.
+
+mod ecds;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,23 @@ enum Command {
         #[arg(long)]
         pretty: bool,
     },
+    /// Validate and compile a policy, then write it as the next version of an ECDS resource file
+    /// (atomically: Envoy applies it without a restart).
+    Publish {
+        file: PathBuf,
+        /// The ECDS file Envoy watches (its `path_config_source.path`).
+        #[arg(long)]
+        ecds: PathBuf,
+        /// The compiled filter.
+        #[arg(long, default_value = "target/wasm32-wasip1/release/breakwater_filter.wasm")]
+        wasm: PathBuf,
+        /// The filter's name in Envoy's HTTP filter chain.
+        #[arg(long, default_value = "breakwater")]
+        name: String,
+        /// Envoy VM id; shared state is scoped by it.
+        #[arg(long, default_value = "breakwater")]
+        vm_id: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,6 +70,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Compile { file, pretty } => compile(&file, pretty),
+        Command::Publish { file, ecds, wasm, name, vm_id } => publish(&file, &ecds, wasm, name, vm_id),
     }
 }
 
@@ -115,12 +135,24 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
 }
 
 fn compile(path: &Path, pretty: bool) -> ExitCode {
+    let Some(doc) = load_valid(path) else { return ExitCode::FAILURE };
+    let json = breakwater_policy::compile(&doc);
+    let json = match (pretty, serde_json::from_str::<serde_json::Value>(&json)) {
+        (true, Ok(v)) => serde_json::to_string_pretty(&v).unwrap_or(json),
+        _ => json,
+    };
+    emit(&format!("{json}\n"));
+    ExitCode::SUCCESS
+}
+
+/// Loads a file for compile/publish, printing its diagnostics; None when it is invalid.
+fn load_valid(path: &Path) -> Option<breakwater_policy::Document> {
     let name = path.display().to_string();
     let checked = match check_file(path) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{}", Diagnostic::error("", e).render(&name, None));
-            return ExitCode::FAILURE;
+            return None;
         }
     };
     match checked.result {
@@ -128,16 +160,35 @@ fn compile(path: &Path, pretty: bool) -> ExitCode {
             if !loaded.warnings.is_empty() {
                 eprintln!("{}", diag::render_all(&loaded.warnings, &name, checked.source.as_deref()));
             }
-            let json = breakwater_policy::compile(&loaded.document);
-            let json = match (pretty, serde_json::from_str::<serde_json::Value>(&json)) {
-                (true, Ok(v)) => serde_json::to_string_pretty(&v).unwrap_or(json),
-                _ => json,
-            };
-            emit(&format!("{json}\n"));
-            ExitCode::SUCCESS
+            Some(loaded.document)
         }
         Err(diags) => {
             eprintln!("{}", diag::render_all(&diags, &name, checked.source.as_deref()));
+            None
+        }
+    }
+}
+
+fn publish(file: &Path, ecds_path: &Path, wasm: PathBuf, name: String, vm_id: String) -> ExitCode {
+    let Some(doc) = load_valid(file) else { return ExitCode::FAILURE };
+    let wasm = match std::fs::canonicalize(&wasm) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "error: the filter {} is not there ({e}); build it with `./dev build-wasm`",
+                wasm.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = ecds::FilterSettings { name, vm_id, wasm };
+    match ecds::publish(ecds_path, &settings, &breakwater_policy::compile(&doc)) {
+        Ok(version) => {
+            emit(&format!("published {} as version {version} to {}\n", file.display(), ecds_path.display()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", ecds_path.display());
             ExitCode::FAILURE
         }
     }

@@ -2,48 +2,64 @@
 //!
 //! The proxy-wasm HTTP filter that enforces a breakwater policy document inside Envoy.
 //!
-//! Thin glue by design: the decisions live in `breakwater-policy`, which knows nothing of
-//! proxy-wasm. This crate reads the host (headers, properties, shared data, time), calls the
-//! engines, and acts on their decisions (local replies, router headers, metrics).
+//! Thin glue by design: what to decide lives in `breakwater_policy::enforce`, which knows nothing
+//! of proxy-wasm. This crate reads the host (headers, properties, shared data, time) through
+//! [`host`], calls `admit` / `fallback` / `finish` at the matching points of the stream, acts on
+//! the verdicts (local replies, router headers) and counts the events as Envoy metrics.
 //!
-//! Status: configuration is loaded, validated and compiled into a [`Plan`] exactly as the CLI
-//! does (an invalid document is rejected with the CLI's messages in Envoy's log); requests are
-//! matched to their policy. Enforcement arrives with the filter issue.
+//! Stream points (see ENVOY-FACTS in the shared notes for why each is where it is):
+//! - request headers: admit; reject with a local reply, or set the router's retry/timeout headers;
+//! - response headers: remember the upstream outcome; reply with the fallback if it applies (the
+//!   only point where a reply can still replace the upstream's);
+//! - on_log (every stream end, aborts and resets included): release, record, settle.
+
+mod host;
+mod metrics;
 
 use std::rc::Rc;
 
+use breakwater_policy::enforce::{self, Admitted, Exchange, Verdict};
 use breakwater_policy::plan::{Plan, RequestView};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::host::HostStore;
+use crate::metrics::Metrics;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     // A panic must never pass silently: Envoy turns it into 503s for the worker.
     std::panic::set_hook(Box::new(|info| {
-        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("breakwater: panic: {info}"));
+        host::log(LogLevel::Critical, &format!("breakwater: panic: {info}"));
     }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+/// What every request of one configuration shares.
+struct Config {
+    plan: Plan,
+    metrics: Metrics,
+}
+
 #[derive(Default)]
 struct Root {
-    plan: Option<Rc<Plan>>,
+    config: Option<Rc<Config>>,
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match load_plan(&bytes) {
+        match load_plan(&host::plugin_configuration()) {
             Ok(plan) => {
-                log(LogLevel::Info, &format!("breakwater: loaded {} policies", plan.policies.len()));
-                self.plan = Some(Rc::new(plan));
+                host::log(LogLevel::Info, &format!("breakwater: loaded {} policies", plan.policies.len()));
+                let metrics = Metrics::define(&plan);
+                self.config = Some(Rc::new(Config { plan, metrics }));
                 true
             }
             Err(messages) => {
                 for m in messages {
-                    log(LogLevel::Error, &format!("breakwater: configuration rejected: {m}"));
+                    host::log(LogLevel::Error, &format!("breakwater: configuration rejected: {m}"));
                 }
                 false
             }
@@ -51,7 +67,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { plan: self.plan.clone() }))
+        Some(Box::new(Http { config: self.config.clone(), admitted: None, exchange: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -67,12 +83,11 @@ pub fn load_plan(bytes: &[u8]) -> Result<Plan, Vec<String>> {
     Plan::new(&loaded.document).map_err(|e| vec![e])
 }
 
-fn log(level: LogLevel, message: &str) {
-    let _ = proxy_wasm::hostcalls::log(level, message);
-}
-
 struct Http {
-    plan: Option<Rc<Plan>>,
+    config: Option<Rc<Config>>,
+    admitted: Option<Admitted>,
+    /// The upstream outcome as seen at response headers (before any fallback replaced it).
+    exchange: Option<Exchange>,
 }
 
 impl Context for Http {}
@@ -83,6 +98,24 @@ struct Request {
     path: String,
     method: String,
     headers: Vec<(String, String)>,
+    client_ip: Option<String>,
+}
+
+impl Request {
+    fn read(plan: &Plan) -> Self {
+        let pseudo = |name| host::request_header(name).unwrap_or_default();
+        Request {
+            authority: pseudo(":authority"),
+            path: pseudo(":path"),
+            method: pseudo(":method"),
+            headers: plan
+                .header_names
+                .iter()
+                .filter_map(|n| host::request_header(n).map(|v| (n.clone(), v)))
+                .collect(),
+            client_ip: if plan.needs_client_ip { host::client_ip() } else { None },
+        }
+    }
 }
 
 impl RequestView for Request {
@@ -98,26 +131,70 @@ impl RequestView for Request {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
+    fn client_ip(&self) -> Option<&str> {
+        self.client_ip.as_deref()
+    }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(plan) = self.plan.clone() else { return Action::Continue };
-        let header = |name: &str| self.get_http_request_header(name).unwrap_or_default();
-        let request = Request {
-            authority: header(":authority"),
-            path: header(":path"),
-            method: header(":method"),
-            headers: plan
-                .header_names
-                .iter()
-                .filter_map(|n| self.get_http_request_header(n).map(|v| (n.clone(), v)))
-                .collect(),
+        let Some(config) = self.config.clone() else { return Action::Continue };
+        let request = Request::read(&config.plan);
+        let Some(mut admitted) = enforce::admit(&config.plan, &HostStore, &request, host::now()) else {
+            return Action::Continue;
         };
-        if let Some(policy) = plan.select(&request) {
-            log(LogLevel::Debug, &format!("breakwater: request matched policy {}", policy.name()));
+        config.metrics.count(admitted.policy, admitted.events.drain(..));
+        let action = match &admitted.verdict {
+            Verdict::Reject(reply) => {
+                if let Err(status) = host::send_reply(reply.status, &reply.headers, &reply.body) {
+                    host::log(LogLevel::Debug, &format!("breakwater: local reply not sent: {status:?}"));
+                }
+                Action::Pause
+            }
+            Verdict::Forward { request_headers } => {
+                for (name, value) in request_headers {
+                    host::set_request_header(name, value);
+                }
+                Action::Continue
+            }
+        };
+        self.admitted = Some(admitted);
+        action
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let (Some(config), Some(admitted)) = (self.config.clone(), self.admitted.as_mut()) else {
+            return Action::Continue;
+        };
+        let exchange = Exchange {
+            status: host::response_header(":status").and_then(|s| s.parse().ok()),
+            flags: host::property_u64(&["response", "flags"]).unwrap_or(0),
+            details: host::property_string(&["response", "code_details"]).unwrap_or_default(),
+        };
+        let fallback = enforce::fallback(&config.plan, admitted, &exchange);
+        config.metrics.count(admitted.policy, admitted.events.drain(..));
+        self.exchange = Some(exchange);
+        if let Some(reply) = fallback {
+            let _ = host::send_reply(reply.status, &reply.headers, &reply.body);
+            return Action::Pause;
+        }
+        for (name, value) in &admitted.response_headers {
+            host::add_response_header(name, value);
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let (Some(config), Some(mut admitted)) = (self.config.clone(), self.admitted.take()) else { return };
+        let exchange = self.exchange.take().unwrap_or_else(|| Exchange {
+            status: host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok()),
+            flags: host::property_u64(&["response", "flags"]).unwrap_or(0),
+            details: host::property_string(&["response", "code_details"]).unwrap_or_default(),
+        });
+        let attempts =
+            host::property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok());
+        enforce::finish(&config.plan, &HostStore, &mut admitted, &exchange, attempts, host::now());
+        config.metrics.count(admitted.policy, admitted.events.drain(..));
     }
 }
 

@@ -1,0 +1,77 @@
+//! Envoy Extension Config Discovery (ECDS) over the filesystem: the resource file that carries the
+//! compiled policy to Envoy, written atomically so Envoy never reads half a file.
+//!
+//! Envoy watches the file's directory and notices a rename, not an in-place write; so a new
+//! version goes to a temporary file in the same directory and is renamed over the old one.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// What goes into the resource besides the policy.
+#[derive(Debug, Clone)]
+pub struct FilterSettings {
+    /// The filter's name in the HCM (`http_filters[].name` and the resource name).
+    pub name: String,
+    pub vm_id: String,
+    /// The compiled filter (`breakwater_filter.wasm`); written as an absolute path.
+    pub wasm: PathBuf,
+}
+
+/// The DiscoveryResponse Envoy reads from `path_config_source`.
+pub fn discovery_response(settings: &FilterSettings, compiled_policy: &str, version: u64) -> Value {
+    json!({
+        "version_info": version.to_string(),
+        "type_url": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": settings.name,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": settings.name,
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": compiled_policy,
+                    },
+                    "vm_config": {
+                        "vm_id": settings.vm_id,
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": { "local": { "filename": settings.wasm.to_string_lossy() } },
+                    },
+                },
+            },
+        }],
+    })
+}
+
+/// The version of an existing ECDS file (0 when missing or unreadable).
+pub fn current_version(path: &Path) -> u64 {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("version_info").and_then(Value::as_str).and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Writes `content` to `path` atomically (temp file in the same directory, then rename).
+pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Publishes a compiled policy: the next version of the ECDS file. Returns the version written.
+pub fn publish(path: &Path, settings: &FilterSettings, compiled_policy: &str) -> std::io::Result<u64> {
+    let version = current_version(path) + 1;
+    let mut text = serde_json::to_string_pretty(&discovery_response(settings, compiled_policy, version))
+        .map_err(std::io::Error::other)?;
+    text.push('\n');
+    write_atomically(path, text.as_bytes())?;
+    Ok(version)
+}
