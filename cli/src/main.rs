@@ -1,11 +1,10 @@
 //! `breakwater`: check, explain, compile and publish policy documents.
 
-mod ecds;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use breakwater_cli::ecds;
 use breakwater_policy::{Diagnostic, diag};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;

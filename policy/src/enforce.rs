@@ -427,10 +427,10 @@ pub fn finish<S: SharedStore + ?Sized>(
             }
         }
     }
-    if let (Some(budget), Some(res)) = (&p.budget, a.reservation.take()) {
-        if update(store, &prefix(p, "budget"), |s| budget.settle_bytes(s, now, res, retried)).is_err() {
-            a.events.push(Event::StateUnavailable);
-        }
+    if let (Some(budget), Some(res)) = (&p.budget, a.reservation.take())
+        && update(store, &prefix(p, "budget"), |s| budget.settle_bytes(s, now, res, retried)).is_err()
+    {
+        a.events.push(Event::StateUnavailable);
     }
 }
 

@@ -1,0 +1,4 @@
+//! The library behind the `breakwater` command, shared with the end-to-end tests (and later the
+//! admin server): what `publish` writes is written by exactly this code everywhere.
+
+pub mod ecds;

@@ -1,0 +1,171 @@
+//! End-to-end harness: a real Envoy 1.40 (from `.tools/`, installed by `scripts/bootstrap`) with
+//! the compiled filter, configured from the shipped `envoy/demo.yaml` with free loopback ports, a
+//! scripted upstream, and a raw HTTP client. Every process is stopped when its handle drops, also
+//! when a test fails, and Envoy's log is printed then.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod client;
+pub mod upstream;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use client::{Client, Response};
+pub use upstream::Upstream;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+pub fn envoy_binary() -> PathBuf {
+    let p = repo().join(".tools/bin/envoy");
+    assert!(p.exists(), "{} is missing: run `scripts/bootstrap` (./dev test does)", p.display());
+    p
+}
+
+pub fn filter_wasm() -> PathBuf {
+    let p = repo().join("target/wasm32-wasip1/release/breakwater_filter.wasm");
+    assert!(p.exists(), "{} is missing: build it with `./dev build-wasm`", p.display());
+    p
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running Envoy.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub dir: PathBuf,
+    ecds: PathBuf,
+    log: PathBuf,
+}
+
+impl Envoy {
+    /// Starts Envoy (2 workers) with `policy` (YAML) published over ECDS, routing to `upstream_port`.
+    pub fn start(policy: &str, upstream_port: u16) -> Envoy {
+        let dir = std::env::temp_dir().join(format!("bw-e2e-{}-{}", std::process::id(), free_port()));
+        let ecds_dir = dir.join("ecds");
+        std::fs::create_dir_all(&ecds_dir).unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let ecds = ecds_dir.join("breakwater.json");
+        let bootstrap = std::fs::read_to_string(repo().join("envoy/demo.yaml"))
+            .unwrap()
+            .replace("port_value: 9901", &format!("port_value: {admin}"))
+            .replace("port_value: 10000", &format!("port_value: {port}"))
+            .replace("port_value: 8081", &format!("port_value: {upstream_port}"))
+            .replace("path: envoy/ecds/breakwater.json", &format!("path: {}", ecds.display()))
+            .replace("path: envoy/ecds }", &format!("path: {} }}", ecds_dir.display()));
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, bootstrap).unwrap();
+        let log = dir.join("envoy.log");
+        let mut envoy = Envoy {
+            child: Command::new(envoy_binary())
+                .args(["-c", &config.to_string_lossy(), "--concurrency", "2", "--log-level", "info"])
+                .arg("--disable-hot-restart")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+            port,
+            admin,
+            dir,
+            ecds,
+            log,
+        };
+        envoy.publish(policy).expect("the test policy is valid");
+        envoy.wait_ready();
+        envoy
+    }
+
+    /// Publishes a policy document over ECDS (the same code as `breakwater publish`).
+    pub fn publish(&self, policy: &str) -> Result<u64, String> {
+        let doc = breakwater_policy::load(policy).map_err(|d| format!("{d:?}"))?.document;
+        self.publish_raw(&breakwater_policy::compile(&doc))
+    }
+
+    /// Publishes any configuration string, valid or not.
+    pub fn publish_raw(&self, configuration: &str) -> Result<u64, String> {
+        let settings = breakwater_cli::ecds::FilterSettings {
+            name: "breakwater".into(),
+            vm_id: "breakwater".into(),
+            wasm: filter_wasm(),
+        };
+        breakwater_cli::ecds::publish(&self.ecds, &settings, configuration).map_err(|e| e.to_string())
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("envoy exited with {status}:\n{}", self.log());
+            }
+            if self.admin_get("/ready").is_some_and(|r| r.status == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("envoy not ready after 30 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn admin_get(&self, path: &str) -> Option<Response> {
+        let mut c = Client::new(self.admin);
+        c.try_send("GET", path, &[]).ok()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.port)
+    }
+
+    /// A counter or gauge from /stats (`wasmcustom.` names included), 0 when absent.
+    pub fn stat(&self, name: &str) -> u64 {
+        let body = self.admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\."))).map(|r| r.body);
+        body.as_deref()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")).and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// A breakwater counter: `breakwater.requests.policy.<policy>.decision.<decision>`.
+    pub fn decisions(&self, policy: &str, decision: &str) -> u64 {
+        self.stat(&format!("wasmcustom.breakwater.requests.policy.{policy}.decision.{decision}"))
+    }
+
+    /// Waits until `check` holds (Envoy applies ECDS updates and flushes stats asynchronously).
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if check() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- envoy log ({}) ----\n{}", self.log.display(), self.log());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
