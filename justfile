@@ -10,7 +10,7 @@ default:
     @just --list
 
 # The whole test suite: what CI runs.
-test: lint build-wasm test-rust validate-examples
+test: lint build-wasm test-rust validate-examples demo-smoke
     @echo "all checks passed"
 
 # Formatting and clippy (unwrap/expect/panic are denied outside tests).
@@ -41,16 +41,12 @@ bless:
     BREAKWATER_BLESS=1 cargo test --locked -p breakwater-policy --test documents
     git diff --stat policies/invalid
 
-# The demo. Until the filter enforces policies, it builds everything and shows what exists.
+# The demo: example upstream + Envoy (2 workers) with the filter and the example policies.
 demo: build-wasm
-    cargo build --locked -q -p breakwater-cli
-    @echo
-    @echo "breakwater is built:"
-    @echo "  CLI          target/debug/breakwater (validate, schema, compile)"
-    @echo "  filter       {{filter_wasm}}"
-    @echo "  envoy        $(envoy --version 2>/dev/null | grep -o '[0-9.]*/[A-Za-z]*' | head -n1) at .tools/bin/envoy"
-    @echo
-    target/debug/breakwater validate $(ls policies/*.yaml | grep -v '\.scenario\.yaml$')
-    @echo
-    @echo "Try an invalid document:  target/debug/breakwater validate policies/invalid/per-try-timeout.yaml"
-    @echo "See what the filter gets: target/debug/breakwater compile --pretty policies/flaky-backend.yaml"
+    cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
+    scripts/demo
+
+# Start the demo, check a 429, an open breaker and the metrics, stop it.
+demo-smoke: build-wasm
+    cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
+    scripts/demo --smoke

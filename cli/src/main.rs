@@ -28,17 +28,20 @@ enum Command {
     },
     /// Print the JSON Schema of the policy language.
     Schema,
-    /// Print the JSON the filter receives as plugin configuration (defaults filled in).
+    /// Print the JSON the filter receives as plugin configuration (defaults filled in). Several
+    /// files are merged, policies in the order given.
     Compile {
-        file: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// Indent the JSON.
         #[arg(long)]
         pretty: bool,
     },
     /// Validate and compile a policy, then write it as the next version of an ECDS resource file
-    /// (atomically: Envoy applies it without a restart).
+    /// (atomically: Envoy applies it without a restart). Several files are merged in order.
     Publish {
-        file: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// The ECDS file Envoy watches (its `path_config_source.path`).
         #[arg(long)]
         ecds: PathBuf,
@@ -68,8 +71,8 @@ fn main() -> ExitCode {
             print!("{}", breakwater_policy::schema::json_schema());
             ExitCode::SUCCESS
         }
-        Command::Compile { file, pretty } => compile(&file, pretty),
-        Command::Publish { file, ecds, wasm, name, vm_id } => publish(&file, &ecds, wasm, name, vm_id),
+        Command::Compile { files, pretty } => compile(&files, pretty),
+        Command::Publish { files, ecds, wasm, name, vm_id } => publish(&files, &ecds, wasm, name, vm_id),
     }
 }
 
@@ -133,8 +136,8 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-fn compile(path: &Path, pretty: bool) -> ExitCode {
-    let Some(doc) = load_valid(path) else { return ExitCode::FAILURE };
+fn compile(files: &[PathBuf], pretty: bool) -> ExitCode {
+    let Some(doc) = load_all(files) else { return ExitCode::FAILURE };
     let json = breakwater_policy::compile(&doc);
     let json = match (pretty, serde_json::from_str::<serde_json::Value>(&json)) {
         (true, Ok(v)) => serde_json::to_string_pretty(&v).unwrap_or(json),
@@ -168,8 +171,29 @@ fn load_valid(path: &Path) -> Option<breakwater_policy::Document> {
     }
 }
 
-fn publish(file: &Path, ecds_path: &Path, wasm: PathBuf, name: String, vm_id: String) -> ExitCode {
-    let Some(doc) = load_valid(file) else { return ExitCode::FAILURE };
+/// Loads every file (reporting each one's problems), then merges them when there are several.
+fn load_all(files: &[PathBuf]) -> Option<breakwater_policy::Document> {
+    let docs: Vec<_> = files.iter().map(|f| load_valid(f).map(|d| (f.display().to_string(), d))).collect();
+    let docs: Vec<_> = docs.into_iter().collect::<Option<_>>()?;
+    if docs.len() == 1 {
+        return docs.into_iter().next().map(|(_, d)| d);
+    }
+    match breakwater_policy::merge(docs) {
+        Ok(loaded) => {
+            if !loaded.warnings.is_empty() {
+                eprintln!("{}", diag::render_all(&loaded.warnings, "merged policies", None));
+            }
+            Some(loaded.document)
+        }
+        Err(diags) => {
+            eprintln!("{}", diag::render_all(&diags, "merged policies", None));
+            None
+        }
+    }
+}
+
+fn publish(files: &[PathBuf], ecds_path: &Path, wasm: PathBuf, name: String, vm_id: String) -> ExitCode {
+    let Some(doc) = load_all(files) else { return ExitCode::FAILURE };
     let wasm = match std::fs::canonicalize(&wasm) {
         Ok(p) => p,
         Err(e) => {
@@ -183,7 +207,13 @@ fn publish(file: &Path, ecds_path: &Path, wasm: PathBuf, name: String, vm_id: St
     let settings = ecds::FilterSettings { name, vm_id, wasm };
     match ecds::publish(ecds_path, &settings, &breakwater_policy::compile(&doc)) {
         Ok(version) => {
-            emit(&format!("published {} as version {version} to {}\n", file.display(), ecds_path.display()));
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            emit(&format!(
+                "published {} ({} policies) as version {version} to {}\n",
+                names.join(" + "),
+                doc.policies.len(),
+                ecds_path.display()
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => {

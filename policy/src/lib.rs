@@ -52,6 +52,55 @@ fn finish(root: Result<source::Node, Vec<Diagnostic>>) -> Result<Loaded, Vec<Dia
     if diags.iter().any(Diagnostic::is_error) { Err(diags) } else { Ok(Loaded { document, warnings: diags }) }
 }
 
+/// Merges valid documents into one, policies in the order given (teams often keep one file per
+/// service), and checks the rules across them again: duplicate names, shadowing. Diagnostics name
+/// the file and its own policy index: `b.yaml: policies[0].name`.
+pub fn merge(docs: Vec<(String, Document)>) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut origin = Vec::new();
+    let mut merged = Document { version: 1, debug_headers: false, policies: Vec::new() };
+    for (file, doc) in docs {
+        merged.debug_headers |= doc.debug_headers;
+        for (i, p) in doc.policies.into_iter().enumerate() {
+            origin.push(format!("{file}: policies[{i}]"));
+            merged.policies.push(p);
+        }
+    }
+    let mut diags = check::check(&merged, &decode::SpanIndex::default());
+    for d in &mut diags {
+        d.path = rename_policy_indices(&d.path, &origin);
+        d.message = rename_policy_indices(&d.message, &origin);
+    }
+    if diags.iter().any(Diagnostic::is_error) {
+        Err(diags)
+    } else {
+        Ok(Loaded { document: merged, warnings: diags })
+    }
+}
+
+/// Rewrites `policies[N]` (merged index) to the file and index it came from.
+fn rename_policy_indices(text: &str, origin: &[String]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("policies[") {
+        let (before, tail) = rest.split_at(at);
+        out.push_str(before);
+        let digits = tail.get(9..).unwrap_or_default();
+        let end = digits.find(']').unwrap_or(0);
+        match digits.get(..end).and_then(|n| n.parse::<usize>().ok()).and_then(|n| origin.get(n)) {
+            Some(o) => {
+                out.push_str(o);
+                rest = digits.get(end + 1..).unwrap_or_default();
+            }
+            None => {
+                out.push_str("policies[");
+                rest = digits;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The normalized JSON the filter receives as plugin configuration: every default filled in.
 /// It is itself a valid policy document, and loading it gives back the same [`Document`].
 pub fn compile(doc: &Document) -> String {

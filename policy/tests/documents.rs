@@ -80,3 +80,24 @@ fn invalid_documents_fail_with_the_expected_diagnostics() {
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
+
+#[test]
+fn merging_documents_rechecks_across_files() {
+    let load = |text: &str| breakwater_policy::load(text).unwrap().document;
+    let a = load("version: 1\npolicies:\n  - name: api\n    match: { path_prefix: /api }\n");
+    let b = load("version: 1\ndebug_headers: true\npolicies:\n  - name: web\n  - name: api\n");
+    let merged =
+        breakwater_policy::merge(vec![("a.yaml".into(), a.clone()), ("b.yaml".into(), b)]).unwrap_err();
+    let lines: Vec<String> = merged.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "error: b.yaml: policies[1].name: duplicate policy name `api` (also a.yaml: policies[0])",
+            "warning: b.yaml: policies[1].match: this policy never applies: b.yaml: policies[0] (`web`) matches every request it matches, and the first matching policy wins",
+        ]
+    );
+    let c = load("version: 1\ndebug_headers: true\npolicies:\n  - name: web\n");
+    let ok = breakwater_policy::merge(vec![("a.yaml".into(), a), ("c.yaml".into(), c)]).unwrap();
+    assert_eq!(ok.document.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["api", "web"]);
+    assert!(ok.document.debug_headers);
+}

@@ -37,9 +37,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// On a free port.
     pub fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test upstream");
-        let addr = listener.local_addr().expect("upstream address");
+        Self::start_on(0).expect("bind the test upstream")
+    }
+
+    pub fn start_on(port: u16) -> std::io::Result<Upstream> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         let s = state.clone();
         let accept = std::thread::spawn(move || {
@@ -52,7 +57,7 @@ impl Upstream {
                 std::thread::spawn(move || serve(conn, &s));
             }
         });
-        Upstream { addr, state, accept: Some(accept) }
+        Ok(Upstream { addr, state, accept: Some(accept) })
     }
 
     pub fn port(&self) -> u16 {

@@ -19,16 +19,22 @@ fn shipped_envoy_configs_validate() {
     // from a scratch root holding an ECDS resource.
     let root = std::env::temp_dir().join(format!("bw-validate-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(root.join("envoy/ecds")).unwrap();
-    let doc = breakwater_policy::load(&std::fs::read_to_string(repo().join("policies/flaky-backend.yaml")).unwrap())
-        .unwrap()
-        .document;
+    let doc = breakwater_policy::load(
+        &std::fs::read_to_string(repo().join("policies/flaky-backend.yaml")).unwrap(),
+    )
+    .unwrap()
+    .document;
     let settings = breakwater_cli::ecds::FilterSettings {
         name: "breakwater".into(),
         vm_id: "breakwater".into(),
         wasm: filter_wasm(),
     };
-    breakwater_cli::ecds::publish(&root.join("envoy/ecds/breakwater.json"), &settings, &breakwater_policy::compile(&doc))
-        .unwrap();
+    breakwater_cli::ecds::publish(
+        &root.join("envoy/ecds/breakwater.json"),
+        &settings,
+        &breakwater_policy::compile(&doc),
+    )
+    .unwrap();
     for config in configs {
         let name = config.file_name().unwrap().to_string_lossy().into_owned();
         std::fs::copy(&config, root.join("envoy").join(&name)).unwrap();
