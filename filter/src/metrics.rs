@@ -39,8 +39,19 @@ pub struct Metrics {
     policies: Vec<PolicyMetrics>,
 }
 
-fn slot(name: &str) -> usize {
-    DECISIONS.iter().position(|d| *d == name).unwrap_or(0)
+/// The counter an event increments, as an index into [`DECISIONS`], and by how much.
+fn counter(event: Event) -> Option<(usize, u64)> {
+    Some(match event {
+        Event::Decision(Decision::Allowed) => (0, 1),
+        Event::Decision(Decision::RateLimited) => (1, 1),
+        Event::Decision(Decision::ConcurrencyLimited) => (2, 1),
+        Event::Decision(Decision::CircuitOpen) => (3, 1),
+        Event::Fallback => (4, 1),
+        Event::Retried(n) => (5, u64::from(n)),
+        Event::BudgetExhausted => (6, 1),
+        Event::StateUnavailable => (7, 1),
+        Event::Breaker(_) | Event::InFlight(_) => return None,
+    })
 }
 
 impl Metrics {
@@ -71,21 +82,46 @@ impl Metrics {
 
     pub fn count(&self, policy: usize, events: impl Iterator<Item = Event>) {
         let Some(m) = self.policies.get(policy) else { return };
-        let counter = |name: &str| m.decisions.get(slot(name)).copied().flatten();
         for event in events {
             match event {
-                Event::Decision(d) => host::increment(counter(decision_name(d)), 1),
-                Event::BudgetExhausted => host::increment(counter("budget_exhausted"), 1),
-                Event::Retried(n) => host::increment(counter("retried"), u64::from(n)),
-                Event::Fallback => host::increment(counter("fallback"), 1),
-                Event::StateUnavailable => host::increment(counter("state_unavailable"), 1),
                 Event::Breaker(t) => host::record(m.breaker_state, t.to.gauge()),
                 Event::InFlight(n) => host::record(m.in_flight, u64::from(n)),
+                other => {
+                    if let Some((i, by)) = counter(other) {
+                        host::increment(m.decisions.get(i).copied().flatten(), by);
+                    }
+                }
             }
         }
     }
 }
 
-fn decision_name(d: Decision) -> &'static str {
-    d.as_str()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counted event lands on the counter of its own name.
+    #[test]
+    fn events_map_to_their_counters() {
+        let cases = [
+            (Event::Decision(Decision::Allowed), "allowed"),
+            (Event::Decision(Decision::RateLimited), "rate_limited"),
+            (Event::Decision(Decision::ConcurrencyLimited), "concurrency_limited"),
+            (Event::Decision(Decision::CircuitOpen), "circuit_open"),
+            (Event::Fallback, "fallback"),
+            (Event::Retried(3), "retried"),
+            (Event::BudgetExhausted, "budget_exhausted"),
+            (Event::StateUnavailable, "state_unavailable"),
+        ];
+        for (event, name) in cases {
+            let (i, _) = counter(event).unwrap();
+            assert_eq!(DECISIONS[i], name);
+        }
+        assert_eq!(counter(Event::Retried(3)).map(|c| c.1), Some(3));
+        for d in
+            [Decision::Allowed, Decision::RateLimited, Decision::ConcurrencyLimited, Decision::CircuitOpen]
+        {
+            assert_eq!(DECISIONS[counter(Event::Decision(d)).unwrap().0], d.as_str());
+        }
+    }
 }

@@ -173,11 +173,6 @@ impl SlotState for ConcurrencySlots {
     }
 }
 
-/// The shared-data key prefix of one block of one policy.
-fn prefix(policy: &PolicyPlan, block: &str) -> String {
-    format!("bw/{}/{block}", policy.name())
-}
-
 /// The composed key of a request: its parts joined by U+001F (which header values cannot hold).
 pub fn compose_key(parts: &[KeyPart], req: &impl RequestView) -> Vec<u8> {
     let mut key = Vec::new();
@@ -267,9 +262,8 @@ fn check_limits<S: SharedStore + ?Sized>(
 ) -> Option<(Decision, Reply)> {
     let deny = p.policy.failure_mode == FailureMode::Deny;
     if let (Some(rl), Some(g)) = (&p.policy.rate_limit, &p.rate_limit) {
-        let table = KeyTable::new(prefix(p, "rl"), if rl.key.is_empty() { 1 } else { rl.max_keys });
         let key = compose_key(&rl.key, req);
-        match table.update(store, &key, now, &RateSlots, |s| g.decide_bytes(s, now)) {
+        match p.state.rate_limit.update(store, &key, now, &RateSlots, |s| g.decide_bytes(s, now)) {
             Ok((d, _)) => {
                 let headers = rate_limit_headers(p.name(), g, &d);
                 if !d.allowed {
@@ -289,10 +283,13 @@ fn check_limits<S: SharedStore + ?Sized>(
         }
     }
     if let Some(cl) = &p.policy.concurrency_limit {
-        let table = KeyTable::new(prefix(p, "cl"), if cl.key.is_empty() { 1 } else { cl.max_keys });
         let key = compose_key(&cl.key, req);
         let max = cl.max_in_flight;
-        match table.update(store, &key, now, &ConcurrencySlots, |s| concurrency::acquire(s, max)) {
+        match p
+            .state
+            .concurrency
+            .update(store, &key, now, &ConcurrencySlots, |s| concurrency::acquire(s, max))
+        {
             Ok((slot, _)) if !slot.acquired => {
                 return Some((Decision::ConcurrencyLimited, reply(&cl.response, Vec::new())));
             }
@@ -309,7 +306,7 @@ fn check_limits<S: SharedStore + ?Sized>(
         }
     }
     if let (Some(cb), Some(cfg)) = (&p.policy.circuit_breaker, &p.breaker) {
-        match update(store, &prefix(p, "cb"), |s| cfg.admit_bytes(s, now)) {
+        match update(store, &p.state.breaker, |s| cfg.admit_bytes(s, now)) {
             Ok((admission, transition, _)) => {
                 if let Some(t) = transition {
                     a.events.push(Event::Breaker(t));
@@ -349,7 +346,7 @@ fn router_headers<S: SharedStore + ?Sized>(
         let retriable = r.methods.iter().any(|m| m == req.method());
         let want = if retriable { r.max_retries } else { 0 };
         // Every request of the policy counts toward the budget's base, retried or not.
-        match update(store, &prefix(p, "budget"), |s| budget.start_bytes(s, now, want)) {
+        match update(store, &p.state.budget, |s| budget.start_bytes(s, now, want)) {
             Ok(res) => {
                 if res.granted < want {
                     a.events.push(Event::BudgetExhausted);
@@ -420,7 +417,7 @@ pub fn finish<S: SharedStore + ?Sized>(
         if exchange.status.is_some() {
             let failed = exchange.is_any(&cb.failure_on);
             let duration = now.saturating_sub(a.started);
-            match update(store, &prefix(p, "cb"), |s| cfg.record_bytes(s, now, ticket, failed, duration)) {
+            match update(store, &p.state.breaker, |s| cfg.record_bytes(s, now, ticket, failed, duration)) {
                 Ok((Some(t), _)) => a.events.push(Event::Breaker(t)),
                 Ok((None, _)) => {}
                 Err(_) => a.events.push(Event::StateUnavailable),
@@ -428,7 +425,7 @@ pub fn finish<S: SharedStore + ?Sized>(
         }
     }
     if let (Some(budget), Some(res)) = (&p.budget, a.reservation.take())
-        && update(store, &prefix(p, "budget"), |s| budget.settle_bytes(s, now, res, retried)).is_err()
+        && update(store, &p.state.budget, |s| budget.settle_bytes(s, now, res, retried)).is_err()
     {
         a.events.push(Event::StateUnavailable);
     }
@@ -450,6 +447,6 @@ fn release<S: SharedStore + ?Sized>(store: &S, a: &mut Admitted) {
 /// The breaker phase of a policy as stored now (for the breaker-state gauge and the admin).
 pub fn breaker_phase<S: SharedStore + ?Sized>(p: &PolicyPlan, store: &S) -> Option<Phase> {
     let cfg = p.breaker.as_ref()?;
-    let bytes = store.get(&prefix(p, "cb")).ok()??.0;
+    let bytes = store.get(&p.state.breaker).ok()??.0;
     cfg.decode(&bytes).map(|s| s.phase())
 }

@@ -6,6 +6,7 @@
 
 use crate::engine::breaker::BreakerConfig;
 use crate::engine::budget::RetryBudget;
+use crate::engine::keys::KeyTable;
 use crate::engine::rate_limit::Gcra;
 use crate::model::{self, Document, KeyPart, Mode, Policy};
 
@@ -21,6 +22,53 @@ pub trait RequestView {
     /// The downstream client's IP address (without port), when known.
     fn client_ip(&self) -> Option<&str> {
         None
+    }
+}
+
+/// A request held in plain fields: for tests, simulations and tools.
+#[derive(Debug, Clone, Default)]
+pub struct SimpleRequest {
+    pub authority: String,
+    pub path: String,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub client_ip: Option<String>,
+}
+
+impl SimpleRequest {
+    pub fn new(method: &str, authority: &str, path: &str) -> Self {
+        SimpleRequest {
+            authority: authority.into(),
+            path: path.into(),
+            method: method.into(),
+            ..Self::default()
+        }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    pub fn from_ip(mut self, ip: &str) -> Self {
+        self.client_ip = Some(ip.into());
+        self
+    }
+}
+
+impl RequestView for SimpleRequest {
+    fn authority(&self) -> &str {
+        &self.authority
+    }
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn method(&self) -> &str {
+        &self.method
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    fn client_ip(&self) -> Option<&str> {
+        self.client_ip.as_deref()
     }
 }
 
@@ -41,6 +89,36 @@ pub struct PolicyPlan {
     pub rate_limit: Option<Gcra>,
     pub breaker: Option<BreakerConfig>,
     pub budget: Option<RetryBudget>,
+    /// Where this policy's state lives in shared data (computed once, not per request).
+    pub state: StateKeys,
+}
+
+/// Shared-data names of a policy's state: `bw/<policy>/<block>[/<slot>]`.
+#[derive(Debug, Clone)]
+pub struct StateKeys {
+    pub rate_limit: KeyTable,
+    pub concurrency: KeyTable,
+    pub breaker: String,
+    pub budget: String,
+}
+
+impl StateKeys {
+    fn new(p: &Policy) -> Self {
+        let slots = |key: &[KeyPart], max_keys: u32| if key.is_empty() { 1 } else { max_keys };
+        let name = &p.name;
+        StateKeys {
+            rate_limit: KeyTable::new(
+                format!("bw/{name}/rl"),
+                p.rate_limit.as_ref().map_or(1, |r| slots(&r.key, r.max_keys)),
+            ),
+            concurrency: KeyTable::new(
+                format!("bw/{name}/cl"),
+                p.concurrency_limit.as_ref().map_or(1, |c| slots(&c.key, c.max_keys)),
+            ),
+            breaker: format!("bw/{name}/cb"),
+            budget: format!("bw/{name}/budget"),
+        }
+    }
 }
 
 impl PolicyPlan {
@@ -171,6 +249,7 @@ impl Plan {
                 rate_limit,
                 breaker: p.circuit_breaker.as_ref().map(BreakerConfig::from_model),
                 budget: p.retry.as_ref().map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
+                state: StateKeys::new(p),
             });
         }
         header_names.sort();
@@ -187,32 +266,8 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    struct Req {
-        authority: &'static str,
-        path: &'static str,
-        method: &'static str,
-        headers: HashMap<&'static str, &'static str>,
-    }
-
-    impl RequestView for Req {
-        fn authority(&self) -> &str {
-            self.authority
-        }
-        fn path(&self) -> &str {
-            self.path
-        }
-        fn method(&self) -> &str {
-            self.method
-        }
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers.get(name).copied()
-        }
-    }
-
-    fn req(authority: &'static str, path: &'static str, method: &'static str) -> Req {
-        Req { authority, path, method, headers: HashMap::new() }
+    fn req(authority: &str, path: &str, method: &str) -> SimpleRequest {
+        SimpleRequest::new(method, authority, path)
     }
 
     #[test]
@@ -234,7 +289,7 @@ policies:
         .unwrap()
         .document;
         let plan = Plan::new(&doc).unwrap();
-        let name = |r: &Req| plan.select(r).map(|p| p.name().to_string());
+        let name = |r: &SimpleRequest| plan.select(r).map(|p| p.name().to_string());
         assert_eq!(
             name(&req("shop.example.com:8443", "/api/checkout/1?x=1", "POST")).as_deref(),
             Some("checkout")
@@ -243,11 +298,8 @@ policies:
         assert_eq!(name(&req("eu.shop.test", "/api/checkout", "POST")).as_deref(), Some("checkout"));
         assert_eq!(name(&req("shop.test", "/api/checkout", "POST")), None);
         assert_eq!(name(&req("shop.example.com", "/api/checkout", "GET")), None);
-        let mut r = req("a", "/", "GET");
-        r.headers.insert("x-tenant", "gold");
-        assert_eq!(name(&r).as_deref(), Some("tenant-gold"));
-        r.headers.insert("x-tenant", "silver");
-        assert_eq!(name(&r).as_deref(), Some("any-tenant"));
+        assert_eq!(name(&req("a", "/", "GET").header("x-tenant", "gold")).as_deref(), Some("tenant-gold"));
+        assert_eq!(name(&req("a", "/", "GET").header("x-tenant", "silver")).as_deref(), Some("any-tenant"));
         assert_eq!(name(&req("a", "/health?full", "GET")).as_deref(), Some("exact"));
         assert_eq!(name(&req("a", "/healthz", "GET")), None);
         assert_eq!(plan.header_names, vec!["x-tenant"]);

@@ -3,40 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
-
 use breakwater_policy::enforce::{self, Admitted, Decision, Event, Exchange, Verdict, flags};
 use breakwater_policy::engine::clock::{Clock, FakeClock};
 use breakwater_policy::engine::store::{MemoryStore, SharedStore, StoreError};
-use breakwater_policy::plan::{Plan, RequestView};
+use breakwater_policy::plan::{Plan, SimpleRequest};
 
-struct Req {
-    method: &'static str,
-    path: &'static str,
-    headers: HashMap<&'static str, &'static str>,
-    ip: &'static str,
-}
+type Req = SimpleRequest;
 
-impl RequestView for Req {
-    fn authority(&self) -> &str {
-        "shop.example.com"
-    }
-    fn path(&self) -> &str {
-        self.path
-    }
-    fn method(&self) -> &str {
-        self.method
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).copied()
-    }
-    fn client_ip(&self) -> Option<&str> {
-        Some(self.ip)
-    }
-}
-
-fn get(path: &'static str) -> Req {
-    Req { method: "GET", path, headers: HashMap::new(), ip: "10.0.0.1" }
+fn get(path: &str) -> Req {
+    SimpleRequest::new("GET", "shop.example.com", path).from_ip("10.0.0.1")
 }
 
 struct Sim<S: SharedStore = MemoryStore> {
@@ -98,10 +73,8 @@ policies:
   - name: api
     rate_limit: { rate: 10, per: 1s, burst: 5, key: ["header:x-api-key"] }
 "#);
-    let mut alice = get("/");
-    alice.headers.insert("x-api-key", "alice");
-    let mut bob = get("/");
-    bob.headers.insert("x-api-key", "bob");
+    let alice = get("/").header("x-api-key", "alice");
+    let bob = get("/").header("x-api-key", "bob");
     let decisions: Vec<Decision> = (0..6).map(|_| s.call(&alice, 200)).collect();
     assert_eq!(decisions.iter().filter(|d| **d == Decision::Allowed).count(), 5);
     let a = s.admit(&alice);
@@ -213,7 +186,7 @@ policies:
             ("x-envoy-upstream-rq-timeout-ms", "2000".to_string()),
         ]
     );
-    let post = s.admit(&Req { method: "POST", ..get("/") });
+    let post = s.admit(&Req { method: "POST".into(), ..get("/") });
     assert_eq!(router_headers(&post), &[("x-envoy-upstream-rq-timeout-ms", "2000".to_string())]);
     // Budget: 3 per second, 2 reserved by the first request; the next gets 1, then 0.
     let second = s.admit(&get("/"));
@@ -311,7 +284,7 @@ policies:
     assert!(s.plan.needs_client_ip);
     assert_eq!(s.call(&get("/api/a"), 200), Decision::Allowed);
     assert_eq!(s.call(&get("/api/a"), 200), Decision::RateLimited);
-    assert_eq!(s.call(&Req { ip: "10.0.0.2", ..get("/api/a") }, 200), Decision::Allowed);
+    assert_eq!(s.call(&get("/api/a").from_ip("10.0.0.2"), 200), Decision::Allowed);
     assert!(enforce::admit(&s.plan, &s.store, &get("/other"), s.clock.now()).is_none());
 }
 
