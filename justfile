@@ -50,3 +50,10 @@ demo: build-wasm
 demo-smoke: build-wasm
     cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
     scripts/demo --smoke
+
+# Throughput side by side: no filter, native local_ratelimit, no-op wasm, breakwater (about 1 min).
+bench-quick:
+    scripts/bootstrap --bench
+    cargo build --locked -q -p breakwater-cli
+    cargo build --locked -q --release -p breakwater-filter -p breakwater-bench-noop-filter --target wasm32-wasip1
+    python3 bench/quick_ratio.py --rounds 4 --seconds 4
