@@ -113,3 +113,49 @@ fn schema_is_the_committed_file() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout), std::fs::read_to_string(repo().join("policies/schema.json")).unwrap());
 }
+
+#[test]
+fn publish_writes_the_next_ecds_version_and_refuses_invalid_documents() {
+    let dir = std::env::temp_dir().join(format!("bw-publish-{}", std::process::id()));
+    let ecds = dir.join("ecds/breakwater.json");
+    let ecds_arg = ecds.to_string_lossy().into_owned();
+    // Any existing file stands in for the filter here; Envoy is not involved.
+    let wasm = ["--wasm", "Cargo.toml"];
+    let out =
+        breakwater(&[&["publish", "policies/flaky-backend.yaml", "--ecds", &ecds_arg][..], &wasm].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("(2 policies) as version 1"), "{}", text(&out.stdout));
+    let out =
+        breakwater(
+            &[
+                &[
+                    "publish",
+                    "policies/api-per-key.yaml",
+                    "policies/gateway-shadow.yaml",
+                    "--ecds",
+                    &ecds_arg,
+                ][..],
+                &wasm,
+            ]
+            .concat(),
+        );
+    assert!(text(&out.stdout).contains("(4 policies) as version 2"), "{}", text(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ecds).unwrap()).unwrap();
+    assert_eq!(v["version_info"], "2");
+    let config = &v["resources"][0]["typed_config"]["config"];
+    assert_eq!(config["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
+    assert!(config["vm_config"]["code"]["local"]["filename"].as_str().unwrap().starts_with('/'));
+    let policy = config["configuration"]["value"].as_str().unwrap();
+    let doc = breakwater_policy::load(policy).unwrap().document;
+    assert_eq!(doc.policies.len(), 4);
+    // An invalid document: refused, the file keeps version 2, no temporary file is left behind.
+    let out = breakwater(
+        &[&["publish", "policies/invalid/per-try-timeout.yaml", "--ecds", &ecds_arg][..], &wasm].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("must be shorter than timeout"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ecds).unwrap()).unwrap();
+    assert_eq!(v["version_info"], "2");
+    assert_eq!(std::fs::read_dir(ecds.parent().unwrap()).unwrap().count(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
