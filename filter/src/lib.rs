@@ -19,7 +19,7 @@ mod metrics;
 use std::rc::Rc;
 
 use breakwater_policy::enforce::{self, Admitted, Exchange, Verdict};
-use breakwater_policy::plan::{Plan, RequestView};
+use breakwater_policy::plan::{Plan, SimpleRequest};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -92,54 +92,27 @@ struct Http {
 
 impl Context for Http {}
 
-/// The request as the matcher sees it, read from the host once.
-struct Request {
-    authority: String,
-    path: String,
-    method: String,
-    headers: Vec<(String, String)>,
-    client_ip: Option<String>,
-}
-
-impl Request {
-    fn read(plan: &Plan) -> Self {
-        let pseudo = |name| host::request_header(name).unwrap_or_default();
-        Request {
-            authority: pseudo(":authority"),
-            path: pseudo(":path"),
-            method: pseudo(":method"),
-            headers: plan
-                .header_names
-                .iter()
-                .filter_map(|n| host::request_header(n).map(|v| (n.clone(), v)))
-                .collect(),
-            client_ip: if plan.needs_client_ip { host::client_ip() } else { None },
-        }
-    }
-}
-
-impl RequestView for Request {
-    fn authority(&self) -> &str {
-        &self.authority
-    }
-    fn path(&self) -> &str {
-        &self.path
-    }
-    fn method(&self) -> &str {
-        &self.method
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-    fn client_ip(&self) -> Option<&str> {
-        self.client_ip.as_deref()
+/// The request as the matcher sees it, read from the host once: the pseudo-headers, the headers
+/// the plan names, and the client address only when a key uses it.
+fn read_request(plan: &Plan) -> SimpleRequest {
+    let pseudo = |name| host::request_header(name).unwrap_or_default();
+    SimpleRequest {
+        authority: pseudo(":authority"),
+        path: pseudo(":path"),
+        method: pseudo(":method"),
+        headers: plan
+            .header_names
+            .iter()
+            .filter_map(|n| host::request_header(n).map(|v| (n.clone(), v)))
+            .collect(),
+        client_ip: if plan.needs_client_ip { host::client_ip() } else { None },
     }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(config) = self.config.clone() else { return Action::Continue };
-        let request = Request::read(&config.plan);
+        let request = read_request(&config.plan);
         let Some(mut admitted) = enforce::admit(&config.plan, &HostStore, &request, host::now()) else {
             return Action::Continue;
         };
