@@ -2,3 +2,4 @@
 //! admin server): what `publish` writes is written by exactly this code everywhere.
 
 pub mod ecds;
+pub mod oci;

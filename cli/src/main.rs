@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use breakwater_cli::ecds;
+use breakwater_cli::{ecds, oci};
 use breakwater_policy::{Diagnostic, diag};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
@@ -55,6 +55,33 @@ enum Command {
         #[arg(long, default_value = "breakwater")]
         vm_id: String,
     },
+    /// Package the filter as an OCI image (the layout Istio's WasmPlugin pulls), optionally push it.
+    Package {
+        /// Write an OCI image layout in this directory.
+        #[arg(long)]
+        oci: PathBuf,
+        /// Tag of the image in the layout.
+        #[arg(long, default_value = "latest")]
+        tag: String,
+        /// `compat`: a tar+gzip layer holding plugin.wasm; `artifact`: wasm media types.
+        #[arg(long, value_enum, default_value_t = ImageFormat::Compat)]
+        format: ImageFormat,
+        /// The compiled filter.
+        #[arg(long, default_value = "target/wasm32-wasip1/release/breakwater_filter.wasm")]
+        wasm: PathBuf,
+        /// Push to REGISTRY/REPO:TAG with skopeo after writing the layout.
+        #[arg(long)]
+        push: Option<String>,
+        /// Allow a plain-HTTP or self-signed registry (loopback tests).
+        #[arg(long)]
+        insecure: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ImageFormat {
+    Compat,
+    Artifact,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -73,6 +100,13 @@ fn main() -> ExitCode {
         }
         Command::Compile { files, pretty } => compile(&files, pretty),
         Command::Publish { files, ecds, wasm, name, vm_id } => publish(&files, &ecds, wasm, name, vm_id),
+        Command::Package { oci: dir, tag, format, wasm, push, insecure } => {
+            let format = match format {
+                ImageFormat::Compat => oci::Format::Compat,
+                ImageFormat::Artifact => oci::Format::Artifact,
+            };
+            package(&dir, &tag, format, &wasm, push.as_deref(), insecure)
+        }
     }
 }
 
@@ -221,6 +255,53 @@ fn publish(files: &[PathBuf], ecds_path: &Path, wasm: PathBuf, name: String, vm_
             ExitCode::FAILURE
         }
     }
+}
+
+fn package(
+    dir: &Path,
+    tag: &str,
+    format: oci::Format,
+    wasm: &Path,
+    push: Option<&str>,
+    insecure: bool,
+) -> ExitCode {
+    let bytes = match std::fs::read(wasm) {
+        Ok(b) if b.starts_with(b"\0asm") => b,
+        Ok(_) => {
+            eprintln!("error: {} is not a wasm module", wasm.display());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!(
+                "error: the filter {} is not there ({e}); build it with `./dev build-wasm`",
+                wasm.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let image = match oci::write_layout(dir, &bytes, tag, format) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = format!(
+        "wrote {} (tag {tag}): manifest {}, plugin.wasm {}\npin it in a WasmPlugin with  sha256: {}\n",
+        dir.display(),
+        image.manifest_digest,
+        image.wasm_digest,
+        image.pin()
+    );
+    if let Some(reference) = push {
+        if let Err(e) = oci::push(dir, tag, reference, insecure) {
+            eprintln!("error: push to {reference} failed: {e}");
+            return ExitCode::FAILURE;
+        }
+        out.push_str(&format!("pushed to {reference}  (url: oci://{reference})\n"));
+    }
+    emit(&out);
+    ExitCode::SUCCESS
 }
 
 fn plural(n: usize) -> &'static str {

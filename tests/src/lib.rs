@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod client;
+pub mod registry;
 pub mod upstream;
 
 use std::net::TcpListener;
@@ -46,11 +47,17 @@ pub struct Envoy {
     pub dir: PathBuf,
     ecds: PathBuf,
     log: PathBuf,
+    wasm: PathBuf,
 }
 
 impl Envoy {
     /// Starts Envoy (2 workers) with `policy` (YAML) published over ECDS, routing to `upstream_port`.
     pub fn start(policy: &str, upstream_port: u16) -> Envoy {
+        Self::start_with_filter(policy, upstream_port, filter_wasm())
+    }
+
+    /// As [`Envoy::start`], loading the filter from `wasm` (e.g. one pulled from a registry).
+    pub fn start_with_filter(policy: &str, upstream_port: u16, wasm: PathBuf) -> Envoy {
         let dir = std::env::temp_dir().join(format!("bw-e2e-{}-{}", std::process::id(), free_port()));
         let ecds_dir = dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir).unwrap();
@@ -79,6 +86,7 @@ impl Envoy {
             dir,
             ecds,
             log,
+            wasm,
         };
         envoy.publish(policy).expect("the test policy is valid");
         envoy.wait_ready();
@@ -96,7 +104,7 @@ impl Envoy {
         let settings = breakwater_cli::ecds::FilterSettings {
             name: "breakwater".into(),
             vm_id: "breakwater".into(),
-            wasm: filter_wasm(),
+            wasm: self.wasm.clone(),
         };
         breakwater_cli::ecds::publish(&self.ecds, &settings, configuration).map_err(|e| e.to_string())
     }
