@@ -2,4 +2,7 @@
 //! admin server): what `publish` writes is written by exactly this code everywhere.
 
 pub mod ecds;
+pub mod k8s;
 pub mod oci;
+pub mod render;
+pub mod yaml;

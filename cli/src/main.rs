@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use breakwater_cli::{ecds, oci};
+use breakwater_cli::render::{self, Target};
+use breakwater_cli::{ecds, oci, yaml};
 use breakwater_policy::{Diagnostic, diag};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
@@ -55,6 +56,9 @@ enum Command {
         #[arg(long, default_value = "breakwater")]
         vm_id: String,
     },
+    /// Print deployable configuration for policies: an Istio WasmPlugin or an Envoy bootstrap.
+    #[command(subcommand)]
+    Render(Render),
     /// Package the filter as an OCI image (the layout Istio's WasmPlugin pulls), optionally push it.
     Package {
         /// Write an OCI image layout in this directory.
@@ -76,6 +80,81 @@ enum Command {
         #[arg(long)]
         insecure: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum Render {
+    /// An Istio WasmPlugin with the compiled policy as pluginConfig and the image digest pinned.
+    Istio {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The image, REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:HEX (without oci://).
+        #[arg(long)]
+        image: String,
+        /// The manifest digest to pin (bare hex), as printed by `breakwater package`.
+        #[arg(long, conflicts_with = "oci")]
+        sha256: Option<String>,
+        /// Read the digest to pin from this OCI layout (written by `breakwater package`).
+        #[arg(long)]
+        oci: Option<PathBuf>,
+        /// Apply to workloads with these labels (repeatable: --selector app=shop).
+        #[arg(long, conflicts_with = "target_ref")]
+        selector: Vec<String>,
+        /// Apply to a Gateway or Service: KIND/NAME (e.g. Gateway/public).
+        #[arg(long)]
+        target_ref: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The WasmPlugin's name.
+        #[arg(long, default_value = "breakwater")]
+        name: String,
+        #[arg(long, value_enum, default_value_t = Phase::Authz)]
+        phase: Phase,
+        /// Order among plugins of the same phase (higher runs first).
+        #[arg(long, default_value_t = render::DEFAULT_PRIORITY, allow_negative_numbers = true)]
+        priority: i32,
+        #[arg(long, value_enum, default_value_t = FailStrategy::FailOpen)]
+        fail_strategy: FailStrategy,
+    },
+    /// A standalone Envoy bootstrap: a listener with the filter in front of one upstream.
+    Envoy {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The upstream, HOST:PORT.
+        #[arg(long)]
+        upstream: String,
+        #[arg(long, default_value = "0.0.0.0:10000")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// The compiled filter.
+        #[arg(long, default_value = "target/wasm32-wasip1/release/breakwater_filter.wasm")]
+        wasm: PathBuf,
+        /// Take the policy from this ECDS file (kept current by `breakwater publish`) instead of inline.
+        #[arg(long)]
+        ecds: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Phase {
+    Authn,
+    Authz,
+    Stats,
+    UnspecifiedPhase,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[allow(clippy::enum_variant_names)]
+enum FailStrategy {
+    FailOpen,
+    FailClose,
+    FailReload,
+}
+
+/// A value-enum variant as Istio spells it (AUTHZ, FAIL_OPEN).
+fn istio_word(v: &impl ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().replace('-', "_").to_ascii_uppercase()).unwrap_or_default()
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,6 +179,7 @@ fn main() -> ExitCode {
         }
         Command::Compile { files, pretty } => compile(&files, pretty),
         Command::Publish { files, ecds, wasm, name, vm_id } => publish(&files, &ecds, wasm, name, vm_id),
+        Command::Render(r) => render(r),
         Command::Package { oci: dir, tag, format, wasm, push, insecure } => {
             let format = match format {
                 ImageFormat::Compat => oci::Format::Compat,
@@ -302,6 +382,97 @@ fn package(
     }
     emit(&out);
     ExitCode::SUCCESS
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn render(r: Render) -> ExitCode {
+    match r {
+        Render::Istio {
+            files,
+            image,
+            sha256,
+            oci: layout,
+            selector,
+            target_ref,
+            namespace,
+            name,
+            phase,
+            priority,
+            fail_strategy,
+        } => {
+            let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let image = image.trim_start_matches("oci://").to_string();
+            let tag = image.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/')).unwrap_or("latest");
+            let pin = match (sha256, layout, image.split_once("@sha256:")) {
+                (Some(hex), _, _) => hex,
+                (None, Some(dir), _) => match oci::manifest_digest(&dir, tag) {
+                    Ok(d) => d.trim_start_matches("sha256:").to_string(),
+                    Err(e) => return fail(format!("cannot read the digest of tag {tag}: {e}")),
+                },
+                (None, None, Some((_, hex))) => hex.to_string(),
+                (None, None, None) => {
+                    return fail("pin the image: give --oci DIR (from `breakwater package`), --sha256 HEX, or an image @sha256:".into());
+                }
+            };
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                return fail(format!("`{pin}` is not a sha256 digest (64 lower-case hex digits)"));
+            }
+            let target = if let Some(t) = target_ref {
+                match t.split_once('/') {
+                    Some((kind @ ("Gateway" | "Service"), name)) if !name.is_empty() => {
+                        Some(Target::Ref { kind: kind.into(), name: name.into() })
+                    }
+                    _ => return fail(format!("--target-ref `{t}`: expected Gateway/NAME or Service/NAME")),
+                }
+            } else if selector.is_empty() {
+                None
+            } else {
+                let mut labels = Vec::new();
+                for s in &selector {
+                    match s.split_once('=') {
+                        Some((k, v)) if !k.is_empty() && !k.contains('*') && !v.contains('*') => {
+                            labels.push((k.to_string(), v.to_string()))
+                        }
+                        _ => return fail(format!("--selector `{s}`: expected KEY=VALUE without wildcards")),
+                    }
+                }
+                Some(Target::Selector(labels))
+            };
+            let options = render::IstioOptions {
+                name,
+                namespace,
+                image,
+                sha256: pin,
+                target,
+                phase: istio_word(&phase),
+                priority,
+                fail_strategy: istio_word(&fail_strategy),
+            };
+            match render::istio(&breakwater_policy::compile(&doc), &options) {
+                Ok(v) => {
+                    emit(&yaml::to_yaml(&v));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Render::Envoy { files, upstream, listen, admin, wasm, ecds } => {
+            let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let parts = (render::host_port(&listen), render::host_port(&admin), render::host_port(&upstream));
+            let (listen, admin, upstream) = match parts {
+                (Ok(l), Ok(a), Ok(u)) => (l, a, u),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
+            };
+            let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm).display().to_string();
+            let options = render::EnvoyOptions { listen, admin, upstream, wasm, ecds };
+            emit(&yaml::to_yaml(&render::envoy(&breakwater_policy::compile(&doc), &options)));
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 fn plural(n: usize) -> &'static str {

@@ -49,3 +49,72 @@ fn shipped_envoy_configs_validate() {
     }
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `breakwater render envoy` (inline policy and ECDS) gives bootstraps Envoy accepts, and the inline
+/// one enforces its policy when run.
+#[test]
+fn rendered_bootstraps_validate_and_run() {
+    use breakwater_cli::render::{EnvoyOptions, envoy};
+    use breakwater_e2e::{Client, Upstream};
+    let root = std::env::temp_dir().join(format!("bw-render-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&root).unwrap();
+    let policy =
+        "version: 1\npolicies:\n  - name: rendered\n    rate_limit: { rate: 1, per: 1h, burst: 2 }\n";
+    let compiled = breakwater_policy::compile(&breakwater_policy::load(policy).unwrap().document);
+    let upstream = Upstream::start();
+    let (port, admin) = (free_port(), free_port());
+    let ecds = root.join("ecds/breakwater.json");
+    let settings = breakwater_cli::ecds::FilterSettings {
+        name: "breakwater".into(),
+        vm_id: "breakwater".into(),
+        wasm: filter_wasm(),
+    };
+    breakwater_cli::ecds::publish(&ecds, &settings, &compiled).unwrap();
+    for (name, via_ecds) in [("inline", false), ("ecds", true)] {
+        let options = EnvoyOptions {
+            listen: ("127.0.0.1".into(), port),
+            admin: ("127.0.0.1".into(), admin),
+            upstream: ("127.0.0.1".into(), upstream.port()),
+            wasm: filter_wasm().display().to_string(),
+            ecds: via_ecds.then(|| ecds.display().to_string()),
+        };
+        let file = root.join(format!("{name}.yaml"));
+        std::fs::write(&file, breakwater_cli::yaml::to_yaml(&envoy(&compiled, &options))).unwrap();
+        let out =
+            Command::new(envoy_binary()).args(["--mode", "validate", "-c"]).arg(&file).output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !log.contains("critical"), "{name}:\n{log}");
+    }
+    // Run the inline one.
+    let mut envoy_process = Command::new(envoy_binary())
+        .args([
+            "-c",
+            &root.join("inline.yaml").to_string_lossy(),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+        ])
+        .stderr(std::fs::File::create(root.join("envoy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        if let Ok(r) = Client::new(admin).try_send("GET", "/ready", &[]) {
+            if r.status == 200 {
+                let mut c = Client::new(port);
+                statuses = (0..3).map(|_| c.get("/", &[]).status).collect();
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = envoy_process.kill();
+    let _ = envoy_process.wait();
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "{}",
+        std::fs::read_to_string(root.join("envoy.log")).unwrap_or_default()
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -1,0 +1,209 @@
+//! Deployable configuration for a policy: an Istio `WasmPlugin`, or a standalone Envoy bootstrap.
+
+use serde_json::{Map, Value, json};
+
+/// Prometheus labels for breakwater's metrics: the `stats_tags` every Envoy configuration needs
+/// (envoy/demo.yaml has the same two; a test keeps them equal).
+pub const STATS_TAGS: [(&str, &str); 2] = [
+    ("policy", r"^wasmcustom\.breakwater\.[a-z_]+(\.policy\.([a-z0-9-]+))"),
+    ("decision", r"^wasmcustom\.breakwater\..+(\.decision\.([a-z_]+))$"),
+];
+
+/// Where the plugin applies.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Workloads by labels (`--selector app=shop`).
+    Selector(Vec<(String, String)>),
+    /// A Gateway or Service by name (`--target-ref Gateway/public`).
+    Ref { kind: String, name: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct IstioOptions {
+    pub name: String,
+    pub namespace: Option<String>,
+    /// The image reference without `oci://`.
+    pub image: String,
+    /// The manifest digest (bare hex), pinned in `sha256`.
+    pub sha256: String,
+    pub target: Option<Target>,
+    pub phase: String,
+    pub priority: i32,
+    pub fail_strategy: String,
+}
+
+/// Defaults, documented in docs/istio.md: limits run after Istio's authorization (AUTHZ) so that
+/// rejected-by-policy requests spend no tokens, and first among AUTHZ plugins (high priority) so
+/// that shed load costs as little as possible; a plugin that cannot load lets traffic through.
+pub const DEFAULT_PHASE: &str = "AUTHZ";
+pub const DEFAULT_PRIORITY: i32 = 1000;
+pub const DEFAULT_FAIL_STRATEGY: &str = "FAIL_OPEN";
+
+/// A `WasmPlugin` carrying the compiled policy as `pluginConfig`.
+pub fn istio(compiled_policy: &str, o: &IstioOptions) -> Result<Value, String> {
+    let plugin_config: Value =
+        serde_json::from_str(compiled_policy).map_err(|e| format!("compiled policy is not JSON: {e}"))?;
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), json!(o.name));
+    if let Some(ns) = &o.namespace {
+        metadata.insert("namespace".into(), json!(ns));
+    }
+    metadata.insert(
+        "labels".into(),
+        json!({ "app.kubernetes.io/name": "breakwater", "app.kubernetes.io/managed-by": "breakwater" }),
+    );
+    let mut spec = Map::new();
+    match &o.target {
+        Some(Target::Selector(labels)) => {
+            let labels: Map<String, Value> = labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            spec.insert("selector".into(), json!({ "matchLabels": labels }));
+        }
+        Some(Target::Ref { kind, name }) => {
+            let group = if kind == "Service" { "" } else { "gateway.networking.k8s.io" };
+            spec.insert("targetRefs".into(), json!([{ "group": group, "kind": kind, "name": name }]));
+        }
+        None => {}
+    }
+    spec.insert("url".into(), json!(format!("oci://{}", o.image)));
+    spec.insert("sha256".into(), json!(o.sha256));
+    spec.insert("imagePullPolicy".into(), json!("IfNotPresent"));
+    spec.insert("phase".into(), json!(o.phase));
+    spec.insert("priority".into(), json!(o.priority));
+    spec.insert("failStrategy".into(), json!(o.fail_strategy));
+    spec.insert("pluginConfig".into(), plugin_config);
+    Ok(json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": metadata,
+        "spec": spec,
+    }))
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    pub listen: (String, u16),
+    pub admin: (String, u16),
+    pub upstream: (String, u16),
+    /// The compiled filter (absolute path).
+    pub wasm: String,
+    /// Deliver the policy through this ECDS file (then `breakwater publish` updates it); inline otherwise.
+    pub ecds: Option<String>,
+}
+
+fn address((host, port): &(String, u16)) -> Value {
+    json!({ "socket_address": { "address": host, "port_value": port } })
+}
+
+/// A standalone Envoy bootstrap with the filter in front of one upstream cluster.
+pub fn envoy(compiled_policy: &str, o: &EnvoyOptions) -> Value {
+    let filter = match &o.ecds {
+        Some(file) => {
+            let dir =
+                std::path::Path::new(file).parent().map_or(".".to_string(), |d| d.display().to_string());
+            json!({
+                "name": "breakwater",
+                "config_discovery": {
+                    "config_source": {
+                        "path_config_source": { "path": file, "watched_directory": { "path": dir } },
+                        "resource_api_version": "V3",
+                    },
+                    "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+                },
+            })
+        }
+        None => json!({
+            "name": "breakwater",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "breakwater",
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": compiled_policy,
+                    },
+                    "vm_config": {
+                        "vm_id": "breakwater",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": { "local": { "filename": o.wasm } },
+                    },
+                },
+            },
+        }),
+    };
+    let tags: Vec<Value> =
+        STATS_TAGS.iter().map(|(name, regex)| json!({ "tag_name": name, "regex": regex })).collect();
+    json!({
+        "node": { "id": "breakwater", "cluster": "breakwater" },
+        "admin": { "address": address(&o.admin) },
+        "stats_config": { "stats_tags": tags },
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": address(&o.listen),
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "route_config": { "name": "local", "virtual_hosts": [{
+                            "name": "all",
+                            "domains": ["*"],
+                            "include_request_attempt_count": true,
+                            "include_attempt_count_in_response": true,
+                            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "upstream" } }],
+                        }] },
+                        "http_filters": [filter, {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                        }],
+                    },
+                }] }],
+            }],
+            "clusters": [{
+                "name": "upstream",
+                "type": "STRICT_DNS",
+                "connect_timeout": "1s",
+                "circuit_breakers": { "thresholds": [{
+                    "priority": "DEFAULT", "max_retries": 10000, "max_pending_requests": 10000, "max_requests": 10000,
+                }] },
+                "load_assignment": { "cluster_name": "upstream", "endpoints": [{ "lb_endpoints": [
+                    { "endpoint": { "address": address(&o.upstream) } },
+                ] }] },
+            }],
+        },
+    })
+}
+
+/// `host:port` → parts.
+pub fn host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("`{text}`: expected HOST:PORT"))?;
+    let port = port.parse().map_err(|_| format!("`{text}`: `{port}` is not a port"))?;
+    if host.is_empty() {
+        return Err(format!("`{text}`: the host is missing"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_has_the_same_stats_tags() {
+        let demo =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/demo.yaml")).unwrap();
+        for (name, regex) in STATS_TAGS {
+            assert!(demo.contains(&format!("tag_name: {name}")), "{name}");
+            assert!(demo.contains(&format!("regex: '{regex}'")), "{regex}");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(host_port("127.0.0.1:8080").unwrap(), ("127.0.0.1".to_string(), 8080));
+        assert_eq!(host_port("[::1]:80").unwrap(), ("::1".to_string(), 80));
+        assert!(host_port("nohost").is_err());
+        assert!(host_port(":80").is_err());
+        assert!(host_port("a:99999").is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! `breakwater render istio` against Istio's own WasmPlugin CRD schema (envoy/istio/crd/, from
+//! istio/api): every rendered manifest is valid, deliberately broken ones are not, and the
+//! pluginConfig is the compiled policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use breakwater_cli::k8s::{Crd, cel_rules};
+use breakwater_cli::yaml::from_yaml;
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn crd() -> (Crd, Value) {
+    let v =
+        from_yaml(&std::fs::read_to_string(repo().join("envoy/istio/crd/wasmplugin.yaml")).unwrap()).unwrap();
+    (Crd::new(&v).unwrap(), v)
+}
+
+fn render(args: &[&str]) -> Result<Value, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .args(["render", "istio"])
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        from_yaml(&String::from_utf8_lossy(&out.stdout))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+const PIN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn rendered_manifests_pass_the_crd_schema() {
+    let (crd, raw) = crd();
+    println!(
+        "CEL rules not evaluated offline: {:?}",
+        cel_rules(&raw).iter().map(|r| &r.0).collect::<Vec<_>>()
+    );
+    let image = "registry.example.com/breakwater/filter:1.0";
+    let targets: [&[&str]; 4] = [
+        &[],
+        &["--selector", "app=shop", "--selector", "version=v2"],
+        &["--target-ref", "Gateway/public"],
+        &[
+            "--target-ref",
+            "Service/checkout",
+            "--phase",
+            "authn",
+            "--priority",
+            "-5",
+            "--fail-strategy",
+            "fail-close",
+        ],
+    ];
+    for policy in ["policies/api-per-key.yaml", "policies/flaky-backend.yaml", "policies/gateway-shadow.yaml"]
+    {
+        for target in targets {
+            let args =
+                [&[policy, "--image", image, "--sha256", PIN, "--namespace", "shop"][..], target].concat();
+            let m = render(&args).unwrap();
+            let errors = crd.validate(&m);
+            assert!(errors.is_empty(), "{args:?}: {errors:#?}");
+            // pluginConfig is exactly what `compile` gives, and the filter's loader accepts it.
+            let compiled =
+                breakwater_policy::load(&std::fs::read_to_string(repo().join(policy)).unwrap()).unwrap();
+            let plugin_config = serde_json::to_string(&m["spec"]["pluginConfig"]).unwrap();
+            assert_eq!(breakwater_policy::load(&plugin_config).unwrap().document, compiled.document);
+        }
+    }
+    let m = render(&[
+        "policies/gateway-shadow.yaml",
+        "--image",
+        image,
+        "--sha256",
+        PIN,
+        "--target-ref",
+        "Gateway/public",
+    ])
+    .unwrap();
+    assert_eq!(m["spec"]["url"], "oci://registry.example.com/breakwater/filter:1.0");
+    assert_eq!(m["spec"]["sha256"], PIN);
+    assert_eq!(m["spec"]["phase"], "AUTHZ");
+    assert_eq!(m["spec"]["priority"], 1000);
+    assert_eq!(m["spec"]["failStrategy"], "FAIL_OPEN");
+    assert_eq!(
+        m["spec"]["targetRefs"],
+        json!([{ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public" }])
+    );
+}
+
+#[test]
+fn the_pin_comes_from_the_packaged_layout() {
+    let dir = std::env::temp_dir().join(format!("bw-istio-pin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let image = breakwater_cli::oci::write_layout(
+        &dir,
+        b"\0asm\x01\0\0\0",
+        "2.0",
+        breakwater_cli::oci::Format::Compat,
+    )
+    .unwrap();
+    let layout = dir.to_string_lossy().into_owned();
+    let m =
+        render(&["policies/gateway-shadow.yaml", "--image", "r.example/bw:2.0", "--oci", &layout]).unwrap();
+    assert_eq!(m["spec"]["sha256"], image.pin());
+    // A tag the layout does not have, and no pin at all, are refused.
+    assert!(
+        render(&["policies/gateway-shadow.yaml", "--image", "r.example/bw:3.0", "--oci", &layout])
+            .unwrap_err()
+            .contains("no tag 3.0")
+    );
+    assert!(
+        render(&["policies/gateway-shadow.yaml", "--image", "r.example/bw:2.0"])
+            .unwrap_err()
+            .contains("pin the image")
+    );
+    let by_digest = format!("r.example/bw@sha256:{PIN}");
+    assert_eq!(
+        render(&["policies/gateway-shadow.yaml", "--image", &by_digest]).unwrap()["spec"]["sha256"],
+        PIN
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_arguments_are_refused_before_rendering() {
+    let base = ["policies/gateway-shadow.yaml", "--image", "r/bw:1", "--sha256"];
+    for (extra, message) in [
+        (&["ABC"][..], "is not a sha256 digest"),
+        (&[PIN, "--target-ref", "Deployment/x"], "expected Gateway/NAME or Service/NAME"),
+        (&[PIN, "--selector", "app"], "expected KEY=VALUE"),
+        (&[PIN, "--selector", "app=*"], "without wildcards"),
+        (&[PIN, "--selector", "a=b", "--target-ref", "Gateway/g"], "cannot be used with"),
+    ] {
+        let err = render(&[&base[..], extra].concat()).unwrap_err();
+        assert!(err.contains(message), "{extra:?}: {err}");
+    }
+    let err =
+        render(&["policies/invalid/per-try-timeout.yaml", "--image", "r/bw:1", "--sha256", PIN]).unwrap_err();
+    assert!(err.contains("must be shorter than timeout"), "{err}");
+}
+
+#[test]
+fn deliberately_broken_manifests_fail_the_schema() {
+    let (crd, _) = crd();
+    let good = render(&[
+        "policies/flaky-backend.yaml",
+        "--image",
+        "r/bw:1",
+        "--sha256",
+        PIN,
+        "--selector",
+        "app=shop",
+    ])
+    .unwrap();
+    assert!(crd.validate(&good).is_empty());
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (
+            "upper-case digest",
+            Box::new(|m| m["spec"]["sha256"] = json!(PIN.to_uppercase())),
+            "spec.sha256: `",
+        ),
+        (
+            "unknown phase",
+            Box::new(|m| m["spec"]["phase"] = json!("BEFORE_ROUTER")),
+            "spec.phase: \"BEFORE_ROUTER\" is not one of",
+        ),
+        (
+            "priority as text",
+            Box::new(|m| m["spec"]["priority"] = json!("high")),
+            "spec.priority: must be of type integer",
+        ),
+        (
+            "priority beyond int32",
+            Box::new(|m| m["spec"]["priority"] = json!(5_000_000_000i64)),
+            "does not fit in int32",
+        ),
+        (
+            "typo in a field",
+            Box::new(|m| m["spec"]["pluginConfg"] = json!({})),
+            "spec.pluginConfg: unknown field",
+        ),
+        (
+            "missing url",
+            Box::new(|m| {
+                m["spec"].as_object_mut().unwrap().remove("url");
+            }),
+            "spec.url: required",
+        ),
+        (
+            "long label value",
+            Box::new(|m| m["spec"]["selector"]["matchLabels"]["app"] = json!("x".repeat(64))),
+            "longer than 63",
+        ),
+        (
+            "bad strategy",
+            Box::new(|m| m["spec"]["failStrategy"] = json!("FAIL_SOMETIMES")),
+            "spec.failStrategy",
+        ),
+        (
+            "too many targets",
+            Box::new(|m| m["spec"]["targetRefs"] = json!(vec![json!({"kind": "Gateway", "name": "g"}); 17])),
+            "more than 16 items",
+        ),
+        (
+            "target without kind",
+            Box::new(|m| m["spec"]["targetRefs"] = json!([{ "name": "g" }])),
+            "spec.targetRefs[0].kind: required",
+        ),
+        ("wrong kind", Box::new(|m| m["kind"] = json!("EnvoyFilter")), "kind: must be WasmPlugin"),
+        (
+            "wrong group",
+            Box::new(|m| m["apiVersion"] = json!("networking.istio.io/v1")),
+            "apiVersion: must be extensions.istio.io/v1alpha1",
+        ),
+        ("bad name", Box::new(|m| m["metadata"]["name"] = json!("Breakwater_1")), "metadata.name"),
+        ("bad namespace", Box::new(|m| m["metadata"]["namespace"] = json!("a.b")), "metadata.namespace"),
+    ];
+    for (what, break_it, expected) in cases {
+        let mut m = good.clone();
+        break_it(&mut m);
+        let errors = crd.validate(&m);
+        assert!(errors.iter().any(|e| e.contains(expected)), "{what}: expected `{expected}` in {errors:#?}");
+    }
+}
+
+#[test]
+fn shipped_istio_examples_pass_the_crd_schema() {
+    let (crd, _) = crd();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("envoy/istio")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let m = from_yaml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if m["kind"] == "WasmPlugin" {
+            let errors = crd.validate(&m);
+            assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+            let plugin_config = serde_json::to_string(&m["spec"]["pluginConfig"]).unwrap();
+            breakwater_policy::load(&plugin_config).unwrap_or_else(|e| panic!("{}: {e:#?}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "the worked example has a WasmPlugin per gateway and per workload");
+    // The proxies' bootstrap override carries the same tag extractors as every other config.
+    let cm = from_yaml(&std::fs::read_to_string(repo().join("envoy/istio/stats-bootstrap.yaml")).unwrap())
+        .unwrap();
+    let bootstrap: Value =
+        serde_json::from_str(cm["data"]["custom_bootstrap.json"].as_str().unwrap()).unwrap();
+    let tags: Vec<(String, String)> = bootstrap["stats_config"]["stats_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["tag_name"].as_str().unwrap().into(), t["regex"].as_str().unwrap().into()))
+        .collect();
+    let expected: Vec<(String, String)> =
+        breakwater_cli::render::STATS_TAGS.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect();
+    assert_eq!(tags, expected);
+}
