@@ -110,10 +110,10 @@ fn metadata(m: &Value, errors: &mut Vec<String>) {
         Some(n) => errors.push(format!("metadata.name: `{n}` is not a DNS-1123 subdomain")),
         None => errors.push("metadata.name: required".into()),
     }
-    if let Some(ns) = m.get("namespace") {
-        if !ns.as_str().is_some_and(dns_label) {
-            errors.push(format!("metadata.namespace: {ns} is not a DNS-1123 label"));
-        }
+    if let Some(ns) = m.get("namespace")
+        && !ns.as_str().is_some_and(dns_label)
+    {
+        errors.push(format!("metadata.namespace: {ns} is not a DNS-1123 label"));
     }
     if let Some(labels) = m.get("labels").and_then(Value::as_object) {
         for (k, v) in labels {
@@ -166,10 +166,10 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
             return;
         }
     }
-    if let Some(options) = schema["enum"].as_array() {
-        if !options.contains(v) {
-            errors.push(format!("{path}: {v} is not one of {}", Value::Array(options.clone())));
-        }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(v)
+    {
+        errors.push(format!("{path}: {v} is not one of {}", Value::Array(options.clone())));
     }
     match v {
         Value::String(s) => {
@@ -215,10 +215,10 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
                 errors.push(format!("{path}: more than {} entries", schema["maxProperties"]));
             }
             for r in schema["required"].as_array().into_iter().flatten() {
-                if let Some(name) = r.as_str() {
-                    if !m.contains_key(name) {
-                        errors.push(format!("{path}.{name}: required"));
-                    }
+                if let Some(name) = r.as_str()
+                    && !m.contains_key(name)
+                {
+                    errors.push(format!("{path}.{name}: required"));
                 }
             }
             let props = schema["properties"].as_object();

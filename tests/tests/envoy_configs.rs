@@ -99,12 +99,12 @@ fn rendered_bootstraps_validate_and_run() {
         .unwrap();
     let mut statuses = Vec::new();
     for _ in 0..200 {
-        if let Ok(r) = Client::new(admin).try_send("GET", "/ready", &[]) {
-            if r.status == 200 {
-                let mut c = Client::new(port);
-                statuses = (0..3).map(|_| c.get("/", &[]).status).collect();
-                break;
-            }
+        if let Ok(r) = Client::new(admin).try_send("GET", "/ready", &[])
+            && r.status == 200
+        {
+            let mut c = Client::new(port);
+            statuses = (0..3).map(|_| c.get("/", &[]).status).collect();
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
