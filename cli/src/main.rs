@@ -141,7 +141,9 @@ enum Phase {
     Authn,
     Authz,
     Stats,
-    UnspecifiedPhase,
+    /// Istio's UNSPECIFIED_PHASE: the end of the chain, just before the router.
+    #[value(name = "unspecified-phase")]
+    Unspecified,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -162,7 +162,8 @@ fn deliberately_broken_manifests_fail_the_schema() {
     ])
     .unwrap();
     assert!(crd.validate(&good).is_empty());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Breakage = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Breakage, &str)> = vec![
         (
             "upper-case digest",
             Box::new(|m| m["spec"]["sha256"] = json!(PIN.to_uppercase())),
