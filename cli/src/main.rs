@@ -136,21 +136,28 @@ enum Render {
     },
 }
 
+/// Accepted as Istio spells them too (`AUTHZ`, `FAIL_OPEN`).
 #[derive(Clone, Copy, ValueEnum)]
 enum Phase {
+    #[value(alias = "AUTHN")]
     Authn,
+    #[value(alias = "AUTHZ")]
     Authz,
+    #[value(alias = "STATS")]
     Stats,
     /// Istio's UNSPECIFIED_PHASE: the end of the chain, just before the router.
-    #[value(name = "unspecified-phase")]
+    #[value(name = "unspecified-phase", alias = "UNSPECIFIED_PHASE")]
     Unspecified,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 #[allow(clippy::enum_variant_names)]
 enum FailStrategy {
+    #[value(alias = "FAIL_OPEN")]
     FailOpen,
+    #[value(alias = "FAIL_CLOSE")]
     FailClose,
+    #[value(alias = "FAIL_RELOAD")]
     FailReload,
 }
 
