@@ -60,6 +60,23 @@ fn rendered_manifests_pass_the_crd_schema() {
             "fail-close",
         ],
     ];
+    // Istio's own spellings are accepted too.
+    let spelled = [
+        "policies/gateway-shadow.yaml",
+        "--image",
+        image,
+        "--sha256",
+        PIN,
+        "--phase",
+        "STATS",
+        "--fail-strategy",
+        "FAIL_RELOAD",
+    ];
+    let m = render(&spelled).unwrap();
+    assert_eq!(
+        (m["spec"]["phase"].as_str(), m["spec"]["failStrategy"].as_str()),
+        (Some("STATS"), Some("FAIL_RELOAD"))
+    );
     for policy in ["policies/api-per-key.yaml", "policies/flaky-backend.yaml", "policies/gateway-shadow.yaml"]
     {
         for target in targets {
