@@ -1,10 +1,27 @@
 //! # breakwater-host-test
 //!
-//! A proxy-wasm host on wasmtime that loads the compiled breakwater filter and drives it with
-//! simulated traffic, time, workers and upstreams, the way Envoy 1.40 would (see
-//! ARCHITECTURE.md). The host itself arrives with the host-test issue; until then this crate only
-//! reserves its place in the workspace and its dependency rule: it may depend on
-//! `breakwater-policy` (for scenario files' policy documents), never on the filter's source.
+//! A proxy-wasm host on wasmtime that loads the compiled breakwater filter and drives it the way
+//! Envoy 1.40 does (ENVOY-FACTS in the shared notes), so policies can be tested on a laptop and
+//! the admin can simulate them.
+//!
+//! Following wasmtime's embedding model: one [`Host`] (engine, module, linker) per filter build,
+//! one wasmtime `Store` per simulated VM ([`Vm`]), and one [`state::World`] per simulated Envoy,
+//! shared by its VMs the way one vm_id's shared data and stats are. Nothing is process-global,
+//! so tests run in parallel. Host functions are grouped by ABI area in [`abi`]; every guest
+//! pointer is bounds-checked ([`memory`]); misuse traps with a message; fuel stops runaway
+//! guests; a trap makes the VM fail closed (503 for it and every later request), as in Envoy.
+//!
+//! Status: the VM lifecycle, HTTP streams with local replies on both paths, properties, shared
+//! data, metrics and the WASI subset are in place. Router emulation (retries, timeouts,
+//! attempts), scenarios and the fidelity suite come next.
+
+pub mod abi;
+pub mod memory;
+pub mod state;
+pub mod vm;
+
+pub use state::World;
+pub use vm::{Host, Request, Response, Upstream, Vm};
 
 /// The path of the compiled filter that this harness loads, relative to the workspace root.
 pub const FILTER_WASM: &str = "target/wasm32-wasip1/release/breakwater_filter.wasm";

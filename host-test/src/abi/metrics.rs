@@ -1,0 +1,82 @@
+//! Metrics: one stat per name shared by all VMs of an Envoy, as in Envoy. A negative increment of a
+//! counter and get_metric on a histogram are BadArgument (ENVOY-FACTS).
+
+use wasmtime::{Caller, Linker, Result};
+
+use super::Status;
+use crate::memory;
+use crate::state::{HostState, Metric, MetricKind};
+
+pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: Caller<'_, HostState>, kind: i32, name: i32, name_len: i32, ret: i32| -> Result<i32> {
+            let name = memory::read_string(&mut c, name, name_len)?;
+            let kind = match kind {
+                0 => MetricKind::Counter,
+                1 => MetricKind::Gauge,
+                2 => MetricKind::Histogram,
+                _ => return Ok(Status::BadArgument as i32),
+            };
+            let id = {
+                let world = c.data().world.clone();
+                let mut metrics = world.metrics.borrow_mut();
+                match metrics.iter().position(|m| m.name == name) {
+                    Some(i) => i,
+                    None => {
+                        metrics.push(Metric { name, kind, value: 0, samples: Vec::new() });
+                        metrics.len() - 1
+                    }
+                }
+            };
+            memory::write_u32(&mut c, ret, id as u32)?;
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Caller<'_, HostState>, id: i32, offset: i64| -> Result<i32> {
+            let mut metrics = c.data().world.metrics.borrow_mut();
+            let Some(m) = metrics.get_mut(id as u32 as usize) else { return Ok(Status::NotFound as i32) };
+            match m.kind {
+                MetricKind::Counter if offset < 0 => Ok(Status::BadArgument as i32),
+                MetricKind::Histogram => Ok(Status::BadArgument as i32),
+                _ => {
+                    m.value = m.value.saturating_add_signed(offset);
+                    Ok(Status::Ok as i32)
+                }
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Caller<'_, HostState>, id: i32, value: i64| -> Result<i32> {
+            let mut metrics = c.data().world.metrics.borrow_mut();
+            let Some(m) = metrics.get_mut(id as u32 as usize) else { return Ok(Status::NotFound as i32) };
+            match m.kind {
+                MetricKind::Histogram => m.samples.push(value as u64),
+                _ => m.value = value as u64,
+            }
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: Caller<'_, HostState>, id: i32, ret: i32| -> Result<i32> {
+            let found = c.data().world.metrics.borrow().get(id as u32 as usize).map(|m| (m.kind, m.value));
+            match found {
+                Some((MetricKind::Histogram, _)) => Ok(Status::BadArgument as i32),
+                Some((_, v)) => {
+                    memory::write_u64(&mut c, ret, v)?;
+                    Ok(Status::Ok as i32)
+                }
+                None => Ok(Status::NotFound as i32),
+            }
+        },
+    )?;
+    Ok(())
+}

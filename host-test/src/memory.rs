@@ -1,0 +1,128 @@
+//! Guest memory access, always bounds-checked: a bad pointer from the guest is a trap with a
+//! message, never a host panic or an out-of-bounds read.
+
+use wasmtime::{Caller, Extern, Memory, Result, TypedFunc, bail};
+
+use crate::state::HostState;
+
+fn memory(caller: &mut Caller<'_, HostState>) -> Result<Memory> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(m)) => Ok(m),
+        _ => bail!("the guest exports no memory"),
+    }
+}
+
+/// Reads `len` bytes at `ptr`.
+pub fn read(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    let m = memory(caller)?;
+    let data = m.data(&*caller);
+    match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => bail!("guest passed an out-of-bounds buffer ({ptr}+{len}, memory is {} bytes)", data.len()),
+    }
+}
+
+pub fn read_string(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String> {
+    Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())
+}
+
+/// Writes bytes at `ptr`.
+pub fn write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> Result<()> {
+    let ptr = ptr as u32 as usize;
+    let m = memory(caller)?;
+    let data = m.data_mut(&mut *caller);
+    match ptr.checked_add(bytes.len()).and_then(|end| data.get_mut(ptr..end)) {
+        Some(slot) => {
+            slot.copy_from_slice(bytes);
+            Ok(())
+        }
+        None => bail!("guest passed an out-of-bounds return pointer ({ptr}+{})", bytes.len()),
+    }
+}
+
+pub fn write_u32(caller: &mut Caller<'_, HostState>, ptr: i32, v: u32) -> Result<()> {
+    write(caller, ptr, &v.to_le_bytes())
+}
+
+pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: i32, v: u64) -> Result<()> {
+    write(caller, ptr, &v.to_le_bytes())
+}
+
+/// Copies `bytes` into memory the guest allocates (`proxy_on_memory_allocate`) and stores the
+/// address and size at the two return pointers, as the ABI's `ret_ptr`/`ret_size` pairs want.
+pub fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ret_ptr: i32, ret_size: i32) -> Result<()> {
+    let addr = if bytes.is_empty() {
+        0
+    } else {
+        let alloc: TypedFunc<i32, i32> = match caller.get_export("proxy_on_memory_allocate") {
+            Some(Extern::Func(f)) => f.typed(&*caller)?,
+            _ => bail!("the guest exports no proxy_on_memory_allocate"),
+        };
+        let size = i32::try_from(bytes.len())?;
+        let addr = alloc.call(&mut *caller, size)?;
+        if addr == 0 {
+            bail!("the guest could not allocate {} bytes", bytes.len());
+        }
+        write(caller, addr, bytes)?;
+        addr as u32
+    };
+    write_u32(caller, ret_ptr, addr)?;
+    write_u32(caller, ret_size, bytes.len() as u32)
+}
+
+/// proxy-wasm's serialized header map: count, then (key len, value len) pairs, then each key and
+/// value followed by a NUL.
+pub fn serialize_map(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// The inverse of [`serialize_map`]; None when the bytes are not a well-formed map.
+pub fn deserialize_map(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let word = |at: usize| -> Option<usize> {
+        bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(|b| u32::from_le_bytes(b) as usize)
+    };
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let n = word(0)?;
+    let mut sizes = Vec::with_capacity(n.min(1024));
+    for i in 0..n {
+        sizes.push((word(4 + i * 8)?, word(8 + i * 8)?));
+    }
+    let mut at = 4 + n.checked_mul(8)?;
+    let mut out = Vec::with_capacity(sizes.len());
+    for (kl, vl) in sizes {
+        let k = bytes.get(at..at + kl)?;
+        at += kl + 1;
+        let v = bytes.get(at..at + vl)?;
+        at += vl + 1;
+        out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_round_trip_and_garbage_is_refused() {
+        let pairs = vec![(":path".to_string(), b"/a".to_vec()), ("x".to_string(), vec![0xff, 0])];
+        assert_eq!(deserialize_map(&serialize_map(&pairs)), Some(pairs));
+        assert_eq!(deserialize_map(&[5, 0, 0, 0, 1]), None);
+        assert_eq!(deserialize_map(&[0xff, 0xff, 0xff, 0xff]), None);
+    }
+}

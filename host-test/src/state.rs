@@ -1,0 +1,127 @@
+//! What the host keeps: per simulated Envoy (a [`World`], shared by its VMs like one vm_id's
+//! shared data and stats) and per VM ([`HostState`], one wasmtime Store each).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use breakwater_policy::engine::store::MemoryStore;
+
+/// A header map in order, with raw values (HTTP allows any octet).
+pub type HeaderMap = Vec<(String, Vec<u8>)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub vm: usize,
+    /// proxy-wasm levels: 0 trace … 5 critical.
+    pub level: u32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metric {
+    pub name: String,
+    pub kind: MetricKind,
+    pub value: u64,
+    /// Histogram samples.
+    pub samples: Vec<u64>,
+}
+
+/// What all VMs of one simulated Envoy share: the clock, shared data (Envoy's semantics, from the
+/// policy crate's MemoryStore), stats (one stat per name, shared by VMs, as in Envoy), and logs.
+#[derive(Debug, Default)]
+pub struct World {
+    pub clock_ns: Cell<u64>,
+    pub shared: MemoryStore,
+    pub metrics: RefCell<Vec<Metric>>,
+    pub logs: RefCell<Vec<LogLine>>,
+    pub rng: Cell<u64>,
+}
+
+impl World {
+    pub fn new(start_ns: u64, seed: u64) -> Rc<World> {
+        let w = World::default();
+        w.clock_ns.set(start_ns);
+        w.rng.set(seed | 1);
+        Rc::new(w)
+    }
+
+    /// A counter or gauge by name (Envoy's `/stats` shows it as `wasmcustom.<name>`).
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        self.metrics.borrow().iter().find(|m| m.name == name).map(|m| m.value)
+    }
+
+    /// xorshift64*: deterministic for a seed.
+    pub fn next_random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// A local reply the filter asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub details: String,
+}
+
+/// What Envoy knows about a stream and shows as properties.
+#[derive(Debug, Clone, Default)]
+pub struct StreamInfo {
+    pub source_address: String,
+    pub response_code: Option<u16>,
+    pub response_flags: u64,
+    pub code_details: String,
+    pub attempt_count: u64,
+    pub duration_ns: u64,
+    pub upstream_address: Option<String>,
+}
+
+/// One HTTP stream (an HTTP context of the filter).
+#[derive(Debug, Clone, Default)]
+pub struct Stream {
+    pub request_headers: HeaderMap,
+    pub request_trailers: HeaderMap,
+    pub response_headers: HeaderMap,
+    pub response_trailers: HeaderMap,
+    pub local_reply: Option<LocalReply>,
+    pub info: StreamInfo,
+}
+
+/// One VM's host state (a wasmtime Store's data).
+#[derive(Debug)]
+pub struct HostState {
+    pub world: Rc<World>,
+    pub vm: usize,
+    pub effective_context: u32,
+    pub plugin_config: Vec<u8>,
+    pub vm_config: Vec<u8>,
+    pub streams: HashMap<u32, Stream>,
+    pub tick_period_ms: u32,
+    pub log_level: u32,
+    pub plugin_name: String,
+    pub vm_id: String,
+}
+
+impl HostState {
+    pub fn stream(&mut self) -> Option<&mut Stream> {
+        self.streams.get_mut(&self.effective_context)
+    }
+
+    pub fn log(&self, level: u32, message: String) {
+        self.world.logs.borrow_mut().push(LogLine { vm: self.vm, level, message });
+    }
+}

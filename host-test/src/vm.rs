@@ -1,0 +1,359 @@
+//! One simulated Envoy VM running the filter: the lifecycle calls in Envoy's order, and one HTTP
+//! stream at a time from request headers to `on_delete`.
+
+use std::rc::Rc;
+
+use wasmtime::{Config, Engine, Instance, Linker, Module, Result, Store, TypedFunc, bail};
+
+use crate::abi;
+use crate::state::{HeaderMap, HostState, LocalReply, Stream, StreamInfo, World};
+
+/// Fuel for one callback into the guest: far more than any callback needs, so running out means
+/// a runaway guest, which then traps instead of hanging the simulation.
+pub const FUEL_PER_CALL: u64 = 50_000_000;
+
+/// The compiled filter, ready to be instantiated as many VMs.
+pub struct Host {
+    engine: Engine,
+    module: Module,
+    linker: Linker<HostState>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Host")
+    }
+}
+
+impl Host {
+    pub fn from_file(path: &std::path::Path) -> Result<Host> {
+        let bytes = std::fs::read(path).map_err(|e| wasmtime::format_err!("{}: {e}", path.display()))?;
+        Host::new(&bytes)
+    }
+
+    pub fn new(wasm: &[u8]) -> Result<Host> {
+        let mut config = Config::new();
+        config.consume_fuel(true);
+        let engine = Engine::new(&config)?;
+        let module = Module::new(&engine, wasm)?;
+        let mut linker = Linker::new(&engine);
+        abi::add_all(&mut linker)?;
+        Ok(Host { engine, module, linker })
+    }
+
+    /// A new VM of an Envoy (`world`), not yet started.
+    pub fn vm(&self, world: Rc<World>, index: usize) -> Result<Vm> {
+        let state = HostState {
+            world,
+            vm: index,
+            effective_context: 0,
+            plugin_config: Vec::new(),
+            vm_config: Vec::new(),
+            streams: Default::default(),
+            tick_period_ms: 0,
+            log_level: 1,
+            plugin_name: "breakwater".into(),
+            vm_id: "breakwater".into(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.set_fuel(FUEL_PER_CALL)?;
+        let instance = self.linker.instantiate(&mut store, &self.module)?;
+        let exports = Exports::new(&instance, &mut store)?;
+        let mut vm = Vm { store, instance, exports, next_context: 1, root: 0, failed: false };
+        vm.guest(|s, e| match &e.initialize {
+            Some(init) => init.call(s, ()),
+            None => Ok(()),
+        })?;
+        Ok(vm)
+    }
+}
+
+struct Exports {
+    initialize: Option<TypedFunc<(), ()>>,
+    on_context_create: TypedFunc<(i32, i32), ()>,
+    on_vm_start: TypedFunc<(i32, i32), i32>,
+    on_configure: TypedFunc<(i32, i32), i32>,
+    on_request_headers: TypedFunc<(i32, i32, i32), i32>,
+    on_response_headers: TypedFunc<(i32, i32, i32), i32>,
+    on_log: TypedFunc<i32, ()>,
+    on_done: TypedFunc<i32, i32>,
+    on_delete: TypedFunc<i32, ()>,
+    on_tick: TypedFunc<i32, ()>,
+}
+
+impl Exports {
+    fn new(i: &Instance, s: &mut Store<HostState>) -> Result<Exports> {
+        Ok(Exports {
+            initialize: i.get_typed_func(&mut *s, "_initialize").ok(),
+            on_context_create: i.get_typed_func(&mut *s, "proxy_on_context_create")?,
+            on_vm_start: i.get_typed_func(&mut *s, "proxy_on_vm_start")?,
+            on_configure: i.get_typed_func(&mut *s, "proxy_on_configure")?,
+            on_request_headers: i.get_typed_func(&mut *s, "proxy_on_request_headers")?,
+            on_response_headers: i.get_typed_func(&mut *s, "proxy_on_response_headers")?,
+            on_log: i.get_typed_func(&mut *s, "proxy_on_log")?,
+            on_done: i.get_typed_func(&mut *s, "proxy_on_done")?,
+            on_delete: i.get_typed_func(&mut *s, "proxy_on_delete")?,
+            on_tick: i.get_typed_func(&mut *s, "proxy_on_tick")?,
+        })
+    }
+}
+
+/// A request as it reaches the filter.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub method: String,
+    pub authority: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    /// `source.address`, e.g. `10.0.0.1:5555`.
+    pub source: String,
+}
+
+impl Request {
+    pub fn get(authority: &str, path: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            authority: authority.into(),
+            path: path.into(),
+            source: "10.0.0.1:40000".into(),
+            ..Request::default()
+        }
+    }
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Request {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+}
+
+/// What the upstream side (router + upstream) produced for a forwarded request.
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub flags: u64,
+    pub details: String,
+    pub attempts: u64,
+    pub duration_ns: u64,
+}
+
+impl Upstream {
+    pub fn status(status: u16) -> Upstream {
+        Upstream { status, attempts: 1, details: "via_upstream".into(), ..Upstream::default() }
+    }
+}
+
+/// How a stream ended, as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// The filter answered itself (on the request path, or replacing the upstream's response).
+    pub local: bool,
+    /// The request headers as the upstream side received them (None when not forwarded).
+    pub forwarded: Option<HeaderMap>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+pub struct Vm {
+    store: Store<HostState>,
+    #[allow(dead_code)]
+    instance: Instance,
+    exports: Exports,
+    next_context: u32,
+    root: u32,
+    /// A guest trap happened: like Envoy's FAIL_CLOSED, every later request gets 503.
+    failed: bool,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("root", &self.root).field("failed", &self.failed).finish()
+    }
+}
+
+const ACTION_CONTINUE: i32 = 0;
+
+impl Vm {
+    /// Runs one callback into the guest with fresh fuel; a trap marks the VM failed.
+    fn guest<T>(&mut self, call: impl FnOnce(&mut Store<HostState>, &Exports) -> Result<T>) -> Result<T> {
+        if self.failed {
+            bail!("the VM failed earlier");
+        }
+        self.store.set_fuel(FUEL_PER_CALL)?;
+        let result = call(&mut self.store, &self.exports);
+        if let Err(e) = &result {
+            self.failed = true;
+            self.store.data().log(5, format!("host-test: guest trapped: {e:#}"));
+        }
+        result
+    }
+
+    fn new_context(&mut self) -> u32 {
+        let id = self.next_context;
+        self.next_context += 1;
+        id
+    }
+
+    /// Starts the VM and configures the plugin, as Envoy does for a worker: a root context,
+    /// `on_vm_start`, `on_configure`. Returns what `on_configure` answered.
+    pub fn configure(&mut self, plugin_config: &[u8]) -> Result<bool> {
+        let root = self.new_context();
+        self.store.data_mut().plugin_config = plugin_config.to_vec();
+        self.store.data_mut().effective_context = root;
+        self.guest(|s, e| e.on_context_create.call(s, (root as i32, 0)))?;
+        if self.root == 0 {
+            let size = self.store.data().vm_config.len() as i32;
+            if self.guest(|s, e| e.on_vm_start.call(s, (root as i32, size)))? == 0 {
+                return Ok(false);
+            }
+        }
+        let size = plugin_config.len() as i32;
+        let ok = self.guest(|s, e| e.on_configure.call(s, (root as i32, size)))? != 0;
+        if ok {
+            // A reconfiguration gets a new root context; new streams use it (Envoy keeps the old
+            // one for streams in flight).
+            self.root = root;
+        }
+        Ok(ok)
+    }
+
+    pub fn tick(&mut self) -> Result<()> {
+        let root = self.root as i32;
+        self.store.data_mut().effective_context = self.root;
+        self.guest(|s, e| e.on_tick.call(s, root))
+    }
+
+    pub fn tick_period_ms(&self) -> u32 {
+        self.store.data().tick_period_ms
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// One HTTP stream through the filter. `upstream` plays Envoy's router and the upstream for a
+    /// forwarded request (it sees the request headers as the filter left them).
+    pub fn request(
+        &mut self,
+        req: &Request,
+        upstream: impl FnOnce(&HeaderMap) -> Upstream,
+    ) -> Result<Response> {
+        if self.failed {
+            return Ok(fail_closed());
+        }
+        let id = self.new_context();
+        let mut headers: HeaderMap = vec![
+            (":authority".into(), req.authority.clone().into_bytes()),
+            (":path".into(), req.path.clone().into_bytes()),
+            (":method".into(), req.method.clone().into_bytes()),
+            (":scheme".into(), b"http".to_vec()),
+        ];
+        headers.extend(req.headers.iter().cloned());
+        // The connection manager strips x-envoy-* headers sent by clients before filters run.
+        headers.retain(|(k, _)| !k.starts_with("x-envoy-"));
+        let n = headers.len() as i32;
+        let stream = Stream {
+            request_headers: headers,
+            info: StreamInfo { source_address: req.source.clone(), ..StreamInfo::default() },
+            ..Stream::default()
+        };
+        let root = self.root as i32;
+        let state = self.store.data_mut();
+        state.streams.insert(id, stream);
+        state.effective_context = id;
+        let outcome = self.run_stream(id, root, n, upstream);
+        if outcome.is_err() {
+            self.store.data_mut().streams.remove(&id);
+            return Ok(fail_closed());
+        }
+        outcome
+    }
+
+    fn run_stream(
+        &mut self,
+        id: u32,
+        root: i32,
+        n: i32,
+        upstream: impl FnOnce(&HeaderMap) -> Upstream,
+    ) -> Result<Response> {
+        let ctx = id as i32;
+        self.guest(|s, e| e.on_context_create.call(s, (ctx, root)))?;
+        self.store.data_mut().effective_context = id;
+        let action = self.guest(|s, e| e.on_request_headers.call(s, (ctx, n, 1)))?;
+        let local = self.stream_mut(id)?.local_reply.take();
+        let (mut response, forwarded) = match (local, action) {
+            (Some(reply), _) => (reply_response(&reply), None),
+            (None, ACTION_CONTINUE) => {
+                let forwarded = self.stream_mut(id)?.request_headers.clone();
+                let up = upstream(&forwarded);
+                let st = self.stream_mut(id)?;
+                st.info.response_flags = up.flags;
+                st.info.code_details = up.details.clone();
+                st.info.attempt_count = up.attempts;
+                st.info.duration_ns = up.duration_ns;
+                let mut headers: HeaderMap = vec![(":status".into(), up.status.to_string().into_bytes())];
+                headers.extend(up.headers);
+                (
+                    Response { status: up.status, headers, body: up.body, local: false, forwarded: None },
+                    Some(forwarded),
+                )
+            }
+            // Paused without a reply: Envoy would wait; no timer resumes streams in breakwater.
+            (None, _) => bail!("the filter paused the request without replying"),
+        };
+        // Response headers pass through this filter, local replies from the request path included.
+        let st = self.stream_mut(id)?;
+        st.info.response_code = Some(response.status);
+        st.response_headers = response.headers.clone();
+        let n = response.headers.len() as i32;
+        self.store.data_mut().effective_context = id;
+        self.guest(|s, e| e.on_response_headers.call(s, (ctx, n, 1)))?;
+        let st = self.stream_mut(id)?;
+        match st.local_reply.take() {
+            // A reply sent from response headers replaces the upstream's response entirely.
+            Some(reply) if !response.local => {
+                response = reply_response(&reply);
+                st.info.response_code = Some(reply.status);
+            }
+            _ => response.headers = st.response_headers.clone(),
+        }
+        response.forwarded = forwarded;
+        self.store.data_mut().effective_context = id;
+        self.guest(|s, e| e.on_log.call(s, ctx))?;
+        self.guest(|s, e| e.on_done.call(s, ctx))?;
+        self.guest(|s, e| e.on_delete.call(s, ctx))?;
+        self.store.data_mut().streams.remove(&id);
+        Ok(response)
+    }
+
+    fn stream_mut(&mut self, id: u32) -> Result<&mut Stream> {
+        match self.store.data_mut().streams.get_mut(&id) {
+            Some(s) => Ok(s),
+            None => bail!("stream {id} vanished"),
+        }
+    }
+}
+
+fn reply_response(reply: &LocalReply) -> Response {
+    let mut headers: HeaderMap = vec![(":status".into(), reply.status.to_string().into_bytes())];
+    headers.extend(reply.headers.iter().cloned());
+    Response { status: reply.status, headers, body: reply.body.clone(), local: true, forwarded: None }
+}
+
+/// Envoy's answer once a FAIL_CLOSED plugin has failed on this worker.
+fn fail_closed() -> Response {
+    Response {
+        status: 503,
+        headers: vec![(":status".into(), b"503".to_vec())],
+        body: Vec::new(),
+        local: true,
+        forwarded: None,
+    }
+}

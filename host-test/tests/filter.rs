@@ -1,0 +1,150 @@
+//! The compiled filter in our host: the same behaviours the Envoy end-to-end tests check.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::rc::Rc;
+
+use breakwater_host_test::{FILTER_WASM, Host, Request, Upstream, Vm, World};
+
+fn host() -> Host {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(FILTER_WASM);
+    assert!(path.exists(), "{} is missing: build it with `./dev build-wasm`", path.display());
+    Host::from_file(&path).unwrap()
+}
+
+fn compiled(policy: &str) -> Vec<u8> {
+    breakwater_policy::compile(&breakwater_policy::load(policy).unwrap().document).into_bytes()
+}
+
+/// An Envoy with `workers` VMs configured with `policy`.
+fn envoy(host: &Host, workers: usize, policy: &str) -> (Rc<World>, Vec<Vm>) {
+    let world = World::new(1_700_000_000_000_000_000, 42);
+    let vms = (0..workers)
+        .map(|i| {
+            let mut vm = host.vm(world.clone(), i).unwrap();
+            assert!(vm.configure(&compiled(policy)).unwrap(), "{:?}", world.logs.borrow());
+            vm
+        })
+        .collect();
+    (world, vms)
+}
+
+fn ok(_: &breakwater_host_test::state::HeaderMap) -> Upstream {
+    Upstream::status(200)
+}
+
+#[test]
+fn invalid_configuration_is_rejected_with_the_cli_messages() {
+    let host = host();
+    let world = World::new(0, 1);
+    let mut vm = host.vm(world.clone(), 0).unwrap();
+    assert!(!vm.configure(br#"{"version":1,"policies":[{"name":"Bad"}]}"#).unwrap());
+    let logs = world.logs.borrow();
+    assert!(
+        logs.iter()
+            .any(|l| l.level == 4
+                && l.message.contains("configuration rejected: error: policies[0].name: `Bad`")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn rate_limit_is_shared_by_workers_and_refills_with_the_clock() {
+    let host = host();
+    let (world, mut vms) = envoy(
+        &host,
+        2,
+        "version: 1\npolicies:\n  - name: api\n    rate_limit: { rate: 10, per: 1s, burst: 5 }\n",
+    );
+    let req = Request::get("shop.example.com", "/");
+    let statuses: Vec<u16> = (0..8).map(|i| vms[i % 2].request(&req, ok).unwrap().status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    let limited = vms[0].request(&req, ok).unwrap();
+    assert!(limited.local);
+    assert_eq!(limited.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(limited.header("ratelimit-policy").as_deref(), Some("\"api\";q=5;w=1"));
+    assert_eq!(String::from_utf8_lossy(&limited.body), "rate limited\n");
+    // One token per 100 ms of virtual time.
+    world.clock_ns.set(world.clock_ns.get() + 100_000_000);
+    assert_eq!(vms[1].request(&req, ok).unwrap().status, 200);
+    assert_eq!(vms[0].request(&req, ok).unwrap().status, 429);
+    assert_eq!(world.metric("breakwater.requests.policy.api.decision.allowed"), Some(6));
+    assert_eq!(world.metric("breakwater.requests.policy.api.decision.rate_limited"), Some(5));
+}
+
+#[test]
+fn retry_and_timeout_headers_reach_the_router() {
+    let host = host();
+    let (_, mut vms) = envoy(
+        &host,
+        1,
+        "version: 1\npolicies:\n  - name: r\n    retry: { max_retries: 2, retry_on: [5xx], per_try_timeout: 300ms }\n    timeout: 1s\n",
+    );
+    let req = Request::get("a", "/").header("x-envoy-max-retries", "9");
+    let r = vms[0].request(&req, ok).unwrap();
+    let forwarded = r.forwarded.unwrap();
+    let get = |n: &str| {
+        forwarded.iter().find(|(k, _)| k == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    // The client's own x-envoy header was stripped; the filter's are there.
+    assert_eq!(get("x-envoy-max-retries").as_deref(), Some("2"));
+    assert_eq!(get("x-envoy-retry-on").as_deref(), Some("5xx"));
+    assert_eq!(get("x-envoy-upstream-rq-per-try-timeout-ms").as_deref(), Some("300"));
+    assert_eq!(get("x-envoy-upstream-rq-timeout-ms").as_deref(), Some("1000"));
+}
+
+#[test]
+fn fallback_replaces_the_upstream_failure_and_the_breaker_learns_from_it() {
+    let host = host();
+    let (world, mut vms) = envoy(
+        &host,
+        1,
+        r#"
+version: 1
+policies:
+  - name: recs
+    circuit_breaker: { window: 10, minimum_calls: 3, failure_rate: 50, open_for: 10s }
+    fallback: { on: [5xx], response: { status: 200, body: '{"items":[]}' } }
+"#,
+    );
+    let req = Request::get("a", "/recs");
+    for _ in 0..3 {
+        let r = vms[0].request(&req, |_| Upstream::status(503)).unwrap();
+        assert_eq!(
+            (r.status, r.local, String::from_utf8_lossy(&r.body).as_ref()),
+            (200, true, "{\"items\":[]}")
+        );
+    }
+    // Three failures recorded (from the upstream's 503, not the fallback's 200): open.
+    assert_eq!(world.metric("breakwater.breaker_state.policy.recs"), Some(1));
+    let open = vms[0].request(&req, |_| panic!("an open breaker must not call the upstream")).unwrap();
+    assert_eq!((open.status, String::from_utf8_lossy(&open.body).as_ref()), (503, "circuit open\n"));
+    assert_eq!(world.metric("breakwater.requests.policy.recs.decision.fallback"), Some(3));
+}
+
+#[test]
+fn hostile_header_values_do_not_trap() {
+    let host = host();
+    let (_, mut vms) = envoy(
+        &host,
+        1,
+        "version: 1\npolicies:\n  - name: k\n    rate_limit: { rate: 100, burst: 100, key: [\"header:x-api-key\", client_ip] }\n",
+    );
+    for value in [vec![0xff, 0xfe, 0x80], vec![b'k'; 60_000], Vec::new()] {
+        let r = vms[0].request(&Request::get("a", "/").header("x-api-key", value), ok).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert!(!vms[0].failed());
+}
+
+#[test]
+fn concurrency_slots_come_back_at_stream_end() {
+    let host = host();
+    let (world, mut vms) =
+        envoy(&host, 2, "version: 1\npolicies:\n  - name: c\n    concurrency_limit: { max_in_flight: 1 }\n");
+    for i in 0..6 {
+        assert_eq!(vms[i % 2].request(&Request::get("a", "/"), ok).unwrap().status, 200);
+    }
+    assert_eq!(world.metric("breakwater.in_flight.policy.c"), Some(0));
+}
