@@ -17,6 +17,7 @@
 
 pub mod abi;
 pub mod memory;
+pub mod router;
 pub mod state;
 pub mod vm;
 

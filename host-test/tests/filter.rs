@@ -148,3 +148,34 @@ fn concurrency_slots_come_back_at_stream_end() {
     }
     assert_eq!(world.metric("breakwater.in_flight.policy.c"), Some(0));
 }
+
+#[test]
+fn retries_through_the_router_are_counted_and_budgeted() {
+    use breakwater_host_test::router::{Attempt, via_router};
+    let host = host();
+    let (world, mut vms) = envoy(
+        &host,
+        1,
+        "version: 1\npolicies:\n  - name: r\n    retry: { max_retries: 2, retry_on: [5xx], budget: { percent: 0, min_per_second: 3 } }\n",
+    );
+    let req = Request::get("a", "/");
+    let script = [503, 503, 200];
+    let r = vms[0]
+        .request(&req, via_router(&world, |k, _| Attempt::status(script[k as usize - 1], 1_000_000)))
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(world.metric("breakwater.requests.policy.r.decision.retried"), Some(2));
+    // The budget allows 3 per second: 2 were used, so the next request gets 1 retry.
+    let mut attempts = 0;
+    let r = vms[0]
+        .request(
+            &req,
+            via_router(&world, |_, _| {
+                attempts += 1;
+                Attempt::status(503, 1_000_000)
+            }),
+        )
+        .unwrap();
+    assert_eq!((r.status, attempts), (503, 2));
+    assert_eq!(world.metric("breakwater.requests.policy.r.decision.budget_exhausted"), Some(1));
+}
