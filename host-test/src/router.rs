@@ -132,10 +132,10 @@ pub fn route(
             Attempt::ConnectFailure => (Outcome::ConnectFailure, 0, None),
         };
         // The overall timeout cuts the attempt in flight.
-        if let Some(limit) = overall {
-            if elapsed + spent > limit {
-                return finish(504, b"upstream request timeout", flags::UT, "response_timeout", k, limit);
-            }
+        if let Some(limit) = overall
+            && elapsed + spent > limit
+        {
+            return finish(504, b"upstream request timeout", flags::UT, "response_timeout", k, limit);
         }
         elapsed += spent;
         let retry = policy.retriable(&outcome) && k <= policy.max_retries;
@@ -181,10 +181,10 @@ pub fn route(
         // Full-jitter exponential backoff before the next attempt.
         let cap = (25u64 << (k - 1).min(4)).min(250) * NS_PER_MS;
         elapsed += random() % cap;
-        if let Some(limit) = overall {
-            if elapsed > limit {
-                return finish(504, b"upstream request timeout", flags::UT, "response_timeout", k, limit);
-            }
+        if let Some(limit) = overall
+            && elapsed > limit
+        {
+            return finish(504, b"upstream request timeout", flags::UT, "response_timeout", k, limit);
         }
     }
 }
