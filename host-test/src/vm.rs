@@ -143,6 +143,17 @@ impl Upstream {
     }
 }
 
+/// Where a stream stands after [`Vm::begin`].
+#[derive(Debug, Clone)]
+pub enum Begun {
+    /// The filter let it through; `headers` are what the router receives.
+    Forwarded { stream: u32, headers: HeaderMap },
+    /// The filter answered it itself (complete it with no upstream outcome).
+    Answered { stream: u32 },
+    /// The VM has failed (fail closed): this is the answer.
+    Failed(Response),
+}
+
 /// How a stream ended, as the client saw it.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -238,15 +249,28 @@ impl Vm {
         self.failed
     }
 
-    /// One HTTP stream through the filter. `upstream` plays Envoy's router and the upstream for a
-    /// forwarded request (it sees the request headers as the filter left them).
+    /// One HTTP stream through the filter, start to end. `upstream` plays Envoy's router and the
+    /// upstream for a forwarded request (it sees the request headers as the filter left them).
     pub fn request(
         &mut self,
         req: &Request,
         upstream: impl FnOnce(&HeaderMap) -> Upstream,
     ) -> Result<Response> {
+        match self.begin(req)? {
+            Begun::Forwarded { stream, headers } => {
+                let up = upstream(&headers);
+                self.complete(stream, Some(up))
+            }
+            Begun::Answered { stream } => self.complete(stream, None),
+            Begun::Failed(response) => Ok(response),
+        }
+    }
+
+    /// Starts a stream: context creation and request headers. The stream stays open (holding
+    /// whatever the filter acquired) until [`Vm::complete`] or [`Vm::abort`], so streams overlap.
+    pub fn begin(&mut self, req: &Request) -> Result<Begun> {
         if self.failed {
-            return Ok(fail_closed());
+            return Ok(Begun::Failed(fail_closed()));
         }
         let id = self.new_context();
         let mut headers: HeaderMap = vec![
@@ -264,36 +288,67 @@ impl Vm {
             info: StreamInfo { source_address: req.source.clone(), ..StreamInfo::default() },
             ..Stream::default()
         };
-        let root = self.root as i32;
         let state = self.store.data_mut();
         state.streams.insert(id, stream);
         state.effective_context = id;
-        let outcome = self.run_stream(id, root, n, upstream);
-        if outcome.is_err() {
+        let (ctx, root) = (id as i32, self.root as i32);
+        let begun = (|| -> Result<Begun> {
+            self.guest(|s, e| e.on_context_create.call(s, (ctx, root)))?;
+            self.store.data_mut().effective_context = id;
+            let action = self.guest(|s, e| e.on_request_headers.call(s, (ctx, n, 1)))?;
+            let st = self.stream_mut(id)?;
+            match (st.local_reply.is_some(), action) {
+                (true, _) => Ok(Begun::Answered { stream: id }),
+                (false, ACTION_CONTINUE) => {
+                    Ok(Begun::Forwarded { stream: id, headers: st.request_headers.clone() })
+                }
+                // Paused without a reply: Envoy would wait; nothing in breakwater resumes streams.
+                (false, _) => bail!("the filter paused the request without replying"),
+            }
+        })();
+        match begun {
+            Ok(b) => Ok(b),
+            Err(_) => {
+                self.store.data_mut().streams.remove(&id);
+                Ok(Begun::Failed(fail_closed()))
+            }
+        }
+    }
+
+    /// Ends a stream begun with [`Vm::begin`]: with the upstream's outcome for a forwarded
+    /// request (None for a request the filter answered itself), then response headers (where a
+    /// local reply replaces the upstream's), `on_log`, `on_done`, `on_delete`.
+    pub fn complete(&mut self, id: u32, upstream: Option<Upstream>) -> Result<Response> {
+        let result = self.finish_stream(id, upstream);
+        if result.is_err() {
             self.store.data_mut().streams.remove(&id);
             return Ok(fail_closed());
         }
-        outcome
+        result
     }
 
-    fn run_stream(
-        &mut self,
-        id: u32,
-        root: i32,
-        n: i32,
-        upstream: impl FnOnce(&HeaderMap) -> Upstream,
-    ) -> Result<Response> {
+    /// Ends a stream whose client went away before any response: `on_log`, `on_done`,
+    /// `on_delete` with no response code (as Envoy does on a client abort).
+    pub fn abort(&mut self, id: u32) -> Result<()> {
         let ctx = id as i32;
-        self.guest(|s, e| e.on_context_create.call(s, (ctx, root)))?;
+        self.stream_mut(id)?.info.response_flags |= 0x4000; // DC: downstream connection termination
         self.store.data_mut().effective_context = id;
-        let action = self.guest(|s, e| e.on_request_headers.call(s, (ctx, n, 1)))?;
+        let ended = self
+            .guest(|s, e| e.on_log.call(s, ctx))
+            .and_then(|()| self.guest(|s, e| e.on_done.call(s, ctx)))
+            .and_then(|_| self.guest(|s, e| e.on_delete.call(s, ctx)));
+        self.store.data_mut().streams.remove(&id);
+        ended
+    }
+
+    fn finish_stream(&mut self, id: u32, upstream: Option<Upstream>) -> Result<Response> {
+        let ctx = id as i32;
         let local = self.stream_mut(id)?.local_reply.take();
-        let (mut response, forwarded) = match (local, action) {
+        let (mut response, forwarded) = match (local, upstream) {
             (Some(reply), _) => (reply_response(&reply), None),
-            (None, ACTION_CONTINUE) => {
-                let forwarded = self.stream_mut(id)?.request_headers.clone();
-                let up = upstream(&forwarded);
+            (None, Some(up)) => {
                 let st = self.stream_mut(id)?;
+                let forwarded = st.request_headers.clone();
                 st.info.response_flags = up.flags;
                 st.info.code_details = up.details.clone();
                 st.info.attempt_count = up.attempts;
@@ -305,8 +360,7 @@ impl Vm {
                     Some(forwarded),
                 )
             }
-            // Paused without a reply: Envoy would wait; no timer resumes streams in breakwater.
-            (None, _) => bail!("the filter paused the request without replying"),
+            (None, None) => bail!("stream {id} was forwarded but completed without an upstream outcome"),
         };
         // Response headers pass through this filter, local replies from the request path included.
         let st = self.stream_mut(id)?;

@@ -179,3 +179,31 @@ fn retries_through_the_router_are_counted_and_budgeted() {
     assert_eq!((r.status, attempts), (503, 2));
     assert_eq!(world.metric("breakwater.requests.policy.r.decision.budget_exhausted"), Some(1));
 }
+
+#[test]
+fn overlapping_streams_hold_concurrency_slots_across_workers() {
+    use breakwater_host_test::Begun;
+    let host = host();
+    let (world, mut vms) =
+        envoy(&host, 2, "version: 1\npolicies:\n  - name: c\n    concurrency_limit: { max_in_flight: 2 }\n");
+    let req = Request::get("a", "/");
+    let forwarded = |b: Begun| match b {
+        Begun::Forwarded { stream, .. } => stream,
+        other => panic!("expected forwarding, got {other:?}"),
+    };
+    let a = forwarded(vms[0].begin(&req).unwrap());
+    let b = forwarded(vms[1].begin(&req).unwrap());
+    // A third stream, on either worker, is over the limit.
+    let Begun::Answered { stream: c } = vms[0].begin(&req).unwrap() else { panic!("expected a rejection") };
+    assert_eq!(vms[0].complete(c, None).unwrap().status, 503);
+    assert_eq!(world.metric("breakwater.in_flight.policy.c"), Some(2));
+    // The upstream answers one; a client aborts the other: both slots come back.
+    assert_eq!(vms[0].complete(a, Some(Upstream::status(200))).unwrap().status, 200);
+    vms[1].abort(b).unwrap();
+    assert_eq!(world.metric("breakwater.in_flight.policy.c"), Some(0));
+    let d = forwarded(vms[1].begin(&req).unwrap());
+    let e = forwarded(vms[0].begin(&req).unwrap());
+    vms[1].complete(d, Some(Upstream::status(200))).unwrap();
+    vms[0].complete(e, Some(Upstream::status(200))).unwrap();
+    assert_eq!(world.metric("breakwater.requests.policy.c.decision.concurrency_limited"), Some(1));
+}
