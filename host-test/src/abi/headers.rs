@@ -17,6 +17,24 @@ fn map<'a>(c: &'a mut Caller<'_, HostState>, kind: i32) -> Option<&'a mut Header
     }
 }
 
+/// Adds a header (`replace`: after removing every value of that name).
+fn put(
+    mut c: Caller<'_, HostState>,
+    kind: i32,
+    key: (i32, i32),
+    value: (i32, i32),
+    replace: bool,
+) -> Result<i32> {
+    let name = memory::read_string(&mut c, key.0, key.1)?.to_ascii_lowercase();
+    let value = memory::read(&mut c, value.0, value.1)?;
+    let Some(m) = map(&mut c, kind) else { return Ok(Status::BadArgument as i32) };
+    if replace {
+        m.retain(|(k, _)| *k != name);
+    }
+    m.push((name, value));
+    Ok(Status::Ok as i32)
+}
+
 pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
     l.func_wrap(
         "env",
@@ -66,37 +84,24 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_replace_header_map_value",
-        |mut c: Caller<'_, HostState>,
+        |c: Caller<'_, HostState>,
          kind: i32,
          key: i32,
          key_len: i32,
          value: i32,
          value_len: i32|
-         -> Result<i32> {
-            let name = memory::read_string(&mut c, key, key_len)?.to_ascii_lowercase();
-            let value = memory::read(&mut c, value, value_len)?;
-            let Some(m) = map(&mut c, kind) else { return Ok(Status::BadArgument as i32) };
-            m.retain(|(k, _)| *k != name);
-            m.push((name, value));
-            Ok(Status::Ok as i32)
-        },
+         -> Result<i32> { put(c, kind, (key, key_len), (value, value_len), true) },
     )?;
     l.func_wrap(
         "env",
         "proxy_add_header_map_value",
-        |mut c: Caller<'_, HostState>,
+        |c: Caller<'_, HostState>,
          kind: i32,
          key: i32,
          key_len: i32,
          value: i32,
          value_len: i32|
-         -> Result<i32> {
-            let name = memory::read_string(&mut c, key, key_len)?.to_ascii_lowercase();
-            let value = memory::read(&mut c, value, value_len)?;
-            let Some(m) = map(&mut c, kind) else { return Ok(Status::BadArgument as i32) };
-            m.push((name, value));
-            Ok(Status::Ok as i32)
-        },
+         -> Result<i32> { put(c, kind, (key, key_len), (value, value_len), false) },
     )?;
     l.func_wrap(
         "env",
