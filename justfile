@@ -10,7 +10,7 @@ default:
     @just --list
 
 # The whole test suite: what CI runs.
-test: lint build-wasm test-rust validate-examples demo-smoke
+test: lint build-wasm test-rust validate-examples scenarios demo-smoke
     @echo "all checks passed"
 
 # Formatting and clippy (unwrap/expect/panic are denied outside tests).
@@ -31,6 +31,10 @@ test-rust:
 # The shipped example policies validate.
 validate-examples:
     cargo run -q --locked -p breakwater-cli -- validate $(ls policies/*.yaml | grep -v '\.scenario\.yaml$')
+
+# The shipped scenarios: simulated traffic through the compiled filter (host-test), every expectation met.
+scenarios: build-wasm
+    cargo run -q --locked -p breakwater-cli -- test policies/*.scenario.yaml
 
 # Regenerate the committed JSON Schema after changing the model.
 schema:

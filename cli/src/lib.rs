@@ -5,4 +5,5 @@ pub mod ecds;
 pub mod k8s;
 pub mod oci;
 pub mod render;
+pub mod testing;
 pub mod yaml;

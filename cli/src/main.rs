@@ -29,6 +29,18 @@ enum Command {
     },
     /// Print the JSON Schema of the policy language.
     Schema,
+    /// Run scenario files: simulated traffic through the compiled filter (host-test), each
+    /// expectation checked. Exit 1 when an expectation fails, 2 when a scenario cannot run.
+    Test {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Print one JSON object per scenario, with its per-second timeline.
+        #[arg(long)]
+        json: bool,
+        /// The compiled filter (default: the workspace's release build).
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+    },
     /// Print the JSON the filter receives as plugin configuration (defaults filled in). Several
     /// files are merged, policies in the order given.
     Compile {
@@ -187,6 +199,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Compile { files, pretty } => compile(&files, pretty),
+        Command::Test { scenarios, json, wasm } => test(&scenarios, json, wasm.as_deref()),
         Command::Publish { files, ecds, wasm, name, vm_id } => publish(&files, &ecds, wasm, name, vm_id),
         Command::Render(r) => render(r),
         Command::Package { oci: dir, tag, format, wasm, push, insecure } => {
@@ -257,6 +270,52 @@ fn validate(files: &[PathBuf], format: Format) -> ExitCode {
     };
     emit(&text);
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn test(files: &[PathBuf], json: bool, wasm: Option<&Path>) -> ExitCode {
+    use breakwater_cli::testing;
+    let host = match testing::find_filter(wasm)
+        .and_then(|p| breakwater_host_test::Host::from_file(&p).map_err(|e| format!("{e:#}")))
+    {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    let (mut failed, mut broken) = (0usize, 0usize);
+    let mut results = Vec::new();
+    for path in files {
+        let file = path.display().to_string();
+        let result = breakwater_host_test::sim::load_file(path)
+            .map_err(|e| e.to_string())
+            .and_then(|loaded| testing::run(&host, &file, &loaded));
+        match result {
+            Ok(r) => {
+                failed += usize::from(!r.report.passed);
+                if json {
+                    results.push(r);
+                } else {
+                    emit(&testing::render(&r));
+                }
+            }
+            Err(e) => {
+                broken += 1;
+                eprintln!("{file}: cannot run\n{e}");
+            }
+        }
+    }
+    if json {
+        match serde_json::to_string(&results) {
+            Ok(text) => emit(&format!("{text}\n")),
+            Err(e) => return fail(format!("cannot encode the results: {e}")),
+        }
+    } else if files.len() > 1 {
+        let passed = files.len() - failed - broken;
+        emit(&format!("{passed} of {} scenarios passed\n", files.len()));
+    }
+    match (broken, failed) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => ExitCode::FAILURE,
+        _ => ExitCode::from(2),
+    }
 }
 
 fn compile(files: &[PathBuf], pretty: bool) -> ExitCode {

@@ -18,6 +18,7 @@
 pub mod abi;
 pub mod memory;
 pub mod router;
+pub mod sim;
 pub mod state;
 pub mod vm;
 

@@ -105,21 +105,23 @@ enum Outcome {
     PerTryTimeout,
 }
 
-/// Runs the router for one forwarded request. `attempt(k)` gives the k-th attempt (1-based);
-/// `random()` draws the backoff jitter (seeded by the caller, for deterministic runs).
+/// Runs the router for one forwarded request. `attempt(k, start)` gives the k-th attempt (1-based),
+/// which starts `start` ns after the request reached the router; `random()` draws the backoff
+/// jitter (seeded by the caller, for deterministic runs).
 pub fn route(
     headers: &mut HeaderMap,
-    mut attempt: impl FnMut(u32, &HeaderMap) -> Attempt,
+    mut attempt: impl FnMut(u32, u64, &HeaderMap) -> Attempt,
     mut random: impl FnMut() -> u64,
 ) -> Upstream {
     let policy = RetryPolicy::take_from(headers);
     let overall = policy.timeout_ms.map(|ms| ms * NS_PER_MS);
     let mut elapsed = 0u64;
     let mut k = 0u32;
+    let mut tries = Vec::new();
     loop {
         k += 1;
         let per_try = policy.per_try_timeout_ms.map(|ms| ms * NS_PER_MS);
-        let result = attempt(k, headers);
+        let result = attempt(k, elapsed, headers);
         let (outcome, spent, response) = match result {
             Attempt::Response { status, headers, body, latency_ns } => match per_try {
                 Some(limit) if latency_ns > limit => (Outcome::PerTryTimeout, limit, None),
@@ -132,10 +134,13 @@ pub fn route(
             Attempt::ConnectFailure => (Outcome::ConnectFailure, 0, None),
         };
         // The overall timeout cuts the attempt in flight.
-        if let Some(limit) = overall
-            && elapsed + spent > limit
-        {
-            return finish(504, b"upstream request timeout", flags::UT, "response_timeout", k, limit);
+        let cut = overall.filter(|limit| elapsed + spent > *limit);
+        if outcome != Outcome::ConnectFailure {
+            tries.push((elapsed, cut.unwrap_or(elapsed + spent)));
+        }
+        if let Some(limit) = cut {
+            return finish(504, b"upstream request timeout", flags::UT, "response_timeout", k, limit)
+                .with_tries(tries);
         }
         elapsed += spent;
         let retry = policy.retriable(&outcome) && k <= policy.max_retries;
@@ -151,6 +156,7 @@ pub fn route(
                     details: "via_upstream".into(),
                     attempts: u64::from(k),
                     duration_ns: elapsed,
+                    tries,
                 },
                 (Outcome::PerTryTimeout, _) => finish(
                     504,
@@ -159,7 +165,8 @@ pub fn route(
                     "upstream_per_try_timeout",
                     k,
                     elapsed,
-                ),
+                )
+                .with_tries(tries),
                 (Outcome::ConnectFailure, _) => finish(
                     503,
                     b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
@@ -167,7 +174,8 @@ pub fn route(
                     "upstream_reset_before_response_started{remote_connection_failure}",
                     k,
                     elapsed,
-                ),
+                )
+                .with_tries(tries),
                 _ => finish(
                     503,
                     b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
@@ -175,7 +183,8 @@ pub fn route(
                     "upstream_reset_before_response_started{connection_termination}",
                     k,
                     elapsed,
-                ),
+                )
+                .with_tries(tries),
             };
         }
         // Full-jitter exponential backoff before the next attempt.
@@ -184,7 +193,8 @@ pub fn route(
         if let Some(limit) = overall
             && elapsed > limit
         {
-            return finish(504, b"upstream request timeout", flags::UT, "response_timeout", k, limit);
+            return finish(504, b"upstream request timeout", flags::UT, "response_timeout", k, limit)
+                .with_tries(tries);
         }
     }
 }
@@ -193,7 +203,7 @@ pub fn route(
 /// jitter from the world's seeded generator.
 pub fn via_router<'a>(
     world: &'a crate::World,
-    attempt: impl FnMut(u32, &HeaderMap) -> Attempt + 'a,
+    attempt: impl FnMut(u32, u64, &HeaderMap) -> Attempt + 'a,
 ) -> impl FnOnce(&HeaderMap) -> Upstream + 'a {
     move |forwarded| {
         let mut headers = forwarded.clone();
@@ -210,6 +220,7 @@ fn finish(status: u16, body: &[u8], flags: u64, details: &str, attempts: u32, el
         details: details.into(),
         attempts: u64::from(attempts),
         duration_ns: elapsed,
+        tries: Vec::new(),
     }
 }
 
@@ -226,7 +237,9 @@ mod tests {
         let mut seed = 7u64;
         let up = route(
             &mut hm,
-            |k, _| script.get(k as usize - 1).or(script.last()).cloned().unwrap_or(Attempt::ConnectFailure),
+            |k, _, _| {
+                script.get(k as usize - 1).or(script.last()).cloned().unwrap_or(Attempt::ConnectFailure)
+            },
             || {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
                 seed >> 11
@@ -250,6 +263,27 @@ mod tests {
         let (up, _) =
             run(&[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "2")], &[Attempt::status(503, 1)]);
         assert_eq!((up.status, up.attempts, up.flags), (503, 3, flags::URX));
+    }
+
+    #[test]
+    fn attempts_that_reached_the_upstream_are_recorded_with_their_times() {
+        let ms = NS_PER_MS;
+        let mut hm = headers(&[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "2")]);
+        let mut starts = Vec::new();
+        let script =
+            [Attempt::ConnectFailure, Attempt::Reset { after_ns: 3 * ms }, Attempt::status(200, 7 * ms)];
+        let up = route(
+            &mut hm,
+            |k, start, _| {
+                starts.push(start);
+                script[k as usize - 1].clone()
+            },
+            || 0,
+        );
+        // No backoff (the jitter draws 0): each attempt starts when the previous one ended.
+        assert_eq!(starts, [0, 0, 3 * ms]);
+        assert_eq!((up.status, up.attempts, up.duration_ns), (200, 3, 10 * ms));
+        assert_eq!(up.tries, [(0, 3 * ms), (3 * ms, 10 * ms)]);
     }
 
     #[test]
@@ -310,7 +344,7 @@ mod tests {
             let mut s = seed;
             let up = route(
                 &mut hm,
-                |_, _| Attempt::status(503, 0),
+                |_, _, _| Attempt::status(503, 0),
                 || {
                     s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     s >> 7

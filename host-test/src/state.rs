@@ -99,6 +99,9 @@ pub struct Stream {
     pub response_trailers: HeaderMap,
     pub local_reply: Option<LocalReply>,
     pub info: StreamInfo,
+    /// Counter increments made while this stream was the effective context: (metric id, by).
+    /// Simulations attribute decisions to requests with them, as a stats diff would.
+    pub counted: Vec<(u32, u64)>,
 }
 
 /// One VM's host state (a wasmtime Store's data).

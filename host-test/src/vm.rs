@@ -135,11 +135,19 @@ pub struct Upstream {
     pub details: String,
     pub attempts: u64,
     pub duration_ns: u64,
+    /// The attempts that reached the upstream (connect failures did not), as (start, end) in ns
+    /// since the request reached the router.
+    pub tries: Vec<(u64, u64)>,
 }
 
 impl Upstream {
     pub fn status(status: u16) -> Upstream {
         Upstream { status, attempts: 1, details: "via_upstream".into(), ..Upstream::default() }
+    }
+
+    pub(crate) fn with_tries(mut self, tries: Vec<(u64, u64)>) -> Upstream {
+        self.tries = tries;
+        self
     }
 }
 
@@ -164,6 +172,8 @@ pub struct Response {
     pub local: bool,
     /// The request headers as the upstream side received them (None when not forwarded).
     pub forwarded: Option<HeaderMap>,
+    /// Counter increments the filter made for this stream: (metric id, by).
+    pub counted: Vec<(u32, u64)>,
 }
 
 impl Response {
@@ -329,7 +339,8 @@ impl Vm {
 
     /// Ends a stream whose client went away before any response: `on_log`, `on_done`,
     /// `on_delete` with no response code (as Envoy does on a client abort).
-    pub fn abort(&mut self, id: u32) -> Result<()> {
+    /// Returns the counter increments the filter made for the stream.
+    pub fn abort(&mut self, id: u32) -> Result<Vec<(u32, u64)>> {
         let ctx = id as i32;
         self.stream_mut(id)?.info.response_flags |= 0x4000; // DC: downstream connection termination
         self.store.data_mut().effective_context = id;
@@ -337,8 +348,8 @@ impl Vm {
             .guest(|s, e| e.on_log.call(s, ctx))
             .and_then(|()| self.guest(|s, e| e.on_done.call(s, ctx)))
             .and_then(|_| self.guest(|s, e| e.on_delete.call(s, ctx)));
-        self.store.data_mut().streams.remove(&id);
-        ended
+        let stream = self.store.data_mut().streams.remove(&id);
+        ended.map(|()| stream.map(|s| s.counted).unwrap_or_default())
     }
 
     fn finish_stream(&mut self, id: u32, upstream: Option<Upstream>) -> Result<Response> {
@@ -356,7 +367,14 @@ impl Vm {
                 let mut headers: HeaderMap = vec![(":status".into(), up.status.to_string().into_bytes())];
                 headers.extend(up.headers);
                 (
-                    Response { status: up.status, headers, body: up.body, local: false, forwarded: None },
+                    Response {
+                        status: up.status,
+                        headers,
+                        body: up.body,
+                        local: false,
+                        forwarded: None,
+                        counted: Vec::new(),
+                    },
                     Some(forwarded),
                 )
             }
@@ -383,7 +401,9 @@ impl Vm {
         self.guest(|s, e| e.on_log.call(s, ctx))?;
         self.guest(|s, e| e.on_done.call(s, ctx))?;
         self.guest(|s, e| e.on_delete.call(s, ctx))?;
-        self.store.data_mut().streams.remove(&id);
+        if let Some(stream) = self.store.data_mut().streams.remove(&id) {
+            response.counted = stream.counted;
+        }
         Ok(response)
     }
 
@@ -398,7 +418,14 @@ impl Vm {
 fn reply_response(reply: &LocalReply) -> Response {
     let mut headers: HeaderMap = vec![(":status".into(), reply.status.to_string().into_bytes())];
     headers.extend(reply.headers.iter().cloned());
-    Response { status: reply.status, headers, body: reply.body.clone(), local: true, forwarded: None }
+    Response {
+        status: reply.status,
+        headers,
+        body: reply.body.clone(),
+        local: true,
+        forwarded: None,
+        counted: Vec::new(),
+    }
 }
 
 /// Envoy's answer once a FAIL_CLOSED plugin has failed on this worker.
@@ -409,5 +436,6 @@ fn fail_closed() -> Response {
         body: Vec::new(),
         local: true,
         forwarded: None,
+        counted: Vec::new(),
     }
 }

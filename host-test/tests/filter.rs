@@ -161,7 +161,7 @@ fn retries_through_the_router_are_counted_and_budgeted() {
     let req = Request::get("a", "/");
     let script = [503, 503, 200];
     let r = vms[0]
-        .request(&req, via_router(&world, |k, _| Attempt::status(script[k as usize - 1], 1_000_000)))
+        .request(&req, via_router(&world, |k, _, _| Attempt::status(script[k as usize - 1], 1_000_000)))
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(world.metric("breakwater.requests.policy.r.decision.retried"), Some(2));
@@ -170,7 +170,7 @@ fn retries_through_the_router_are_counted_and_budgeted() {
     let r = vms[0]
         .request(
             &req,
-            via_router(&world, |_, _| {
+            via_router(&world, |_, _, _| {
                 attempts += 1;
                 Attempt::status(503, 1_000_000)
             }),

@@ -69,29 +69,31 @@ pub fn decode(root: &Node) -> (Document, Vec<Diagnostic>, SpanIndex) {
     (doc, d.diags, d.spans)
 }
 
+/// The reading primitives (also used by [`crate::scenario`]): each reports its own errors at the
+/// path it is given and returns None for a value it could not read.
 #[derive(Default)]
-struct Decoder {
-    diags: Vec<Diagnostic>,
-    spans: SpanIndex,
+pub(crate) struct Decoder {
+    pub(crate) diags: Vec<Diagnostic>,
+    pub(crate) spans: SpanIndex,
 }
 
 /// The fields of one mapping, with unknown ones already reported.
-struct Fields<'n> {
-    path: String,
-    entries: Vec<(String, &'n Node)>,
+pub(crate) struct Fields<'n> {
+    pub(crate) path: String,
+    pub(crate) entries: Vec<(String, &'n Node)>,
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, name: &str) -> Option<(&'n Node, String)> {
+    pub(crate) fn get(&self, name: &str) -> Option<(&'n Node, String)> {
         self.entries.iter().find(|(k, _)| k == name).map(|(_, n)| (*n, join(&self.path, name)))
     }
 }
 
-fn join(path: &str, field: &str) -> String {
+pub(crate) fn join(path: &str, field: &str) -> String {
     if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
 }
 
-fn index(path: &str, i: usize) -> String {
+pub(crate) fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
@@ -106,20 +108,20 @@ pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
 }
 
 impl Decoder {
-    fn error(&mut self, path: &str, node: &Node, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: &str, node: &Node, message: impl Into<String>) {
         self.diags.push(Diagnostic::error(path, message).with_span(node.span));
     }
 
-    fn visit(&mut self, path: &str, node: &Node) {
+    pub(crate) fn visit(&mut self, path: &str, node: &Node) {
         self.spans.0.insert(path.to_string(), node.span);
     }
 
-    fn expected(&mut self, path: &str, node: &Node, what: &str) {
+    pub(crate) fn expected(&mut self, path: &str, node: &Node, what: &str) {
         let found = node.value.kind();
         self.error(path, node, format!("expected {what}, found {found}"));
     }
 
-    fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
+    pub(crate) fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
         self.visit(path, node);
         let Value::Map(entries) = &node.value else {
             self.expected(path, node, "a mapping");
@@ -142,7 +144,7 @@ impl Decoder {
         Some(fields)
     }
 
-    fn seq<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [Node]> {
+    pub(crate) fn seq<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [Node]> {
         self.visit(path, node);
         match &node.value {
             Value::Seq(items) => Some(items),
@@ -155,7 +157,7 @@ impl Decoder {
 
     /// A list whose items each decode on their own; bad items are reported and left out, so the
     /// cross-field checks still see the good ones.
-    fn list<T>(
+    pub(crate) fn list<T>(
         &mut self,
         node: &Node,
         path: &str,
@@ -165,7 +167,7 @@ impl Decoder {
     }
 
     /// As [`Self::list`], with whether every item decoded.
-    fn list_of<T>(
+    pub(crate) fn list_of<T>(
         &mut self,
         node: &Node,
         path: &str,
@@ -185,7 +187,7 @@ impl Decoder {
     }
 
     /// A list that must not be empty as written (`why` says what an empty one would mean).
-    fn non_empty_list<T>(
+    pub(crate) fn non_empty_list<T>(
         &mut self,
         node: &Node,
         path: &str,
@@ -200,7 +202,7 @@ impl Decoder {
         self.list(node, path, item)
     }
 
-    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, node: &Node, path: &str) -> Option<String> {
         self.visit(path, node);
         match &node.value {
             Value::Str(s) => Some(s.clone()),
@@ -211,7 +213,7 @@ impl Decoder {
         }
     }
 
-    fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+    pub(crate) fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
         self.visit(path, node);
         match node.value {
             Value::Bool(b) => Some(b),
@@ -222,7 +224,7 @@ impl Decoder {
         }
     }
 
-    fn int(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
+    pub(crate) fn int(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
         self.visit(path, node);
         let range = format!("must be between {min} and {max}");
         match &node.value {
@@ -248,12 +250,18 @@ impl Decoder {
         }
     }
 
-    fn int_as<T: TryFrom<u64>>(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<T> {
+    pub(crate) fn int_as<T: TryFrom<u64>>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<T> {
         self.int(node, path, min, max).and_then(|v| T::try_from(v).ok())
     }
 
     /// A string-valued field parsed by `parse`, whose error message is the user-facing one.
-    fn parsed<T>(
+    pub(crate) fn parsed<T>(
         &mut self,
         node: &Node,
         path: &str,
@@ -269,7 +277,7 @@ impl Decoder {
         }
     }
 
-    fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         if let Value::Int(_) = node.value {
             self.visit(path, node);
             self.error(path, node, "a duration needs a unit: 250ms, 1s, 2m, 1h");
@@ -278,7 +286,7 @@ impl Decoder {
         self.parsed(node, path, Duration::parse)
     }
 
-    fn word<T: Copy>(&mut self, node: &Node, path: &str, words: &[(&str, T)]) -> Option<T> {
+    pub(crate) fn word<T: Copy>(&mut self, node: &Node, path: &str, words: &[(&str, T)]) -> Option<T> {
         let text = self.string(node, path)?;
         if let Some((_, v)) = words.iter().find(|(w, _)| *w == text) {
             return Some(*v);
@@ -292,7 +300,7 @@ impl Decoder {
         None
     }
 
-    fn method(&mut self, node: &Node, path: &str) -> Option<String> {
+    pub(crate) fn method(&mut self, node: &Node, path: &str) -> Option<String> {
         let text = self.string(node, path)?;
         if METHODS.contains(&text.as_str()) {
             return Some(text);
@@ -307,7 +315,7 @@ impl Decoder {
         None
     }
 
-    fn string_map(
+    pub(crate) fn string_map(
         &mut self,
         node: &Node,
         path: &str,

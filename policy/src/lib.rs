@@ -19,6 +19,7 @@ pub mod enforce;
 pub mod engine;
 pub mod model;
 pub mod plan;
+pub mod scenario;
 pub mod schema;
 pub mod source;
 

@@ -37,17 +37,23 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_increment_metric",
-        |c: Caller<'_, HostState>, id: i32, offset: i64| -> Result<i32> {
-            let mut metrics = c.data().world.metrics.borrow_mut();
-            let Some(m) = metrics.get_mut(id as u32 as usize) else { return Ok(Status::NotFound as i32) };
-            match m.kind {
-                MetricKind::Counter if offset < 0 => Ok(Status::BadArgument as i32),
-                MetricKind::Histogram => Ok(Status::BadArgument as i32),
-                _ => {
-                    m.value = m.value.saturating_add_signed(offset);
-                    Ok(Status::Ok as i32)
+        |mut c: Caller<'_, HostState>, id: i32, offset: i64| -> Result<i32> {
+            let counter = {
+                let mut metrics = c.data().world.metrics.borrow_mut();
+                let Some(m) = metrics.get_mut(id as u32 as usize) else { return Ok(Status::NotFound as i32) };
+                match m.kind {
+                    MetricKind::Counter if offset < 0 => return Ok(Status::BadArgument as i32),
+                    MetricKind::Histogram => return Ok(Status::BadArgument as i32),
+                    kind => {
+                        m.value = m.value.saturating_add_signed(offset);
+                        kind == MetricKind::Counter
+                    }
                 }
+            };
+            if counter && let Some(stream) = c.data_mut().stream() {
+                stream.counted.push((id as u32, offset as u64));
             }
+            Ok(Status::Ok as i32)
         },
     )?;
     l.func_wrap(

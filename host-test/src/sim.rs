@@ -1,0 +1,620 @@
+//! Scenarios through the compiled filter: an event-driven simulation on the virtual clock.
+//!
+//! One simulated Envoy ([`World`]) with `workers` VMs. Traffic generators put arrivals on an
+//! event queue; each arrival goes to the worker owning its connection, runs the filter's request
+//! path at its virtual time, then (when forwarded) the router emulation with the scenario's
+//! upstream, whose answer completes the stream at `arrival + duration` (response path, `on_log`).
+//! Clients that give up abort the stream. Streams overlap, so concurrency limits and breakers
+//! see what they would see in Envoy. Ticks run at the period the filter asked for. The same seed
+//! gives the same run.
+//!
+//! Which policy decided what is read from the filter's own counters as each stream increments
+//! them (the host records increments per stream), the way one would read Envoy's stats.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use breakwater_policy::diag::{self, Diagnostic};
+use breakwater_policy::model::Document;
+use breakwater_policy::scenario::{
+    self, Arrivals, BreakerState, Effective, Latency, Load, MAX_REQUESTS, Pick, PolicyRef, Record, Run,
+    Scenario, Values, Verdict,
+};
+
+use crate::router::{self, Attempt};
+use crate::state::World;
+use crate::vm::{Begun, Host, Request, Response, Upstream, Vm};
+
+/// The virtual wall clock at the start of every scenario (2023-11-14T22:13:20Z).
+pub const START_NS: u64 = 1_700_000_000_000_000_000;
+
+/// A scenario file with the policy document it names.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub scenario: Scenario,
+    pub document: Document,
+    /// Where the document came from: a file name, or `inline`.
+    pub policy_source: String,
+}
+
+/// A scenario or its policy could not be read: the diagnostics of one file.
+#[derive(Debug, Clone)]
+pub struct LoadError {
+    pub file: String,
+    pub source: Option<String>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&diag::render_all(&self.diagnostics, &self.file, self.source.as_deref()))
+    }
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|e| LoadError {
+        file: path.display().to_string(),
+        source: None,
+        diagnostics: vec![Diagnostic::error("", format!("cannot read {}: {e}", path.display()))],
+    })
+}
+
+/// Reads a scenario file and its policy document (a file named relative to the scenario's folder,
+/// or inline), and checks that the scenario's expectations fit the document.
+pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
+    let text = read(path)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load_text(&text, &path.display().to_string(), &base)
+}
+
+/// As [`load_file`], from text; `file` names it in messages, `base` is where policy files are.
+pub fn load_text(text: &str, file: &str, base: &Path) -> Result<Loaded, LoadError> {
+    let fail =
+        |diagnostics| LoadError { file: file.to_string(), source: Some(text.to_string()), diagnostics };
+    let scenario = scenario::load(text).map_err(fail)?;
+    let (document, policy_source) = match &scenario.policy {
+        PolicyRef::Inline(doc) => (doc.clone(), "inline".to_string()),
+        PolicyRef::File(name) => {
+            let policy_path: PathBuf = base.join(name);
+            let policy_text = read(&policy_path)?;
+            let shown = policy_path.display().to_string();
+            let loaded = breakwater_policy::load(&policy_text).map_err(|diagnostics| LoadError {
+                file: shown.clone(),
+                source: Some(policy_text.clone()),
+                diagnostics,
+            })?;
+            (loaded.document, shown)
+        }
+    };
+    let problems = scenario::check_against(&scenario, &document);
+    if !problems.is_empty() {
+        return Err(fail(problems));
+    }
+    Ok(Loaded { scenario, document, policy_source })
+}
+
+/// splitmix64: the scenario's own random numbers (upstream behaviour, arrivals, header values).
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Exponentially distributed with this mean.
+    fn exponential(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.unit()).ln()
+    }
+}
+
+/// A prepared value source.
+#[derive(Debug)]
+enum Source {
+    Fixed(Vec<u8>),
+    Uniform(Vec<Vec<u8>>),
+    Cycle(Vec<Vec<u8>>, usize),
+    /// Values with their cumulative probabilities.
+    Zipf(Vec<Vec<u8>>, Vec<f64>),
+}
+
+impl Source {
+    fn new(v: &Values) -> Source {
+        let numbered = |n: u32, prefix: &str| -> Vec<Vec<u8>> {
+            (1..=n).map(|i| format!("{prefix}{i}").into_bytes()).collect()
+        };
+        match v {
+            Values::Fixed(s) => Source::Fixed(s.clone().into_bytes()),
+            Values::OneOf(list) => Source::Uniform(list.iter().map(|s| s.clone().into_bytes()).collect()),
+            Values::Numbered { n, prefix, pick: Pick::Uniform } => Source::Uniform(numbered(*n, prefix)),
+            Values::Numbered { n, prefix, pick: Pick::Cycle } => Source::Cycle(numbered(*n, prefix), 0),
+            Values::Numbered { n, prefix, pick: Pick::Zipf(s) } => {
+                let weights: Vec<f64> = (1..=*n).map(|k| 1.0 / f64::from(k).powf(*s)).collect();
+                let total: f64 = weights.iter().sum();
+                let mut acc = 0.0;
+                let cdf = weights.iter().map(|w| {
+                    acc += w / total;
+                    acc
+                });
+                Source::Zipf(numbered(*n, prefix), cdf.collect())
+            }
+        }
+    }
+
+    fn draw(&mut self, rng: &mut Rng) -> Vec<u8> {
+        let pick = |values: &[Vec<u8>], i: usize| values.get(i).cloned().unwrap_or_default();
+        match self {
+            Source::Fixed(v) => v.clone(),
+            Source::Uniform(values) => {
+                let i = (rng.unit() * values.len() as f64) as usize;
+                pick(values, i)
+            }
+            Source::Cycle(values, next) => {
+                let i = *next % values.len().max(1);
+                *next = i + 1;
+                pick(values, i)
+            }
+            Source::Zipf(values, cdf) => {
+                let u = rng.unit();
+                let i = cdf.partition_point(|c| *c < u);
+                pick(values, i.min(values.len().saturating_sub(1)))
+            }
+        }
+    }
+}
+
+/// A traffic generator, prepared.
+struct Generator<'s> {
+    traffic: &'s scenario::Traffic,
+    upstream: &'s scenario::Upstream,
+    headers: Vec<(String, Source)>,
+    client_ip: Source,
+    start_ns: u64,
+    end_ns: u64,
+    connections: u64,
+    sent: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A request from a generator (`client`: the closed-loop client sending it).
+    Arrive {
+        generator: u32,
+        client: u32,
+    },
+    Complete {
+        vm: u32,
+        stream: u32,
+        record: u32,
+    },
+    Abort {
+        vm: u32,
+        stream: u32,
+        record: u32,
+    },
+    Tick {
+        vm: u32,
+    },
+    Sample,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    t: u64,
+    seq: u64,
+    kind: Kind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.t, self.seq) == (other.t, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.t, self.seq).cmp(&(other.t, other.seq))
+    }
+}
+
+/// The filter's counter names, in its order (`breakwater.requests.policy.<p>.decision.<d>`).
+const COUNTERS: [&str; 8] = [
+    "allowed",
+    "rate_limited",
+    "concurrency_limited",
+    "circuit_open",
+    "fallback",
+    "retried",
+    "budget_exhausted",
+    "state_unavailable",
+];
+
+struct Sim<'s> {
+    scenario: &'s Scenario,
+    world: Rc<World>,
+    vms: Vec<Vm>,
+    generators: Vec<Generator<'s>>,
+    queue: BinaryHeap<Reverse<Event>>,
+    seq: u64,
+    rng: Rng,
+    run: Run,
+    /// Upstream outcomes waiting for their completion event, by record.
+    pending: BTreeMap<u32, Upstream>,
+    counters: CounterIds,
+    /// By policy: the breaker-state gauge's metric id.
+    breaker_gauges: Vec<Option<usize>>,
+    samples: std::vec::IntoIter<u64>,
+    /// By record: the closed-loop client that sent it.
+    clients: Vec<u32>,
+}
+
+/// Runs a scenario through the compiled filter. `Err` is a problem of the host or the filter
+/// (a rejected configuration, too many requests), not a failed expectation.
+pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run, String> {
+    let world = World::new(START_NS, scenario.seed);
+    let config = breakwater_policy::compile(document).into_bytes();
+    let mut vms = Vec::new();
+    for i in 0..scenario.workers as usize {
+        let mut vm = host.vm(world.clone(), i).map_err(|e| format!("cannot start the filter: {e:#}"))?;
+        let ok = vm.configure(&config).map_err(|e| format!("the filter trapped on configure: {e:#}"))?;
+        if !ok {
+            let logs = world.logs.borrow();
+            let why: Vec<&str> = logs.iter().filter(|l| l.level >= 3).map(|l| l.message.as_str()).collect();
+            return Err(format!("the filter rejected the policy: {}", why.join("; ")));
+        }
+        vms.push(vm);
+    }
+    let policies: Vec<String> = document.policies.iter().map(|p| p.name.clone()).collect();
+    let (counters, breaker_gauges) = metric_ids(&world, &policies);
+    let generators = scenario
+        .traffic
+        .iter()
+        .map(|t| {
+            let start_ns = t.start.as_nanos();
+            let end_ns = t
+                .duration
+                .map_or(scenario.duration.as_nanos(), |d| start_ns + d.as_nanos())
+                .min(scenario.duration.as_nanos());
+            Generator {
+                traffic: t,
+                upstream: t.upstream.as_ref().unwrap_or(&scenario.upstream),
+                headers: t.headers.iter().map(|(k, v)| (k.clone(), Source::new(v))).collect(),
+                client_ip: Source::new(&t.client_ip),
+                start_ns,
+                end_ns,
+                connections: u64::from(t.connections.unwrap_or(scenario.workers)),
+                sent: 0,
+            }
+        })
+        .collect();
+    let run = Run {
+        policies,
+        traffic: scenario.traffic.iter().map(|t| t.name.clone()).collect(),
+        duration_ns: scenario.duration.as_nanos(),
+        workers: scenario.workers,
+        seed: scenario.seed,
+        ..Run::default()
+    };
+    let mut sim = Sim {
+        scenario,
+        world,
+        vms,
+        generators,
+        queue: BinaryHeap::new(),
+        seq: 0,
+        rng: Rng(scenario.seed ^ 0x5bd1_e995),
+        run,
+        pending: BTreeMap::new(),
+        counters,
+        breaker_gauges,
+        samples: scenario::sample_times(scenario).into_iter(),
+        clients: Vec::new(),
+    };
+    sim.start();
+    sim.go()?;
+    let metrics = sim.world.metrics.borrow().iter().map(|m| (m.name.clone(), m.value)).collect();
+    sim.run.metrics = metrics;
+    Ok(sim.run)
+}
+
+/// Maps the filter's metric ids to what they count.
+/// By metric id: the (policy, counter) a counter counts.
+type CounterIds = Vec<Option<(u32, usize)>>;
+
+fn metric_ids(world: &World, policies: &[String]) -> (CounterIds, Vec<Option<usize>>) {
+    let metrics = world.metrics.borrow();
+    let counters = metrics
+        .iter()
+        .map(|m| {
+            let rest = m.name.strip_prefix("breakwater.requests.policy.")?;
+            let (policy, decision) = rest.rsplit_once(".decision.")?;
+            let p = policies.iter().position(|n| n == policy)?;
+            let d = COUNTERS.iter().position(|c| *c == decision)?;
+            Some((p as u32, d))
+        })
+        .collect();
+    let gauges = policies
+        .iter()
+        .map(|p| {
+            let name = format!("breakwater.breaker_state.policy.{p}");
+            metrics.iter().position(|m| m.name == name)
+        })
+        .collect();
+    (counters, gauges)
+}
+
+/// One attempt against the upstream as it behaves at that moment.
+fn attempt(e: Effective<'_>, rng: &mut Rng) -> Attempt {
+    if e.connect_failure > 0.0 && rng.unit() < e.connect_failure {
+        return Attempt::ConnectFailure;
+    }
+    let latency_ns = match e.latency {
+        Latency::Fixed(d) => d.as_nanos(),
+        Latency::Uniform(lo, hi) => {
+            let (lo, hi) = (lo.as_nanos(), hi.as_nanos());
+            lo + (rng.unit() * (hi - lo) as f64) as u64
+        }
+        Latency::Exponential(mean) => rng.exponential(mean.as_nanos() as f64) as u64,
+    };
+    if e.reset > 0.0 && rng.unit() < e.reset {
+        return Attempt::Reset { after_ns: latency_ns };
+    }
+    let status = match e.status {
+        [(only, _)] => *only,
+        mix => {
+            let total: f64 = mix.iter().map(|(_, w)| w).sum();
+            let mut u = rng.unit() * total;
+            let mut chosen = mix.last().map_or(200, |(s, _)| *s);
+            for (s, w) in mix {
+                if u < *w {
+                    chosen = *s;
+                    break;
+                }
+                u -= w;
+            }
+            chosen
+        }
+    };
+    Attempt::status(status, latency_ns)
+}
+
+impl Sim<'_> {
+    fn push(&mut self, t: u64, kind: Kind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Event { t, seq: self.seq, kind }));
+    }
+
+    fn start(&mut self) {
+        for (g, generator) in self.generators.iter().enumerate() {
+            let clients = match generator.traffic.load {
+                Load::Rate(_) => 1,
+                Load::Concurrency { clients, .. } => clients,
+            };
+            let start = generator.start_ns;
+            for client in 0..clients {
+                self.seq += 1;
+                let kind = Kind::Arrive { generator: g as u32, client };
+                self.queue.push(Reverse(Event { t: start, seq: self.seq, kind }));
+            }
+        }
+        let end = self.scenario.duration.as_nanos();
+        for vm in 0..self.vms.len() {
+            let period = u64::from(self.vms.get(vm).map_or(0, Vm::tick_period_ms)) * 1_000_000;
+            if period > 0 && period <= end {
+                self.push(period, Kind::Tick { vm: vm as u32 });
+            }
+        }
+        if let Some(t) = self.samples.next() {
+            self.push(t, Kind::Sample);
+        }
+    }
+
+    fn go(&mut self) -> Result<(), String> {
+        while let Some(Reverse(event)) = self.queue.pop() {
+            self.world.clock_ns.set(START_NS + event.t);
+            match event.kind {
+                Kind::Arrive { generator, client } => self.arrive(event.t, generator, client)?,
+                Kind::Complete { vm, stream, record } => {
+                    let upstream = self.pending.remove(&record);
+                    let response = self
+                        .vm(vm)?
+                        .complete(stream, upstream)
+                        .map_err(|e| format!("host error completing a stream: {e:#}"))?;
+                    self.finish(record, event.t, &response);
+                }
+                Kind::Abort { vm, stream, record } => {
+                    let counted = self.vm(vm)?.abort(stream).unwrap_or_default();
+                    self.count(record, event.t, 0, false, &counted);
+                }
+                Kind::Tick { vm } => {
+                    let v = self.vm(vm)?;
+                    // A trapping tick fails the VM, as in Envoy; the simulation goes on.
+                    let _ = v.tick();
+                    let period = u64::from(v.tick_period_ms()) * 1_000_000;
+                    if period > 0 && event.t + period <= self.scenario.duration.as_nanos() {
+                        self.push(event.t + period, Kind::Tick { vm });
+                    }
+                }
+                Kind::Sample => {
+                    let metrics = self.world.metrics.borrow();
+                    let states = self
+                        .breaker_gauges
+                        .iter()
+                        .map(|g| {
+                            g.and_then(|i| metrics.get(i)).and_then(|m| BreakerState::from_gauge(m.value))
+                        })
+                        .collect();
+                    drop(metrics);
+                    self.run.breaker_samples.push((event.t, states));
+                    if let Some(t) = self.samples.next() {
+                        self.push(t, Kind::Sample);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn vm(&mut self, i: u32) -> Result<&mut Vm, String> {
+        self.vms.get_mut(i as usize).ok_or_else(|| format!("no VM {i}"))
+    }
+
+    fn arrive(&mut self, t: u64, g: u32, client: u32) -> Result<(), String> {
+        if self.run.records.len() as u64 >= MAX_REQUESTS {
+            return Err(format!(
+                "the scenario sent more than {MAX_REQUESTS} requests; shorten it or lower its load"
+            ));
+        }
+        let workers = self.vms.len() as u64;
+        let Some(gen_) = self.generators.get_mut(g as usize) else { return Ok(()) };
+        let connection = match gen_.traffic.load {
+            Load::Rate(_) => gen_.sent % gen_.connections,
+            Load::Concurrency { .. } => u64::from(client),
+        };
+        gen_.sent += 1;
+        let vm = (connection % workers) as u32;
+        let mut headers = Vec::with_capacity(gen_.headers.len());
+        for (name, source) in &mut gen_.headers {
+            headers.push((name.clone(), source.draw(&mut self.rng)));
+        }
+        let ip = String::from_utf8_lossy(&gen_.client_ip.draw(&mut self.rng)).into_owned();
+        let request = Request {
+            method: gen_.traffic.method.clone(),
+            authority: gen_.traffic.host.clone(),
+            path: gen_.traffic.path.clone(),
+            headers,
+            source: format!("{ip}:{}", 40_000 + connection % 20_000),
+        };
+        let (upstream, timeout) = (gen_.upstream, gen_.traffic.timeout.map(|d| d.as_nanos()));
+        // The next arrival of an open-loop generator.
+        if let Load::Rate(rate) = gen_.traffic.load {
+            let gap = match gen_.traffic.arrivals {
+                Arrivals::Uniform => 1e9 / rate,
+                Arrivals::Poisson => self.rng.exponential(1e9 / rate),
+            };
+            // Arrival k is at start + k·gap (no drift from rounding each gap).
+            let next = match gen_.traffic.arrivals {
+                Arrivals::Uniform => gen_.start_ns + (gen_.sent as f64 * gap) as u64,
+                Arrivals::Poisson => t + gap.max(1.0) as u64,
+            };
+            if next < gen_.end_ns {
+                self.push(next, Kind::Arrive { generator: g, client });
+            }
+        }
+        let record = self.run.records.len() as u32;
+        self.clients.push(client);
+        self.run.records.push(Record {
+            traffic: g,
+            start_ns: t,
+            end_ns: t,
+            status: 0,
+            policy: None,
+            verdict: Verdict::Unmatched,
+            fallback: false,
+            retried: 0,
+            budget_exhausted: false,
+            local: false,
+            tries: (0, 0),
+        });
+        let begun =
+            self.vm(vm)?.begin(&request).map_err(|e| format!("host error starting a stream: {e:#}"))?;
+        match begun {
+            Begun::Forwarded { stream, mut headers } => {
+                let world = self.world.clone();
+                let rng = &mut self.rng;
+                let up = router::route(
+                    &mut headers,
+                    |_, start, _| attempt(upstream.at(t + start), rng),
+                    || world.next_random(),
+                );
+                let first = self.run.tries.len() as u32;
+                let cut = timeout.filter(|limit| *limit < up.duration_ns);
+                for (s, e) in &up.tries {
+                    let end = cut.map_or(*e, |c| (*e).min(c));
+                    if *s < end || cut.is_none() {
+                        self.run.tries.push((t + s, t + end));
+                    }
+                }
+                let last = self.run.tries.len() as u32;
+                if let Some(r) = self.run.records.get_mut(record as usize) {
+                    r.tries = (first, last);
+                }
+                match cut {
+                    Some(limit) => self.push(t + limit, Kind::Abort { vm, stream, record }),
+                    None => {
+                        self.push(t + up.duration_ns, Kind::Complete { vm, stream, record });
+                        self.pending.insert(record, up);
+                    }
+                }
+            }
+            Begun::Answered { stream } => {
+                let response = self
+                    .vm(vm)?
+                    .complete(stream, None)
+                    .map_err(|e| format!("host error completing a stream: {e:#}"))?;
+                self.finish(record, t, &response);
+            }
+            Begun::Failed(response) => self.finish(record, t, &response),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, record: u32, t: u64, response: &Response) {
+        self.count(record, t, response.status, response.local, &response.counted);
+    }
+
+    /// Completes a record from the stream's end and the counters the filter incremented; a
+    /// closed-loop client then sends its next request.
+    fn count(&mut self, record: u32, t: u64, status: u16, local: bool, counted: &[(u32, u64)]) {
+        let Some(r) = self.run.records.get_mut(record as usize) else { return };
+        r.end_ns = t;
+        r.status = status;
+        r.local = local;
+        for (id, by) in counted {
+            let Some(Some((policy, counter))) = self.counters.get(*id as usize) else { continue };
+            match counter {
+                0..=3 => {
+                    r.policy = Some(*policy);
+                    r.verdict = [
+                        Verdict::Allowed,
+                        Verdict::RateLimited,
+                        Verdict::ConcurrencyLimited,
+                        Verdict::CircuitOpen,
+                    ]
+                    .get(*counter)
+                    .copied()
+                    .unwrap_or(Verdict::Unmatched);
+                }
+                4 => r.fallback = true,
+                5 => r.retried += *by as u32,
+                6 => r.budget_exhausted = true,
+                _ => {}
+            }
+        }
+        let g = r.traffic;
+        let Some(gen_) = self.generators.get(g as usize) else { return };
+        if let Load::Concurrency { think, .. } = gen_.traffic.load {
+            let next = t + think.as_nanos();
+            let client = self.clients.get(record as usize).copied().unwrap_or(0);
+            if next < gen_.end_ns {
+                self.push(next, Kind::Arrive { generator: g, client });
+            }
+        }
+    }
+}
