@@ -278,7 +278,10 @@ fn test(files: &[PathBuf], json: bool, wasm: Option<&Path>) -> ExitCode {
         .and_then(|p| breakwater_host_test::Host::from_file(&p).map_err(|e| format!("{e:#}")))
     {
         Ok(h) => h,
-        Err(e) => return fail(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
     let (mut failed, mut broken) = (0usize, 0usize);
     let mut results = Vec::new();

@@ -159,3 +159,76 @@ fn publish_writes_the_next_ecds_version_and_refuses_invalid_documents() {
     assert_eq!(std::fs::read_dir(ecds.parent().unwrap()).unwrap().count(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A scenario file in a fresh folder, next to a policy file.
+fn scenario_dir(name: &str, scenario: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("breakwater-cli-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("limit.yaml"),
+        "version: 1\npolicies:\n  - name: api\n    rate_limit: { rate: 10, per: 1s, burst: 5 }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("t.scenario.yaml"), scenario).unwrap();
+    dir
+}
+
+const LIMIT_SCENARIO: &str = "name: ten per second\npolicy: limit.yaml\nduration: 2s\nworkers: 1\ntraffic:\n  - rate: 50/s\nexpect:\n  - requests: { decision: allowed }\n    equals: ALLOWED\n";
+
+#[test]
+fn test_runs_scenarios_and_reports_each_expectation() {
+    let dir = scenario_dir("pass", &LIMIT_SCENARIO.replace("ALLOWED", "24"));
+    let file = dir.join("t.scenario.yaml");
+    let out = breakwater(&["test", file.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    // 5 + floor(10 · 1.98) = 24 of 100 requests.
+    assert!(stdout.contains("  PASS  requests{decision=allowed}: 24 (expected = 24)  [expect[0]]\n"), "{stdout}");
+    assert!(stdout.contains("100 requests over 2 s on 1 worker (seed 1)"), "{stdout}");
+
+    std::fs::write(&file, LIMIT_SCENARIO.replace("ALLOWED", "30")).unwrap();
+    let out = breakwater(&["test", file.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("  FAIL  requests{decision=allowed}: 24 (expected = 30)"), "{stdout}");
+    assert!(stdout.contains("FAILED: 1 of 1 expectation not met"), "{stdout}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn test_json_has_the_timeline() {
+    let dir = scenario_dir("json", &LIMIT_SCENARIO.replace("ALLOWED", "24"));
+    let out = breakwater(&["test", "--json", dir.join("t.scenario.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &v[0]["report"];
+    assert_eq!(report["passed"], true);
+    let seconds = report["timeline"]["seconds"].as_array().unwrap();
+    assert_eq!(seconds.len(), 2);
+    // Second 0: the burst of 5 plus the refill; second 1: 10 more.
+    assert_eq!(seconds[0]["by_decision"]["allowed"], 14);
+    assert_eq!(seconds[1]["by_decision"]["allowed"], 10);
+    assert_eq!(seconds[0]["by_status"]["429"], 36);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn test_refuses_broken_scenarios_with_their_lines() {
+    let dir = scenario_dir("broken", "name: x\npolicy: limit.yaml\nduration: 2s\ntraffic:\n  - rate: 5\n    hots: a\n");
+    let out = breakwater(&["test", dir.join("t.scenario.yaml").to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("error: traffic[0].hots: unknown field `hots`; did you mean `host`?"), "{stderr}");
+    assert!(stderr.contains("t.scenario.yaml:6:5"), "{stderr}");
+
+    std::fs::write(dir.join("t.scenario.yaml"), "name: x\npolicy: missing.yaml\nduration: 2s\ntraffic: [{ rate: 1 }]\n")
+        .unwrap();
+    let out = breakwater(&["test", dir.join("t.scenario.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read"), "{}", text(&out.stderr));
+
+    let out = breakwater(&["test", "--wasm", "/nonexistent.wasm", dir.join("t.scenario.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("the compiled filter /nonexistent.wasm does not exist"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

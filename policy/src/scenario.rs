@@ -508,7 +508,7 @@ impl Decoder {
                 None
             }
         };
-        let names: Vec<String> = traffic.iter().flatten().map(|t| t.name.clone()).collect();
+        let names = f.get("traffic").map(|(n, _)| traffic_names(n)).unwrap_or_default();
         let expect = match f.get("expect") {
             Some((n, p)) => self.list(n, &p, |d, n, p| d.expectation(n, p, &names, end)),
             None => Some(Vec::new()),
@@ -976,7 +976,10 @@ impl Decoder {
                         None
                     }
                 };
-                Some(Measure::Breaker { policy: policy?, at: at? })
+                match (policy, at) {
+                    (Some(policy), Some(at)) => Some(Measure::Breaker { policy, at }),
+                    _ => None,
+                }
             }
             _ => {
                 let select = self.select(mn, &mp, traffic);
@@ -986,7 +989,10 @@ impl Decoder {
                             Some((n, p)) => self.select(n, &p, traffic),
                             None => Some(Select::default()),
                         };
-                        Some(Measure::Share { select: select?, of: of? })
+                        match (select, of) {
+                            (Some(select), Some(of)) => Some(Measure::Share { select, of }),
+                            _ => None,
+                        }
                     }
                     "requests" => select.map(Measure::Requests),
                     "retries" => select.map(Measure::Retries),
@@ -1142,6 +1148,33 @@ impl Decoder {
             }
         })
     }
+}
+
+/// The names of the traffic generators as written (also of those with errors), so expectations
+/// naming them are checked even when a generator did not decode.
+fn traffic_names(node: &Node) -> Vec<String> {
+    let Value::Seq(items) = &node.value else { return Vec::new() };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let name = match &item.value {
+                Value::Map(entries) => entries.iter().find(|(k, _)| key_text(k) == "name").and_then(|(_, v)| {
+                    match &v.value {
+                        Value::Str(s) => Some(s.clone()),
+                        _ => None,
+                    }
+                }),
+                _ => None,
+            };
+            name.unwrap_or_else(|| format!("traffic[{i}]"))
+        })
+        .fold(Vec::new(), |mut names, n| {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+            names
+        })
 }
 
 fn f_path(path: &str, field: &str) -> String {
