@@ -183,7 +183,10 @@ fn test_runs_scenarios_and_reports_each_expectation() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     // 5 + floor(10 · 1.98) = 24 of 100 requests.
-    assert!(stdout.contains("  PASS  requests{decision=allowed}: 24 (expected = 24)  [expect[0]]\n"), "{stdout}");
+    assert!(
+        stdout.contains("  PASS  requests{decision=allowed}: 24 (expected = 24)  [expect[0]]\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("100 requests over 2 s on 1 worker (seed 1)"), "{stdout}");
 
     std::fs::write(&file, LIMIT_SCENARIO.replace("ALLOWED", "30")).unwrap();
@@ -214,20 +217,30 @@ fn test_json_has_the_timeline() {
 
 #[test]
 fn test_refuses_broken_scenarios_with_their_lines() {
-    let dir = scenario_dir("broken", "name: x\npolicy: limit.yaml\nduration: 2s\ntraffic:\n  - rate: 5\n    hots: a\n");
+    let dir = scenario_dir(
+        "broken",
+        "name: x\npolicy: limit.yaml\nduration: 2s\ntraffic:\n  - rate: 5\n    hots: a\n",
+    );
     let out = breakwater(&["test", dir.join("t.scenario.yaml").to_str().unwrap()]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("error: traffic[0].hots: unknown field `hots`; did you mean `host`?"), "{stderr}");
+    assert!(
+        stderr.contains("error: traffic[0].hots: unknown field `hots`; did you mean `host`?"),
+        "{stderr}"
+    );
     assert!(stderr.contains("t.scenario.yaml:6:5"), "{stderr}");
 
-    std::fs::write(dir.join("t.scenario.yaml"), "name: x\npolicy: missing.yaml\nduration: 2s\ntraffic: [{ rate: 1 }]\n")
-        .unwrap();
+    std::fs::write(
+        dir.join("t.scenario.yaml"),
+        "name: x\npolicy: missing.yaml\nduration: 2s\ntraffic: [{ rate: 1 }]\n",
+    )
+    .unwrap();
     let out = breakwater(&["test", dir.join("t.scenario.yaml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read"), "{}", text(&out.stderr));
 
-    let out = breakwater(&["test", "--wasm", "/nonexistent.wasm", dir.join("t.scenario.yaml").to_str().unwrap()]);
+    let out =
+        breakwater(&["test", "--wasm", "/nonexistent.wasm", dir.join("t.scenario.yaml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("the compiled filter /nonexistent.wasm does not exist"));
     std::fs::remove_dir_all(dir).unwrap();

@@ -134,7 +134,8 @@ upstream:
 "#,
     );
     let ms = 1_000_000;
-    let in_window = |r: &scenario::Record, from: u64, to: u64| r.start_ns >= from * ms && r.start_ns < to * ms;
+    let in_window =
+        |r: &scenario::Record, from: u64, to: u64| r.start_ns >= from * ms && r.start_ns < to * ms;
     assert_eq!(count(&r, |x| !in_window(x, 1000, 2000) && x.status == 200 && x.retried == 0), 200);
     // Down: every attempt fails to connect; the router retries twice, then answers 503 (UF).
     assert_eq!(count(&r, |x| in_window(x, 1000, 1900) && x.status == 503 && x.retried == 2), 90);

@@ -1159,12 +1159,12 @@ fn traffic_names(node: &Node) -> Vec<String> {
         .enumerate()
         .map(|(i, item)| {
             let name = match &item.value {
-                Value::Map(entries) => entries.iter().find(|(k, _)| key_text(k) == "name").and_then(|(_, v)| {
-                    match &v.value {
+                Value::Map(entries) => {
+                    entries.iter().find(|(k, _)| key_text(k) == "name").and_then(|(_, v)| match &v.value {
                         Value::Str(s) => Some(s.clone()),
                         _ => None,
-                    }
-                }),
+                    })
+                }
                 _ => None,
             };
             name.unwrap_or_else(|| format!("traffic[{i}]"))

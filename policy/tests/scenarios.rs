@@ -104,9 +104,14 @@ expect:
     assert_eq!((s.seed, s.workers, s.duration.as_millis()), (9, 3, 60_000));
     let a = &s.traffic[0];
     assert_eq!(a.load, Load::Rate(100.0));
-    assert_eq!((a.start.as_millis(), a.duration.unwrap().as_millis(), a.connections), (5000, 10_000, Some(8)));
+    assert_eq!(
+        (a.start.as_millis(), a.duration.unwrap().as_millis(), a.connections),
+        (5000, 10_000, Some(8))
+    );
     assert_eq!(a.headers[0].0, "x-key", "header names are lower-cased");
-    assert!(matches!(a.headers[0].1, Values::Numbered { n: 1000, pick: scenario::Pick::Zipf(e), .. } if e == 1.2));
+    assert!(
+        matches!(a.headers[0].1, Values::Numbered { n: 1000, pick: scenario::Pick::Zipf(e), .. } if e == 1.2)
+    );
     assert_eq!(a.headers[2].1, Values::Fixed("7".into()));
     assert!(matches!(s.traffic[1].load, Load::Concurrency { clients: 40, think } if think.as_millis() == 20));
     let up = &s.upstream;
@@ -177,7 +182,10 @@ fn missing_fields_and_bad_combinations() {
     }
     let e = errors("name: x\npolicy: p\nduration: 10\ntraffic: []\n");
     assert!(e.iter().any(|g| g.contains("duration: a duration needs a unit")), "{e:?}");
-    assert!(e.iter().any(|g| g.contains("traffic: a scenario needs at least one traffic generator")), "{e:?}");
+    assert!(
+        e.iter().any(|g| g.contains("traffic: a scenario needs at least one traffic generator")),
+        "{e:?}"
+    );
     let e = errors(&format!("{MINIMAL}    think: 5ms\n"));
     assert!(e.iter().any(|g| g.contains("`think` applies to `concurrency` traffic only")), "{e:?}");
     let e = errors(&format!("{MINIMAL}    headers: {{ x: {{ uniform: 5, one_of: [a] }} }}\n"));
@@ -200,8 +208,13 @@ fn missing_fields_and_bad_combinations() {
 
 #[test]
 fn an_inline_policy_reports_its_errors_under_policy() {
-    let e = errors("name: x\npolicy:\n  version: 1\n  policies:\n    - name: Bad\nduration: 1s\ntraffic: [{ rate: 1 }]\n");
-    assert!(e.iter().any(|g| g.starts_with("5:13: error: policy.policies[0].name: `Bad` is not a valid name")), "{e:?}");
+    let e = errors(
+        "name: x\npolicy:\n  version: 1\n  policies:\n    - name: Bad\nduration: 1s\ntraffic: [{ rate: 1 }]\n",
+    );
+    assert!(
+        e.iter().any(|g| g.starts_with("5:13: error: policy.policies[0].name: `Bad` is not a valid name")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -210,9 +223,11 @@ fn expectations_must_name_policies_of_the_document() {
         "{MINIMAL}expect:\n  - requests: {{ policy: ap }}\n    at_most: 1\n  - breaker: api\n    at: 1s\n    is: open\n"
     ))
     .unwrap();
-    let doc = breakwater_policy::load("version: 1\npolicies:\n  - name: api\n    rate_limit: { rate: 1, per: 1s }\n")
-        .unwrap()
-        .document;
+    let doc = breakwater_policy::load(
+        "version: 1\npolicies:\n  - name: api\n    rate_limit: { rate: 1, per: 1s }\n",
+    )
+    .unwrap()
+    .document;
     let problems: Vec<String> = scenario::check_against(&s, &doc).iter().map(ToString::to_string).collect();
     assert_eq!(
         problems,
@@ -223,7 +238,14 @@ fn expectations_must_name_policies_of_the_document() {
     );
 }
 
-fn record(traffic: u32, start_ms: u64, end_ms: u64, status: u16, verdict: Verdict, tries: (u32, u32)) -> Record {
+fn record(
+    traffic: u32,
+    start_ms: u64,
+    end_ms: u64,
+    status: u16,
+    verdict: Verdict,
+    tries: (u32, u32),
+) -> Record {
     Record {
         traffic,
         start_ns: start_ms * 1_000_000,
@@ -266,7 +288,9 @@ fn run() -> Run {
 }
 
 fn evaluate(expect: &str) -> Vec<(bool, f64, String)> {
-    let text = format!("name: t\npolicy: p.yaml\nduration: 2s\ntraffic:\n  - {{ name: a, rate: 1 }}\n  - {{ name: b, rate: 1 }}\nexpect:\n{expect}");
+    let text = format!(
+        "name: t\npolicy: p.yaml\nduration: 2s\ntraffic:\n  - {{ name: a, rate: 1 }}\n  - {{ name: b, rate: 1 }}\nexpect:\n{expect}"
+    );
     let s = scenario::load(&text).unwrap();
     scenario::evaluate(&s, &run()).expectations.into_iter().map(|o| (o.passed, o.value, o.actual)).collect()
 }
@@ -293,7 +317,10 @@ fn measures_and_checks() {
     let values: Vec<f64> = r.iter().map(|(_, v, _)| *v).collect();
     assert_eq!(values[..9], [5.0, 1.0, 1.0, 2.0, 1.0 / 3.0, 3.0, 2.0, 2.0, 7.0]);
     let passed: Vec<bool> = r.iter().map(|(p, _, _)| *p).collect();
-    assert_eq!(passed, [true, true, true, true, true, true, true, true, true, false, true, false, false, true]);
+    assert_eq!(
+        passed,
+        [true, true, true, true, true, true, true, true, true, false, true, false, false, true]
+    );
     assert_eq!(r[9].2, "not defined by the filter");
     assert_eq!(r[11].2, "closed");
     assert_eq!(r[4].2, "0.3333 (1 of 3)");
@@ -323,7 +350,10 @@ fn the_timeline_counts_each_second() {
 
 #[test]
 fn sample_times_cover_every_second_and_every_breaker_check() {
-    let s = scenario::load(&format!("{}expect:\n  - {{ breaker: x, at: 1500ms, is: open }}\n", MINIMAL.replace("10s", "2500ms")))
-        .unwrap();
+    let s = scenario::load(&format!(
+        "{}expect:\n  - {{ breaker: x, at: 1500ms, is: open }}\n",
+        MINIMAL.replace("10s", "2500ms")
+    ))
+    .unwrap();
     assert_eq!(scenario::sample_times(&s), [1_000_000_000, 1_500_000_000, 2_000_000_000, 2_500_000_000]);
 }
