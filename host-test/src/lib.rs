@@ -8,7 +8,7 @@
 //! one wasmtime `Store` per simulated VM ([`Vm`]), and one [`state::World`] per simulated Envoy,
 //! shared by its VMs the way one vm_id's shared data and stats are. Nothing is process-global,
 //! so tests run in parallel. Host functions are grouped by ABI area in [`abi`]; every guest
-//! pointer is bounds-checked ([`memory`]); misuse traps with a message; fuel stops runaway
+//! pointer is bounds-checked ([`memory`]); misuse traps with a message; an epoch deadline stops runaway
 //! guests; a trap makes the VM fail closed (503 for it and every later request), as in Envoy.
 //!
 //! Status: the VM lifecycle, HTTP streams with local replies on both paths, properties, shared

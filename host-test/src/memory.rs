@@ -5,10 +5,35 @@ use wasmtime::{Caller, Extern, Memory, Result, TypedFunc, bail};
 
 use crate::state::HostState;
 
+/// The guest's memory and allocator, looked up once per VM (a lookup by name costs more than the
+/// rest of a small host call).
+#[derive(Clone, Default)]
+pub struct GuestExports {
+    pub memory: Option<Memory>,
+    pub allocate: Option<TypedFunc<i32, i32>>,
+}
+
+impl std::fmt::Debug for GuestExports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestExports").field("allocate", &self.allocate.is_some()).finish()
+    }
+}
+
+impl GuestExports {
+    pub fn new(instance: &wasmtime::Instance, store: &mut wasmtime::Store<HostState>) -> GuestExports {
+        let memory = match instance.get_export(&mut *store, "memory") {
+            Some(Extern::Memory(m)) => Some(m),
+            _ => None,
+        };
+        let allocate = instance.get_typed_func(&mut *store, "proxy_on_memory_allocate").ok();
+        GuestExports { memory, allocate }
+    }
+}
+
 fn memory(caller: &mut Caller<'_, HostState>) -> Result<Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(m)) => Ok(m),
-        _ => bail!("the guest exports no memory"),
+    match caller.data().guest.memory {
+        Some(m) => Ok(m),
+        None => bail!("the guest exports no memory"),
     }
 }
 
@@ -55,9 +80,8 @@ pub fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ret_ptr: i32, ret_
     let addr = if bytes.is_empty() {
         0
     } else {
-        let alloc: TypedFunc<i32, i32> = match caller.get_export("proxy_on_memory_allocate") {
-            Some(Extern::Func(f)) => f.typed(&*caller)?,
-            _ => bail!("the guest exports no proxy_on_memory_allocate"),
+        let Some(alloc) = caller.data().guest.allocate.clone() else {
+            bail!("the guest exports no proxy_on_memory_allocate (i32) -> i32");
         };
         let size = i32::try_from(bytes.len())?;
         let addr = alloc.call(&mut *caller, size)?;

@@ -117,6 +117,8 @@ pub struct HostState {
     pub log_level: u32,
     pub plugin_name: String,
     pub vm_id: String,
+    /// The guest's memory and allocator, set once the module is instantiated.
+    pub guest: crate::memory::GuestExports,
 }
 
 impl HostState {
