@@ -17,17 +17,8 @@ use breakwater_policy::plan::Plan;
 
 use crate::host;
 
-/// The counters of one policy, in the order of [`DECISIONS`].
-pub const DECISIONS: [&str; 8] = [
-    "allowed",
-    "rate_limited",
-    "concurrency_limited",
-    "circuit_open",
-    "fallback",
-    "retried",
-    "budget_exhausted",
-    "state_unavailable",
-];
+/// The counters of one policy, in their order.
+pub use breakwater_policy::enforce::COUNTERS as DECISIONS;
 
 struct PolicyMetrics {
     decisions: [Option<u32>; DECISIONS.len()],

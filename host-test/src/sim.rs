@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use breakwater_policy::diag::{self, Diagnostic};
+use breakwater_policy::enforce::COUNTERS;
 use breakwater_policy::model::Document;
 use breakwater_policy::scenario::{
     self, Arrivals, BreakerState, Effective, Latency, Load, MAX_REQUESTS, Pick, PolicyRef, Record, Run,
@@ -232,18 +233,6 @@ impl Ord for Event {
         (self.t, self.seq).cmp(&(other.t, other.seq))
     }
 }
-
-/// The filter's counter names, in its order (`breakwater.requests.policy.<p>.decision.<d>`).
-const COUNTERS: [&str; 8] = [
-    "allowed",
-    "rate_limited",
-    "concurrency_limited",
-    "circuit_open",
-    "fallback",
-    "retried",
-    "budget_exhausted",
-    "state_unavailable",
-];
 
 struct Sim<'s> {
     scenario: &'s Scenario,

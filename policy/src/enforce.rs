@@ -38,6 +38,20 @@ impl Decision {
     }
 }
 
+/// The per-policy counters a metrics sink keeps, in this order: the filter names them
+/// `breakwater.requests.policy.<policy>.decision.<counter>`, and host-test reads them back by name.
+/// `retried` counts retries; every other counter counts requests.
+pub const COUNTERS: [&str; 8] = [
+    "allowed",
+    "rate_limited",
+    "concurrency_limited",
+    "circuit_open",
+    "fallback",
+    "retried",
+    "budget_exhausted",
+    "state_unavailable",
+];
+
 /// Something worth counting, reported to the caller's metrics sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {

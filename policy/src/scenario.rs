@@ -1351,8 +1351,9 @@ impl Select {
     }
 }
 
-/// The highest number of overlapping intervals.
-fn max_overlap(intervals: impl Iterator<Item = (u64, u64)>) -> u64 {
+/// The starts (+1) and ends (-1) of non-empty intervals, in time order. Ends sort before starts
+/// at the same instant: back-to-back intervals do not overlap.
+fn edges(intervals: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, i8)> {
     let mut edges: Vec<(u64, i8)> = Vec::new();
     for (s, e) in intervals {
         if e > s {
@@ -1360,10 +1361,14 @@ fn max_overlap(intervals: impl Iterator<Item = (u64, u64)>) -> u64 {
             edges.push((e, -1));
         }
     }
-    // Ends sort before starts at the same instant: back-to-back intervals do not overlap.
     edges.sort_unstable();
+    edges
+}
+
+/// The highest number of overlapping intervals.
+fn max_overlap(intervals: impl Iterator<Item = (u64, u64)>) -> u64 {
     let (mut level, mut max) = (0i64, 0i64);
-    for (_, d) in edges {
+    for (_, d) in edges(intervals) {
         level += i64::from(d);
         max = max.max(level);
     }
@@ -1376,18 +1381,10 @@ fn max_overlap_per_bucket(
     buckets: usize,
     width: u64,
 ) -> Vec<u64> {
-    let mut edges: Vec<(u64, i8)> = Vec::new();
-    for (s, e) in intervals {
-        if e > s {
-            edges.push((s, 1));
-            edges.push((e, -1));
-        }
-    }
-    edges.sort_unstable();
     let mut out = vec![0u64; buckets];
     let mut level = 0i64;
     let mut bucket = 0usize;
-    for (t, d) in edges {
+    for (t, d) in edges(intervals) {
         let b = (t / width) as usize;
         while bucket < b.min(buckets) {
             bucket += 1;
