@@ -390,24 +390,23 @@ impl Sim<'_> {
     }
 
     fn start(&mut self) {
-        for (g, generator) in self.generators.iter().enumerate() {
-            let clients = match generator.traffic.load {
-                Load::Rate(_) => 1,
-                Load::Concurrency { clients, .. } => clients,
-            };
-            let start = generator.start_ns;
-            for client in 0..clients {
-                self.seq += 1;
-                let kind = Kind::Arrive { generator: g as u32, client };
-                self.queue.push(Reverse(Event { t: start, seq: self.seq, kind }));
-            }
+        let first: Vec<(u64, u32, u32)> = self
+            .generators
+            .iter()
+            .enumerate()
+            .flat_map(|(g, generator)| {
+                let clients = match generator.traffic.load {
+                    Load::Rate(_) => 1,
+                    Load::Concurrency { clients, .. } => clients,
+                };
+                (0..clients).map(move |client| (generator.start_ns, g as u32, client))
+            })
+            .collect();
+        for (t, generator, client) in first {
+            self.push(t, Kind::Arrive { generator, client });
         }
-        let end = self.scenario.duration.as_nanos();
-        for vm in 0..self.vms.len() {
-            let period = u64::from(self.vms.get(vm).map_or(0, Vm::tick_period_ms)) * 1_000_000;
-            if period > 0 && period <= end {
-                self.push(period, Kind::Tick { vm: vm as u32 });
-            }
+        for vm in 0..self.vms.len() as u32 {
+            self.schedule_tick(vm, 0);
         }
         if let Some(t) = self.samples.next() {
             self.push(t, Kind::Sample);
@@ -432,13 +431,9 @@ impl Sim<'_> {
                     self.count(record, event.t, 0, false, &counted);
                 }
                 Kind::Tick { vm } => {
-                    let v = self.vm(vm)?;
                     // A trapping tick fails the VM, as in Envoy; the simulation goes on.
-                    let _ = v.tick();
-                    let period = u64::from(v.tick_period_ms()) * 1_000_000;
-                    if period > 0 && event.t + period <= self.scenario.duration.as_nanos() {
-                        self.push(event.t + period, Kind::Tick { vm });
-                    }
+                    let _ = self.vm(vm)?.tick();
+                    self.schedule_tick(vm, event.t);
                 }
                 Kind::Sample => {
                     let metrics = self.world.metrics.borrow();
@@ -458,6 +453,14 @@ impl Sim<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The VM's next tick after `now`, at the period the filter asked for, within the scenario.
+    fn schedule_tick(&mut self, vm: u32, now: u64) {
+        let period = u64::from(self.vms.get(vm as usize).map_or(0, Vm::tick_period_ms)) * 1_000_000;
+        if period > 0 && now + period <= self.scenario.duration.as_nanos() {
+            self.push(now + period, Kind::Tick { vm });
+        }
     }
 
     fn vm(&mut self, i: u32) -> Result<&mut Vm, String> {
@@ -493,14 +496,10 @@ impl Sim<'_> {
         let (upstream, timeout) = (gen_.upstream, gen_.traffic.timeout.map(|d| d.as_nanos()));
         // The next arrival of an open-loop generator.
         if let Load::Rate(rate) = gen_.traffic.load {
-            let gap = match gen_.traffic.arrivals {
-                Arrivals::Uniform => 1e9 / rate,
-                Arrivals::Poisson => self.rng.exponential(1e9 / rate),
-            };
-            // Arrival k is at start + k·gap (no drift from rounding each gap).
             let next = match gen_.traffic.arrivals {
-                Arrivals::Uniform => gen_.start_ns + (gen_.sent as f64 * gap) as u64,
-                Arrivals::Poisson => t + gap.max(1.0) as u64,
+                // Arrival k is at start + k·gap (no drift from rounding each gap).
+                Arrivals::Uniform => gen_.start_ns + (gen_.sent as f64 * 1e9 / rate) as u64,
+                Arrivals::Poisson => t + self.rng.exponential(1e9 / rate).max(1.0) as u64,
             };
             if next < gen_.end_ns {
                 self.push(next, Kind::Arrive { generator: g, client });

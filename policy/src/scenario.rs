@@ -444,19 +444,17 @@ fn measure_name(m: &Measure) -> &'static str {
     }
 }
 
-/// The field of `f` among `names` that is present; an error unless exactly one is (when `required`).
+/// The one field of `f` among `names` that is present; an error unless exactly one is.
 fn one_of<'n>(
     d: &mut Decoder,
     f: &Fields<'n>,
     node: &Node,
     names: &[&'static str],
-    required: bool,
 ) -> Option<(&'static str, &'n Node, String)> {
     let present: Vec<(&'static str, &'n Node, String)> =
         names.iter().filter_map(|n| f.get(n).map(|(node, path)| (*n, node, path))).collect();
     match present.len() {
         1 => present.into_iter().next(),
-        0 if !required => None,
         0 => {
             d.error(&f.path, node, format!("expected one of: {}", names.join(", ")));
             None
@@ -602,7 +600,7 @@ impl Decoder {
             let p = crate::decode::index(path, i);
             match self.traffic(n, &p, i, end) {
                 Some(t) if out.iter().any(|o: &Traffic| o.name == t.name) => {
-                    let at = f_path(&p, "name");
+                    let at = join(&p, "name");
                     self.error(&at, n, format!("two traffic generators are named `{}`", t.name));
                     ok = false;
                 }
@@ -792,7 +790,7 @@ impl Decoder {
             _ => {
                 let f = self.fields(node, path, VALUES_FIELDS)?;
                 let kinds = ["one_of", "uniform", "zipf", "cycle"];
-                let (kind, n, p) = one_of(self, &f, node, &kinds, true)?;
+                let (kind, n, p) = one_of(self, &f, node, &kinds)?;
                 let prefix = f.get("prefix").and_then(|(n, p)| self.string(n, &p)).unwrap_or_default();
                 let exponent = f.get("exponent").and_then(|(n, p)| self.number(n, &p));
                 if kind != "zipf"
@@ -903,7 +901,7 @@ impl Decoder {
             return self.bounded_duration(node, path, 0, MAX_DURATION_MS).map(Latency::Fixed);
         }
         let f = self.fields(node, path, LATENCY_FIELDS)?;
-        let (kind, n, p) = one_of(self, &f, node, LATENCY_FIELDS, true)?;
+        let (kind, n, p) = one_of(self, &f, node, LATENCY_FIELDS)?;
         if kind == "exponential" {
             return self.bounded_duration(n, &p, 1, MAX_DURATION_MS).map(Latency::Exponential);
         }
@@ -964,7 +962,7 @@ impl Decoder {
         known.extend(CHECKS);
         let f = self.fields(node, path, &known)?;
         let name = f.get("name").and_then(|(n, p)| self.string(n, &p));
-        let (measure_name, mn, mp) = one_of(self, &f, node, MEASURES, true)?;
+        let (measure_name, mn, mp) = one_of(self, &f, node, MEASURES)?;
         let measure = match measure_name {
             "metric" => self.string(mn, &mp).map(Measure::Metric),
             "breaker" => {
@@ -1013,7 +1011,7 @@ impl Decoder {
         {
             self.error(&p, n, "`at` applies to `breaker` only; select a time window with `from` and `to`");
         }
-        let (check_name, cn, cp) = one_of(self, &f, node, CHECKS, true)?;
+        let (check_name, cn, cp) = one_of(self, &f, node, CHECKS)?;
         let check = match check_name {
             "is" if measure_name != "breaker" => {
                 self.error(&cp, cn, "`is` compares breaker states; use equals, at_least, at_most or between");
@@ -1175,10 +1173,6 @@ fn traffic_names(node: &Node) -> Vec<String> {
             }
             names
         })
-}
-
-fn f_path(path: &str, field: &str) -> String {
-    join(path, field)
 }
 
 // ---- a finished run ----
