@@ -36,6 +36,10 @@ validate-examples:
 scenarios: build-wasm
     cargo run -q --locked -p breakwater-cli -- test policies/*.scenario.yaml
 
+# The same traffic through real Envoy and through host-test, compared side by side (also in test-rust).
+fidelity: build-wasm
+    cargo test --locked -p breakwater-e2e --test fidelity
+
 # Regenerate the committed JSON Schema after changing the model.
 schema:
     cargo run -q --locked -p breakwater-cli -- schema > policies/schema.json

@@ -11,9 +11,8 @@
 //! pointer is bounds-checked ([`memory`]); misuse traps with a message; an epoch deadline stops runaway
 //! guests; a trap makes the VM fail closed (503 for it and every later request), as in Envoy.
 //!
-//! Status: the VM lifecycle, HTTP streams with local replies on both paths, properties, shared
-//! data, metrics and the WASI subset are in place. Router emulation (retries, timeouts,
-//! attempts), scenarios and the fidelity suite come next.
+//! How close it is to Envoy is measured by the fidelity suite (`tests/tests/fidelity.rs`): the
+//! same traffic through real Envoy 1.40 and through this host, compared request by request.
 
 pub mod abi;
 pub mod memory;

@@ -457,9 +457,14 @@ impl Vm {
     }
 }
 
+/// A local reply as the client gets it. Like Envoy's `sendLocalReply`, a body without a
+/// content-type is sent as `text/plain` (found by the fidelity suite).
 fn reply_response(reply: &LocalReply) -> Response {
     let mut headers: HeaderMap = vec![(":status".into(), reply.status.to_string().into_bytes())];
     headers.extend(reply.headers.iter().cloned());
+    if !reply.body.is_empty() && !reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        headers.push(("content-type".into(), b"text/plain".to_vec()));
+    }
     Response {
         status: reply.status,
         headers,

@@ -115,6 +115,8 @@ policies:
             (r.status, r.local, String::from_utf8_lossy(&r.body).as_ref()),
             (200, true, "{\"items\":[]}")
         );
+        // As Envoy's local replies: a body without a content-type is text/plain.
+        assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
     }
     // Three failures recorded (from the upstream's 503, not the fallback's 200): open.
     assert_eq!(world.metric("breakwater.breaker_state.policy.recs"), Some(1));

@@ -58,6 +58,15 @@ impl Envoy {
 
     /// As [`Envoy::start`], loading the filter from `wasm` (e.g. one pulled from a registry).
     pub fn start_with_filter(policy: &str, upstream_port: u16, wasm: PathBuf) -> Envoy {
+        Self::launch(policy, upstream_port, wasm, 2)
+    }
+
+    /// As [`Envoy::start`], with `workers` worker threads (`--concurrency`).
+    pub fn start_workers(policy: &str, upstream_port: u16, workers: u32) -> Envoy {
+        Self::launch(policy, upstream_port, filter_wasm(), workers)
+    }
+
+    fn launch(policy: &str, upstream_port: u16, wasm: PathBuf, workers: u32) -> Envoy {
         let dir = std::env::temp_dir().join(format!("bw-e2e-{}-{}", std::process::id(), free_port()));
         let ecds_dir = dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir).unwrap();
@@ -75,7 +84,8 @@ impl Envoy {
         let log = dir.join("envoy.log");
         let mut envoy = Envoy {
             child: Command::new(envoy_binary())
-                .args(["-c", &config.to_string_lossy(), "--concurrency", "2", "--log-level", "info"])
+                .args(["-c", &config.to_string_lossy(), "--log-level", "info"])
+                .args(["--concurrency", &workers.to_string()])
                 .arg("--disable-hot-restart")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
