@@ -1,7 +1,9 @@
 //! One simulated Envoy VM running the filter: the lifecycle calls in Envoy's order, and one HTTP
 //! stream at a time from request headers to `on_delete`.
 
+use std::collections::HashSet;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use wasmtime::{Config, Engine, Instance, Linker, Module, Result, Store, TypedFunc, bail};
 
@@ -17,11 +19,29 @@ pub const EPOCHS_PER_CALL: u64 = 200;
 
 /// The compiled filter, ready to be instantiated as many VMs.
 pub struct Host {
+    factory: Arc<Factory>,
+    #[allow(dead_code)] // held for its Drop: stops the thread with the host
+    watchdog: Watchdog,
+}
+
+/// What instantiating a VM takes; shared with the VMs, which need it again for FAIL_RELOAD.
+struct Factory {
     engine: Engine,
     module: Module,
     linker: Linker<HostState>,
-    #[allow(dead_code)] // held for its Drop: stops the thread with the host
-    watchdog: Watchdog,
+}
+
+/// What a VM does after its guest trapped (Envoy's `failure_policy` of a Wasm plugin).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The stream that trapped and every later one on this worker get 503 (Envoy's default).
+    #[default]
+    FailClosed,
+    /// The stream that trapped continues as the filter left it; later streams skip the filter.
+    FailOpen,
+    /// The stream that trapped gets 503; the next one starts a new VM (statics reset, shared data
+    /// and stats kept, the last accepted configuration applied again).
+    FailReload,
 }
 
 /// A thread that advances the engine's epoch every [`EPOCH_TICK`], stopped when the host is dropped.
@@ -78,11 +98,33 @@ impl Host {
         let mut linker = Linker::new(&engine);
         abi::add_all(&mut linker)?;
         let watchdog = Watchdog::start(engine.clone());
-        Ok(Host { engine, module, linker, watchdog })
+        Ok(Host { factory: Arc::new(Factory { engine, module, linker }), watchdog })
     }
 
-    /// A new VM of an Envoy (`world`), not yet started.
+    /// A new VM of an Envoy (`world`), not yet started; FAIL_CLOSED unless
+    /// [`Vm::set_failure_policy`] says otherwise.
     pub fn vm(&self, world: Rc<World>, index: usize) -> Result<Vm> {
+        let (store, instance, exports) = self.factory.instantiate(world, index)?;
+        let mut vm = Vm {
+            store,
+            instance,
+            exports,
+            next_context: 1,
+            root: 0,
+            failed: false,
+            failure: FailurePolicy::default(),
+            bypassed: HashSet::new(),
+            reloads: 0,
+            accepted: Vec::new(),
+            factory: self.factory.clone(),
+        };
+        vm.initialize()?;
+        Ok(vm)
+    }
+}
+
+impl Factory {
+    fn instantiate(&self, world: Rc<World>, index: usize) -> Result<(Store<HostState>, Instance, Exports)> {
         let state = HostState {
             world,
             vm: index,
@@ -101,12 +143,7 @@ impl Host {
         let instance = self.linker.instantiate(&mut store, &self.module)?;
         store.data_mut().guest = crate::memory::GuestExports::new(&instance, &mut store);
         let exports = Exports::new(&instance, &mut store)?;
-        let mut vm = Vm { store, instance, exports, next_context: 1, root: 0, failed: false };
-        vm.guest(|s, e| match &e.initialize {
-            Some(init) => init.call(s, ()),
-            None => Ok(()),
-        })?;
-        Ok(vm)
+        Ok((store, instance, exports))
     }
 }
 
@@ -231,8 +268,15 @@ pub struct Vm {
     exports: Exports,
     next_context: u32,
     root: u32,
-    /// A guest trap happened: like Envoy's FAIL_CLOSED, every later request gets 503.
+    /// A guest trap happened; what follows depends on `failure`.
     failed: bool,
+    failure: FailurePolicy,
+    /// Streams that run without the filter (FAIL_OPEN after a trap).
+    bypassed: HashSet<u32>,
+    reloads: u32,
+    /// The configuration the plugin last accepted (applied again by FAIL_RELOAD).
+    accepted: Vec<u8>,
+    factory: Arc<Factory>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -256,6 +300,36 @@ impl Vm {
             self.store.data().log(5, format!("host-test: guest trapped: {e:#}"));
         }
         result
+    }
+
+    fn initialize(&mut self) -> Result<()> {
+        self.guest(|s, e| match &e.initialize {
+            Some(init) => init.call(s, ()),
+            None => Ok(()),
+        })
+    }
+
+    pub fn set_failure_policy(&mut self, policy: FailurePolicy) {
+        self.failure = policy;
+    }
+
+    /// How many times FAIL_RELOAD replaced this VM's instance.
+    pub fn reloads(&self) -> u32 {
+        self.reloads
+    }
+
+    /// FAIL_RELOAD: a new instance in place of the failed one, started and configured again
+    /// with the last configuration it accepted. Streams of the old instance are gone.
+    fn reload(&mut self) -> Result<bool> {
+        let old = self.store.data();
+        let (world, index, config) = (old.world.clone(), old.vm, std::mem::take(&mut self.accepted));
+        let (store, instance, exports) = self.factory.instantiate(world, index)?;
+        (self.store, self.instance, self.exports) = (store, instance, exports);
+        self.failed = false;
+        self.root = 0;
+        self.reloads += 1;
+        self.initialize()?;
+        self.configure(&config)
     }
 
     fn new_context(&mut self) -> u32 {
@@ -283,6 +357,7 @@ impl Vm {
             // A reconfiguration gets a new root context; new streams use it (Envoy keeps the old
             // one for streams in flight).
             self.root = root;
+            self.accepted = plugin_config.to_vec();
         }
         Ok(ok)
     }
@@ -321,7 +396,12 @@ impl Vm {
     /// Starts a stream: context creation and request headers. The stream stays open (holding
     /// whatever the filter acquired) until [`Vm::complete`] or [`Vm::abort`], so streams overlap.
     pub fn begin(&mut self, req: &Request) -> Result<Begun> {
-        if self.failed {
+        let bypass = self.failed && self.failure == FailurePolicy::FailOpen;
+        if self.failed && self.failure == FailurePolicy::FailReload {
+            // A reload that fails (a trap again, or the configuration refused) leaves the VM failed.
+            let _ = self.reload();
+        }
+        if self.failed && !bypass {
             return Ok(Begun::Failed(fail_closed()));
         }
         let id = self.new_context();
@@ -340,6 +420,10 @@ impl Vm {
             info: StreamInfo { source_address: req.source.clone(), ..StreamInfo::default() },
             ..Stream::default()
         };
+        if bypass {
+            self.bypassed.insert(id);
+            return Ok(Begun::Forwarded { stream: id, headers: stream.request_headers });
+        }
         let state = self.store.data_mut();
         state.streams.insert(id, stream);
         state.effective_context = id;
@@ -361,8 +445,15 @@ impl Vm {
         match begun {
             Ok(b) => Ok(b),
             Err(_) => {
-                self.store.data_mut().streams.remove(&id);
-                Ok(Begun::Failed(fail_closed()))
+                let stream = self.store.data_mut().streams.remove(&id);
+                match (self.failure, stream) {
+                    // Fail open: the request goes on as the filter left it, without the filter.
+                    (FailurePolicy::FailOpen, Some(stream)) => {
+                        self.bypassed.insert(id);
+                        Ok(Begun::Forwarded { stream: id, headers: stream.request_headers })
+                    }
+                    _ => Ok(Begun::Failed(fail_closed())),
+                }
             }
         }
     }
@@ -371,18 +462,51 @@ impl Vm {
     /// request (None for a request the filter answered itself), then response headers (where a
     /// local reply replaces the upstream's), `on_log`, `on_done`, `on_delete`.
     pub fn complete(&mut self, id: u32, upstream: Option<Upstream>) -> Result<Response> {
-        let result = self.finish_stream(id, upstream);
-        if result.is_err() {
-            self.store.data_mut().streams.remove(&id);
-            return Ok(fail_closed());
+        if self.bypassed.remove(&id) {
+            return match upstream {
+                Some(up) => Ok(upstream_response(up)),
+                None => bail!("stream {id} was forwarded but completed without an upstream outcome"),
+            };
         }
-        result
+        let (mut response, forwarded) = match self.response_for(id, upstream) {
+            Ok(r) => r,
+            Err(_) => {
+                self.store.data_mut().streams.remove(&id);
+                return Ok(fail_closed());
+            }
+        };
+        if self.response_headers(id, &mut response).is_err() {
+            let stream = self.store.data_mut().streams.remove(&id);
+            return Ok(match (self.failure, stream) {
+                // Fail open: the response goes on as the filter left it when it trapped.
+                (FailurePolicy::FailOpen, Some(stream)) => {
+                    response.headers = stream.response_headers;
+                    response
+                }
+                _ => fail_closed(),
+            });
+        }
+        response.forwarded = forwarded;
+        // The client has its response; a trap from here on only fails the VM for later streams.
+        let ctx = id as i32;
+        self.store.data_mut().effective_context = id;
+        let _ = self
+            .guest(|s, e| e.on_log.call(s, ctx))
+            .and_then(|()| self.guest(|s, e| e.on_done.call(s, ctx)))
+            .and_then(|_| self.guest(|s, e| e.on_delete.call(s, ctx)));
+        if let Some(stream) = self.store.data_mut().streams.remove(&id) {
+            response.counted = stream.counted;
+        }
+        Ok(response)
     }
 
     /// Ends a stream whose client went away before any response: `on_log`, `on_done`,
     /// `on_delete` with no response code (as Envoy does on a client abort).
     /// Returns the counter increments the filter made for the stream.
     pub fn abort(&mut self, id: u32) -> Result<Vec<(u32, u64)>> {
+        if self.bypassed.remove(&id) {
+            return Ok(Vec::new());
+        }
         let ctx = id as i32;
         self.stream_mut(id)?.info.response_flags |= 0x4000; // DC: downstream connection termination
         self.store.data_mut().effective_context = id;
@@ -394,35 +518,29 @@ impl Vm {
         ended.map(|()| stream.map(|s| s.counted).unwrap_or_default())
     }
 
-    fn finish_stream(&mut self, id: u32, upstream: Option<Upstream>) -> Result<Response> {
-        let ctx = id as i32;
-        let local = self.stream_mut(id)?.local_reply.take();
-        let (mut response, forwarded) = match (local, upstream) {
-            (Some(reply), _) => (reply_response(&reply), None),
+    /// The response as it reaches the filter: the filter's own reply from the request path, or
+    /// the upstream side's outcome (recorded in the stream's info for `on_log`). Also returns the
+    /// request headers as forwarded.
+    fn response_for(&mut self, id: u32, upstream: Option<Upstream>) -> Result<(Response, Option<HeaderMap>)> {
+        let st = self.stream_mut(id)?;
+        match (st.local_reply.take(), upstream) {
+            (Some(reply), _) => Ok((reply_response(&reply), None)),
             (None, Some(up)) => {
-                let st = self.stream_mut(id)?;
                 let forwarded = st.request_headers.clone();
                 st.info.response_flags = up.flags;
                 st.info.code_details = up.details.clone();
                 st.info.attempt_count = up.attempts;
                 st.info.duration_ns = up.duration_ns;
-                let mut headers: HeaderMap = vec![(":status".into(), up.status.to_string().into_bytes())];
-                headers.extend(up.headers);
-                (
-                    Response {
-                        status: up.status,
-                        headers,
-                        body: up.body,
-                        local: false,
-                        forwarded: None,
-                        counted: Vec::new(),
-                    },
-                    Some(forwarded),
-                )
+                Ok((upstream_response(up), Some(forwarded)))
             }
             (None, None) => bail!("stream {id} was forwarded but completed without an upstream outcome"),
-        };
-        // Response headers pass through this filter, local replies from the request path included.
+        }
+    }
+
+    /// The response headers pass through the filter (local replies from the request path
+    /// included); a reply sent from there replaces the upstream's response entirely.
+    fn response_headers(&mut self, id: u32, response: &mut Response) -> Result<()> {
+        let ctx = id as i32;
         let st = self.stream_mut(id)?;
         st.info.response_code = Some(response.status);
         st.response_headers = response.headers.clone();
@@ -431,22 +549,13 @@ impl Vm {
         self.guest(|s, e| e.on_response_headers.call(s, (ctx, n, 1)))?;
         let st = self.stream_mut(id)?;
         match st.local_reply.take() {
-            // A reply sent from response headers replaces the upstream's response entirely.
             Some(reply) if !response.local => {
-                response = reply_response(&reply);
+                *response = reply_response(&reply);
                 st.info.response_code = Some(reply.status);
             }
             _ => response.headers = st.response_headers.clone(),
         }
-        response.forwarded = forwarded;
-        self.store.data_mut().effective_context = id;
-        self.guest(|s, e| e.on_log.call(s, ctx))?;
-        self.guest(|s, e| e.on_done.call(s, ctx))?;
-        self.guest(|s, e| e.on_delete.call(s, ctx))?;
-        if let Some(stream) = self.store.data_mut().streams.remove(&id) {
-            response.counted = stream.counted;
-        }
-        Ok(response)
+        Ok(())
     }
 
     fn stream_mut(&mut self, id: u32) -> Result<&mut Stream> {
@@ -473,6 +582,12 @@ fn reply_response(reply: &LocalReply) -> Response {
         forwarded: None,
         counted: Vec::new(),
     }
+}
+
+fn upstream_response(up: Upstream) -> Response {
+    let mut headers: HeaderMap = vec![(":status".into(), up.status.to_string().into_bytes())];
+    headers.extend(up.headers);
+    Response { status: up.status, headers, body: up.body, local: false, forwarded: None, counted: Vec::new() }
 }
 
 /// Envoy's answer once a FAIL_CLOSED plugin has failed on this worker.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use breakwater_host_test::{Host, Request, Upstream, World};
+use breakwater_host_test::{FailurePolicy, Host, Request, Upstream, Vm, World};
 
 fn probe(name: &str) -> Host {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes").join(name);
@@ -28,4 +28,53 @@ fn a_runaway_guest_is_stopped_and_its_vm_fails_closed() {
     let started = Instant::now();
     assert_eq!(vm.request(&Request::get("a", "/"), |_| Upstream::status(200)).unwrap().status, 503);
     assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+/// Three requests through the crash probe (it traps on its second call) under `policy`: for each,
+/// the status and the `x-calls` header the upstream received (None: not forwarded, or forwarded
+/// without the filter having added it).
+fn through_crash_probe(policy: FailurePolicy) -> (Vec<(u16, Option<String>)>, Vm) {
+    let host = probe("crash.wat");
+    let mut vm = host.vm(World::new(0, 1), 0).unwrap();
+    vm.set_failure_policy(policy);
+    assert!(vm.configure(b"").unwrap());
+    let seen = (0..3)
+        .map(|_| {
+            let mut calls = None;
+            let r = vm
+                .request(&Request::get("a", "/"), |headers| {
+                    calls = headers
+                        .iter()
+                        .find(|(k, _)| k == "x-calls")
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+                    Upstream::status(200)
+                })
+                .unwrap();
+            (r.status, calls)
+        })
+        .collect();
+    (seen, vm)
+}
+
+#[test]
+fn fail_closed_answers_503_from_the_trap_on() {
+    let (seen, vm) = through_crash_probe(FailurePolicy::FailClosed);
+    assert_eq!(seen, [(200, Some("1".into())), (503, None), (503, None)]);
+    assert!(vm.failed());
+}
+
+#[test]
+fn fail_open_lets_the_trapped_and_later_requests_through_without_the_filter() {
+    let (seen, vm) = through_crash_probe(FailurePolicy::FailOpen);
+    // The third request would carry x-calls: 3 had the filter run.
+    assert_eq!(seen, [(200, Some("1".into())), (200, None), (200, None)]);
+    assert!(vm.failed());
+}
+
+#[test]
+fn fail_reload_answers_503_then_starts_a_new_vm_with_fresh_statics() {
+    let (seen, vm) = through_crash_probe(FailurePolicy::FailReload);
+    assert_eq!(seen, [(200, Some("1".into())), (503, None), (200, Some("1".into()))]);
+    assert!(!vm.failed());
+    assert_eq!(vm.reloads(), 1);
 }
