@@ -451,6 +451,13 @@ impl Sim<'_> {
                     }
                 }
             }
+            // Items enqueued on shared queues reach their owners' on_queue_ready at once (the
+            // filter uses none; this keeps other guests honest).
+            if !self.world.queues.borrow().ready.is_empty() {
+                for vm in &mut self.vms {
+                    let _ = vm.deliver();
+                }
+            }
         }
         Ok(())
     }

@@ -43,6 +43,59 @@ pub struct World {
     pub metrics: RefCell<Vec<Metric>>,
     pub logs: RefCell<Vec<LogLine>>,
     pub rng: Cell<u64>,
+    pub queues: RefCell<Queues>,
+}
+
+/// Shared queues, as Envoy keeps them: named per vm_id, owned by the root context that
+/// registered the name last (it gets `proxy_on_queue_ready`), readable and writable by any VM.
+#[derive(Debug, Default)]
+pub struct Queues {
+    by_name: HashMap<(String, String), u32>,
+    /// Token - 1 → the queue.
+    queues: Vec<Queue>,
+    /// Notifications not yet delivered: (VM index, root context, token).
+    pub ready: Vec<(usize, u32, u32)>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    owner: (usize, u32),
+    items: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl Queues {
+    /// Registers (or takes over) `name` for `vm_id`; returns its token.
+    pub fn register(&mut self, vm_id: &str, name: &str, owner: (usize, u32)) -> u32 {
+        let key = (vm_id.to_string(), name.to_string());
+        if let Some(&token) = self.by_name.get(&key)
+            && let Some(q) = self.queues.get_mut(token as usize - 1)
+        {
+            q.owner = owner;
+            return token;
+        }
+        self.queues.push(Queue { owner, items: Default::default() });
+        let token = self.queues.len() as u32;
+        self.by_name.insert(key, token);
+        token
+    }
+
+    pub fn resolve(&self, vm_id: &str, name: &str) -> Option<u32> {
+        self.by_name.get(&(vm_id.to_string(), name.to_string())).copied()
+    }
+
+    /// Appends `item`; the owner is notified. None: no such queue.
+    pub fn enqueue(&mut self, token: u32, item: Vec<u8>) -> Option<()> {
+        let q = self.queues.get_mut((token as usize).checked_sub(1)?)?;
+        q.items.push_back(item);
+        self.ready.push((q.owner.0, q.owner.1, token));
+        Some(())
+    }
+
+    /// The oldest item: Some(None) when the queue is empty, None when there is no such queue.
+    pub fn dequeue(&mut self, token: u32) -> Option<Option<Vec<u8>>> {
+        let q = self.queues.get_mut((token as usize).checked_sub(1)?)?;
+        Some(q.items.pop_front())
+    }
 }
 
 impl World {
@@ -110,6 +163,8 @@ pub struct HostState {
     pub world: Rc<World>,
     pub vm: usize,
     pub effective_context: u32,
+    /// The VM's current root context (0 before the first configuration).
+    pub root_context: u32,
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
     pub streams: HashMap<u32, Stream>,

@@ -129,6 +129,7 @@ impl Factory {
             world,
             vm: index,
             effective_context: 0,
+            root_context: 0,
             plugin_config: Vec::new(),
             vm_config: Vec::new(),
             streams: Default::default(),
@@ -158,6 +159,7 @@ struct Exports {
     on_done: TypedFunc<i32, i32>,
     on_delete: TypedFunc<i32, ()>,
     on_tick: TypedFunc<i32, ()>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 impl Exports {
@@ -173,6 +175,7 @@ impl Exports {
             on_done: i.get_typed_func(&mut *s, "proxy_on_done")?,
             on_delete: i.get_typed_func(&mut *s, "proxy_on_delete")?,
             on_tick: i.get_typed_func(&mut *s, "proxy_on_tick")?,
+            on_queue_ready: i.get_typed_func(&mut *s, "proxy_on_queue_ready").ok(),
         })
     }
 }
@@ -357,6 +360,7 @@ impl Vm {
             // A reconfiguration gets a new root context; new streams use it (Envoy keeps the old
             // one for streams in flight).
             self.root = root;
+            self.store.data_mut().root_context = root;
             self.accepted = plugin_config.to_vec();
         }
         Ok(ok)
@@ -366,6 +370,26 @@ impl Vm {
         let root = self.root as i32;
         self.store.data_mut().effective_context = self.root;
         self.guest(|s, e| e.on_tick.call(s, root))
+    }
+
+    /// Delivers what Envoy would post to this VM's thread: `proxy_on_queue_ready` for items
+    /// enqueued (by any VM) on queues this VM's root context registered. Returns how many.
+    pub fn deliver(&mut self) -> Result<usize> {
+        let index = self.store.data().vm;
+        let mine: Vec<(u32, u32)> = {
+            let mut queues = self.store.data().world.queues.borrow_mut();
+            let (mine, others) = queues.ready.drain(..).partition(|(vm, _, _)| *vm == index);
+            queues.ready = others;
+            mine.into_iter().map(|(_, root, token)| (root, token)).collect()
+        };
+        for &(root, token) in &mine {
+            self.store.data_mut().effective_context = root;
+            self.guest(|s, e| match &e.on_queue_ready {
+                Some(f) => f.call(s, (root as i32, token as i32)),
+                None => Ok(()),
+            })?;
+        }
+        Ok(mine.len())
     }
 
     pub fn tick_period_ms(&self) -> u32 {

@@ -78,3 +78,25 @@ fn fail_reload_answers_503_then_starts_a_new_vm_with_fresh_statics() {
     assert!(!vm.failed());
     assert_eq!(vm.reloads(), 1);
 }
+
+#[test]
+fn shared_queues_reach_the_registering_vm_from_any_vm() {
+    let host = probe("queue.wat");
+    let world = World::new(0, 1);
+    let mut owner = host.vm(world.clone(), 0).unwrap();
+    let mut other = host.vm(world.clone(), 1).unwrap();
+    assert!(owner.configure(b"owner").unwrap());
+    assert!(other.configure(b"").unwrap());
+    // A request on the other VM resolves the queue by vm_id and enqueues an item.
+    assert_eq!(other.request(&Request::get("a", "/"), |_| Upstream::status(200)).unwrap().status, 200);
+    assert_eq!(other.deliver().unwrap(), 0, "the other VM does not own the queue");
+    assert_eq!(owner.deliver().unwrap(), 1);
+    assert!(!owner.failed(), "{:?}", world.logs.borrow());
+    let logs = world.logs.borrow();
+    assert!(logs.iter().any(|l| l.message == "hello" && l.level == 2), "{logs:?}");
+    // Unknown tokens and names: NotFound, as in Envoy.
+    let mut queues = world.queues.borrow_mut();
+    assert_eq!(queues.enqueue(99, b"x".to_vec()), None);
+    assert_eq!(queues.dequeue(0), None);
+    assert_eq!(queues.resolve("breakwater", "nope"), None);
+}
