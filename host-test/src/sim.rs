@@ -451,9 +451,9 @@ impl Sim<'_> {
                     }
                 }
             }
-            // Items enqueued on shared queues reach their owners' on_queue_ready at once (the
-            // filter uses none; this keeps other guests honest).
-            if !self.world.queues.borrow().ready.is_empty() {
+            // Items enqueued on shared queues reach their owners' on_queue_ready at once, and HTTP
+            // calls are answered at the first event after they are due (the filter makes none).
+            if !self.world.queues.borrow().ready.is_empty() || self.world.pending_calls.get() > 0 {
                 for vm in &mut self.vms {
                     let _ = vm.deliver();
                 }

@@ -44,6 +44,34 @@ pub struct World {
     pub logs: RefCell<Vec<LogLine>>,
     pub rng: Cell<u64>,
     pub queues: RefCell<Queues>,
+    /// Clusters that `proxy_http_call` can reach, by name (Envoy: any other name is BadArgument).
+    pub clusters: RefCell<Clusters>,
+    /// HTTP calls dispatched and not yet answered, over all VMs.
+    pub pending_calls: Cell<u32>,
+}
+
+/// A simulated cluster for `proxy_http_call`: given the call's headers and body, the answer
+/// (headers with `:status`, body) and its latency in ns; None: the call fails (reset).
+pub type Cluster = Rc<dyn Fn(&HeaderMap, &[u8]) -> (Option<(HeaderMap, Vec<u8>)>, u64)>;
+
+/// The world's clusters by name.
+#[derive(Default)]
+pub struct Clusters(pub HashMap<String, Cluster>);
+
+impl std::fmt::Debug for Clusters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// An HTTP call on its way: delivered to `context` as `proxy_on_http_call_response` at `due_ns`.
+#[derive(Debug, Clone)]
+pub struct PendingCall {
+    pub token: u32,
+    pub context: u32,
+    pub due_ns: u64,
+    /// None: failed (reset or timed out): the callback gets no headers and no body.
+    pub reply: Option<(HeaderMap, Vec<u8>)>,
 }
 
 /// Shared queues, as Envoy keeps them: named per vm_id, owned by the root context that
@@ -107,6 +135,11 @@ impl World {
     }
 
     /// A counter or gauge by name (Envoy's `/stats` shows it as `wasmcustom.<name>`).
+    /// Makes `name` reachable by `proxy_http_call`.
+    pub fn add_cluster(&self, name: &str, cluster: Cluster) {
+        self.clusters.borrow_mut().0.insert(name.to_string(), cluster);
+    }
+
     pub fn metric(&self, name: &str) -> Option<u64> {
         self.metrics.borrow().iter().find(|m| m.name == name).map(|m| m.value)
     }
@@ -165,6 +198,12 @@ pub struct HostState {
     pub effective_context: u32,
     /// The VM's current root context (0 before the first configuration).
     pub root_context: u32,
+    /// HTTP calls this VM dispatched, not yet delivered; tokens count from 1.
+    pub calls: Vec<PendingCall>,
+    pub next_call_token: u32,
+    /// The answer being delivered (`proxy_on_http_call_response` reads it as header map 6 and
+    /// buffer 4).
+    pub call_response: Option<(HeaderMap, Vec<u8>)>,
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
     pub streams: HashMap<u32, Stream>,

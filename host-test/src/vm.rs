@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wasmtime::{Config, Engine, Instance, Linker, Module, Result, Store, TypedFunc, bail};
 
 use crate::abi;
-use crate::state::{HeaderMap, HostState, LocalReply, Stream, StreamInfo, World};
+use crate::state::{HeaderMap, HostState, LocalReply, PendingCall, Stream, StreamInfo, World};
 
 /// How often the watchdog advances the engine's epoch.
 pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
@@ -130,6 +130,9 @@ impl Factory {
             vm: index,
             effective_context: 0,
             root_context: 0,
+            calls: Vec::new(),
+            next_call_token: 1,
+            call_response: None,
             plugin_config: Vec::new(),
             vm_config: Vec::new(),
             streams: Default::default(),
@@ -160,6 +163,7 @@ struct Exports {
     on_delete: TypedFunc<i32, ()>,
     on_tick: TypedFunc<i32, ()>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
 }
 
 impl Exports {
@@ -176,6 +180,7 @@ impl Exports {
             on_delete: i.get_typed_func(&mut *s, "proxy_on_delete")?,
             on_tick: i.get_typed_func(&mut *s, "proxy_on_tick")?,
             on_queue_ready: i.get_typed_func(&mut *s, "proxy_on_queue_ready").ok(),
+            on_http_call_response: i.get_typed_func(&mut *s, "proxy_on_http_call_response").ok(),
         })
     }
 }
@@ -372,9 +377,45 @@ impl Vm {
         self.guest(|s, e| e.on_tick.call(s, root))
     }
 
-    /// Delivers what Envoy would post to this VM's thread: `proxy_on_queue_ready` for items
-    /// enqueued (by any VM) on queues this VM's root context registered. Returns how many.
+    /// Delivers what Envoy would post to this VM's thread by now (the world's clock):
+    /// `proxy_on_queue_ready` for items enqueued (by any VM) on queues this VM's root context
+    /// registered, and `proxy_on_http_call_response` for HTTP calls whose answer is due (calls
+    /// of streams that have ended are dropped, as Envoy cancels them). Returns how many.
     pub fn deliver(&mut self) -> Result<usize> {
+        let queued = self.deliver_queues()?;
+        let now = self.store.data().world.clock_ns.get();
+        let (due, later): (Vec<PendingCall>, Vec<PendingCall>) =
+            std::mem::take(&mut self.store.data_mut().calls).into_iter().partition(|c| c.due_ns <= now);
+        self.store.data_mut().calls = later;
+        let world = self.store.data().world.clone();
+        world.pending_calls.set(world.pending_calls.get().saturating_sub(due.len() as u32));
+        let mut delivered = 0;
+        for call in due {
+            let d = self.store.data();
+            let live = call.context == d.root_context || d.streams.contains_key(&call.context);
+            if !live {
+                continue;
+            }
+            let (headers, body) = match &call.reply {
+                Some((h, b)) => (h.len() as i32, b.len() as i32),
+                None => (0, 0),
+            };
+            let data = self.store.data_mut();
+            data.call_response = call.reply;
+            data.effective_context = call.context;
+            let (ctx, token) = (call.context as i32, call.token as i32);
+            let result = self.guest(|s, e| match &e.on_http_call_response {
+                Some(f) => f.call(s, (ctx, token, headers, body, 0)),
+                None => Ok(()),
+            });
+            self.store.data_mut().call_response = None;
+            result?;
+            delivered += 1;
+        }
+        Ok(queued + delivered)
+    }
+
+    fn deliver_queues(&mut self) -> Result<usize> {
         let index = self.store.data().vm;
         let mine: Vec<(u32, u32)> = {
             let mut queues = self.store.data().world.queues.borrow_mut();

@@ -100,3 +100,33 @@ fn shared_queues_reach_the_registering_vm_from_any_vm() {
     assert_eq!(queues.dequeue(0), None);
     assert_eq!(queues.resolve("breakwater", "nope"), None);
 }
+
+#[test]
+fn http_calls_are_answered_on_the_virtual_clock_and_time_out() {
+    use std::rc::Rc;
+    let host = probe("http_call.wat");
+    let world = World::new(0, 1);
+    let ms = 1_000_000;
+    world.add_cluster(
+        "auth",
+        Rc::new(move |headers, _| {
+            assert!(headers.iter().any(|(k, v)| k == ":path" && v == b"/check"), "{headers:?}");
+            (Some((vec![(":status".into(), b"200".to_vec())], b"allowed".to_vec())), 5 * ms)
+        }),
+    );
+    world.add_cluster("slow", Rc::new(move |_, _| (Some((Vec::new(), Vec::new())), 2_000 * ms)));
+    let mut vm = host.vm(world.clone(), 0).unwrap();
+    assert!(vm.configure(b"").unwrap());
+    vm.tick().unwrap();
+    let logged = |world: &World| world.logs.borrow().iter().map(|l| l.message.clone()).collect::<Vec<_>>();
+    assert_eq!(vm.deliver().unwrap(), 0, "nothing is due before the latency");
+    world.clock_ns.set(5 * ms);
+    assert_eq!(vm.deliver().unwrap(), 1);
+    assert_eq!(logged(&world), ["200", "allowed"]);
+    // The slow cluster answers after the call's 1 s timeout: the call fails then.
+    world.clock_ns.set(1_000 * ms);
+    assert_eq!(vm.deliver().unwrap(), 1);
+    assert_eq!(logged(&world), ["200", "allowed", "failed"]);
+    assert!(!vm.failed());
+    assert_eq!(world.pending_calls.get(), 0);
+}

@@ -1,5 +1,5 @@
-//! Buffers: plugin and VM configuration (bodies are not buffered by breakwater; Envoy semantics for
-//! them arrive with body support).
+//! Buffers: plugin and VM configuration, and the body of an HTTP call's answer (request and
+//! response bodies are not buffered: the filter does not read them).
 
 use wasmtime::{Caller, Linker, Result};
 
@@ -7,6 +7,7 @@ use super::Status;
 use crate::memory;
 use crate::state::HostState;
 
+const HTTP_CALL_RESPONSE_BODY: i32 = 4;
 const VM_CONFIGURATION: i32 = 6;
 const PLUGIN_CONFIGURATION: i32 = 7;
 
@@ -24,6 +25,10 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
             let buffer = match kind {
                 PLUGIN_CONFIGURATION => c.data().plugin_config.clone(),
                 VM_CONFIGURATION => c.data().vm_config.clone(),
+                HTTP_CALL_RESPONSE_BODY => match &c.data().call_response {
+                    Some((_, body)) => body.clone(),
+                    None => return Ok(Status::NotFound as i32),
+                },
                 _ => return Ok(Status::NotFound as i32),
             };
             let start = (start as u32 as usize).min(buffer.len());

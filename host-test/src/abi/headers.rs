@@ -6,7 +6,13 @@ use super::Status;
 use crate::memory;
 use crate::state::{HeaderMap, HostState};
 
+/// Header map 6: the answer to an HTTP call, during `proxy_on_http_call_response`.
+const HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
+
 fn map<'a>(c: &'a mut Caller<'_, HostState>, kind: i32) -> Option<&'a mut HeaderMap> {
+    if kind == HTTP_CALL_RESPONSE_HEADERS {
+        return c.data_mut().call_response.as_mut().map(|(headers, _)| headers);
+    }
     let s = c.data_mut().stream()?;
     match kind {
         0 => Some(&mut s.request_headers),
