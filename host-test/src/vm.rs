@@ -163,8 +163,11 @@ struct Exports {
     on_delete: TypedFunc<i32, ()>,
     on_tick: TypedFunc<i32, ()>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
-    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_http_call_response: Option<CallResponseFn>,
 }
+
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 impl Exports {
     fn new(i: &Instance, s: &mut Store<HostState>) -> Result<Exports> {
