@@ -130,3 +130,24 @@ fn http_calls_are_answered_on_the_virtual_clock_and_time_out() {
     assert!(!vm.failed());
     assert_eq!(world.pending_calls.get(), 0);
 }
+
+#[test]
+fn the_rest_of_the_abi_answers_as_envoy_does() {
+    let host = probe("abi.wat");
+    let world = World::new(1_234_567_890, 1);
+    let mut vm = host.vm(world.clone(), 0).unwrap();
+    assert!(vm.configure(b"").unwrap());
+    let mut forwarded = Vec::new();
+    let r = vm
+        .request(&Request::get("a", "/").header("x-gone", "1"), |h| {
+            forwarded = h.clone();
+            Upstream::status(200)
+        })
+        .unwrap();
+    let logs = world.logs.borrow();
+    assert!(!vm.failed(), "{logs:?}");
+    assert_eq!(r.status, 200);
+    // set_header_map_pairs replaced the whole map; the probe then removed its only header.
+    assert!(forwarded.is_empty(), "{forwarded:?}");
+    assert!(logs.iter().any(|l| l.level == 2 && l.message == "stdout line"), "{logs:?}");
+}
