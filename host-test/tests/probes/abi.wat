@@ -17,6 +17,8 @@
   (import "env" "proxy_set_buffer_bytes" (func $set_buffer (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_set_property" (func $set_property (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_metric" (func $get_metric (param i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $increment (param i32 i64) (result i32)))
   (import "env" "proxy_get_log_level" (func $log_level (param i32) (result i32)))
   (import "env" "proxy_set_header_map_pairs" (func $set_pairs (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_value" (func $header (param i32 i32 i32 i32 i32) (result i32)))
@@ -60,6 +62,11 @@
                   (i32.const 1))
     (call $expect (call $set_property (i32.const 16) (i32.const 3) (i32.const 20) (i32.const 1)) (i32.const 0))
     (call $expect (call $get_metric (i32.const 424242) (i32.const 64)) (i32.const 1))
+    ;; a counter cannot go down; a histogram cannot be read
+    (call $expect (call $define (i32.const 0) (i32.const 16) (i32.const 3) (i32.const 64)) (i32.const 0))
+    (call $expect (call $increment (i32.load (i32.const 64)) (i64.const -1)) (i32.const 2))
+    (call $expect (call $define (i32.const 2) (i32.const 20) (i32.const 1) (i32.const 64)) (i32.const 0))
+    (call $expect (call $get_metric (i32.load (i32.const 64)) (i32.const 68)) (i32.const 2))
     (call $expect (call $log_level (i32.const 64)) (i32.const 0))
     ;; replace the request headers with {x-a: b}, read x-a back, remove it: then it is gone
     (call $expect (call $set_pairs (i32.const 0) (i32.const 24) (i32.const 18)) (i32.const 0))
