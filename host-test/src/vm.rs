@@ -93,6 +93,10 @@ impl Host {
     pub fn new(wasm: &[u8]) -> Result<Host> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // `perf record` can name the guest's functions with BREAKWATER_PERF_MAP=1 (/tmp/perf-PID.map).
+        if std::env::var_os("BREAKWATER_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let module = Module::new(&engine, wasm)?;
         let mut linker = Linker::new(&engine);

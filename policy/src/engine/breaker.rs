@@ -380,12 +380,27 @@ impl BreakerConfig {
         bytes.and_then(|b| self.decode(b)).unwrap_or_else(|| self.new_state())
     }
 
+    /// The generation of a well-formed closed state with a time window of this configuration's
+    /// shape, read without decoding the window: the per-request hot path (a closed breaker
+    /// admits without changing anything; recording touches one bucket).
+    fn closed_time_window(&self, bytes: &[u8]) -> Option<u32> {
+        let WindowConfig::Time { buckets, .. } = self.window else { return None };
+        let mut r = Reader::with_tag(bytes, TAG)?;
+        let generation = r.u32()?;
+        let shaped =
+            r.u8()? == 0 && r.u8()? == 1 && bytes.len() == CLOSED_WINDOW_AT + BUCKET_BYTES * buckets as usize;
+        shaped.then_some(generation)
+    }
+
     /// [`Self::admit`] on shared-data bytes, for [`super::store::update`]; writes only on change.
     pub fn admit_bytes(
         &self,
         bytes: Option<&[u8]>,
         now: Nanos,
     ) -> ((Admission, Option<Transition>, Phase), Option<Vec<u8>>) {
+        if let Some(generation) = bytes.and_then(|b| self.closed_time_window(b)) {
+            return ((Admission::Admitted(Ticket { generation, probe: false }), None, Phase::Closed), None);
+        }
         let mut st = self.load(bytes);
         let before = st.clone();
         let (admission, transition) = self.admit(&mut st, now);
@@ -402,11 +417,77 @@ impl BreakerConfig {
         failed: bool,
         duration: Nanos,
     ) -> ((Option<Transition>, Phase), Option<Vec<u8>>) {
+        if let Some(written) =
+            bytes.and_then(|b| self.record_closed_in_place(b, now, ticket, failed, duration))
+        {
+            return ((None, Phase::Closed), Some(written));
+        }
         let mut st = self.load(bytes);
         let before = st.clone();
         let transition = self.record(&mut st, now, ticket, failed, duration);
         let write = (st != before).then(|| self.encode(&st));
         ((transition, st.phase), write)
+    }
+}
+
+/// Where a closed state's window starts: tag, generation (4), phase (1), window kind (1).
+const CLOSED_WINDOW_AT: usize = 7;
+/// One encoded time bucket: epoch (8), calls, failed, slow (4 each).
+const BUCKET_BYTES: usize = 20;
+
+impl BreakerConfig {
+    /// [`Self::record`] for a closed breaker with a time window, on the encoded bytes: one bucket
+    /// updated, the window counted in place. None when the state is not that, the ticket is stale,
+    /// or the call opens the breaker: the full path then decides.
+    fn record_closed_in_place(
+        &self,
+        bytes: &[u8],
+        now: Nanos,
+        ticket: Ticket,
+        failed: bool,
+        duration: Nanos,
+    ) -> Option<Vec<u8>> {
+        let WindowConfig::Time { bucket, buckets: count } = self.window else { return None };
+        if self.closed_time_window(bytes)? != ticket.generation {
+            return None;
+        }
+        let slow = self.slow.is_some_and(|(limit, _)| duration > limit);
+        let mut out = bytes.to_vec();
+        let epoch = now / bucket;
+        let at = CLOSED_WINDOW_AT + (epoch % u64::from(count)) as usize * BUCKET_BYTES;
+        let mut b = read_bucket(out.get(at..at + BUCKET_BYTES)?)?;
+        if b.epoch != epoch {
+            b = Bucket { epoch, ..Bucket::default() };
+        }
+        b.calls = b.calls.saturating_add(1);
+        b.failed = b.failed.saturating_add(u32::from(failed));
+        b.slow = b.slow.saturating_add(u32::from(slow));
+        write_bucket(out.get_mut(at..at + BUCKET_BYTES)?, b);
+        let oldest = epoch.saturating_sub(u64::from(count) - 1);
+        let mut c = WindowCounts::default();
+        for chunk in out.get(CLOSED_WINDOW_AT..)?.chunks_exact(BUCKET_BYTES) {
+            let b = read_bucket(chunk)?;
+            if b.calls > 0 && b.epoch >= oldest && b.epoch <= epoch {
+                c.calls = c.calls.saturating_add(b.calls);
+                c.failed = c.failed.saturating_add(b.failed);
+                c.slow = c.slow.saturating_add(b.slow);
+            }
+        }
+        let opens = c.calls >= self.minimum_calls && self.over_threshold(c);
+        (!opens).then_some(out)
+    }
+}
+
+fn read_bucket(b: &[u8]) -> Option<Bucket> {
+    let mut r = Reader::new(b);
+    Some(Bucket { epoch: r.u64()?, calls: r.u32()?, failed: r.u32()?, slow: r.u32()? })
+}
+
+fn write_bucket(out: &mut [u8], b: Bucket) {
+    let (epoch, counts) = out.split_at_mut(8);
+    epoch.copy_from_slice(&b.epoch.to_le_bytes());
+    for (dst, v) in counts.chunks_exact_mut(4).zip([b.calls, b.failed, b.slow]) {
+        dst.copy_from_slice(&v.to_le_bytes());
     }
 }
 
@@ -587,6 +668,64 @@ mod tests {
             4 => (any::<bool>(), proptest::bool::weighted(0.1)).prop_map(|(failed, slow)| Op::Call { failed, slow }),
             1 => (0u64..1500).prop_map(Op::Wait),
         ]
+    }
+
+    /// The decisions and bytes of the full path (decode, decide, encode), for the fast paths to
+    /// agree with.
+    fn full_admit(
+        c: &BreakerConfig,
+        bytes: &[u8],
+        now: Nanos,
+    ) -> ((Admission, Option<Transition>, Phase), Option<Vec<u8>>) {
+        let mut st = c.load(Some(bytes));
+        let before = st.clone();
+        let (admission, transition) = c.admit(&mut st, now);
+        ((admission, transition, st.phase), (st != before).then(|| c.encode(&st)))
+    }
+
+    fn full_record(
+        c: &BreakerConfig,
+        bytes: &[u8],
+        now: Nanos,
+        ticket: Ticket,
+        failed: bool,
+        duration: Nanos,
+    ) -> ((Option<Transition>, Phase), Option<Vec<u8>>) {
+        let mut st = c.load(Some(bytes));
+        let before = st.clone();
+        let transition = c.record(&mut st, now, ticket, failed, duration);
+        ((transition, st.phase), (st != before).then(|| c.encode(&st)))
+    }
+
+    proptest! {
+        /// The hot paths on encoded bytes (a closed breaker's admission, one bucket recorded in
+        /// place) decide and write exactly what decoding, deciding and encoding would.
+        #[test]
+        fn fast_paths_agree_with_the_full_path(
+            window_s in 1u64..12,
+            minimum_calls in 1u32..30,
+            failure_rate in 1u8..=100,
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            let c = config(Window::Time(Duration::from_millis(window_s * 1000)), minimum_calls, failure_rate, 2);
+            let mut bytes = c.encode(&c.new_state());
+            let mut now = 0;
+            for op in ops {
+                match op {
+                    Op::Wait(ms) => now += ms * MS * 7,
+                    Op::Call { failed, slow } => {
+                        let fast = c.admit_bytes(Some(&bytes), now);
+                        prop_assert_eq!(&fast, &full_admit(&c, &bytes, now));
+                        if let Some(w) = fast.1 { bytes = w; }
+                        let Admission::Admitted(ticket) = fast.0.0 else { continue };
+                        let duration = if slow { 150 * MS } else { MS };
+                        let fast = c.record_bytes(Some(&bytes), now, ticket, failed, duration);
+                        prop_assert_eq!(&fast, &full_record(&c, &bytes, now, ticket, failed, duration));
+                        if let Some(w) = fast.1 { bytes = w; }
+                    }
+                }
+            }
+        }
     }
 
     proptest! {

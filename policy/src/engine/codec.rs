@@ -36,6 +36,10 @@ impl Writer {
 pub struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
+    /// A reader of untagged bytes (a part of a value).
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Reader(bytes)
+    }
     /// A reader past the tag, or None when the value is not of this layout.
     pub fn with_tag(bytes: &'a [u8], tag: u8) -> Option<Self> {
         match bytes.split_first() {
