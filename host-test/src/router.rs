@@ -44,6 +44,15 @@ impl Attempt {
     }
 }
 
+/// The request headers the router reads (and does not forward).
+const ROUTER_HEADERS: [&str; 5] = [
+    "x-envoy-retry-on",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-ms",
+];
+
 /// The router's instructions, read from the request headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -57,9 +66,19 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Reads the router headers and removes them from the map (they are not forwarded).
     pub fn take_from(headers: &mut HeaderMap) -> RetryPolicy {
+        let p = RetryPolicy::read(headers);
+        headers.retain(|(k, _)| !ROUTER_HEADERS.contains(&k.as_str()));
+        p
+    }
+
+    /// Reads the router headers, leaving the map as it is.
+    pub fn read(headers: &HeaderMap) -> RetryPolicy {
         let mut p = RetryPolicy::default();
         let mut max_retries = None;
-        headers.retain(|(k, v)| {
+        for (k, v) in headers {
+            if !ROUTER_HEADERS.contains(&k.as_str()) {
+                continue;
+            }
             let text = String::from_utf8_lossy(v);
             match k.as_str() {
                 "x-envoy-retry-on" => p.retry_on = text.split(',').map(|s| s.trim().to_string()).collect(),
@@ -68,11 +87,9 @@ impl RetryPolicy {
                 }
                 "x-envoy-max-retries" => max_retries = text.trim().parse().ok(),
                 "x-envoy-upstream-rq-per-try-timeout-ms" => p.per_try_timeout_ms = text.trim().parse().ok(),
-                "x-envoy-upstream-rq-timeout-ms" => p.timeout_ms = text.trim().parse().ok(),
-                _ => return true,
+                _ => p.timeout_ms = text.trim().parse().ok(),
             }
-            false
-        });
+        }
         p.max_retries = if p.retry_on.is_empty() { 0 } else { max_retries.unwrap_or(1) };
         p
     }
@@ -110,10 +127,21 @@ enum Outcome {
 /// jitter (seeded by the caller, for deterministic runs).
 pub fn route(
     headers: &mut HeaderMap,
+    attempt: impl FnMut(u32, u64, &HeaderMap) -> Attempt,
+    random: impl FnMut() -> u64,
+) -> Upstream {
+    let policy = RetryPolicy::take_from(headers);
+    route_with(&policy, headers, attempt, random)
+}
+
+/// [`route`] with the router's instructions already read; `headers` are what each attempt
+/// carries upstream.
+pub fn route_with(
+    policy: &RetryPolicy,
+    headers: &HeaderMap,
     mut attempt: impl FnMut(u32, u64, &HeaderMap) -> Attempt,
     mut random: impl FnMut() -> u64,
 ) -> Upstream {
-    let policy = RetryPolicy::take_from(headers);
     let overall = policy.timeout_ms.map(|ms| ms * NS_PER_MS);
     let mut elapsed = 0u64;
     let mut k = 0u32;

@@ -96,6 +96,22 @@ pub fn load_text(text: &str, file: &str, base: &Path) -> Result<Loaded, LoadErro
     Ok(Loaded { scenario, document, policy_source })
 }
 
+/// Appends `n` in decimal (the formatting machinery costs more, once per request).
+fn push_decimal(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
+}
+
 /// splitmix64: the scenario's own random numbers (upstream behaviour, arrivals, header values).
 #[derive(Debug, Clone)]
 struct Rng(u64);
@@ -261,6 +277,7 @@ pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run,
     let mut vms = Vec::new();
     for i in 0..scenario.workers as usize {
         let mut vm = host.vm(world.clone(), i).map_err(|e| format!("cannot start the filter: {e:#}"))?;
+        vm.set_keep_forwarded(false);
         let ok = vm.configure(&config).map_err(|e| format!("the filter trapped on configure: {e:#}"))?;
         if !ok {
             let logs = world.logs.borrow();
@@ -492,13 +509,15 @@ impl Sim<'_> {
         for (name, source) in &mut gen_.headers {
             headers.push((name.clone(), source.draw(&mut self.rng)));
         }
-        let ip = String::from_utf8_lossy(&gen_.client_ip.draw(&mut self.rng)).into_owned();
+        let mut source = String::from_utf8_lossy(&gen_.client_ip.draw(&mut self.rng)).into_owned();
+        source.push(':');
+        push_decimal(&mut source, 40_000 + connection % 20_000);
         let request = Request {
             method: gen_.traffic.method.clone(),
             authority: gen_.traffic.host.clone(),
             path: gen_.traffic.path.clone(),
             headers,
-            source: format!("{ip}:{}", 40_000 + connection % 20_000),
+            source,
         };
         let (upstream, timeout) = (gen_.upstream, gen_.traffic.timeout.map(|d| d.as_nanos()));
         // The next arrival of an open-loop generator.
@@ -528,13 +547,16 @@ impl Sim<'_> {
             tries: (0, 0),
         });
         let begun =
-            self.vm(vm)?.begin(&request).map_err(|e| format!("host error starting a stream: {e:#}"))?;
+            self.vm(vm)?.begin_owned(request).map_err(|e| format!("host error starting a stream: {e:#}"))?;
         match begun {
-            Begun::Forwarded { stream, mut headers } => {
+            Begun::Forwarded { stream } => {
+                let policy = router::RetryPolicy::read(self.vm(vm)?.forwarded(stream).unwrap_or(&Vec::new()));
                 let world = self.world.clone();
                 let rng = &mut self.rng;
-                let up = router::route(
-                    &mut headers,
+                // The simulated upstream does not look at the request.
+                let up = router::route_with(
+                    &policy,
+                    &Vec::new(),
                     |_, start, _| attempt(upstream.at(t + start), rng),
                     || world.next_random(),
                 );

@@ -1,7 +1,7 @@
 //! One simulated Envoy VM running the filter: the lifecycle calls in Envoy's order, and one HTTP
 //! stream at a time from request headers to `on_delete`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -117,7 +117,8 @@ impl Host {
             root: 0,
             failed: false,
             failure: FailurePolicy::default(),
-            bypassed: HashSet::new(),
+            bypassed: HashMap::new(),
+            keep_forwarded: true,
             reloads: 0,
             accepted: Vec::new(),
             factory: self.factory.clone(),
@@ -248,8 +249,8 @@ impl Upstream {
 /// Where a stream stands after [`Vm::begin`].
 #[derive(Debug, Clone)]
 pub enum Begun {
-    /// The filter let it through; `headers` are what the router receives.
-    Forwarded { stream: u32, headers: HeaderMap },
+    /// The filter let it through; [`Vm::forwarded`] has the headers the router receives.
+    Forwarded { stream: u32 },
     /// The filter answered it itself (complete it with no upstream outcome).
     Answered { stream: u32 },
     /// The VM has failed (fail closed): this is the answer.
@@ -286,8 +287,10 @@ pub struct Vm {
     /// A guest trap happened; what follows depends on `failure`.
     failed: bool,
     failure: FailurePolicy,
-    /// Streams that run without the filter (FAIL_OPEN after a trap).
-    bypassed: HashSet<u32>,
+    /// Streams that run without the filter (FAIL_OPEN after a trap), with their request headers.
+    bypassed: HashMap<u32, HeaderMap>,
+    /// Whether responses carry the request headers as forwarded ([`Response::forwarded`]).
+    keep_forwarded: bool,
     reloads: u32,
     /// The configuration the plugin last accepted (applied again by FAIL_RELOAD).
     accepted: Vec<u8>,
@@ -456,7 +459,8 @@ impl Vm {
         upstream: impl FnOnce(&HeaderMap) -> Upstream,
     ) -> Result<Response> {
         match self.begin(req)? {
-            Begun::Forwarded { stream, headers } => {
+            Begun::Forwarded { stream } => {
+                let headers = self.forwarded(stream).cloned().unwrap_or_default();
                 let up = upstream(&headers);
                 self.complete(stream, Some(up))
             }
@@ -465,9 +469,29 @@ impl Vm {
         }
     }
 
+    /// The request headers of a forwarded stream as the router receives them (the filter's
+    /// changes included).
+    pub fn forwarded(&self, stream: u32) -> Option<&HeaderMap> {
+        match self.bypassed.get(&stream) {
+            Some(headers) => Some(headers),
+            None => self.store.data().streams.get(&stream).map(|s| &s.request_headers),
+        }
+    }
+
+    /// Whether [`Response::forwarded`] is filled (on by default; simulations turn it off to
+    /// save a copy per request).
+    pub fn set_keep_forwarded(&mut self, keep: bool) {
+        self.keep_forwarded = keep;
+    }
+
     /// Starts a stream: context creation and request headers. The stream stays open (holding
     /// whatever the filter acquired) until [`Vm::complete`] or [`Vm::abort`], so streams overlap.
     pub fn begin(&mut self, req: &Request) -> Result<Begun> {
+        self.begin_owned(req.clone())
+    }
+
+    /// [`Vm::begin`] taking the request (no copies of its strings).
+    pub fn begin_owned(&mut self, req: Request) -> Result<Begun> {
         let bypass = self.failed && self.failure == FailurePolicy::FailOpen;
         if self.failed && self.failure == FailurePolicy::FailReload {
             // A reload that fails (a trap again, or the configuration refused) leaves the VM failed.
@@ -477,24 +501,25 @@ impl Vm {
             return Ok(Begun::Failed(fail_closed()));
         }
         let id = self.new_context();
-        let mut headers: HeaderMap = vec![
-            (":authority".into(), req.authority.clone().into_bytes()),
-            (":path".into(), req.path.clone().into_bytes()),
-            (":method".into(), req.method.clone().into_bytes()),
+        let mut headers: HeaderMap = Vec::with_capacity(4 + req.headers.len());
+        headers.extend([
+            (":authority".into(), req.authority.into_bytes()),
+            (":path".into(), req.path.into_bytes()),
+            (":method".into(), req.method.into_bytes()),
             (":scheme".into(), b"http".to_vec()),
-        ];
-        headers.extend(req.headers.iter().cloned());
+        ]);
+        headers.extend(req.headers);
         // The connection manager strips x-envoy-* headers sent by clients before filters run.
         headers.retain(|(k, _)| !k.starts_with("x-envoy-"));
         let n = headers.len() as i32;
         let stream = Stream {
             request_headers: headers,
-            info: StreamInfo { source_address: req.source.clone(), ..StreamInfo::default() },
+            info: StreamInfo { source_address: req.source, ..StreamInfo::default() },
             ..Stream::default()
         };
         if bypass {
-            self.bypassed.insert(id);
-            return Ok(Begun::Forwarded { stream: id, headers: stream.request_headers });
+            self.bypassed.insert(id, stream.request_headers);
+            return Ok(Begun::Forwarded { stream: id });
         }
         let state = self.store.data_mut();
         state.streams.insert(id, stream);
@@ -507,9 +532,7 @@ impl Vm {
             let st = self.stream_mut(id)?;
             match (st.local_reply.is_some(), action) {
                 (true, _) => Ok(Begun::Answered { stream: id }),
-                (false, ACTION_CONTINUE) => {
-                    Ok(Begun::Forwarded { stream: id, headers: st.request_headers.clone() })
-                }
+                (false, ACTION_CONTINUE) => Ok(Begun::Forwarded { stream: id }),
                 // Paused without a reply: Envoy would wait; nothing in breakwater resumes streams.
                 (false, _) => bail!("the filter paused the request without replying"),
             }
@@ -521,8 +544,8 @@ impl Vm {
                 match (self.failure, stream) {
                     // Fail open: the request goes on as the filter left it, without the filter.
                     (FailurePolicy::FailOpen, Some(stream)) => {
-                        self.bypassed.insert(id);
-                        Ok(Begun::Forwarded { stream: id, headers: stream.request_headers })
+                        self.bypassed.insert(id, stream.request_headers);
+                        Ok(Begun::Forwarded { stream: id })
                     }
                     _ => Ok(Begun::Failed(fail_closed())),
                 }
@@ -534,7 +557,7 @@ impl Vm {
     /// request (None for a request the filter answered itself), then response headers (where a
     /// local reply replaces the upstream's), `on_log`, `on_done`, `on_delete`.
     pub fn complete(&mut self, id: u32, upstream: Option<Upstream>) -> Result<Response> {
-        if self.bypassed.remove(&id) {
+        if self.bypassed.remove(&id).is_some() {
             return match upstream {
                 Some(up) => Ok(upstream_response(up)),
                 None => bail!("stream {id} was forwarded but completed without an upstream outcome"),
@@ -576,7 +599,7 @@ impl Vm {
     /// `on_delete` with no response code (as Envoy does on a client abort).
     /// Returns the counter increments the filter made for the stream.
     pub fn abort(&mut self, id: u32) -> Result<Vec<(u32, u64)>> {
-        if self.bypassed.remove(&id) {
+        if self.bypassed.remove(&id).is_some() {
             return Ok(Vec::new());
         }
         let ctx = id as i32;
@@ -594,16 +617,17 @@ impl Vm {
     /// the upstream side's outcome (recorded in the stream's info for `on_log`). Also returns the
     /// request headers as forwarded.
     fn response_for(&mut self, id: u32, upstream: Option<Upstream>) -> Result<(Response, Option<HeaderMap>)> {
+        let keep = self.keep_forwarded;
         let st = self.stream_mut(id)?;
         match (st.local_reply.take(), upstream) {
             (Some(reply), _) => Ok((reply_response(&reply), None)),
             (None, Some(up)) => {
-                let forwarded = st.request_headers.clone();
+                let forwarded = keep.then(|| st.request_headers.clone());
                 st.info.response_flags = up.flags;
                 st.info.code_details = up.details.clone();
                 st.info.attempt_count = up.attempts;
                 st.info.duration_ns = up.duration_ns;
-                Ok((upstream_response(up), Some(forwarded)))
+                Ok((upstream_response(up), forwarded))
             }
             (None, None) => bail!("stream {id} was forwarded but completed without an upstream outcome"),
         }
@@ -615,8 +639,8 @@ impl Vm {
         let ctx = id as i32;
         let st = self.stream_mut(id)?;
         st.info.response_code = Some(response.status);
-        st.response_headers = response.headers.clone();
-        let n = response.headers.len() as i32;
+        st.response_headers = std::mem::take(&mut response.headers);
+        let n = st.response_headers.len() as i32;
         self.store.data_mut().effective_context = id;
         self.guest(|s, e| e.on_response_headers.call(s, (ctx, n, 1)))?;
         let st = self.stream_mut(id)?;
@@ -641,7 +665,7 @@ impl Vm {
 /// A local reply as the client gets it. Like Envoy's `sendLocalReply`, a body without a
 /// content-type is sent as `text/plain` (found by the fidelity suite).
 fn reply_response(reply: &LocalReply) -> Response {
-    let mut headers: HeaderMap = vec![(":status".into(), reply.status.to_string().into_bytes())];
+    let mut headers: HeaderMap = vec![(":status".into(), status_bytes(reply.status))];
     headers.extend(reply.headers.iter().cloned());
     if !reply.body.is_empty() && !reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
         headers.push(("content-type".into(), b"text/plain".to_vec()));
@@ -656,8 +680,18 @@ fn reply_response(reply: &LocalReply) -> Response {
     }
 }
 
+/// A status code as header bytes, without the formatting machinery (once per response).
+fn status_bytes(status: u16) -> Vec<u8> {
+    if (100..1000).contains(&status) {
+        vec![b'0' + (status / 100) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8]
+    } else {
+        status.to_string().into_bytes()
+    }
+}
+
 fn upstream_response(up: Upstream) -> Response {
-    let mut headers: HeaderMap = vec![(":status".into(), up.status.to_string().into_bytes())];
+    let mut headers: HeaderMap = Vec::with_capacity(1 + up.headers.len());
+    headers.push((":status".into(), status_bytes(up.status)));
     headers.extend(up.headers);
     Response { status: up.status, headers, body: up.body, local: false, forwarded: None, counted: Vec::new() }
 }

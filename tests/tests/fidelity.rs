@@ -353,7 +353,9 @@ fn run_host(world: &Rc<World>, vm: &mut Vm, cases: &[(&str, Vec<Step>)], times: 
                 Hold(path, headers) => {
                     world.clock_ns.set(START_NS + at.next().unwrap().as_nanos() as u64);
                     match vm.begin(&host_request("GET", path, headers)).unwrap() {
-                        Begun::Forwarded { stream, headers } => held = Some((stream, headers)),
+                        Begun::Forwarded { stream } => {
+                            held = Some((stream, vm.forwarded(stream).cloned().unwrap_or_default()))
+                        }
                         other => panic!("the held request was not forwarded: {other:?}"),
                     }
                 }
