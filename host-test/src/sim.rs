@@ -274,8 +274,11 @@ struct Sim<'s> {
 pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run, String> {
     let world = World::new(START_NS, scenario.seed);
     let config = breakwater_policy::compile(document).into_bytes();
+    // As Envoy: the main thread's VM starts and configures first (it serves no requests), then
+    // one VM per worker.
+    let workers = scenario.workers as usize;
     let mut vms = Vec::new();
-    for i in 0..scenario.workers as usize {
+    for i in std::iter::once(workers).chain(0..workers) {
         let mut vm = host.vm(world.clone(), i).map_err(|e| format!("cannot start the filter: {e:#}"))?;
         vm.set_keep_forwarded(false);
         let ok = vm.configure(&config).map_err(|e| format!("the filter trapped on configure: {e:#}"))?;
@@ -284,7 +287,9 @@ pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run,
             let why: Vec<&str> = logs.iter().filter(|l| l.level >= 3).map(|l| l.message.as_str()).collect();
             return Err(format!("the filter rejected the policy: {}", why.join("; ")));
         }
-        vms.push(vm);
+        if i < workers {
+            vms.push(vm);
+        }
     }
     let policies: Vec<String> = document.policies.iter().map(|p| p.name.clone()).collect();
     let (counters, breaker_gauges) = metric_ids(&world, &policies);
