@@ -10,7 +10,7 @@ default:
     @just --list
 
 # The whole test suite: what CI runs.
-test: lint build-wasm test-rust validate-examples scenarios demo-smoke
+test: lint build-wasm test-rust validate-examples scenarios demo-smoke bench-smoke
     @echo "all checks passed"
 
 # Formatting and clippy (unwrap/expect/panic are denied outside tests).
@@ -59,9 +59,17 @@ demo-smoke: build-wasm
     cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
     scripts/demo --smoke
 
-# Throughput side by side: no filter, native local_ratelimit, no-op wasm, breakwater (about 1 min).
-bench-quick:
+# The benchmark suite (about 12 min): overhead, accuracy, scale, memory, host-test; rewrites the
+# generated part of BENCHMARKS.md. `./dev bench --only overhead,scale` runs some sections.
+bench *args: bench-tools
+    python3 bench/run.py {{args}}
+
+# Every benchmark section at toy sizes (about a minute), so the bench code cannot rot.
+bench-smoke: bench-tools
+    python3 bench/run.py --smoke
+
+# What the benchmarks run: wrk, the no-op filter (the V8 floor), the CLI and the load generator.
+bench-tools: build-wasm
     scripts/bootstrap --bench
-    cargo build --locked -q -p breakwater-cli
-    cargo build --locked -q --release -p breakwater-filter -p breakwater-bench-noop-filter --target wasm32-wasip1
-    python3 bench/quick_ratio.py --rounds 4 --seconds 4
+    cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
+    cargo build --locked -q --release -p breakwater-bench-noop-filter --target wasm32-wasip1

