@@ -88,12 +88,12 @@ impl RootContext for Root {
     }
 }
 
-/// Loads the plugin configuration with the same loader as `breakwater validate`.
+/// Loads the plugin configuration: the same reading and errors as `breakwater validate`, without
+/// positions and warnings (see `breakwater_policy::load_config`).
 pub fn load_plan(bytes: &[u8]) -> Result<Plan, Vec<String>> {
-    let loaded = breakwater_policy::load_bytes(bytes).map_err(|diags| {
-        diags.iter().filter(|d| d.is_error()).map(ToString::to_string).collect::<Vec<_>>()
-    })?;
-    Plan::new(&loaded.document).map_err(|e| vec![e])
+    let document = breakwater_policy::load_config(bytes)
+        .map_err(|diags| diags.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Plan::new(&document).map_err(|e| vec![e])
 }
 
 struct Http {

@@ -8,6 +8,16 @@ use crate::model::*;
 
 /// Checks a decoded document; returns errors and warnings.
 pub fn check(doc: &Document, spans: &SpanIndex) -> Vec<Diagnostic> {
+    check_with(doc, spans, true)
+}
+
+/// Errors only: skips the pairwise shadowing analysis (quadratic in the number of policies),
+/// whose findings are warnings that only an author can act on.
+pub fn check_errors(doc: &Document) -> Vec<Diagnostic> {
+    check_with(doc, &SpanIndex::default(), false)
+}
+
+fn check_with(doc: &Document, spans: &SpanIndex, warnings: bool) -> Vec<Diagnostic> {
     let mut out = Checks { spans, diags: Vec::new() };
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, p) in doc.policies.iter().enumerate() {
@@ -21,7 +31,8 @@ pub fn check(doc: &Document, spans: &SpanIndex) -> Vec<Diagnostic> {
             );
         }
         out.policy(p, &path);
-        for (j, earlier) in doc.policies.iter().enumerate().take(i) {
+        let earlier_policies = if warnings { i } else { 0 };
+        for (j, earlier) in doc.policies.iter().enumerate().take(earlier_policies) {
             if covers(&earlier.matcher, &p.matcher) {
                 out.warning(
                     &format!("{path}.match"),

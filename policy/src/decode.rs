@@ -69,23 +69,32 @@ pub fn decode(root: &Node) -> (Document, Vec<Diagnostic>, SpanIndex) {
     (doc, d.diags, d.spans)
 }
 
+/// As [`decode`], without the position index (the filter reports errors by path only, and
+/// indexing every path of a large document costs more than decoding it).
+pub fn decode_without_spans(root: &Node) -> (Document, Vec<Diagnostic>) {
+    let mut d = Decoder { skip_spans: true, ..Decoder::default() };
+    let doc = d.document(root);
+    (doc, d.diags)
+}
+
 /// The reading primitives (also used by [`crate::scenario`]): each reports its own errors at the
 /// path it is given and returns None for a value it could not read.
 #[derive(Default)]
 pub(crate) struct Decoder {
     pub(crate) diags: Vec<Diagnostic>,
     pub(crate) spans: SpanIndex,
+    pub(crate) skip_spans: bool,
 }
 
 /// The fields of one mapping, with unknown ones already reported.
 pub(crate) struct Fields<'n> {
     pub(crate) path: String,
-    pub(crate) entries: Vec<(String, &'n Node)>,
+    pub(crate) entries: Vec<(std::borrow::Cow<'n, str>, &'n Node)>,
 }
 
 impl<'n> Fields<'n> {
     pub(crate) fn get(&self, name: &str) -> Option<(&'n Node, String)> {
-        self.entries.iter().find(|(k, _)| k == name).map(|(_, n)| (*n, join(&self.path, name)))
+        self.entries.iter().find(|(k, _)| k.as_ref() == name).map(|(_, n)| (*n, join(&self.path, name)))
     }
 }
 
@@ -113,7 +122,9 @@ impl Decoder {
     }
 
     pub(crate) fn visit(&mut self, path: &str, node: &Node) {
-        self.spans.0.insert(path.to_string(), node.span);
+        if !self.skip_spans {
+            self.spans.0.insert(path.to_string(), node.span);
+        }
     }
 
     pub(crate) fn expected(&mut self, path: &str, node: &Node, what: &str) {
@@ -129,8 +140,12 @@ impl Decoder {
         };
         let mut fields = Fields { path: path.to_string(), entries: Vec::new() };
         for (key, value) in entries {
-            let name = key_text(key);
-            if known.contains(&name.as_str()) {
+            // Keys are almost always strings: borrow them rather than copy.
+            let name = match &key.value {
+                Value::Str(s) => std::borrow::Cow::Borrowed(s.as_str()),
+                _ => std::borrow::Cow::Owned(key_text(key)),
+            };
+            if known.contains(&name.as_ref()) {
                 fields.entries.push((name, value));
                 continue;
             }

@@ -43,6 +43,18 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
     finish(source::parse_bytes(bytes))
 }
 
+/// What the filter runs on every (re)configuration: the same reading and the same errors as
+/// [`load_bytes`], without positions and without the warnings (which only an author can act on,
+/// and which `breakwater validate` prints before a document is published). Several times faster
+/// on large documents.
+pub fn load_config(bytes: &[u8]) -> Result<Document, Vec<Diagnostic>> {
+    let root = source::parse_bytes(bytes)?;
+    let (document, mut diags) = decode::decode_without_spans(&root);
+    diags.extend(check::check_errors(&document));
+    diags.retain(Diagnostic::is_error);
+    if diags.is_empty() { Ok(document) } else { Err(diags) }
+}
+
 fn finish(root: Result<source::Node, Vec<Diagnostic>>) -> Result<Loaded, Vec<Diagnostic>> {
     let root = root?;
     let (document, mut diags, spans) = decode::decode(&root);

@@ -16,6 +16,8 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use crate::diag::{Diagnostic, Span};
 
+mod json;
+
 /// Deepest nesting accepted. Policy documents need about 6 levels.
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes (scalars, sequences, mappings, aliases expanded) accepted in one document.
@@ -79,7 +81,13 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
 }
 
 /// Reads one YAML (or JSON) document.
+///
+/// JSON (what Envoy hands the filter on every reconfiguration, and what `breakwater compile`
+/// prints) takes a fast path that builds the same tree as the YAML reader: see [`json`].
 pub fn parse(text: &str) -> Result<Node, Vec<Diagnostic>> {
+    if let Some(result) = json::parse(text) {
+        return result;
+    }
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     loop {
@@ -92,19 +100,25 @@ pub fn parse(text: &str) -> Result<Node, Vec<Diagnostic>> {
                 ]);
             }
         };
-        match builder.event(event, mark) {
+        match builder.event(event, span_of(&mark)) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Done) => break,
             Err(d) => return Err(vec![*d]),
         }
     }
-    let mut errors = builder.errors;
-    match builder.root {
-        Some(root) if errors.is_empty() => Ok(root),
-        Some(_) => Err(errors),
-        None => {
-            errors.push(Diagnostic::error("", "the document is empty").with_span(Span::new(1, 1)));
-            Err(errors)
+    builder.finish()
+}
+
+impl Builder {
+    fn finish(self) -> Result<Node, Vec<Diagnostic>> {
+        let mut errors = self.errors;
+        match self.root {
+            Some(root) if errors.is_empty() => Ok(root),
+            Some(_) => Err(errors),
+            None => {
+                errors.push(Diagnostic::error("", "the document is empty").with_span(Span::new(1, 1)));
+                Err(errors)
+            }
         }
     }
 }
@@ -137,8 +151,7 @@ struct Builder {
 type Fatal = Box<Diagnostic>;
 
 impl Builder {
-    fn event(&mut self, event: Event, mark: Marker) -> Result<Flow, Fatal> {
-        let span = span_of(&mark);
+    fn event(&mut self, event: Event, span: Span) -> Result<Flow, Fatal> {
         match event {
             Event::StreamEnd => return Ok(Flow::Done),
             Event::DocumentStart => {
@@ -247,8 +260,15 @@ impl Builder {
                             Diagnostic::error("", "mapping keys must be plain words").with_span(node.span),
                         ));
                     }
-                    let key = key_text(&node);
-                    if entries.iter().any(|(k, _)| key_text(k) == key) {
+                    let owned;
+                    let key = match &node.value {
+                        Value::Str(s) => s.as_str(),
+                        _ => {
+                            owned = key_text(&node);
+                            owned.as_str()
+                        }
+                    };
+                    if entries.iter().any(|(k, _)| same_key(k, key)) {
                         self.errors.push(
                             Diagnostic::error("", format!("duplicate key `{key}`")).with_span(node.span),
                         );
@@ -272,6 +292,14 @@ pub fn key_text(node: &Node) -> String {
         Value::Null => "null".to_string(),
         Value::Float(f) => f.to_string(),
         Value::Seq(_) | Value::Map(_) => String::new(),
+    }
+}
+
+/// `key_text(node) == key`, without building the text for string keys.
+fn same_key(node: &Node, key: &str) -> bool {
+    match &node.value {
+        Value::Str(s) => s == key,
+        _ => key_text(node) == key,
     }
 }
 

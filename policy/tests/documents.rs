@@ -101,3 +101,37 @@ fn merging_documents_rechecks_across_files() {
     assert_eq!(ok.document.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["api", "web"]);
     assert!(ok.document.debug_headers);
 }
+
+/// The filter's loader (no positions, no warnings) takes and refuses exactly what the CLI's does,
+/// with the same errors, on every shipped document and every invalid one.
+#[test]
+fn the_filters_loader_agrees_with_the_validator() {
+    let mut files = yaml_files(&policies_dir());
+    files.extend(yaml_files(&policies_dir().join("invalid")));
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let errors = |diags: Vec<Diagnostic>| {
+            let mut e: Vec<String> =
+                diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.path, d.message)).collect();
+            e.sort();
+            e
+        };
+        match (breakwater_policy::load_bytes(&bytes), breakwater_policy::load_config(&bytes)) {
+            (Ok(loaded), Ok(doc)) => {
+                assert_eq!(doc, loaded.document, "{}", file.display());
+                // And through the compiled JSON, which is what Envoy hands the filter.
+                let json = breakwater_policy::compile(&doc);
+                assert_eq!(
+                    breakwater_policy::load_config(json.as_bytes()).unwrap(),
+                    doc,
+                    "{}",
+                    file.display()
+                );
+            }
+            (Err(full), Err(fast)) => assert_eq!(errors(fast), errors(full), "{}", file.display()),
+            (full, fast) => {
+                panic!("{}: validator {:?}, filter {:?}", file.display(), full.is_ok(), fast.is_ok())
+            }
+        }
+    }
+}
