@@ -8,6 +8,8 @@ Sections (issue 7):
             (a) no filter, (b) native local_ratelimit that never empties, (c) a no-op Rust wasm
             filter, (d) breakwater with rate limit + concurrency limit + breaker + retry, nothing
             triggering, (e) breakwater rejecting ~90%.
+  calls     the price of each kind of proxy-wasm host call in Envoy, from the no-op filter
+            repeating it (where breakwater's per-request cost comes from).
   accuracy  admitted vs burst + rate·t at 2x/10x/50x overload, 2 workers, per key and in total,
             and Envoy's native local_ratelimit at the same loads.
   scale     1 / 100 / 1,000 policies, the matching one last: throughput ratio, on_configure parse
@@ -286,6 +288,26 @@ def overhead(bench, concurrency, rounds, seconds):
     return {"concurrency": concurrency, "variants": variants, "result": result, "rejected": rejected}
 
 
+CALLS = ("header", "set_header", "property", "shared_get", "shared_cas", "metric", "time")
+
+
+def calls(bench, rounds, seconds, repeat):
+    """The price of each kind of host call in Envoy: the no-op filter making `repeat` extra calls
+    of one kind per request, against the plain no-op filter, on a direct_response route."""
+    variants = {"floor": ""} | {c: f"{c} {repeat}" for c in CALLS}
+    envoys = {name: Envoy(bench, f"calls-{name}", bootstrap(DIRECT, [wasm_filter("noop", NOOP_WASM, conf)]), 1)
+              for name, conf in variants.items()}
+    for e in envoys.values():
+        e.wait_ready()
+        wrk(e.port, 1)
+    result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, "calls")
+    for e in envoys.values():
+        e.stop()
+    floor = result["floor"]["rps"]
+    return {"repeat": repeat, "floor": floor,
+            "cost_us": {c: (1 / result[c]["rps"] - 1 / floor) * 1e6 / repeat for c in CALLS}}
+
+
 def accuracy(bench, levels, seconds):
     rate, burst, keys = 100, 50, 2  # per key; 200/s in total
     doc = ("version: 1\npolicies:\n  - name: acc\n"
@@ -481,6 +503,21 @@ def report(r, args):
         targets.append((f"d/c ≥ 0.97 (concurrency {c})", f"{d / cc:.3f}", d / cc >= 0.97))
         targets.append((f"p99 d ≤ 1.1 × c (concurrency {c})", f"{p99:.2f}", p99 <= 1.1))
         targets.append((f"d/b, practical ceiling ≈ 0.87 (concurrency {c})", f"{d / b:.3f}", None))
+    if "calls" in r:
+        c = r["calls"]
+        out += ["### What a host call costs in Envoy (V8)", "",
+                f"The no-op filter making {c['repeat']} extra calls of one kind per request, against the plain "
+                f"no-op filter ({c['floor']:.0f} requests/s), Envoy --concurrency 1, direct_response route, "
+                f"{args.rounds} interleaved rounds of {args.seconds} s. Cost = extra CPU time per request / "
+                f"{c['repeat']} (the Envoy worker is saturated, so 1/throughput is its time per request).", "",
+                "| call | µs per call |", "|---|---:|"]
+        labels = {"header": "get a request header", "set_header": "set a request header",
+                  "property": "get a property (request.path)", "shared_get": "get shared data",
+                  "shared_cas": "get + CAS set shared data", "metric": "increment a counter",
+                  "time": "get the current time"}
+        for k, v in c["cost_us"].items():
+            out.append(f"| {labels[k]} | {v:.2f} |")
+        out.append("")
     if "accuracy" in r:
         a = r["accuracy"]
         out += ["### Rate-limit accuracy under overload", "",
@@ -576,10 +613,11 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="every section at toy sizes (seconds); report to stdout")
-    ap.add_argument("--only", help="comma-separated sections: overhead,accuracy,scale,memory,host")
+    ap.add_argument("--only", help="comma-separated sections: overhead,calls,accuracy,scale,memory,host")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--workers", help="Envoy --concurrency values for the overhead section (default 1,2)")
     args = ap.parse_args()
-    sections = (args.only or "overhead,accuracy,scale,memory,host").split(",")
+    sections = (args.only or "overhead,calls,accuracy,scale,memory,host").split(",")
     smoke = args.smoke
     args.rounds, args.seconds = (1, 1) if smoke else (4, 4)
     for f in (ENVOY, BREAKWATER_WASM, NOOP_WASM, CLI, LOADGEN):
@@ -590,7 +628,10 @@ def main():
     started = time.time()
     try:
         if "overhead" in sections:
-            results["overhead"] = [overhead(bench, c, args.rounds, args.seconds) for c in ((1,) if smoke else (1, 2))]
+            workers = [int(w) for w in args.workers.split(",")] if args.workers else ([1] if smoke else [1, 2])
+            results["overhead"] = [overhead(bench, c, args.rounds, args.seconds) for c in workers]
+        if "calls" in sections:
+            results["calls"] = calls(bench, args.rounds, args.seconds, 20)
         if "accuracy" in sections:
             results["accuracy"] = accuracy(bench, (2,) if smoke else (2, 10, 50), 2 if smoke else 10)
         if "scale" in sections:

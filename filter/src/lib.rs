@@ -110,7 +110,7 @@ impl Context for Http {}
 fn read_request(plan: &Plan) -> SimpleRequest {
     let pseudo = |name| host::request_header(name).unwrap_or_default();
     SimpleRequest {
-        authority: pseudo(":authority"),
+        authority: if plan.needs_host { pseudo(":authority") } else { String::new() },
         path: pseudo(":path"),
         method: pseudo(":method"),
         headers: plan
@@ -119,6 +119,19 @@ fn read_request(plan: &Plan) -> SimpleRequest {
             .filter_map(|n| host::request_header(n).map(|v| (n.clone(), v)))
             .collect(),
         client_ip: if plan.needs_client_ip { host::client_ip() } else { None },
+    }
+}
+
+/// The exchange for a response status; flags and details are read only when the status does
+/// not decide the outcome alone (property reads are the dearest host calls).
+fn outcome(status: Option<u16>) -> Exchange {
+    if Exchange::status_decides(status) {
+        return Exchange { status, flags: 0, details: String::new() };
+    }
+    Exchange {
+        status,
+        flags: host::property_u64(&["response", "flags"]).unwrap_or(0),
+        details: host::property_string(&["response", "code_details"]).unwrap_or_default(),
     }
 }
 
@@ -152,11 +165,7 @@ impl HttpContext for Http {
         let (Some(config), Some(admitted)) = (self.config.clone(), self.admitted.as_mut()) else {
             return Action::Continue;
         };
-        let exchange = Exchange {
-            status: host::response_header(":status").and_then(|s| s.parse().ok()),
-            flags: host::property_u64(&["response", "flags"]).unwrap_or(0),
-            details: host::property_string(&["response", "code_details"]).unwrap_or_default(),
-        };
+        let exchange = outcome(host::response_header(":status").and_then(|s| s.parse().ok()));
         let fallback = enforce::fallback(&config.plan, admitted, &exchange);
         config.metrics.count(admitted.policy, admitted.events.drain(..));
         self.exchange = Some(exchange);
@@ -172,13 +181,14 @@ impl HttpContext for Http {
 
     fn on_log(&mut self) {
         let (Some(config), Some(mut admitted)) = (self.config.clone(), self.admitted.take()) else { return };
-        let exchange = self.exchange.take().unwrap_or_else(|| Exchange {
-            status: host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok()),
-            flags: host::property_u64(&["response", "flags"]).unwrap_or(0),
-            details: host::property_string(&["response", "code_details"]).unwrap_or_default(),
+        let exchange = self.exchange.take().unwrap_or_else(|| {
+            outcome(host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok()))
         });
-        let attempts =
-            host::property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok());
+        let attempts = if admitted.may_have_retried() {
+            host::property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok())
+        } else {
+            None
+        };
         enforce::finish(&config.plan, &HostStore, &mut admitted, &exchange, attempts, host::now());
         config.metrics.count(admitted.policy, admitted.events.drain(..));
     }

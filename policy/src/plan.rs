@@ -80,6 +80,8 @@ pub struct Plan {
     pub header_names: Vec<String>,
     /// Whether any key uses the client IP (so the filter reads `source.address` only then).
     pub needs_client_ip: bool,
+    /// Whether any matcher or key reads the host (so the filter reads `:authority` only then).
+    pub needs_host: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -222,7 +224,9 @@ impl Plan {
         let mut policies = Vec::with_capacity(doc.policies.len());
         let mut header_names: Vec<String> = Vec::new();
         let mut needs_client_ip = false;
+        let mut needs_host = false;
         for p in &doc.policies {
+            needs_host |= p.matcher.hosts.is_some();
             let rate_limit = match &p.rate_limit {
                 Some(rl) => Some(
                     Gcra::try_new(rl.rate, rl.per.as_nanos(), rl.burst)
@@ -240,7 +244,8 @@ impl Plan {
                 match k {
                     KeyPart::Header(h) => header_names.push(h.clone()),
                     KeyPart::ClientIp => needs_client_ip = true,
-                    _ => {}
+                    KeyPart::Host => needs_host = true,
+                    KeyPart::Method | KeyPart::Path => {}
                 }
             }
             policies.push(PolicyPlan {
@@ -254,7 +259,7 @@ impl Plan {
         }
         header_names.sort();
         header_names.dedup();
-        Ok(Plan { debug_headers: doc.debug_headers, policies, header_names, needs_client_ip })
+        Ok(Plan { debug_headers: doc.debug_headers, policies, header_names, needs_client_ip, needs_host })
     }
 
     /// The first policy whose match holds.

@@ -307,3 +307,20 @@ fn outcomes_are_classified_from_status_flags_and_details() {
     let teapot = ex(418, 0, "via_upstream");
     assert!(teapot.is(Status(418)) && !teapot.is(Status5xx));
 }
+
+#[test]
+fn below_500_the_status_alone_decides_the_outcome() {
+    use breakwater_policy::model::Outcome;
+    // The filter skips reading flags and details for such responses: they must not matter.
+    let with = |status, flags, details: &str| Exchange { status, flags, details: details.into() };
+    for outcome in [Outcome::Timeout, Outcome::Reset, Outcome::ConnectFailure] {
+        assert!(!with(Some(200), u64::MAX, "response_timeout upstream_reset connection_failure").is(outcome));
+        assert!(!with(Some(429), u64::MAX, "").is(outcome));
+    }
+    assert!(Exchange::status_decides(Some(499)) && !Exchange::status_decides(Some(500)));
+    assert!(!Exchange::status_decides(None));
+    assert!(with(Some(504), flags::UPSTREAM_REQUEST_TIMEOUT, "").is(Outcome::Timeout));
+    assert!(with(Some(503), flags::UPSTREAM_CONNECTION_FAILURE, "").is(Outcome::ConnectFailure));
+    assert!(with(None, 0, "upstream_reset_before_response_started{remote_reset}").is(Outcome::Reset));
+    assert!(with(Some(200), 0, "").is(Outcome::Status(200)));
+}

@@ -19,7 +19,7 @@
 use std::hash::{Hash, Hasher};
 
 use super::Nanos;
-use super::store::{SharedStore, StoreError, update};
+use super::store::{SharedStore, StoreError, update, update_from};
 
 /// Slots probed per key.
 pub const PROBES: u32 = 4;
@@ -103,13 +103,13 @@ impl KeyTable {
                 },
             };
             if claimable {
-                return self.apply(store, &name, fp, now, kind, &mut decide, false);
+                return self.apply(store, &name, Some(current), fp, now, kind, &mut decide, false);
             }
         }
         match closest {
             Some((_, slot)) if kind.evictable() => {
                 let name = self.name(slot);
-                self.apply(store, &name, fp, now, kind, &mut decide, true)
+                self.apply(store, &name, None, fp, now, kind, &mut decide, true)
             }
             _ => Err(StoreError::Unavailable(format!(
                 "all {} probed slots of {} are busy",
@@ -125,6 +125,7 @@ impl KeyTable {
         &self,
         store: &S,
         name: &str,
+        read: Option<Option<(Vec<u8>, u32)>>,
         fp: u64,
         now: Nanos,
         kind: &impl SlotState,
@@ -135,7 +136,8 @@ impl KeyTable {
         S: SharedStore + ?Sized,
     {
         let mut lost = false;
-        let result = update(store, name, |bytes| {
+        // The probe's read of this slot starts the update: one read per request, not two.
+        let result = update_from(store, name, read, |bytes| {
             let (owner, state) = split(bytes);
             let mine = match owner {
                 Some(o) if o == fp => state,
@@ -227,6 +229,35 @@ mod tests {
         let (n, _) = t.update(&store, b"bob", 0, &k, bump).unwrap();
         assert_eq!(n, 1);
         assert_eq!(t.update(&store, b"alice", 0, &k, bump).unwrap().0, 4);
+    }
+
+    /// Counts reads and writes (in Envoy each shared-data read costs about 1.7 µs).
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        gets: std::cell::Cell<u32>,
+        sets: std::cell::Cell<u32>,
+    }
+    impl SharedStore for Counting {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.gets.set(self.gets.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            self.sets.set(self.sets.get() + 1);
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn an_update_reads_its_slot_once() {
+        let store = Counting::default();
+        let t = KeyTable::new("bw/p/rl".into(), 100);
+        let k = Counter { evictable: true };
+        for expected in 1..=3 {
+            assert_eq!(t.update(&store, b"alice", 0, &k, bump).unwrap().0, expected);
+        }
+        assert_eq!((store.gets.get(), store.sets.get()), (3, 3));
     }
 
     #[test]

@@ -57,13 +57,31 @@ pub trait SharedStore {
 pub fn update<S, T>(
     store: &S,
     key: &str,
+    decide: impl FnMut(Option<&[u8]>) -> (T, Option<Vec<u8>>),
+) -> Result<T, StoreError>
+where
+    S: SharedStore + ?Sized,
+{
+    update_from(store, key, None, decide)
+}
+
+/// As [`update`], starting from a value the caller has just read (`Some(read)`), which saves a
+/// read (in Envoy a shared-data read costs more than the write). A stale value only costs a CAS
+/// mismatch and a fresh read.
+pub fn update_from<S, T>(
+    store: &S,
+    key: &str,
+    mut read: Option<Option<(Vec<u8>, u32)>>,
     mut decide: impl FnMut(Option<&[u8]>) -> (T, Option<Vec<u8>>),
 ) -> Result<T, StoreError>
 where
     S: SharedStore + ?Sized,
 {
     for _ in 0..MAX_ATTEMPTS {
-        let current = store.get(key)?;
+        let current = match read.take() {
+            Some(current) => current,
+            None => store.get(key)?,
+        };
         let (result, new) = decide(current.as_ref().map(|(v, _)| v.as_slice()));
         let Some(new) = new else { return Ok(result) };
         let cas = current.map_or(CREATE_CAS, |(_, cas)| cas);
