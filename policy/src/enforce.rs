@@ -12,9 +12,9 @@ use crate::engine::Nanos;
 use crate::engine::breaker::{Admission, Phase, Ticket, Transition};
 use crate::engine::budget::Reservation;
 use crate::engine::keys::{KeyTable, SlotRef, SlotState};
-use crate::engine::rate_limit::{Gcra, RateDecision, decode_tat};
+use crate::engine::rate_limit::{RateDecision, decode_tat};
 use crate::engine::store::{SharedStore, StoreError, update};
-use crate::engine::{NANOS_PER_SEC, concurrency};
+use crate::engine::{NANOS_PER_SEC, concurrency, text};
 use crate::model::{FailureMode, KeyPart, Outcome, Response};
 use crate::plan::{Plan, PolicyPlan, RequestView};
 
@@ -236,10 +236,18 @@ fn seconds_ceil(ns: Nanos) -> u64 {
 }
 
 /// The IETF RateLimit / RateLimit-Policy fields for a decision.
-fn rate_limit_headers(name: &str, g: &Gcra, d: &RateDecision) -> Vec<(String, String)> {
+fn rate_limit_headers(p: &PolicyPlan, d: &RateDecision) -> Vec<(String, String)> {
+    let name = p.name();
+    let mut value = String::with_capacity(name.len() + 30);
+    value.push('"');
+    value.push_str(name);
+    value.push_str("\";r=");
+    text::push_u64(&mut value, d.remaining);
+    value.push_str(";t=");
+    text::push_u64(&mut value, seconds_ceil(d.reset_after));
     vec![
-        ("ratelimit-policy".to_string(), g.policy_header(name)),
-        ("ratelimit".to_string(), format!("\"{name}\";r={};t={}", d.remaining, seconds_ceil(d.reset_after))),
+        ("ratelimit-policy".to_string(), p.headers.rate_limit_policy.clone()),
+        ("ratelimit".to_string(), value),
     ]
 }
 
@@ -298,10 +306,10 @@ fn check_limits<S: SharedStore + ?Sized>(
         let key = compose_key(&rl.key, req);
         match p.state.rate_limit.update(store, &key, now, &RateSlots, |s| g.decide_bytes(s, now)) {
             Ok((d, _)) => {
-                let headers = rate_limit_headers(p.name(), g, &d);
+                let headers = rate_limit_headers(p, &d);
                 if !d.allowed {
                     let mut extra =
-                        vec![("retry-after".to_string(), seconds_ceil(d.retry_after).max(1).to_string())];
+                        vec![("retry-after".to_string(), text::u64_text(seconds_ceil(d.retry_after).max(1)))];
                     extra.extend(headers);
                     return Some((Decision::RateLimited, reply(&rl.response, extra)));
                 }
@@ -348,8 +356,10 @@ fn check_limits<S: SharedStore + ?Sized>(
                     Admission::Admitted(ticket) => a.ticket = Some(ticket),
                     Admission::Rejected { retry_after } => {
                         release(store, a);
-                        let extra =
-                            vec![("retry-after".to_string(), seconds_ceil(retry_after).max(1).to_string())];
+                        let extra = vec![(
+                            "retry-after".to_string(),
+                            text::u64_text(seconds_ceil(retry_after).max(1)),
+                        )];
                         return Some((Decision::CircuitOpen, reply(&cb.response, extra)));
                     }
                 }
@@ -386,15 +396,14 @@ fn router_headers<S: SharedStore + ?Sized>(
                 }
                 a.reservation = Some(res);
                 if retriable {
-                    let on: Vec<&str> = r.retry_on.iter().map(|o| o.as_str()).collect();
-                    h.push(("x-envoy-retry-on", on.join(",")));
-                    h.push(("x-envoy-max-retries", res.granted.to_string()));
-                    if !r.statuses.is_empty() {
-                        let codes: Vec<String> = r.statuses.iter().map(u16::to_string).collect();
-                        h.push(("x-envoy-retriable-status-codes", codes.join(",")));
+                    let fixed = &p.headers;
+                    h.push(("x-envoy-retry-on", fixed.retry_on.clone()));
+                    h.push(("x-envoy-max-retries", text::u64_text(u64::from(res.granted))));
+                    if let Some(codes) = &fixed.retriable_status_codes {
+                        h.push(("x-envoy-retriable-status-codes", codes.clone()));
                     }
-                    if let Some(t) = r.per_try_timeout {
-                        h.push(("x-envoy-upstream-rq-per-try-timeout-ms", t.as_millis().to_string()));
+                    if let Some(ms) = &fixed.per_try_timeout_ms {
+                        h.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms.clone()));
                     }
                 }
             }
@@ -402,8 +411,8 @@ fn router_headers<S: SharedStore + ?Sized>(
             Err(_) => a.events.push(Event::StateUnavailable),
         }
     }
-    if let Some(t) = p.policy.timeout {
-        h.push(("x-envoy-upstream-rq-timeout-ms", t.as_millis().to_string()));
+    if let Some(ms) = &p.headers.timeout_ms {
+        h.push(("x-envoy-upstream-rq-timeout-ms", ms.clone()));
     }
     h
 }

@@ -91,6 +91,8 @@ pub struct PolicyPlan {
     pub rate_limit: Option<Gcra>,
     pub breaker: Option<BreakerConfig>,
     pub budget: Option<RetryBudget>,
+    /// Header values that do not change between requests, rendered once.
+    pub headers: FixedHeaders,
     /// Where this policy's state lives in shared data (computed once, not per request).
     pub state: StateKeys,
 }
@@ -119,6 +121,37 @@ impl StateKeys {
             ),
             breaker: format!("bw/{name}/cb"),
             budget: format!("bw/{name}/budget"),
+        }
+    }
+}
+
+/// A policy's header values that are the same for every request, rendered once at configuration
+/// rather than formatted per request.
+#[derive(Debug, Clone, Default)]
+pub struct FixedHeaders {
+    /// `ratelimit-policy` (empty without a rate limit).
+    pub rate_limit_policy: String,
+    /// `x-envoy-retry-on` (empty without retries).
+    pub retry_on: String,
+    pub retriable_status_codes: Option<String>,
+    pub per_try_timeout_ms: Option<String>,
+    pub timeout_ms: Option<String>,
+}
+
+impl FixedHeaders {
+    fn new(p: &Policy, rate_limit: Option<&Gcra>) -> Self {
+        let joined = |items: Vec<String>| items.join(",");
+        let retry = p.retry.as_ref();
+        FixedHeaders {
+            rate_limit_policy: rate_limit.map(|g| g.policy_header(&p.name)).unwrap_or_default(),
+            retry_on: retry
+                .map(|r| joined(r.retry_on.iter().map(|o| o.as_str().to_string()).collect()))
+                .unwrap_or_default(),
+            retriable_status_codes: retry
+                .filter(|r| !r.statuses.is_empty())
+                .map(|r| joined(r.statuses.iter().map(u16::to_string).collect())),
+            per_try_timeout_ms: retry.and_then(|r| r.per_try_timeout).map(|t| t.as_millis().to_string()),
+            timeout_ms: p.timeout.map(|t| t.as_millis().to_string()),
         }
     }
 }
@@ -254,6 +287,7 @@ impl Plan {
                 rate_limit,
                 breaker: p.circuit_breaker.as_ref().map(BreakerConfig::from_model),
                 budget: p.retry.as_ref().map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
+                headers: FixedHeaders::new(p, rate_limit.as_ref()),
                 state: StateKeys::new(p),
             });
         }

@@ -29,6 +29,9 @@ enum Call {
     Metric,
     /// `get_current_time`.
     Time,
+    /// Sets breakwater's router headers for 2 retries on 5xx and a 5 s timeout (count ignored):
+    /// what Envoy's router costs when a filter asks it to retry, without any policy logic.
+    Router,
 }
 
 struct Root {
@@ -53,9 +56,11 @@ impl RootContext for Root {
             Some("shared_cas") => Call::SharedCas,
             Some("metric") => Call::Metric,
             Some("time") => Call::Time,
+            Some("router") => Call::Router,
             Some(_) => return false,
         };
         let Some(count) = words.next().and_then(|n| n.parse().ok()) else { return false };
+        let count = if matches!(call, Call::Router) { 1 } else { count };
         let metric = hostcalls::define_metric(MetricType::Counter, "bench.calls").unwrap_or(0);
         let _ = hostcalls::set_shared_data("bench", Some(b"01234567"), None);
         self.extra = Some((call, count, metric));
@@ -104,6 +109,15 @@ impl HttpContext for Noop {
                     }
                     Call::Time => {
                         let _ = hostcalls::get_current_time();
+                    }
+                    Call::Router => {
+                        for (name, value) in [
+                            ("x-envoy-retry-on", "5xx"),
+                            ("x-envoy-max-retries", "2"),
+                            ("x-envoy-upstream-rq-timeout-ms", "5000"),
+                        ] {
+                            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                        }
                     }
                 }
             }

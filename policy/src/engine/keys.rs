@@ -61,7 +61,11 @@ impl KeyTable {
     }
 
     fn name(&self, slot: u32) -> String {
-        format!("{}/{slot}", self.prefix)
+        let mut name = String::with_capacity(self.prefix.len() + 11);
+        name.push_str(&self.prefix);
+        name.push('/');
+        super::text::push_u64(&mut name, u64::from(slot));
+        name
     }
 
     fn probes(&self, fp: u64) -> impl Iterator<Item = u32> + '_ {

@@ -15,6 +15,7 @@ pub mod concurrency;
 pub mod keys;
 pub mod rate_limit;
 pub mod store;
+pub mod text;
 
 /// Nanoseconds on the host's clock (proxy-wasm `get_current_time_nanoseconds`).
 pub type Nanos = u64;
