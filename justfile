@@ -59,7 +59,7 @@ demo-smoke: build-wasm
     cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
     scripts/demo --smoke
 
-# The benchmark suite (about 12 min): overhead, accuracy, scale, memory, host-test; rewrites the
+# The benchmark suite (about 11 min): overhead, features, calls, accuracy, scale, memory, host-test; rewrites the
 # generated part of BENCHMARKS.md. `./dev bench --only overhead,scale` runs some sections.
 bench *args: bench-tools
     python3 bench/run.py {{args}}

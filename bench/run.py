@@ -254,7 +254,7 @@ def interleave(targets, rounds, seconds, label):
 # Sections
 
 
-def overhead(bench, concurrency, rounds, seconds):
+def overhead(bench, concurrency, rounds, seconds, baseline=None):
     up = Envoy(bench, f"upstream-c{concurrency}", bootstrap(DIRECT, []), concurrency).wait_ready()
     compiled = compile_policy(policy_doc())
     variants = {
@@ -263,6 +263,10 @@ def overhead(bench, concurrency, rounds, seconds):
         "c": ("no-op Rust wasm filter", [wasm_filter("noop", NOOP_WASM, "")]),
         "d": ("breakwater, nothing triggering", [wasm_filter("breakwater", BREAKWATER_WASM, compiled)]),
     }
+    if baseline:
+        # An earlier build of the filter, same policy: before/after measured side by side.
+        variants["d0"] = (f"breakwater as built from {os.path.basename(baseline)}",
+                          [wasm_filter("breakwater", baseline, compiled)])
     envoys = {k: Envoy(bench, f"{k}-c{concurrency}", bootstrap(PROXIED, f, up.port), concurrency)
               for k, (_, f) in variants.items()}
     for e in envoys.values():
@@ -531,6 +535,9 @@ def report(r, args):
         p99 = res["d"]["p99"] / res["c"]["p99"]
         out += ["", f"Ratios: b/a {b / a:.3f} · c/a {cc / a:.3f} · **d/b {d / b:.3f}** · **d/c {d / cc:.3f}** · "
                 f"**e/b {e / b:.3f}** · p99 d/c {p99:.2f} · (e) rejected {o['rejected']:.1%}", ""]
+        if "d0" in res:
+            out += [f"Before/after: d / d0 = **{d / res['d0']['rps']:.3f}** (p99 {res['d']['p99']:.2f} vs "
+                    f"{res['d0']['p99']:.2f} ms).", ""]
         targets.append((f"d/c ≥ 0.97 (concurrency {c})", f"{d / cc:.3f}", d / cc >= 0.97))
         targets.append((f"p99 d ≤ 1.1 × c (concurrency {c})", f"{p99:.2f}", p99 <= 1.1))
         targets.append((f"d/b, practical ceiling ≈ 0.87 (concurrency {c})", f"{d / b:.3f}", None))
@@ -657,6 +664,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="every section at toy sizes (seconds); report to stdout")
     ap.add_argument("--only", help="comma-separated sections: overhead,features,calls,accuracy,scale,memory,host")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--baseline", help="an earlier breakwater_filter.wasm to run as variant d0 beside d")
     ap.add_argument("--workers", help="Envoy --concurrency values for the overhead section (default 1,2)")
     args = ap.parse_args()
     sections = (args.only or "overhead,features,calls,accuracy,scale,memory,host").split(",")
@@ -671,7 +679,7 @@ def main():
     try:
         if "overhead" in sections:
             workers = [int(w) for w in args.workers.split(",")] if args.workers else ([1] if smoke else [1, 2])
-            results["overhead"] = [overhead(bench, c, args.rounds, args.seconds) for c in workers]
+            results["overhead"] = [overhead(bench, c, args.rounds, args.seconds, args.baseline) for c in workers]
         if "features" in sections:
             results["features"] = features(bench, args.rounds, args.seconds)
         if "calls" in sections:
