@@ -66,9 +66,9 @@ def policy_doc(n=1, last_name="bench", last_prefix="/", body=NOTHING_TRIGGERS, d
     return "\n".join(lines) + "\n"
 
 
-def compile_policy(text):
-    return subprocess.run([CLI, "compile", "/dev/stdin"], input=text, capture_output=True, text=True,
-                          check=True).stdout.strip()
+def compile_policy(text, compact=False):
+    return subprocess.run([CLI, "compile", "/dev/stdin"] + (["--compact"] if compact else []), input=text,
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def free_port():
@@ -224,6 +224,14 @@ def wrk(port, seconds, connections=16, path="/"):
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "requests": int(total.group(1))}
 
 
+SMOKE = False  # set by --smoke: fewer variants, no warm-up rounds
+
+
+def warm_up(port, path="/"):
+    if not SMOKE:
+        wrk(port, 1, path=path)
+
+
 def loadgen(port, **flags):
     args = [LOADGEN, "--port", str(port)]
     for k, v in flags.items():
@@ -280,7 +288,7 @@ def overhead(bench, concurrency, rounds, seconds, baseline=None):
     envoys["e"] = Envoy(bench, f"e-c{concurrency}", bootstrap(
         PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, e_policy)], up.port), concurrency).wait_ready()
     for e in envoys.values():
-        wrk(e.port, 1)  # warm the JIT and the connection pools
+        warm_up(e.port)  # the JIT and the connection pools
     result = interleave({k: (e.port, "/") for k, e in envoys.items()}, rounds, seconds, f"overhead c{concurrency}")
     for k in "abcd":
         if result[k]["non2xx"]:
@@ -308,13 +316,15 @@ def features(bench, rounds, seconds):
     filters = {"no-op": wasm_filter("noop", NOOP_WASM, ""),
                "no-op setting the same router headers": wasm_filter("noop", NOOP_WASM, "router 1")}
     for name, body in FEATURES.items():
+        if SMOKE and name != "rate_limit":
+            continue
         filters[name] = wasm_filter("breakwater", BREAKWATER_WASM, compile_policy(policy_doc(body=body)))
     filters["all (d)"] = wasm_filter("breakwater", BREAKWATER_WASM, compile_policy(policy_doc()))
     envoys = {name: Envoy(bench, "features-" + re.sub(r"\W+", "-", name), bootstrap(PROXIED, [f], up.port), 1)
               for name, f in filters.items()}
     for e in envoys.values():
         e.wait_ready()
-        wrk(e.port, 1)
+        warm_up(e.port)
     result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, "features")
     for e in list(envoys.values()) + [up]:
         e.stop()
@@ -329,18 +339,18 @@ CALLS = ("header", "set_header", "property", "shared_get", "shared_cas", "metric
 def calls(bench, rounds, seconds, repeat):
     """The price of each kind of host call in Envoy: the no-op filter making `repeat` extra calls
     of one kind per request, against the plain no-op filter, on a direct_response route."""
-    variants = {"floor": ""} | {c: f"{c} {repeat}" for c in CALLS}
+    variants = {"floor": ""} | {c: f"{c} {repeat}" for c in (CALLS[:1] if SMOKE else CALLS)}
     envoys = {name: Envoy(bench, f"calls-{name}", bootstrap(DIRECT, [wasm_filter("noop", NOOP_WASM, conf)]), 1)
               for name, conf in variants.items()}
     for e in envoys.values():
         e.wait_ready()
-        wrk(e.port, 1)
+        warm_up(e.port)
     result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, "calls")
     for e in envoys.values():
         e.stop()
     floor = result["floor"]["rps"]
     return {"repeat": repeat, "floor": floor,
-            "cost_us": {c: (1 / result[c]["rps"] - 1 / floor) * 1e6 / repeat for c in CALLS}}
+            "cost_us": {c: (1 / result[c]["rps"] - 1 / floor) * 1e6 / repeat for c in variants if c != "floor"}}
 
 
 def accuracy(bench, levels, seconds):
@@ -395,12 +405,12 @@ def scale(bench, counts, rounds, seconds, publishes):
     up = Envoy(bench, "scale-upstream", bootstrap(DIRECT, []), 1).wait_ready()
     envoys = {}
     for n in counts:
-        compiled = compile_policy(policy_doc(n, last_prefix="/last/"))
+        compiled = compile_policy(policy_doc(n, last_prefix="/last/"), compact=True)
         envoys[n] = Envoy(bench, f"scale-{n}", bootstrap(
             PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, compiled)], up.port), 1)
     for e in envoys.values():
         e.wait_ready()
-        wrk(e.port, 1, path="/last/x")
+        warm_up(e.port, "/last/x")
     result = interleave({n: (e.port, "/last/x") for n, e in envoys.items()}, rounds, seconds, "scale")
     parse = {}
     for n, e in envoys.items():
@@ -593,7 +603,8 @@ def report(r, args):
         counts = list(s["result"])
         out += ["### Scale with policies (the matching policy is last)", "",
                 f"Envoy --concurrency 1, proxied route, wrk -t1 -c16, {args.rounds} interleaved rounds of "
-                f"{args.seconds} s. Parse time: the filter's own log line (median over Envoy's VMs).", "",
+                f"{args.seconds} s. Configuration in the compact form `breakwater publish` sends. Parse time: the "
+                "filter's own log line (median over Envoy's VMs).", "",
                 "| policies | requests/s | p99 ms | cost per request vs 1 policy | parse ms | metrics define ms | "
                 "publish-to-effect ms (median / max) |", "|---:|---:|---:|---:|---:|---:|---:|"]
         base = s["result"][counts[0]]["rps"]
@@ -669,6 +680,8 @@ def main():
     args = ap.parse_args()
     sections = (args.only or "overhead,features,calls,accuracy,scale,memory,host").split(",")
     smoke = args.smoke
+    global SMOKE
+    SMOKE = smoke
     args.rounds, args.seconds = (1, 1) if smoke else (4, 4)
     for f in (ENVOY, BREAKWATER_WASM, NOOP_WASM, CLI, LOADGEN):
         if not os.path.exists(f):

@@ -41,14 +41,17 @@ enum Command {
         #[arg(long)]
         wasm: Option<PathBuf>,
     },
-    /// Print the JSON the filter receives as plugin configuration (defaults filled in). Several
-    /// files are merged, policies in the order given.
+    /// Print the JSON the filter receives as plugin configuration (defaults filled in, or left out
+    /// with --compact). Several files are merged, policies in the order given.
     Compile {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Indent the JSON.
         #[arg(long)]
         pretty: bool,
+        /// Leave out every field whose value is its default (what `publish` sends; same document).
+        #[arg(long)]
+        compact: bool,
     },
     /// Validate and compile a policy, then write it as the next version of an ECDS resource file
     /// (atomically: Envoy applies it without a restart). Several files are merged in order.
@@ -198,7 +201,7 @@ fn main() -> ExitCode {
             print!("{}", breakwater_policy::schema::json_schema());
             ExitCode::SUCCESS
         }
-        Command::Compile { files, pretty } => compile(&files, pretty),
+        Command::Compile { files, pretty, compact } => compile(&files, pretty, compact),
         Command::Test { scenarios, json, wasm } => test(&scenarios, json, wasm.as_deref()),
         Command::Publish { files, ecds, wasm, name, vm_id } => publish(&files, &ecds, wasm, name, vm_id),
         Command::Render(r) => render(r),
@@ -321,9 +324,10 @@ fn test(files: &[PathBuf], json: bool, wasm: Option<&Path>) -> ExitCode {
     }
 }
 
-fn compile(files: &[PathBuf], pretty: bool) -> ExitCode {
+fn compile(files: &[PathBuf], pretty: bool, compact: bool) -> ExitCode {
     let Some(doc) = load_all(files) else { return ExitCode::FAILURE };
-    let json = breakwater_policy::compile(&doc);
+    let json =
+        if compact { breakwater_policy::compile_compact(&doc) } else { breakwater_policy::compile(&doc) };
     let json = match (pretty, serde_json::from_str::<serde_json::Value>(&json)) {
         (true, Ok(v)) => serde_json::to_string_pretty(&v).unwrap_or(json),
         _ => json,
@@ -390,7 +394,7 @@ fn publish(files: &[PathBuf], ecds_path: &Path, wasm: PathBuf, name: String, vm_
         }
     };
     let settings = ecds::FilterSettings { name, vm_id, wasm };
-    match ecds::publish(ecds_path, &settings, &breakwater_policy::compile(&doc)) {
+    match ecds::publish(ecds_path, &settings, &breakwater_policy::compile_compact(&doc)) {
         Ok(version) => {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             emit(&format!(

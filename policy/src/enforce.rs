@@ -258,7 +258,7 @@ pub fn admit<S: SharedStore + ?Sized>(
     req: &impl RequestView,
     now: Nanos,
 ) -> Option<Admitted> {
-    let (index, p) = plan.policies.iter().enumerate().find(|(_, p)| p.matcher.matches(req))?;
+    let (index, p) = plan.first_match(req)?;
     let mut a = Admitted {
         policy: index,
         decision: Decision::Allowed,

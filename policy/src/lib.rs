@@ -120,3 +120,74 @@ pub fn compile(doc: &Document) -> String {
     // Serializing plain data structs with string keys cannot fail.
     serde_json::to_string(doc).unwrap_or_default()
 }
+
+/// As [`compile`], leaving out every field whose value is its default: the same document in a
+/// fraction of the bytes (a policy with every block goes from about 850 bytes to about 200). This
+/// is what `breakwater publish` sends. Envoy parses the ECDS resource, and the filter parses its
+/// configuration on the main thread and every worker, so the size sets the time a change takes
+/// to apply.
+///
+/// Each field is left out only if deserializing the policy without it gives the same policy. The
+/// whole result must then load through [`load_config`] to exactly `doc`, or the full form is
+/// returned instead.
+pub fn compile_compact(doc: &Document) -> String {
+    use serde_json::Value;
+    let full = compile(doc);
+    let Ok(mut value) = serde_json::to_value(doc) else { return full };
+    if let Value::Object(d) = &mut value {
+        if d.get("debug_headers") == Some(&Value::Bool(false)) {
+            d.remove("debug_headers");
+        }
+        if let Some(Value::Array(policies)) = d.get_mut("policies") {
+            for (p, model) in policies.iter_mut().zip(&doc.policies) {
+                strip_defaults(p, model);
+            }
+        }
+    }
+    let compact = value.to_string();
+    match load_config(compact.as_bytes()) {
+        Ok(again) if &again == doc => compact,
+        _ => full,
+    }
+}
+
+/// Removes the fields of one serialized policy that deserialize back to the same value when
+/// absent: a whole object first (a default `response`), else its fields one by one.
+fn strip_defaults(policy: &mut serde_json::Value, model: &model::Policy) {
+    fn paths(v: &serde_json::Value, prefix: &[String], out: &mut Vec<Vec<String>>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, child) in map {
+                let mut path = prefix.to_vec();
+                path.push(k.clone());
+                out.push(path.clone());
+                paths(child, &path, out);
+            }
+        }
+    }
+    fn parent<'v>(
+        v: &'v mut serde_json::Value,
+        path: &[String],
+    ) -> Option<&'v mut serde_json::Map<String, serde_json::Value>> {
+        let mut at = v;
+        for k in path {
+            at = at.as_object_mut()?.get_mut(k)?;
+        }
+        at.as_object_mut()
+    }
+    let mut candidates = Vec::new();
+    paths(policy, &[], &mut candidates);
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    for path in candidates {
+        if removed.iter().any(|r| path.starts_with(r)) {
+            continue;
+        }
+        let Some((field, at)) = path.split_last() else { continue };
+        let Some(value) = parent(policy, at).and_then(|m| m.remove(field)) else { continue };
+        let same = serde_json::from_value::<model::Policy>(policy.clone()).is_ok_and(|p| &p == model);
+        if same {
+            removed.push(path);
+        } else if let Some(m) = parent(policy, at) {
+            m.insert(field.clone(), value);
+        }
+    }
+}

@@ -82,6 +82,61 @@ pub struct Plan {
     pub needs_client_ip: bool,
     /// Whether any matcher or key reads the host (so the filter reads `:authority` only then).
     pub needs_host: bool,
+    index: PolicyIndex,
+}
+
+/// Which policies can match a request, by the first segment of its path, so that a request is
+/// not compared with every policy of a large document (1,000 policies scanned in order cost more
+/// than the rest of the filter's decision).
+///
+/// A policy whose path names a first segment (an exact path, or a prefix such as `/orders/` that
+/// closes its first segment with `/`) can only match requests with that segment; every other
+/// policy is tried for all requests. Candidates are tried in document order, so the first match is
+/// the one a scan in order finds (a property test checks).
+#[derive(Debug, Clone, Default)]
+struct PolicyIndex {
+    by_segment: std::collections::HashMap<String, Vec<usize>>,
+    everywhere: Vec<usize>,
+}
+
+/// The first segment of an absolute path (`/orders/7?x` → `orders`), without the query.
+fn first_segment(path: &str) -> Option<&str> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let rest = path.strip_prefix('/')?;
+    Some(rest.split_once('/').map_or(rest, |(seg, _)| seg))
+}
+
+impl PolicyIndex {
+    fn new(policies: &[PolicyPlan]) -> Self {
+        let mut index = PolicyIndex::default();
+        for (i, p) in policies.iter().enumerate() {
+            let segment = match &p.matcher.path {
+                Some(PathPattern::Exact(e)) => first_segment(e),
+                Some(PathPattern::Prefix(prefix)) => {
+                    prefix.strip_prefix('/').and_then(|rest| rest.split_once('/')).map(|(seg, _)| seg)
+                }
+                None => None,
+            };
+            match segment {
+                Some(seg) => index.by_segment.entry(seg.to_string()).or_default().push(i),
+                None => index.everywhere.push(i),
+            }
+        }
+        index
+    }
+
+    /// The policies that can match, in document order.
+    fn candidates<'a>(&'a self, path: &str) -> impl Iterator<Item = usize> + 'a {
+        let listed: &[usize] =
+            first_segment(path).and_then(|s| self.by_segment.get(s)).map_or(&[], Vec::as_slice);
+        let (mut a, mut b) = (self.everywhere.iter().copied().peekable(), listed.iter().copied().peekable());
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x < y => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -293,12 +348,67 @@ impl Plan {
         }
         header_names.sort();
         header_names.dedup();
-        Ok(Plan { debug_headers: doc.debug_headers, policies, header_names, needs_client_ip, needs_host })
+        let index = PolicyIndex::new(&policies);
+        Ok(Plan {
+            debug_headers: doc.debug_headers,
+            policies,
+            header_names,
+            needs_client_ip,
+            needs_host,
+            index,
+        })
     }
 
     /// The first policy whose match holds.
     pub fn select(&self, req: &impl RequestView) -> Option<&PolicyPlan> {
-        self.policies.iter().find(|p| p.matcher.matches(req))
+        self.first_match(req).map(|(_, p)| p)
+    }
+
+    /// The first policy whose match holds, with its index in the document.
+    pub fn first_match(&self, req: &impl RequestView) -> Option<(usize, &PolicyPlan)> {
+        self.index
+            .candidates(req.path())
+            .filter_map(|i| self.policies.get(i).map(|p| (i, p)))
+            .find(|(_, p)| p.matcher.matches(req))
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PATHS: &[&str] = &["/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/ab/", "/b", "/b/", "/b/c"];
+    const REQUESTS: &[&str] = &[
+        "/", "/a", "/a/", "/a/b", "/a/b?x=1", "/a?q", "/ab", "/abc/d", "/b", "/b/c", "//a", "", "a", "?a",
+        "/a/b/c",
+    ];
+
+    proptest! {
+        /// The index finds the policy a scan in document order finds, for any mix of exact paths,
+        /// prefixes and policies without a path.
+        #[test]
+        fn index_finds_what_a_scan_finds(
+            specs in proptest::collection::vec((0..3u8, 0..PATHS.len()), 1..12),
+        ) {
+            let mut yaml = String::from("version: 1\npolicies:\n");
+            for (i, (kind, path)) in specs.iter().enumerate() {
+                let path = PATHS[*path];
+                let matcher = match kind {
+                    0 => format!("{{ path: \"{path}\" }}"),
+                    1 => format!("{{ path_prefix: \"{path}\" }}"),
+                    _ => "{ methods: [GET] }".to_string(),
+                };
+                yaml.push_str(&format!("  - name: p{i}\n    match: {matcher}\n"));
+            }
+            let doc = crate::load(&yaml).map_err(|e| TestCaseError::fail(format!("{e:?}")))?.document;
+            let plan = Plan::new(&doc).map_err(TestCaseError::fail)?;
+            for path in REQUESTS {
+                let req = SimpleRequest::new("GET", "h", path);
+                let scan = plan.policies.iter().position(|p| p.matcher.matches(&req));
+                prop_assert_eq!(plan.first_match(&req).map(|(i, _)| i), scan, "{}", path);
+            }
+        }
     }
 }
 

@@ -135,3 +135,23 @@ fn the_filters_loader_agrees_with_the_validator() {
         }
     }
 }
+
+/// The compact form (what `breakwater publish` sends) is the same document in fewer bytes.
+#[test]
+fn compact_compile_is_the_same_document_smaller() {
+    for file in yaml_files(&policies_dir()) {
+        let doc = breakwater_policy::load_bytes(&std::fs::read(&file).unwrap()).unwrap().document;
+        let (full, compact) = (breakwater_policy::compile(&doc), breakwater_policy::compile_compact(&doc));
+        assert_eq!(breakwater_policy::load_config(compact.as_bytes()).unwrap(), doc, "{}", file.display());
+        assert!(compact.len() < full.len(), "{}: {} vs {} bytes", file.display(), compact.len(), full.len());
+    }
+    // Every block at its defaults: only what was written is left.
+    let doc = breakwater_policy::load(
+        "version: 1\npolicies:\n  - name: a\n    rate_limit: { rate: 5, per: 1s }\n    circuit_breaker: {}\n    retry: {}\n",
+    )
+    .unwrap()
+    .document;
+    let compact = breakwater_policy::compile_compact(&doc);
+    assert_eq!(breakwater_policy::load_config(compact.as_bytes()).unwrap(), doc);
+    assert!(!compact.contains("response") && !compact.contains("max_keys"), "{compact}");
+}
