@@ -54,12 +54,6 @@ enum Stop {
     Fatal(Box<Diagnostic>),
 }
 
-impl From<Option<()>> for Stop {
-    fn from(_: Option<()>) -> Self {
-        Stop::NotPlainJson
-    }
-}
-
 type Step = Result<(), Stop>;
 
 fn not_json<T>() -> Result<T, Stop> {
