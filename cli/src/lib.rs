@@ -5,5 +5,6 @@ pub mod ecds;
 pub mod k8s;
 pub mod oci;
 pub mod render;
+pub mod serve;
 pub mod testing;
-pub mod yaml;
+pub use breakwater_policy::yaml;

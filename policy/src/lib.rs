@@ -22,6 +22,7 @@ pub mod plan;
 pub mod scenario;
 pub mod schema;
 pub mod source;
+pub mod yaml;
 
 pub use diag::{Diagnostic, Severity, Span};
 pub use model::Document;

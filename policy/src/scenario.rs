@@ -369,9 +369,22 @@ pub enum Tolerance {
 
 /// Reads a scenario from YAML or JSON text. `Err` holds every problem, in document order.
 pub fn load(text: &str) -> Result<Scenario, Vec<Diagnostic>> {
+    load_inner(text, None)
+}
+
+/// As [`load`], for a scenario run against a document chosen elsewhere (the admin's editor): the
+/// scenario's own `policy` field may be left out, and is replaced by `document` when present.
+/// The expectations are checked against `document` too.
+pub fn load_with_policy(text: &str, document: &Document) -> Result<Scenario, Vec<Diagnostic>> {
+    let scenario = load_inner(text, Some(document))?;
+    let problems = check_against(&scenario, document);
+    if problems.iter().any(Diagnostic::is_error) { Err(problems) } else { Ok(scenario) }
+}
+
+fn load_inner(text: &str, given: Option<&Document>) -> Result<Scenario, Vec<Diagnostic>> {
     let root = crate::source::parse(text)?;
     let mut d = Decoder::default();
-    let scenario = d.scenario(&root);
+    let scenario = d.scenario(&root, given);
     let mut diags = d.diags;
     diags.sort_by_key(|d| d.span.map(|s| (s.line, s.col)));
     match scenario {
@@ -468,7 +481,7 @@ fn one_of<'n>(
 }
 
 impl Decoder {
-    fn scenario(&mut self, node: &Node) -> Option<Scenario> {
+    fn scenario(&mut self, node: &Node, given: Option<&Document>) -> Option<Scenario> {
         let f = self.fields(node, "", SCENARIO_FIELDS)?;
         let name = match f.get("name") {
             Some((n, p)) => self.string(n, &p).unwrap_or_default(),
@@ -478,9 +491,10 @@ impl Decoder {
             }
         };
         let description = f.get("description").and_then(|(n, p)| self.string(n, &p)).unwrap_or_default();
-        let policy = match f.get("policy") {
-            Some((n, p)) => self.policy_ref(n, &p),
-            None => {
+        let policy = match (f.get("policy"), given) {
+            (_, Some(doc)) => Some(PolicyRef::Inline(doc.clone())),
+            (Some((n, p)), None) => self.policy_ref(n, &p),
+            (None, None) => {
                 self.error("", node, "missing field `policy` (a file name or an inline document)");
                 None
             }

@@ -1,4 +1,5 @@
-//! JSON values as block-style YAML, for the manifests and bootstraps `breakwater render` prints.
+//! JSON values as block-style YAML (the admin's editor, and the manifests `breakwater render` prints),
+//! and YAML read back into JSON values.
 //!
 //! Strings stay plain where YAML would read them back as the same string, and are double-quoted
 //! (JSON escaping, which YAML's double-quoted style accepts) otherwise: `"true"`, `"8080"`, `"a: b"`.
@@ -8,13 +9,13 @@ use serde_json::Value;
 
 /// Reads a YAML (or JSON) document into a JSON value, with the policy crate's bounded reader.
 pub fn from_yaml(text: &str) -> Result<Value, String> {
-    let root = breakwater_policy::source::parse(text)
+    let root = crate::source::parse(text)
         .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
     Ok(node_to_json(&root))
 }
 
-fn node_to_json(n: &breakwater_policy::source::Node) -> Value {
-    use breakwater_policy::source::{Value as Y, key_text};
+fn node_to_json(n: &crate::source::Node) -> Value {
+    use crate::source::{Value as Y, key_text};
     match &n.value {
         Y::Null => Value::Null,
         Y::Bool(b) => Value::Bool(*b),

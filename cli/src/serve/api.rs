@@ -1,0 +1,421 @@
+//! The JSON API under /api. Every error is JSON: `{"error": "...", "diagnostics": [...]}` where
+//! the validator has something to say, with the fitting status (400 malformed request, 401 no or
+//! wrong token, 404 unknown version, 409 not configured, 413 body too large, 422 invalid document,
+//! 502 Envoy unreachable).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use breakwater_policy::Diagnostic;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::envoy::{self, Admin};
+use super::store::{self, Published, SaveError};
+
+type Shared = Arc<super::State>;
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/policy", get(get_policy).put(put_policy))
+        .route("/validate", post(validate))
+        .route("/history", get(history))
+        .route("/history/{version}", get(history_version))
+        .route("/diff", get(diff))
+        .route("/rollback", post(rollback))
+        .route("/scenarios", get(scenarios))
+        .route("/simulate", post(simulate))
+        .route("/publish", post(publish))
+        .route("/status", get(status))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), diagnostics: Vec::new() }
+    }
+
+    fn invalid(diagnostics: Vec<Diagnostic>) -> ApiError {
+        let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!("the document is invalid: {errors} error{}", if errors == 1 { "" } else { "s" }),
+            diagnostics,
+        }
+    }
+
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if !self.diagnostics.is_empty() {
+            body["diagnostics"] = json!(self.diagnostics);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `Json<T>` whose rejections (bad JSON, wrong types, too large, wrong content type) are JSON too.
+pub struct Body<T>(T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => {
+                let status = match rejection.status() {
+                    // Wrong field types are as malformed as bad syntax for an API client.
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                    s => s,
+                };
+                Err(ApiError::new(status, rejection.body_text()))
+            }
+        }
+    }
+}
+
+async fn auth(State(state): State<Shared>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.trim().as_bytes(), state.config.token.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong token").into_response(),
+        None => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "missing token: send `Authorization: Bearer <token>`")
+                .into_response()
+        }
+    }
+}
+
+/// Compares without stopping at the first difference (the time taken tells nothing of the token).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn diagnostics_of(text: &str) -> (bool, Vec<Diagnostic>) {
+    match breakwater_policy::load(text) {
+        Ok(loaded) => (true, loaded.warnings),
+        Err(diags) => (false, diags),
+    }
+}
+
+async fn get_policy(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.lock().await;
+    let text = store.active().map_err(ApiError::internal)?;
+    let (valid, diagnostics) = diagnostics_of(&text);
+    Ok(Json(json!({
+        "text": text,
+        "version": store.current(),
+        "valid": valid,
+        "diagnostics": diagnostics,
+        "published": store.published(),
+        "file": store.policy_path().display().to_string(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextBody {
+    text: String,
+}
+
+async fn put_policy(
+    State(state): State<Shared>,
+    Body(body): Body<TextBody>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.lock().await;
+    match store.save(&body.text) {
+        Ok(saved) => Ok(Json(json!(saved))),
+        Err(SaveError::Invalid(d)) => Err(ApiError::invalid(d)),
+        Err(SaveError::Io(e)) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn validate(Body(body): Body<TextBody>) -> Json<Value> {
+    let (valid, diagnostics) = diagnostics_of(&body.text);
+    Json(json!({ "valid": valid, "diagnostics": diagnostics }))
+}
+
+async fn history(State(state): State<Shared>) -> Json<Value> {
+    let store = state.store.lock().await;
+    let published = store.published().map(|p| p.version);
+    Json(json!({ "current": store.current(), "published": published, "versions": store.list() }))
+}
+
+/// A version named in a request: a number, or `active` / `published`.
+fn resolve(store: &store::Store, name: &str) -> Result<(u64, String), ApiError> {
+    let id = match name {
+        "active" | "current" => store.current(),
+        "published" => store
+            .published()
+            .map(|p| p.version)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "nothing was published yet"))?,
+        n => n.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`{n}` is not a version (a number, `active` or `published`)"),
+            )
+        })?,
+    };
+    store
+        .get(id)
+        .map(|text| (id, text))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no version {id}")))
+}
+
+async fn history_version(
+    State(state): State<Shared>,
+    Path(version): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.lock().await;
+    let (id, text) = resolve(&store, &version)?;
+    Ok(Json(json!({ "version": id, "text": text })))
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    from: String,
+    to: Option<String>,
+}
+
+async fn diff(
+    State(state): State<Shared>,
+    query: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let store = state.store.lock().await;
+    let (from, from_text) = resolve(&store, &q.from)?;
+    let (to, to_text) = resolve(&store, q.to.as_deref().unwrap_or("active"))?;
+    let diff = store::diff(&format!("version {from}"), &from_text, &format!("version {to}"), &to_text);
+    Ok(Json(json!({ "from": from, "to": to, "diff": diff })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    version: u64,
+}
+
+async fn rollback(
+    State(state): State<Shared>,
+    Body(body): Body<RollbackBody>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.lock().await;
+    match store.rollback(body.version) {
+        Ok(Some(saved)) => Ok(Json(json!(saved))),
+        Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no version {}", body.version))),
+        Err(SaveError::Invalid(d)) => Err(ApiError::invalid(d)),
+        Err(SaveError::Io(e)) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn scenarios(State(state): State<Shared>) -> Json<Value> {
+    let dir = &state.config.scenarios_dir;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".scenario.yaml"))
+        .collect();
+    files.sort();
+    let list: Vec<Value> = files
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            let name = breakwater_policy::scenario::load(&text).map(|s| s.name).unwrap_or_default();
+            let file = p.file_name()?.to_string_lossy().into_owned();
+            Some(json!({ "file": file, "name": name, "text": text }))
+        })
+        .collect();
+    Json(json!(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimulateBody {
+    /// The policy document (YAML or JSON); the scenario's own `policy` is replaced by it.
+    policy: String,
+    scenario: String,
+}
+
+async fn simulate(
+    State(state): State<Shared>,
+    Body(body): Body<SimulateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let document = breakwater_policy::load(&body.policy).map_err(ApiError::invalid)?.document;
+    let scenario =
+        breakwater_policy::scenario::load_with_policy(&body.scenario, &document).map_err(|d| ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: "the scenario is invalid".into(),
+            diagnostics: d,
+        })?;
+    let host = state
+        .host
+        .get_or_init(|| async {
+            let wasm = state.config.filter_wasm.clone();
+            tokio::task::spawn_blocking(move || {
+                breakwater_host_test::Host::from_file(&wasm).map(Arc::new).map_err(|e| format!("{e:#}"))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        })
+        .await
+        .clone()
+        .map_err(|e| ApiError::internal(format!("cannot load the compiled filter: {e}")))?;
+    let _permit = state.simulations.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let started = Instant::now();
+    let report = tokio::task::spawn_blocking(move || {
+        breakwater_host_test::sim::run(&host, &scenario, &document)
+            .map(|run| breakwater_policy::scenario::evaluate(&scenario, &run))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("the simulation failed: {e}")))?;
+    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(Json(json!({ "wall_ms": wall_ms, "report": report })))
+}
+
+fn admin(state: &super::State) -> Option<Admin> {
+    state.config.envoy_admin.clone().map(|address| Admin { address })
+}
+
+async fn publish(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let Some(ecds) = state.config.ecds.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "publishing is off: start the server with --ecds FILE",
+        ));
+    };
+    let store = state.store.lock().await;
+    let version = store.current();
+    let text = store.active().map_err(ApiError::internal)?;
+    let document = breakwater_policy::load(&text).map_err(ApiError::invalid)?.document;
+    let compiled = breakwater_policy::compile_compact(&document);
+    let settings = state.config.filter_settings();
+    let admin = admin(&state);
+    let rejected_before = match &admin {
+        Some(a) => a.rejected_count(&settings.name).await.ok(),
+        None => None,
+    };
+    let started = Instant::now();
+    let ecds_version = crate::ecds::publish(&ecds, &settings, &compiled)
+        .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", ecds.display())))?;
+    store
+        .set_published(&Published { version, ecds_version, at_ms: store::now_ms() })
+        .map_err(ApiError::internal)?;
+    drop(store);
+    let mut answer =
+        json!({ "version": version, "ecds_version": ecds_version, "policies": document.policies.len() });
+    let Some(admin) = admin else {
+        answer["applied"] = Value::Null;
+        answer["message"] = json!("written; not confirmed (start the server with --envoy-admin to confirm)");
+        return Ok(Json(answer));
+    };
+    let wanted = ecds_version.to_string();
+    let deadline = started + state.config.publish_timeout;
+    loop {
+        let ecds_state = admin.ecds(&settings.name).await;
+        if let Ok(s) = &ecds_state
+            && s.applied.as_deref() == Some(wanted.as_str())
+        {
+            answer["applied"] = json!(true);
+            answer["message"] = json!(format!("Envoy applied version {ecds_version}"));
+            break;
+        }
+        let rejected_now = admin.rejected_count(&settings.name).await.ok();
+        let rejected_by_count = matches!((rejected_before, rejected_now), (Some(b), Some(n)) if n > b);
+        let rejected_by_dump =
+            matches!(&ecds_state, Ok(s) if s.rejected_version.as_deref() == Some(wanted.as_str()));
+        if rejected_by_count || rejected_by_dump {
+            let reason =
+                ecds_state.ok().and_then(|s| s.rejected_reason).unwrap_or_else(|| "see Envoy's log".into());
+            answer["applied"] = json!(false);
+            answer["message"] = json!(format!("Envoy rejected version {ecds_version}: {reason}"));
+            answer["reason"] = json!(reason);
+            break;
+        }
+        if Instant::now() >= deadline {
+            answer["applied"] = Value::Null;
+            answer["message"] = json!(match ecds_state {
+                Ok(s) => format!(
+                    "Envoy did not apply version {ecds_version} within {:?} (it runs {})",
+                    state.config.publish_timeout,
+                    s.applied.as_deref().unwrap_or("no version")
+                ),
+                Err(e) => format!("written, but Envoy could not be asked: {e}"),
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    answer["elapsed_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
+    Ok(Json(answer))
+}
+
+async fn status(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let published = state.store.lock().await.published();
+    let Some(admin) = admin(&state) else {
+        return Ok(Json(json!({ "envoy": { "configured": false }, "published": published, "policies": {} })));
+    };
+    let stats = admin.get("/stats/prometheus").await;
+    let (reachable, error, policies) = match stats {
+        Ok((200, body)) => (true, None, envoy::policy_stats(&body)),
+        Ok((code, _)) => (true, Some(format!("/stats/prometheus answered {code}")), Default::default()),
+        Err(e) => (false, Some(e), Default::default()),
+    };
+    let ecds = if reachable { admin.ecds(&state.config.filter_name).await.ok() } else { None };
+    Ok(Json(json!({
+        "envoy": { "configured": true, "address": admin.address, "reachable": reachable, "error": error },
+        "ecds": ecds,
+        "published": published,
+        "policies": policies,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_compares_whole_slices() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,158 @@
+//! `breakwater serve`: the admin server. It serves the built admin UI and a JSON API under /api
+//! (bearer token on every call): the policy store with history, diff and rollback, validation,
+//! simulation through host-test, publishing over ECDS with Envoy's confirmation, and live stats.
+//!
+//! [`app`] builds the whole router from a [`Config`]; tests drive it with `oneshot`.
+
+mod api;
+pub mod envoy;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::ecds::FilterSettings;
+
+/// Largest request body the API reads (a policy document of 1,000 policies is ~250 KB).
+pub const MAX_BODY: usize = 2 << 20;
+/// Longest an API request may take (a simulation runs a few seconds at most).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything the server needs; built by the CLI from its flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The policy document (the store's active version).
+    pub policy: PathBuf,
+    /// History, published marker (and the generated token when none is given).
+    pub state_dir: PathBuf,
+    /// Bearer token every /api call must carry.
+    pub token: String,
+    /// The built admin UI (trunk's dist folder); None serves a page saying how to build it.
+    pub ui_dir: Option<PathBuf>,
+    /// Where scenario files are listed from (`*.scenario.yaml`).
+    pub scenarios_dir: PathBuf,
+    /// The compiled filter, for simulations (and the path written into ECDS).
+    pub filter_wasm: PathBuf,
+    /// The ECDS file Envoy watches; None: publishing is off.
+    pub ecds: Option<PathBuf>,
+    pub filter_name: String,
+    pub vm_id: String,
+    /// Envoy's admin endpoint (HOST:PORT); None: no confirmation, no live stats.
+    pub envoy_admin: Option<String>,
+    /// How long a publish waits for Envoy to apply (or reject) the new version.
+    pub publish_timeout: Duration,
+}
+
+impl Config {
+    pub fn filter_settings(&self) -> FilterSettings {
+        let wasm = std::path::absolute(&self.filter_wasm).unwrap_or_else(|_| self.filter_wasm.clone());
+        FilterSettings { name: self.filter_name.clone(), vm_id: self.vm_id.clone(), wasm }
+    }
+}
+
+/// The shared state of every request.
+#[derive(Debug)]
+pub struct State {
+    pub config: Config,
+    /// Saves, rollbacks and publishes run one at a time.
+    store: tokio::sync::Mutex<store::Store>,
+    /// The compiled filter loaded into host-test once, on the first simulation.
+    host: tokio::sync::OnceCell<Result<Arc<breakwater_host_test::Host>, String>>,
+    /// Simulations are CPU-bound: one at a time.
+    simulations: tokio::sync::Semaphore,
+}
+
+/// Opens the store and builds the router.
+pub fn app(config: Config) -> Result<Router, String> {
+    let store = store::Store::open(&config.policy, &config.state_dir)?;
+    let ui = config.ui_dir.clone();
+    let state = Arc::new(State {
+        config,
+        store: tokio::sync::Mutex::new(store),
+        host: tokio::sync::OnceCell::new(),
+        simulations: tokio::sync::Semaphore::new(1),
+    });
+    let api = api::router(state.clone()).layer(DefaultBodyLimit::max(MAX_BODY)).layer(
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ),
+    );
+    let router = Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).nest("/api", api);
+    Ok(match ui {
+        Some(dir) if dir.join("index.html").is_file() => {
+            let index = ServeFile::new(dir.join("index.html"));
+            router.fallback_service(ServeDir::new(&dir).fallback(index))
+        }
+        other => router.fallback(move || {
+            let shown = other.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+            async move {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "The admin UI is not built ({shown}/index.html is missing): run ./dev build-admin\n"
+                    ),
+                )
+            }
+        }),
+    })
+}
+
+/// The token: given, or read from `<state_dir>/token`, or generated there (owner-only file).
+/// Returns the token and the file it lives in (None when given).
+pub fn token(given: Option<String>, state_dir: &Path) -> Result<(String, Option<PathBuf>), String> {
+    if let Some(t) = given {
+        let t = t.trim().to_string();
+        if t.len() < 16 {
+            return Err("the token must be at least 16 characters".into());
+        }
+        return Ok((t, None));
+    }
+    let path = state_dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && t.trim().len() >= 16
+    {
+        return Ok((t.trim().to_string(), Some(path)));
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    let mut bytes = [0u8; 24];
+    getrandom(&mut bytes)?;
+    let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &t).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok((t, Some(path)))
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<(), String> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))
+}
+
+/// Writes a file only its owner can read (created with mode 0600, never world-readable).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub async fn serve_on(listener: tokio::net::TcpListener, router: Router) -> Result<(), String> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,316 @@
+//! The admin server's API, driven in-process with `oneshot` on the router `serve::app` builds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use breakwater_cli::serve::{self, Config};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token-0123456789";
+const VALID: &str = "version: 1\npolicies:\n  - name: api\n    rate_limit: { rate: 10, burst: 5 }\n";
+
+struct Server {
+    dir: PathBuf,
+    router: axum::Router,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    Config {
+        policy: dir.join("active.yaml"),
+        state_dir: dir.join("state"),
+        token: TOKEN.into(),
+        ui_dir: Some(dir.join("no-ui")),
+        scenarios_dir: repo().join("policies"),
+        filter_wasm: repo().join("target/wasm32-wasip1/release/breakwater_filter.wasm"),
+        ecds: None,
+        filter_name: "breakwater".into(),
+        vm_id: "breakwater".into(),
+        envoy_admin: None,
+        publish_timeout: Duration::from_secs(2),
+    }
+}
+
+fn server_with(edit: impl FnOnce(&mut Config)) -> Server {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("bw-serve-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c = config(&dir);
+    edit(&mut c);
+    let router = serve::app(c).unwrap();
+    Server { dir, router }
+}
+
+fn server() -> Server {
+    server_with(|_| {})
+}
+
+impl Server {
+    async fn raw(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        let body = match body {
+            Some(v) => {
+                r = r.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.raw(r.body(body).unwrap()).await
+    }
+
+    fn active(&self) -> String {
+        std::fs::read_to_string(self.dir.join("active.yaml")).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn every_api_call_needs_the_token() {
+    let s = server();
+    for (method, path) in
+        [("GET", "/api/policy"), ("PUT", "/api/policy"), ("POST", "/api/publish"), ("GET", "/api/nope")]
+    {
+        let (status, body) =
+            s.raw(Request::builder().method(method).uri(path).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert!(body["error"].as_str().unwrap().contains("missing token"), "{body}");
+        let wrong = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, "Bearer test-token-0123456788")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = s.raw(wrong).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("wrong token")));
+    }
+    // Outside /api: the health check and the UI need none.
+    let (status, _) = s.raw(Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s.raw(Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.as_str().unwrap().contains("./dev build-admin"), "{body}");
+}
+
+#[tokio::test]
+async fn saves_are_validated_written_and_kept_in_history() {
+    let s = server();
+    let (status, body) = s.call("GET", "/api/policy", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((body["version"].as_u64(), body["valid"].as_bool()), (Some(1), Some(true)));
+
+    let (status, body) = s.call("PUT", "/api/policy", Some(json!({ "text": VALID }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["version"].as_u64(), body["changed"].as_bool()), (Some(2), Some(true)));
+    assert_eq!(s.active(), VALID);
+
+    // Invalid: 422 with the validator's diagnostics (path, line, col); nothing written.
+    let invalid = VALID.replace("rate: 10,", "rate: ten,");
+    let (status, body) = s.call("PUT", "/api/policy", Some(json!({ "text": invalid }))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let d = &body["diagnostics"][0];
+    assert_eq!(d["path"], "policies[0].rate_limit.rate", "{body}");
+    assert_eq!((d["line"].as_u64(), d["col"].as_u64()), (Some(4), Some(25)));
+    assert_eq!(s.active(), VALID);
+
+    let second = VALID.replace("burst: 5", "burst: 7");
+    s.call("PUT", "/api/policy", Some(json!({ "text": second }))).await;
+    let (_, history) = s.call("GET", "/api/history", None).await;
+    let ids: Vec<u64> =
+        history["versions"].as_array().unwrap().iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [3, 2, 1]);
+    assert_eq!(history["versions"][0]["policies"], json!(["api"]));
+
+    let (status, body) = s.call("GET", "/api/diff?from=2&to=active", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body["diff"]
+            .as_str()
+            .unwrap()
+            .contains("-    rate_limit: { rate: 10, burst: 5 }\n+    rate_limit: { rate: 10, burst: 7 }"),
+        "{body}"
+    );
+
+    let (status, body) = s.call("GET", "/api/history/2", None).await;
+    assert_eq!((status, body["text"].as_str()), (StatusCode::OK, Some(VALID)));
+
+    let (status, body) = s.call("POST", "/api/rollback", Some(json!({ "version": 2 }))).await;
+    assert_eq!((status, body["version"].as_u64()), (StatusCode::OK, Some(4)));
+    assert_eq!(s.active(), VALID);
+    let (status, _) = s.call("POST", "/api/rollback", Some(json!({ "version": 40 }))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_errors() {
+    let s = server();
+    let bad_json = Request::put("/api/policy")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"text\": "))
+        .unwrap();
+    let (status, body) = s.raw(bad_json).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("EOF"), "{body}");
+
+    let (status, body) = s.call("PUT", "/api/policy", Some(json!({ "text": 5 }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("invalid type"), "{body}");
+    let (status, body) = s.call("POST", "/api/validate", Some(json!({ "text": VALID, "extra": 1 }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("unknown field `extra`"), "{body}");
+
+    let no_type = Request::post("/api/validate")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::from(json!({ "text": VALID }).to_string()))
+        .unwrap();
+    let (status, body) = s.raw(no_type).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(body["error"].is_string());
+
+    let huge = "#".repeat(serve::MAX_BODY + 1);
+    let (status, body) = s.call("PUT", "/api/policy", Some(json!({ "text": huge }))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(body["error"].is_string());
+    assert_eq!(s.active(), serve::store::EMPTY_DOCUMENT);
+}
+
+#[tokio::test]
+async fn version_names_cannot_leave_the_history_folder() {
+    let s = server();
+    std::fs::write(s.dir.join("secret.yaml"), "version: 1\npolicies: []\n").unwrap();
+    for name in
+        ["..%2F..%2Fsecret", "..%2Fsecret", "%2Fetc%2Fpasswd", "1.yaml", "-1", "99999999999999999999999"]
+    {
+        let (status, body) = s.call("GET", &format!("/api/history/{name}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("is not a version"), "{body}");
+        let (status, _) = s.call("GET", &format!("/api/diff?from={name}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}");
+    }
+    let (status, body) = s.call("GET", "/api/history/..", None).await;
+    assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND, "{status} {body}");
+    let (status, _) = s.call("GET", "/api/diff?from=published", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = s.call("GET", "/api/diff", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("from"), "{body}");
+}
+
+#[tokio::test]
+async fn validate_returns_every_diagnostic() {
+    let s = server();
+    let (status, body) = s.call("POST", "/api/validate", Some(json!({ "text": VALID }))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "valid": true, "diagnostics": [] })));
+    let text = "version: 1\npolicies:\n  - name: A\n    retry: { max_retries: 99 }\n";
+    let (status, body) = s.call("POST", "/api/validate", Some(json!({ "text": text }))).await;
+    assert_eq!((status, body["valid"].as_bool()), (StatusCode::OK, Some(false)));
+    let paths: Vec<&str> =
+        body["diagnostics"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["policies[0].name", "policies[0].retry.max_retries"]);
+}
+
+#[tokio::test]
+async fn simulates_a_shipped_scenario_against_the_posted_policy() {
+    let s = server();
+    let (_, list) = s.call("GET", "/api/scenarios", None).await;
+    let files: Vec<&str> = list.as_array().unwrap().iter().map(|v| v["file"].as_str().unwrap()).collect();
+    assert!(files.contains(&"api-per-key.scenario.yaml"), "{files:?}");
+
+    let scenario = "name: ten a second\nduration: 3s\nworkers: 1\ntraffic:\n  - rate: 50/s\n    path: /\n\
+        expect:\n  - requests: { decision: rate_limited }\n    equals: 115\n    tolerance: 2%\n";
+    let (status, body) =
+        s.call("POST", "/api/simulate", Some(json!({ "policy": VALID, "scenario": scenario }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let report = &body["report"];
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["timeline"]["seconds"].as_array().unwrap().len(), 3);
+    // One request every 20 ms: the burst of 5, then one per 100 ms up to t = 980 ms.
+    assert_eq!(report["timeline"]["seconds"][0]["by_decision"]["allowed"], 5 + 9);
+
+    // The same scenario against a looser policy: the expectation fails and says what was found.
+    let loose = VALID.replace("rate: 10,", "rate: 50,");
+    let (_, body) =
+        s.call("POST", "/api/simulate", Some(json!({ "policy": loose, "scenario": scenario }))).await;
+    assert_eq!(body["report"]["passed"], false);
+    assert_eq!(body["report"]["expectations"][0]["actual"], "0");
+
+    let bad = scenario.replace("3s", "three");
+    let (status, body) =
+        s.call("POST", "/api/simulate", Some(json!({ "policy": VALID, "scenario": bad }))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["diagnostics"][0]["path"], "duration", "{body}");
+    let unknown = scenario.replace("decision: rate_limited", "decision: rate_limited, policy: nope");
+    let (status, body) =
+        s.call("POST", "/api/simulate", Some(json!({ "policy": VALID, "scenario": unknown }))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+#[tokio::test]
+async fn publishing_writes_the_next_ecds_version() {
+    let off = server();
+    let (status, body) = off.call("POST", "/api/publish", None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("--ecds"), "{body}");
+
+    let ecds = std::env::temp_dir().join(format!("bw-serve-ecds-{}.json", std::process::id()));
+    let s = server_with(|c| c.ecds = Some(ecds.clone()));
+    s.call("PUT", "/api/policy", Some(json!({ "text": VALID }))).await;
+    let (status, body) = s.call("POST", "/api/publish", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["version"].as_u64(), body["ecds_version"].as_u64()), (Some(2), Some(1)));
+    assert!(body["applied"].is_null());
+    let written: Value = serde_json::from_slice(&std::fs::read(&ecds).unwrap()).unwrap();
+    assert_eq!(written["version_info"], "1");
+    let config =
+        written["resources"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap();
+    assert!(config.contains("\"name\":\"api\""), "{config}");
+    // What was published is what `diff?from=published` compares against.
+    s.call("PUT", "/api/policy", Some(json!({ "text": VALID.replace("burst: 5", "burst: 6") }))).await;
+    let (_, body) = s.call("GET", "/api/diff?from=published", None).await;
+    assert_eq!((body["from"].as_u64(), body["to"].as_u64()), (Some(2), Some(3)));
+    let (_, body) = s.call("GET", "/api/status", None).await;
+    assert_eq!(body["envoy"]["configured"], false);
+    assert_eq!(body["published"]["version"], 2);
+    let _ = std::fs::remove_file(&ecds);
+}
+
+#[test]
+fn a_generated_token_is_private_and_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("bw-serve-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (token, file) = serve::token(None, &dir).unwrap();
+    let file = file.unwrap();
+    assert_eq!(token.len(), 48);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(serve::token(None, &dir).unwrap().0, token);
+    assert!(serve::token(Some("short".into()), &dir).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
