@@ -132,6 +132,9 @@ struct ServeArgs {
     /// Envoy's admin endpoint, HOST:PORT: confirms publishes and feeds the live view.
     #[arg(long)]
     envoy_admin: Option<String>,
+    /// Envoy's log file: a rejected publish quotes Envoy's reason from it.
+    #[arg(long)]
+    envoy_log: Option<PathBuf>,
     /// The filter's name in Envoy's HTTP filter chain.
     #[arg(long, default_value = "breakwater")]
     name: String,
@@ -494,6 +497,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         filter_name: a.name,
         vm_id: a.vm_id,
         envoy_admin: a.envoy_admin,
+        envoy_log: a.envoy_log,
         publish_timeout: a.publish_timeout,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

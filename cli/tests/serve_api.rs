@@ -42,6 +42,7 @@ fn config(dir: &std::path::Path) -> Config {
         filter_name: "breakwater".into(),
         vm_id: "breakwater".into(),
         envoy_admin: None,
+        envoy_log: None,
         publish_timeout: Duration::from_secs(2),
     }
 }

@@ -133,6 +133,15 @@ impl Envoy {
         panic!("envoy not ready after 30 s:\n{}", self.log());
     }
 
+    /// The ECDS file this Envoy watches.
+    pub fn ecds_path(&self) -> &Path {
+        &self.ecds
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

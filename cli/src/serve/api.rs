@@ -313,6 +313,18 @@ async fn simulate(
     Ok(Json(json!({ "wall_ms": wall_ms, "report": report })))
 }
 
+/// A file's text from byte `offset` on (what Envoy logged since then).
+fn read_from(path: &std::path::Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = f.take(1 << 20).read_to_end(&mut text);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 fn admin(state: &super::State) -> Option<Admin> {
     state.config.envoy_admin.clone().map(|address| Admin { address })
 }
@@ -331,10 +343,12 @@ async fn publish(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
     let compiled = breakwater_policy::compile_compact(&document);
     let settings = state.config.filter_settings();
     let admin = admin(&state);
-    let rejected_before = match &admin {
-        Some(a) => a.rejected_count(&settings.name).await.ok(),
+    let before = match &admin {
+        Some(a) => a.ecds(&settings.name).await.ok(),
         None => None,
     };
+    let log_offset =
+        state.config.envoy_log.as_ref().and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
     let started = Instant::now();
     let ecds_version = crate::ecds::publish(&ecds, &settings, &compiled)
         .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", ecds.display())))?;
@@ -352,29 +366,35 @@ async fn publish(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
     let wanted = ecds_version.to_string();
     let deadline = started + state.config.publish_timeout;
     loop {
-        let ecds_state = admin.ecds(&settings.name).await;
-        if let Ok(s) = &ecds_state
-            && s.applied.as_deref() == Some(wanted.as_str())
-        {
-            answer["applied"] = json!(true);
-            answer["message"] = json!(format!("Envoy applied version {ecds_version}"));
-            break;
-        }
-        let rejected_now = admin.rejected_count(&settings.name).await.ok();
-        let rejected_by_count = matches!((rejected_before, rejected_now), (Some(b), Some(n)) if n > b);
-        let rejected_by_dump =
-            matches!(&ecds_state, Ok(s) if s.rejected_version.as_deref() == Some(wanted.as_str()));
-        if rejected_by_count || rejected_by_dump {
-            let reason =
-                ecds_state.ok().and_then(|s| s.rejected_reason).unwrap_or_else(|| "see Envoy's log".into());
-            answer["applied"] = json!(false);
-            answer["message"] = json!(format!("Envoy rejected version {ecds_version}: {reason}"));
-            answer["reason"] = json!(reason);
-            break;
+        let now = admin.ecds(&settings.name).await;
+        match (&now, &before) {
+            (Ok(s), _) if s.applied.as_deref() == Some(wanted.as_str()) => {
+                answer["applied"] = json!(true);
+                answer["message"] = json!(format!("Envoy applied version {ecds_version}"));
+                break;
+            }
+            (Ok(s), Some(b)) if s.rejected > b.rejected => {
+                let reasons = state
+                    .config
+                    .envoy_log
+                    .as_ref()
+                    .map(|log| envoy::rejection_reasons(&read_from(log, log_offset)))
+                    .unwrap_or_default();
+                let reason =
+                    if reasons.is_empty() { "see Envoy's log".to_string() } else { reasons.join("; ") };
+                answer["applied"] = json!(false);
+                answer["message"] = json!(format!(
+                    "Envoy rejected version {ecds_version} and keeps version {}: {reason}",
+                    s.applied.as_deref().unwrap_or("none")
+                ));
+                answer["reason"] = json!(reason);
+                break;
+            }
+            _ => {}
         }
         if Instant::now() >= deadline {
             answer["applied"] = Value::Null;
-            answer["message"] = json!(match ecds_state {
+            answer["message"] = json!(match now {
                 Ok(s) => format!(
                     "Envoy did not apply version {ecds_version} within {:?} (it runs {})",
                     state.config.publish_timeout,

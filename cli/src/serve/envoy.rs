@@ -7,7 +7,6 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use serde::Serialize;
-use serde_json::Value;
 
 /// Each admin request gets this long (Envoy answers on loopback in milliseconds).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -49,50 +48,62 @@ impl Admin {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
-    /// The ECDS state of one filter: the version Envoy applied, and its last rejection.
+    /// The ECDS state of one filter, from its subscription's stats. (The config dump is no
+    /// help here: it shows a rejected version as if it were in use.)
     pub async fn ecds(&self, filter: &str) -> Result<EcdsState, String> {
-        let (status, body) = self.get("/config_dump?resource=ecds_filters").await?;
+        let prefix = format!("extension_config_discovery.http_filter.{filter}.");
+        let (status, body) = self.get(&format!("/stats?filter=^{}", prefix.replace('.', "\\."))).await?;
         if status != 200 {
-            return Err(format!("Envoy's /config_dump answered {status}"));
+            return Err(format!("Envoy's /stats answered {status}"));
         }
-        let dump: Value = serde_json::from_str(&body).map_err(|e| format!("Envoy's /config_dump: {e}"))?;
-        Ok(ecds_state(&dump, filter))
-    }
-
-    /// The `update_rejected` counter of a filter's ECDS subscription.
-    pub async fn rejected_count(&self, filter: &str) -> Result<u64, String> {
-        let name = format!("extension_config_discovery.http_filter.{filter}.update_rejected");
-        let (_, body) = self.get(&format!("/stats?filter=^{}$", name.replace('.', "\\."))).await?;
-        Ok(body
-            .lines()
-            .find_map(|l| l.strip_prefix(name.as_str())?.strip_prefix(": ")?.trim().parse().ok())
-            .unwrap_or(0))
+        Ok(ecds_state(&body, &prefix))
     }
 }
 
-/// What `/config_dump?resource=ecds_filters` says about one filter.
+/// What Envoy's stats say about one filter's ECDS subscription.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EcdsState {
-    /// The `version_info` of the configuration in use.
+    /// The `version_info` of the configuration in use (`version_text`).
     pub applied: Option<String>,
-    /// The last rejected update: its version and Envoy's reason.
-    pub rejected_version: Option<String>,
-    pub rejected_reason: Option<String>,
+    /// Updates rejected so far (`update_rejected`).
+    pub rejected: u64,
 }
 
-/// Reads a filter's entry out of a config dump (one `EcdsConfigDump.EcdsFilterConfig` per
-/// resource, with `error_state` after a rejected update).
-pub fn ecds_state(dump: &Value, filter: &str) -> EcdsState {
-    let entries = dump.get("configs").and_then(Value::as_array).into_iter().flatten();
+/// Reads an ECDS subscription's stats (`PREFIX.version_text: "3"`, `PREFIX.update_rejected: 1`).
+pub fn ecds_state(stats: &str, prefix: &str) -> EcdsState {
     let mut state = EcdsState::default();
-    for entry in entries.filter(|e| e.pointer("/ecds_filter/name").and_then(Value::as_str) == Some(filter)) {
-        state.applied = entry.get("version_info").and_then(Value::as_str).map(str::to_string);
-        if let Some(error) = entry.get("error_state") {
-            state.rejected_reason = error.get("details").and_then(Value::as_str).map(str::to_string);
-            state.rejected_version = error.get("version_info").and_then(Value::as_str).map(str::to_string);
+    for line in stats.lines() {
+        let Some((name, value)) = line.strip_prefix(prefix).and_then(|l| l.split_once(": ")) else {
+            continue;
+        };
+        match name {
+            "version_text" => {
+                state.applied = Some(value.trim().trim_matches('"').to_string()).filter(|v| !v.is_empty())
+            }
+            "update_rejected" => state.rejected = value.trim().parse().unwrap_or(0),
+            _ => {}
         }
     }
     state
+}
+
+/// Envoy's reasons for rejecting configuration, from the lines of its log written since `offset`
+/// (bytes): the subscription's "config update rejected: …" and breakwater's own "configuration
+/// rejected: …".
+pub fn rejection_reasons(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in log.lines() {
+        for marker in ["config update rejected: ", "configuration rejected: ", "Failed to load Wasm code"] {
+            if let Some(i) = line.find(marker) {
+                let reason = if marker.starts_with("Failed") { marker } else { &line[i + marker.len()..] };
+                let reason = reason.trim().to_string();
+                if !out.contains(&reason) {
+                    out.push(reason);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// breakwater's metrics for one policy, as Envoy reports them.
@@ -172,16 +183,23 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_applied_version_and_a_rejection() {
-        let dump = json!({ "configs": [
-            { "ecds_filter": { "name": "other" }, "version_info": "9" },
-            { "ecds_filter": { "name": "breakwater" }, "version_info": "3",
-              "error_state": { "version_info": "4", "details": "bad config" } },
-        ]});
-        let s = ecds_state(&dump, "breakwater");
-        assert_eq!(s.applied.as_deref(), Some("3"));
-        assert_eq!(s.rejected_version.as_deref(), Some("4"));
-        assert_eq!(s.rejected_reason.as_deref(), Some("bad config"));
-        assert_eq!(ecds_state(&dump, "missing"), EcdsState::default());
+    fn reads_the_applied_version_and_rejections() {
+        let stats = "extension_config_discovery.http_filter.breakwater.version_text: \"1\"\n\
+            extension_config_discovery.http_filter.breakwater.config_reload: 2\n\
+            extension_config_discovery.http_filter.breakwater.update_rejected: 1\n";
+        let s = ecds_state(stats, "extension_config_discovery.http_filter.breakwater.");
+        assert_eq!(s, EcdsState { applied: Some("1".into()), rejected: 1 });
+        assert_eq!(ecds_state("", "x."), EcdsState::default());
+    }
+
+    #[test]
+    fn finds_rejection_reasons_in_envoys_log() {
+        let log = "[..][error][wasm] [wasm.cc:104] Wasm VM failed Failed to load Wasm code\n\
+            [..][info][wasm] breakwater: loaded 2 policies\n\
+            [..][warning][config] [filesystem_subscription_impl.cc:81] Filesystem config update rejected: Unable to create Wasm plugin breakwater\n";
+        assert_eq!(
+            rejection_reasons(log),
+            ["Failed to load Wasm code", "Unable to create Wasm plugin breakwater"]
+        );
     }
 }

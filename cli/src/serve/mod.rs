@@ -44,6 +44,8 @@ pub struct Config {
     pub vm_id: String,
     /// Envoy's admin endpoint (HOST:PORT); None: no confirmation, no live stats.
     pub envoy_admin: Option<String>,
+    /// Envoy's log file: where a publish finds Envoy's reason for a rejection.
+    pub envoy_log: Option<PathBuf>,
     /// How long a publish waits for Envoy to apply (or reject) the new version.
     pub publish_timeout: Duration,
 }

@@ -1,0 +1,126 @@
+//! The admin server against a real Envoy: a publish is confirmed applied (and a request through
+//! Envoy then meets the new policy), a broken filter is reported rejected with Envoy's reason, and
+//! the live status carries the policy's counters.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use breakwater_cli::serve::{self, Config};
+use breakwater_e2e::{Envoy, Upstream, filter_wasm, repo};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN: &str = "e2e-token-0123456789";
+const START: &str = "version: 1\npolicies:\n  - name: open\n    rate_limit: { rate: 1000, burst: 1000 }\n";
+const STRICT: &str =
+    "version: 1\npolicies:\n  - name: strict\n    rate_limit: { rate: 1, per: 1h, burst: 2 }\n";
+
+fn admin_server(envoy: &Envoy, wasm: &Path, dir: &Path) -> axum::Router {
+    serve::app(Config {
+        policy: dir.join("active.yaml"),
+        state_dir: dir.join("state"),
+        token: TOKEN.into(),
+        ui_dir: None,
+        scenarios_dir: repo().join("policies"),
+        filter_wasm: wasm.to_path_buf(),
+        ecds: Some(envoy.ecds_path().to_path_buf()),
+        filter_name: "breakwater".into(),
+        vm_id: "breakwater".into(),
+        envoy_admin: Some(format!("127.0.0.1:{}", envoy.admin)),
+        envoy_log: Some(envoy.log_path().to_path_buf()),
+        publish_timeout: Duration::from_secs(10),
+    })
+    .unwrap()
+}
+
+async fn call(router: &axum::Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut r =
+        Request::builder().method(method).uri(path).header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+    let body = match body {
+        Some(v) => {
+            r = r.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = router.clone().oneshot(r.body(body).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_is_confirmed_by_envoy_and_enforced() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(START, upstream.port());
+    let dir = envoy.dir.join("admin");
+    let router = admin_server(&envoy, &filter_wasm(), &dir);
+
+    let (status, body) = call(&router, "PUT", "/api/policy", Some(json!({ "text": STRICT }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&router, "POST", "/api/publish", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["applied"], true, "{body}");
+    println!("publish confirmed after {} ms", body["elapsed_ms"]);
+
+    // A real request through Envoy meets the published policy: 2 admitted, then 429.
+    let statuses: Vec<u16> = tokio::task::spawn_blocking({
+        let mut client = envoy.client();
+        move || (0..4).map(|_| client.get("/", &[]).status).collect()
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, [200, 200, 429, 429]);
+
+    // The live status reads the counters back from Envoy.
+    let stats_seen = {
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            let (_, s) = call(&router, "GET", "/api/status", None).await;
+            if s["policies"]["strict"]["requests"]["rate_limited"] == 2 {
+                last = s;
+                break;
+            }
+            last = s;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    };
+    assert_eq!(stats_seen["envoy"]["reachable"], true, "{stats_seen}");
+    assert_eq!(stats_seen["policies"]["strict"]["requests"]["allowed"], 2, "{stats_seen}");
+    assert_eq!(stats_seen["policies"]["strict"]["requests"]["rate_limited"], 2, "{stats_seen}");
+    assert_eq!(stats_seen["ecds"]["applied"], body["ecds_version"].as_u64().unwrap().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_publish_is_reported_with_envoys_reason() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(START, upstream.port());
+    let dir = envoy.dir.join("admin");
+    let broken = envoy.dir.join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x01\0\0\0garbage").unwrap();
+    let router = admin_server(&envoy, &broken, &dir);
+    call(&router, "PUT", "/api/policy", Some(json!({ "text": STRICT }))).await;
+    let (status, body) = call(&router, "POST", "/api/publish", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["applied"], false, "{body}");
+    println!("rejection: {}", body["message"]);
+    assert!(
+        body["message"].as_str().unwrap().starts_with("Envoy rejected version 2 and keeps version 1"),
+        "{body}"
+    );
+    assert!(body["reason"].as_str().unwrap().contains("Unable to create Wasm plugin breakwater"), "{body}");
+    // The previous policy still serves.
+    let status = tokio::task::spawn_blocking({
+        let mut client = envoy.client();
+        move || client.get("/", &[]).status
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+}
