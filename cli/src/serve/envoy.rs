@@ -163,7 +163,6 @@ fn labels(text: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn reads_policy_series_from_prometheus_text() {
