@@ -24,8 +24,15 @@ build-wasm:
     cargo build --locked -p breakwater-admin-ui --target wasm32-unknown-unknown
     @ls -l {{filter_wasm}} | awk '{print "filter wasm: " $5 " bytes"}'
 
-# Unit, property and integration tests of every crate.
-test-rust:
+# The web admin (Leptos, client-side), built by trunk offline with the pinned wasm-bindgen and
+# wasm-opt (Trunk.toml) into admin-ui/dist, which `breakwater serve` serves.
+build-admin:
+    cargo fetch --locked -q
+    cd admin-ui && trunk build --skip-version-check
+    @ls -l admin-ui/dist/*.wasm | awk '{print "admin wasm: " $5 " bytes"}'
+
+# Unit, property and integration tests of every crate (the browser tests need the built admin).
+test-rust: build-admin
     cargo test --locked --workspace
 
 # The shipped example policies validate.
@@ -49,13 +56,13 @@ bless:
     BREAKWATER_BLESS=1 cargo test --locked -p breakwater-policy --test documents
     git diff --stat policies/invalid
 
-# The demo: example upstream + Envoy (2 workers) with the filter and the example policies.
-demo: build-wasm
+# The demo: example upstream + Envoy (2 workers) with the filter and the example policies + the web admin.
+demo: build-wasm build-admin
     cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
     scripts/demo
 
 # Start the demo, check a 429, an open breaker and the metrics, stop it.
-demo-smoke: build-wasm
+demo-smoke: build-wasm build-admin
     cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
     scripts/demo --smoke
 

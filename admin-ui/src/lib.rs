@@ -1,9 +1,14 @@
 //! # breakwater-admin-ui
 //!
-//! The web admin, compiled to `wasm32-unknown-unknown`. Its first job already works: validating a
-//! document in the browser with the very same Rust validator the CLI and the filter use, so that
-//! the editor can show errors next to their field without a round trip to the server. The Leptos
-//! interface arrives with the admin issue.
+//! The web admin: a Leptos client-side app compiled to `wasm32-unknown-unknown` and built by
+//! trunk (`./dev build-admin`), served by `breakwater serve`. It validates as you type with the
+//! very same Rust validator the CLI and the filter use (no round trip), and talks to the server's
+//! JSON API for saving, simulating, publishing and live stats.
+
+pub mod api;
+pub mod app;
+pub mod chart;
+pub mod form;
 
 /// Validates a document and returns the diagnostics as JSON (`[{severity, path, message, line,
 /// col}]`, empty when the document is valid and has no warnings).

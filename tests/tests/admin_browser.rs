@@ -1,0 +1,264 @@
+//! The admin in a real browser (Debian chromium, headless, driven over WebDriver by chromedriver)
+//! against a real Envoy: create a policy with an invalid value and see the error next to the
+//! field, fix it, save, simulate and see the chart, publish, and a real request through Envoy is
+//! rate limited by the new policy. Screenshots of each page go to tests/output/admin/.
+//!
+//! Needs the built admin (admin-ui/dist, `./dev build-admin`) and the filter (`./dev build-wasm`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use breakwater_cli::serve::{self, Config};
+use breakwater_e2e::{Envoy, Upstream, filter_wasm, free_port, repo};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+const TOKEN: &str = "browser-token-0123456789";
+/// What Envoy runs before the admin publishes: a policy that never limits.
+const START: &str = "version: 1\npolicies:\n  - name: open\n    rate_limit: { rate: 1000, burst: 1000 }\n";
+
+/// chromedriver on a free port, stopped on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+    profile: PathBuf,
+}
+
+impl Driver {
+    fn start(profile: PathBuf) -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian chromium-driver) is installed by scripts/bootstrap");
+        let driver = Driver { child, port, profile };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        driver
+    }
+
+    async fn client(&self) -> Client {
+        let args = [
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--window-size=1280,800".into(),
+            format!("--user-data-dir={}", self.profile.display()),
+        ];
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".into(), json!({ "binary": "/usr/bin/chromium", "args": args }));
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a WebDriver session with headless chromium")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// The admin server in this process, on a free loopback port.
+fn start_admin(envoy: &Envoy) -> (u16, tokio::task::JoinHandle<()>) {
+    let dir = envoy.dir.join("admin");
+    let router = serve::app(Config {
+        policy: dir.join("active.yaml"),
+        state_dir: dir.join("state"),
+        token: TOKEN.into(),
+        ui_dir: Some(repo().join("admin-ui/dist")),
+        scenarios_dir: repo().join("policies"),
+        filter_wasm: filter_wasm(),
+        ecds: Some(envoy.ecds_path().to_path_buf()),
+        filter_name: "breakwater".into(),
+        vm_id: "breakwater".into(),
+        envoy_admin: Some(format!("127.0.0.1:{}", envoy.admin)),
+        envoy_log: Some(envoy.log_path().to_path_buf()),
+        publish_timeout: Duration::from_secs(10),
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let handle = tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let _ = serve::serve_on(listener, router).await;
+    });
+    (port, handle)
+}
+
+fn screenshots() -> PathBuf {
+    let dir = repo().join("tests/output/admin");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn css(testid: &str) -> String {
+    format!("[data-testid='{testid}']")
+}
+
+struct Page {
+    c: Client,
+    shots: PathBuf,
+}
+
+impl Page {
+    async fn el(&self, testid: &str) -> fantoccini::elements::Element {
+        self.c
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(&css(testid)))
+            .await
+            .unwrap_or_else(|e| panic!("no element {testid}: {e}"))
+    }
+
+    async fn click(&self, testid: &str) {
+        self.el(testid).await.click().await.unwrap_or_else(|e| panic!("click {testid}: {e}"));
+    }
+
+    async fn text(&self, testid: &str) -> String {
+        self.el(testid).await.text().await.unwrap()
+    }
+
+    /// Replaces a text field's content, as a user selecting all and typing would.
+    async fn type_into(&self, testid: &str, text: &str) {
+        let e = self.el(testid).await;
+        e.clear().await.unwrap();
+        e.send_keys(text).await.unwrap();
+    }
+
+    /// Waits until `check` holds for the element's text.
+    async fn wait_text(&self, testid: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.text(testid).await;
+            if check(&t) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "{testid}: waited for {what}, last text: {t:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.c.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn disabled(&self, testid: &str) -> bool {
+        self.el(testid).await.prop("disabled").await.unwrap().as_deref() == Some("true")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journey_edit_fix_simulate_publish_enforce() {
+    assert!(
+        repo().join("admin-ui/dist/index.html").is_file(),
+        "the admin is not built: run ./dev build-admin (trunk)"
+    );
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(START, upstream.port());
+    let (admin_port, server) = start_admin(&envoy);
+    let driver = Driver::start(envoy.dir.join("chromium-profile"));
+    let page = Page { c: driver.client().await, shots: screenshots() };
+    let result = journey(&page, &envoy, admin_port).await;
+    let _ = page.c.clone().close().await;
+    server.abort();
+    result
+}
+
+async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
+    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
+    // The token moves out of the address bar into the tab's storage.
+    page.el("add-policy").await;
+    assert_eq!(page.c.current_url().await.unwrap().fragment(), None);
+
+    // A new policy with a rate limit, and an invalid value: the error appears next to the field.
+    page.click("add-policy").await;
+    page.el("policy-policy-1").await;
+    page.click("block-rate_limit").await;
+    page.type_into("field-rate_limit-rate", "ten").await;
+    let error = page.wait_text("error-rate_limit-rate", "the validator's error", |t| !t.is_empty()).await;
+    assert_eq!(error, "expected an integer, found a string");
+    assert!(page.disabled("save").await, "save is refused while the document is invalid");
+    assert!(page.text("doc-state").await.starts_with("invalid"));
+    page.shot("1-policy-invalid").await;
+
+    // Fixed: 1 request per hour with a burst of 2, so the third request is limited.
+    page.type_into("field-rate_limit-rate", "1").await;
+    page.type_into("field-rate_limit-per", "1h").await;
+    page.type_into("field-rate_limit-burst", "2").await;
+    page.wait_text("error-rate_limit-rate", "no error", str::is_empty).await;
+    assert!(!page.disabled("save").await);
+    // The raw YAML view follows the form.
+    page.click("view-yaml").await;
+    let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+    assert!(yaml.contains("- name: policy-1") && yaml.contains("per: 1h"), "{yaml}");
+    page.click("view-form").await;
+    page.click("save").await;
+    page.wait_text("notice", "the save", |t| t.starts_with("Saved as version 2")).await;
+
+    // Simulate the default scenario (50 requests a second): most are rate limited, and the chart shows it.
+    page.click("tab-simulate").await;
+    page.click("run-simulation").await;
+    page.el("simulation-result").await;
+    let bars = page.c.find_all(Locator::Css("[data-testid='chart-decisions'] rect")).await.unwrap();
+    assert!(bars.len() >= 10, "one or more bars per second: {}", bars.len());
+    let legend = page.text("chart-decisions").await;
+    assert!(legend.contains("allowed") && legend.contains("rate_limited"), "{legend}");
+    page.shot("2-simulate").await;
+
+    // Publish: the diff shows the new policy, the confirmation is asked, Envoy applies it.
+    page.click("tab-publish").await;
+    page.wait_text("diff", "the diff", |t| t.contains("name: policy-1")).await;
+    page.click("publish").await;
+    page.el("confirm-box").await;
+    page.shot("3-publish-confirm").await;
+    page.click("confirm-publish").await;
+    let outcome = page.el("publish-result").await;
+    assert_eq!(
+        outcome.attr("data-state").await.unwrap().as_deref(),
+        Some("applied"),
+        "{}",
+        outcome.text().await.unwrap()
+    );
+    page.shot("4-published").await;
+
+    // A real request through Envoy is limited by the new policy.
+    let statuses: Vec<u16> = tokio::task::spawn_blocking({
+        let mut client = envoy.client();
+        move || (0..3).map(|_| client.get("/", &[]).status).collect()
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, [200, 200, 429]);
+
+    // The live view shows Envoy's counter for it.
+    page.click("tab-live").await;
+    page.wait_text("live-policy-1-rate_limited", "the live counter", |t| t == "1").await;
+    page.shot("5-live").await;
+    page.click("tab-history").await;
+    page.el("version-2").await;
+    page.shot("6-history").await;
+    page.click("tab-policies").await;
+    page.wait_text("policy-policy-1", "live counters in the list", |t| t.contains("3 requests")).await;
+    page.shot("0-policies").await;
+}
