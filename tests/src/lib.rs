@@ -133,6 +133,31 @@ impl Envoy {
         panic!("envoy not ready after 30 s:\n{}", self.log());
     }
 
+    /// An admin server's configuration for this Envoy: its store in `<dir>/admin`, publishing to
+    /// this Envoy's ECDS file, confirming through its admin endpoint and log.
+    pub fn admin_config(
+        &self,
+        token: &str,
+        wasm: PathBuf,
+        ui_dir: Option<PathBuf>,
+    ) -> breakwater_cli::serve::Config {
+        let dir = self.dir.join("admin");
+        breakwater_cli::serve::Config {
+            policy: dir.join("active.yaml"),
+            state_dir: dir.join("state"),
+            token: token.into(),
+            ui_dir,
+            scenarios_dir: repo().join("policies"),
+            filter_wasm: wasm,
+            ecds: Some(self.ecds.clone()),
+            filter_name: "breakwater".into(),
+            vm_id: "breakwater".into(),
+            envoy_admin: Some(format!("127.0.0.1:{}", self.admin)),
+            envoy_log: Some(self.log.clone()),
+            publish_timeout: Duration::from_secs(10),
+        }
+    }
+
     /// The ECDS file this Envoy watches.
     pub fn ecds_path(&self) -> &Path {
         &self.ecds

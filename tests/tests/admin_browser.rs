@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use breakwater_cli::serve::{self, Config};
+use breakwater_cli::serve;
 use breakwater_e2e::{Envoy, Upstream, filter_wasm, free_port, repo};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
@@ -79,22 +79,8 @@ impl Drop for Driver {
 
 /// The admin server in this process, on a free loopback port.
 fn start_admin(envoy: &Envoy) -> (u16, tokio::task::JoinHandle<()>) {
-    let dir = envoy.dir.join("admin");
-    let router = serve::app(Config {
-        policy: dir.join("active.yaml"),
-        state_dir: dir.join("state"),
-        token: TOKEN.into(),
-        ui_dir: Some(repo().join("admin-ui/dist")),
-        scenarios_dir: repo().join("policies"),
-        filter_wasm: filter_wasm(),
-        ecds: Some(envoy.ecds_path().to_path_buf()),
-        filter_name: "breakwater".into(),
-        vm_id: "breakwater".into(),
-        envoy_admin: Some(format!("127.0.0.1:{}", envoy.admin)),
-        envoy_log: Some(envoy.log_path().to_path_buf()),
-        publish_timeout: Duration::from_secs(10),
-    })
-    .unwrap();
+    let config = envoy.admin_config(TOKEN, filter_wasm(), Some(repo().join("admin-ui/dist")));
+    let router = serve::app(config).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();

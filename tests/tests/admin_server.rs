@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use breakwater_cli::serve::{self, Config};
-use breakwater_e2e::{Envoy, Upstream, filter_wasm, repo};
+use breakwater_cli::serve;
+use breakwater_e2e::{Envoy, Upstream, filter_wasm};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -20,22 +20,8 @@ const START: &str = "version: 1\npolicies:\n  - name: open\n    rate_limit: { ra
 const STRICT: &str =
     "version: 1\npolicies:\n  - name: strict\n    rate_limit: { rate: 1, per: 1h, burst: 2 }\n";
 
-fn admin_server(envoy: &Envoy, wasm: &Path, dir: &Path) -> axum::Router {
-    serve::app(Config {
-        policy: dir.join("active.yaml"),
-        state_dir: dir.join("state"),
-        token: TOKEN.into(),
-        ui_dir: None,
-        scenarios_dir: repo().join("policies"),
-        filter_wasm: wasm.to_path_buf(),
-        ecds: Some(envoy.ecds_path().to_path_buf()),
-        filter_name: "breakwater".into(),
-        vm_id: "breakwater".into(),
-        envoy_admin: Some(format!("127.0.0.1:{}", envoy.admin)),
-        envoy_log: Some(envoy.log_path().to_path_buf()),
-        publish_timeout: Duration::from_secs(10),
-    })
-    .unwrap()
+fn admin_server(envoy: &Envoy, wasm: &Path) -> axum::Router {
+    serve::app(envoy.admin_config(TOKEN, wasm.to_path_buf(), None)).unwrap()
 }
 
 async fn call(router: &axum::Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -58,8 +44,7 @@ async fn call(router: &axum::Router, method: &str, path: &str, body: Option<Valu
 async fn publish_is_confirmed_by_envoy_and_enforced() {
     let upstream = Upstream::start();
     let envoy = Envoy::start(START, upstream.port());
-    let dir = envoy.dir.join("admin");
-    let router = admin_server(&envoy, &filter_wasm(), &dir);
+    let router = admin_server(&envoy, &filter_wasm());
 
     let (status, body) = call(&router, "PUT", "/api/policy", Some(json!({ "text": STRICT }))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -101,10 +86,9 @@ async fn publish_is_confirmed_by_envoy_and_enforced() {
 async fn a_rejected_publish_is_reported_with_envoys_reason() {
     let upstream = Upstream::start();
     let envoy = Envoy::start(START, upstream.port());
-    let dir = envoy.dir.join("admin");
     let broken = envoy.dir.join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x01\0\0\0garbage").unwrap();
-    let router = admin_server(&envoy, &broken, &dir);
+    let router = admin_server(&envoy, &broken);
     call(&router, "PUT", "/api/policy", Some(json!({ "text": STRICT }))).await;
     let (status, body) = call(&router, "POST", "/api/publish", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
