@@ -73,6 +73,9 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // chromium is chromedriver's child and outlives it: stop every process of this profile.
+        let _ =
+            Command::new("pkill").arg("-f").arg(format!("user-data-dir={}", self.profile.display())).status();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
@@ -247,4 +250,13 @@ async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
     page.click("tab-policies").await;
     page.wait_text("policy-policy-1", "live counters in the list", |t| t.contains("3 requests")).await;
     page.shot("0-policies").await;
+
+    // Roll back to the first (empty) version from the history: it becomes active as version 3.
+    page.click("tab-history").await;
+    page.click("rollback-1").await;
+    page.wait_text("notice", "the rollback", |t| t.starts_with("Version 1 is active again (as version 3)"))
+        .await;
+    page.click("tab-policies").await;
+    let list = page.text("policy-list").await;
+    assert!(!list.contains("policy-1"), "{list}");
 }
