@@ -66,6 +66,15 @@ impl ApiError {
     }
 }
 
+impl From<SaveError> for ApiError {
+    fn from(e: SaveError) -> ApiError {
+        match e {
+            SaveError::Invalid(d) => ApiError::invalid(d),
+            SaveError::Io(e) => ApiError::internal(e),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": self.message });
@@ -160,12 +169,8 @@ async fn put_policy(
     State(state): State<Shared>,
     Body(body): Body<TextBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.store.lock().await;
-    match store.save(&body.text) {
-        Ok(saved) => Ok(Json(json!(saved))),
-        Err(SaveError::Invalid(d)) => Err(ApiError::invalid(d)),
-        Err(SaveError::Io(e)) => Err(ApiError::internal(e)),
-    }
+    let saved = state.store.lock().await.save(&body.text)?;
+    Ok(Json(json!(saved)))
 }
 
 async fn validate(Body(body): Body<TextBody>) -> Json<Value> {
@@ -237,12 +242,9 @@ async fn rollback(
     State(state): State<Shared>,
     Body(body): Body<RollbackBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.store.lock().await;
-    match store.rollback(body.version) {
-        Ok(Some(saved)) => Ok(Json(json!(saved))),
-        Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no version {}", body.version))),
-        Err(SaveError::Invalid(d)) => Err(ApiError::invalid(d)),
-        Err(SaveError::Io(e)) => Err(ApiError::internal(e)),
+    match state.store.lock().await.rollback(body.version)? {
+        Some(saved) => Ok(Json(json!(saved))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no version {}", body.version))),
     }
 }
 
