@@ -18,10 +18,9 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --locked --workspace --all-targets -- -D warnings
 
-# The filter for Envoy (wasm32-wasip1) and the admin's validator for browsers (wasm32-unknown-unknown).
+# The filter for Envoy (wasm32-wasip1). The admin (wasm32-unknown-unknown) is built by build-admin.
 build-wasm:
     cargo build --locked --release -p breakwater-filter --target wasm32-wasip1
-    cargo build --locked -p breakwater-admin-ui --target wasm32-unknown-unknown
     @ls -l {{filter_wasm}} | awk '{print "filter wasm: " $5 " bytes"}'
 
 # The web admin (Leptos, client-side), built by trunk offline with the pinned wasm-bindgen and

@@ -498,7 +498,8 @@ def memory(bench, total_keys, max_keys, checkpoints):
 
 def host(smoke):
     if smoke:
-        cmd = ["cargo", "test", "--locked", "-q", "-p", "breakwater-host-test", "--bench", "speed", "--", "--quick"]
+        # --workspace: the same feature set as the test suite's build, so wasmtime is not rebuilt.
+        cmd = ["cargo", "test", "--locked", "-q", "--workspace", "--bench", "speed", "--", "--quick"]
     else:
         cmd = ["cargo", "bench", "--locked", "-q", "-p", "breakwater-host-test", "--bench", "speed"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
