@@ -4,6 +4,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 export PATH := justfile_directory() / ".tools/bin" + ":" + env_var("PATH")
 
 filter_wasm := "target/wasm32-wasip1/release/breakwater_filter.wasm"
+cli := "target/debug/breakwater"
 
 # List the recipes.
 default:
@@ -34,21 +35,26 @@ build-admin:
 test-rust: build-admin
     cargo test --locked --workspace
 
+# Every binary (the CLI, the example upstream, the load generator), built with the test suite's
+# feature set: a narrower `-p` build would compile wasmtime, tokio and others a second time.
+bins:
+    cargo build --locked -q --workspace --bins --tests
+
 # The shipped example policies validate.
-validate-examples:
-    cargo run -q --locked -p breakwater-cli -- validate $(ls policies/*.yaml | grep -v '\.scenario\.yaml$')
+validate-examples: bins
+    {{cli}} validate $(ls policies/*.yaml | grep -v '\.scenario\.yaml$')
 
 # The shipped scenarios: simulated traffic through the compiled filter (host-test), every expectation met.
-scenarios: build-wasm
-    cargo run -q --locked -p breakwater-cli -- test policies/*.scenario.yaml
+scenarios: build-wasm bins
+    {{cli}} test policies/*.scenario.yaml
 
 # The same traffic through real Envoy and through host-test, compared side by side (also in test-rust).
 fidelity: build-wasm
     cargo test --locked -p breakwater-e2e --test fidelity
 
 # Regenerate the committed JSON Schema after changing the model.
-schema:
-    cargo run -q --locked -p breakwater-cli -- schema > policies/schema.json
+schema: bins
+    {{cli}} schema > policies/schema.json
 
 # Regenerate policies/invalid/*.expected after an intended change of messages (review the diff!).
 bless:
@@ -56,13 +62,11 @@ bless:
     git diff --stat policies/invalid
 
 # The demo: example upstream + Envoy (2 workers) with the filter and the example policies + the web admin.
-demo: build-wasm build-admin
-    cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
+demo: build-wasm build-admin bins
     scripts/demo
 
 # Start the demo, check a 429, an open breaker and the metrics, stop it.
-demo-smoke: build-wasm build-admin
-    cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
+demo-smoke: build-wasm build-admin bins
     scripts/demo --smoke
 
 # The benchmark suite (about 11 min): overhead, features, calls, accuracy, scale, memory, host-test; rewrites the
@@ -75,7 +79,6 @@ bench-smoke: bench-tools
     python3 bench/run.py --smoke
 
 # What the benchmarks run: wrk, the no-op filter (the V8 floor), the CLI and the load generator.
-bench-tools: build-wasm
+bench-tools: build-wasm bins
     scripts/bootstrap --bench
-    cargo build --locked -q -p breakwater-cli -p breakwater-e2e --bins
     cargo build --locked -q --release -p breakwater-bench-noop-filter --target wasm32-wasip1
