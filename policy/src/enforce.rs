@@ -13,6 +13,7 @@ use crate::engine::breaker::{Admission, Phase, Ticket, Transition};
 use crate::engine::budget::Reservation;
 use crate::engine::keys::{KeyTable, SlotRef, SlotState};
 use crate::engine::rate_limit::{RateDecision, decode_tat};
+use crate::engine::record;
 use crate::engine::store::{SharedStore, StoreError, update};
 use crate::engine::{NANOS_PER_SEC, concurrency, text};
 use crate::model::{FailureMode, KeyPart, Outcome, Response};
@@ -94,7 +95,10 @@ pub struct Admitted {
     /// Headers to add to the response (rate-limit and debug headers).
     pub response_headers: Vec<(String, String)>,
     started: Nanos,
+    /// A keyed concurrency slot held.
     slot: Option<SlotRef>,
+    /// A concurrency slot held in the policy's record.
+    record_slot: bool,
     ticket: Option<Ticket>,
     reservation: Option<Reservation>,
     replied: bool,
@@ -267,11 +271,17 @@ pub fn admit<S: SharedStore + ?Sized>(
         response_headers: Vec::new(),
         started: now,
         slot: None,
+        record_slot: false,
         ticket: None,
         reservation: None,
         replied: false,
     };
-    let rejection = check_limits(p, store, req, now, &mut a);
+    let retriable = p.policy.retry.as_ref().is_some_and(|r| r.methods.iter().any(|m| m == req.method()));
+    let want = match &p.policy.retry {
+        Some(r) if retriable => r.max_retries,
+        _ => 0,
+    };
+    let rejection = check_limits(p, store, req, now, &mut a, want);
     if let Some((decision, r)) = rejection {
         a.decision = decision;
         if p.enforcing() {
@@ -281,7 +291,7 @@ pub fn admit<S: SharedStore + ?Sized>(
     }
     a.events.push(Event::Decision(a.decision));
     if a.forwarded() {
-        a.verdict = Verdict::Forward { request_headers: router_headers(p, store, req, now, &mut a) };
+        a.verdict = Verdict::Forward { request_headers: router_headers(p, retriable, &a) };
     }
     if plan.debug_headers {
         a.response_headers.push(("x-breakwater-policy".into(), p.name().to_string()));
@@ -293,122 +303,294 @@ pub fn admit<S: SharedStore + ?Sized>(
     Some(a)
 }
 
-/// Rate limit → concurrency → breaker. Returns the first rejection.
+/// Blocks whose state is in the policy's record, indexed like its sections.
+type Blocks = [bool; 3];
+
+/// Rate limit → concurrency → breaker, each block on its keyed table or in the policy's record;
+/// consecutive record blocks are decided in one update of the record. The last update also starts
+/// the retry budget (`want` retries) when the request goes upstream. Returns the first rejection.
 fn check_limits<S: SharedStore + ?Sized>(
     p: &PolicyPlan,
     store: &S,
     req: &impl RequestView,
     now: Nanos,
     a: &mut Admitted,
+    want: u32,
 ) -> Option<(Decision, Reply)> {
-    let deny = p.policy.failure_mode == FailureMode::Deny;
-    if let (Some(rl), Some(g)) = (&p.policy.rate_limit, &p.rate_limit) {
-        let key = compose_key(&rl.key, req);
-        match p.state.rate_limit.update(store, &key, now, &RateSlots, |s| g.decide_bytes(s, now)) {
-            Ok((d, _)) => {
-                let headers = rate_limit_headers(p, &d);
-                if !d.allowed {
-                    let mut extra =
-                        vec![("retry-after".to_string(), text::u64_text(seconds_ceil(d.retry_after).max(1)))];
-                    extra.extend(headers);
-                    return Some((Decision::RateLimited, reply(&rl.response, extra)));
-                }
-                a.response_headers.extend(headers);
-            }
-            Err(_) => {
-                a.events.push(Event::StateUnavailable);
-                if deny {
-                    return Some((Decision::RateLimited, reply(&rl.response, Vec::new())));
-                }
-            }
-        }
-    }
-    if let Some(cl) = &p.policy.concurrency_limit {
-        let key = compose_key(&cl.key, req);
-        let max = cl.max_in_flight;
-        match p
-            .state
-            .concurrency
-            .update(store, &key, now, &ConcurrencySlots, |s| concurrency::acquire(s, max))
-        {
-            Ok((slot, _)) if !slot.acquired => {
-                return Some((Decision::ConcurrencyLimited, reply(&cl.response, Vec::new())));
-            }
-            Ok((slot, at)) => {
-                a.events.push(Event::InFlight(slot.in_flight));
-                a.slot = Some(at);
-            }
-            Err(_) => {
-                a.events.push(Event::StateUnavailable);
-                if deny {
-                    return Some((Decision::ConcurrencyLimited, reply(&cl.response, Vec::new())));
-                }
-            }
-        }
-    }
-    if let (Some(cb), Some(cfg)) = (&p.policy.circuit_breaker, &p.breaker) {
-        match update(store, &p.state.breaker, |s| cfg.admit_bytes(s, now)) {
-            Ok((admission, transition, _)) => {
-                if let Some(t) = transition {
-                    a.events.push(Event::Breaker(t));
-                }
-                match admission {
-                    Admission::Admitted(ticket) => a.ticket = Some(ticket),
-                    Admission::Rejected { retry_after } => {
-                        release(store, a);
-                        let extra = vec![(
-                            "retry-after".to_string(),
-                            text::u64_text(seconds_ceil(retry_after).max(1)),
-                        )];
-                        return Some((Decision::CircuitOpen, reply(&cb.response, extra)));
+    let mut pending: Blocks = [false; 3];
+    let rejection = 'blocks: {
+        if let (Some(rl), Some(g)) = (&p.policy.rate_limit, &p.rate_limit) {
+            match &p.state.rate_limit {
+                None => pending[record::RATE_LIMIT] = true,
+                Some(table) => {
+                    let key = compose_key(&rl.key, req);
+                    let result = table.update(store, &key, now, &RateSlots, |s| g.decide_bytes(s, now));
+                    if let Some(r) = rate_limited(p, a, result.map(|(d, _)| d)) {
+                        break 'blocks Some(r);
                     }
                 }
             }
-            Err(_) => {
-                a.events.push(Event::StateUnavailable);
-                if deny {
-                    release(store, a);
-                    return Some((Decision::CircuitOpen, reply(&cb.response, Vec::new())));
+        }
+        if let Some(cl) = &p.policy.concurrency_limit {
+            match &p.state.concurrency {
+                None => pending[record::CONCURRENCY] = true,
+                Some(table) => {
+                    if let Some(r) = flush(p, store, now, a, std::mem::take(&mut pending), None) {
+                        break 'blocks Some(r);
+                    }
+                    let key = compose_key(&cl.key, req);
+                    let max = cl.max_in_flight;
+                    let result =
+                        table.update(store, &key, now, &ConcurrencySlots, |s| concurrency::acquire(s, max));
+                    let (slot, at) = match result {
+                        Ok((slot, at)) => (Ok(slot), Some(at)),
+                        Err(e) => (Err(e), None),
+                    };
+                    if let Some(r) = concurrency_limited(p, a, slot) {
+                        break 'blocks Some(r);
+                    }
+                    a.slot = at;
                 }
             }
         }
+        pending[record::BREAKER] = p.breaker.is_some();
+        return flush(p, store, now, a, pending, Some(want));
+    };
+    // Rejected before the last update: a request that goes upstream anyway (shadow mode) still
+    // counts toward the retry budget.
+    if !p.enforcing() {
+        flush(p, store, now, a, [false; 3], Some(want));
+    }
+    rejection
+}
+
+/// What one update of a policy's record decided.
+#[derive(Debug, Clone, Copy, Default)]
+struct Taken {
+    rate: Option<RateDecision>,
+    slot: Option<concurrency::Slot>,
+    breaker: Option<(Admission, Option<Transition>)>,
+    budget: Option<Reservation>,
+}
+
+/// Decides the `blocks` (and starts the budget with `want` retries, if the policy has one and
+/// the request goes upstream) in one update of the policy's record, then applies the decisions.
+fn flush<S: SharedStore + ?Sized>(
+    p: &PolicyPlan,
+    store: &S,
+    now: Nanos,
+    a: &mut Admitted,
+    blocks: Blocks,
+    want: Option<u32>,
+) -> Option<(Decision, Reply)> {
+    let budget = want.and_then(|w| p.budget.as_ref().map(|b| (b, w)));
+    if blocks == [false; 3] && budget.is_none() {
+        return None;
+    }
+    let forward_anyway = !p.enforcing();
+    let max_in_flight = p.policy.concurrency_limit.as_ref().map_or(0, |c| c.max_in_flight);
+    let taken = update(store, &p.state.record, |bytes| {
+        let old = record::split(bytes);
+        let mut new: [Option<Vec<u8>>; record::SECTIONS] = Default::default();
+        let mut t = Taken::default();
+        let rejected = 'decide: {
+            if blocks[record::RATE_LIMIT]
+                && let Some(g) = &p.rate_limit
+            {
+                let (d, b) = g.decide_bytes(old[record::RATE_LIMIT], now);
+                (new[record::RATE_LIMIT], t.rate) = (b, Some(d));
+                if !d.allowed {
+                    break 'decide true;
+                }
+            }
+            if blocks[record::CONCURRENCY] {
+                let (slot, b) = concurrency::acquire(old[record::CONCURRENCY], max_in_flight);
+                (new[record::CONCURRENCY], t.slot) = (b, Some(slot));
+                if !slot.acquired {
+                    break 'decide true;
+                }
+            }
+            if blocks[record::BREAKER]
+                && let Some(cfg) = &p.breaker
+            {
+                let ((admission, transition, _), b) = cfg.admit_bytes(old[record::BREAKER], now);
+                (new[record::BREAKER], t.breaker) = (b, Some((admission, transition)));
+                if let Admission::Rejected { .. } = admission {
+                    // The request does not go upstream: the slot decided above is not taken.
+                    (new[record::CONCURRENCY], t.slot) = (None, None);
+                    break 'decide true;
+                }
+            }
+            false
+        };
+        if let Some((budget, want)) = budget
+            && (!rejected || forward_anyway)
+        {
+            let (reservation, b) = budget.start_bytes(old[record::BUDGET], now, want);
+            (new[record::BUDGET], t.budget) = (b, Some(reservation));
+        }
+        let write = new.iter().any(Option::is_some).then(|| record::join(&old, &new));
+        (t, write)
+    });
+    apply(p, store, a, blocks, budget.map(|(_, w)| w), taken)
+}
+
+/// Acts on the decisions of one record update, in block order; Err (no state) lets each block's
+/// `failure_mode` decide.
+fn apply<S: SharedStore + ?Sized>(
+    p: &PolicyPlan,
+    store: &S,
+    a: &mut Admitted,
+    blocks: Blocks,
+    want: Option<u32>,
+    taken: Result<Taken, StoreError>,
+) -> Option<(Decision, Reply)> {
+    let Ok(t) = taken else {
+        if blocks[record::RATE_LIMIT]
+            && let Some(r) = rate_limited(p, a, unavailable())
+        {
+            return Some(r);
+        }
+        if blocks[record::CONCURRENCY]
+            && let Some(r) = concurrency_limited(p, a, unavailable())
+        {
+            return Some(r);
+        }
+        if blocks[record::BREAKER]
+            && let Some(r) = circuit_open(p, store, a, unavailable())
+        {
+            return Some(r);
+        }
+        // Without the budget's state no retry is safe: the request goes without retry headers.
+        if want.is_some() && p.budget.is_some() {
+            a.events.push(Event::StateUnavailable);
+        }
+        return None;
+    };
+    if let (Some(reservation), Some(want)) = (t.budget, want) {
+        if reservation.granted < want {
+            a.events.push(Event::BudgetExhausted);
+        }
+        a.reservation = Some(reservation);
+    }
+    if let Some(d) = t.rate
+        && let Some(r) = rate_limited(p, a, Ok(d))
+    {
+        return Some(r);
+    }
+    if let Some(slot) = t.slot {
+        if let Some(r) = concurrency_limited(p, a, Ok(slot)) {
+            return Some(r);
+        }
+        a.record_slot = true;
+    }
+    if let Some(admitted) = t.breaker {
+        return circuit_open(p, store, a, Ok(admitted));
     }
     None
 }
 
-/// Envoy router headers for a forwarded request: retries within the budget, timeouts.
-fn router_headers<S: SharedStore + ?Sized>(
+fn unavailable<T>() -> Result<T, StoreError> {
+    Err(StoreError::Unavailable(String::new()))
+}
+
+fn deny(p: &PolicyPlan) -> bool {
+    p.policy.failure_mode == FailureMode::Deny
+}
+
+/// The rate limit's rejection, if its decision (or missing state under `failure_mode: deny`) is one.
+fn rate_limited(
+    p: &PolicyPlan,
+    a: &mut Admitted,
+    decision: Result<RateDecision, StoreError>,
+) -> Option<(Decision, Reply)> {
+    let rl = p.policy.rate_limit.as_ref()?;
+    match decision {
+        Ok(d) => {
+            let headers = rate_limit_headers(p, &d);
+            if !d.allowed {
+                let mut extra =
+                    vec![("retry-after".to_string(), text::u64_text(seconds_ceil(d.retry_after).max(1)))];
+                extra.extend(headers);
+                return Some((Decision::RateLimited, reply(&rl.response, extra)));
+            }
+            a.response_headers.extend(headers);
+            None
+        }
+        Err(_) => {
+            a.events.push(Event::StateUnavailable);
+            deny(p).then(|| (Decision::RateLimited, reply(&rl.response, Vec::new())))
+        }
+    }
+}
+
+/// The concurrency limit's rejection, if the slot was not had.
+fn concurrency_limited(
+    p: &PolicyPlan,
+    a: &mut Admitted,
+    slot: Result<concurrency::Slot, StoreError>,
+) -> Option<(Decision, Reply)> {
+    let cl = p.policy.concurrency_limit.as_ref()?;
+    match slot {
+        Ok(slot) if !slot.acquired => Some((Decision::ConcurrencyLimited, reply(&cl.response, Vec::new()))),
+        Ok(slot) => {
+            a.events.push(Event::InFlight(slot.in_flight));
+            None
+        }
+        Err(_) => {
+            a.events.push(Event::StateUnavailable);
+            deny(p).then(|| (Decision::ConcurrencyLimited, reply(&cl.response, Vec::new())))
+        }
+    }
+}
+
+/// The breaker's rejection, if it is open (a keyed concurrency slot is given back then).
+fn circuit_open<S: SharedStore + ?Sized>(
     p: &PolicyPlan,
     store: &S,
-    req: &impl RequestView,
-    now: Nanos,
     a: &mut Admitted,
-) -> Vec<(&'static str, String)> {
-    let mut h = Vec::new();
-    if let (Some(r), Some(budget)) = (&p.policy.retry, &p.budget) {
-        let retriable = r.methods.iter().any(|m| m == req.method());
-        let want = if retriable { r.max_retries } else { 0 };
-        // Every request of the policy counts toward the budget's base, retried or not.
-        match update(store, &p.state.budget, |s| budget.start_bytes(s, now, want)) {
-            Ok(res) => {
-                if res.granted < want {
-                    a.events.push(Event::BudgetExhausted);
+    admitted: Result<(Admission, Option<Transition>), StoreError>,
+) -> Option<(Decision, Reply)> {
+    let cb = p.policy.circuit_breaker.as_ref()?;
+    let extra = match admitted {
+        Ok((admission, transition)) => {
+            if let Some(t) = transition {
+                a.events.push(Event::Breaker(t));
+            }
+            match admission {
+                Admission::Admitted(ticket) => {
+                    a.ticket = Some(ticket);
+                    return None;
                 }
-                a.reservation = Some(res);
-                if retriable {
-                    let fixed = &p.headers;
-                    h.push(("x-envoy-retry-on", fixed.retry_on.clone()));
-                    h.push(("x-envoy-max-retries", text::u64_text(u64::from(res.granted))));
-                    if let Some(codes) = &fixed.retriable_status_codes {
-                        h.push(("x-envoy-retriable-status-codes", codes.clone()));
-                    }
-                    if let Some(ms) = &fixed.per_try_timeout_ms {
-                        h.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms.clone()));
-                    }
+                Admission::Rejected { retry_after } => {
+                    vec![("retry-after".to_string(), text::u64_text(seconds_ceil(retry_after).max(1)))]
                 }
             }
-            // Without the budget's state no retry is safe: forward without retry headers.
-            Err(_) => a.events.push(Event::StateUnavailable),
+        }
+        Err(_) => {
+            a.events.push(Event::StateUnavailable);
+            if !deny(p) {
+                return None;
+            }
+            Vec::new()
+        }
+    };
+    release(store, a);
+    Some((Decision::CircuitOpen, reply(&cb.response, extra)))
+}
+
+/// Envoy router headers for a forwarded request: retries within the budget, timeouts.
+fn router_headers(p: &PolicyPlan, retriable: bool, a: &Admitted) -> Vec<(&'static str, String)> {
+    let mut h = Vec::new();
+    if let (true, Some(res)) = (retriable, a.reservation) {
+        let fixed = &p.headers;
+        h.push(("x-envoy-retry-on", fixed.retry_on.clone()));
+        h.push(("x-envoy-max-retries", text::u64_text(u64::from(res.granted))));
+        if let Some(codes) = &fixed.retriable_status_codes {
+            h.push(("x-envoy-retriable-status-codes", codes.clone()));
+        }
+        if let Some(ms) = &fixed.per_try_timeout_ms {
+            h.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms.clone()));
         }
     }
     if let Some(ms) = &p.headers.timeout_ms {
@@ -454,22 +636,40 @@ pub fn finish<S: SharedStore + ?Sized>(
     if retried > 0 {
         a.events.push(Event::Retried(retried));
     }
-    if let (Some(cb), Some(cfg), Some(ticket)) = (&p.policy.circuit_breaker, &p.breaker, a.ticket.take()) {
-        // A client abort before any response says nothing about the upstream.
-        if exchange.status.is_some() {
-            let failed = exchange.is_any(&cb.failure_on);
-            let duration = now.saturating_sub(a.started);
-            match update(store, &p.state.breaker, |s| cfg.record_bytes(s, now, ticket, failed, duration)) {
-                Ok((Some(t), _)) => a.events.push(Event::Breaker(t)),
-                Ok((None, _)) => {}
-                Err(_) => a.events.push(Event::StateUnavailable),
-            }
-        }
+    let release_slot = std::mem::take(&mut a.record_slot);
+    // A client abort before any response says nothing about the upstream.
+    let ticket = a.ticket.take().filter(|_| exchange.status.is_some());
+    let breaker = p.breaker.as_ref().zip(p.policy.circuit_breaker.as_ref()).zip(ticket);
+    let settle = p.budget.as_ref().zip(a.reservation.take());
+    if !release_slot && breaker.is_none() && settle.is_none() {
+        return;
     }
-    if let (Some(budget), Some(res)) = (&p.budget, a.reservation.take())
-        && update(store, &p.state.budget, |s| budget.settle_bytes(s, now, res, retried)).is_err()
-    {
-        a.events.push(Event::StateUnavailable);
+    let failed = breaker.is_some_and(|((_, cb), _)| exchange.is_any(&cb.failure_on));
+    let duration = now.saturating_sub(a.started);
+    let result = update(store, &p.state.record, |bytes| {
+        let old = record::split(bytes);
+        let mut new: [Option<Vec<u8>>; record::SECTIONS] = Default::default();
+        let (mut in_flight, mut transition) = (None, None);
+        if release_slot {
+            let (n, b) = concurrency::release(old[record::CONCURRENCY]);
+            (new[record::CONCURRENCY], in_flight) = (b, Some(n));
+        }
+        if let Some(((cfg, _), ticket)) = breaker {
+            let ((t, _), b) = cfg.record_bytes(old[record::BREAKER], now, ticket, failed, duration);
+            (new[record::BREAKER], transition) = (b, t);
+        }
+        if let Some((budget, reservation)) = settle {
+            new[record::BUDGET] = budget.settle_bytes(old[record::BUDGET], now, reservation, retried).1;
+        }
+        let write = new.iter().any(Option::is_some).then(|| record::join(&old, &new));
+        ((in_flight, transition), write)
+    });
+    match result {
+        Ok((in_flight, transition)) => {
+            a.events.extend(in_flight.map(Event::InFlight));
+            a.events.extend(transition.map(Event::Breaker));
+        }
+        Err(_) => a.events.push(Event::StateUnavailable),
     }
 }
 
@@ -489,6 +689,6 @@ fn release<S: SharedStore + ?Sized>(store: &S, a: &mut Admitted) {
 /// The breaker phase of a policy as stored now (for the breaker-state gauge and the admin).
 pub fn breaker_phase<S: SharedStore + ?Sized>(p: &PolicyPlan, store: &S) -> Option<Phase> {
     let cfg = p.breaker.as_ref()?;
-    let bytes = store.get(&p.state.breaker).ok()??.0;
-    cfg.decode(&bytes).map(|s| s.phase())
+    let bytes = store.get(&p.state.record).ok()??.0;
+    cfg.decode(record::split(Some(&bytes))[record::BREAKER]?).map(|s| s.phase())
 }

@@ -152,30 +152,28 @@ pub struct PolicyPlan {
     pub state: StateKeys,
 }
 
-/// Shared-data names of a policy's state: `bw/<policy>/<block>[/<slot>]`.
+/// Shared-data names of a policy's state: keyed blocks in bounded tables `bw/<policy>/<block>/<slot>`,
+/// everything without a request key in the policy's record `bw/<policy>/p` (see
+/// [`crate::engine::record`]).
 #[derive(Debug, Clone)]
 pub struct StateKeys {
-    pub rate_limit: KeyTable,
-    pub concurrency: KeyTable,
-    pub breaker: String,
-    pub budget: String,
+    /// The rate limit's table, None when it has no key (its state is in the record).
+    pub rate_limit: Option<KeyTable>,
+    /// The concurrency limit's table, None when it has no key (its state is in the record).
+    pub concurrency: Option<KeyTable>,
+    pub record: String,
 }
 
 impl StateKeys {
     fn new(p: &Policy) -> Self {
-        let slots = |key: &[KeyPart], max_keys: u32| if key.is_empty() { 1 } else { max_keys };
         let name = &p.name;
+        let table = |block: &str, key: &[KeyPart], max_keys: u32| {
+            (!key.is_empty()).then(|| KeyTable::new(format!("bw/{name}/{block}"), max_keys))
+        };
         StateKeys {
-            rate_limit: KeyTable::new(
-                format!("bw/{name}/rl"),
-                p.rate_limit.as_ref().map_or(1, |r| slots(&r.key, r.max_keys)),
-            ),
-            concurrency: KeyTable::new(
-                format!("bw/{name}/cl"),
-                p.concurrency_limit.as_ref().map_or(1, |c| slots(&c.key, c.max_keys)),
-            ),
-            breaker: format!("bw/{name}/cb"),
-            budget: format!("bw/{name}/budget"),
+            rate_limit: p.rate_limit.as_ref().and_then(|r| table("rl", &r.key, r.max_keys)),
+            concurrency: p.concurrency_limit.as_ref().and_then(|c| table("cl", &c.key, c.max_keys)),
+            record: format!("bw/{name}/p"),
         }
     }
 }

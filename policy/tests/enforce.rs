@@ -324,3 +324,139 @@ fn below_500_the_status_alone_decides_the_outcome() {
     assert!(with(None, 0, "upstream_reset_before_response_started{remote_reset}").is(Outcome::Reset));
     assert!(with(Some(200), 0, "").is(Outcome::Status(200)));
 }
+
+/// A store that counts the host calls it would cost in Envoy.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryStore,
+    gets: std::cell::Cell<u32>,
+    sets: std::cell::Cell<u32>,
+}
+impl SharedStore for Counting {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.gets.set(self.gets.get() + 1);
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.sets.set(self.sets.get() + 1);
+        self.inner.set(key, value, cas)
+    }
+}
+impl Counting {
+    fn take(&self) -> (u32, u32) {
+        (self.gets.replace(0), self.sets.replace(0))
+    }
+}
+
+const EVERY_BLOCK: &str = r#"
+version: 1
+policies:
+  - name: api
+    rate_limit: { rate: 1000, burst: 1000 }
+    concurrency_limit: { max_in_flight: 100 }
+    circuit_breaker: { window: 100, minimum_calls: 20, failure_rate: 50 }
+    retry: { max_retries: 2, budget: { percent: 20, min_per_second: 10 } }
+"#;
+
+/// The unkeyed state of a policy (rate limit, concurrency, breaker, budget) is one shared value:
+/// a request costs one read and one write when admitted, and one of each when it ends.
+#[test]
+fn unkeyed_state_costs_one_read_and_one_write_per_stream_point() {
+    let s = sim_with(EVERY_BLOCK, Counting::default());
+    for _ in 0..3 {
+        let mut a = s.admit(&get("/"));
+        assert_eq!((a.decision, s.store.take()), (Decision::Allowed, (1, 1)));
+        assert!(a.events.contains(&Event::InFlight(1)), "{:?}", a.events);
+        assert_eq!(router_headers(&a).iter().find(|(k, _)| *k == "x-envoy-max-retries").unwrap().1, "2");
+        s.finish(&mut a, 200, 1);
+        assert_eq!(s.store.take(), (1, 1));
+        assert!(a.events.contains(&Event::InFlight(0)), "{:?}", a.events);
+        s.clock.advance_ms(1);
+    }
+    assert_eq!(s.store.inner.len(), 1, "one shared value for the whole policy");
+}
+
+/// A keyed concurrency limit between two unkeyed blocks keeps the order rate limit → concurrency
+/// → breaker: a rate-limited request takes no slot; a breaker rejection gives the slot back.
+#[test]
+fn keyed_and_unkeyed_blocks_keep_their_order() {
+    let s = sim(r#"
+version: 1
+policies:
+  - name: api
+    rate_limit: { rate: 1, per: 1h, burst: 3 }
+    concurrency_limit: { max_in_flight: 1, key: ["header:x-user"] }
+    circuit_breaker: { window: 4, minimum_calls: 2, failure_rate: 50, open_for: 10s }
+"#);
+    let alice = get("/").header("x-user", "alice");
+    // Two failures open the breaker; each held alice's slot and gave it back at the end.
+    assert_eq!(s.call(&alice, 503), Decision::Allowed);
+    assert_eq!(s.call(&alice, 503), Decision::Allowed);
+    // Open: rejected by the breaker after taking a token and a slot; the slot is given back.
+    let open = s.admit(&alice);
+    assert_eq!(open.decision, Decision::CircuitOpen);
+    assert!(open.events.contains(&Event::InFlight(0)), "{:?}", open.events);
+    // The bucket (burst 3) is now empty: rate limited before the concurrency limit is asked.
+    let limited = s.admit(&alice);
+    assert_eq!(limited.decision, Decision::RateLimited);
+    assert!(!limited.events.iter().any(|e| matches!(e, Event::InFlight(_))), "{:?}", limited.events);
+}
+
+/// A breaker rejection decided in the same update as the concurrency slot does not keep the slot:
+/// many rejected requests leave the in-flight count where it was.
+#[test]
+fn breaker_rejections_take_no_concurrency_slot() {
+    let s = sim(r#"
+version: 1
+policies:
+  - name: api
+    concurrency_limit: { max_in_flight: 2 }
+    circuit_breaker: { window: 4, minimum_calls: 2, failure_rate: 50, open_for: 10s }
+"#);
+    assert_eq!(s.call(&get("/"), 503), Decision::Allowed);
+    assert_eq!(s.call(&get("/"), 503), Decision::Allowed);
+    for _ in 0..10 {
+        let a = s.admit(&get("/"));
+        assert_eq!(a.decision, Decision::CircuitOpen);
+        assert!(!a.events.iter().any(|e| matches!(e, Event::InFlight(_))), "{:?}", a.events);
+    }
+    s.clock.advance_ms(10_000);
+    // Half-open: both probes get a slot (none leaked while open).
+    let (mut p1, mut p2) = (s.admit(&get("/")), s.admit(&get("/")));
+    assert_eq!((p1.decision, p2.decision), (Decision::Allowed, Decision::Allowed));
+    assert!(p2.events.contains(&Event::InFlight(2)), "{:?}", p2.events);
+    s.finish(&mut p1, 200, 1);
+    s.finish(&mut p2, 200, 1);
+}
+
+/// In shadow mode a request the rate limit would reject still goes upstream, so it still gets its
+/// retries from the budget.
+#[test]
+fn shadow_rejections_still_get_retries() {
+    let s = sim(r#"
+version: 1
+policies:
+  - name: api
+    mode: shadow
+    rate_limit: { rate: 1, per: 1h, burst: 1 }
+    retry: { max_retries: 1, budget: { percent: 20, min_per_second: 10 } }
+"#);
+    assert_eq!(s.call(&get("/"), 200), Decision::Allowed);
+    let a = s.admit(&get("/"));
+    assert_eq!(a.decision, Decision::RateLimited);
+    assert_eq!(router_headers(&a).iter().find(|(k, _)| *k == "x-envoy-max-retries").unwrap().1, "1");
+}
+
+/// Without shared data, every block of the record applies its failure_mode, and a request that is
+/// let through gets no retries.
+#[test]
+fn a_missing_record_lets_failure_mode_decide_for_every_block() {
+    let open = sim_with(EVERY_BLOCK, Broken);
+    let a = open.admit(&get("/"));
+    assert!(a.forwarded());
+    assert_eq!(a.events.iter().filter(|e| **e == Event::StateUnavailable).count(), 4, "{:?}", a.events);
+    assert!(!router_headers(&a).iter().any(|(k, _)| *k == "x-envoy-max-retries"));
+    let closed =
+        sim_with(&EVERY_BLOCK.replace("  - name: api\n", "  - name: api\n    failure_mode: deny\n"), Broken);
+    assert_eq!(rejection(&closed.admit(&get("/"))).status, 429);
+}

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod concurrency;
 pub mod keys;
 pub mod rate_limit;
+pub mod record;
 pub mod store;
 pub mod text;
 
