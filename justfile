@@ -69,7 +69,7 @@ demo: build-wasm build-admin bins
 demo-smoke: build-wasm build-admin bins
     scripts/demo --smoke
 
-# The benchmark suite (about 11 min): overhead, features, calls, accuracy, scale, memory, host-test; rewrites the
+# The benchmark suite (11–15 min): overhead, features, calls, accuracy, scale, memory, host-test; rewrites the
 # generated part of BENCHMARKS.md. `./dev bench --only overhead,scale` runs some sections.
 bench *args: bench-tools
     python3 bench/run.py {{args}}
