@@ -316,7 +316,11 @@ impl BreakerConfig {
     // ---- shared-data encoding ----
 
     pub fn encode(&self, st: &BreakerState) -> Vec<u8> {
-        let mut w = Writer::with_tag(TAG);
+        let window = match &st.window {
+            WindowState::Calls { failed, slow, .. } => 8 + failed.len() + slow.len(),
+            WindowState::Time { buckets } => BUCKET_BYTES * buckets.len(),
+        };
+        let mut w = Writer::sized(TAG, 4 + 21 + 1 + window);
         w.u32(st.generation);
         match st.phase {
             Phase::Closed => w.u8(0),
@@ -380,15 +384,17 @@ impl BreakerConfig {
         bytes.and_then(|b| self.decode(b)).unwrap_or_else(|| self.new_state())
     }
 
-    /// The generation of a well-formed closed state with a time window of this configuration's
-    /// shape, read without decoding the window: the per-request hot path (a closed breaker
-    /// admits without changing anything; recording touches one bucket).
-    fn closed_time_window(&self, bytes: &[u8]) -> Option<u32> {
-        let WindowConfig::Time { buckets, .. } = self.window else { return None };
+    /// The generation of a well-formed closed state with a window of this configuration's shape,
+    /// read without decoding the window: the per-request hot path (a closed breaker admits
+    /// without changing anything; recording touches one bucket or one bit).
+    fn closed_generation(&self, bytes: &[u8]) -> Option<u32> {
         let mut r = Reader::with_tag(bytes, TAG)?;
         let generation = r.u32()?;
-        let shaped =
-            r.u8()? == 0 && r.u8()? == 1 && bytes.len() == CLOSED_WINDOW_AT + BUCKET_BYTES * buckets as usize;
+        let (kind, window_bytes) = match self.window {
+            WindowConfig::Calls(n) => (0, CALLS_BITMAPS_AT - CLOSED_WINDOW_AT + 2 * n.div_ceil(8) as usize),
+            WindowConfig::Time { buckets, .. } => (1, BUCKET_BYTES * buckets as usize),
+        };
+        let shaped = r.u8()? == 0 && r.u8()? == kind && bytes.len() == CLOSED_WINDOW_AT + window_bytes;
         shaped.then_some(generation)
     }
 
@@ -398,7 +404,7 @@ impl BreakerConfig {
         bytes: Option<&[u8]>,
         now: Nanos,
     ) -> ((Admission, Option<Transition>, Phase), Option<Vec<u8>>) {
-        if let Some(generation) = bytes.and_then(|b| self.closed_time_window(b)) {
+        if let Some(generation) = bytes.and_then(|b| self.closed_generation(b)) {
             return ((Admission::Admitted(Ticket { generation, probe: false }), None, Phase::Closed), None);
         }
         let mut st = self.load(bytes);
@@ -417,10 +423,10 @@ impl BreakerConfig {
         failed: bool,
         duration: Nanos,
     ) -> ((Option<Transition>, Phase), Option<Vec<u8>>) {
-        if let Some(written) =
-            bytes.and_then(|b| self.record_closed_in_place(b, now, ticket, failed, duration))
+        if let Some(b) = bytes
+            && let Some(written) = self.record_closed_in_place(b, now, ticket, failed, duration)
         {
-            return ((None, Phase::Closed), Some(written));
+            return ((None, Phase::Closed), written);
         }
         let mut st = self.load(bytes);
         let before = st.clone();
@@ -436,9 +442,10 @@ const CLOSED_WINDOW_AT: usize = 7;
 const BUCKET_BYTES: usize = 20;
 
 impl BreakerConfig {
-    /// [`Self::record`] for a closed breaker with a time window, on the encoded bytes: one bucket
-    /// updated, the window counted in place. None when the state is not that, the ticket is stale,
-    /// or the call opens the breaker: the full path then decides.
+    /// [`Self::record`] for a closed breaker, on the encoded bytes: one bucket or one bit updated,
+    /// the window counted in place; Some(None) when nothing changed (a full ring taking the same
+    /// outcome as the one it drops). None when the state is not that, the ticket is stale, or the
+    /// call opens the breaker: the full path then decides.
     fn record_closed_in_place(
         &self,
         bytes: &[u8],
@@ -446,36 +453,80 @@ impl BreakerConfig {
         ticket: Ticket,
         failed: bool,
         duration: Nanos,
-    ) -> Option<Vec<u8>> {
-        let WindowConfig::Time { bucket, buckets: count } = self.window else { return None };
-        if self.closed_time_window(bytes)? != ticket.generation {
+    ) -> Option<Option<Vec<u8>>> {
+        if self.closed_generation(bytes)? != ticket.generation {
             return None;
         }
         let slow = self.slow.is_some_and(|(limit, _)| duration > limit);
         let mut out = bytes.to_vec();
-        let epoch = now / bucket;
-        let at = CLOSED_WINDOW_AT + (epoch % u64::from(count)) as usize * BUCKET_BYTES;
-        let mut b = read_bucket(out.get(at..at + BUCKET_BYTES)?)?;
-        if b.epoch != epoch {
-            b = Bucket { epoch, ..Bucket::default() };
-        }
-        b.calls = b.calls.saturating_add(1);
-        b.failed = b.failed.saturating_add(u32::from(failed));
-        b.slow = b.slow.saturating_add(u32::from(slow));
-        write_bucket(out.get_mut(at..at + BUCKET_BYTES)?, b);
-        let oldest = epoch.saturating_sub(u64::from(count) - 1);
-        let mut c = WindowCounts::default();
-        for chunk in out.get(CLOSED_WINDOW_AT..)?.chunks_exact(BUCKET_BYTES) {
-            let b = read_bucket(chunk)?;
-            if b.calls > 0 && b.epoch >= oldest && b.epoch <= epoch {
-                c.calls = c.calls.saturating_add(b.calls);
-                c.failed = c.failed.saturating_add(b.failed);
-                c.slow = c.slow.saturating_add(b.slow);
+        let (c, changed) = match self.window {
+            WindowConfig::Calls(n) => push_call_in_place(&mut out, n, failed, slow)?,
+            WindowConfig::Time { bucket, buckets } => {
+                push_bucket_in_place(&mut out, now, bucket, buckets, failed, slow)?
             }
-        }
+        };
         let opens = c.calls >= self.minimum_calls && self.over_threshold(c);
-        (!opens).then_some(out)
+        (!opens).then_some(changed.then_some(out))
     }
+}
+
+/// Where a closed state's call bitmaps start: after next (4) and filled (4).
+const CALLS_BITMAPS_AT: usize = CLOSED_WINDOW_AT + 8;
+
+/// Pushes one outcome into an encoded ring of the last `n` calls; the counts after it, and whether
+/// the bytes changed.
+fn push_call_in_place(out: &mut [u8], n: u32, failed: bool, slow: bool) -> Option<(WindowCounts, bool)> {
+    let len = n.div_ceil(8) as usize;
+    let mut r = Reader::new(out.get(CLOSED_WINDOW_AT..CALLS_BITMAPS_AT)?);
+    let (next, filled) = (r.u32()?, r.u32()?);
+    if next >= n || filled > n {
+        return None;
+    }
+    let (head, bitmaps) = out.split_at_mut(CALLS_BITMAPS_AT);
+    let (failed_bits, slow_bits) = bitmaps.split_at_mut_checked(len)?;
+    let changed =
+        n > 1 || filled < n || get_bit(failed_bits, next) != failed || get_bit(slow_bits, next) != slow;
+    set_bit(failed_bits, next, failed);
+    set_bit(slow_bits, next, slow);
+    let counters = head.get_mut(CLOSED_WINDOW_AT..)?;
+    counters.get_mut(..4)?.copy_from_slice(&((next + 1) % n).to_le_bytes());
+    let filled = (filled + 1).min(n);
+    counters.get_mut(4..8)?.copy_from_slice(&filled.to_le_bytes());
+    let ones = |bits: &[u8]| bits.iter().map(|b| b.count_ones()).sum::<u32>();
+    Some((WindowCounts { calls: filled, failed: ones(failed_bits), slow: ones(slow_bits) }, changed))
+}
+
+/// Adds one outcome to the current bucket of an encoded time window; the counts after it, and
+/// that the bytes changed (a call is always counted).
+fn push_bucket_in_place(
+    out: &mut [u8],
+    now: Nanos,
+    bucket: Nanos,
+    count: u32,
+    failed: bool,
+    slow: bool,
+) -> Option<(WindowCounts, bool)> {
+    let epoch = now / bucket;
+    let at = CLOSED_WINDOW_AT + (epoch % u64::from(count)) as usize * BUCKET_BYTES;
+    let mut b = read_bucket(out.get(at..at + BUCKET_BYTES)?)?;
+    if b.epoch != epoch {
+        b = Bucket { epoch, ..Bucket::default() };
+    }
+    b.calls = b.calls.saturating_add(1);
+    b.failed = b.failed.saturating_add(u32::from(failed));
+    b.slow = b.slow.saturating_add(u32::from(slow));
+    write_bucket(out.get_mut(at..at + BUCKET_BYTES)?, b);
+    let oldest = epoch.saturating_sub(u64::from(count) - 1);
+    let mut c = WindowCounts::default();
+    for chunk in out.get(CLOSED_WINDOW_AT..)?.chunks_exact(BUCKET_BYTES) {
+        let b = read_bucket(chunk)?;
+        if b.calls > 0 && b.epoch >= oldest && b.epoch <= epoch {
+            c.calls = c.calls.saturating_add(b.calls);
+            c.failed = c.failed.saturating_add(b.failed);
+            c.slow = c.slow.saturating_add(b.slow);
+        }
+    }
+    Some((c, true))
 }
 
 fn read_bucket(b: &[u8]) -> Option<Bucket> {
@@ -498,6 +549,10 @@ impl BreakerState {
     fn ticket(&self, probe: bool) -> Ticket {
         Ticket { generation: self.generation, probe }
     }
+}
+
+fn get_bit(bits: &[u8], i: u32) -> bool {
+    bits.get((i / 8) as usize).is_some_and(|byte| byte & (1u8 << (i % 8)) != 0)
 }
 
 fn set_bit(bits: &mut [u8], i: u32, on: bool) {
@@ -698,16 +753,17 @@ mod tests {
     }
 
     proptest! {
-        /// The hot paths on encoded bytes (a closed breaker's admission, one bucket recorded in
-        /// place) decide and write exactly what decoding, deciding and encoding would.
+        /// The hot paths on encoded bytes (a closed breaker's admission, one bucket or one bit
+        /// recorded in place) decide and write exactly what decoding, deciding and encoding would.
         #[test]
         fn fast_paths_agree_with_the_full_path(
-            window_s in 1u64..12,
+            window in prop_oneof![(1u32..40).prop_map(Window::Calls), (1u64..12).prop_map(|s| Window::Time(Duration::from_millis(s * 1000)))],
             minimum_calls in 1u32..30,
             failure_rate in 1u8..=100,
             ops in proptest::collection::vec(op(), 1..300),
         ) {
-            let c = config(Window::Time(Duration::from_millis(window_s * 1000)), minimum_calls, failure_rate, 2);
+            let minimum_calls = match window { Window::Calls(n) => minimum_calls.min(n), _ => minimum_calls };
+            let c = config(window, minimum_calls, failure_rate, 2);
             let mut bytes = c.encode(&c.new_state());
             let mut now = 0;
             for op in ops {

@@ -134,7 +134,7 @@ impl BudgetState {
 }
 
 pub fn encode(st: &BudgetState) -> Vec<u8> {
-    let mut w = Writer::with_tag(TAG);
+    let mut w = Writer::sized(TAG, 16 * st.buckets.len());
     for b in &st.buckets {
         w.u64(b.epoch).u32(b.requests).u32(b.retries);
     }

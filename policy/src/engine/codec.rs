@@ -9,7 +9,13 @@ pub struct Writer(Vec<u8>);
 
 impl Writer {
     pub fn with_tag(tag: u8) -> Self {
-        Writer(vec![tag])
+        Self::sized(tag, 16)
+    }
+    /// A writer with room for `len` bytes after the tag (one allocation for values of that size).
+    pub fn sized(tag: u8, len: usize) -> Self {
+        let mut v = Vec::with_capacity(1 + len);
+        v.push(tag);
+        Writer(v)
     }
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);
