@@ -5,7 +5,7 @@
 
 use breakwater_policy::enforce::{self, Admitted, Decision, Event, Exchange, Verdict, flags};
 use breakwater_policy::engine::clock::{Clock, FakeClock};
-use breakwater_policy::engine::store::{MemoryStore, SharedStore, StoreError};
+use breakwater_policy::engine::store::{CountingStore, MemoryStore, SharedStore, StoreError};
 use breakwater_policy::plan::{Plan, SimpleRequest};
 
 type Req = SimpleRequest;
@@ -325,29 +325,6 @@ fn below_500_the_status_alone_decides_the_outcome() {
     assert!(with(Some(200), 0, "").is(Outcome::Status(200)));
 }
 
-/// A store that counts the host calls it would cost in Envoy.
-#[derive(Default)]
-struct Counting {
-    inner: MemoryStore,
-    gets: std::cell::Cell<u32>,
-    sets: std::cell::Cell<u32>,
-}
-impl SharedStore for Counting {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        self.gets.set(self.gets.get() + 1);
-        self.inner.get(key)
-    }
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        self.sets.set(self.sets.get() + 1);
-        self.inner.set(key, value, cas)
-    }
-}
-impl Counting {
-    fn take(&self) -> (u32, u32) {
-        (self.gets.replace(0), self.sets.replace(0))
-    }
-}
-
 const EVERY_BLOCK: &str = r#"
 version: 1
 policies:
@@ -362,7 +339,7 @@ policies:
 /// a request costs one read and one write when admitted, and one of each when it ends.
 #[test]
 fn unkeyed_state_costs_one_read_and_one_write_per_stream_point() {
-    let s = sim_with(EVERY_BLOCK, Counting::default());
+    let s = sim_with(EVERY_BLOCK, CountingStore::default());
     for _ in 0..3 {
         let mut a = s.admit(&get("/"));
         assert_eq!((a.decision, s.store.take()), (Decision::Allowed, (1, 1)));
