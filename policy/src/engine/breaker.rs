@@ -320,7 +320,8 @@ impl BreakerConfig {
             WindowState::Calls { failed, slow, .. } => 8 + failed.len() + slow.len(),
             WindowState::Time { buckets } => BUCKET_BYTES * buckets.len(),
         };
-        let mut w = Writer::sized(TAG, 4 + 21 + 1 + window);
+        // Generation (4), phase (at most 1 + 8 + 4 + 4), window kind (1), window.
+        let mut w = Writer::sized(TAG, 4 + 17 + 1 + window);
         w.u32(st.generation);
         match st.phase {
             Phase::Closed => w.u8(0),
