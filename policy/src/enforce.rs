@@ -14,7 +14,7 @@ use crate::engine::budget::Reservation;
 use crate::engine::keys::{KeyTable, SlotRef, SlotState};
 use crate::engine::rate_limit::{RateDecision, decode_tat};
 use crate::engine::record;
-use crate::engine::store::{SharedStore, StoreError, update};
+use crate::engine::store::{SharedStore, StoreError};
 use crate::engine::{NANOS_PER_SEC, concurrency, text};
 use crate::model::{FailureMode, KeyPart, Outcome, Response};
 use crate::plan::{Plan, PolicyPlan, RequestView};
@@ -325,7 +325,7 @@ fn check_limits<S: SharedStore + ?Sized>(
                 Some(table) => {
                     let key = compose_key(&rl.key, req);
                     let result = table.update(store, &key, now, &RateSlots, |s| g.decide_bytes(s, now));
-                    if let Some(r) = rate_limited(p, a, result.map(|(d, _)| d)) {
+                    if let Some(r) = rate_limited(p, a, result.ok().map(|(d, _)| d)) {
                         break 'blocks Some(r);
                     }
                 }
@@ -342,10 +342,7 @@ fn check_limits<S: SharedStore + ?Sized>(
                     let max = cl.max_in_flight;
                     let result =
                         table.update(store, &key, now, &ConcurrencySlots, |s| concurrency::acquire(s, max));
-                    let (slot, at) = match result {
-                        Ok((slot, at)) => (Ok(slot), Some(at)),
-                        Err(e) => (Err(e), None),
-                    };
+                    let (slot, at) = result.ok().unzip();
                     if let Some(r) = concurrency_limited(p, a, slot) {
                         break 'blocks Some(r);
                     }
@@ -389,9 +386,7 @@ fn flush<S: SharedStore + ?Sized>(
     }
     let forward_anyway = !p.enforcing();
     let max_in_flight = p.policy.concurrency_limit.as_ref().map_or(0, |c| c.max_in_flight);
-    let taken = update(store, &p.state.record, |bytes| {
-        let old = record::split(bytes);
-        let mut new: [Option<Vec<u8>>; record::SECTIONS] = Default::default();
+    let taken = record::update(store, &p.state.record, |old, new| {
         let mut t = Taken::default();
         let rejected = 'decide: {
             if blocks[record::RATE_LIMIT]
@@ -429,8 +424,7 @@ fn flush<S: SharedStore + ?Sized>(
             let (reservation, b) = budget.start_bytes(old[record::BUDGET], now, want);
             (new[record::BUDGET], t.budget) = (b, Some(reservation));
         }
-        let write = new.iter().any(Option::is_some).then(|| record::join(&old, &new));
-        (t, write)
+        t
     });
     apply(p, store, a, blocks, budget.map(|(_, w)| w), taken)
 }
@@ -447,17 +441,17 @@ fn apply<S: SharedStore + ?Sized>(
 ) -> Option<(Decision, Reply)> {
     let Ok(t) = taken else {
         if blocks[record::RATE_LIMIT]
-            && let Some(r) = rate_limited(p, a, unavailable())
+            && let Some(r) = rate_limited(p, a, None)
         {
             return Some(r);
         }
         if blocks[record::CONCURRENCY]
-            && let Some(r) = concurrency_limited(p, a, unavailable())
+            && let Some(r) = concurrency_limited(p, a, None)
         {
             return Some(r);
         }
         if blocks[record::BREAKER]
-            && let Some(r) = circuit_open(p, store, a, unavailable())
+            && let Some(r) = circuit_open(p, store, a, None)
         {
             return Some(r);
         }
@@ -474,39 +468,36 @@ fn apply<S: SharedStore + ?Sized>(
         a.reservation = Some(reservation);
     }
     if let Some(d) = t.rate
-        && let Some(r) = rate_limited(p, a, Ok(d))
+        && let Some(r) = rate_limited(p, a, Some(d))
     {
         return Some(r);
     }
     if let Some(slot) = t.slot {
-        if let Some(r) = concurrency_limited(p, a, Ok(slot)) {
+        if let Some(r) = concurrency_limited(p, a, Some(slot)) {
             return Some(r);
         }
         a.record_slot = true;
     }
     if let Some(admitted) = t.breaker {
-        return circuit_open(p, store, a, Ok(admitted));
+        return circuit_open(p, store, a, Some(admitted));
     }
     None
-}
-
-fn unavailable<T>() -> Result<T, StoreError> {
-    Err(StoreError::Unavailable(String::new()))
 }
 
 fn deny(p: &PolicyPlan) -> bool {
     p.policy.failure_mode == FailureMode::Deny
 }
 
-/// The rate limit's rejection, if its decision (or missing state under `failure_mode: deny`) is one.
+/// The rate limit's rejection, if its decision (or missing state, None, under `failure_mode: deny`)
+/// is one.
 fn rate_limited(
     p: &PolicyPlan,
     a: &mut Admitted,
-    decision: Result<RateDecision, StoreError>,
+    decision: Option<RateDecision>,
 ) -> Option<(Decision, Reply)> {
     let rl = p.policy.rate_limit.as_ref()?;
     match decision {
-        Ok(d) => {
+        Some(d) => {
             let headers = rate_limit_headers(p, &d);
             if !d.allowed {
                 let mut extra =
@@ -517,7 +508,7 @@ fn rate_limited(
             a.response_headers.extend(headers);
             None
         }
-        Err(_) => {
+        None => {
             a.events.push(Event::StateUnavailable);
             deny(p).then(|| (Decision::RateLimited, reply(&rl.response, Vec::new())))
         }
@@ -528,16 +519,16 @@ fn rate_limited(
 fn concurrency_limited(
     p: &PolicyPlan,
     a: &mut Admitted,
-    slot: Result<concurrency::Slot, StoreError>,
+    slot: Option<concurrency::Slot>,
 ) -> Option<(Decision, Reply)> {
     let cl = p.policy.concurrency_limit.as_ref()?;
     match slot {
-        Ok(slot) if !slot.acquired => Some((Decision::ConcurrencyLimited, reply(&cl.response, Vec::new()))),
-        Ok(slot) => {
+        Some(slot) if !slot.acquired => Some((Decision::ConcurrencyLimited, reply(&cl.response, Vec::new()))),
+        Some(slot) => {
             a.events.push(Event::InFlight(slot.in_flight));
             None
         }
-        Err(_) => {
+        None => {
             a.events.push(Event::StateUnavailable);
             deny(p).then(|| (Decision::ConcurrencyLimited, reply(&cl.response, Vec::new())))
         }
@@ -549,11 +540,11 @@ fn circuit_open<S: SharedStore + ?Sized>(
     p: &PolicyPlan,
     store: &S,
     a: &mut Admitted,
-    admitted: Result<(Admission, Option<Transition>), StoreError>,
+    admitted: Option<(Admission, Option<Transition>)>,
 ) -> Option<(Decision, Reply)> {
     let cb = p.policy.circuit_breaker.as_ref()?;
     let extra = match admitted {
-        Ok((admission, transition)) => {
+        Some((admission, transition)) => {
             if let Some(t) = transition {
                 a.events.push(Event::Breaker(t));
             }
@@ -567,7 +558,7 @@ fn circuit_open<S: SharedStore + ?Sized>(
                 }
             }
         }
-        Err(_) => {
+        None => {
             a.events.push(Event::StateUnavailable);
             if !deny(p) {
                 return None;
@@ -646,9 +637,7 @@ pub fn finish<S: SharedStore + ?Sized>(
     }
     let failed = breaker.is_some_and(|((_, cb), _)| exchange.is_any(&cb.failure_on));
     let duration = now.saturating_sub(a.started);
-    let result = update(store, &p.state.record, |bytes| {
-        let old = record::split(bytes);
-        let mut new: [Option<Vec<u8>>; record::SECTIONS] = Default::default();
+    let result = record::update(store, &p.state.record, |old, new| {
         let (mut in_flight, mut transition) = (None, None);
         if release_slot {
             let (n, b) = concurrency::release(old[record::CONCURRENCY]);
@@ -661,8 +650,7 @@ pub fn finish<S: SharedStore + ?Sized>(
         if let Some((budget, reservation)) = settle {
             new[record::BUDGET] = budget.settle_bytes(old[record::BUDGET], now, reservation, retried).1;
         }
-        let write = new.iter().any(Option::is_some).then(|| record::join(&old, &new));
-        ((in_flight, transition), write)
+        (in_flight, transition)
     });
     match result {
         Ok((in_flight, transition)) => {

@@ -11,6 +11,8 @@
 //! state yet). Each section holds exactly what its engine would store alone, so every engine still
 //! recognises foreign or damaged bytes as "no state yet"; a damaged record reads as empty.
 
+use super::store::{SharedStore, StoreError, update as update_value};
+
 const TAG: u8 = 0x50; // 'P'
 
 /// Sections of a record, in this order.
@@ -50,6 +52,28 @@ pub fn join(old: &[Option<&[u8]>; SECTIONS], changed: &[Option<Vec<u8>>; SECTION
         out.extend_from_slice(value);
     }
     out
+}
+
+/// New section values (None = unchanged), filled in by the caller's decision.
+pub type Changes = [Option<Vec<u8>>; SECTIONS];
+
+/// Updates the record at `key` in a CAS loop: `decide` reads the current sections and fills in
+/// the ones it changes; the record is written only when one did.
+pub fn update<S, T>(
+    store: &S,
+    key: &str,
+    mut decide: impl FnMut(&[Option<&[u8]>; SECTIONS], &mut Changes) -> T,
+) -> Result<T, StoreError>
+where
+    S: SharedStore + ?Sized,
+{
+    update_value(store, key, |bytes| {
+        let old = split(bytes);
+        let mut new = Changes::default();
+        let result = decide(&old, &mut new);
+        let write = new.iter().any(Option::is_some).then(|| join(&old, &new));
+        (result, write)
+    })
 }
 
 #[cfg(test)]
