@@ -93,7 +93,7 @@ impl RootContext for Root {
 pub fn load_plan(bytes: &[u8]) -> Result<Plan, Vec<String>> {
     let document = breakwater_policy::load_config(bytes)
         .map_err(|diags| diags.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    Plan::new(&document).map_err(|e| vec![e])
+    Plan::new(document).map_err(|e| vec![e])
 }
 
 struct Http {

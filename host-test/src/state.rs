@@ -213,9 +213,16 @@ pub struct HostState {
     pub vm_id: String,
     /// The guest's memory and allocator, set once the module is instantiated.
     pub guest: crate::memory::GuestExports,
+    /// This VM's metric ids: the index of each id's stat in [`World::metrics`].
+    pub metric_ids: Vec<usize>,
 }
 
 impl HostState {
+    /// The stat (an index in [`World::metrics`]) a metric id of this VM names.
+    pub fn stat(&self, id: i32) -> Option<usize> {
+        self.metric_ids.get(id as u32 as usize).copied()
+    }
+
     pub fn stream(&mut self) -> Option<&mut Stream> {
         self.streams.get_mut(&self.effective_context)
     }

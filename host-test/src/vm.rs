@@ -146,6 +146,7 @@ impl Factory {
             plugin_name: "breakwater".into(),
             vm_id: "breakwater".into(),
             guest: Default::default(),
+            metric_ids: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(EPOCHS_PER_CALL);
@@ -441,6 +442,11 @@ impl Vm {
             })?;
         }
         Ok(mine.len())
+    }
+
+    /// How many metric ids this VM has handed out (`proxy_define_metric` calls since it started).
+    pub fn metric_definitions(&self) -> usize {
+        self.store.data().metric_ids.len()
     }
 
     pub fn tick_period_ms(&self) -> u32 {

@@ -209,3 +209,36 @@ fn overlapping_streams_hold_concurrency_slots_across_workers() {
     vms[0].complete(e, Some(Upstream::status(200))).unwrap();
     assert_eq!(world.metric("breakwater.requests.policy.c.decision.concurrency_limited"), Some(1));
 }
+
+/// Envoy hands out a new metric id on every define: a reconfiguration asks only for the metrics of
+/// policies it does not hold yet, and the ids it kept still count (in this VM, and the new
+/// policy's in its own).
+#[test]
+fn reconfiguration_defines_only_new_metrics_and_keeps_counting() {
+    let host = host();
+    let first = "version: 1\npolicies:\n  - name: a\n    match: { path_prefix: /a }\n    rate_limit: { rate: 100, per: 1s }\n  - name: b\n    concurrency_limit: { max_in_flight: 5 }\n";
+    let second = "version: 1\npolicies:\n  - name: a\n    match: { path_prefix: /a }\n    rate_limit: { rate: 100, per: 1s }\n  - name: c\n    concurrency_limit: { max_in_flight: 5 }\n    circuit_breaker: {}\n";
+    let (world, mut vms) = envoy(&host, 1, first);
+    let vm = &mut vms[0];
+    // 8 counters per policy, and b's in-flight gauge.
+    assert_eq!(vm.metric_definitions(), 17);
+    assert_eq!(vm.request(&Request::get("h", "/a"), ok).unwrap().status, 200);
+
+    assert!(vm.configure(&compiled(second)).unwrap());
+    // Only c's: 8 counters, its in-flight and breaker gauges.
+    assert_eq!(vm.metric_definitions(), 17 + 10);
+    assert!(vm.configure(&compiled(second)).unwrap());
+    assert_eq!(vm.metric_definitions(), 27, "the same configuration again defines nothing");
+
+    assert_eq!(vm.request(&Request::get("h", "/a"), ok).unwrap().status, 200);
+    assert_eq!(vm.request(&Request::get("h", "/c"), ok).unwrap().status, 200);
+    assert_eq!(world.metric("breakwater.requests.policy.a.decision.allowed"), Some(2));
+    assert_eq!(world.metric("breakwater.requests.policy.c.decision.allowed"), Some(1));
+    assert_eq!(world.metric("breakwater.in_flight.policy.c"), Some(0));
+
+    // A policy dropped and brought back is defined again (its old ids were forgotten).
+    assert!(vm.configure(&compiled(first)).unwrap());
+    assert_eq!(vm.metric_definitions(), 27 + 9);
+    assert_eq!(vm.request(&Request::get("h", "/b"), ok).unwrap().status, 200);
+    assert_eq!(world.metric("breakwater.requests.policy.b.decision.allowed"), Some(1));
+}

@@ -86,24 +86,58 @@ pub(crate) struct Decoder {
     pub(crate) skip_spans: bool,
 }
 
+/// Where a value sits in the document (`policies[3].retry.max_retries`), kept as links to its
+/// parent on the stack and written out only for a message or the position index: building every
+/// path as a `String` cost about a third of decoding a large document.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Path<'a> {
+    /// A path already written out (the document itself is `Text("")`).
+    Text(&'a str),
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl<'a> Path<'a> {
+    pub(crate) const ROOT: Path<'static> = Path::Text("");
+
+    pub(crate) fn field<'b>(&'b self, name: &'b str) -> Path<'b> {
+        Path::Field(self, name)
+    }
+
+    pub(crate) fn index(&self, i: usize) -> Path<'_> {
+        Path::Index(self, i)
+    }
+
+    fn is_root(&self) -> bool {
+        matches!(self, Path::Text(""))
+    }
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Text(text) => f.write_str(text),
+            Path::Field(parent, name) if parent.is_root() => f.write_str(name),
+            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
 /// The fields of one mapping, with unknown ones already reported.
-pub(crate) struct Fields<'n> {
-    pub(crate) path: String,
+pub(crate) struct Fields<'n, 'p> {
+    pub(crate) path: Path<'p>,
     pub(crate) entries: Vec<(std::borrow::Cow<'n, str>, &'n Node)>,
 }
 
-impl<'n> Fields<'n> {
-    pub(crate) fn get(&self, name: &str) -> Option<(&'n Node, String)> {
-        self.entries.iter().find(|(k, _)| k.as_ref() == name).map(|(_, n)| (*n, join(&self.path, name)))
+impl<'n> Fields<'n, '_> {
+    pub(crate) fn get<'s>(&'s self, name: &'s str) -> Option<(&'n Node, Path<'s>)> {
+        self.entries.iter().find(|(k, _)| k.as_ref() == name).map(|(_, n)| (*n, self.path.field(name)))
     }
 }
 
 pub(crate) fn join(path: &str, field: &str) -> String {
     if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
-}
-
-pub(crate) fn index(path: &str, i: usize) -> String {
-    format!("{path}[{i}]")
 }
 
 /// The closest known word, when it is close enough to be what the user meant.
@@ -117,28 +151,33 @@ pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
 }
 
 impl Decoder {
-    pub(crate) fn error(&mut self, path: &str, node: &Node, message: impl Into<String>) {
-        self.diags.push(Diagnostic::error(path, message).with_span(node.span));
+    pub(crate) fn error(&mut self, path: &Path<'_>, node: &Node, message: impl Into<String>) {
+        self.diags.push(Diagnostic::error(path.to_string(), message).with_span(node.span));
     }
 
-    pub(crate) fn visit(&mut self, path: &str, node: &Node) {
+    pub(crate) fn visit(&mut self, path: &Path<'_>, node: &Node) {
         if !self.skip_spans {
             self.spans.0.insert(path.to_string(), node.span);
         }
     }
 
-    pub(crate) fn expected(&mut self, path: &str, node: &Node, what: &str) {
+    pub(crate) fn expected(&mut self, path: &Path<'_>, node: &Node, what: &str) {
         let found = node.value.kind();
         self.error(path, node, format!("expected {what}, found {found}"));
     }
 
-    pub(crate) fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
+    pub(crate) fn fields<'n, 'p>(
+        &mut self,
+        node: &'n Node,
+        path: &Path<'p>,
+        known: &[&str],
+    ) -> Option<Fields<'n, 'p>> {
         self.visit(path, node);
         let Value::Map(entries) = &node.value else {
             self.expected(path, node, "a mapping");
             return None;
         };
-        let mut fields = Fields { path: path.to_string(), entries: Vec::new() };
+        let mut fields = Fields { path: *path, entries: Vec::new() };
         for (key, value) in entries {
             // Keys are almost always strings: borrow them rather than copy.
             let name = match &key.value {
@@ -149,7 +188,7 @@ impl Decoder {
                 fields.entries.push((name, value));
                 continue;
             }
-            let at = join(path, &name);
+            let at = path.field(&name);
             let message = match suggest(&name, known) {
                 Some(s) => format!("unknown field `{name}`; did you mean `{s}`?"),
                 None => format!("unknown field `{name}`; expected one of: {}", known.join(", ")),
@@ -159,7 +198,7 @@ impl Decoder {
         Some(fields)
     }
 
-    pub(crate) fn seq<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [Node]> {
+    pub(crate) fn seq<'n>(&mut self, node: &'n Node, path: &Path<'_>) -> Option<&'n [Node]> {
         self.visit(path, node);
         match &node.value {
             Value::Seq(items) => Some(items),
@@ -175,8 +214,8 @@ impl Decoder {
     pub(crate) fn list<T>(
         &mut self,
         node: &Node,
-        path: &str,
-        item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+        path: &Path<'_>,
+        item: impl FnMut(&mut Self, &Node, &Path<'_>) -> Option<T>,
     ) -> Option<Vec<T>> {
         self.list_of(node, path, item).map(|(items, _)| items)
     }
@@ -185,13 +224,13 @@ impl Decoder {
     pub(crate) fn list_of<T>(
         &mut self,
         node: &Node,
-        path: &str,
-        mut item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+        path: &Path<'_>,
+        mut item: impl FnMut(&mut Self, &Node, &Path<'_>) -> Option<T>,
     ) -> Option<(Vec<T>, bool)> {
         let items = self.seq(node, path)?;
         let mut out = Vec::with_capacity(items.len());
         for (i, n) in items.iter().enumerate() {
-            let p = index(path, i);
+            let p = path.index(i);
             self.visit(&p, n);
             if let Some(v) = item(self, n, &p) {
                 out.push(v);
@@ -205,9 +244,9 @@ impl Decoder {
     pub(crate) fn non_empty_list<T>(
         &mut self,
         node: &Node,
-        path: &str,
+        path: &Path<'_>,
         why: &str,
-        item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+        item: impl FnMut(&mut Self, &Node, &Path<'_>) -> Option<T>,
     ) -> Option<Vec<T>> {
         if matches!(&node.value, Value::Seq(items) if items.is_empty()) {
             self.visit(path, node);
@@ -217,7 +256,7 @@ impl Decoder {
         self.list(node, path, item)
     }
 
-    pub(crate) fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, node: &Node, path: &Path<'_>) -> Option<String> {
         self.visit(path, node);
         match &node.value {
             Value::Str(s) => Some(s.clone()),
@@ -228,7 +267,7 @@ impl Decoder {
         }
     }
 
-    pub(crate) fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+    pub(crate) fn bool(&mut self, node: &Node, path: &Path<'_>) -> Option<bool> {
         self.visit(path, node);
         match node.value {
             Value::Bool(b) => Some(b),
@@ -239,19 +278,18 @@ impl Decoder {
         }
     }
 
-    pub(crate) fn int(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
+    pub(crate) fn int(&mut self, node: &Node, path: &Path<'_>, min: u64, max: u64) -> Option<u64> {
         self.visit(path, node);
-        let range = format!("must be between {min} and {max}");
         match &node.value {
             Value::Int(i) => match u64::try_from(*i) {
                 Ok(v) if (min..=max).contains(&v) => Some(v),
                 _ => {
-                    self.error(path, node, format!("{range}, found {i}"));
+                    self.error(path, node, format!("must be between {min} and {max}, found {i}"));
                     None
                 }
             },
             Value::BigInt(s) => {
-                self.error(path, node, format!("{range}, found {s}"));
+                self.error(path, node, format!("must be between {min} and {max}, found {s}"));
                 None
             }
             Value::Float(f) => {
@@ -268,7 +306,7 @@ impl Decoder {
     pub(crate) fn int_as<T: TryFrom<u64>>(
         &mut self,
         node: &Node,
-        path: &str,
+        path: &Path<'_>,
         min: u64,
         max: u64,
     ) -> Option<T> {
@@ -279,7 +317,7 @@ impl Decoder {
     pub(crate) fn parsed<T>(
         &mut self,
         node: &Node,
-        path: &str,
+        path: &Path<'_>,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
         let text = self.string(node, path)?;
@@ -292,7 +330,7 @@ impl Decoder {
         }
     }
 
-    pub(crate) fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, node: &Node, path: &Path<'_>) -> Option<Duration> {
         if let Value::Int(_) = node.value {
             self.visit(path, node);
             self.error(path, node, "a duration needs a unit: 250ms, 1s, 2m, 1h");
@@ -301,7 +339,7 @@ impl Decoder {
         self.parsed(node, path, Duration::parse)
     }
 
-    pub(crate) fn word<T: Copy>(&mut self, node: &Node, path: &str, words: &[(&str, T)]) -> Option<T> {
+    pub(crate) fn word<T: Copy>(&mut self, node: &Node, path: &Path<'_>, words: &[(&str, T)]) -> Option<T> {
         let text = self.string(node, path)?;
         if let Some((_, v)) = words.iter().find(|(w, _)| *w == text) {
             return Some(*v);
@@ -315,7 +353,7 @@ impl Decoder {
         None
     }
 
-    pub(crate) fn method(&mut self, node: &Node, path: &str) -> Option<String> {
+    pub(crate) fn method(&mut self, node: &Node, path: &Path<'_>) -> Option<String> {
         let text = self.string(node, path)?;
         if METHODS.contains(&text.as_str()) {
             return Some(text);
@@ -333,8 +371,8 @@ impl Decoder {
     pub(crate) fn string_map(
         &mut self,
         node: &Node,
-        path: &str,
-        mut check: impl FnMut(&mut Self, &str, &str, &Node, &str),
+        path: &Path<'_>,
+        mut check: impl FnMut(&mut Self, &str, &str, &Node, &Path<'_>),
     ) -> BTreeMap<String, String> {
         self.visit(path, node);
         let mut out = BTreeMap::new();
@@ -344,7 +382,7 @@ impl Decoder {
         };
         for (k, v) in entries {
             let name = key_text(k);
-            let p = join(path, &name);
+            let p = path.field(&name);
             self.visit(&p, v);
             let value = match &v.value {
                 Value::Str(s) => s.clone(),
@@ -364,7 +402,7 @@ impl Decoder {
 
     fn document(&mut self, node: &Node) -> Document {
         let mut doc = Document { version: 1, debug_headers: false, policies: Vec::new() };
-        let Some(f) = self.fields(node, "", DOCUMENT_FIELDS) else {
+        let Some(f) = self.fields(node, &Path::ROOT, DOCUMENT_FIELDS) else {
             return doc;
         };
         match f.get("version") {
@@ -375,7 +413,9 @@ impl Decoder {
                     self.error(&p, n, format!("unsupported version {v}; this breakwater reads version 1"));
                 }
             }
-            None => self.error("version", node, "missing field `version` (write `version: 1`)"),
+            None => {
+                self.error(&Path::ROOT.field("version"), node, "missing field `version` (write `version: 1`)")
+            }
         }
         if let Some((n, p)) = f.get("debug_headers") {
             doc.debug_headers = self.bool(n, &p).unwrap_or_default();
@@ -391,7 +431,7 @@ impl Decoder {
                 if matches!(&n.value, Value::Seq(items) if items.is_empty()) {
                     self.diags.push(
                         Diagnostic::warning(
-                            &p,
+                            p.to_string(),
                             "the document has no policies: every request passes untouched",
                         )
                         .with_span(n.span),
@@ -404,17 +444,17 @@ impl Decoder {
                     _ => Vec::new(),
                 };
             }
-            None => self.error("policies", node, "missing field `policies`"),
+            None => self.error(&Path::ROOT.field("policies"), node, "missing field `policies`"),
         }
         doc
     }
 
-    fn policy(&mut self, node: &Node, path: &str) -> Option<Policy> {
+    fn policy(&mut self, node: &Node, path: &Path<'_>) -> Option<Policy> {
         let f = self.fields(node, path, POLICY_FIELDS)?;
         let name = match f.get("name") {
             Some((n, p)) => self.parsed(n, &p, check_name).unwrap_or_default(),
             None => {
-                self.error(&join(path, "name"), node, "missing field `name`");
+                self.error(&path.field("name"), node, "missing field `name`");
                 String::new()
             }
         };
@@ -463,7 +503,7 @@ impl Decoder {
         Some(policy)
     }
 
-    fn matcher(&mut self, node: &Node, path: &str) -> Match {
+    fn matcher(&mut self, node: &Node, path: &Path<'_>) -> Match {
         let mut m = Match::default();
         let Some(f) = self.fields(node, path, MATCH_FIELDS) else {
             return m;
@@ -494,25 +534,25 @@ impl Decoder {
         m
     }
 
-    fn keys(&mut self, f: &Fields<'_>) -> Vec<KeyPart> {
+    fn keys(&mut self, f: &Fields<'_, '_>) -> Vec<KeyPart> {
         match f.get("key") {
             Some((n, p)) => self.list(n, &p, |d, n, p| d.parsed(n, p, KeyPart::parse)).unwrap_or_default(),
             None => Vec::new(),
         }
     }
 
-    fn max_keys(&mut self, f: &Fields<'_>) -> u32 {
+    fn max_keys(&mut self, f: &Fields<'_, '_>) -> u32 {
         f.get("max_keys")
             .and_then(|(n, p)| self.int_as(n, &p, 1, 10_000_000))
             .unwrap_or_else(default_max_keys)
     }
 
-    fn rate_limit(&mut self, node: &Node, path: &str) -> Option<RateLimit> {
+    fn rate_limit(&mut self, node: &Node, path: &Path<'_>) -> Option<RateLimit> {
         let f = self.fields(node, path, RATE_LIMIT_FIELDS)?;
         let rate = match f.get("rate") {
             Some((n, p)) => self.int(n, &p, 1, 1_000_000_000).unwrap_or(1),
             None => {
-                self.error(&join(path, "rate"), node, "missing field `rate` (tokens per `per`)");
+                self.error(&path.field("rate"), node, "missing field `rate` (tokens per `per`)");
                 1
             }
         };
@@ -524,12 +564,12 @@ impl Decoder {
         Some(RateLimit { rate, per, burst, key, max_keys, response })
     }
 
-    fn concurrency_limit(&mut self, node: &Node, path: &str) -> Option<ConcurrencyLimit> {
+    fn concurrency_limit(&mut self, node: &Node, path: &Path<'_>) -> Option<ConcurrencyLimit> {
         let f = self.fields(node, path, CONCURRENCY_FIELDS)?;
         let max_in_flight = match f.get("max_in_flight") {
             Some((n, p)) => self.int_as(n, &p, 1, 1_000_000).unwrap_or(1),
             None => {
-                self.error(&join(path, "max_in_flight"), node, "missing field `max_in_flight`");
+                self.error(&path.field("max_in_flight"), node, "missing field `max_in_flight`");
                 1
             }
         };
@@ -539,7 +579,7 @@ impl Decoder {
         Some(ConcurrencyLimit { max_in_flight, key, max_keys, response })
     }
 
-    fn outcomes(&mut self, node: &Node, path: &str) -> Option<Vec<Outcome>> {
+    fn outcomes(&mut self, node: &Node, path: &Path<'_>) -> Option<Vec<Outcome>> {
         let why = "an empty list names no outcome; list outcomes or remove the field for the defaults";
         self.non_empty_list(node, path, why, |d, n, p| match &n.value {
             Value::Int(code) => {
@@ -556,7 +596,7 @@ impl Decoder {
         })
     }
 
-    fn circuit_breaker(&mut self, node: &Node, path: &str) -> Option<CircuitBreaker> {
+    fn circuit_breaker(&mut self, node: &Node, path: &Path<'_>) -> Option<CircuitBreaker> {
         let f = self.fields(node, path, BREAKER_FIELDS)?;
         let window = match f.get("window") {
             Some((n, p)) => match &n.value {
@@ -588,14 +628,14 @@ impl Decoder {
             let duration = match s.get("duration") {
                 Some((n, p)) => self.duration(n, &p),
                 None => {
-                    self.error(&join(&p, "duration"), n, "missing field `duration`");
+                    self.error(&p.field("duration"), n, "missing field `duration`");
                     None
                 }
             };
             let rate = match s.get("rate") {
                 Some((n, p)) => self.int_as(n, &p, 1, 100),
                 None => {
-                    self.error(&join(&p, "rate"), n, "missing field `rate` (percent of slow calls)");
+                    self.error(&p.field("rate"), n, "missing field `rate` (percent of slow calls)");
                     None
                 }
             };
@@ -622,7 +662,7 @@ impl Decoder {
         })
     }
 
-    fn retry(&mut self, node: &Node, path: &str) -> Option<Retry> {
+    fn retry(&mut self, node: &Node, path: &Path<'_>) -> Option<Retry> {
         let f = self.fields(node, path, RETRY_FIELDS)?;
         let max_retries = f
             .get("max_retries")
@@ -667,14 +707,14 @@ impl Decoder {
         Some(Retry { max_retries, retry_on, statuses, per_try_timeout, methods, budget })
     }
 
-    fn fallback(&mut self, node: &Node, path: &str) -> Option<Fallback> {
+    fn fallback(&mut self, node: &Node, path: &Path<'_>) -> Option<Fallback> {
         let f = self.fields(node, path, FALLBACK_FIELDS)?;
         let on = f.get("on").and_then(|(n, p)| self.outcomes(n, &p)).unwrap_or_else(default_fallback_on);
         let response = match f.get("response") {
             Some((n, p)) => self.response(n, &p, None)?,
             None => {
                 self.error(
-                    &join(path, "response"),
+                    &path.field("response"),
                     node,
                     "missing field `response` (the reply to send instead)",
                 );
@@ -684,7 +724,7 @@ impl Decoder {
         Some(Fallback { on, response })
     }
 
-    fn response_or(&mut self, f: &Fields<'_>, default: fn() -> Response) -> Response {
+    fn response_or(&mut self, f: &Fields<'_, '_>, default: fn() -> Response) -> Response {
         match f.get("response") {
             Some((n, p)) => {
                 let d = default();
@@ -694,13 +734,13 @@ impl Decoder {
         }
     }
 
-    fn response(&mut self, node: &Node, path: &str, default_status: Option<u16>) -> Option<Response> {
+    fn response(&mut self, node: &Node, path: &Path<'_>, default_status: Option<u16>) -> Option<Response> {
         let f = self.fields(node, path, RESPONSE_FIELDS)?;
         let status = match (f.get("status"), default_status) {
             (Some((n, p)), _) => self.int_as(n, &p, 200, 599)?,
             (None, Some(s)) => s,
             (None, None) => {
-                self.error(&join(path, "status"), node, "missing field `status`");
+                self.error(&path.field("status"), node, "missing field `status`");
                 return None;
             }
         };

@@ -305,13 +305,13 @@ fn strip_port(authority: &str) -> &str {
 }
 
 impl Plan {
-    /// Compiles a validated document.
-    pub fn new(doc: &Document) -> Result<Plan, String> {
+    /// Compiles a validated document (taking it: each policy moves into its plan, uncopied).
+    pub fn new(doc: Document) -> Result<Plan, String> {
         let mut policies = Vec::with_capacity(doc.policies.len());
         let mut header_names: Vec<String> = Vec::new();
         let mut needs_client_ip = false;
         let mut needs_host = false;
-        for p in &doc.policies {
+        for p in doc.policies {
             needs_host |= p.matcher.hosts.is_some();
             let rate_limit = match &p.rate_limit {
                 Some(rl) => Some(
@@ -335,13 +335,13 @@ impl Plan {
                 }
             }
             policies.push(PolicyPlan {
-                policy: p.clone(),
                 matcher: Matcher::new(&p.matcher),
                 rate_limit,
                 breaker: p.circuit_breaker.as_ref().map(BreakerConfig::from_model),
                 budget: p.retry.as_ref().map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
-                headers: FixedHeaders::new(p, rate_limit.as_ref()),
-                state: StateKeys::new(p),
+                headers: FixedHeaders::new(&p, rate_limit.as_ref()),
+                state: StateKeys::new(&p),
+                policy: p,
             });
         }
         header_names.sort();
@@ -400,7 +400,7 @@ mod index_tests {
                 yaml.push_str(&format!("  - name: p{i}\n    match: {matcher}\n"));
             }
             let doc = crate::load(&yaml).map_err(|e| TestCaseError::fail(format!("{e:?}")))?.document;
-            let plan = Plan::new(&doc).map_err(TestCaseError::fail)?;
+            let plan = Plan::new(doc).map_err(TestCaseError::fail)?;
             for path in REQUESTS {
                 let req = SimpleRequest::new("GET", "h", path);
                 let scan = plan.policies.iter().position(|p| p.matcher.matches(&req));
@@ -435,7 +435,7 @@ policies:
         )
         .unwrap()
         .document;
-        let plan = Plan::new(&doc).unwrap();
+        let plan = Plan::new(doc).unwrap();
         let name = |r: &SimpleRequest| plan.select(r).map(|p| p.name().to_string());
         assert_eq!(
             name(&req("shop.example.com:8443", "/api/checkout/1?x=1", "POST")).as_deref(),

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{Decoder, Fields, join, suggest};
+use crate::decode::{Decoder, Fields, Path, join, suggest};
 use crate::diag::Diagnostic;
 use crate::model::{Document, Duration};
 use crate::source::{Node, Value, key_text};
@@ -458,13 +458,13 @@ fn measure_name(m: &Measure) -> &'static str {
 }
 
 /// The one field of `f` among `names` that is present; an error unless exactly one is.
-fn one_of<'n>(
+fn one_of<'n, 'f>(
     d: &mut Decoder,
-    f: &Fields<'n>,
+    f: &'f Fields<'n, '_>,
     node: &Node,
     names: &[&'static str],
-) -> Option<(&'static str, &'n Node, String)> {
-    let present: Vec<(&'static str, &'n Node, String)> =
+) -> Option<(&'static str, &'n Node, Path<'f>)> {
+    let present: Vec<(&'static str, &'n Node, Path<'_>)> =
         names.iter().filter_map(|n| f.get(n).map(|(node, path)| (*n, node, path))).collect();
     match present.len() {
         1 => present.into_iter().next(),
@@ -482,11 +482,11 @@ fn one_of<'n>(
 
 impl Decoder {
     fn scenario(&mut self, node: &Node, given: Option<&Document>) -> Option<Scenario> {
-        let f = self.fields(node, "", SCENARIO_FIELDS)?;
+        let f = self.fields(node, &Path::ROOT, SCENARIO_FIELDS)?;
         let name = match f.get("name") {
             Some((n, p)) => self.string(n, &p).unwrap_or_default(),
             None => {
-                self.error("", node, "missing field `name` (a title for the scenario)");
+                self.error(&Path::ROOT, node, "missing field `name` (a title for the scenario)");
                 String::new()
             }
         };
@@ -495,7 +495,7 @@ impl Decoder {
             (_, Some(doc)) => Some(PolicyRef::Inline(doc.clone())),
             (Some((n, p)), None) => self.policy_ref(n, &p),
             (None, None) => {
-                self.error("", node, "missing field `policy` (a file name or an inline document)");
+                self.error(&Path::ROOT, node, "missing field `policy` (a file name or an inline document)");
                 None
             }
         };
@@ -504,7 +504,7 @@ impl Decoder {
         let duration = match f.get("duration") {
             Some((n, p)) => self.bounded_duration(n, &p, 1, MAX_DURATION_MS),
             None => {
-                self.error("", node, "missing field `duration` (how long to simulate, e.g. 10s)");
+                self.error(&Path::ROOT, node, "missing field `duration` (how long to simulate, e.g. 10s)");
                 None
             }
         };
@@ -516,7 +516,7 @@ impl Decoder {
         let traffic = match f.get("traffic") {
             Some((n, p)) => self.traffic_list(n, &p, end),
             None => {
-                self.error("", node, "missing field `traffic` (at least one generator)");
+                self.error(&Path::ROOT, node, "missing field `traffic` (at least one generator)");
                 None
             }
         };
@@ -538,7 +538,7 @@ impl Decoder {
         })
     }
 
-    fn policy_ref(&mut self, node: &Node, path: &str) -> Option<PolicyRef> {
+    fn policy_ref(&mut self, node: &Node, path: &Path<'_>) -> Option<PolicyRef> {
         match &node.value {
             Value::Str(_) => self.string(node, path).map(PolicyRef::File),
             Value::Map(_) => {
@@ -546,7 +546,7 @@ impl Decoder {
                 let checks = crate::check::check(&doc, &spans);
                 let before = self.diags.len();
                 for mut d in diags.into_iter().chain(checks) {
-                    d.path = join(path, &d.path);
+                    d.path = join(&path.to_string(), &d.path);
                     self.diags.push(d);
                 }
                 let failed = self.diags[before..].iter().any(Diagnostic::is_error);
@@ -559,7 +559,13 @@ impl Decoder {
         }
     }
 
-    fn bounded_duration(&mut self, node: &Node, path: &str, min_ms: u64, max_ms: u64) -> Option<Duration> {
+    fn bounded_duration(
+        &mut self,
+        node: &Node,
+        path: &Path<'_>,
+        min_ms: u64,
+        max_ms: u64,
+    ) -> Option<Duration> {
         let d = self.duration(node, path)?;
         if (min_ms..=max_ms).contains(&d.as_millis()) {
             return Some(d);
@@ -577,7 +583,7 @@ impl Decoder {
     }
 
     /// A number: an integer, a decimal, or a percentage (`40%` is 0.4).
-    fn number(&mut self, node: &Node, path: &str) -> Option<f64> {
+    fn number(&mut self, node: &Node, path: &Path<'_>) -> Option<f64> {
         self.visit(path, node);
         match &node.value {
             Value::Int(i) => Some(*i as f64),
@@ -591,7 +597,7 @@ impl Decoder {
     }
 
     /// A percentage written `2%` or `0.5%`, as a fraction.
-    fn percent(&mut self, node: &Node, path: &str) -> Option<f64> {
+    fn percent(&mut self, node: &Node, path: &Path<'_>) -> Option<f64> {
         self.parsed(node, path, |s| {
             s.trim()
                 .strip_suffix('%')
@@ -602,7 +608,7 @@ impl Decoder {
         })
     }
 
-    fn traffic_list(&mut self, node: &Node, path: &str, end: Duration) -> Option<Vec<Traffic>> {
+    fn traffic_list(&mut self, node: &Node, path: &Path<'_>, end: Duration) -> Option<Vec<Traffic>> {
         if matches!(&node.value, Value::Seq(items) if items.is_empty()) {
             self.error(path, node, "a scenario needs at least one traffic generator");
             return None;
@@ -611,10 +617,10 @@ impl Decoder {
         let mut out = Vec::new();
         let mut ok = true;
         for (i, n) in items.iter().enumerate() {
-            let p = crate::decode::index(path, i);
+            let p = path.index(i);
             match self.traffic(n, &p, i, end) {
                 Some(t) if out.iter().any(|o: &Traffic| o.name == t.name) => {
-                    let at = join(&p, "name");
+                    let at = p.field("name");
                     self.error(&at, n, format!("two traffic generators are named `{}`", t.name));
                     ok = false;
                 }
@@ -643,7 +649,7 @@ impl Decoder {
         ok.then_some(out)
     }
 
-    fn traffic(&mut self, node: &Node, path: &str, i: usize, end: Duration) -> Option<Traffic> {
+    fn traffic(&mut self, node: &Node, path: &Path<'_>, i: usize, end: Duration) -> Option<Traffic> {
         let f = self.fields(node, path, TRAFFIC_FIELDS)?;
         let name =
             f.get("name").and_then(|(n, p)| self.string(n, &p)).unwrap_or_else(|| format!("traffic[{i}]"));
@@ -742,7 +748,7 @@ impl Decoder {
     }
 
     /// `200`, `200/s`, `6000/m`, `10/h`: requests per second.
-    fn rate(&mut self, node: &Node, path: &str) -> Option<f64> {
+    fn rate(&mut self, node: &Node, path: &Path<'_>) -> Option<f64> {
         let hint = "write requests per second: 200, 200/s, 6000/m";
         let per_second = match &node.value {
             Value::Int(_) | Value::Float(_) => self.number(node, path)?,
@@ -767,7 +773,7 @@ impl Decoder {
         None
     }
 
-    fn header_values(&mut self, node: &Node, path: &str) -> Option<Vec<(String, Values)>> {
+    fn header_values(&mut self, node: &Node, path: &Path<'_>) -> Option<Vec<(String, Values)>> {
         self.visit(path, node);
         let Value::Map(entries) = &node.value else {
             self.expected(path, node, "a mapping of header names to values");
@@ -777,7 +783,7 @@ impl Decoder {
         let mut ok = true;
         for (k, v) in entries {
             let name = key_text(k).to_ascii_lowercase();
-            let p = join(path, &name);
+            let p = path.field(&name);
             if name.starts_with(':') || name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
                 self.error(&p, k, format!("`{name}` is not a header name a client can send"));
                 ok = false;
@@ -791,7 +797,7 @@ impl Decoder {
         ok.then_some(out)
     }
 
-    fn values(&mut self, node: &Node, path: &str) -> Option<Values> {
+    fn values(&mut self, node: &Node, path: &Path<'_>) -> Option<Values> {
         match &node.value {
             Value::Str(s) => {
                 self.visit(path, node);
@@ -846,7 +852,7 @@ impl Decoder {
         }
     }
 
-    fn upstream(&mut self, node: &Node, path: &str, end: Duration) -> Option<Upstream> {
+    fn upstream(&mut self, node: &Node, path: &Path<'_>, end: Duration) -> Option<Upstream> {
         let f = self.fields(node, path, UPSTREAM_FIELDS)?;
         let mut base = Behaviour::default();
         let mut ok = true;
@@ -870,7 +876,7 @@ impl Decoder {
         (ok && complete).then_some(Upstream { base, phases })
     }
 
-    fn phase(&mut self, node: &Node, path: &str, end: Duration) -> Option<Phase> {
+    fn phase(&mut self, node: &Node, path: &Path<'_>, end: Duration) -> Option<Phase> {
         let f = self.fields(node, path, PHASE_FIELDS)?;
         let from = match f.get("from") {
             Some((n, p)) => self.duration(n, &p),
@@ -910,7 +916,7 @@ impl Decoder {
         })
     }
 
-    fn latency(&mut self, node: &Node, path: &str) -> Option<Latency> {
+    fn latency(&mut self, node: &Node, path: &Path<'_>) -> Option<Latency> {
         if !matches!(node.value, Value::Map(_)) {
             return self.bounded_duration(node, path, 0, MAX_DURATION_MS).map(Latency::Fixed);
         }
@@ -924,8 +930,8 @@ impl Decoder {
             self.error(&p, n, "write the bounds as a pair: [10ms, 50ms]");
             return None;
         };
-        let lo = self.bounded_duration(lo, &crate::decode::index(&p, 0), 0, MAX_DURATION_MS);
-        let hi = self.bounded_duration(hi, &crate::decode::index(&p, 1), 0, MAX_DURATION_MS);
+        let lo = self.bounded_duration(lo, &p.index(0), 0, MAX_DURATION_MS);
+        let hi = self.bounded_duration(hi, &p.index(1), 0, MAX_DURATION_MS);
         let (lo, hi) = (lo?, hi?);
         if lo > hi {
             self.error(&p, n, format!("the lower bound ({lo}) is above the upper one ({hi})"));
@@ -935,7 +941,7 @@ impl Decoder {
     }
 
     /// `200`, or weights: `{ 200: 95, 503: 5 }`.
-    fn status_mix(&mut self, node: &Node, path: &str) -> Option<Vec<(u16, f64)>> {
+    fn status_mix(&mut self, node: &Node, path: &Path<'_>) -> Option<Vec<(u16, f64)>> {
         self.visit(path, node);
         if let Value::Int(_) = node.value {
             return self.int_as(node, path, 100, 599).map(|s| vec![(s, 1.0)]);
@@ -947,7 +953,7 @@ impl Decoder {
         let mut out = Vec::new();
         for (k, v) in entries {
             let code = key_text(k);
-            let p = join(path, &code);
+            let p = path.field(&code);
             let status = code.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
             let weight = self.number(v, &p);
             match (status, weight) {
@@ -967,7 +973,7 @@ impl Decoder {
     fn expectation(
         &mut self,
         node: &Node,
-        path: &str,
+        path: &Path<'_>,
         traffic: &[String],
         end: Duration,
     ) -> Option<Expectation> {
@@ -1062,8 +1068,8 @@ impl Decoder {
                     self.error(&cp, cn, "write the bounds as a pair: [0.4, 0.6]");
                     return None;
                 };
-                let lo = self.number(lo, &crate::decode::index(&cp, 0));
-                let hi = self.number(hi, &crate::decode::index(&cp, 1));
+                let lo = self.number(lo, &cp.index(0));
+                let hi = self.number(hi, &cp.index(1));
                 let (lo, hi) = (lo?, hi?);
                 if lo > hi {
                     self.error(&cp, cn, format!("the lower bound ({lo}) is above the upper one ({hi})"));
@@ -1081,7 +1087,7 @@ impl Decoder {
     }
 
     /// `5%` (of the expected value) or an absolute number.
-    fn tolerance(&mut self, node: &Node, path: &str) -> Option<Tolerance> {
+    fn tolerance(&mut self, node: &Node, path: &Path<'_>) -> Option<Tolerance> {
         match &node.value {
             Value::Str(_) => self.percent(node, path).map(Tolerance::Relative),
             _ => self.number(node, path).filter(|v| *v >= 0.0).map(Tolerance::Absolute).or_else(|| {
@@ -1091,7 +1097,7 @@ impl Decoder {
         }
     }
 
-    fn select(&mut self, node: &Node, path: &str, traffic: &[String]) -> Option<Select> {
+    fn select(&mut self, node: &Node, path: &Path<'_>, traffic: &[String]) -> Option<Select> {
         if let Value::Null = node.value {
             self.visit(path, node);
             return Some(Select::default());
@@ -1146,7 +1152,7 @@ impl Decoder {
         ok.then_some(s)
     }
 
-    fn status_select(&mut self, node: &Node, path: &str) -> Option<StatusSelect> {
+    fn status_select(&mut self, node: &Node, path: &Path<'_>) -> Option<StatusSelect> {
         if let Value::Int(_) = node.value {
             return self.int_as(node, path, 100, 599).map(StatusSelect::Exact);
         }

@@ -26,7 +26,7 @@ fn sim(yaml: &str) -> Sim {
 
 fn sim_with<S: SharedStore>(yaml: &str, store: S) -> Sim<S> {
     let doc = breakwater_policy::load(yaml).unwrap_or_else(|e| panic!("{e:#?}")).document;
-    Sim { plan: Plan::new(&doc).unwrap(), store, clock: FakeClock::at(1_000_000_000_000) }
+    Sim { plan: Plan::new(doc).unwrap(), store, clock: FakeClock::at(1_000_000_000_000) }
 }
 
 impl<S: SharedStore> Sim<S> {

@@ -1,5 +1,8 @@
-//! Metrics: one stat per name shared by all VMs of an Envoy, as in Envoy. A negative increment of a
-//! counter and get_metric on a histogram are BadArgument (ENVOY-FACTS).
+//! Metrics: one stat per name shared by all VMs of an Envoy, as in Envoy. As in Envoy, every
+//! `proxy_define_metric` call hands out a new id of the calling VM (also for a name defined before),
+//! so a filter that defines its metrics again on each reconfiguration grows the VM's id table, and
+//! ids mean nothing in another VM. A negative increment of a counter and get_metric on a histogram
+//! are BadArgument (ENVOY-FACTS).
 
 use wasmtime::{Caller, Linker, Result};
 
@@ -19,7 +22,7 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
                 2 => MetricKind::Histogram,
                 _ => return Ok(Status::BadArgument as i32),
             };
-            let id = {
+            let stat = {
                 let world = c.data().world.clone();
                 let mut metrics = world.metrics.borrow_mut();
                 match metrics.iter().position(|m| m.name == name) {
@@ -30,6 +33,9 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
                     }
                 }
             };
+            let ids = &mut c.data_mut().metric_ids;
+            ids.push(stat);
+            let id = ids.len() - 1;
             memory::write_u32(&mut c, ret, id as u32)?;
             Ok(Status::Ok as i32)
         },
@@ -38,9 +44,10 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_increment_metric",
         |mut c: Caller<'_, HostState>, id: i32, offset: i64| -> Result<i32> {
+            let Some(stat) = c.data().stat(id) else { return Ok(Status::NotFound as i32) };
             let counter = {
                 let mut metrics = c.data().world.metrics.borrow_mut();
-                let Some(m) = metrics.get_mut(id as u32 as usize) else { return Ok(Status::NotFound as i32) };
+                let Some(m) = metrics.get_mut(stat) else { return Ok(Status::NotFound as i32) };
                 match m.kind {
                     MetricKind::Counter if offset < 0 => return Ok(Status::BadArgument as i32),
                     MetricKind::Histogram => return Ok(Status::BadArgument as i32),
@@ -51,7 +58,7 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
                 }
             };
             if counter && let Some(stream) = c.data_mut().stream() {
-                stream.counted.push((id as u32, offset as u64));
+                stream.counted.push((stat as u32, offset as u64));
             }
             Ok(Status::Ok as i32)
         },
@@ -60,8 +67,9 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_record_metric",
         |c: Caller<'_, HostState>, id: i32, value: i64| -> Result<i32> {
+            let Some(stat) = c.data().stat(id) else { return Ok(Status::NotFound as i32) };
             let mut metrics = c.data().world.metrics.borrow_mut();
-            let Some(m) = metrics.get_mut(id as u32 as usize) else { return Ok(Status::NotFound as i32) };
+            let Some(m) = metrics.get_mut(stat) else { return Ok(Status::NotFound as i32) };
             match m.kind {
                 MetricKind::Histogram => m.samples.push(value as u64),
                 _ => m.value = value as u64,
@@ -73,7 +81,8 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_metric",
         |mut c: Caller<'_, HostState>, id: i32, ret: i32| -> Result<i32> {
-            let found = c.data().world.metrics.borrow().get(id as u32 as usize).map(|m| (m.kind, m.value));
+            let stat = c.data().stat(id);
+            let found = stat.and_then(|i| c.data().world.metrics.borrow().get(i).map(|m| (m.kind, m.value)));
             match found {
                 Some((MetricKind::Histogram, _)) => Ok(Status::BadArgument as i32),
                 Some((_, v)) => {

@@ -2,18 +2,17 @@
 //!
 //! Envoy hands the filter its configuration as JSON on every reconfiguration, on the main thread
 //! and on every worker, and a document of 1,000 policies is most of a megabyte. The general YAML
-//! scanner reads that at about 15 MB/s; this reader tokenizes JSON directly and feeds the same
-//! events (same positions, same scalar resolution) to the same [`Builder`], so the depth and node
-//! limits and the duplicate-key errors hold unchanged.
+//! scanner reads that at about 15 MB/s; this reader builds the tree directly from the JSON, with the
+//! same positions, the same scalar resolution and the same depth and node limits and duplicate-key
+//! errors as the YAML reader (the tests compare the two trees).
 //!
 //! It only takes what it is sure of: anything that is not plain JSON (YAML syntax, a syntax error,
 //! a surrogate escape, a control character, a lone carriage return) returns `None`, and the
 //! caller reads the text with the YAML reader, which also words any error.
 
-use yaml_rust2::parser::Event;
 use yaml_rust2::scanner::TScalarStyle;
 
-use super::{Builder, Flow, Node};
+use super::{MAX_DEPTH, MAX_NODES, Node, Value, scalar};
 use crate::diag::{Diagnostic, Span};
 
 /// `Some` when `text` is one JSON object or array; `None` to fall back to the YAML reader.
@@ -22,39 +21,49 @@ pub(super) fn parse(text: &str) -> Option<Result<Node, Vec<Diagnostic>>> {
     if first != b'{' && first != b'[' {
         return None;
     }
-    let mut r = Reader { bytes: text.as_bytes(), pos: 0, line: 1, col: 0, builder: Builder::default() };
-    r.emit(Event::StreamStart)?;
-    r.emit(Event::DocumentStart)?;
-    match r.value() {
-        Ok(()) => {}
+    let mut r = Reader {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+        line: 1,
+        col: 0,
+        depth: 0,
+        nodes: 0,
+        errors: Vec::new(),
+    };
+    let root = match r.value() {
+        Ok(root) => root,
         Err(Stop::Fatal(d)) => return Some(Err(vec![*d])),
         Err(Stop::NotPlainJson) => return None,
-    }
+    };
     r.skip_space()?;
     if r.pos != r.bytes.len() {
         return None;
     }
-    r.emit(Event::DocumentEnd)?;
-    r.emit(Event::StreamEnd)?;
-    Some(r.builder.finish())
+    Some(if r.errors.is_empty() { Ok(root) } else { Err(r.errors) })
 }
 
+/// Builds the tree directly (recursive descent, depth bounded by [`MAX_DEPTH`]), holding the YAML
+/// reader's rules: the same node budget, depth limit and duplicate-key errors, in the same order.
 struct Reader<'t> {
+    text: &'t str,
     bytes: &'t [u8],
     pos: usize,
     /// Where `pos` is, as the YAML scanner counts: lines from 1, columns in characters from 0.
     line: usize,
     col: usize,
-    builder: Builder,
+    /// Containers open around `pos`.
+    depth: usize,
+    nodes: usize,
+    /// Duplicate keys: reported, and reading goes on (as the YAML reader does).
+    errors: Vec<Diagnostic>,
 }
 
-/// Why reading stopped: not JSON we are sure of (fall back), or the builder's own verdict.
+/// Why reading stopped: not JSON we are sure of (fall back), or a limit of the reader.
 enum Stop {
     NotPlainJson,
     Fatal(Box<Diagnostic>),
 }
-
-type Step = Result<(), Stop>;
 
 fn not_json<T>() -> Result<T, Stop> {
     Err(Stop::NotPlainJson)
@@ -63,19 +72,6 @@ fn not_json<T>() -> Result<T, Stop> {
 impl Reader<'_> {
     fn span(&self) -> Span {
         Span::new(self.line.max(1), self.col + 1)
-    }
-
-    /// An event that cannot fail in the builder (stream and document markers).
-    fn emit(&mut self, event: Event) -> Option<()> {
-        let span = self.span();
-        self.builder.event(event, span).ok().map(|_| ())
-    }
-
-    fn event(&mut self, event: Event, span: Span) -> Step {
-        match self.builder.event(event, span) {
-            Ok(Flow::Continue | Flow::Done) => Ok(()),
-            Err(d) => Err(Stop::Fatal(d)),
-        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -113,76 +109,121 @@ impl Reader<'_> {
         Some(())
     }
 
-    fn value(&mut self) -> Step {
-        self.skip_space().ok_or(Stop::NotPlainJson)?;
+    fn space(&mut self) -> Result<(), Stop> {
+        self.skip_space().ok_or(Stop::NotPlainJson)
+    }
+
+    /// One more node against the document's budget.
+    fn count(&mut self, span: Span) -> Result<(), Stop> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(Stop::Fatal(Box::new(
+                Diagnostic::error(
+                    "",
+                    format!("the document has more than {MAX_NODES} values (aliases included)"),
+                )
+                .with_span(span),
+            )));
+        }
+        Ok(())
+    }
+
+    fn value(&mut self) -> Result<Node, Stop> {
+        self.space()?;
         let span = self.span();
         match self.peek() {
             Some(b'{') => self.object(span),
             Some(b'[') => self.array(span),
             Some(b'"') => {
                 let text = self.string()?;
-                self.event(Event::Scalar(text, TScalarStyle::DoubleQuoted, 0, None), span)
+                self.count(span)?;
+                Ok(Node { value: Value::Str(text), span })
             }
             Some(b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
-                let text = self.word()?;
-                self.event(Event::Scalar(text, TScalarStyle::Plain, 0, None), span)
+                let text = self.word()?.to_string();
+                self.count(span)?;
+                Ok(Node { value: scalar(text, TScalarStyle::Plain), span })
             }
             _ => not_json(),
         }
     }
 
-    fn object(&mut self, span: Span) -> Step {
+    /// Opens a container: counted, and refused past [`MAX_DEPTH`].
+    fn open(&mut self, span: Span) -> Result<(), Stop> {
+        self.count(span)?;
+        if self.depth >= MAX_DEPTH {
+            return Err(Stop::Fatal(Box::new(
+                Diagnostic::error("", format!("the document nests deeper than {MAX_DEPTH} levels"))
+                    .with_span(span),
+            )));
+        }
+        self.depth += 1;
         self.bump();
-        self.event(Event::MappingStart(0, None), span)?;
-        self.skip_space().ok_or(Stop::NotPlainJson)?;
+        Ok(())
+    }
+
+    fn object(&mut self, span: Span) -> Result<Node, Stop> {
+        self.open(span)?;
+        let mut entries: Vec<(Node, Node)> = Vec::new();
+        self.space()?;
         if self.peek() == Some(b'}') {
             self.bump();
-            return self.event(Event::MappingEnd, self.span());
+        } else {
+            loop {
+                self.space()?;
+                let key_span = self.span();
+                if self.peek() != Some(b'"') {
+                    return not_json();
+                }
+                let key = self.string()?;
+                self.count(key_span)?;
+                if entries.iter().any(|(k, _)| matches!(&k.value, Value::Str(s) if *s == key)) {
+                    self.errors
+                        .push(Diagnostic::error("", format!("duplicate key `{key}`")).with_span(key_span));
+                }
+                self.space()?;
+                if self.bump() != Some(b':') {
+                    return not_json();
+                }
+                let value = self.value()?;
+                entries.push((Node { value: Value::Str(key), span: key_span }, value));
+                self.space()?;
+                match self.bump() {
+                    Some(b',') => continue,
+                    Some(b'}') => break,
+                    _ => return not_json(),
+                }
+            }
         }
-        loop {
-            self.skip_space().ok_or(Stop::NotPlainJson)?;
-            let key_span = self.span();
-            if self.peek() != Some(b'"') {
-                return not_json();
-            }
-            let key = self.string()?;
-            self.event(Event::Scalar(key, TScalarStyle::DoubleQuoted, 0, None), key_span)?;
-            self.skip_space().ok_or(Stop::NotPlainJson)?;
-            if self.bump() != Some(b':') {
-                return not_json();
-            }
-            self.value()?;
-            self.skip_space().ok_or(Stop::NotPlainJson)?;
-            match self.bump() {
-                Some(b',') => continue,
-                Some(b'}') => return self.event(Event::MappingEnd, self.span()),
-                _ => return not_json(),
-            }
-        }
+        self.depth -= 1;
+        // As the YAML reader: a mapping is where its first key is.
+        let span = entries.first().map_or(span, |(k, _)| k.span);
+        Ok(Node { value: Value::Map(entries), span })
     }
 
-    fn array(&mut self, span: Span) -> Step {
-        self.bump();
-        self.event(Event::SequenceStart(0, None), span)?;
-        self.skip_space().ok_or(Stop::NotPlainJson)?;
+    fn array(&mut self, span: Span) -> Result<Node, Stop> {
+        self.open(span)?;
+        let mut items = Vec::new();
+        self.space()?;
         if self.peek() == Some(b']') {
             self.bump();
-            return self.event(Event::SequenceEnd, self.span());
-        }
-        loop {
-            self.value()?;
-            self.skip_space().ok_or(Stop::NotPlainJson)?;
-            match self.bump() {
-                Some(b',') => continue,
-                Some(b']') => return self.event(Event::SequenceEnd, self.span()),
-                _ => return not_json(),
+        } else {
+            loop {
+                items.push(self.value()?);
+                self.space()?;
+                match self.bump() {
+                    Some(b',') => continue,
+                    Some(b']') => break,
+                    _ => return not_json(),
+                }
             }
         }
+        self.depth -= 1;
+        Ok(Node { value: Value::Seq(items), span })
     }
 
-    /// A number, `true`, `false` or `null`: handed over as a plain scalar, resolved by the builder
-    /// exactly as the YAML reader's scalars are.
-    fn word(&mut self) -> Result<String, Stop> {
+    /// A number, `true`, `false` or `null`: resolved exactly as the YAML reader's plain scalars.
+    fn word(&mut self) -> Result<&str, Stop> {
         let start = self.pos;
         while let Some(b) = self.peek() {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.') {
@@ -195,24 +236,29 @@ impl Reader<'_> {
             None | Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b']' | b'}') => {}
             _ => return not_json(),
         }
-        let text = std::str::from_utf8(self.bytes.get(start..self.pos).ok_or(Stop::NotPlainJson)?)
-            .map_err(|_| Stop::NotPlainJson)?;
-        Ok(text.to_string())
+        // ASCII bytes only, so these are character boundaries.
+        self.text.get(start..self.pos).ok_or(Stop::NotPlainJson)
     }
 
     /// A double-quoted string with JSON escapes, which YAML's double-quoted style reads the same.
     fn string(&mut self) -> Result<String, Stop> {
         self.bump();
-        let mut out = Vec::new();
+        let mut out = String::new();
         loop {
-            // Copy the run up to the next quote, backslash or control character at once.
+            // Take the run up to the next quote, backslash or control character at once. Those
+            // are ASCII, so the run ends on a character boundary of the (valid UTF-8) text.
             let rest = self.bytes.get(self.pos..).ok_or(Stop::NotPlainJson)?;
             let run =
                 rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).ok_or(Stop::NotPlainJson)?;
-            out.extend_from_slice(rest.get(..run).ok_or(Stop::NotPlainJson)?);
-            for _ in 0..run {
-                self.bump();
+            let chunk = self.text.get(self.pos..self.pos + run).ok_or(Stop::NotPlainJson)?;
+            if out.is_empty() && rest.get(run) == Some(&b'"') {
+                // No escape (nearly every string): one allocation of the exact size.
+                out.reserve_exact(run);
             }
+            out.push_str(chunk);
+            // The run holds no line break: only the column moves, by its characters.
+            self.col += chunk.chars().count();
+            self.pos += run;
             match self.bump() {
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -228,13 +274,12 @@ impl Reader<'_> {
                         Some(b'u') => self.unicode()?,
                         _ => return not_json(),
                     };
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    out.push(c);
                 }
                 _ => return not_json(), // a raw control character: JSON forbids it
             }
         }
-        String::from_utf8(out).map_err(|_| Stop::NotPlainJson)
+        Ok(out)
     }
 
     /// `\uXXXX` outside the surrogate range (pairs are left to the YAML reader).
@@ -250,19 +295,29 @@ impl Reader<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Builder, Flow};
     use super::*;
+    use proptest::prelude::*;
 
     /// The YAML reader on the same text, with the fast path out of the way.
     fn by_yaml(text: &str) -> Result<Node, Vec<Diagnostic>> {
+        by_yaml_scanner(text).unwrap()
+    }
+
+    /// None when the YAML scanner refuses the text (it reads a few JSON spellings, such as `"a":1`
+    /// inside a list, as errors, which the JSON reader accepts).
+    fn by_yaml_scanner(text: &str) -> Option<Result<Node, Vec<Diagnostic>>> {
         let mut builder = Builder::default();
         let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
         loop {
-            let (event, mark) = parser.next_token().unwrap();
-            if let Flow::Done = builder.event(event, super::super::span_of(&mark)).map_err(|d| vec![*d])? {
-                break;
+            let (event, mark) = parser.next_token().ok()?;
+            match builder.event(event, super::super::span_of(&mark)) {
+                Ok(Flow::Done) => break,
+                Ok(Flow::Continue) => {}
+                Err(d) => return Some(Err(vec![*d])),
             }
         }
-        builder.finish()
+        Some(builder.finish())
     }
 
     fn same(text: &str) {
@@ -304,6 +359,61 @@ mod tests {
             "{\"a\": 1",
         ] {
             assert!(parse(text).is_none(), "{text}");
+        }
+    }
+
+    /// Any JSON value as text, with random spacing: strings with escapes and non-ASCII, numbers of
+    /// every shape, repeated keys, nesting.
+    fn json() -> impl Strategy<Value = String> {
+        let space = prop_oneof![Just(""), Just(" "), Just("\n  "), Just("\r\n"), Just("\t")];
+        let string = prop_oneof![
+            "[a-z_]{0,6}",
+            Just("caf\u{e9} \u{4e2d}".to_string()),
+            Just("a\\\"b\\n\\u00e9\\/".to_string()),
+        ]
+        .prop_map(|s| format!("\"{s}\""));
+        let word = prop_oneof![
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("null".to_string()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            Just("12345678901234567890".to_string()),
+            Just("-0.5e3".to_string()),
+            Just("1.25".to_string()),
+        ];
+        let leaf = prop_oneof![string.clone(), word];
+        leaf.prop_recursive(4, 40, 5, move |inner| {
+            let s = space.clone();
+            prop_oneof![
+                (prop::collection::vec((inner.clone(), s.clone()), 0..5)).prop_map(|items| {
+                    let body: Vec<String> = items.into_iter().map(|(v, sp)| format!("{sp}{v}{sp}")).collect();
+                    format!("[{}]", body.join(","))
+                }),
+                (prop::collection::vec((prop_oneof!["[a-c]", Just("\u{e9}".to_string())], inner, s), 0..5))
+                    .prop_map(|entries| {
+                        let body: Vec<String> = entries
+                            .into_iter()
+                            .map(|(k, v, sp)| format!("{sp}\"{k}\"{sp}:{sp}{v}{sp}"))
+                            .collect();
+                        format!("{{{}}}", body.join(","))
+                    }),
+            ]
+        })
+        .prop_filter("a document is an object or a list", |t| t.starts_with('{') || t.starts_with('['))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The JSON reader and the YAML reader agree on every JSON document: the same tree, or
+        /// the same errors (duplicate keys), at the same positions.
+        #[test]
+        fn agrees_with_the_yaml_reader(text in json()) {
+            let fast = parse(&text);
+            prop_assert!(fast.is_some(), "not taken by the JSON reader: {}", text);
+            let yaml = by_yaml_scanner(&text);
+            prop_assume!(yaml.is_some(), "the YAML scanner refuses {}", text);
+            prop_assert_eq!(fast, yaml, "{}", text);
         }
     }
 }

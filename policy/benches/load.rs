@@ -1,0 +1,68 @@
+//! What loading a large configuration costs natively, phase by phase: the part of `on_configure`
+//! that is ours (Envoy's V8 runs the same code about twice as slowly; `./dev bench --only scale`
+//! measures it there).
+//!
+//! `cargo bench -p breakwater-policy --bench load [-- --quick]`: the compact JSON of 1,000
+//! policies, as `breakwater publish` sends it (the shape of bench/run.py's scale section), read
+//! into the tree, decoded, checked and planned. Prints the median of each phase over the runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use breakwater_policy::plan::Plan;
+use breakwater_policy::{check, decode, source};
+
+/// Every engine of policy (d) in bench/run.py, on each of `n` policies.
+fn document(n: usize) -> String {
+    let mut yaml = String::from("version: 1\npolicies:\n");
+    for i in 0..n {
+        let (name, prefix) = if i + 1 == n {
+            ("bench".to_string(), "/last/".to_string())
+        } else {
+            (format!("svc-{i}"), format!("/svc-{i}/"))
+        };
+        yaml.push_str(&format!(
+            "  - name: {name}\n    match: {{ path_prefix: {prefix} }}\n    rate_limit: {{ rate: 1000000000, per: 1s, burst: 1000000000 }}\n    concurrency_limit: {{ max_in_flight: 100000 }}\n    circuit_breaker: {{ window: 100, minimum_calls: 20, failure_rate: 50 }}\n    retry: {{ max_retries: 2, retry_on: [5xx], budget: {{ percent: 20, min_per_second: 10 }} }}\n    timeout: 5s\n"
+        ));
+    }
+    breakwater_policy::compile_compact(&breakwater_policy::load(&yaml).unwrap().document)
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (n, runs) = if quick { (100, 5) } else { (1_000, 51) };
+    let json = document(n);
+    let mut phases: [Vec<Duration>; 5] = Default::default();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let root = source::parse_bytes(json.as_bytes()).unwrap();
+        let t1 = Instant::now();
+        let (doc, diags) = decode::decode_without_spans(&root);
+        assert!(diags.is_empty(), "{diags:?}");
+        drop(root);
+        let t2 = Instant::now();
+        assert!(check::check_errors(&doc).is_empty());
+        let t3 = Instant::now();
+        let plan = Plan::new(doc).unwrap();
+        let t4 = Instant::now();
+        assert_eq!(plan.policies.len(), n);
+        drop(plan);
+        let t5 = Instant::now();
+        for (p, d) in phases.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]) {
+            p.push(d);
+        }
+    }
+    let [tree, decode, check, plan, drop] = phases.map(median);
+    println!(
+        "{n} policies, {} bytes of compact JSON, median of {runs}: tree {tree:.3} ms, decode (and dropping the tree) \
+         {decode:.3} ms, check {check:.3} ms, plan {plan:.3} ms (total {:.3} ms); dropping the plan {drop:.3} ms",
+        json.len(),
+        tree + decode + check + plan
+    );
+}
