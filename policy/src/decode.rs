@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::diag::{Diagnostic, Span};
 use crate::model::*;
-use crate::source::{Node, Value, key_text};
+use crate::source::{Node, Value, key_text, same_key};
 
 /// Where each decoded path was written.
 #[derive(Debug, Default, Clone)]
@@ -55,6 +55,28 @@ pub const RETRY_FIELDS: &[&str] =
 pub const BUDGET_FIELDS: &[&str] = &["percent", "min_per_second"];
 pub const FALLBACK_FIELDS: &[&str] = &["on", "response"];
 pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
+
+/// The field names of the policy language, as `'static` text (for readers that want to borrow
+/// rather than copy a key they recognise).
+pub fn field_name(text: &str) -> Option<&'static str> {
+    [
+        DOCUMENT_FIELDS,
+        POLICY_FIELDS,
+        MATCH_FIELDS,
+        RATE_LIMIT_FIELDS,
+        CONCURRENCY_FIELDS,
+        BREAKER_FIELDS,
+        SLOW_CALL_FIELDS,
+        RETRY_FIELDS,
+        BUDGET_FIELDS,
+        FALLBACK_FIELDS,
+        RESPONSE_FIELDS,
+    ]
+    .into_iter()
+    .flatten()
+    .find(|name| **name == text)
+    .copied()
+}
 
 /// Most policies in one document.
 pub const MAX_POLICIES: usize = 10_000;
@@ -127,12 +149,12 @@ impl std::fmt::Display for Path<'_> {
 /// The fields of one mapping, with unknown ones already reported.
 pub(crate) struct Fields<'n, 'p> {
     pub(crate) path: Path<'p>,
-    pub(crate) entries: Vec<(std::borrow::Cow<'n, str>, &'n Node)>,
+    entries: &'n [(Node, Node)],
 }
 
 impl<'n> Fields<'n, '_> {
     pub(crate) fn get<'s>(&'s self, name: &'s str) -> Option<(&'n Node, Path<'s>)> {
-        self.entries.iter().find(|(k, _)| k.as_ref() == name).map(|(_, n)| (*n, self.path.field(name)))
+        self.entries.iter().find(|(k, _)| same_key(k, name)).map(|(_, n)| (n, self.path.field(name)))
     }
 }
 
@@ -177,15 +199,13 @@ impl Decoder {
             self.expected(path, node, "a mapping");
             return None;
         };
-        let mut fields = Fields { path: *path, entries: Vec::new() };
-        for (key, value) in entries {
+        for (key, _) in entries {
             // Keys are almost always strings: borrow them rather than copy.
             let name = match &key.value {
-                Value::Str(s) => std::borrow::Cow::Borrowed(s.as_str()),
+                Value::Str(s) => std::borrow::Cow::Borrowed(s.as_ref()),
                 _ => std::borrow::Cow::Owned(key_text(key)),
             };
             if known.contains(&name.as_ref()) {
-                fields.entries.push((name, value));
                 continue;
             }
             let at = path.field(&name);
@@ -195,6 +215,7 @@ impl Decoder {
             };
             self.error(&at, key, message);
         }
+        let fields = Fields { path: *path, entries };
         Some(fields)
     }
 
@@ -257,9 +278,14 @@ impl Decoder {
     }
 
     pub(crate) fn string(&mut self, node: &Node, path: &Path<'_>) -> Option<String> {
+        self.str(node, path).map(str::to_string)
+    }
+
+    /// A string field, borrowed from the tree (for values that are parsed or compared, not kept).
+    pub(crate) fn str<'n>(&mut self, node: &'n Node, path: &Path<'_>) -> Option<&'n str> {
         self.visit(path, node);
         match &node.value {
-            Value::Str(s) => Some(s.clone()),
+            Value::Str(s) => Some(s),
             _ => {
                 self.expected(path, node, "a string");
                 None
@@ -320,8 +346,8 @@ impl Decoder {
         path: &Path<'_>,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let text = self.string(node, path)?;
-        match parse(&text) {
+        let text = self.str(node, path)?;
+        match parse(text) {
             Ok(v) => Some(v),
             Err(message) => {
                 self.error(path, node, message);
@@ -340,7 +366,7 @@ impl Decoder {
     }
 
     pub(crate) fn word<T: Copy>(&mut self, node: &Node, path: &Path<'_>, words: &[(&str, T)]) -> Option<T> {
-        let text = self.string(node, path)?;
+        let text = self.str(node, path)?;
         if let Some((_, v)) = words.iter().find(|(w, _)| *w == text) {
             return Some(*v);
         }
@@ -385,7 +411,7 @@ impl Decoder {
             let p = path.field(&name);
             self.visit(&p, v);
             let value = match &v.value {
-                Value::Str(s) => s.clone(),
+                Value::Str(s) => s.to_string(),
                 Value::Int(_) | Value::Bool(_) | Value::Float(_) | Value::BigInt(_) => key_text(v),
                 _ => {
                     self.expected(&p, v, "a string");
@@ -668,7 +694,7 @@ impl Decoder {
             .get("max_retries")
             .and_then(|(n, p)| self.int_as(n, &p, 0, 10))
             .unwrap_or_else(default_max_retries);
-        let words: Vec<(&str, RetryOn)> = RetryOn::ALL.iter().map(|r| (r.as_str(), *r)).collect();
+        let words = RetryOn::ALL.map(|r| (r.as_str(), r));
         let retry_on = f
             .get("retry_on")
             .and_then(|(n, p)| {

@@ -801,7 +801,7 @@ impl Decoder {
         match &node.value {
             Value::Str(s) => {
                 self.visit(path, node);
-                Some(Values::Fixed(s.clone()))
+                Some(Values::Fixed(s.to_string()))
             }
             Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
                 self.visit(path, node);
@@ -1179,7 +1179,7 @@ fn traffic_names(node: &Node) -> Vec<String> {
             let name = match &item.value {
                 Value::Map(entries) => {
                     entries.iter().find(|(k, _)| key_text(k) == "name").and_then(|(_, v)| match &v.value {
-                        Value::Str(s) => Some(s.clone()),
+                        Value::Str(s) => Some(s.to_string()),
                         _ => None,
                     })
                 }

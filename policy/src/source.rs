@@ -9,6 +9,7 @@
 //! plugin configuration): nesting depth, node count and number sizes are bounded, aliases are
 //! expanded under the same node budget (no "billion laughs"), and nothing in this module panics.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, Parser};
@@ -39,7 +40,9 @@ pub enum Value {
     /// An integer too large for i64; kept as written so errors can show it.
     BigInt(String),
     Float(f64),
-    Str(String),
+    /// Text; borrowed for the field names of the policy language that the JSON reader recognises
+    /// (keys are most of a configuration's strings, and each copy is an allocation).
+    Str(Cow<'static, str>),
     Seq(Vec<Node>),
     /// Keys in document order. Duplicate keys are reported while reading.
     Map(Vec<(Node, Node)>),
@@ -262,7 +265,7 @@ impl Builder {
                     }
                     let owned;
                     let key = match &node.value {
-                        Value::Str(s) => s.as_str(),
+                        Value::Str(s) => s.as_ref(),
                         _ => {
                             owned = key_text(&node);
                             owned.as_str()
@@ -285,7 +288,7 @@ impl Builder {
 /// The text of a mapping key (`404:` is a key too).
 pub fn key_text(node: &Node) -> String {
     match &node.value {
-        Value::Str(s) => s.clone(),
+        Value::Str(s) => s.to_string(),
         Value::Int(i) => i.to_string(),
         Value::BigInt(s) => s.clone(),
         Value::Bool(b) => b.to_string(),
@@ -296,7 +299,7 @@ pub fn key_text(node: &Node) -> String {
 }
 
 /// `key_text(node) == key`, without building the text for string keys.
-fn same_key(node: &Node, key: &str) -> bool {
+pub(crate) fn same_key(node: &Node, key: &str) -> bool {
     match &node.value {
         Value::Str(s) => s == key,
         _ => key_text(node) == key,
@@ -326,7 +329,7 @@ fn count_nodes(node: &Node) -> usize {
 /// YAML 1.2 core schema resolution of a scalar; quoted scalars are always strings.
 fn scalar(text: String, style: TScalarStyle) -> Value {
     if style != TScalarStyle::Plain {
-        return Value::Str(text);
+        return Value::Str(Cow::Owned(text));
     }
     match text.as_str() {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
@@ -345,7 +348,7 @@ fn scalar(text: String, style: TScalarStyle) -> Value {
     {
         return Value::Float(f);
     }
-    Value::Str(text)
+    Value::Str(Cow::Owned(text))
 }
 
 fn is_integer(s: &str) -> bool {

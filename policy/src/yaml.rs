@@ -20,7 +20,8 @@ fn node_to_json(n: &crate::source::Node) -> Value {
         Y::Null => Value::Null,
         Y::Bool(b) => Value::Bool(*b),
         Y::Int(i) => Value::from(*i),
-        Y::BigInt(s) | Y::Str(s) => Value::String(s.clone()),
+        Y::BigInt(s) => Value::String(s.clone()),
+        Y::Str(s) => Value::String(s.to_string()),
         Y::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
         Y::Seq(items) => Value::Array(items.iter().map(node_to_json).collect()),
         Y::Map(entries) => {

@@ -10,6 +10,8 @@
 //! a surrogate escape, a control character, a lone carriage return) returns `None`, and the
 //! caller reads the text with the YAML reader, which also words any error.
 
+use std::borrow::Cow;
+
 use yaml_rust2::scanner::TScalarStyle;
 
 use super::{MAX_DEPTH, MAX_NODES, Node, Value, scalar};
@@ -30,6 +32,8 @@ pub(super) fn parse(text: &str) -> Option<Result<Node, Vec<Diagnostic>>> {
         depth: 0,
         nodes: 0,
         errors: Vec::new(),
+        entries: Vec::new(),
+        items: Vec::new(),
     };
     let root = match r.value() {
         Ok(root) => root,
@@ -57,6 +61,10 @@ struct Reader<'t> {
     nodes: usize,
     /// Duplicate keys: reported, and reading goes on (as the YAML reader does).
     errors: Vec<Diagnostic>,
+    /// The entries and items of the containers being read, innermost last: each container moves
+    /// its own into a vector of the exact size when it closes (one allocation, no regrowth).
+    entries: Vec<(Node, Node)>,
+    items: Vec<Node>,
 }
 
 /// Why reading stopped: not JSON we are sure of (fall back), or a limit of the reader.
@@ -135,7 +143,7 @@ impl Reader<'_> {
             Some(b'{') => self.object(span),
             Some(b'[') => self.array(span),
             Some(b'"') => {
-                let text = self.string()?;
+                let text = self.string(false)?;
                 self.count(span)?;
                 Ok(Node { value: Value::Str(text), span })
             }
@@ -164,7 +172,7 @@ impl Reader<'_> {
 
     fn object(&mut self, span: Span) -> Result<Node, Stop> {
         self.open(span)?;
-        let mut entries: Vec<(Node, Node)> = Vec::new();
+        let start = self.entries.len();
         self.space()?;
         if self.peek() == Some(b'}') {
             self.bump();
@@ -175,9 +183,10 @@ impl Reader<'_> {
                 if self.peek() != Some(b'"') {
                     return not_json();
                 }
-                let key = self.string()?;
+                let key = self.string(true)?;
                 self.count(key_span)?;
-                if entries.iter().any(|(k, _)| matches!(&k.value, Value::Str(s) if *s == key)) {
+                let mine = self.entries.get(start..).unwrap_or_default();
+                if mine.iter().any(|(k, _)| matches!(&k.value, Value::Str(s) if *s == key)) {
                     self.errors
                         .push(Diagnostic::error("", format!("duplicate key `{key}`")).with_span(key_span));
                 }
@@ -186,7 +195,7 @@ impl Reader<'_> {
                     return not_json();
                 }
                 let value = self.value()?;
-                entries.push((Node { value: Value::Str(key), span: key_span }, value));
+                self.entries.push((Node { value: Value::Str(key), span: key_span }, value));
                 self.space()?;
                 match self.bump() {
                     Some(b',') => continue,
@@ -196,6 +205,7 @@ impl Reader<'_> {
             }
         }
         self.depth -= 1;
+        let entries: Vec<(Node, Node)> = self.entries.drain(start..).collect();
         // As the YAML reader: a mapping is where its first key is.
         let span = entries.first().map_or(span, |(k, _)| k.span);
         Ok(Node { value: Value::Map(entries), span })
@@ -203,13 +213,14 @@ impl Reader<'_> {
 
     fn array(&mut self, span: Span) -> Result<Node, Stop> {
         self.open(span)?;
-        let mut items = Vec::new();
+        let start = self.items.len();
         self.space()?;
         if self.peek() == Some(b']') {
             self.bump();
         } else {
             loop {
-                items.push(self.value()?);
+                let item = self.value()?;
+                self.items.push(item);
                 self.space()?;
                 match self.bump() {
                     Some(b',') => continue,
@@ -219,7 +230,7 @@ impl Reader<'_> {
             }
         }
         self.depth -= 1;
-        Ok(Node { value: Value::Seq(items), span })
+        Ok(Node { value: Value::Seq(self.items.drain(start..).collect()), span })
     }
 
     /// A number, `true`, `false` or `null`: resolved exactly as the YAML reader's plain scalars.
@@ -241,7 +252,8 @@ impl Reader<'_> {
     }
 
     /// A double-quoted string with JSON escapes, which YAML's double-quoted style reads the same.
-    fn string(&mut self) -> Result<String, Stop> {
+    /// A `key` that is a field name of the policy language is borrowed, not copied.
+    fn string(&mut self, key: bool) -> Result<Cow<'static, str>, Stop> {
         self.bump();
         let mut out = String::new();
         loop {
@@ -252,7 +264,13 @@ impl Reader<'_> {
                 rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).ok_or(Stop::NotPlainJson)?;
             let chunk = self.text.get(self.pos..self.pos + run).ok_or(Stop::NotPlainJson)?;
             if out.is_empty() && rest.get(run) == Some(&b'"') {
-                // No escape (nearly every string): one allocation of the exact size.
+                // No escape (nearly every string): a known name, or one allocation of the exact size.
+                if let Some(name) = key.then(|| crate::decode::field_name(chunk)).flatten() {
+                    self.col += chunk.chars().count();
+                    self.pos += run;
+                    self.bump();
+                    return Ok(Cow::Borrowed(name));
+                }
                 out.reserve_exact(run);
             }
             out.push_str(chunk);
@@ -279,7 +297,7 @@ impl Reader<'_> {
                 _ => return not_json(), // a raw control character: JSON forbids it
             }
         }
-        Ok(out)
+        Ok(Cow::Owned(out))
     }
 
     /// `\uXXXX` outside the surrogate range (pairs are left to the YAML reader).
