@@ -371,7 +371,7 @@ impl Decoder {
             return Some(*v);
         }
         let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
-        let message = match suggest(&text, &names) {
+        let message = match suggest(text, &names) {
             Some(s) => format!("unknown value `{text}`; did you mean `{s}`?"),
             None => format!("unknown value `{text}`; expected one of: {}", names.join(", ")),
         };
