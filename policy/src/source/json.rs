@@ -266,7 +266,7 @@ impl Reader<'_> {
             if out.is_empty() && rest.get(run) == Some(&b'"') {
                 // No escape (nearly every string): a known name, or one allocation of the exact size.
                 if let Some(name) = key.then(|| crate::decode::field_name(chunk)).flatten() {
-                    self.col += chunk.chars().count();
+                    self.col += if chunk.is_ascii() { chunk.len() } else { chunk.chars().count() };
                     self.pos += run;
                     self.bump();
                     return Ok(Cow::Borrowed(name));
@@ -275,7 +275,7 @@ impl Reader<'_> {
             }
             out.push_str(chunk);
             // The run holds no line break: only the column moves, by its characters.
-            self.col += chunk.chars().count();
+            self.col += if chunk.is_ascii() { chunk.len() } else { chunk.chars().count() };
             self.pos += run;
             match self.bump() {
                 Some(b'"') => break,
