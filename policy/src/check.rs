@@ -21,7 +21,8 @@ fn check_with(doc: &Document, spans: &SpanIndex, warnings: bool) -> Vec<Diagnost
     let mut out = Checks { spans, diags: Vec::new() };
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, p) in doc.policies.iter().enumerate() {
-        let path = format!("policies[{i}]");
+        // Paths are written out only for a finding (a document of many policies has none).
+        let path = PolicyPath(i);
         if !p.name.is_empty()
             && let Some(first) = seen.insert(&p.name, i)
         {
@@ -30,7 +31,7 @@ fn check_with(doc: &Document, spans: &SpanIndex, warnings: bool) -> Vec<Diagnost
                 format!("duplicate policy name `{}` (also policies[{first}])", p.name),
             );
         }
-        out.policy(p, &path);
+        out.policy(p, path);
         let earlier_policies = if warnings { i } else { 0 };
         for (j, earlier) in doc.policies.iter().enumerate().take(earlier_policies) {
             if covers(&earlier.matcher, &p.matcher) {
@@ -46,6 +47,16 @@ fn check_with(doc: &Document, spans: &SpanIndex, warnings: bool) -> Vec<Diagnost
         }
     }
     out.diags
+}
+
+/// `policies[i]`, written out when displayed.
+#[derive(Clone, Copy)]
+struct PolicyPath(usize);
+
+impl std::fmt::Display for PolicyPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "policies[{}]", self.0)
+    }
 }
 
 struct Checks<'a> {
@@ -79,7 +90,7 @@ impl Checks<'_> {
         self.diags.push(d);
     }
 
-    fn policy(&mut self, p: &Policy, path: &str) {
+    fn policy(&mut self, p: &Policy, path: PolicyPath) {
         let m = &p.matcher;
         if m.path.is_some() && m.path_prefix.is_some() {
             self.error(
@@ -88,7 +99,7 @@ impl Checks<'_> {
             );
         }
         if let Some(cb) = &p.circuit_breaker {
-            let at = format!("{path}.circuit_breaker");
+            let at = format_args!("{path}.circuit_breaker");
             if let Window::Calls(n) = cb.window
                 && cb.minimum_calls > n
             {
@@ -107,7 +118,7 @@ impl Checks<'_> {
             }
         }
         if let Some(r) = &p.retry {
-            let at = format!("{path}.retry");
+            let at = format_args!("{path}.retry");
             let by_status = r.retry_on.contains(&RetryOn::RetriableStatusCodes);
             if !r.statuses.is_empty() && !by_status {
                 self.error(
@@ -184,7 +195,7 @@ mod tests {
         Match {
             hosts: hosts.map(|h| h.iter().map(|s| s.to_string()).collect()),
             path_prefix: prefix.map(String::from),
-            methods: methods.map(|h| h.iter().map(|s| s.to_string()).collect()),
+            methods: methods.map(|h| h.iter().map(|s| Text::from(s.to_string())).collect()),
             ..Match::default()
         }
     }

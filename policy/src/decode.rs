@@ -379,10 +379,10 @@ impl Decoder {
         None
     }
 
-    pub(crate) fn method(&mut self, node: &Node, path: &Path<'_>) -> Option<String> {
-        let text = self.string(node, path)?;
-        if METHODS.contains(&text.as_str()) {
-            return Some(text);
+    pub(crate) fn method(&mut self, node: &Node, path: &Path<'_>) -> Option<Text> {
+        let text = self.str(node, path)?;
+        if let Some(m) = METHODS.iter().find(|m| **m == text) {
+            return Some(Text::Borrowed(m));
         }
         let upper = text.to_ascii_uppercase();
         let message = if METHODS.contains(&upper.as_str()) {
@@ -793,7 +793,8 @@ impl Decoder {
             }
             None => String::new(),
         };
-        Some(Response { status, headers, body })
+        let headers = headers.into_iter().map(|(k, v)| (Text::Owned(k), Text::Owned(v))).collect();
+        Some(Response { status, headers, body: Text::Owned(body) })
     }
 }
 

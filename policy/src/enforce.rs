@@ -230,9 +230,10 @@ pub fn compose_key(parts: &[KeyPart], req: &impl RequestView) -> Vec<u8> {
 }
 
 fn reply(r: &Response, extra: Vec<(String, String)>) -> Reply {
-    let mut headers: Vec<(String, String)> = r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut headers: Vec<(String, String)> =
+        r.headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     headers.extend(extra);
-    Reply { status: r.status, headers, body: r.body.clone() }
+    Reply { status: r.status, headers, body: r.body.to_string() }
 }
 
 fn seconds_ceil(ns: Nanos) -> u64 {

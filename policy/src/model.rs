@@ -9,6 +9,7 @@
 //! serde `Deserialize` impls here are the fast path for documents already known to be normalized.
 //! Defaults live in one place, the `default_*` functions below, and appear in the JSON Schema.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -77,7 +78,7 @@ pub struct Match {
     pub path_prefix: Option<String>,
     /// HTTP methods, upper case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub methods: Option<Vec<String>>,
+    pub methods: Option<Vec<Text>>,
     /// Header name (lower case) → exact value, or `*` for "present with any value".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -203,7 +204,7 @@ pub struct Retry {
     pub per_try_timeout: Option<Duration>,
     /// Methods that may be retried. Default: the idempotent ones.
     #[serde(default = "default_retry_methods")]
-    pub methods: Vec<String>,
+    pub methods: Vec<Text>,
     /// Retries allowed per second: `percent` of requests plus `min_per_second`.
     #[serde(default)]
     pub budget: Budget,
@@ -242,18 +243,19 @@ pub struct Response {
     #[schemars(range(min = 200, max = 599))]
     pub status: u16,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub body: String,
+    pub headers: BTreeMap<Text, Text>,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub body: Text,
 }
 
 impl Response {
-    pub fn with_status(status: u16, body: &str) -> Self {
+    /// A reply with a fixed plain-text body (the defaults: no copy of the text).
+    pub fn with_status(status: u16, body: &'static str) -> Self {
         let mut headers = BTreeMap::new();
         if !body.is_empty() {
-            headers.insert("content-type".to_string(), "text/plain".to_string());
+            headers.insert(Cow::Borrowed("content-type"), Cow::Borrowed("text/plain"));
         }
-        Response { status, headers, body: body.to_string() }
+        Response { status, headers, body: Cow::Borrowed(body) }
     }
 }
 
@@ -298,8 +300,8 @@ pub fn default_max_retries() -> u32 {
 pub fn default_retry_on() -> Vec<RetryOn> {
     vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::GatewayError]
 }
-pub fn default_retry_methods() -> Vec<String> {
-    ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"].map(String::from).to_vec()
+pub fn default_retry_methods() -> Vec<Text> {
+    ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"].map(Cow::Borrowed).to_vec()
 }
 pub fn default_budget_percent() -> u8 {
     20
@@ -310,6 +312,11 @@ pub fn default_budget_min_per_second() -> u32 {
 pub fn default_fallback_on() -> Vec<Outcome> {
     vec![Outcome::Status5xx, Outcome::Timeout, Outcome::Reset, Outcome::ConnectFailure]
 }
+
+/// Text of the model that is often one of a few fixed words (HTTP methods, the default replies):
+/// those are borrowed, not copied, so a document of many policies loads with fewer allocations.
+/// Reads and writes as a plain string.
+pub type Text = Cow<'static, str>;
 
 /// HTTP methods a policy may name.
 pub const METHODS: [&str; 9] =

@@ -193,16 +193,22 @@ pub struct FixedHeaders {
 
 impl FixedHeaders {
     fn new(p: &Policy, rate_limit: Option<&Gcra>) -> Self {
-        let joined = |items: Vec<String>| items.join(",");
+        // Comma-separated, written into one string.
+        fn joined<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+            use std::fmt::Write;
+            let mut out = String::new();
+            for (i, item) in items.enumerate() {
+                let _ = write!(out, "{}{item}", if i == 0 { "" } else { "," });
+            }
+            out
+        }
         let retry = p.retry.as_ref();
         FixedHeaders {
             rate_limit_policy: rate_limit.map(|g| g.policy_header(&p.name)).unwrap_or_default(),
-            retry_on: retry
-                .map(|r| joined(r.retry_on.iter().map(|o| o.as_str().to_string()).collect()))
-                .unwrap_or_default(),
+            retry_on: retry.map(|r| joined(r.retry_on.iter().map(|o| o.as_str()))).unwrap_or_default(),
             retriable_status_codes: retry
                 .filter(|r| !r.statuses.is_empty())
-                .map(|r| joined(r.statuses.iter().map(u16::to_string).collect())),
+                .map(|r| joined(r.statuses.iter())),
             per_try_timeout_ms: retry.and_then(|r| r.per_try_timeout).map(|t| t.as_millis().to_string()),
             timeout_ms: p.timeout.map(|t| t.as_millis().to_string()),
         }
@@ -222,7 +228,7 @@ impl PolicyPlan {
 pub struct Matcher {
     hosts: Option<Vec<HostPattern>>,
     path: Option<PathPattern>,
-    methods: Option<Vec<String>>,
+    methods: Option<Vec<crate::model::Text>>,
     headers: Vec<(String, Option<String>)>,
 }
 

@@ -738,7 +738,7 @@ impl Decoder {
             duration: duration?,
             connections: connections?,
             timeout: timeout?,
-            method: method?,
+            method: method?.into_owned(),
             host: host?,
             path: path_value?,
             headers: headers?,
