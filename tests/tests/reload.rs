@@ -47,3 +47,37 @@ fn changed_policy_applies_without_restart_and_invalid_is_rejected() {
     assert_eq!(envoy.client().get("/", &[]).status, 429, "api-v2's bucket is still empty");
     assert_eq!(envoy.decisions("api-v2", "rate_limited"), 2);
 }
+
+/// Envoy hands out a new metric id on every definition; the filter keeps the ids of the policies
+/// a reload keeps. Their counters go on counting, a new policy's count from zero, and a dropped
+/// policy's stay as they were.
+#[test]
+fn counters_keep_counting_across_a_reload() {
+    let upstream = Upstream::start();
+    let doc = |second: &str| {
+        format!(
+            "version: 1\ndebug_headers: true\npolicies:\n  - name: a\n    match: {{ path_prefix: /a }}\n    rate_limit: {{ rate: 100, per: 1s }}\n  - name: {second}\n    concurrency_limit: {{ max_in_flight: 5 }}\n"
+        )
+    };
+    let envoy = Envoy::start(&doc("b"), upstream.port());
+    let mut c = envoy.client();
+    assert_eq!(c.get("/a", &[]).status, 200);
+    assert_eq!(c.get("/c", &[]).header("x-breakwater-policy"), Some("b"));
+
+    envoy.publish(&doc("c")).unwrap();
+    envoy.wait_for("the new policy on a request", Duration::from_secs(5), || {
+        c.get("/c", &[]).header("x-breakwater-policy") == Some("c")
+    });
+    let before = envoy.decisions("c", "allowed");
+    assert!(before >= 1, "the request that saw `c` was counted under `c`");
+    for _ in 0..3 {
+        assert_eq!(c.get("/a", &[]).status, 200);
+    }
+    assert_eq!(c.get("/c", &[]).status, 200);
+    assert_eq!(envoy.decisions("a", "allowed"), 4, "a's counter went on across the reload");
+    assert_eq!(envoy.decisions("c", "allowed"), before + 1);
+    let b = envoy.decisions("b", "allowed");
+    assert!(b >= 1, "b counted its requests before the reload");
+    assert_eq!(c.get("/c", &[]).status, 200);
+    assert_eq!(envoy.decisions("b", "allowed"), b, "b is gone: nothing counts under it");
+}
