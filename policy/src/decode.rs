@@ -59,23 +59,27 @@ pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
 /// The field names of the policy language, as `'static` text (for readers that want to borrow
 /// rather than copy a key they recognise).
 pub fn field_name(text: &str) -> Option<&'static str> {
-    [
-        DOCUMENT_FIELDS,
-        POLICY_FIELDS,
-        MATCH_FIELDS,
-        RATE_LIMIT_FIELDS,
-        CONCURRENCY_FIELDS,
-        BREAKER_FIELDS,
-        SLOW_CALL_FIELDS,
-        RETRY_FIELDS,
-        BUDGET_FIELDS,
-        FALLBACK_FIELDS,
-        RESPONSE_FIELDS,
-    ]
-    .into_iter()
-    .flatten()
-    .find(|name| **name == text)
-    .copied()
+    static SORTED: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let sorted = SORTED.get_or_init(|| {
+        let mut all: Vec<&'static str> = [
+            DOCUMENT_FIELDS,
+            POLICY_FIELDS,
+            MATCH_FIELDS,
+            RATE_LIMIT_FIELDS,
+            CONCURRENCY_FIELDS,
+            BREAKER_FIELDS,
+            SLOW_CALL_FIELDS,
+            RETRY_FIELDS,
+            BUDGET_FIELDS,
+            FALLBACK_FIELDS,
+            RESPONSE_FIELDS,
+        ]
+        .concat();
+        all.sort_unstable();
+        all.dedup();
+        all
+    });
+    sorted.binary_search(&text).ok().and_then(|i| sorted.get(i).copied())
 }
 
 /// Most policies in one document.
