@@ -58,7 +58,7 @@ pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
 
 /// The field names of the policy language, as `'static` text (for readers that want to borrow
 /// rather than copy a key they recognise).
-pub fn field_name(text: &str) -> Option<&'static str> {
+pub(crate) fn field_name(text: &str) -> Option<&'static str> {
     static SORTED: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     let sorted = SORTED.get_or_init(|| {
         let mut all: Vec<&'static str> = [

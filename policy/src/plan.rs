@@ -100,7 +100,7 @@ struct PolicyIndex {
 }
 
 /// FNV-1a, for the index: its keys come from the configuration, so a request cannot pick keys that
-/// collide, and SipHash (the default, built against that) would cost every request more.
+/// collide, which is what SipHash (the default, keyed and dearer) guards against.
 #[derive(Debug, Default)]
 struct Fnv(u64);
 
