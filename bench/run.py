@@ -338,19 +338,27 @@ CALLS = ("header", "set_header", "property", "shared_get", "shared_cas", "metric
 
 def calls(bench, rounds, seconds, repeat):
     """The price of each kind of host call in Envoy: the no-op filter making `repeat` extra calls
-    of one kind per request, against the plain no-op filter, on a direct_response route."""
+    of one kind per request, against the plain no-op filter, on a direct_response route; the
+    attempt count (an upstream property) on a proxied route, against the no-op filter there."""
     variants = {"floor": ""} | {c: f"{c} {repeat}" for c in (CALLS[:1] if SMOKE else CALLS)}
     envoys = {name: Envoy(bench, f"calls-{name}", bootstrap(DIRECT, [wasm_filter("noop", NOOP_WASM, conf)]), 1)
               for name, conf in variants.items()}
+    up = Envoy(bench, "calls-upstream", bootstrap(DIRECT, []), 1).wait_ready()
+    for name, conf in {"floor_proxied": "", "attempts": f"attempts {repeat}", "attempts_first": "attempts 1"}.items():
+        envoys[name] = Envoy(bench, f"calls-{name}", bootstrap(
+            PROXIED, [wasm_filter("noop", NOOP_WASM, conf)], up.port), 1)
     for e in envoys.values():
         e.wait_ready()
         warm_up(e.port)
     result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, "calls")
     for e in envoys.values():
         e.stop()
-    floor = result["floor"]["rps"]
-    return {"repeat": repeat, "floor": floor,
-            "cost_us": {c: (1 / result[c]["rps"] - 1 / floor) * 1e6 / repeat for c in variants if c != "floor"}}
+    up.stop()
+    floors = {c: result["floor_proxied" if c.startswith("attempts") else "floor"]["rps"] for c in result}
+    count = {c: 1 if c == "attempts_first" else repeat for c in result}
+    return {"repeat": repeat, "floor": result["floor"]["rps"], "floor_proxied": result["floor_proxied"]["rps"],
+            "cost_us": {c: (1 / result[c]["rps"] - 1 / floors[c]) * 1e6 / count[c]
+                        for c in result if not c.startswith("floor")}}
 
 
 def accuracy(bench, levels, seconds):
@@ -572,12 +580,17 @@ def report(r, args):
                 f"The no-op filter making {c['repeat']} extra calls of one kind per request, against the plain "
                 f"no-op filter ({c['floor']:.0f} requests/s), Envoy --concurrency 1, direct_response route, "
                 f"{args.rounds} interleaved rounds of {args.seconds} s. Cost = extra CPU time per request / "
-                f"{c['repeat']} (the Envoy worker is saturated, so 1/throughput is its time per request).", "",
+                f"{c['repeat']} (the Envoy worker is saturated, so 1/throughput is its time per request). The "
+                "attempt count is an upstream property: it is read at response headers on a proxied route, "
+                f"against the no-op filter there ({c['floor_proxied']:.0f} requests/s), {c['repeat']} times and once "
+                "per request (the first read of a stream can cost more than the ones after it).", "",
                 "| call | µs per call |", "|---|---:|"]
         labels = {"header": "get a request header", "set_header": "set a request header",
                   "property": "get a property (request.path)", "shared_get": "get shared data",
                   "shared_cas": "get + CAS set shared data", "metric": "increment a counter",
-                  "time": "get the current time"}
+                  "time": "get the current time",
+                  "attempts": "get a property (upstream.request_attempt_count, response headers)",
+                  "attempts_first": "the same, once per request"}
         for k, v in c["cost_us"].items():
             out.append(f"| {labels[k]} | {v:.2f} |")
         out.append("")

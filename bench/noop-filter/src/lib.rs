@@ -29,6 +29,9 @@ enum Call {
     Metric,
     /// `get_current_time`.
     Time,
+    /// `get_property(["upstream", "request_attempt_count"])` in on_http_response_headers (what
+    /// breakwater reads to settle a retry budget); needs a proxied route.
+    Attempts,
     /// Sets breakwater's router headers for 2 retries on 5xx and a 5 s timeout (count ignored):
     /// what Envoy's router costs when a filter asks it to retry, without any policy logic.
     Router,
@@ -57,6 +60,7 @@ impl RootContext for Root {
             Some("metric") => Call::Metric,
             Some("time") => Call::Time,
             Some("router") => Call::Router,
+            Some("attempts") => Call::Attempts,
             Some(_) => return false,
         };
         let Some(count) = words.next().and_then(|n| n.parse().ok()) else { return false };
@@ -110,6 +114,8 @@ impl HttpContext for Noop {
                     Call::Time => {
                         let _ = hostcalls::get_current_time();
                     }
+                    // Made at response headers, below.
+                    Call::Attempts => {}
                     Call::Router => {
                         for (name, value) in [
                             ("x-envoy-retry-on", "5xx"),
@@ -120,6 +126,15 @@ impl HttpContext for Noop {
                         }
                     }
                 }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if let Some((Call::Attempts, count, _)) = self.extra {
+            for _ in 0..count {
+                let _ = hostcalls::get_property(vec!["upstream", "request_attempt_count"]);
             }
         }
         Action::Continue
