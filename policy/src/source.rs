@@ -230,10 +230,7 @@ impl Builder {
     fn open(&mut self, span: Span) -> Result<(), Fatal> {
         self.count(1, span)?;
         if self.stack.len() >= MAX_DEPTH {
-            return Err(Box::new(
-                Diagnostic::error("", format!("the document nests deeper than {MAX_DEPTH} levels"))
-                    .with_span(span),
-            ));
+            return Err(too_deep(span));
         }
         Ok(())
     }
@@ -241,13 +238,7 @@ impl Builder {
     fn count(&mut self, n: usize, span: Span) -> Result<(), Fatal> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > MAX_NODES {
-            return Err(Box::new(
-                Diagnostic::error(
-                    "",
-                    format!("the document has more than {MAX_NODES} values (aliases included)"),
-                )
-                .with_span(span),
-            ));
+            return Err(too_many_nodes(span));
         }
         Ok(())
     }
@@ -283,6 +274,20 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// The limits' errors, shared by the YAML reader and the JSON reader so that both word them alike.
+fn too_deep(span: Span) -> Fatal {
+    Box::new(
+        Diagnostic::error("", format!("the document nests deeper than {MAX_DEPTH} levels")).with_span(span),
+    )
+}
+
+fn too_many_nodes(span: Span) -> Fatal {
+    Box::new(
+        Diagnostic::error("", format!("the document has more than {MAX_NODES} values (aliases included)"))
+            .with_span(span),
+    )
 }
 
 /// The text of a mapping key (`404:` is a key too).

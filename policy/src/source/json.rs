@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use yaml_rust2::scanner::TScalarStyle;
 
-use super::{MAX_DEPTH, MAX_NODES, Node, Value, scalar};
+use super::{MAX_DEPTH, MAX_NODES, Node, Value, scalar, too_deep, too_many_nodes};
 use crate::diag::{Diagnostic, Span};
 
 /// `Some` when `text` is one JSON object or array; `None` to fall back to the YAML reader.
@@ -131,13 +131,7 @@ impl Reader<'_> {
     fn count(&mut self, span: Span) -> Result<(), Stop> {
         self.nodes += 1;
         if self.nodes > MAX_NODES {
-            return Err(Stop::Fatal(Box::new(
-                Diagnostic::error(
-                    "",
-                    format!("the document has more than {MAX_NODES} values (aliases included)"),
-                )
-                .with_span(span),
-            )));
+            return Err(Stop::Fatal(too_many_nodes(span)));
         }
         Ok(())
     }
@@ -166,10 +160,7 @@ impl Reader<'_> {
     fn open(&mut self, span: Span) -> Result<(), Stop> {
         self.count(span)?;
         if self.depth >= MAX_DEPTH {
-            return Err(Stop::Fatal(Box::new(
-                Diagnostic::error("", format!("the document nests deeper than {MAX_DEPTH} levels"))
-                    .with_span(span),
-            )));
+            return Err(Stop::Fatal(too_deep(span)));
         }
         self.depth += 1;
         self.bump();
