@@ -71,10 +71,20 @@ def compile_policy(text, compact=False):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, never returned before by this run: the kernel may
+    offer a port it has just released to the very next caller (`port, admin = free_port(),
+    free_port()` could get the same port twice)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,9 +9,12 @@ pub mod client;
 pub mod registry;
 pub mod upstream;
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use client::{Client, Response};
@@ -33,9 +36,30 @@ pub fn filter_wasm() -> PathBuf {
     p
 }
 
-/// A port nothing listens on right now.
+/// A loopback port nothing listens on right now, and never returned before by this process.
+///
+/// The port is free only until someone binds it, and the kernel may offer a port it has just
+/// released to the very next caller: two tests starting Envoys in parallel threads once got the
+/// same admin port, and so the same temp directory, which was then named after a free port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap_or_else(PoisonError::into_inner).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A new, empty directory under the system's temp dir, named `<prefix>-<pid>-<n>` with `n` unique
+/// in this process.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A running Envoy.
@@ -67,7 +91,7 @@ impl Envoy {
     }
 
     fn launch(policy: &str, upstream_port: u16, wasm: PathBuf, workers: u32) -> Envoy {
-        let dir = std::env::temp_dir().join(format!("bw-e2e-{}-{}", std::process::id(), free_port()));
+        let dir = scratch_dir("bw-e2e");
         let ecds_dir = dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir).unwrap();
         let (port, admin) = (free_port(), free_port());
@@ -219,5 +243,27 @@ impl Drop for Envoy {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        // Plain bind-to-port-0 returns a repeat within a few hundred calls on Linux.
+        let ports: Vec<u16> = (0..2000).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[test]
+    fn scratch_dirs_are_distinct_and_empty() {
+        let (a, b) = (scratch_dir("bw-scratch-test"), scratch_dir("bw-scratch-test"));
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read_dir(&a).unwrap().count(), 0);
+        std::fs::remove_dir_all(a).unwrap();
+        std::fs::remove_dir_all(b).unwrap();
     }
 }

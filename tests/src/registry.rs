@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Client, free_port};
+use crate::{Client, free_port, scratch_dir};
 
 #[derive(Debug)]
 pub struct Registry {
@@ -16,8 +16,7 @@ pub struct Registry {
 impl Registry {
     pub fn start() -> Registry {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("bw-registry-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("bw-registry");
         let config = dir.join("config.yml");
         std::fs::write(
             &config,

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use breakwater_e2e::{envoy_binary, filter_wasm, free_port, repo};
+use breakwater_e2e::{envoy_binary, filter_wasm, free_port, repo, scratch_dir};
 
 #[test]
 fn shipped_envoy_configs_validate() {
@@ -17,7 +17,7 @@ fn shipped_envoy_configs_validate() {
     assert!(!configs.is_empty());
     // The configurations use paths relative to the repository root: validate them, byte for byte,
     // from a scratch root holding an ECDS resource.
-    let root = std::env::temp_dir().join(format!("bw-validate-{}-{}", std::process::id(), free_port()));
+    let root = scratch_dir("bw-validate");
     std::fs::create_dir_all(root.join("envoy/ecds")).unwrap();
     let doc = breakwater_policy::load(
         &std::fs::read_to_string(repo().join("policies/flaky-backend.yaml")).unwrap(),
@@ -56,8 +56,7 @@ fn shipped_envoy_configs_validate() {
 fn rendered_bootstraps_validate_and_run() {
     use breakwater_cli::render::{EnvoyOptions, envoy};
     use breakwater_e2e::{Client, Upstream};
-    let root = std::env::temp_dir().join(format!("bw-render-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&root).unwrap();
+    let root = scratch_dir("bw-render");
     let policy =
         "version: 1\npolicies:\n  - name: rendered\n    rate_limit: { rate: 1, per: 1h, burst: 2 }\n";
     let compiled = breakwater_policy::compile(&breakwater_policy::load(policy).unwrap().document);

@@ -6,12 +6,10 @@
 
 use breakwater_cli::oci::{self, Format};
 use breakwater_e2e::registry::Registry;
-use breakwater_e2e::{Client, Envoy, Upstream, filter_wasm, free_port};
+use breakwater_e2e::{Client, Envoy, Upstream, filter_wasm, scratch_dir};
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("bw-oci-e2e-{name}-{}-{}", std::process::id(), free_port()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    scratch_dir(&format!("bw-oci-e2e-{name}"))
 }
 
 #[test]
