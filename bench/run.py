@@ -57,9 +57,13 @@ NOTHING_TRIGGERS = """
 """
 
 
-def policy_doc(n=1, last_name="bench", last_prefix="/", body=NOTHING_TRIGGERS, debug=False):
-    """n policies; the first n-1 never match the benchmark's path, the last one does."""
-    lines = ["version: 1", f"debug_headers: {'true' if debug else 'false'}", "policies:"]
+def policy_doc(n=1, last_name="bench", last_prefix="/", body=NOTHING_TRIGGERS, debug=False, trust=True):
+    """n policies; the first n-1 never match the benchmark's path, the last one does. `trust`: the
+    attempt count from the router's response header (every bootstrap here sets
+    include_attempt_count_in_response, as envoy/demo.yaml and `breakwater render envoy` do)."""
+    lines = ["version: 1", f"debug_headers: {'true' if debug else 'false'}"]
+    lines += ["trust_attempt_count_header: true"] if trust else []
+    lines += ["policies:"]
     for i in range(n - 1):
         lines += [f"  - name: svc-{i}", f"    match: {{ path_prefix: /svc-{i}/ }}", body.rstrip("\n")]
     lines += [f"  - name: {last_name}", f"    match: {{ path_prefix: {last_prefix} }}", body.rstrip("\n")]
@@ -151,7 +155,8 @@ def bootstrap(route, filters, upstream_port=None):
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "bench",
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route],
+                                            "include_attempt_count_in_response": True}]},
         "http_filters": filters + [ROUTER],
     }
     return {
@@ -282,9 +287,10 @@ def overhead(bench, concurrency, rounds, seconds, baseline=None):
         "d": ("breakwater, nothing triggering", [wasm_filter("breakwater", BREAKWATER_WASM, compiled)]),
     }
     if baseline:
-        # An earlier build of the filter, same policy: before/after measured side by side.
-        variants["d0"] = (f"breakwater as built from {os.path.basename(baseline)}",
-                          [wasm_filter("breakwater", baseline, compiled)])
+        # An earlier build of the filter, same policy but the attempt count from the property (a
+        # build from before trust_attempt_count_header refuses the field): side by side.
+        variants["d0"] = (f"breakwater as built from {os.path.basename(baseline)}, without trust_attempt_count_header",
+                          [wasm_filter("breakwater", baseline, compile_policy(policy_doc(trust=False)))])
     envoys = {k: Envoy(bench, f"{k}-c{concurrency}", bootstrap(PROXIED, f, up.port), concurrency)
               for k, (_, f) in variants.items()}
     for e in envoys.values():

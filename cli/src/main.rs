@@ -643,6 +643,11 @@ fn render(r: Render) -> ExitCode {
             };
             match render::istio(&breakwater_policy::compile(&doc), &options) {
                 Ok(v) => {
+                    if doc.trust_attempt_count_header {
+                        eprintln!(
+                            "note: trust_attempt_count_header is set: the selected proxies' virtual hosts need include_attempt_count_in_response (an EnvoyFilter; see docs/istio.md)"
+                        );
+                    }
                     emit(&yaml::to_yaml(&v));
                     ExitCode::SUCCESS
                 }

@@ -284,3 +284,20 @@ fn shipped_istio_examples_pass_the_crd_schema() {
         breakwater_cli::render::STATS_TAGS.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect();
     assert_eq!(tags, expected);
 }
+
+/// A document that trusts the attempt-count header needs a virtual-host option the WasmPlugin
+/// cannot set: the command says so.
+#[test]
+fn rendering_a_document_that_trusts_the_attempt_count_header_says_what_the_proxies_need() {
+    let note = |policy: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+            .args(["render", "istio", policy, "--image", "r.example.com/f:1", "--sha256", PIN])
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).contains("include_attempt_count_in_response")
+    };
+    assert!(note("policies/flaky-backend.yaml"));
+    assert!(!note("policies/api-per-key.yaml"));
+}

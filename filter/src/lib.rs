@@ -9,8 +9,9 @@
 //!
 //! Stream points (see ENVOY-FACTS in the shared notes for why each is where it is):
 //! - request headers: admit; reject with a local reply, or set the router's retry/timeout headers;
-//! - response headers: remember the upstream outcome; reply with the fallback if it applies (the
-//!   only point where a reply can still replace the upstream's);
+//! - response headers: remember the upstream outcome (and the attempt count, from
+//!   `x-envoy-attempt-count` when the document trusts it); reply with the fallback if it applies
+//!   (the only point where a reply can still replace the upstream's);
 //! - on_log (every stream end, aborts and resets included): release, record, settle.
 
 mod host;
@@ -80,7 +81,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { config: self.config.clone(), admitted: None, exchange: None }))
+        Some(Box::new(Http { config: self.config.clone(), admitted: None, exchange: None, attempts: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -101,6 +102,8 @@ struct Http {
     admitted: Option<Admitted>,
     /// The upstream outcome as seen at response headers (before any fallback replaced it).
     exchange: Option<Exchange>,
+    /// The attempt count from the response header, when the document trusts it.
+    attempts: Option<u32>,
 }
 
 impl Context for Http {}
@@ -166,6 +169,11 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let exchange = outcome(host::response_header(":status").and_then(|s| s.parse().ok()));
+        // Read before a fallback reply replaces the response (whose headers pass here again).
+        if self.attempts.is_none() && admitted.reads_attempt_count_header(&config.plan) {
+            self.attempts = host::response_header(enforce::ATTEMPT_COUNT_HEADER)
+                .and_then(|v| admitted.attempts_from_header(&v));
+        }
         let fallback = enforce::fallback(&config.plan, admitted, &exchange);
         config.metrics.count(admitted.policy, admitted.events.drain(..));
         self.exchange = Some(exchange);
@@ -184,8 +192,12 @@ impl HttpContext for Http {
         let exchange = self.exchange.take().unwrap_or_else(|| {
             outcome(host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok()))
         });
+        // One response-header read when the document trusts the header; the property otherwise
+        // (and when the header was missing or not one the router could have written).
         let attempts = if admitted.may_have_retried() {
-            host::property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok())
+            self.attempts.take().or_else(|| {
+                host::property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok())
+            })
         } else {
             None
         };

@@ -119,6 +119,7 @@ impl Host {
             failure: FailurePolicy::default(),
             bypassed: HashMap::new(),
             keep_forwarded: true,
+            attempt_count_in_response: true,
             reloads: 0,
             accepted: Vec::new(),
             factory: self.factory.clone(),
@@ -292,6 +293,9 @@ pub struct Vm {
     bypassed: HashMap<u32, HeaderMap>,
     /// Whether responses carry the request headers as forwarded ([`Response::forwarded`]).
     keep_forwarded: bool,
+    /// Whether the router writes `x-envoy-attempt-count` on every response it gives (Envoy's
+    /// virtual host option `include_attempt_count_in_response`).
+    attempt_count_in_response: bool,
     reloads: u32,
     /// The configuration the plugin last accepted (applied again by FAIL_RELOAD).
     accepted: Vec<u8>,
@@ -305,6 +309,9 @@ impl std::fmt::Debug for Vm {
 }
 
 const ACTION_CONTINUE: i32 = 0;
+
+/// The response header of `include_attempt_count_in_response`.
+const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
 
 impl Vm {
     /// Runs one callback into the guest with a fresh deadline; a trap marks the VM failed.
@@ -490,6 +497,14 @@ impl Vm {
         self.keep_forwarded = keep;
     }
 
+    /// Models the virtual host's `include_attempt_count_in_response`, on by default as in
+    /// envoy/demo.yaml and `breakwater render envoy`: the router then sets `x-envoy-attempt-count`
+    /// on every response it gives, its own replies included, replacing an upstream's value. Off,
+    /// an upstream's own header passes through.
+    pub fn set_attempt_count_in_response(&mut self, on: bool) {
+        self.attempt_count_in_response = on;
+    }
+
     /// Starts a stream: context creation and request headers. The stream stays open (holding
     /// whatever the filter acquired) until [`Vm::complete`] or [`Vm::abort`], so streams overlap.
     pub fn begin(&mut self, req: &Request) -> Result<Begun> {
@@ -623,12 +638,16 @@ impl Vm {
     /// the upstream side's outcome (recorded in the stream's info for `on_log`). Also returns the
     /// request headers as forwarded.
     fn response_for(&mut self, id: u32, upstream: Option<Upstream>) -> Result<(Response, Option<HeaderMap>)> {
-        let keep = self.keep_forwarded;
+        let (keep, attempt_count) = (self.keep_forwarded, self.attempt_count_in_response);
         let st = self.stream_mut(id)?;
         match (st.local_reply.take(), upstream) {
             (Some(reply), _) => Ok((reply_response(&reply), None)),
-            (None, Some(up)) => {
+            (None, Some(mut up)) => {
                 let forwarded = keep.then(|| st.request_headers.clone());
+                if attempt_count {
+                    up.headers.retain(|(k, _)| k != ATTEMPT_COUNT);
+                    up.headers.push((ATTEMPT_COUNT.into(), up.attempts.to_string().into_bytes()));
+                }
                 st.info.response_flags = up.flags;
                 st.info.code_details = up.details.clone();
                 st.info.attempt_count = up.attempts;

@@ -183,6 +183,44 @@ fn retries_through_the_router_are_counted_and_budgeted() {
 }
 
 #[test]
+fn a_trusted_attempt_count_header_settles_the_retry_budget() {
+    use breakwater_host_test::router::{Attempt, via_router};
+    let host = host();
+    // One request answered at its first attempt by an upstream that sends its own
+    // `x-envoy-attempt-count: claimed`; the retries the next request gets tell how many the filter
+    // charged to the budget (2 per second, 2 reserved by the first request).
+    let next_grant = |trust: bool, vhost_option: bool, claimed: &str| {
+        let policy = format!(
+            "version: 1\ntrust_attempt_count_header: {trust}\npolicies:\n  - name: r\n    retry: {{ max_retries: 2, retry_on: [5xx], budget: {{ percent: 0, min_per_second: 2 }} }}\n"
+        );
+        let (world, mut vms) = envoy(&host, 1, &policy);
+        vms[0].set_attempt_count_in_response(vhost_option);
+        let answer = Attempt::Response {
+            status: 200,
+            headers: vec![("x-envoy-attempt-count".into(), claimed.as_bytes().to_vec())],
+            body: Vec::new(),
+            latency_ns: 1_000_000,
+        };
+        let first =
+            vms[0].request(&Request::get("a", "/"), via_router(&world, |_, _, _| answer.clone())).unwrap();
+        let seen = first.header("x-envoy-attempt-count");
+        let next = vms[0].request(&Request::get("a", "/"), ok).unwrap().forwarded.unwrap();
+        let grant = next.iter().find(|(k, _)| k == "x-envoy-max-retries").map(|(_, v)| v.clone());
+        (seen, grant.map(|v| String::from_utf8(v).unwrap()))
+    };
+    let two = Some("2".to_string());
+    // With the virtual host option, Envoy's router writes the header over the upstream's.
+    assert_eq!(next_grant(true, true, "3"), (Some("1".into()), two.clone()));
+    // Without it, a trusted header is believed when the router could have written it (the hazard
+    // docs/policy.md describes) ...
+    assert_eq!(next_grant(true, false, "3"), (Some("3".into()), Some("0".into())));
+    // ... and ignored for the property when it could not (at most 2 retries were granted).
+    assert_eq!(next_grant(true, false, "4"), (Some("4".into()), two.clone()));
+    // Not trusted: the property decides.
+    assert_eq!(next_grant(false, false, "3"), (Some("3".into()), two));
+}
+
+#[test]
 fn overlapping_streams_hold_concurrency_slots_across_workers() {
     use breakwater_host_test::Begun;
     let host = host();

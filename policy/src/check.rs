@@ -46,6 +46,12 @@ fn check_with(doc: &Document, spans: &SpanIndex, warnings: bool) -> Vec<Diagnost
             }
         }
     }
+    if warnings && doc.trust_attempt_count_header && doc.policies.iter().all(|p| p.retry.is_none()) {
+        out.warning(
+            "trust_attempt_count_header",
+            "no policy retries, so the attempt count is never read: this setting does nothing".into(),
+        );
+    }
     out.diags
 }
 

@@ -23,7 +23,7 @@ impl SpanIndex {
 
 /// The fields each object accepts; also the source of "did you mean" suggestions. A test checks
 /// these lists against the JSON Schema so that the two cannot drift apart.
-pub const DOCUMENT_FIELDS: &[&str] = &["version", "debug_headers", "policies"];
+pub const DOCUMENT_FIELDS: &[&str] = &["version", "debug_headers", "trust_attempt_count_header", "policies"];
 pub const POLICY_FIELDS: &[&str] = &[
     "name",
     "match",
@@ -431,7 +431,7 @@ impl Decoder {
     // ---- the document ----
 
     fn document(&mut self, node: &Node) -> Document {
-        let mut doc = Document { version: 1, debug_headers: false, policies: Vec::new() };
+        let mut doc = Document::default();
         let Some(f) = self.fields(node, &Path::ROOT, DOCUMENT_FIELDS) else {
             return doc;
         };
@@ -449,6 +449,9 @@ impl Decoder {
         }
         if let Some((n, p)) = f.get("debug_headers") {
             doc.debug_headers = self.bool(n, &p).unwrap_or_default();
+        }
+        if let Some((n, p)) = f.get("trust_attempt_count_header") {
+            doc.trust_attempt_count_header = self.bool(n, &p).unwrap_or_default();
         }
         match f.get("policies") {
             Some((n, p)) => {

@@ -114,7 +114,26 @@ impl Admitted {
     pub fn may_have_retried(&self) -> bool {
         self.reservation.is_some_and(|r| r.granted > 0)
     }
+
+    /// Whether the filter reads [`ATTEMPT_COUNT_HEADER`] at response headers: the document trusts
+    /// it, and the count matters (the request may have been retried).
+    pub fn reads_attempt_count_header(&self, plan: &Plan) -> bool {
+        plan.trust_attempt_count_header && self.may_have_retried()
+    }
+
+    /// The attempt count in an [`ATTEMPT_COUNT_HEADER`] value, if it is one Envoy's router could
+    /// have written for this request: 1 up to the retries granted + 1. Otherwise None, and
+    /// [`finish`] should get `upstream.request_attempt_count` instead.
+    pub fn attempts_from_header(&self, value: &str) -> Option<u32> {
+        let most = self.reservation.map_or(0, |r| r.granted).saturating_add(1);
+        let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+        value.parse().ok().filter(|n| digits && (1..=most).contains(n))
+    }
 }
+
+/// The response header in which Envoy's router reports how many attempts a request made, when
+/// the virtual host sets `include_attempt_count_in_response` (it overwrites an upstream's own).
+pub const ATTEMPT_COUNT_HEADER: &str = "x-envoy-attempt-count";
 
 /// How the upstream exchange ended, as Envoy reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

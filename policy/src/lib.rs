@@ -71,9 +71,10 @@ fn finish(root: Result<source::Node, Vec<Diagnostic>>) -> Result<Loaded, Vec<Dia
 /// the file and its own policy index: `b.yaml: policies[0].name`.
 pub fn merge(docs: Vec<(String, Document)>) -> Result<Loaded, Vec<Diagnostic>> {
     let mut origin = Vec::new();
-    let mut merged = Document { version: 1, debug_headers: false, policies: Vec::new() };
+    let mut merged = Document::default();
     for (file, doc) in docs {
         merged.debug_headers |= doc.debug_headers;
+        merged.trust_attempt_count_header |= doc.trust_attempt_count_header;
         for (i, p) in doc.policies.into_iter().enumerate() {
             origin.push(format!("{file}: policies[{i}]"));
             merged.policies.push(p);
@@ -136,8 +137,10 @@ pub fn compile_compact(doc: &Document) -> String {
     let full = compile(doc);
     let Ok(mut value) = serde_json::to_value(doc) else { return full };
     if let Value::Object(d) = &mut value {
-        if d.get("debug_headers") == Some(&Value::Bool(false)) {
-            d.remove("debug_headers");
+        for flag in ["debug_headers", "trust_attempt_count_header"] {
+            if d.get(flag) == Some(&Value::Bool(false)) {
+                d.remove(flag);
+            }
         }
         if let Some(Value::Array(policies)) = d.get_mut("policies") {
             for (p, model) in policies.iter_mut().zip(&doc.policies) {

@@ -27,9 +27,26 @@ pub struct Document {
     /// Add `x-breakwater-policy` and `x-breakwater-decision` headers to responses (for debugging).
     #[serde(default)]
     pub debug_headers: bool,
+    /// Take each request's attempt count from the `x-envoy-attempt-count` response header instead
+    /// of Envoy's `upstream.request_attempt_count` property (which costs several µs per request).
+    /// Set it only where every route the filter serves has Envoy's
+    /// `include_attempt_count_in_response` on its virtual host: Envoy's router then writes the
+    /// header itself; without it, an upstream could send the header and skew the retry budget.
+    // Left out of the compiled form when off, so that a document without it still loads in a
+    // filter built before the field existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false))]
+    pub trust_attempt_count_header: bool,
     /// Ordered: the first policy whose `match` holds applies to a request; later ones are not
     /// consulted. A request that matches no policy passes untouched.
     pub policies: Vec<Policy>,
+}
+
+impl Default for Document {
+    /// An empty version-1 document.
+    fn default() -> Self {
+        Document { version: 1, debug_headers: false, trust_attempt_count_header: false, policies: Vec::new() }
+    }
 }
 
 /// One named set of resilience rules for the requests it matches.

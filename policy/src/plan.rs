@@ -75,6 +75,8 @@ impl RequestView for SimpleRequest {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub debug_headers: bool,
+    /// The document's `trust_attempt_count_header`.
+    pub trust_attempt_count_header: bool,
     pub policies: Vec<PolicyPlan>,
     /// Every request header a matcher or key reads, so the filter fetches each once.
     pub header_names: Vec<String>,
@@ -375,6 +377,7 @@ impl Plan {
         let index = PolicyIndex::new(&policies);
         Ok(Plan {
             debug_headers: doc.debug_headers,
+            trust_attempt_count_header: doc.trust_attempt_count_header,
             policies,
             header_names,
             needs_client_ip,

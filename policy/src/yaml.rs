@@ -39,6 +39,7 @@ pub fn to_yaml(value: &Value) -> String {
 pub const DOCUMENT_KEY_ORDER: &[&str] = &[
     "version",
     "debug_headers",
+    "trust_attempt_count_header",
     "policies",
     "name",
     "match",

@@ -96,10 +96,12 @@ fn merging_documents_rechecks_across_files() {
             "warning: b.yaml: policies[1].match: this policy never applies: b.yaml: policies[0] (`web`) matches every request it matches, and the first matching policy wins",
         ]
     );
-    let c = load("version: 1\ndebug_headers: true\npolicies:\n  - name: web\n");
+    let c =
+        load("version: 1\ndebug_headers: true\ntrust_attempt_count_header: true\npolicies:\n  - name: web\n");
     let ok = breakwater_policy::merge(vec![("a.yaml".into(), a), ("c.yaml".into(), c)]).unwrap();
     assert_eq!(ok.document.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["api", "web"]);
-    assert!(ok.document.debug_headers);
+    // A document-level switch set in any file holds for the merged document.
+    assert!(ok.document.debug_headers && ok.document.trust_attempt_count_header);
 }
 
 /// The filter's loader (no positions, no warnings) takes and refuses exactly what the CLI's does,
@@ -154,4 +156,26 @@ fn compact_compile_is_the_same_document_smaller() {
     let compact = breakwater_policy::compile_compact(&doc);
     assert_eq!(breakwater_policy::load_config(compact.as_bytes()).unwrap(), doc);
     assert!(!compact.contains("response") && !compact.contains("max_keys"), "{compact}");
+}
+
+#[test]
+fn trusting_the_attempt_count_header_without_retries_is_flagged() {
+    let warnings = |text: &str| -> Vec<String> {
+        breakwater_policy::load(text).unwrap().warnings.iter().map(line).collect()
+    };
+    assert_eq!(
+        warnings("version: 1\ntrust_attempt_count_header: true\npolicies:\n  - name: a\n"),
+        [
+            "2:29 warning trust_attempt_count_header: no policy retries, so the attempt count is never read: this setting does nothing"
+        ]
+    );
+    assert!(
+        warnings("version: 1\ntrust_attempt_count_header: true\npolicies:\n  - name: a\n    retry: {}\n")
+            .is_empty()
+    );
+    assert!(warnings("version: 1\ntrust_attempt_count_header: false\npolicies:\n  - name: a\n").is_empty());
+    // Off, it is left out of the compiled form, so filters built before it load the document.
+    let compiled = |text: &str| breakwater_policy::compile(&breakwater_policy::load(text).unwrap().document);
+    assert!(!compiled("version: 1\ntrust_attempt_count_header: false\npolicies: []\n").contains("trust"));
+    assert!(compiled("version: 1\ntrust_attempt_count_header: true\npolicies: []\n").contains("trust"));
 }

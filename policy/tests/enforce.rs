@@ -437,3 +437,27 @@ fn a_missing_record_lets_failure_mode_decide_for_every_block() {
         sim_with(&EVERY_BLOCK.replace("  - name: api\n", "  - name: api\n    failure_mode: deny\n"), Broken);
     assert_eq!(rejection(&closed.admit(&get("/"))).status, 429);
 }
+
+#[test]
+fn the_attempt_count_header_is_read_only_when_trusted_and_only_within_the_grant() {
+    let policy = |trust: bool| {
+        format!(
+            "version: 1\ntrust_attempt_count_header: {trust}\npolicies:\n  - name: api\n    retry:\n      max_retries: 2\n      budget: {{ percent: 0, min_per_second: 3 }}\n"
+        )
+    };
+    let untrusted = sim(&policy(false));
+    assert!(!untrusted.admit(&get("/")).reads_attempt_count_header(&untrusted.plan));
+    let s = sim(&policy(true));
+    // 3 retries per second: the first request is granted 2, the second 1, the third none.
+    let (two, one, none) = (s.admit(&get("/")), s.admit(&get("/")), s.admit(&get("/")));
+    assert_eq!(
+        [&two, &one, &none].map(|a| a.reads_attempt_count_header(&s.plan)),
+        [true, true, false],
+        "a request without retries needs no count"
+    );
+    let read = |a: &Admitted| {
+        ["1", "2", "3", "4", "0", "", "+2", " 2", "2x", "99999999999"].map(|v| a.attempts_from_header(v))
+    };
+    assert_eq!(read(&two), [Some(1), Some(2), Some(3), None, None, None, None, None, None, None]);
+    assert_eq!(read(&one), [Some(1), Some(2), None, None, None, None, None, None, None, None]);
+}

@@ -90,7 +90,22 @@ impl Envoy {
         Self::launch(policy, upstream_port, filter_wasm(), workers)
     }
 
+    /// As [`Envoy::start`], with `edit` applied to the bootstrap (envoy/demo.yaml, ports filled in).
+    pub fn start_edited(policy: &str, upstream_port: u16, edit: impl FnOnce(String) -> String) -> Envoy {
+        Self::launch_edited(policy, upstream_port, filter_wasm(), 2, edit)
+    }
+
     fn launch(policy: &str, upstream_port: u16, wasm: PathBuf, workers: u32) -> Envoy {
+        Self::launch_edited(policy, upstream_port, wasm, workers, |b| b)
+    }
+
+    fn launch_edited(
+        policy: &str,
+        upstream_port: u16,
+        wasm: PathBuf,
+        workers: u32,
+        edit: impl FnOnce(String) -> String,
+    ) -> Envoy {
         let dir = scratch_dir("bw-e2e");
         let ecds_dir = dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir).unwrap();
@@ -104,7 +119,7 @@ impl Envoy {
             .replace("path: envoy/ecds/breakwater.json", &format!("path: {}", ecds.display()))
             .replace("path: envoy/ecds }", &format!("path: {} }}", ecds_dir.display()));
         let config = dir.join("envoy.yaml");
-        std::fs::write(&config, bootstrap).unwrap();
+        std::fs::write(&config, edit(bootstrap)).unwrap();
         let log = dir.join("envoy.log");
         let mut envoy = Envoy {
             child: Command::new(envoy_binary())

@@ -6,6 +6,7 @@
 //!   keeps across retries) gets the k-th entry; `reset` closes the connection without answering;
 //! - `x-test-delay-ms: 300`: wait before answering;
 //! - `x-test-reset: 1`: close the connection without answering.
+//! - `x-test-response-header: name: value`: add that header to the response.
 //!
 //! [`Upstream::set_outage`] makes every request fail with 503 until switched off. Counters (total,
 //! in flight, the highest in-flight count seen, per path) let tests check what reached it.
@@ -168,8 +169,9 @@ fn serve(conn: TcpStream, s: &State) {
             return;
         }
         let body = format!("upstream {} attempt {attempt}\n", req.path);
+        let extra = req.headers.get("x-test-response-header").map(|h| format!("{h}\r\n")).unwrap_or_default();
         let response = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-upstream-attempt: {attempt}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-upstream-attempt: {attempt}\r\n{extra}\r\n{body}",
             body.len()
         );
         if conn.write_all(response.as_bytes()).is_err() {

@@ -28,6 +28,7 @@ use breakwater_host_test::{Begun, FILTER_WASM, Host, Request, Vm, World};
 const DOCUMENT: &str = r#"
 version: 1
 debug_headers: true
+trust_attempt_count_header: true
 policies:
   - name: limited
     match: { path_prefix: /limited }
@@ -66,8 +67,9 @@ policies:
 "#;
 
 /// The response headers compared (besides status and body).
-const HEADERS: [&str; 6] = [
+const HEADERS: [&str; 7] = [
     "content-type",
+    "x-envoy-attempt-count",
     "retry-after",
     "ratelimit-policy",
     "x-breakwater-policy",

@@ -49,8 +49,20 @@ fn non_idempotent_methods_are_not_retried() {
 
 #[test]
 fn retries_stay_within_the_budget_under_a_total_outage() {
+    outage(POLICY);
+}
+
+/// The same, counting the attempts from the router's response header.
+#[test]
+fn retries_stay_within_the_budget_under_a_total_outage_counted_from_the_header() {
+    let trusting = POLICY.replace("version: 1\n", "version: 1\ntrust_attempt_count_header: true\n");
+    assert_ne!(trusting, POLICY);
+    outage(&trusting);
+}
+
+fn outage(policy: &str) {
     let upstream = Upstream::start();
-    let envoy = Envoy::start(POLICY, upstream.port());
+    let envoy = Envoy::start(policy, upstream.port());
     upstream.set_outage(true);
     let start = Instant::now();
     let handles: Vec<_> = (0..4)
@@ -82,4 +94,33 @@ fn retries_stay_within_the_budget_under_a_total_outage() {
     assert!(retries as f64 >= 0.5 * (0.2 * requests as f64), "{retries} retries: the budget did not bind");
     assert_eq!(envoy.decisions("budgeted", "retried"), retries);
     assert!(envoy.decisions("budgeted", "budget_exhausted") > 0);
+}
+
+/// With `trust_attempt_count_header`, retries are counted from the router's `x-envoy-attempt-count`.
+/// envoy/demo.yaml sets `include_attempt_count_in_response`, so Envoy writes the header over an
+/// upstream's own; without that option an upstream's header reaches the filter, which is why the
+/// trust is an explicit setting.
+#[test]
+fn a_trusted_attempt_count_header_counts_retries_and_envoy_overwrites_an_upstreams_own() {
+    // The concurrency limit's gauge says when streams have ended (it drops in on_log).
+    const TRUSTING: &str = "version: 1\ntrust_attempt_count_header: true\npolicies:\n  - name: t\n    retry: { max_retries: 2, retry_on: [5xx] }\n    concurrency_limit: { max_in_flight: 100 }\n";
+    let ended = |e: &Envoy| e.stat("wasmcustom.breakwater.in_flight.policy.t") == 0;
+    let lie = ("x-test-response-header", "x-envoy-attempt-count: 3");
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(TRUSTING, upstream.port());
+    let mut c = envoy.client();
+    let r = c.get("/a", &[("x-test-script", "503,200")]);
+    assert_eq!((r.status, r.header("x-envoy-attempt-count")), (200, Some("2")));
+    let r = c.get("/b", &[lie]);
+    assert_eq!((r.status, r.header("x-envoy-attempt-count")), (200, Some("1")));
+    envoy.wait_for("both streams ended", Duration::from_secs(5), || ended(&envoy));
+    assert_eq!(envoy.decisions("t", "retried"), 1);
+
+    let without_option = Envoy::start_edited(TRUSTING, upstream.port(), |b| {
+        b.replace("include_attempt_count_in_response: true", "include_attempt_count_in_response: false")
+    });
+    let r = without_option.client().get("/c", &[lie]);
+    assert_eq!((r.status, r.header("x-envoy-attempt-count")), (200, Some("3")));
+    without_option.wait_for("the stream ended", Duration::from_secs(5), || ended(&without_option));
+    assert_eq!(without_option.decisions("t", "retried"), 2, "the upstream's count believed");
 }
