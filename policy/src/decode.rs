@@ -58,10 +58,12 @@ pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
 
 /// The field names of the policy language, as `'static` text (for readers that want to borrow
 /// rather than copy a key they recognise).
+/// Looked up by length, then by first and last byte, then compared: a configuration has tens of
+/// keys per policy, and a binary search over all names compared each key with six of them.
 pub(crate) fn field_name(text: &str) -> Option<&'static str> {
-    static SORTED: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    let sorted = SORTED.get_or_init(|| {
-        let mut all: Vec<&'static str> = [
+    static BY_LEN: std::sync::OnceLock<Vec<Vec<&'static str>>> = std::sync::OnceLock::new();
+    let by_len = BY_LEN.get_or_init(|| {
+        let all: Vec<&'static str> = [
             DOCUMENT_FIELDS,
             POLICY_FIELDS,
             MATCH_FIELDS,
@@ -75,11 +77,24 @@ pub(crate) fn field_name(text: &str) -> Option<&'static str> {
             RESPONSE_FIELDS,
         ]
         .concat();
-        all.sort_unstable();
-        all.dedup();
-        all
+        let mut by_len: Vec<Vec<&'static str>> = Vec::new();
+        for name in all {
+            if by_len.len() <= name.len() {
+                by_len.resize(name.len() + 1, Vec::new());
+            }
+            if let Some(bucket) = by_len.get_mut(name.len())
+                && !bucket.contains(&name)
+            {
+                bucket.push(name);
+            }
+        }
+        by_len
     });
-    sorted.binary_search(&text).ok().and_then(|i| sorted.get(i).copied())
+    let (t, first, last) = (text.as_bytes(), text.as_bytes().first()?, text.as_bytes().last()?);
+    by_len.get(text.len())?.iter().copied().find(|name| {
+        let n = name.as_bytes();
+        n.first() == Some(first) && n.last() == Some(last) && n == t
+    })
 }
 
 /// Most policies in one document.
@@ -855,6 +870,37 @@ fn check_path(path: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_name_is_found_and_nothing_else() {
+        let lists = [
+            DOCUMENT_FIELDS,
+            POLICY_FIELDS,
+            MATCH_FIELDS,
+            RATE_LIMIT_FIELDS,
+            CONCURRENCY_FIELDS,
+            BREAKER_FIELDS,
+            SLOW_CALL_FIELDS,
+            RETRY_FIELDS,
+            BUDGET_FIELDS,
+            FALLBACK_FIELDS,
+            RESPONSE_FIELDS,
+        ];
+        for name in lists.concat() {
+            assert_eq!(field_name(name), Some(name));
+            // Same length, same first and last byte, one byte off; a prefix; a longer word.
+            let mut near = name.as_bytes().to_vec();
+            if near.len() > 2 {
+                near[1] = b'#';
+                assert_eq!(field_name(std::str::from_utf8(&near).unwrap()), None, "{name}");
+            }
+            // Another word is found only as itself (`on` is a name and a prefix of none here).
+            for other in [&name[..name.len() - 1], &format!("{name}s")] {
+                assert!(field_name(other).is_none_or(|f| f == other), "{other}");
+            }
+        }
+        assert_eq!(field_name(""), None);
+    }
 
     #[test]
     fn suggestions_find_near_misses_only() {

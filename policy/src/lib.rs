@@ -49,7 +49,7 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
 /// and which `breakwater validate` prints before a document is published). Several times faster
 /// on large documents.
 pub fn load_config(bytes: &[u8]) -> Result<Document, Vec<Diagnostic>> {
-    let root = source::parse_bytes(bytes)?;
+    let root = source::parse_bytes_without_spans(bytes)?;
     let (document, mut diags) = decode::decode_without_spans(&root);
     diags.extend(check::check_errors(&document));
     diags.retain(Diagnostic::is_error);

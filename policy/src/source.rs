@@ -65,6 +65,19 @@ impl Value {
 
 /// Reads UTF-8 bytes: a non-UTF-8 document is an error that points at the first bad byte.
 pub fn parse_bytes(bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
+    parse_bytes_with(bytes, parse)
+}
+
+/// As [`parse_bytes`], where no position will be shown: JSON is read without counting lines and
+/// columns (its spans are all 1:1); other text goes to the YAML reader as usual.
+pub fn parse_bytes_without_spans(bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
+    parse_bytes_with(bytes, |text| json::parse_without_spans(text).unwrap_or_else(|| parse(text)))
+}
+
+fn parse_bytes_with(
+    bytes: &[u8],
+    parse: impl FnOnce(&str) -> Result<Node, Vec<Diagnostic>>,
+) -> Result<Node, Vec<Diagnostic>> {
     match std::str::from_utf8(bytes) {
         Ok(text) => parse(text),
         Err(e) => {
@@ -336,24 +349,30 @@ fn scalar(text: String, style: TScalarStyle) -> Value {
     if style != TScalarStyle::Plain {
         return Value::Str(Cow::Owned(text));
     }
-    match text.as_str() {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
+    plain(&text).unwrap_or(Value::Str(Cow::Owned(text)))
+}
+
+/// What a plain scalar is when it is not text: null, a boolean or a number (YAML 1.2 core schema).
+/// Takes the text by reference, so a number costs no allocation.
+fn plain(text: &str) -> Option<Value> {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Some(Value::Null),
+        "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
+        "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
         _ => {}
     }
-    if is_integer(&text) {
-        return match text.parse::<i64>() {
+    if is_integer(text) {
+        return Some(match text.parse::<i64>() {
             Ok(i) => Value::Int(i),
-            Err(_) => Value::BigInt(text),
-        };
+            Err(_) => Value::BigInt(text.to_string()),
+        });
     }
-    if is_float(&text)
+    if is_float(text)
         && let Ok(f) = text.parse::<f64>()
     {
-        return Value::Float(f);
+        return Some(Value::Float(f));
     }
-    Value::Str(Cow::Owned(text))
+    None
 }
 
 fn is_integer(s: &str) -> bool {

@@ -12,18 +12,26 @@
 
 use std::borrow::Cow;
 
-use yaml_rust2::scanner::TScalarStyle;
-
-use super::{MAX_DEPTH, MAX_NODES, Node, Value, scalar, too_deep, too_many_nodes};
+use super::{MAX_DEPTH, MAX_NODES, Node, Value, plain, too_deep, too_many_nodes};
 use crate::diag::{Diagnostic, Span};
 
 /// `Some` when `text` is one JSON object or array; `None` to fall back to the YAML reader.
 pub(super) fn parse(text: &str) -> Option<Result<Node, Vec<Diagnostic>>> {
+    read::<true>(text)
+}
+
+/// As [`parse`], without positions: every span is line 1, column 1. For readers that never show
+/// a position (the filter's loader), which then skip counting lines and characters.
+pub(super) fn parse_without_spans(text: &str) -> Option<Result<Node, Vec<Diagnostic>>> {
+    read::<false>(text)
+}
+
+fn read<const SPANS: bool>(text: &str) -> Option<Result<Node, Vec<Diagnostic>>> {
     let first = text.bytes().find(|b| !b.is_ascii_whitespace())?;
     if first != b'{' && first != b'[' {
         return None;
     }
-    let mut r = Reader {
+    let mut r = Reader::<SPANS> {
         text,
         bytes: text.as_bytes(),
         pos: 0,
@@ -49,7 +57,8 @@ pub(super) fn parse(text: &str) -> Option<Result<Node, Vec<Diagnostic>>> {
 
 /// Builds the tree directly (recursive descent, depth bounded by [`MAX_DEPTH`]), holding the YAML
 /// reader's rules: the same node budget, depth limit and duplicate-key errors, in the same order.
-struct Reader<'t> {
+/// `SPANS`: whether to keep line and column (otherwise every span is 1:1).
+struct Reader<'t, const SPANS: bool> {
     text: &'t str,
     bytes: &'t [u8],
     pos: usize,
@@ -77,9 +86,17 @@ fn not_json<T>() -> Result<T, Stop> {
     Err(Stop::NotPlainJson)
 }
 
-impl Reader<'_> {
+impl<const SPANS: bool> Reader<'_, SPANS> {
     fn span(&self) -> Span {
-        Span::new(self.line.max(1), self.col + 1)
+        if SPANS { Span::new(self.line.max(1), self.col + 1) } else { Span::new(1, 1) }
+    }
+
+    /// Moves the column over `chunk`, which holds no line break, by its characters.
+    #[inline(always)]
+    fn advance_col(&mut self, chunk: &str) {
+        if SPANS {
+            self.col += if chunk.is_ascii() { chunk.len() } else { chunk.chars().count() };
+        }
     }
 
     #[inline(always)]
@@ -91,6 +108,9 @@ impl Reader<'_> {
     fn bump(&mut self) -> Option<u8> {
         let b = self.peek()?;
         self.pos += 1;
+        if !SPANS {
+            return Some(b);
+        }
         if b == b'\n' {
             self.line += 1;
             self.col = 0;
@@ -148,9 +168,10 @@ impl Reader<'_> {
                 Ok(Node { value: Value::Str(text), span })
             }
             Some(b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
-                let text = self.word()?.to_string();
+                let text = self.word()?;
+                let value = plain(text).unwrap_or_else(|| Value::Str(Cow::Owned(text.to_string())));
                 self.count(span)?;
-                Ok(Node { value: scalar(text, TScalarStyle::Plain), span })
+                Ok(Node { value, span })
             }
             _ => not_json(),
         }
@@ -263,7 +284,7 @@ impl Reader<'_> {
             if out.is_empty() && rest.get(run) == Some(&b'"') {
                 // No escape (nearly every string): a known name, or one allocation of the exact size.
                 if let Some(name) = key.then(|| crate::decode::field_name(chunk)).flatten() {
-                    self.col += if chunk.is_ascii() { chunk.len() } else { chunk.chars().count() };
+                    self.advance_col(chunk);
                     self.pos += run;
                     self.bump();
                     return Ok(Cow::Borrowed(name));
@@ -271,8 +292,8 @@ impl Reader<'_> {
                 out.reserve_exact(run);
             }
             out.push_str(chunk);
-            // The run holds no line break: only the column moves, by its characters.
-            self.col += if chunk.is_ascii() { chunk.len() } else { chunk.chars().count() };
+            // The run holds no line break: only the column moves.
+            self.advance_col(chunk);
             self.pos += run;
             match self.bump() {
                 Some(b'"') => break,
@@ -429,6 +450,31 @@ mod tests {
             let yaml = by_yaml_scanner(&text);
             prop_assume!(yaml.is_some(), "the YAML scanner refuses {}", text);
             prop_assert_eq!(fast, yaml, "{}", text);
+        }
+
+        #[test]
+        fn without_spans_builds_the_same_tree_and_errors(text in json()) {
+            let mut with = parse(&text);
+            if let Some(result) = &mut with {
+                match result {
+                    Ok(root) => unspan(root),
+                    Err(errors) => errors.iter_mut().for_each(|e| e.span = e.span.map(|_| Span::new(1, 1))),
+                }
+            }
+            prop_assert_eq!(parse_without_spans(&text), with, "{}", text);
+        }
+    }
+
+    /// Every span of the tree set to 1:1.
+    fn unspan(node: &mut Node) {
+        node.span = Span::new(1, 1);
+        match &mut node.value {
+            Value::Seq(items) => items.iter_mut().for_each(unspan),
+            Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+                unspan(k);
+                unspan(v);
+            }),
+            _ => {}
         }
     }
 }
