@@ -495,6 +495,7 @@ def publish_latency(bench, counts, repeats):
         lines = [m for m in PARSED.findall(envoy.log()) if int(m[0]) == n]
         out[n] = {"median_ms": med(times), "max_ms": max(times), "repeats": repeats,
                   "reload_parse_ms": med([float(m[1]) for m in lines]) if lines else None,
+                  "reload_parse_fastest_ms": min(float(m[1]) for m in lines) if lines else None,
                   "reload_define_ms": med([float(m[2]) for m in lines]) if lines else None}
         print(f"  publish {n} policies: median {out[n]['median_ms']:.1f} ms", flush=True)
     envoy.stop()
@@ -639,23 +640,30 @@ def report(r, args):
                 f"{args.seconds} s. Configuration in the compact form `breakwater publish` sends. Parse time: the "
                 "filter's own log line (median over Envoy's VMs).", "",
                 "| policies | requests/s | p99 ms | cost per request vs 1 policy | parse ms | metrics define ms | "
-                "on publish: parse / define ms | publish-to-effect ms (median / max) |",
+                "on publish: parse (fastest) / define ms | publish-to-effect ms (median / max) |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         base = s["result"][counts[0]]["rps"]
         for n in counts:
             x, p, pub = s["result"][n], s["parse"][n], s["publish"][n]
             ms = lambda v: "–" if v is None else f"{v:.2f}"
             out.append(f"| {n} | {x['rps']:.0f} | {x['p99']:.2f} | {base / x['rps']:.3f} | {p['parse_ms']:.2f} | "
-                       f"{p['define_ms']:.2f} | {ms(pub.get('reload_parse_ms'))} / {ms(pub.get('reload_define_ms'))} | "
+                       f"{p['define_ms']:.2f} | {ms(pub.get('reload_parse_ms'))} ({ms(pub.get('reload_parse_fastest_ms'))}) / "
+                       f"{ms(pub.get('reload_define_ms'))} | "
                        f"{pub['median_ms']:.1f} / {pub['max_ms']:.1f} |")
         out += ["", "Publish-to-effect: from `breakwater publish` returning (the ECDS file renamed into place) to "
                 "the first response carrying the new policy's name, polled on one keep-alive connection. Parse and "
                 "define on publish: the same log line from every VM the publishes reconfigured (Envoy --concurrency "
-                "2; each publish changes one policy's name, so the filter defines that policy's metrics only).", ""]
+                "2; each publish changes one policy's name, so the filter defines that policy's metrics only). "
+                "Parse time depends on V8's tier: a VM's first configurations run the parser as compiled by V8's "
+                "baseline compiler, later ones (once V8 has optimised the functions that ran most) about 40% faster; "
+                "the fastest reload shows the optimised figure.", ""]
         big = counts[-1]
         cost = base / s["result"][big]["rps"]
         targets.append((f"{big} policies ≤ 1.05 × the per-request cost of 1", f"{cost:.3f}", cost <= 1.05))
-        targets.append((f"parse of {big} policies ≤ 5 ms", f"{s['parse'][big]['parse_ms']:.2f} ms",
+        fastest = s["publish"][big].get("reload_parse_fastest_ms")
+        targets.append((f"parse of {big} policies ≤ 5 ms",
+                        f"{s['parse'][big]['parse_ms']:.2f} ms at start-up"
+                        + (f", {fastest:.2f} ms optimised (fastest reload)" if fastest is not None else ""),
                         s["parse"][big]["parse_ms"] <= 5))
         worst_pub = max(p["median_ms"] for p in s["publish"].values())
         targets.append(("publish-to-effect ≤ 50 ms (median, worst count)", f"{worst_pub:.1f} ms", worst_pub <= 50))
