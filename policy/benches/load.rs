@@ -1,6 +1,6 @@
 //! What loading a large configuration costs natively, phase by phase: the part of `on_configure`
-//! that is ours (Envoy's V8 runs the same code about twice as slowly; `./dev bench --only scale`
-//! measures it there).
+//! that is ours (`./dev bench --only scale` measures it in Envoy's V8, where a VM's first load
+//! also pays for the fresh wasm memory it touches, hence the peak heap printed here).
 //!
 //! `cargo bench -p breakwater-policy --bench load [-- --quick]`: the compact JSON of 1,000
 //! policies, as `breakwater publish` sends it (the shape of bench/run.py's scale section), read
@@ -15,22 +15,36 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Counts allocations, a measure of loading that, unlike time, does not move with the machine's
-/// noise (allocation is most of the cost, and in Envoy's V8 more so).
+/// Counts allocations and the bytes live at the peak: measures of loading that, unlike time, do
+/// not move with the machine's noise. In Envoy, a VM's first configuration also pays for every
+/// page of wasm memory it touches for the first time (memory.grow and page faults: about 0.6 ms
+/// per MiB, more than parsing itself), so the peak is what sets the cost of a first load.
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static LIVE: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
+fn grew(bytes: usize) {
+    let live = LIVE.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        grew(layout.size());
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // A moving realloc holds both blocks for a moment; count the new one first.
+        grew(new_size);
+        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -63,6 +77,10 @@ fn document(n: usize) -> String {
     breakwater_policy::compile_compact(&breakwater_policy::load(&yaml).unwrap().document)
 }
 
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64() * 1e3
@@ -74,12 +92,16 @@ fn main() {
     let json = document(n);
     let mut phases: [Vec<Duration>; 5] = Default::default();
     let mut counts = [0u64; 4];
+    let (mut peak, mut sizes) = (0u64, [0u64; 2]);
     for _ in 0..runs {
+        PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+        let base = LIVE.load(Ordering::Relaxed);
         let a0 = allocations();
         let t0 = Instant::now();
         let root = source::parse_bytes_without_spans(json.as_bytes()).unwrap();
         let t1 = Instant::now();
         let a1 = allocations();
+        sizes[0] = LIVE.load(Ordering::Relaxed) - base;
         let (doc, diags) = decode::decode_without_spans(&root);
         assert!(diags.is_empty(), "{diags:?}");
         drop(root);
@@ -92,6 +114,8 @@ fn main() {
         let t4 = Instant::now();
         counts = [a1 - a0, a2 - a1, a3 - a2, allocations() - a3];
         assert_eq!(plan.policies.len(), n);
+        peak = PEAK.load(Ordering::Relaxed) - base;
+        sizes[1] = LIVE.load(Ordering::Relaxed) - base;
         drop(plan);
         let t5 = Instant::now();
         for (p, d) in phases.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]) {
@@ -114,6 +138,12 @@ fn main() {
         per(check),
         per(plan),
         per(tree + decode + check + plan)
+    );
+    println!(
+        "heap while loading (the JSON itself not counted): peak {:.2} MiB; the tree {:.2} MiB; the plan {:.2} MiB",
+        mib(peak),
+        mib(sizes[0]),
+        mib(sizes[1])
     );
     request_cost(quick);
 }

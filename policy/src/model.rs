@@ -259,8 +259,8 @@ pub struct Fallback {
 pub struct Response {
     #[schemars(range(min = 200, max = 599))]
     pub status: u16,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<Text, Text>,
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
     #[serde(default, skip_serializing_if = "str::is_empty")]
     pub body: Text,
 }
@@ -268,11 +268,81 @@ pub struct Response {
 impl Response {
     /// A reply with a fixed plain-text body (the defaults: no copy of the text).
     pub fn with_status(status: u16, body: &'static str) -> Self {
-        let mut headers = BTreeMap::new();
+        let mut headers = Headers::default();
         if !body.is_empty() {
             headers.insert(Cow::Borrowed("content-type"), Cow::Borrowed("text/plain"));
         }
         Response { status, headers, body: Cow::Borrowed(body) }
+    }
+}
+
+/// A reply's headers: each name once, in name order, written as a mapping (the same shape and
+/// schema as a `BTreeMap`). A sorted vector rather than a map because every policy carries up to
+/// four replies, most with one header: a `BTreeMap`'s first node makes room for eleven entries
+/// (about 560 bytes here), which made the default replies most of a loaded policy's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(Text, Text)>);
+
+impl Headers {
+    /// Sets `name` to `value`, replacing an earlier value.
+    pub fn insert(&mut self, name: Text, value: Text) {
+        match self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name.as_ref())) {
+            Ok(i) => {
+                if let Some(slot) = self.0.get_mut(i) {
+                    slot.1 = value;
+                }
+            }
+            Err(i) => self.0.insert(i, (name, value)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Text, &Text)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl FromIterator<(Text, Text)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (Text, Text)>>(items: I) -> Self {
+        let mut headers = Headers::default();
+        for (name, value) in items {
+            headers.insert(name, value);
+        }
+        headers
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, String>::deserialize(deserializer)?;
+        Ok(map.into_iter().map(|(k, v)| (Text::Owned(k), Text::Owned(v))).collect())
+    }
+}
+
+impl JsonSchema for Headers {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        BTreeMap::<String, String>::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        BTreeMap::<String, String>::json_schema(generator)
     }
 }
 
@@ -711,6 +781,21 @@ impl RetryOn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_headers_keep_one_value_per_name_in_name_order_and_serialize_as_a_mapping() {
+        let t = |s: &str| Text::Owned(s.to_string());
+        let mut h: Headers =
+            [(t("x-b"), t("1")), (t("content-type"), t("a")), (t("x-a"), t("2"))].into_iter().collect();
+        h.insert(t("content-type"), t("b"));
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        assert_eq!(pairs, [("content-type", "b"), ("x-a", "2"), ("x-b", "1")]);
+        assert_eq!(h.len(), 3);
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, r#"{"content-type":"b","x-a":"2","x-b":"1"}"#);
+        assert_eq!(serde_json::from_str::<Headers>(&json).unwrap(), h);
+        assert!(serde_json::from_str::<Headers>(r#"["content-type"]"#).is_err());
+    }
 
     #[test]
     fn durations_parse_and_print_in_their_shortest_exact_unit() {
