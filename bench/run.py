@@ -378,7 +378,7 @@ def calls(bench, rounds, seconds, repeat):
                         for c in result if not c.startswith("floor")}}
 
 
-FIRST_CALLS = ("header", "set_header", "property", "shared_get", "shared_cas", "time")
+FIRST_CALLS = ("header", "set_header", "property", "shared_get", "shared_cas", "time", "status")
 
 
 def first_calls(bench, rounds, seconds, repeat):

@@ -9,9 +9,9 @@
 //!
 //! Stream points (see ENVOY-FACTS in the shared notes for why each is where it is):
 //! - request headers: admit; reject with a local reply, or set the router's retry/timeout headers;
-//! - response headers: remember the upstream outcome (and the attempt count, from
-//!   `x-envoy-attempt-count` when the document trusts it); reply with the fallback if it applies
-//!   (the only point where a reply can still replace the upstream's);
+//! - response headers: remember the upstream outcome when a breaker or a fallback needs it (and
+//!   the attempt count, from `x-envoy-attempt-count` when the document trusts it); reply with the
+//!   fallback if it applies (the only point where a reply can still replace the upstream's);
 //! - on_log (every stream end, aborts and resets included): release, record, settle.
 
 mod host;
@@ -168,18 +168,20 @@ impl HttpContext for Http {
         let (Some(config), Some(admitted)) = (self.config.clone(), self.admitted.as_mut()) else {
             return Action::Continue;
         };
-        let exchange = outcome(host::response_header(":status").and_then(|s| s.parse().ok()));
         // Read before a fallback reply replaces the response (whose headers pass here again).
         if self.attempts.is_none() && admitted.reads_attempt_count_header(&config.plan) {
             self.attempts = host::response_header(enforce::ATTEMPT_COUNT_HEADER)
                 .and_then(|v| admitted.attempts_from_header(&v));
         }
-        let fallback = enforce::fallback(&config.plan, admitted, &exchange);
-        config.metrics.count(admitted.policy, admitted.events.drain(..));
-        self.exchange = Some(exchange);
-        if let Some(reply) = fallback {
-            let _ = host::send_reply(reply.status, &reply.headers, &reply.body);
-            return Action::Pause;
+        if admitted.needs_outcome(&config.plan) {
+            let exchange = outcome(host::response_header(":status").and_then(|s| s.parse().ok()));
+            let fallback = enforce::fallback(&config.plan, admitted, &exchange);
+            config.metrics.count(admitted.policy, admitted.events.drain(..));
+            self.exchange = Some(exchange);
+            if let Some(reply) = fallback {
+                let _ = host::send_reply(reply.status, &reply.headers, &reply.body);
+                return Action::Pause;
+            }
         }
         for (name, value) in &admitted.response_headers {
             host::add_response_header(name, value);
@@ -189,9 +191,15 @@ impl HttpContext for Http {
 
     fn on_log(&mut self) {
         let (Some(config), Some(mut admitted)) = (self.config.clone(), self.admitted.take()) else { return };
-        let exchange = self.exchange.take().unwrap_or_else(|| {
-            outcome(host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok()))
-        });
+        // Without response headers (a client abort, a reset), the status from the property, and
+        // only when the outcome matters.
+        let exchange = match self.exchange.take() {
+            Some(exchange) => exchange,
+            None if admitted.needs_outcome(&config.plan) => {
+                outcome(host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok()))
+            }
+            None => Exchange::default(),
+        };
         // One response-header read when the document trusts the header; the property otherwise
         // (and when the header was missing or not one the router could have written).
         let attempts = if admitted.may_have_retried() {

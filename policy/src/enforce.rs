@@ -115,6 +115,17 @@ impl Admitted {
         self.reservation.is_some_and(|r| r.granted > 0)
     }
 
+    /// Whether the upstream's outcome can change anything for this request: a fallback that may
+    /// replace the response, or a breaker to record it. Only then does the filter read the status
+    /// (the first response-header read of a stream costs Envoy about 5 µs; BENCHMARKS.md,
+    /// firstcalls) or, without response headers, `response.code`; [`finish`] otherwise takes
+    /// `Exchange::default()`.
+    pub fn needs_outcome(&self, plan: &Plan) -> bool {
+        !self.replied
+            && (self.ticket.is_some()
+                || plan.policies.get(self.policy).is_some_and(|p| p.policy.fallback.is_some()))
+    }
+
     /// Whether the filter reads [`ATTEMPT_COUNT_HEADER`] at response headers: the document trusts
     /// it, and the count matters (the request may have been retried).
     pub fn reads_attempt_count_header(&self, plan: &Plan) -> bool {

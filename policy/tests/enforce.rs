@@ -461,3 +461,25 @@ fn the_attempt_count_header_is_read_only_when_trusted_and_only_within_the_grant(
     assert_eq!(read(&two), [Some(1), Some(2), Some(3), None, None, None, None, None, None, None]);
     assert_eq!(read(&one), [Some(1), Some(2), None, None, None, None, None, None, None, None]);
 }
+
+#[test]
+fn the_outcome_is_needed_only_by_a_breaker_or_a_fallback() {
+    let needs = |yaml: &str| {
+        let s = sim(yaml);
+        let a = s.admit(&get("/"));
+        a.needs_outcome(&s.plan)
+    };
+    let doc = |blocks: &str| format!("version: 1\npolicies:\n  - name: p\n{blocks}");
+    assert!(!needs(&doc(
+        "    rate_limit: { rate: 5, per: 1s }\n    concurrency_limit: { max_in_flight: 9 }\n"
+    )));
+    assert!(!needs(&doc("    retry: { max_retries: 2 }\n    timeout: 1s\n")));
+    assert!(needs(&doc("    circuit_breaker: {}\n")));
+    assert!(needs(&doc("    fallback: { response: { status: 200 } }\n")));
+    // Our own rejection passing through response headers: nothing to learn from it.
+    let s = sim(&doc("    rate_limit: { rate: 1, per: 1h, burst: 1 }\n    circuit_breaker: {}\n"));
+    assert!(s.admit(&get("/")).needs_outcome(&s.plan));
+    let rejected = s.admit(&get("/"));
+    assert_eq!(rejected.decision, Decision::RateLimited);
+    assert!(!rejected.needs_outcome(&s.plan));
+}

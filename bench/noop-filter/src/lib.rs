@@ -32,6 +32,8 @@ enum Call {
     /// `get_property(["upstream", "request_attempt_count"])` in on_http_response_headers (what
     /// breakwater reads to settle a retry budget); needs a proxied route.
     Attempts,
+    /// `get_map_value(":status")` on the response headers, in on_http_response_headers.
+    Status,
     /// Sets breakwater's router headers for 2 retries on 5xx and a 5 s timeout (count ignored):
     /// what Envoy's router costs when a filter asks it to retry, without any policy logic.
     Router,
@@ -61,6 +63,7 @@ impl RootContext for Root {
             Some("time") => Call::Time,
             Some("router") => Call::Router,
             Some("attempts") => Call::Attempts,
+            Some("status") => Call::Status,
             Some(_) => return false,
         };
         let Some(count) = words.next().and_then(|n| n.parse().ok()) else { return false };
@@ -115,7 +118,7 @@ impl HttpContext for Noop {
                         let _ = hostcalls::get_current_time();
                     }
                     // Made at response headers, below.
-                    Call::Attempts => {}
+                    Call::Attempts | Call::Status => {}
                     Call::Router => {
                         for (name, value) in [
                             ("x-envoy-retry-on", "5xx"),
@@ -132,10 +135,18 @@ impl HttpContext for Noop {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        if let Some((Call::Attempts, count, _)) = self.extra {
-            for _ in 0..count {
-                let _ = hostcalls::get_property(vec!["upstream", "request_attempt_count"]);
+        match self.extra {
+            Some((Call::Attempts, count, _)) => {
+                for _ in 0..count {
+                    let _ = hostcalls::get_property(vec!["upstream", "request_attempt_count"]);
+                }
             }
+            Some((Call::Status, count, _)) => {
+                for _ in 0..count {
+                    let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status");
+                }
+            }
+            _ => {}
         }
         Action::Continue
     }
