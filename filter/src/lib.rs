@@ -108,14 +108,14 @@ struct Http {
 
 impl Context for Http {}
 
-/// The request as the matcher sees it, read from the host once: the pseudo-headers, the headers
-/// the plan names, and the client address only when a key uses it.
+/// The request as the matcher sees it, read from the host once: `:path`, the other pseudo-headers
+/// and the client address only when the plan uses them, and the headers the plan names.
 fn read_request(plan: &Plan) -> SimpleRequest {
     let pseudo = |name| host::request_header(name).unwrap_or_default();
     SimpleRequest {
         authority: if plan.needs_host { pseudo(":authority") } else { String::new() },
         path: pseudo(":path"),
-        method: pseudo(":method"),
+        method: if plan.needs_method { pseudo(":method") } else { String::new() },
         headers: plan
             .header_names
             .iter()

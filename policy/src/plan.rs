@@ -84,6 +84,8 @@ pub struct Plan {
     pub needs_client_ip: bool,
     /// Whether any matcher or key reads the host (so the filter reads `:authority` only then).
     pub needs_host: bool,
+    /// Whether any matcher, key or retry reads the method (so the filter reads `:method` only then).
+    pub needs_method: bool,
     index: PolicyIndex,
 }
 
@@ -339,8 +341,11 @@ impl Plan {
         let mut header_names: Vec<String> = Vec::new();
         let mut needs_client_ip = false;
         let mut needs_host = false;
+        let mut needs_method = false;
         for p in doc.policies {
             needs_host |= p.matcher.hosts.is_some();
+            // Retries apply to the retry methods only.
+            needs_method |= p.matcher.methods.is_some() || p.retry.is_some();
             let rate_limit = match &p.rate_limit {
                 Some(rl) => Some(
                     Gcra::try_new(rl.rate, rl.per.as_nanos(), rl.burst)
@@ -359,7 +364,8 @@ impl Plan {
                     KeyPart::Header(h) => header_names.push(h.clone()),
                     KeyPart::ClientIp => needs_client_ip = true,
                     KeyPart::Host => needs_host = true,
-                    KeyPart::Method | KeyPart::Path => {}
+                    KeyPart::Method => needs_method = true,
+                    KeyPart::Path => {}
                 }
             }
             policies.push(PolicyPlan {
@@ -382,6 +388,7 @@ impl Plan {
             header_names,
             needs_client_ip,
             needs_host,
+            needs_method,
             index,
         })
     }

@@ -483,3 +483,20 @@ fn the_outcome_is_needed_only_by_a_breaker_or_a_fallback() {
     assert_eq!(rejected.decision, Decision::RateLimited);
     assert!(!rejected.needs_outcome(&s.plan));
 }
+
+#[test]
+fn the_plan_says_which_request_parts_the_filter_must_read() {
+    let reads = |blocks: &str| {
+        let p = sim(&format!("version: 1\npolicies:\n  - name: p\n{blocks}")).plan;
+        (p.needs_host, p.needs_method, p.needs_client_ip)
+    };
+    assert_eq!(reads("    rate_limit: { rate: 5, per: 1s }\n"), (false, false, false));
+    assert_eq!(reads("    match: { methods: [GET] }\n"), (false, true, false));
+    assert_eq!(reads("    retry: {}\n"), (false, true, false));
+    assert_eq!(reads("    rate_limit: { rate: 5, key: [method] }\n"), (false, true, false));
+    assert_eq!(reads("    match: { hosts: [a.example.com] }\n"), (true, false, false));
+    assert_eq!(
+        reads("    concurrency_limit: { max_in_flight: 5, key: [host, client_ip] }\n"),
+        (true, false, true)
+    );
+}
