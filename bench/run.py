@@ -353,6 +353,17 @@ def features(bench, rounds, seconds):
 CALLS = ("header", "set_header", "property", "shared_get", "shared_cas", "metric", "time")
 
 
+def measure_side_by_side(envoys, rounds, seconds, label):
+    """Readies and warms up the Envoys, runs interleaved rounds against each, and stops them."""
+    for e in envoys.values():
+        e.wait_ready()
+        warm_up(e.port)
+    result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, label)
+    for e in envoys.values():
+        e.stop()
+    return result
+
+
 def calls(bench, rounds, seconds, repeat):
     """The price of each kind of host call in Envoy: the no-op filter making `repeat` extra calls
     of one kind per request, against the plain no-op filter, on a direct_response route; the
@@ -364,12 +375,7 @@ def calls(bench, rounds, seconds, repeat):
     for name, conf in {"floor_proxied": "", "attempts": f"attempts {repeat}", "attempts_first": "attempts 1"}.items():
         envoys[name] = Envoy(bench, f"calls-{name}", bootstrap(
             PROXIED, [wasm_filter("noop", NOOP_WASM, conf)], up.port), 1)
-    for e in envoys.values():
-        e.wait_ready()
-        warm_up(e.port)
-    result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, "calls")
-    for e in envoys.values():
-        e.stop()
+    result = measure_side_by_side(envoys, rounds, seconds, "calls")
     up.stop()
     floors = {c: result["floor_proxied" if c.startswith("attempts") else "floor"]["rps"] for c in result}
     count = {c: 1 if c == "attempts_first" else repeat for c in result}
@@ -392,12 +398,7 @@ def first_calls(bench, rounds, seconds, repeat):
     envoys = {name: Envoy(bench, "first-" + name.replace(" ", "-"),
                           bootstrap(DIRECT, [wasm_filter("noop", NOOP_WASM, conf)]), 1)
               for name, conf in variants.items()}
-    for e in envoys.values():
-        e.wait_ready()
-        warm_up(e.port)
-    result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, "firstcalls")
-    for e in envoys.values():
-        e.stop()
+    result = measure_side_by_side(envoys, rounds, seconds, "firstcalls")
     per_request = {n: 1e6 / r["rps"] for n, r in result.items()}
     floor = per_request["floor"]
     return {"repeat": repeat, "floor": result["floor"]["rps"],

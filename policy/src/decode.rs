@@ -56,27 +56,30 @@ pub const BUDGET_FIELDS: &[&str] = &["percent", "min_per_second"];
 pub const FALLBACK_FIELDS: &[&str] = &["on", "response"];
 pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
 
+/// Every field list of the language.
+const FIELD_LISTS: [&[&str]; 11] = [
+    DOCUMENT_FIELDS,
+    POLICY_FIELDS,
+    MATCH_FIELDS,
+    RATE_LIMIT_FIELDS,
+    CONCURRENCY_FIELDS,
+    BREAKER_FIELDS,
+    SLOW_CALL_FIELDS,
+    RETRY_FIELDS,
+    BUDGET_FIELDS,
+    FALLBACK_FIELDS,
+    RESPONSE_FIELDS,
+];
+
 /// The field names of the policy language, as `'static` text (for readers that want to borrow
 /// rather than copy a key they recognise).
+///
 /// Looked up by length, then by first and last byte, then compared: a configuration has tens of
 /// keys per policy, and a binary search over all names compared each key with six of them.
 pub(crate) fn field_name(text: &str) -> Option<&'static str> {
     static BY_LEN: std::sync::OnceLock<Vec<Vec<&'static str>>> = std::sync::OnceLock::new();
     let by_len = BY_LEN.get_or_init(|| {
-        let all: Vec<&'static str> = [
-            DOCUMENT_FIELDS,
-            POLICY_FIELDS,
-            MATCH_FIELDS,
-            RATE_LIMIT_FIELDS,
-            CONCURRENCY_FIELDS,
-            BREAKER_FIELDS,
-            SLOW_CALL_FIELDS,
-            RETRY_FIELDS,
-            BUDGET_FIELDS,
-            FALLBACK_FIELDS,
-            RESPONSE_FIELDS,
-        ]
-        .concat();
+        let all: Vec<&'static str> = FIELD_LISTS.concat();
         let mut by_len: Vec<Vec<&'static str>> = Vec::new();
         for name in all {
             if by_len.len() <= name.len() {
@@ -873,20 +876,7 @@ mod tests {
 
     #[test]
     fn every_field_name_is_found_and_nothing_else() {
-        let lists = [
-            DOCUMENT_FIELDS,
-            POLICY_FIELDS,
-            MATCH_FIELDS,
-            RATE_LIMIT_FIELDS,
-            CONCURRENCY_FIELDS,
-            BREAKER_FIELDS,
-            SLOW_CALL_FIELDS,
-            RETRY_FIELDS,
-            BUDGET_FIELDS,
-            FALLBACK_FIELDS,
-            RESPONSE_FIELDS,
-        ];
-        for name in lists.concat() {
+        for name in FIELD_LISTS.concat() {
             assert_eq!(field_name(name), Some(name));
             // Same length, same first and last byte, one byte off; a prefix; a longer word.
             let mut near = name.as_bytes().to_vec();
