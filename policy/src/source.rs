@@ -71,7 +71,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
 /// As [`parse_bytes`], where no position will be shown: JSON is read without counting lines and
 /// columns (its spans are all 1:1); other text goes to the YAML reader as usual.
 pub fn parse_bytes_without_spans(bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
-    parse_bytes_with(bytes, |text| json::parse_without_spans(text).unwrap_or_else(|| parse(text)))
+    parse_bytes_with(bytes, |text| json::parse_without_spans(text).unwrap_or_else(|| parse_yaml(text)))
 }
 
 fn parse_bytes_with(
@@ -101,9 +101,11 @@ fn parse_bytes_with(
 /// JSON (what Envoy hands the filter on every reconfiguration, and what `breakwater compile`
 /// prints) takes a fast path that builds the same tree as the YAML reader: see [`json`].
 pub fn parse(text: &str) -> Result<Node, Vec<Diagnostic>> {
-    if let Some(result) = json::parse(text) {
-        return result;
-    }
+    json::parse(text).unwrap_or_else(|| parse_yaml(text))
+}
+
+/// The general reader, for what the JSON fast path leaves (and for the error messages of all).
+fn parse_yaml(text: &str) -> Result<Node, Vec<Diagnostic>> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     loop {
