@@ -110,7 +110,7 @@ impl Context for Http {}
 
 /// The request as the matcher sees it, read from the host once: `:path`, the other pseudo-headers
 /// and the client address only when the plan uses them, and the headers the plan names.
-fn read_request(plan: &Plan) -> SimpleRequest {
+fn read_request(plan: &Plan) -> SimpleRequest<&str> {
     let pseudo = |name| host::request_header(name).unwrap_or_default();
     SimpleRequest {
         authority: if plan.needs_host { pseudo(":authority") } else { String::new() },
@@ -119,7 +119,7 @@ fn read_request(plan: &Plan) -> SimpleRequest {
         headers: plan
             .header_names
             .iter()
-            .filter_map(|n| host::request_header(n).map(|v| (n.clone(), v)))
+            .filter_map(|n| host::request_header(n).map(|v| (n.as_str(), v)))
             .collect(),
         client_ip: if plan.needs_client_ip { host::client_ip() } else { None },
     }

@@ -39,13 +39,50 @@ fn memory(caller: &mut Caller<'_, HostState>) -> Result<Memory> {
 
 /// Reads `len` bytes at `ptr`.
 pub fn read(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>> {
-    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    with_slices(caller, [(ptr, len)], |[bytes], _| bytes.to_vec())
+}
+
+/// Runs `f` on guest buffers in place (each `(ptr, len)`, bounds-checked), with the host state
+/// beside them: reading a key or a value the host only compares or stores costs no copy.
+pub fn with_slices<const N: usize, R>(
+    caller: &mut Caller<'_, HostState>,
+    buffers: [(i32, i32); N],
+    f: impl FnOnce([&[u8]; N], &mut HostState) -> R,
+) -> Result<R> {
     let m = memory(caller)?;
-    let data = m.data(&*caller);
-    match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
-        Some(bytes) => Ok(bytes.to_vec()),
-        None => bail!("guest passed an out-of-bounds buffer ({ptr}+{len}, memory is {} bytes)", data.len()),
+    let (data, state) = m.data_and_store_mut(&mut *caller);
+    let data: &[u8] = data;
+    let mut slices = [&data[..0]; N];
+    for (slot, (ptr, len)) in slices.iter_mut().zip(buffers) {
+        let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+        match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
+            Some(bytes) => *slot = bytes,
+            None => {
+                bail!("guest passed an out-of-bounds buffer ({ptr}+{len}, memory is {} bytes)", data.len())
+            }
+        }
     }
+    Ok(f(slices, state))
+}
+
+/// Answers a lookup the guest makes by a key in its memory (a header name, a shared-data key)
+/// without allocating on the host: `find` gets the key in place and a scratch buffer the VM
+/// reuses, writes what it finds there and returns Some; the bytes then go to memory the guest
+/// allocates, as [`give`] does. None: nothing is written.
+pub fn answer<T>(
+    caller: &mut Caller<'_, HostState>,
+    key: (i32, i32),
+    ret: (i32, i32),
+    find: impl FnOnce(&[u8], &mut HostState, &mut Vec<u8>) -> Option<T>,
+) -> Result<Option<T>> {
+    let mut scratch = std::mem::take(&mut caller.data_mut().scratch);
+    scratch.clear();
+    let found = with_slices(caller, [key], |[key], state| find(key, state, &mut scratch))?;
+    if found.is_some() {
+        give(caller, &scratch, ret.0, ret.1)?;
+    }
+    caller.data_mut().scratch = scratch;
+    Ok(found)
 }
 
 /// Reads a string; invalid UTF-8 is replaced (U+FFFD). Valid text is not copied a second time.
@@ -54,6 +91,14 @@ pub fn read_string(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Re
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     })
+}
+
+/// Bytes from the guest as text, borrowed when they are UTF-8 (invalid sequences replaced).
+pub fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// Writes bytes at `ptr`.

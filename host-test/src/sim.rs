@@ -12,7 +12,7 @@
 //! them (the host records increments per stream), the way one would read Envoy's stats.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -260,7 +260,7 @@ struct Sim<'s> {
     rng: Rng,
     run: Run,
     /// Upstream outcomes waiting for their completion event, by record.
-    pending: BTreeMap<u32, Upstream>,
+    pending: HashMap<u32, Upstream, breakwater_policy::fnv::BuildFnv>,
     counters: CounterIds,
     /// By policy: the breaker-state gauge's metric id.
     breaker_gauges: Vec<Option<usize>>,
@@ -331,7 +331,7 @@ pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run,
         seq: 0,
         rng: Rng(scenario.seed ^ 0x5bd1_e995),
         run,
-        pending: BTreeMap::new(),
+        pending: HashMap::default(),
         counters,
         breaker_gauges,
         samples: scenario::sample_times(scenario).into_iter(),

@@ -188,6 +188,11 @@ pub struct Stream {
     /// Counter increments made while this stream was the effective context: (metric id, by).
     /// Simulations attribute decisions to requests with them, as a stats diff would.
     pub counted: Vec<(u32, u64)>,
+    /// The response headers have gone to the client (after `proxy_on_response_headers`): the
+    /// client keeps them as they were then, whatever the filter changes later.
+    pub response_sent: bool,
+    /// The response headers as sent, copied only if the filter changes them after that.
+    pub sent_headers: Option<HeaderMap>,
 }
 
 /// One VM's host state (a wasmtime Store's data).
@@ -206,7 +211,8 @@ pub struct HostState {
     pub call_response: Option<(HeaderMap, Vec<u8>)>,
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
-    pub streams: HashMap<u32, Stream>,
+    /// By context id (FNV: SipHash was a visible share of every host call).
+    pub streams: HashMap<u32, Stream, breakwater_policy::fnv::BuildFnv>,
     pub tick_period_ms: u32,
     pub log_level: u32,
     pub plugin_name: String,
@@ -215,6 +221,8 @@ pub struct HostState {
     pub guest: crate::memory::GuestExports,
     /// This VM's metric ids: the index of each id's stat in [`World::metrics`].
     pub metric_ids: Vec<usize>,
+    /// Reused by [`crate::memory::answer`] for what a host call returns.
+    pub scratch: Vec<u8>,
 }
 
 impl HostState {

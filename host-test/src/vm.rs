@@ -148,6 +148,7 @@ impl Factory {
             vm_id: "breakwater".into(),
             guest: Default::default(),
             metric_ids: Vec::new(),
+            scratch: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(EPOCHS_PER_CALL);
@@ -591,17 +592,20 @@ impl Vm {
                 return Ok(fail_closed());
             }
         };
-        if self.response_headers(id, &mut response).is_err() {
-            let stream = self.store.data_mut().streams.remove(&id);
-            return Ok(match (self.failure, stream) {
-                // Fail open: the response goes on as the filter left it when it trapped.
-                (FailurePolicy::FailOpen, Some(stream)) => {
-                    response.headers = stream.response_headers;
-                    response
-                }
-                _ => fail_closed(),
-            });
-        }
+        let headers_sent = match self.response_headers(id, &mut response) {
+            Ok(sent) => sent,
+            Err(_) => {
+                let stream = self.store.data_mut().streams.remove(&id);
+                return Ok(match (self.failure, stream) {
+                    // Fail open: the response goes on as the filter left it when it trapped.
+                    (FailurePolicy::FailOpen, Some(stream)) => {
+                        response.headers = stream.response_headers;
+                        response
+                    }
+                    _ => fail_closed(),
+                });
+            }
+        };
         response.forwarded = forwarded;
         // The client has its response; a trap from here on only fails the VM for later streams.
         let ctx = id as i32;
@@ -612,6 +616,9 @@ impl Vm {
             .and_then(|_| self.guest(|s, e| e.on_delete.call(s, ctx)));
         if let Some(stream) = self.store.data_mut().streams.remove(&id) {
             response.counted = stream.counted;
+            if headers_sent {
+                response.headers = stream.sent_headers.unwrap_or(stream.response_headers);
+            }
         }
         Ok(response)
     }
@@ -649,7 +656,7 @@ impl Vm {
                     up.headers.push((ATTEMPT_COUNT.into(), up.attempts.to_string().into_bytes()));
                 }
                 st.info.response_flags = up.flags;
-                st.info.code_details = up.details.clone();
+                st.info.code_details = std::mem::take(&mut up.details);
                 st.info.attempt_count = up.attempts;
                 st.info.duration_ns = up.duration_ns;
                 Ok((upstream_response(up), forwarded))
@@ -659,8 +666,10 @@ impl Vm {
     }
 
     /// The response headers pass through the filter (local replies from the request path
-    /// included); a reply sent from there replaces the upstream's response entirely.
-    fn response_headers(&mut self, id: u32, response: &mut Response) -> Result<()> {
+    /// included); a reply sent from there replaces the upstream's response entirely. Returns true
+    /// when the client gets the stream's response headers as the filter left them: they stay in
+    /// the stream (the filter may still read them in `on_log`) and [`Vm::complete`] takes them.
+    fn response_headers(&mut self, id: u32, response: &mut Response) -> Result<bool> {
         let ctx = id as i32;
         let st = self.stream_mut(id)?;
         st.info.response_code = Some(response.status);
@@ -673,10 +682,13 @@ impl Vm {
             Some(reply) if !response.local => {
                 *response = reply_response(&reply);
                 st.info.response_code = Some(reply.status);
+                Ok(false)
             }
-            _ => response.headers = st.response_headers.clone(),
+            _ => {
+                st.response_sent = true;
+                Ok(true)
+            }
         }
-        Ok(())
     }
 
     fn stream_mut(&mut self, id: u32) -> Result<&mut Stream> {

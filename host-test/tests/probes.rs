@@ -149,5 +149,8 @@ fn the_rest_of_the_abi_answers_as_envoy_does() {
     assert_eq!(r.status, 200);
     // set_header_map_pairs replaced the whole map; the probe then removed its only header.
     assert!(forwarded.is_empty(), "{forwarded:?}");
+    // The client got both x-a headers the probe added; their removal in on_log came too late.
+    let sent: Vec<&[u8]> = r.headers.iter().filter(|(k, _)| k == "x-a").map(|(_, v)| v.as_slice()).collect();
+    assert_eq!(sent, [b"b", b"b"], "{:?}", r.headers);
     assert!(logs.iter().any(|l| l.level == 2 && l.message == "stdout line"), "{logs:?}");
 }

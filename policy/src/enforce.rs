@@ -8,6 +8,8 @@
 //! and later blocks do not see the request (nothing consumed, nothing held). In `shadow` mode the
 //! same decisions are taken and counted, but the request is forwarded anyway.
 
+use std::sync::Arc;
+
 use crate::engine::Nanos;
 use crate::engine::breaker::{Admission, Phase, Ticket, Transition};
 use crate::engine::budget::Reservation;
@@ -68,6 +70,32 @@ pub enum Event {
     InFlight(u32),
 }
 
+/// A header value the filter sets: a fixed word, a value the plan rendered once and shares
+/// (cloning it allocates nothing), or one computed for this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    Static(&'static str),
+    Fixed(Arc<str>),
+    Computed(String),
+}
+
+impl std::ops::Deref for HeaderValue {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            HeaderValue::Static(s) => s,
+            HeaderValue::Fixed(s) => s,
+            HeaderValue::Computed(s) => s,
+        }
+    }
+}
+
+impl PartialEq<&str> for HeaderValue {
+    fn eq(&self, other: &&str) -> bool {
+        **self == **other
+    }
+}
+
 /// A reply the filter sends itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -80,7 +108,7 @@ pub struct Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Forward, after setting these request headers (Envoy router instructions).
-    Forward { request_headers: Vec<(&'static str, String)> },
+    Forward { request_headers: Vec<(&'static str, HeaderValue)> },
     /// Answer with this reply instead.
     Reject(Reply),
 }
@@ -93,7 +121,7 @@ pub struct Admitted {
     pub verdict: Verdict,
     pub events: Vec<Event>,
     /// Headers to add to the response (rate-limit and debug headers).
-    pub response_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(&'static str, HeaderValue)>,
     started: Nanos,
     /// A keyed concurrency slot held.
     slot: Option<SlotRef>,
@@ -271,7 +299,7 @@ fn seconds_ceil(ns: Nanos) -> u64 {
 }
 
 /// The IETF RateLimit / RateLimit-Policy fields for a decision.
-fn rate_limit_headers(p: &PolicyPlan, d: &RateDecision) -> Vec<(String, String)> {
+fn rate_limit_headers(p: &PolicyPlan, d: &RateDecision) -> [(&'static str, HeaderValue); 2] {
     let name = p.name();
     let mut value = String::with_capacity(name.len() + 30);
     value.push('"');
@@ -280,10 +308,17 @@ fn rate_limit_headers(p: &PolicyPlan, d: &RateDecision) -> Vec<(String, String)>
     text::push_u64(&mut value, d.remaining);
     value.push_str(";t=");
     text::push_u64(&mut value, seconds_ceil(d.reset_after));
-    vec![
-        ("ratelimit-policy".to_string(), p.headers.rate_limit_policy.clone()),
-        ("ratelimit".to_string(), value),
+    [
+        ("ratelimit-policy", HeaderValue::Fixed(p.headers.rate_limit_policy.clone())),
+        ("ratelimit", HeaderValue::Computed(value)),
     ]
+}
+
+/// Headers of a reply, from the language's own.
+fn owned(
+    headers: impl IntoIterator<Item = (&'static str, HeaderValue)>,
+) -> impl Iterator<Item = (String, String)> {
+    headers.into_iter().map(|(k, v)| (k.to_string(), v.to_string()))
 }
 
 /// Admits (or rejects) a request. None when no policy matches.
@@ -325,11 +360,11 @@ pub fn admit<S: SharedStore + ?Sized>(
         a.verdict = Verdict::Forward { request_headers: router_headers(p, retriable, &a) };
     }
     if plan.debug_headers {
-        a.response_headers.push(("x-breakwater-policy".into(), p.name().to_string()));
-        a.response_headers.push(("x-breakwater-decision".into(), a.decision.as_str().into()));
+        a.response_headers.push(("x-breakwater-policy", HeaderValue::Computed(p.name().to_string())));
+        a.response_headers.push(("x-breakwater-decision", HeaderValue::Static(a.decision.as_str())));
     }
     if let Verdict::Reject(r) = &mut a.verdict {
-        r.headers.append(&mut a.response_headers);
+        r.headers.extend(owned(a.response_headers.drain(..)));
     }
     Some(a)
 }
@@ -533,7 +568,7 @@ fn rate_limited(
             if !d.allowed {
                 let mut extra =
                     vec![("retry-after".to_string(), text::u64_text(seconds_ceil(d.retry_after).max(1)))];
-                extra.extend(headers);
+                extra.extend(owned(headers));
                 return Some((Decision::RateLimited, reply(&rl.response, extra)));
             }
             a.response_headers.extend(headers);
@@ -602,21 +637,22 @@ fn circuit_open<S: SharedStore + ?Sized>(
 }
 
 /// Envoy router headers for a forwarded request: retries within the budget, timeouts.
-fn router_headers(p: &PolicyPlan, retriable: bool, a: &Admitted) -> Vec<(&'static str, String)> {
+fn router_headers(p: &PolicyPlan, retriable: bool, a: &Admitted) -> Vec<(&'static str, HeaderValue)> {
+    let fixed = |v: &Arc<str>| HeaderValue::Fixed(v.clone());
     let mut h = Vec::new();
     if let (true, Some(res)) = (retriable, a.reservation) {
-        let fixed = &p.headers;
-        h.push(("x-envoy-retry-on", fixed.retry_on.clone()));
-        h.push(("x-envoy-max-retries", text::u64_text(u64::from(res.granted))));
-        if let Some(codes) = &fixed.retriable_status_codes {
-            h.push(("x-envoy-retriable-status-codes", codes.clone()));
+        let headers = &p.headers;
+        h.push(("x-envoy-retry-on", fixed(&headers.retry_on)));
+        h.push(("x-envoy-max-retries", HeaderValue::Computed(text::u64_text(u64::from(res.granted)))));
+        if let Some(codes) = &headers.retriable_status_codes {
+            h.push(("x-envoy-retriable-status-codes", fixed(codes)));
         }
-        if let Some(ms) = &fixed.per_try_timeout_ms {
-            h.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms.clone()));
+        if let Some(ms) = &headers.per_try_timeout_ms {
+            h.push(("x-envoy-upstream-rq-per-try-timeout-ms", fixed(ms)));
         }
     }
     if let Some(ms) = &p.headers.timeout_ms {
-        h.push(("x-envoy-upstream-rq-timeout-ms", ms.clone()));
+        h.push(("x-envoy-upstream-rq-timeout-ms", fixed(ms)));
     }
     h
 }

@@ -17,6 +17,7 @@ pub mod decode;
 pub mod diag;
 pub mod enforce;
 pub mod engine;
+pub mod fnv;
 pub mod model;
 pub mod plan;
 pub mod scenario;

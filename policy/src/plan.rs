@@ -4,6 +4,8 @@
 //! parsed, allocated for matching, or looked up by name: the request's host, path and method are
 //! compared against pre-normalized matchers in order, and the first match wins.
 
+use std::sync::Arc;
+
 use crate::engine::breaker::BreakerConfig;
 use crate::engine::budget::RetryBudget;
 use crate::engine::keys::KeyTable;
@@ -25,13 +27,14 @@ pub trait RequestView {
     }
 }
 
-/// A request held in plain fields: for tests, simulations and tools.
+/// A request held in plain fields: for tests, simulations and tools. The filter names headers
+/// with `&str` borrowed from the plan (`N`), so reading a request copies no header names.
 #[derive(Debug, Clone, Default)]
-pub struct SimpleRequest {
+pub struct SimpleRequest<N = String> {
     pub authority: String,
     pub path: String,
     pub method: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(N, String)>,
     pub client_ip: Option<String>,
 }
 
@@ -54,7 +57,7 @@ impl SimpleRequest {
     }
 }
 
-impl RequestView for SimpleRequest {
+impl<N: AsRef<str>> RequestView for SimpleRequest<N> {
     fn authority(&self) -> &str {
         &self.authority
     }
@@ -65,7 +68,7 @@ impl RequestView for SimpleRequest {
         &self.method
     }
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.as_ref() == name).map(|(_, v)| v.as_str())
     }
     fn client_ip(&self) -> Option<&str> {
         self.client_ip.as_deref()
@@ -99,28 +102,9 @@ pub struct Plan {
 /// the one a scan in order finds (a property test checks).
 #[derive(Debug, Clone, Default)]
 struct PolicyIndex {
-    by_segment: std::collections::HashMap<String, Vec<usize>, std::hash::BuildHasherDefault<Fnv>>,
+    /// FNV-1a: its keys come from the configuration, so a request cannot pick keys that collide.
+    by_segment: std::collections::HashMap<String, Vec<usize>, crate::fnv::BuildFnv>,
     everywhere: Vec<usize>,
-}
-
-/// FNV-1a, for the index: its keys come from the configuration, so a request cannot pick keys that
-/// collide, which is what SipHash (the default, keyed and dearer) guards against.
-#[derive(Debug, Default)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
 }
 
 /// The first segment of an absolute path (`/orders/7?x` → `orders`), without the query.
@@ -205,36 +189,39 @@ impl StateKeys {
 /// A policy's header values that are the same for every request, rendered once at configuration
 /// rather than formatted per request.
 #[derive(Debug, Clone, Default)]
+/// Shared (`Arc`), so that a request setting them copies a pointer, not the text.
 pub struct FixedHeaders {
     /// `ratelimit-policy` (empty without a rate limit).
-    pub rate_limit_policy: String,
+    pub rate_limit_policy: Arc<str>,
     /// `x-envoy-retry-on` (empty without retries).
-    pub retry_on: String,
-    pub retriable_status_codes: Option<String>,
-    pub per_try_timeout_ms: Option<String>,
-    pub timeout_ms: Option<String>,
+    pub retry_on: Arc<str>,
+    pub retriable_status_codes: Option<Arc<str>>,
+    pub per_try_timeout_ms: Option<Arc<str>>,
+    pub timeout_ms: Option<Arc<str>>,
 }
 
 impl FixedHeaders {
     fn new(p: &Policy, rate_limit: Option<&Gcra>) -> Self {
         // Comma-separated, written into one string.
-        fn joined<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+        fn joined<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> Arc<str> {
             use std::fmt::Write;
             let mut out = String::new();
             for (i, item) in items.enumerate() {
                 let _ = write!(out, "{}{item}", if i == 0 { "" } else { "," });
             }
-            out
+            out.into()
         }
         let retry = p.retry.as_ref();
         FixedHeaders {
-            rate_limit_policy: rate_limit.map(|g| g.policy_header(&p.name)).unwrap_or_default(),
+            rate_limit_policy: rate_limit.map(|g| g.policy_header(&p.name).into()).unwrap_or_default(),
             retry_on: retry.map(|r| joined(r.retry_on.iter().map(|o| o.as_str()))).unwrap_or_default(),
             retriable_status_codes: retry
                 .filter(|r| !r.statuses.is_empty())
                 .map(|r| joined(r.statuses.iter())),
-            per_try_timeout_ms: retry.and_then(|r| r.per_try_timeout).map(|t| t.as_millis().to_string()),
-            timeout_ms: p.timeout.map(|t| t.as_millis().to_string()),
+            per_try_timeout_ms: retry
+                .and_then(|r| r.per_try_timeout)
+                .map(|t| t.as_millis().to_string().into()),
+            timeout_ms: p.timeout.map(|t| t.as_millis().to_string().into()),
         }
     }
 }

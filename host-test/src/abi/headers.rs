@@ -10,10 +10,27 @@ use crate::state::{HeaderMap, HostState};
 const HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
 
 fn map<'a>(c: &'a mut Caller<'_, HostState>, kind: i32) -> Option<&'a mut HeaderMap> {
-    if kind == HTTP_CALL_RESPONSE_HEADERS {
-        return c.data_mut().call_response.as_mut().map(|(headers, _)| headers);
+    map_of(c.data_mut(), kind)
+}
+
+/// The map a write changes. Response headers changed after they were sent are first copied as
+/// sent (the client keeps those), so the common case copies nothing.
+fn map_for_write(state: &mut HostState, kind: i32) -> Option<&mut HeaderMap> {
+    if kind == 2
+        && let Some(s) = state.stream()
+        && s.response_sent
+        && s.sent_headers.is_none()
+    {
+        s.sent_headers = Some(s.response_headers.clone());
     }
-    let s = c.data_mut().stream()?;
+    map_of(state, kind)
+}
+
+fn map_of(state: &mut HostState, kind: i32) -> Option<&mut HeaderMap> {
+    if kind == HTTP_CALL_RESPONSE_HEADERS {
+        return state.call_response.as_mut().map(|(headers, _)| headers);
+    }
+    let s = state.stream()?;
     match kind {
         0 => Some(&mut s.request_headers),
         1 => Some(&mut s.request_trailers),
@@ -31,9 +48,10 @@ fn put(
     value: (i32, i32),
     replace: bool,
 ) -> Result<i32> {
-    let name = memory::read_string(&mut c, key.0, key.1)?.to_ascii_lowercase();
+    let mut name = memory::read_string(&mut c, key.0, key.1)?;
+    name.make_ascii_lowercase();
     let value = memory::read(&mut c, value.0, value.1)?;
-    let Some(m) = map(&mut c, kind) else { return Ok(Status::BadArgument as i32) };
+    let Some(m) = map_for_write(c.data_mut(), kind) else { return Ok(Status::BadArgument as i32) };
     if replace {
         m.retain(|(k, _)| *k != name);
     }
@@ -60,7 +78,7 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
             let Some(pairs) = memory::deserialize_map(&bytes) else {
                 return Ok(Status::SerializationFailure as i32);
             };
-            let Some(m) = map(&mut c, kind) else { return Ok(Status::BadArgument as i32) };
+            let Some(m) = map_for_write(c.data_mut(), kind) else { return Ok(Status::BadArgument as i32) };
             *m = pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
             Ok(Status::Ok as i32)
         },
@@ -75,16 +93,23 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
          ret_ptr: i32,
          ret_size: i32|
          -> Result<i32> {
-            let name = memory::read_string(&mut c, key, key_len)?.to_ascii_lowercase();
-            let Some(m) = map(&mut c, kind) else { return Ok(Status::BadArgument as i32) };
-            // Envoy joins repeated headers with a comma.
-            let values: Vec<Vec<u8>> = m.iter().filter(|(k, _)| *k == name).map(|(_, v)| v.clone()).collect();
-            if values.is_empty() {
-                return Ok(Status::NotFound as i32);
+            let found = memory::answer(&mut c, (key, key_len), (ret_ptr, ret_size), |name, state, out| {
+                let m = map_of(state, kind)?;
+                // Envoy joins repeated headers with a comma.
+                let mut values = m.iter().filter(|(k, _)| k.as_bytes().eq_ignore_ascii_case(name));
+                out.extend_from_slice(&values.next()?.1);
+                for (_, v) in values {
+                    out.push(b',');
+                    out.extend_from_slice(v);
+                }
+                Some(())
+            })?;
+            match found {
+                Some(()) => Ok(Status::Ok as i32),
+                // No such map is BadArgument, as before; a missing header NotFound.
+                None if map(&mut c, kind).is_none() => Ok(Status::BadArgument as i32),
+                None => Ok(Status::NotFound as i32),
             }
-            let joined = values.join(&b","[..]);
-            memory::give(&mut c, &joined, ret_ptr, ret_size)?;
-            Ok(Status::Ok as i32)
         },
     )?;
     l.func_wrap(
@@ -113,10 +138,13 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: Caller<'_, HostState>, kind: i32, key: i32, key_len: i32| -> Result<i32> {
-            let name = memory::read_string(&mut c, key, key_len)?.to_ascii_lowercase();
-            let Some(m) = map(&mut c, kind) else { return Ok(Status::BadArgument as i32) };
-            m.retain(|(k, _)| *k != name);
-            Ok(Status::Ok as i32)
+            memory::with_slices(&mut c, [(key, key_len)], |[name], state| match map_for_write(state, kind) {
+                Some(m) => {
+                    m.retain(|(k, _)| !k.as_bytes().eq_ignore_ascii_case(name));
+                    Status::Ok as i32
+                }
+                None => Status::BadArgument as i32,
+            })
         },
     )?;
     Ok(())

@@ -20,11 +20,16 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
          ret_size: i32,
          ret_cas: i32|
          -> Result<i32> {
-            let key = memory::read_string(&mut c, key, key_len)?;
-            let found = c.data().world.shared.get(&key).ok().flatten();
+            let found = memory::answer(&mut c, (key, key_len), (ret_ptr, ret_size), |key, state, out| {
+                state.world.shared.with(&memory::text(key), |found| {
+                    found.map(|(value, cas)| {
+                        out.extend_from_slice(value);
+                        cas
+                    })
+                })
+            })?;
             match found {
-                Some((value, cas)) => {
-                    memory::give(&mut c, &value, ret_ptr, ret_size)?;
+                Some(cas) => {
                     memory::write_u32(&mut c, ret_cas, cas)?;
                     Ok(Status::Ok as i32)
                 }
@@ -42,9 +47,11 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
          value_len: i32,
          cas: i32|
          -> Result<i32> {
-            let key = memory::read_string(&mut c, key, key_len)?;
-            let value = memory::read(&mut c, value, value_len)?;
-            match c.data().world.shared.set(&key, &value, cas as u32) {
+            let written =
+                memory::with_slices(&mut c, [(key, key_len), (value, value_len)], |[key, value], state| {
+                    state.world.shared.set(&memory::text(key), value, cas as u32)
+                })?;
+            match written {
                 Ok(()) => Ok(Status::Ok as i32),
                 Err(StoreError::CasMismatch) => Ok(Status::CasMismatch as i32),
                 Err(_) => Ok(Status::InternalFailure as i32),

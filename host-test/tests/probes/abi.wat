@@ -1,6 +1,7 @@
 ;; The host functions the filter imports but never calls, each checked for the status Envoy
 ;; gives (any surprise traps, failing the request): from a request's headers callback.
-;; Memory: 16 "x-a", 20 "b", 24 a serialized map {x-a: b}, 64 scratch, 128 "stdout line\n".
+;; Memory: 16 "x-a", 20 "b", 24 a serialized map {x-a: b}, 48 "X-A", 64 scratch, 128 "stdout line\n".
+;; The response path: repeated headers read joined; changes in on_log do not reach the client.
 (module
   (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
@@ -23,6 +24,7 @@
   (import "env" "proxy_set_header_map_pairs" (func $set_pairs (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_value" (func $header (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
   (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes (param i32 i32) (result i32)))
@@ -32,6 +34,7 @@
   (data (i32.const 16) "x-a")
   (data (i32.const 20) "b")
   (data (i32.const 24) "\01\00\00\00" "\03\00\00\00\01\00\00\00" "x-a\00b\00")
+  (data (i32.const 48) "X-A")
   (data (i32.const 128) "stdout line\0a")
   (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
   (func (export "proxy_on_context_create") (param i32 i32))
@@ -90,8 +93,22 @@
     (call $expect (call $fd_write (i32.const 1) (i32.const 96) (i32.const 1) (i32.const 104)) (i32.const 0))
     (call $expect (i32.load (i32.const 104)) (i32.const 12))
     (i32.const 0))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    ;; x-a: b twice; read back (by another case) as "b,b"
+    (call $expect (call $add (i32.const 2) (i32.const 16) (i32.const 3) (i32.const 20) (i32.const 1)) (i32.const 0))
+    (call $expect (call $add (i32.const 2) (i32.const 16) (i32.const 3) (i32.const 20) (i32.const 1)) (i32.const 0))
+    (call $expect (call $header (i32.const 2) (i32.const 48) (i32.const 3) (i32.const 64) (i32.const 68))
+                  (i32.const 0))
+    (call $expect (i32.load (i32.const 68)) (i32.const 3))
+    (call $expect (i32.load8_u offset=1 (i32.load (i32.const 64))) (i32.const 44))
+    (i32.const 0))
+  (func (export "proxy_on_log") (param i32)
+    ;; the filter still sees the response headers, and may change them: the client does not
+    (call $expect (call $header (i32.const 2) (i32.const 16) (i32.const 3) (i32.const 64) (i32.const 68))
+                  (i32.const 0))
+    (call $expect (call $remove (i32.const 2) (i32.const 48) (i32.const 3)) (i32.const 0))
+    (call $expect (call $header (i32.const 2) (i32.const 16) (i32.const 3) (i32.const 64) (i32.const 68))
+                  (i32.const 1)))
   (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
   (func (export "proxy_on_delete") (param i32))
   (func (export "proxy_on_tick") (param i32)))

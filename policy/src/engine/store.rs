@@ -102,7 +102,8 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<String, (Vec<u8>, u32)>,
+    /// FNV-hashed: the keys are the filter's own (`bw/<policy>/…`, slot numbers, not client text).
+    map: HashMap<String, (Vec<u8>, u32), crate::fnv::BuildFnv>,
     next_cas: u32,
 }
 
@@ -116,6 +117,11 @@ impl MemoryStore {
     /// Total bytes of keys and values, for memory-bound tests.
     pub fn bytes(&self) -> usize {
         self.inner.borrow().map.iter().map(|(k, (v, _))| k.len() + v.len()).sum()
+    }
+
+    /// [`SharedStore::get`] without copying the value: `f` sees it in place.
+    pub fn with<R>(&self, key: &str, f: impl FnOnce(Option<(&[u8], u32)>) -> R) -> R {
+        f(self.inner.borrow().map.get(key).map(|(v, cas)| (v.as_slice(), *cas)))
     }
 }
 
@@ -132,7 +138,10 @@ impl SharedStore for MemoryStore {
         match inner.map.get_mut(key) {
             Some(entry) if cas != 0 && entry.1 != cas => Err(StoreError::CasMismatch),
             Some(entry) => {
-                *entry = (value.to_vec(), token);
+                // The old value's buffer is reused: no allocation when the size stays.
+                entry.0.clear();
+                entry.0.extend_from_slice(value);
+                entry.1 = token;
                 Ok(())
             }
             None => {
@@ -204,6 +213,18 @@ mod tests {
         assert_eq!(s.set("n", &1u64.to_le_bytes(), CREATE_CAS), Err(StoreError::CasMismatch));
         // B retries through update and lands on 2.
         assert_eq!(increment(&s), 2);
+    }
+
+    #[test]
+    fn with_sees_what_get_returns_and_a_rewrite_replaces_the_whole_value() {
+        let s = MemoryStore::default();
+        assert!(s.with("k", |v| v.is_none()));
+        s.set("k", b"abcdef", 0).unwrap();
+        let got = s.get("k").unwrap().unwrap();
+        assert_eq!(s.with("k", |v| v.map(|(b, cas)| (b.to_vec(), cas))), Some(got.clone()));
+        s.set("k", b"z", got.1).unwrap();
+        let (value, cas) = s.get("k").unwrap().unwrap();
+        assert_eq!((value.as_slice(), cas == got.1), (&b"z"[..], false));
     }
 
     #[test]
