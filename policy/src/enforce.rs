@@ -678,8 +678,10 @@ pub fn fallback(plan: &Plan, a: &mut Admitted, exchange: &Exchange) -> Option<Re
 }
 
 /// Settles a request when its stream ends, whatever the end: releases its concurrency slot,
-/// records the breaker outcome, returns unused retries. `attempts` is Envoy's
-/// `upstream.request_attempt_count` (0 or None when no upstream request was made).
+/// records the breaker outcome, returns unused retries. `attempts` is how many upstream attempts
+/// Envoy made: the `x-envoy-attempt-count` response header when the document trusts it (see
+/// [`Admitted::attempts_from_header`]), else the `upstream.request_attempt_count` property (0 or
+/// None when no upstream request was made).
 pub fn finish<S: SharedStore + ?Sized>(
     plan: &Plan,
     store: &S,
