@@ -3,7 +3,7 @@
 
 use wasmtime::{Caller, Extern, Memory, Result, TypedFunc, bail};
 
-use crate::state::HostState;
+use crate::state::{HeaderMap, HostState};
 
 /// The guest's memory and allocator, looked up once per VM (a lookup by name costs more than the
 /// rest of a small host call).
@@ -150,15 +150,15 @@ pub fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ret_ptr: i32, ret_
 
 /// proxy-wasm's serialized header map: count, then (key len, value len) pairs, then each key and
 /// value followed by a NUL.
-pub fn serialize_map(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub fn serialize_map(pairs: &[(impl AsRef<str>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     }
     for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(k.as_ref().as_bytes());
         out.push(0);
         out.extend_from_slice(v);
         out.push(0);
@@ -167,7 +167,7 @@ pub fn serialize_map(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// The inverse of [`serialize_map`]; None when the bytes are not a well-formed map.
-pub fn deserialize_map(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+pub fn deserialize_map(bytes: &[u8]) -> Option<HeaderMap> {
     let word = |at: usize| -> Option<usize> {
         bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(|b| u32::from_le_bytes(b) as usize)
     };
@@ -186,7 +186,7 @@ pub fn deserialize_map(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
         at += kl + 1;
         let v = bytes.get(at..at + vl)?;
         at += vl + 1;
-        out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+        out.push((String::from_utf8_lossy(k).into_owned().into(), v.to_vec()));
     }
     Some(out)
 }
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn maps_round_trip_and_garbage_is_refused() {
-        let pairs = vec![(":path".to_string(), b"/a".to_vec()), ("x".to_string(), vec![0xff, 0])];
+        let pairs: HeaderMap = vec![(":path".into(), b"/a".to_vec()), ("x".into(), vec![0xff, 0])];
         assert_eq!(deserialize_map(&serialize_map(&pairs)), Some(pairs));
         assert_eq!(deserialize_map(&[5, 0, 0, 0, 1]), None);
         assert_eq!(deserialize_map(&[0xff, 0xff, 0xff, 0xff]), None);

@@ -67,7 +67,7 @@ impl RetryPolicy {
     /// Reads the router headers and removes them from the map (they are not forwarded).
     pub fn take_from(headers: &mut HeaderMap) -> RetryPolicy {
         let p = RetryPolicy::read(headers);
-        headers.retain(|(k, _)| !ROUTER_HEADERS.contains(&k.as_str()));
+        headers.retain(|(k, _)| !ROUTER_HEADERS.contains(&k.as_ref()));
         p
     }
 
@@ -76,11 +76,11 @@ impl RetryPolicy {
         let mut p = RetryPolicy::default();
         let mut max_retries = None;
         for (k, v) in headers {
-            if !ROUTER_HEADERS.contains(&k.as_str()) {
+            if !ROUTER_HEADERS.contains(&k.as_ref()) {
                 continue;
             }
             let text = String::from_utf8_lossy(v);
-            match k.as_str() {
+            match k.as_ref() {
                 "x-envoy-retry-on" => p.retry_on = text.split(',').map(|s| s.trim().to_string()).collect(),
                 "x-envoy-retriable-status-codes" => {
                     p.statuses = text.split(',').filter_map(|s| s.trim().parse().ok()).collect()
@@ -257,7 +257,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+        pairs.iter().map(|(k, v)| (k.to_string().into(), v.as_bytes().to_vec())).collect()
     }
 
     fn run(h: &[(&str, &str)], script: &[Attempt]) -> (Upstream, HeaderMap) {

@@ -512,7 +512,7 @@ impl Sim<'_> {
         let vm = (connection % workers) as u32;
         let mut headers = Vec::with_capacity(gen_.headers.len());
         for (name, source) in &mut gen_.headers {
-            headers.push((name.clone(), source.draw(&mut self.rng)));
+            headers.push((name.clone().into(), source.draw(&mut self.rng)));
         }
         let mut source = String::from_utf8_lossy(&gen_.client_ip.draw(&mut self.rng)).into_owned();
         source.push(':');

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use breakwater_policy::engine::store::MemoryStore;
 
 /// A header map in order, with raw values (HTTP allows any octet).
-pub type HeaderMap = Vec<(String, Vec<u8>)>;
+pub type HeaderMap = Vec<(std::borrow::Cow<'static, str>, Vec<u8>)>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {

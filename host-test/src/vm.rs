@@ -218,7 +218,7 @@ impl Request {
         }
     }
     pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Request {
-        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self.headers.push((name.to_ascii_lowercase().into(), value.into()));
         self
     }
 }

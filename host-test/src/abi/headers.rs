@@ -53,9 +53,9 @@ fn put(
     let value = memory::read(&mut c, value.0, value.1)?;
     let Some(m) = map_for_write(c.data_mut(), kind) else { return Ok(Status::BadArgument as i32) };
     if replace {
-        m.retain(|(k, _)| *k != name);
+        m.retain(|(k, _)| *k != *name);
     }
-    m.push((name, value));
+    m.push((name.into(), value));
     Ok(Status::Ok as i32)
 }
 
@@ -79,7 +79,7 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
                 return Ok(Status::SerializationFailure as i32);
             };
             let Some(m) = map_for_write(c.data_mut(), kind) else { return Ok(Status::BadArgument as i32) };
-            *m = pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+            *m = pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase().into(), v)).collect();
             Ok(Status::Ok as i32)
         },
     )?;
