@@ -275,16 +275,27 @@ pub fn compose_key(parts: &[KeyPart], req: &impl RequestView) -> Vec<u8> {
         if i > 0 {
             key.push(0x1f);
         }
-        let value = match part {
-            KeyPart::ClientIp => req.client_ip().unwrap_or_default(),
-            KeyPart::Host => req.authority(),
-            KeyPart::Method => req.method(),
-            KeyPart::Path => req.path().split_once('?').map_or(req.path(), |(p, _)| p),
-            KeyPart::Header(h) => req.header(h).unwrap_or_default(),
-        };
-        key.extend_from_slice(value.as_bytes());
+        key.extend_from_slice(key_part(part, req).as_bytes());
     }
     key
+}
+
+/// `keys::fingerprint(&compose_key(parts, req))`, without building the key: the hasher takes the
+/// length the key would have, then its bytes part by part (a test checks they agree).
+pub fn key_fingerprint(parts: &[KeyPart], req: &impl RequestView) -> u64 {
+    let separators = parts.len().saturating_sub(1);
+    let len = parts.iter().map(|p| key_part(p, req).len()).sum::<usize>() + separators;
+    crate::engine::keys::fingerprint_parts(len, parts.iter().map(|p| key_part(p, req)))
+}
+
+fn key_part<'r>(part: &KeyPart, req: &'r impl RequestView) -> &'r str {
+    match part {
+        KeyPart::ClientIp => req.client_ip().unwrap_or_default(),
+        KeyPart::Host => req.authority(),
+        KeyPart::Method => req.method(),
+        KeyPart::Path => req.path().split_once('?').map_or(req.path(), |(p, _)| p),
+        KeyPart::Header(h) => req.header(h).unwrap_or_default(),
+    }
 }
 
 fn reply(r: &Response, extra: Vec<(String, String)>) -> Reply {
@@ -389,8 +400,8 @@ fn check_limits<S: SharedStore + ?Sized>(
             match &p.state.rate_limit {
                 None => pending[record::RATE_LIMIT] = true,
                 Some(table) => {
-                    let key = compose_key(&rl.key, req);
-                    let result = table.update(store, &key, now, &RateSlots, |s| g.decide_bytes(s, now));
+                    let fp = key_fingerprint(&rl.key, req);
+                    let result = table.update_fp(store, fp, now, &RateSlots, |s| g.decide_bytes(s, now));
                     if let Some(r) = rate_limited(p, a, result.ok().map(|(d, _)| d)) {
                         break 'blocks Some(r);
                     }
@@ -404,10 +415,10 @@ fn check_limits<S: SharedStore + ?Sized>(
                     if let Some(r) = flush(p, store, now, a, std::mem::take(&mut pending), None) {
                         break 'blocks Some(r);
                     }
-                    let key = compose_key(&cl.key, req);
+                    let fp = key_fingerprint(&cl.key, req);
                     let max = cl.max_in_flight;
                     let result =
-                        table.update(store, &key, now, &ConcurrencySlots, |s| concurrency::acquire(s, max));
+                        table.update_fp(store, fp, now, &ConcurrencySlots, |s| concurrency::acquire(s, max));
                     let (slot, at) = result.ok().unzip();
                     if let Some(r) = concurrency_limited(p, a, slot) {
                         break 'blocks Some(r);

@@ -504,3 +504,40 @@ fn the_plan_says_which_request_parts_the_filter_must_read() {
         (true, false, true)
     );
 }
+
+proptest::proptest! {
+    /// A key's fingerprint computed part by part is the fingerprint of the composed key, so slot
+    /// ownership written by a build that composed keys is still recognised.
+    #[test]
+    fn key_fingerprints_part_by_part_match_the_composed_key(
+        kinds in proptest::collection::vec(0u8..5, 0..5),
+        values in proptest::collection::vec("[ -~]{0,24}", 5),
+        query in proptest::option::of("[a-z=&]{0,8}"),
+    ) {
+        use breakwater_policy::engine::keys::fingerprint;
+        use breakwater_policy::model::KeyPart;
+        let mut path = format!("/{}", values[3]);
+        if let Some(q) = &query {
+            path.push('?');
+            path.push_str(q);
+        }
+        let req = SimpleRequest::new(&values[0], &values[1], &path)
+            .header("x-a", &values[2])
+            .header("x-b", &values[4])
+            .from_ip(&values[4]);
+        let parts: Vec<KeyPart> = kinds
+            .iter()
+            .map(|k| match k {
+                0 => KeyPart::ClientIp,
+                1 => KeyPart::Host,
+                2 => KeyPart::Method,
+                3 => KeyPart::Path,
+                _ => KeyPart::Header(if values[2].len() % 2 == 0 { "x-a" } else { "x-missing" }.into()),
+            })
+            .collect();
+        proptest::prop_assert_eq!(
+            enforce::key_fingerprint(&parts, &req),
+            fingerprint(&enforce::compose_key(&parts, &req))
+        );
+    }
+}

@@ -55,6 +55,20 @@ pub fn fingerprint(key: &[u8]) -> u64 {
     h.finish().max(1)
 }
 
+/// [`fingerprint`] of the key made of `parts` joined by U+001F, `len` bytes in all, without
+/// building it: a slice hashes as its length, then its bytes, and SipHash reads bytes as a stream.
+pub fn fingerprint_parts<'a>(len: usize, parts: impl Iterator<Item = &'a str>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write_usize(len);
+    for (i, part) in parts.enumerate() {
+        if i > 0 {
+            h.write(&[0x1f]);
+        }
+        h.write(part.as_bytes());
+    }
+    h.finish().max(1)
+}
+
 impl KeyTable {
     pub fn new(prefix: String, slots: u32) -> Self {
         KeyTable { prefix, slots: slots.max(1) }
@@ -82,12 +96,26 @@ impl KeyTable {
         key: &[u8],
         now: Nanos,
         kind: &impl SlotState,
+        decide: impl FnMut(Option<&[u8]>) -> (T, Option<Vec<u8>>),
+    ) -> Result<(T, SlotRef), StoreError>
+    where
+        S: SharedStore + ?Sized,
+    {
+        self.update_fp(store, fingerprint(key), now, kind, decide)
+    }
+
+    /// [`Self::update`] for a key known by its [`fingerprint`].
+    pub fn update_fp<S, T>(
+        &self,
+        store: &S,
+        fp: u64,
+        now: Nanos,
+        kind: &impl SlotState,
         mut decide: impl FnMut(Option<&[u8]>) -> (T, Option<Vec<u8>>),
     ) -> Result<(T, SlotRef), StoreError>
     where
         S: SharedStore + ?Sized,
     {
-        let fp = fingerprint(key);
         let mut closest: Option<(u64, u32)> = None;
         for slot in self.probes(fp) {
             let name = self.name(slot);
