@@ -135,13 +135,12 @@ impl KeyTable {
                 },
             };
             if claimable {
-                return self.apply(store, &name, Some(current), fp, now, kind, &mut decide, false);
+                return self.apply(store, name, Some(current), fp, now, kind, &mut decide, false);
             }
         }
         match closest {
             Some((_, slot)) if kind.evictable() => {
-                let name = self.name(slot);
-                self.apply(store, &name, None, fp, now, kind, &mut decide, true)
+                self.apply(store, self.name(slot), None, fp, now, kind, &mut decide, true)
             }
             _ => Err(StoreError::Unavailable(format!(
                 "all {} probed slots of {} are busy",
@@ -156,7 +155,7 @@ impl KeyTable {
     fn apply<S, T>(
         &self,
         store: &S,
-        name: &str,
+        name: String,
         read: Option<Option<(Vec<u8>, u32)>>,
         fp: u64,
         now: Nanos,
@@ -169,7 +168,7 @@ impl KeyTable {
     {
         let mut lost = false;
         // The probe's read of this slot starts the update: one read per request, not two.
-        let result = update_from(store, name, read, |bytes| {
+        let result = update_from(store, &name, read, |bytes| {
             let (owner, state) = split(bytes);
             let mine = match owner {
                 Some(o) if o == fp => state,
@@ -188,7 +187,8 @@ impl KeyTable {
             (Some(decision), new.map(|s| join(fp, &s)))
         })?;
         match result {
-            Some(decision) if !lost => Ok((decision, SlotRef { name: name.to_string(), fingerprint: fp })),
+            // The slot's name moves into the reference: one allocation per keyed decision, not two.
+            Some(decision) if !lost => Ok((decision, SlotRef { name, fingerprint: fp })),
             _ => Err(StoreError::Unavailable(format!("slot {name} was taken concurrently"))),
         }
     }
