@@ -1,5 +1,7 @@
 //! Header maps of the effective HTTP context.
 
+use std::borrow::Cow;
+
 use wasmtime::{Caller, Linker, Result};
 
 use super::Status;
@@ -40,6 +42,29 @@ fn map_of(state: &mut HostState, kind: i32) -> Option<&mut HeaderMap> {
     }
 }
 
+/// The names breakwater writes (router instructions, the rate-limit fields, its debug headers),
+/// kept as they are instead of copied for every request; Envoy, too, has well-known headers built
+/// in. Any other name is copied.
+const KNOWN_NAMES: [&str; 9] = [
+    "ratelimit",
+    "ratelimit-policy",
+    "x-breakwater-decision",
+    "x-breakwater-policy",
+    "x-envoy-max-retries",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-ms",
+];
+
+/// A header name from the guest, lower-cased.
+fn header_name(name: &[u8]) -> Cow<'static, str> {
+    match KNOWN_NAMES.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(name)) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(memory::text(name).to_ascii_lowercase()),
+    }
+}
+
 /// Adds a header (`replace`: after removing every value of that name).
 fn put(
     mut c: Caller<'_, HostState>,
@@ -48,14 +73,13 @@ fn put(
     value: (i32, i32),
     replace: bool,
 ) -> Result<i32> {
-    let mut name = memory::read_string(&mut c, key.0, key.1)?;
-    name.make_ascii_lowercase();
+    let name = memory::with_slices(&mut c, [key], |[name], _| header_name(name))?;
     let value = memory::read(&mut c, value.0, value.1)?;
     let Some(m) = map_for_write(c.data_mut(), kind) else { return Ok(Status::BadArgument as i32) };
     if replace {
-        m.retain(|(k, _)| *k != *name);
+        m.retain(|(k, _)| *k != name);
     }
-    m.push((name.into(), value));
+    m.push((name, value));
     Ok(Status::Ok as i32)
 }
 
