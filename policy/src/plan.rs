@@ -187,9 +187,9 @@ impl StateKeys {
 }
 
 /// A policy's header values that are the same for every request, rendered once at configuration
-/// rather than formatted per request.
+/// rather than formatted per request. Shared (`Arc`), so that a request setting them copies a
+/// pointer, not the text.
 #[derive(Debug, Clone, Default)]
-/// Shared (`Arc`), so that a request setting them copies a pointer, not the text.
 pub struct FixedHeaders {
     /// `ratelimit-policy` (empty without a rate limit).
     pub rate_limit_policy: Arc<str>,

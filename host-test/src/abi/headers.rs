@@ -11,10 +11,6 @@ use crate::state::{HeaderMap, HostState};
 /// Header map 6: the answer to an HTTP call, during `proxy_on_http_call_response`.
 const HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
 
-fn map<'a>(c: &'a mut Caller<'_, HostState>, kind: i32) -> Option<&'a mut HeaderMap> {
-    map_of(c.data_mut(), kind)
-}
-
 /// The map a write changes. Response headers changed after they were sent are first copied as
 /// sent (the client keeps those), so the common case copies nothing.
 fn map_for_write(state: &mut HostState, kind: i32) -> Option<&mut HeaderMap> {
@@ -88,7 +84,7 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, HostState>, kind: i32, ret_ptr: i32, ret_size: i32| -> Result<i32> {
-            let Some(m) = map(&mut c, kind) else { return Ok(Status::BadArgument as i32) };
+            let Some(m) = map_of(c.data_mut(), kind) else { return Ok(Status::BadArgument as i32) };
             let bytes = memory::serialize_map(m);
             memory::give(&mut c, &bytes, ret_ptr, ret_size)?;
             Ok(Status::Ok as i32)
@@ -131,7 +127,7 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
             match found {
                 Some(()) => Ok(Status::Ok as i32),
                 // No such map is BadArgument, as before; a missing header NotFound.
-                None if map(&mut c, kind).is_none() => Ok(Status::BadArgument as i32),
+                None if map_of(c.data_mut(), kind).is_none() => Ok(Status::BadArgument as i32),
                 None => Ok(Status::NotFound as i32),
             }
         },
