@@ -14,6 +14,7 @@
 //!   fallback if it applies (the only point where a reply can still replace the upstream's);
 //! - on_log (every stream end, aborts and resets included): release, record, settle.
 
+pub mod alloc;
 mod host;
 mod metrics;
 

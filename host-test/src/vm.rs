@@ -457,6 +457,11 @@ impl Vm {
         self.store.data().metric_ids.len()
     }
 
+    /// The size of the guest's linear memory in bytes (it only grows, a 64 KiB page at a time).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().guest.memory.map_or(0, |m| m.data_size(&self.store))
+    }
+
     pub fn tick_period_ms(&self) -> u32 {
         self.store.data().tick_period_ms
     }

@@ -141,6 +141,45 @@ fn hostile_header_values_do_not_trap() {
 }
 
 #[test]
+fn the_guest_heap_stops_growing_once_traffic_is_steady() {
+    // Every engine, a keyed limit, key lengths from 1 byte to past the allocator's pooled sizes,
+    // failures and fallbacks: whatever a request allocates in the guest must come back.
+    let host = host();
+    let (world, mut vms) = envoy(
+        &host,
+        1,
+        r#"
+version: 1
+policies:
+  - name: all
+    rate_limit: { rate: 100000, per: 1s, burst: 1000, key: ["header:x-api-key"], max_keys: 1000 }
+    concurrency_limit: { max_in_flight: 100 }
+    circuit_breaker: { window: 10s, minimum_calls: 100000, failure_rate: 50 }
+    retry: { max_retries: 2, retry_on: [5xx] }
+    fallback: { on: [5xx], response: { status: 200, body: "cached" } }
+"#,
+    );
+    let send = |vm: &mut Vm, i: usize| {
+        let key = "k".repeat(1 + (i * 37) % 5_000);
+        let status = if i.is_multiple_of(5) { 503 } else { 200 };
+        world.clock_ns.set(world.clock_ns.get() + 1_000_000);
+        let r = vm
+            .request(&Request::get("a", "/").header("x-api-key", key), |_| Upstream::status(status))
+            .unwrap();
+        assert_eq!((r.status, r.local), (200, status == 503), "request {i}");
+    };
+    for i in 0..2_000 {
+        send(&mut vms[0], i);
+    }
+    let warmed = vms[0].memory_bytes();
+    assert!(warmed > 0);
+    for i in 2_000..30_000 {
+        send(&mut vms[0], i);
+    }
+    assert_eq!(vms[0].memory_bytes(), warmed, "the guest's memory grew under steady traffic");
+}
+
+#[test]
 fn concurrency_slots_come_back_at_stream_end() {
     let host = host();
     let (world, mut vms) =
