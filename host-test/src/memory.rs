@@ -103,9 +103,13 @@ pub fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 
 /// Writes bytes at `ptr`.
 pub fn write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> Result<()> {
-    let ptr = ptr as u32 as usize;
     let m = memory(caller)?;
-    let data = m.data_mut(&mut *caller);
+    put(m.data_mut(&mut *caller), ptr, bytes)
+}
+
+/// Copies `bytes` to `ptr` in the guest's memory `data`, bounds-checked.
+fn put(data: &mut [u8], ptr: i32, bytes: &[u8]) -> Result<()> {
+    let ptr = ptr as u32 as usize;
     match ptr.checked_add(bytes.len()).and_then(|end| data.get_mut(ptr..end)) {
         Some(slot) => {
             slot.copy_from_slice(bytes);
@@ -141,11 +145,16 @@ pub fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ret_ptr: i32, ret_
         if addr == 0 {
             bail!("the guest could not allocate {} bytes", bytes.len());
         }
-        write(caller, addr, bytes)?;
-        addr as u32
+        addr
     };
-    write_u32(caller, ret_ptr, addr)?;
-    write_u32(caller, ret_size, bytes.len() as u32)
+    // One look-up of the memory for the bytes and both return values.
+    let m = memory(caller)?;
+    let data = m.data_mut(&mut *caller);
+    if addr != 0 {
+        put(data, addr, bytes)?;
+    }
+    put(data, ret_ptr, &(addr as u32).to_le_bytes())?;
+    put(data, ret_size, &(bytes.len() as u32).to_le_bytes())
 }
 
 /// proxy-wasm's serialized header map: count, then (key len, value len) pairs, then each key and

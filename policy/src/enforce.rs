@@ -293,7 +293,7 @@ fn key_part<'r>(part: &KeyPart, req: &'r impl RequestView) -> &'r str {
         KeyPart::ClientIp => req.client_ip().unwrap_or_default(),
         KeyPart::Host => req.authority(),
         KeyPart::Method => req.method(),
-        KeyPart::Path => req.path().split_once('?').map_or(req.path(), |(p, _)| p),
+        KeyPart::Path => crate::plan::until(req.path(), b'?'),
         KeyPart::Header(h) => req.header(h).unwrap_or_default(),
     }
 }

@@ -109,9 +109,19 @@ struct PolicyIndex {
 
 /// The first segment of an absolute path (`/orders/7?x` → `orders`), without the query.
 fn first_segment(path: &str) -> Option<&str> {
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
-    let rest = path.strip_prefix('/')?;
-    Some(rest.split_once('/').map_or(rest, |(seg, _)| seg))
+    Some(until(until(path, b'?').strip_prefix('/')?, b'/'))
+}
+
+/// `s` up to its first `byte` (ASCII), or all of it. A plain loop: the strings are short (a path,
+/// an authority), and `split_once(char)` paid memchr's setup each time (about 300 instructions in
+/// the guest per call, callgrind of the host-test speed bench).
+pub fn until(s: &str, byte: u8) -> &str {
+    debug_assert!(byte.is_ascii());
+    match s.bytes().position(|c| c == byte) {
+        // An ASCII byte is always a character boundary.
+        Some(i) => s.get(..i).unwrap_or(s),
+        None => s,
+    }
 }
 
 impl PolicyIndex {
@@ -282,8 +292,7 @@ impl Matcher {
             return false;
         }
         if let Some(path) = &self.path {
-            let p = req.path();
-            let p = p.split_once('?').map_or(p, |(p, _)| p);
+            let p = until(req.path(), b'?');
             let ok = match path {
                 PathPattern::Exact(e) => p == e,
                 PathPattern::Prefix(prefix) => p.starts_with(prefix.as_str()),
@@ -318,7 +327,7 @@ fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority.find(']').and_then(|i| authority.get(..=i)).unwrap_or(authority);
     }
-    authority.split_once(':').map_or(authority, |(h, _)| h)
+    until(authority, b':')
 }
 
 impl Plan {
@@ -480,5 +489,18 @@ policies:
         assert_eq!(strip_port("a.com:80"), "a.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("a.com"), "a.com");
+    }
+
+    #[test]
+    fn text_is_cut_at_the_first_byte_and_paths_give_their_first_segment() {
+        assert_eq!(until("/a/b?x=1?y", b'?'), "/a/b");
+        assert_eq!(until("héllo:1", b':'), "héllo");
+        assert_eq!(until("", b':'), "");
+        assert_eq!(until(":", b':'), "");
+        assert_eq!(until("abc", b':'), "abc");
+        assert_eq!(first_segment("/orders/7?x"), Some("orders"));
+        assert_eq!(first_segment("/orders?x/y"), Some("orders"));
+        assert_eq!(first_segment("/"), Some(""));
+        assert_eq!(first_segment("orders/7"), None);
     }
 }
