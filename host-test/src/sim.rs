@@ -514,7 +514,9 @@ impl Sim<'_> {
         for (name, source) in &mut gen_.headers {
             headers.push((name.clone().into(), source.draw(&mut self.rng)));
         }
-        let mut source = String::from_utf8_lossy(&gen_.client_ip.draw(&mut self.rng)).into_owned();
+        let ip = gen_.client_ip.draw(&mut self.rng);
+        let mut source = String::with_capacity(ip.len() + 6);
+        source.push_str(&String::from_utf8_lossy(&ip));
         source.push(':');
         push_decimal(&mut source, 40_000 + connection % 20_000);
         let request = Request {
