@@ -214,7 +214,7 @@ impl BreakerConfig {
         match st.phase {
             Phase::Closed => {
                 self.push(&mut st.window, now, failed, slow);
-                let c = self.window_counts(&st.window, now);
+                let c = self.recorded_counts(&st.window);
                 (c.calls >= self.minimum_calls && self.over_threshold(c)).then(|| self.to_open(st, now))
             }
             Phase::HalfOpen { .. } if ticket.probe && (failed || slow) => Some(self.to_open(st, now)),
@@ -271,14 +271,15 @@ impl BreakerConfig {
             }
             (WindowState::Time { buckets }, WindowConfig::Time { bucket, buckets: count }) => {
                 let epoch = now / bucket;
+                if epoch.saturating_add(u64::from(count)) <= time_totals(buckets, count).epoch {
+                    return; // older than the window that the newest bucket ends (clock skew)
+                }
                 let slot = (epoch % u64::from(count)) as usize;
                 if let Some(b) = buckets.get_mut(slot) {
                     if b.epoch != epoch {
                         *b = Bucket { epoch, ..Bucket::default() };
                     }
-                    b.calls = b.calls.saturating_add(1);
-                    b.failed = b.failed.saturating_add(u32::from(failed));
-                    b.slow = b.slow.saturating_add(u32::from(slow));
+                    *b = b.with_call(failed, slow);
                 }
             }
             _ => {}
@@ -288,6 +289,17 @@ impl BreakerConfig {
     /// The calls currently in the window.
     pub fn counts(&self, st: &BreakerState, now: Nanos) -> WindowCounts {
         self.window_counts(&st.window, now)
+    }
+
+    /// The window a recorded outcome is judged by: a time window ends at its newest bucket (the
+    /// outcome's own, unless another worker's clock ran a little ahead).
+    fn recorded_counts(&self, w: &WindowState) -> WindowCounts {
+        match (w, self.window) {
+            (WindowState::Time { buckets }, WindowConfig::Time { buckets: count, .. }) => {
+                time_totals(buckets, count).counts()
+            }
+            _ => self.window_counts(w, 0),
+        }
     }
 
     fn window_counts(&self, w: &WindowState, now: Nanos) -> WindowCounts {
@@ -318,7 +330,7 @@ impl BreakerConfig {
     pub fn encode(&self, st: &BreakerState) -> Vec<u8> {
         let window = match &st.window {
             WindowState::Calls { failed, slow, .. } => 8 + failed.len() + slow.len(),
-            WindowState::Time { buckets } => BUCKET_BYTES * buckets.len(),
+            WindowState::Time { buckets } => BUCKET_BYTES * (1 + buckets.len()),
         };
         // Generation (4), phase (at most 1 + 8 + 4 + 4), window kind (1), window.
         let mut w = Writer::sized(TAG, 4 + 17 + 1 + window);
@@ -333,8 +345,9 @@ impl BreakerConfig {
                 w.u8(0).u32(*next).u32(*filled).bytes(failed).bytes(slow);
             }
             WindowState::Time { buckets } => {
-                w.u8(1);
-                for b in buckets {
+                w.u8(TIME_WITH_TOTALS);
+                let count = buckets.len().try_into().unwrap_or(u32::MAX);
+                for b in std::iter::once(time_totals(buckets, count)).chain(buckets.iter().copied()) {
                     w.u64(b.epoch).u32(b.calls).u32(b.failed).u32(b.slow);
                 }
             }
@@ -364,15 +377,17 @@ impl BreakerConfig {
                 }
                 WindowState::Calls { next, filled, failed, slow }
             }
-            (1, WindowConfig::Time { buckets: count, .. }) => {
+            (kind @ (TIME_BUCKETS_ONLY | TIME_WITH_TOTALS), WindowConfig::Time { buckets: count, .. }) => {
+                let mut read =
+                    || Some(Bucket { epoch: r.u64()?, calls: r.u32()?, failed: r.u32()?, slow: r.u32()? });
+                let totals = if kind == TIME_WITH_TOTALS { Some(read()?) } else { None };
                 let mut buckets = Vec::with_capacity(count as usize);
                 for _ in 0..count {
-                    buckets.push(Bucket {
-                        epoch: r.u64()?,
-                        calls: r.u32()?,
-                        failed: r.u32()?,
-                        slow: r.u32()?,
-                    });
+                    buckets.push(read()?);
+                }
+                // Totals that disagree with their buckets are damage: start over.
+                if totals.is_some_and(|t| t != time_totals(&buckets, count)) {
+                    return None;
                 }
                 WindowState::Time { buckets }
             }
@@ -393,7 +408,7 @@ impl BreakerConfig {
         let generation = r.u32()?;
         let (kind, window_bytes) = match self.window {
             WindowConfig::Calls(n) => (0, CALLS_BITMAPS_AT - CLOSED_WINDOW_AT + 2 * n.div_ceil(8) as usize),
-            WindowConfig::Time { buckets, .. } => (1, BUCKET_BYTES * buckets as usize),
+            WindowConfig::Time { buckets, .. } => (TIME_WITH_TOTALS, BUCKET_BYTES * (1 + buckets as usize)),
         };
         let shaped = r.u8()? == 0 && r.u8()? == kind && bytes.len() == CLOSED_WINDOW_AT + window_bytes;
         shaped.then_some(generation)
@@ -441,6 +456,43 @@ impl BreakerConfig {
 const CLOSED_WINDOW_AT: usize = 7;
 /// One encoded time bucket: epoch (8), calls, failed, slow (4 each).
 const BUCKET_BYTES: usize = 20;
+/// Window kinds of a time window: the buckets alone (written by builds before the totals; still
+/// read, so that an upgrade keeps the window), or the window's totals, then the buckets. The
+/// totals are a bucket too: the newest epoch with calls, and the counts of the `count` epochs
+/// that end there.
+const TIME_BUCKETS_ONLY: u8 = 1;
+const TIME_WITH_TOTALS: u8 = 2;
+
+/// The totals of a time window that ends at its newest bucket with calls (epoch 0 when none has).
+fn time_totals(buckets: &[Bucket], count: u32) -> Bucket {
+    let newest = buckets.iter().filter(|b| b.calls > 0).map(|b| b.epoch).max().unwrap_or(0);
+    let oldest = (newest + 1).saturating_sub(u64::from(count));
+    buckets.iter().filter(|b| b.calls > 0 && b.epoch >= oldest).fold(
+        Bucket { epoch: newest, ..Bucket::default() },
+        |t, b| Bucket {
+            epoch: newest,
+            calls: t.calls.saturating_add(b.calls),
+            failed: t.failed.saturating_add(b.failed),
+            slow: t.slow.saturating_add(b.slow),
+        },
+    )
+}
+
+impl Bucket {
+    fn counts(self) -> WindowCounts {
+        WindowCounts { calls: self.calls, failed: self.failed, slow: self.slow }
+    }
+
+    /// The bucket with one more call.
+    fn with_call(self, failed: bool, slow: bool) -> Bucket {
+        Bucket {
+            calls: self.calls.saturating_add(1),
+            failed: self.failed.saturating_add(u32::from(failed)),
+            slow: self.slow.saturating_add(u32::from(slow)),
+            ..self
+        }
+    }
+}
 
 impl BreakerConfig {
     /// [`Self::record`] for a closed breaker, on the encoded bytes: one bucket or one bit updated,
@@ -497,8 +549,10 @@ fn push_call_in_place(out: &mut [u8], n: u32, failed: bool, slow: bool) -> Optio
     Some((WindowCounts { calls: filled, failed: ones(failed_bits), slow: ones(slow_bits) }, changed))
 }
 
-/// Adds one outcome to the current bucket of an encoded time window; the counts after it, and
-/// that the bytes changed (a call is always counted).
+/// Adds one outcome to the current bucket of an encoded time window and keeps its totals: the
+/// buckets that fell out of the window since its newest one are taken off (none or one, unless
+/// the breaker was idle), so the window is not summed at every call. The counts after it, and
+/// whether the bytes changed (not for an outcome older than the window).
 fn push_bucket_in_place(
     out: &mut [u8],
     now: Nanos,
@@ -508,26 +562,39 @@ fn push_bucket_in_place(
     slow: bool,
 ) -> Option<(WindowCounts, bool)> {
     let epoch = now / bucket;
-    let at = CLOSED_WINDOW_AT + (epoch % u64::from(count)) as usize * BUCKET_BYTES;
-    let mut b = read_bucket(out.get(at..at + BUCKET_BYTES)?)?;
+    let count = u64::from(count);
+    let (totals_at, buckets) = out.get_mut(CLOSED_WINDOW_AT..)?.split_at_mut_checked(BUCKET_BYTES)?;
+    let mut t = read_bucket(totals_at)?;
+    if epoch.saturating_add(count) <= t.epoch {
+        return Some((t.counts(), false));
+    }
+    let slot = |epoch: u64| (epoch % count) as usize * BUCKET_BYTES;
+    if epoch > t.epoch {
+        let (old_oldest, new_oldest) =
+            ((t.epoch + 1).saturating_sub(count), (epoch + 1).saturating_sub(count));
+        if new_oldest - old_oldest >= count {
+            t = Bucket::default();
+        } else {
+            for gone in old_oldest..new_oldest {
+                let b = read_bucket(buckets.get(slot(gone)..slot(gone) + BUCKET_BYTES)?)?;
+                if b.calls > 0 && b.epoch == gone {
+                    t.calls = t.calls.saturating_sub(b.calls);
+                    t.failed = t.failed.saturating_sub(b.failed);
+                    t.slow = t.slow.saturating_sub(b.slow);
+                }
+            }
+        }
+        t.epoch = epoch;
+    }
+    let at = buckets.get_mut(slot(epoch)..slot(epoch) + BUCKET_BYTES)?;
+    let mut b = read_bucket(at)?;
     if b.epoch != epoch {
         b = Bucket { epoch, ..Bucket::default() };
     }
-    b.calls = b.calls.saturating_add(1);
-    b.failed = b.failed.saturating_add(u32::from(failed));
-    b.slow = b.slow.saturating_add(u32::from(slow));
-    write_bucket(out.get_mut(at..at + BUCKET_BYTES)?, b);
-    let oldest = epoch.saturating_sub(u64::from(count) - 1);
-    let mut c = WindowCounts::default();
-    for chunk in out.get(CLOSED_WINDOW_AT..)?.chunks_exact(BUCKET_BYTES) {
-        let b = read_bucket(chunk)?;
-        if b.calls > 0 && b.epoch >= oldest && b.epoch <= epoch {
-            c.calls = c.calls.saturating_add(b.calls);
-            c.failed = c.failed.saturating_add(b.failed);
-            c.slow = c.slow.saturating_add(b.slow);
-        }
-    }
-    Some((c, true))
+    write_bucket(at, b.with_call(failed, slow));
+    let t = t.with_call(failed, slow);
+    write_bucket(totals_at, t);
+    Some((t.counts(), true))
 }
 
 fn read_bucket(b: &[u8]) -> Option<Bucket> {
@@ -713,10 +780,45 @@ mod tests {
         assert_eq!(c.encode(&c.new_state()).len(), 1 + 4 + 1 + 1 + 4 + 4 + 13 + 13);
     }
 
+    #[test]
+    fn time_windows_keep_totals_and_read_the_format_without_them() {
+        let c = config(Window::Time(Duration::from_millis(1_000)), 100, 50, 2);
+        let mut st = c.new_state();
+        for i in 0..25 {
+            call(&c, &mut st, i * 50 * MS, i % 5 == 0);
+        }
+        let bytes = c.encode(&st);
+        // tag, generation, phase, kind, then the totals and the 10 buckets of 100 ms.
+        assert_eq!(bytes.len(), CLOSED_WINDOW_AT + BUCKET_BYTES * 11);
+        assert_eq!(bytes[CLOSED_WINDOW_AT - 1], TIME_WITH_TOTALS);
+        let totals = read_bucket(&bytes[CLOSED_WINDOW_AT..CLOSED_WINDOW_AT + BUCKET_BYTES]).unwrap();
+        // Calls at 0..1200 ms; the window ending at bucket 12 (1200 ms) holds 300..1200 ms.
+        assert_eq!((totals.epoch, totals.counts()), (12, WindowCounts { calls: 19, failed: 3, slow: 0 }));
+        assert_eq!(totals.counts(), c.counts(&st, 1200 * MS));
+
+        // The same state as builds before the totals wrote it: still read, and written back
+        // with totals at the next outcome.
+        let mut old = bytes[..CLOSED_WINDOW_AT].to_vec();
+        old[CLOSED_WINDOW_AT - 1] = TIME_BUCKETS_ONLY;
+        old.extend_from_slice(&bytes[CLOSED_WINDOW_AT + BUCKET_BYTES..]);
+        assert_eq!(c.decode(&old), Some(st.clone()));
+        let Admission::Admitted(ticket) = c.admit_bytes(Some(&old), 1200 * MS).0.0 else { panic!("closed") };
+        let (_, written) = c.record_bytes(Some(&old), 1200 * MS, ticket, false, MS);
+        let mut expected = st.clone();
+        c.record(&mut expected, 1200 * MS, ticket, false, MS);
+        assert_eq!(written, Some(c.encode(&expected)));
+
+        // Totals that disagree with the buckets are damage.
+        let mut damaged = bytes.clone();
+        damaged[CLOSED_WINDOW_AT + 8] ^= 1;
+        assert_eq!(c.decode(&damaged), None);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Call { failed: bool, slow: bool },
         Wait(u64),
+        Back(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -756,12 +858,14 @@ mod tests {
     proptest! {
         /// The hot paths on encoded bytes (a closed breaker's admission, one bucket or one bit
         /// recorded in place) decide and write exactly what decoding, deciding and encoding would.
+        /// Time may also step back (another worker's clock, a little behind), by less than a
+        /// bucket or by more than the window.
         #[test]
         fn fast_paths_agree_with_the_full_path(
             window in prop_oneof![(1u32..40).prop_map(Window::Calls), (1u64..12).prop_map(|s| Window::Time(Duration::from_millis(s * 1000)))],
             minimum_calls in 1u32..30,
             failure_rate in 1u8..=100,
-            ops in proptest::collection::vec(op(), 1..300),
+            ops in proptest::collection::vec(prop_oneof![8 => op(), 1 => (0u64..2500).prop_map(Op::Back)], 1..300),
         ) {
             let minimum_calls = match window { Window::Calls(n) => minimum_calls.min(n), _ => minimum_calls };
             let c = config(window, minimum_calls, failure_rate, 2);
@@ -770,6 +874,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Wait(ms) => now += ms * MS * 7,
+                    Op::Back(ms) => now = now.saturating_sub(ms * MS * 7),
                     Op::Call { failed, slow } => {
                         let fast = c.admit_bytes(Some(&bytes), now);
                         prop_assert_eq!(&fast, &full_admit(&c, &bytes, now));
@@ -806,6 +911,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Wait(ms) => now += ms * MS,
+                    Op::Back(_) => {}
                     Op::Call { failed, slow } => {
                         let ((admission, transition, phase), w) = c.admit_bytes(Some(&bytes), now);
                         if let Some(w) = w { bytes = w; }
