@@ -4,10 +4,11 @@
 //! through `proxy_on_memory_allocate`, header values, the decision's bookkeeping. Each went
 //! through wasi-libc's dlmalloc (about 540 instructions for an allocation and its free). Here a
 //! block of up to [`MAX_SMALL`] bytes is taken from, and given back to, a free list of its size
-//! class (16, 32, 64, ... bytes): a few dozen instructions. Blocks of a class come from the
-//! system allocator when its list is empty and are kept for reuse after that, so the pools grow to
-//! the peak number of live blocks per class and no further; larger or over-aligned blocks go to
-//! the system allocator directly.
+//! class (8, 16, 24, ... 512 bytes, then 1, 2 and 4 KiB): a few dozen instructions. Blocks of a
+//! class come from the system allocator, always in the class's size, when its list is empty and
+//! are kept for reuse after that, so the pools grow to the peak number of live blocks per class
+//! and no further; larger or over-aligned blocks go to the system allocator directly. Loading a
+//! configuration bypasses the lists ([`bypassing_pools`]).
 //!
 //! Sound only where one thread touches the heap: proxy-wasm guests (wasm32 without the `atomics`
 //! feature). The global registration is limited to that target; [`Pools`] itself is plain data and
@@ -19,15 +20,20 @@ use std::ptr;
 
 /// The largest block served from a free list.
 pub const MAX_SMALL: usize = 4096;
-/// The alignment every pooled block has (and the smallest class).
-const MIN_BLOCK: usize = 16;
-/// Size classes 16, 32, 64, ... 4096.
-const CLASSES: usize = (MAX_SMALL / MIN_BLOCK).trailing_zeros() as usize + 1;
+/// The alignment of every pooled block: the system allocator's own (wasi-libc's malloc on wasm32
+/// gives 8; a larger one would send every new block through `posix_memalign`, slower and with
+/// more waste).
+const BLOCK_ALIGN: usize = 8;
+/// Size classes: every 8 bytes up to 512 (wasi-libc's malloc rounds to 8 bytes too, so small
+/// blocks take no more memory than they did from it), then 1024, 2048 and 4096.
+const CLASSES: usize = 67;
 
-/// The heads of the free lists, one per size class. A free block holds the address of the next.
+/// The heads of the free lists, one per size class (a free block holds the address of the next),
+/// and whether the lists are bypassed (see [`Pools::set_bypass`]).
 #[derive(Debug)]
 pub struct Pools {
     free: [*mut u8; CLASSES],
+    bypass: bool,
 }
 
 impl Default for Pools {
@@ -37,30 +43,50 @@ impl Default for Pools {
 }
 
 /// The size class of a layout, or `None` for blocks the system allocator serves directly.
+#[inline]
 fn class(layout: Layout) -> Option<usize> {
-    if layout.size() > MAX_SMALL || layout.align() > MIN_BLOCK {
+    if layout.size() > MAX_SMALL || layout.align() > BLOCK_ALIGN {
         return None;
     }
-    // 1..=16 bytes: class 0, 17..=32: class 1, and so on.
-    Some((usize::BITS - (layout.size().saturating_sub(1) / MIN_BLOCK).leading_zeros()) as usize)
+    let n = layout.size().saturating_sub(1);
+    Some(if n < 512 { n / 8 } else { 63 + (usize::BITS - (n >> 9).leading_zeros()) as usize })
 }
 
-/// A new block from the system allocator: a whole class block for a pooled layout. Kept out of
-/// line so that the common case, a block from a free list, needs no stack frame.
+/// The size of every block of a class.
+fn class_size(class: usize) -> usize {
+    if class < 64 { 8 * (class + 1) } else { 512 << (class - 63) }
+}
+
+/// The layout in which the system allocator holds every block of a pooled layout's class (the
+/// layout itself for the others): whichever way a block is freed, the system allocator gets it
+/// back with the layout it gave it in.
+fn system_layout(layout: Layout) -> Layout {
+    match class(layout) {
+        Some(c) => Layout::from_size_align(class_size(c), BLOCK_ALIGN).unwrap_or(layout),
+        None => layout,
+    }
+}
+
+/// A new block from the system allocator. Kept out of line so that the common case, a block
+/// from a free list, needs no stack frame.
 #[cold]
 #[inline(never)]
 unsafe fn from_system(layout: Layout, system: &impl GlobalAlloc) -> *mut u8 {
-    let layout = match class(layout) {
-        // MIN_BLOCK << c is a power of two no larger than MAX_SMALL: always a valid layout.
-        Some(c) => Layout::from_size_align(MIN_BLOCK << c, MIN_BLOCK).unwrap_or(layout),
-        None => layout,
-    };
-    unsafe { system.alloc(layout) }
+    unsafe { system.alloc(system_layout(layout)) }
 }
 
 impl Pools {
     pub const fn new() -> Pools {
-        Pools { free: [ptr::null_mut(); CLASSES] }
+        Pools { free: [ptr::null_mut(); CLASSES], bypass: false }
+    }
+
+    /// While on, blocks are taken from and given back to the system allocator directly (still
+    /// in their class sizes, so that a block may be freed either way): for work that allocates
+    /// much and keeps little, like loading a configuration, where blocks parked in the lists of
+    /// one class could not serve another and the heap would grow (and a fresh wasm page costs
+    /// a page fault).
+    pub fn set_bypass(&mut self, on: bool) {
+        self.bypass = on;
     }
 
     /// Allocates like `GlobalAlloc::alloc`, taking new memory from `system`.
@@ -68,8 +94,10 @@ impl Pools {
     /// # Safety
     /// The contract of [`GlobalAlloc::alloc`]; `system` must be the allocator every other call
     /// on these pools was given.
+    #[inline]
     pub unsafe fn alloc(&mut self, layout: Layout, system: &impl GlobalAlloc) -> *mut u8 {
-        if let Some(c) = class(layout)
+        if !self.bypass
+            && let Some(c) = class(layout)
             && let Some(head) = self.free.get_mut(c)
             && !head.is_null()
         {
@@ -85,10 +113,15 @@ impl Pools {
     ///
     /// # Safety
     /// The contract of [`GlobalAlloc::dealloc`]: `ptr` came from these pools with `layout`.
+    #[inline]
     pub unsafe fn dealloc(&mut self, ptr: *mut u8, layout: Layout, system: &impl GlobalAlloc) {
-        let Some(c) = class(layout) else { return unsafe { system.dealloc(ptr, layout) } };
-        unsafe { ptr.cast::<*mut u8>().write(self.free[c]) };
-        self.free[c] = ptr;
+        match class(layout) {
+            Some(c) if !self.bypass && c < CLASSES => {
+                unsafe { ptr.cast::<*mut u8>().write(self.free[c]) };
+                self.free[c] = ptr;
+            }
+            _ => unsafe { system.dealloc(ptr, system_layout(layout)) },
+        }
     }
 
     /// Resizes like `GlobalAlloc::realloc`; a block that stays in its class stays where it is.
@@ -122,6 +155,19 @@ impl Pools {
     }
 }
 
+/// Runs `f` with the guest's free lists bypassed ([`Pools::set_bypass`]); natively, just runs it.
+pub fn bypassing_pools<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    {
+        global::set_bypass(true);
+        let out = f();
+        global::set_bypass(false);
+        out
+    }
+    #[cfg(not(all(target_arch = "wasm32", not(target_feature = "atomics"))))]
+    f()
+}
+
 /// The guest's global allocator: [`Pools`] over the system allocator.
 #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 mod global {
@@ -137,6 +183,12 @@ mod global {
 
     #[global_allocator]
     static GUEST: Guest = Guest(UnsafeCell::new(Pools::new()));
+
+    pub fn set_bypass(on: bool) {
+        // No allocation is under way here (the guest has one thread, and this is not called from
+        // inside the allocator), so nothing else holds the pools.
+        unsafe { (*GUEST.0.get()).set_bypass(on) }
+    }
 
     unsafe impl GlobalAlloc for Guest {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -186,17 +238,17 @@ mod tests {
     }
 
     #[test]
-    fn size_classes_are_powers_of_two_from_16_to_the_largest_small_block() {
-        assert_eq!(CLASSES, 9);
-        for (size, want) in
-            [(1, 0), (16, 0), (17, 1), (32, 1), (33, 2), (64, 2), (65, 3), (4095, 8), (4096, 8)]
-        {
-            assert_eq!(class(layout(size, 1)), Some(want), "{size} bytes");
-            assert!(MIN_BLOCK << want >= size && (want == 0 || MIN_BLOCK << (want - 1) < size));
+    fn every_small_size_has_the_smallest_class_that_holds_it() {
+        for size in 1..=MAX_SMALL {
+            let c = class(layout(size, 1)).unwrap();
+            assert!(c < CLASSES && class_size(c) >= size, "{size} bytes in class {c}");
+            assert!(c == 0 || class_size(c - 1) < size, "{size} bytes fit a smaller class than {c}");
         }
-        assert_eq!(class(layout(4097, 1)), None, "larger blocks go to the system allocator");
-        assert_eq!(class(layout(8, 16)), Some(0));
-        assert_eq!(class(layout(8, 32)), None, "over-aligned blocks go to the system allocator");
+        assert_eq!(class(layout(MAX_SMALL, 1)), Some(CLASSES - 1));
+        assert_eq!((class(layout(512, 1)), class(layout(513, 1))), (Some(63), Some(64)));
+        assert_eq!(class(layout(MAX_SMALL + 1, 1)), None, "larger blocks go to the system allocator");
+        assert_eq!(class(layout(8, 8)), Some(0));
+        assert_eq!(class(layout(8, 16)), None, "over-aligned blocks go to the system allocator");
     }
 
     #[test]
@@ -206,19 +258,37 @@ mod tests {
         unsafe {
             let a = pools.alloc(layout(24, 8), &system);
             assert_eq!(system.allocs.get(), 1);
-            assert_eq!(a as usize % MIN_BLOCK, 0, "pooled blocks are 16-aligned");
+            assert_eq!(a as usize % BLOCK_ALIGN, 0, "pooled blocks are 8-aligned");
             pools.dealloc(a, layout(24, 8), &system);
             assert_eq!(system.deallocs.get(), 0, "a pooled block is kept");
-            let b = pools.alloc(layout(30, 1), &system);
+            let b = pools.alloc(layout(20, 1), &system);
             assert_eq!(b, a, "the same class takes the freed block");
             let c = pools.alloc(layout(40, 1), &system);
             assert_ne!(c, a, "another class does not");
             assert_eq!(system.allocs.get(), 2);
-            pools.dealloc(b, layout(30, 1), &system);
+            pools.dealloc(b, layout(20, 1), &system);
             pools.dealloc(c, layout(40, 1), &system);
             let big = pools.alloc(layout(5000, 1), &system);
             pools.dealloc(big, layout(5000, 1), &system);
             assert_eq!((system.allocs.get(), system.deallocs.get()), (3, 1), "large blocks come and go");
+        }
+    }
+
+    #[test]
+    fn bypassed_lists_leave_blocks_to_the_system_allocator_and_keep_theirs() {
+        let system = Counting::default();
+        let mut pools = Pools::new();
+        unsafe {
+            let listed = pools.alloc(layout(30, 1), &system);
+            pools.dealloc(listed, layout(30, 1), &system);
+            pools.set_bypass(true);
+            let fresh = pools.alloc(layout(30, 1), &system);
+            assert_ne!(fresh, listed, "the lists are not used");
+            let moved = pools.realloc(fresh, layout(30, 1), 100, &system);
+            pools.dealloc(moved, layout(100, 1), &system);
+            assert_eq!((system.allocs.get(), system.deallocs.get()), (3, 2));
+            pools.set_bypass(false);
+            assert_eq!(pools.alloc(layout(26, 1), &system), listed, "the list kept its block");
         }
     }
 
@@ -229,9 +299,9 @@ mod tests {
         unsafe {
             let a = pools.alloc(layout(20, 1), &system);
             ptr::copy_nonoverlapping(b"0123456789abcdefghij".as_ptr(), a, 20);
-            let same = pools.realloc(a, layout(20, 1), 32, &system);
+            let same = pools.realloc(a, layout(20, 1), 24, &system);
             assert_eq!(same, a);
-            let moved = pools.realloc(same, layout(32, 1), 100, &system);
+            let moved = pools.realloc(same, layout(24, 1), 100, &system);
             assert_ne!(moved, a);
             assert_eq!(std::slice::from_raw_parts(moved, 20), b"0123456789abcdefghij");
             assert_eq!(pools.alloc(layout(17, 1), &system), a, "the old block went back to its list");
@@ -243,16 +313,17 @@ mod tests {
     }
 
     proptest! {
-        /// Any sequence of allocations, resizes and frees: live blocks never overlap, keep their
-        /// bytes, and all of them are handed back.
+        /// Any sequence of allocations, resizes and frees, with the lists bypassed at times:
+        /// live blocks never overlap, keep their bytes, and all of them are handed back.
         #[test]
         fn live_blocks_never_overlap_and_keep_their_bytes(
-            ops in prop::collection::vec((0u8..3, 1usize..6000, any::<u8>(), any::<prop::sample::Index>()), 1..300)
+            ops in prop::collection::vec((0u8..4, 1usize..6000, any::<u8>(), any::<prop::sample::Index>()), 1..300)
         ) {
             let mut pools = Pools::new();
             let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
             for (op, size, fill, pick) in ops {
                 match (op, live.is_empty()) {
+                    (3, _) => pools.set_bypass(size % 2 == 0),
                     (0, _) | (_, true) => {
                         let l = layout(size, 1 << (size % 6));
                         let p = unsafe { pools.alloc(l, &System) };

@@ -52,6 +52,22 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        // Loading allocates much and keeps little: straight from the system allocator, whose
+        // freed blocks serve any size (see `alloc`); the old plan goes back to it too.
+        alloc::bypassing_pools(|| self.configure())
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http { config: self.config.clone(), admitted: None, exchange: None, attempts: None }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Root {
+    fn configure(&mut self) -> bool {
         let started = host::now();
         match load_plan(&host::plugin_configuration()) {
             Ok(plan) => {
@@ -79,14 +95,6 @@ impl RootContext for Root {
                 false
             }
         }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { config: self.config.clone(), admitted: None, exchange: None, attempts: None }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }
 
