@@ -213,6 +213,12 @@ class Envoy:
             kib = int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
         return kib / 1024
 
+    def cpu_seconds(self):
+        """User and system CPU time of the process so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -262,16 +268,22 @@ def med(values):
     return statistics.median(values)
 
 
-def interleave(targets, rounds, seconds, label):
-    """wrk on every target in turn, `rounds` times; medians per target."""
-    runs = {name: [] for name in targets}
+def interleave(envoys, rounds, seconds, label, path="/"):
+    """wrk on every Envoy in turn, `rounds` times; medians per Envoy. `cpu_us` is the Envoy
+    process's CPU time per request: unlike requests/s, it does not count the time the machine's
+    other work took the core away, so it is the steadier measure of what a filter costs."""
+    runs = {name: [] for name in envoys}
     for r in range(rounds):
-        for name, (port, path) in targets.items():
-            runs[name].append(wrk(port, seconds, path=path))
-        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{n} {runs[n][-1]['rps']:.0f}/s" for n in targets),
+        for name, e in envoys.items():
+            cpu = e.cpu_seconds()
+            run = wrk(e.port, seconds, path=path)
+            run["cpu_us"] = (e.cpu_seconds() - cpu) / max(1, run["requests"]) * 1e6
+            runs[name].append(run)
+        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{n} {runs[n][-1]['rps']:.0f}/s" for n in envoys),
               flush=True)
-    return {name: {k: med([x[k] for x in v]) for k in ("rps", "p50", "p99")} | {"non2xx": sum(x["non2xx"] for x in v),
-            "requests": sum(x["requests"] for x in v)} for name, v in runs.items()}
+    return {name: {k: med([x[k] for x in v]) for k in ("rps", "p50", "p99", "cpu_us")}
+            | {"non2xx": sum(x["non2xx"] for x in v), "requests": sum(x["requests"] for x in v)}
+            for name, v in runs.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +318,7 @@ def overhead(bench, concurrency, rounds, seconds, baseline=None):
         PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, e_policy)], up.port), concurrency).wait_ready()
     for e in envoys.values():
         warm_up(e.port)  # the JIT and the connection pools
-    result = interleave({k: (e.port, "/") for k, e in envoys.items()}, rounds, seconds, f"overhead c{concurrency}")
+    result = interleave(envoys, rounds, seconds, f"overhead c{concurrency}")
     for k in "abcd":
         if result[k]["non2xx"]:
             raise RuntimeError(f"overhead: variant {k} answered {result[k]['non2xx']} non-2xx: the comparison is void")
@@ -327,11 +339,15 @@ FEATURES = {
 }
 
 
+MIMIC = "no-op making (d)'s host calls"
+
+
 def features(bench, rounds, seconds):
     """What each part of policy (d) costs on its own, against the no-op filter."""
     up = Envoy(bench, "features-upstream", bootstrap(DIRECT, []), 1).wait_ready()
     filters = {"no-op": wasm_filter("noop", NOOP_WASM, ""),
-               "no-op setting the same router headers": wasm_filter("noop", NOOP_WASM, "router 1")}
+               "no-op setting the same router headers": wasm_filter("noop", NOOP_WASM, "router 1"),
+               MIMIC: wasm_filter("noop", NOOP_WASM, "mimic 7")}
     for name, body in FEATURES.items():
         if SMOKE and name != "rate_limit":
             continue
@@ -342,11 +358,15 @@ def features(bench, rounds, seconds):
     for e in envoys.values():
         e.wait_ready()
         warm_up(e.port)
-    result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, "features")
+    result = interleave(envoys, rounds, seconds, "features")
     for e in list(envoys.values()) + [up]:
         e.stop()
-    floor = result["no-op"]["rps"]
-    return {name: {"rps": x["rps"], "ratio": x["rps"] / floor, "extra_us": (1 / x["rps"] - 1 / floor) * 1e6}
+    for name, x in result.items():
+        if x["non2xx"]:
+            raise RuntimeError(f"features: {name} answered {x['non2xx']} non-2xx: the comparison is void")
+    floor, floor_cpu = result["no-op"]["rps"], result["no-op"]["cpu_us"]
+    return {name: {"rps": x["rps"], "ratio": x["rps"] / floor, "extra_us": (1 / x["rps"] - 1 / floor) * 1e6,
+                   "extra_cpu_us": x["cpu_us"] - floor_cpu}
             for name, x in result.items()}
 
 
@@ -358,7 +378,7 @@ def measure_side_by_side(envoys, rounds, seconds, label):
     for e in envoys.values():
         e.wait_ready()
         warm_up(e.port)
-    result = interleave({n: (e.port, "/") for n, e in envoys.items()}, rounds, seconds, label)
+    result = interleave(envoys, rounds, seconds, label)
     for e in envoys.values():
         e.stop()
     return result
@@ -464,7 +484,7 @@ def scale(bench, counts, rounds, seconds, publishes):
         envoys[n] = Envoy(bench, f"scale-{n}", bootstrap(
             PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, compiled)], up.port), 1).wait_ready()
         warm_up(envoys[n].port, "/last/x")
-    result = interleave({n: (e.port, "/last/x") for n, e in envoys.items()}, rounds, seconds, "scale")
+    result = interleave(envoys, rounds, seconds, "scale", path="/last/x")
     parse = {}
     for n, e in envoys.items():
         lines = [m for m in PARSED.findall(e.log()) if int(m[0]) == n]
@@ -614,12 +634,28 @@ def report(r, args):
         out += ["### What each part of a policy costs", "",
                 f"Policy (d) split into its parts, each alone, against the no-op filter; Envoy --concurrency 1, "
                 f"proxied route, {args.rounds} interleaved rounds of {args.seconds} s. Extra µs = the Envoy "
-                "worker's extra time per request. The second row is the no-op filter setting the retry and "
-                "timeout headers breakwater sets: Envoy's router's own cost of retry state and timers, which any "
-                "retry configuration pays.", "", "| policy | requests/s | vs no-op | extra µs per request |",
-                "|---|---:|---:|---:|"]
+                "worker's extra time per request (1/throughput); extra CPU µs = the Envoy process's extra CPU "
+                "time per request (steadier: it leaves out time the machine's other work took). The second row is "
+                "the no-op filter setting the retry and timeout headers breakwater sets: Envoy's router's own cost "
+                "of retry state and timers, which any retry configuration pays. The third makes every host call "
+                "policy (d) makes, in the same callbacks and with values of the same sizes, and nothing else: "
+                "the floor for any filter that does (d)'s work through these calls, and what (d)'s own logic is "
+                "measured against.", "",
+                "| policy | requests/s | vs no-op | extra µs per request | extra CPU µs per request |",
+                "|---|---:|---:|---:|---:|"]
         for name, x in r["features"].items():
-            out.append(f"| {name} | {x['rps']:.0f} | {x['ratio']:.3f} | {x['extra_us']:.1f} |")
+            out.append(f"| {name} | {x['rps']:.0f} | {x['ratio']:.3f} | {x['extra_us']:.1f} | "
+                       f"{x['extra_cpu_us']:.1f} |")
+        f = r["features"]
+        if MIMIC in f and "all (d)" in f:
+            logic = f["all (d)"]["rps"] / f[MIMIC]["rps"]
+            out += ["", f"(d) against the same host calls without the logic: {logic:.3f} "
+                        f"({f['all (d)']['extra_us'] - f[MIMIC]['extra_us']:.1f} µs, "
+                        f"{f['all (d)']['extra_cpu_us'] - f[MIMIC]['extra_cpu_us']:.1f} CPU µs per request)."]
+            targets.append(("the host calls of (d) alone, no logic (the floor of d/c; features section)",
+                            f"{f[MIMIC]['ratio']:.3f}", None))
+            targets.append(("d / those host calls alone: what breakwater's own logic costs (features section)",
+                            f"{logic:.3f}", None))
         out.append("")
     if "calls" in r:
         c = r["calls"]

@@ -3,6 +3,8 @@
 //! Its plugin configuration can name one host call and a count (`shared_get 10`); the filter then
 //! makes that call that many extra times per request, so that `bench/run.py` can price each kind
 //! of host call in real Envoy against the floor. An empty configuration is the plain floor.
+//! `mimic 7` makes every host call breakwater makes for the benchmark's policy (d), and nothing
+//! else: the floor for breakwater's own logic.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -37,10 +39,26 @@ enum Call {
     /// Sets breakwater's router headers for 2 retries on 5xx and a 5 s timeout (count ignored):
     /// what Envoy's router costs when a filter asks it to retry, without any policy logic.
     Router,
+    /// Every host call policy (d) of `bench/run.py` makes, in the same callbacks, with values of
+    /// the same sizes, and no policy logic: the floor for breakwater's own code. The count says
+    /// which callbacks make their calls, as bits: 1 request headers, 2 response headers, 4 on_log.
+    Mimic,
+}
+
+/// About the size of policy (d)'s shared record (its rate limit, concurrency count, breaker window
+/// and retry budget): 235 bytes of key and value in `MemoryStore::bytes` after 200 requests.
+const RECORD_BYTES: usize = 224;
+
+#[derive(Clone, Copy)]
+struct Extra {
+    call: Call,
+    count: u32,
+    metric: u32,
+    gauge: u32,
 }
 
 struct Root {
-    extra: Option<(Call, u32, u32)>,
+    extra: Option<Extra>,
 }
 
 impl Context for Root {}
@@ -64,13 +82,16 @@ impl RootContext for Root {
             Some("router") => Call::Router,
             Some("attempts") => Call::Attempts,
             Some("status") => Call::Status,
+            Some("mimic") => Call::Mimic,
             Some(_) => return false,
         };
         let Some(count) = words.next().and_then(|n| n.parse().ok()) else { return false };
         let count = if matches!(call, Call::Router) { 1 } else { count };
         let metric = hostcalls::define_metric(MetricType::Counter, "bench.calls").unwrap_or(0);
+        let gauge = hostcalls::define_metric(MetricType::Gauge, "bench.gauge").unwrap_or(0);
         let _ = hostcalls::set_shared_data("bench", Some(b"01234567"), None);
-        self.extra = Some((call, count, metric));
+        let _ = hostcalls::set_shared_data("bench.record", Some(&[7u8; RECORD_BYTES]), None);
+        self.extra = Some(Extra { call, count, metric, gauge });
         true
     }
 
@@ -84,14 +105,25 @@ impl RootContext for Root {
 }
 
 struct Noop {
-    extra: Option<(Call, u32, u32)>,
+    extra: Option<Extra>,
+}
+
+/// Policy (d)'s shared-data work at one stream point: the record read and written back with its
+/// CAS, the clock read, the in-flight gauge recorded.
+fn mimic_record(gauge: u32) {
+    let _ = hostcalls::get_current_time();
+    if let Ok((Some(value), cas)) = hostcalls::get_shared_data("bench.record") {
+        let _ = hostcalls::set_shared_data("bench.record", Some(&value), cas);
+    }
+    let _ = hostcalls::record_metric(gauge, 1);
 }
 
 impl Context for Noop {}
 impl HttpContext for Noop {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
-        if let Some((call, count, metric)) = self.extra {
+        if let Some(Extra { call, count, metric, gauge }) = self.extra {
+            let count = if matches!(call, Call::Mimic) { count & 1 } else { count };
             for _ in 0..count {
                 match call {
                     Call::Header => {
@@ -119,15 +151,12 @@ impl HttpContext for Noop {
                     }
                     // Made at response headers, below.
                     Call::Attempts | Call::Status => {}
-                    Call::Router => {
-                        for (name, value) in [
-                            ("x-envoy-retry-on", "5xx"),
-                            ("x-envoy-max-retries", "2"),
-                            ("x-envoy-upstream-rq-timeout-ms", "5000"),
-                        ] {
-                            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
-                        }
+                    Call::Mimic => {
+                        mimic_record(gauge);
+                        let _ = hostcalls::increment_metric(metric, 1);
+                        set_router_headers();
                     }
+                    Call::Router => set_router_headers(),
                 }
             }
         }
@@ -135,19 +164,52 @@ impl HttpContext for Noop {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        match self.extra {
-            Some((Call::Attempts, count, _)) => {
+        match self.extra.map(|e| (e.call, e.count)) {
+            Some((Call::Attempts, count)) => {
                 for _ in 0..count {
                     let _ = hostcalls::get_property(vec!["upstream", "request_attempt_count"]);
                 }
             }
-            Some((Call::Status, count, _)) => {
+            Some((Call::Status, count)) => {
                 for _ in 0..count {
                     let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status");
                 }
             }
+            Some((Call::Mimic, parts)) if parts & 2 != 0 => {
+                let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "x-envoy-attempt-count");
+                let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status");
+                let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "ratelimit", RATELIMIT);
+                let _ = hostcalls::add_map_value(
+                    MapType::HttpResponseHeaders,
+                    "ratelimit-policy",
+                    RATELIMIT_POLICY,
+                );
+            }
             _ => {}
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Some(Extra { call: Call::Mimic, count, gauge, .. }) = self.extra
+            && count & 4 != 0
+        {
+            mimic_record(gauge);
+        }
+    }
+}
+
+/// The IETF RateLimit fields policy (d) adds to every response.
+const RATELIMIT: &str = "\"bench\";r=999999999;t=0";
+const RATELIMIT_POLICY: &str = "\"bench\";q=1000000000;w=1";
+
+/// The router headers breakwater sets for 2 retries on 5xx and a 5 s timeout.
+fn set_router_headers() {
+    for (name, value) in [
+        ("x-envoy-retry-on", "5xx"),
+        ("x-envoy-max-retries", "2"),
+        ("x-envoy-upstream-rq-timeout-ms", "5000"),
+    ] {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
     }
 }
