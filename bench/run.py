@@ -271,7 +271,7 @@ def med(values):
 def interleave(envoys, rounds, seconds, label, path="/"):
     """wrk on every Envoy in turn, `rounds` times; medians per Envoy. `cpu_us` is the Envoy
     process's CPU time per request: unlike requests/s, it does not count the time the machine's
-    other work took the core away, so it is the steadier measure of what a filter costs."""
+    other work took the core away (it still moves between runs: caches and clock are shared)."""
     runs = {name: [] for name in envoys}
     for r in range(rounds):
         for name, e in envoys.items():
@@ -635,7 +635,8 @@ def report(r, args):
                 f"Policy (d) split into its parts, each alone, against the no-op filter; Envoy --concurrency 1, "
                 f"proxied route, {args.rounds} interleaved rounds of {args.seconds} s. Extra µs = the Envoy "
                 "worker's extra time per request (1/throughput); extra CPU µs = the Envoy process's extra CPU "
-                "time per request (steadier: it leaves out time the machine's other work took). The second row is "
+                "time per request (it leaves out time the machine's other work took, not the rest of the noise). "
+                "The second row is "
                 "the no-op filter setting the retry and timeout headers breakwater sets: Envoy's router's own cost "
                 "of retry state and timers, which any retry configuration pays. The third makes every host call "
                 "policy (d) makes, in the same callbacks and with values of the same sizes, and nothing else: "
