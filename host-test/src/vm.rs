@@ -722,12 +722,12 @@ fn reply_response(reply: &LocalReply) -> Response {
     }
 }
 
-/// A status code as header bytes, without the formatting machinery (once per response).
 /// Header maps are made with room for this many headers more, so that the ones a filter adds
 /// (router instructions, rate-limit headers) do not grow them: a reallocation and a copy per
 /// request in the speed bench.
 const ROOM_FOR_FILTER_HEADERS: usize = 4;
 
+/// A status code as header bytes, without the formatting machinery (once per response).
 fn status_bytes(status: u16) -> Vec<u8> {
     if (100..1000).contains(&status) {
         vec![b'0' + (status / 100) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8]
