@@ -4,10 +4,7 @@ use serde_json::{Map, Value, json};
 
 /// Prometheus labels for breakwater's metrics: the `stats_tags` every Envoy configuration needs
 /// (envoy/demo.yaml has the same two; a test keeps them equal).
-pub const STATS_TAGS: [(&str, &str); 2] = [
-    ("policy", r"^wasmcustom\.breakwater\.[a-z_]+(\.policy\.([a-z0-9-]+))"),
-    ("decision", r"^wasmcustom\.breakwater\..+(\.decision\.([a-z_]+))$"),
-];
+pub use breakwater_policy::metrics::STATS_TAGS;
 
 /// Where the plugin applies.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use breakwater_host_test::Host;
 use breakwater_host_test::sim::{self, Loaded};
-use breakwater_policy::scenario::{self, Report};
+use breakwater_scenario::{self as scenario, Report};
 use serde::Serialize;
 
 /// Where `breakwater test` looks for the compiled filter when `--wasm` is not given: the

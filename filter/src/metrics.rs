@@ -1,16 +1,5 @@
-//! Envoy metrics per policy and decision.
-//!
-//! Names carry their labels as `.policy.<name>` and `.decision.<decision>` segments, which the
-//! `stats_tags` of the shipped Envoy configurations (envoy/) turn into Prometheus labels:
-//!
-//! ```text
-//! breakwater.requests.policy.checkout.decision.rate_limited
-//!   → breakwater_requests{policy="checkout",decision="rate_limited"}
-//! breakwater.breaker_state.policy.checkout   (gauge: 0 closed, 1 open, 2 half-open)
-//! breakwater.in_flight.policy.checkout       (gauge: requests holding a concurrency slot)
-//! ```
-//!
-//! `retried` counts retries performed (not requests); every other decision counts requests.
+//! Envoy metrics per policy and decision, named by [`breakwater_policy::metrics`] (which shows
+//! the names and the Prometheus labels they become).
 //!
 //! Envoy hands out a new metric id on every `define_metric` call, also for a name defined before,
 //! and keeps every id for the life of the VM. Defining a policy's metrics again on each
@@ -21,17 +10,16 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use breakwater_policy::enforce::{Decision, Event};
+use breakwater_policy::enforce::Event;
+use breakwater_policy::metrics::{Counter, Gauge, counter_name, gauge_name};
 use breakwater_policy::plan::Plan;
 
 use crate::host;
 
-/// The counters of one policy, in their order.
-pub use breakwater_policy::enforce::COUNTERS as DECISIONS;
-
 #[derive(Debug, Clone, Copy, Default)]
 struct PolicyMetrics {
-    decisions: [Option<u32>; DECISIONS.len()],
+    /// By [`Counter::index`].
+    counters: [Option<u32>; Counter::ALL.len()],
     breaker_state: Option<u32>,
     in_flight: Option<u32>,
 }
@@ -53,21 +41,6 @@ pub struct Metrics {
     policies: Vec<PolicyMetrics>,
 }
 
-/// The counter an event increments, as an index into [`DECISIONS`], and by how much.
-fn counter(event: Event) -> Option<(usize, u64)> {
-    Some(match event {
-        Event::Decision(Decision::Allowed) => (0, 1),
-        Event::Decision(Decision::RateLimited) => (1, 1),
-        Event::Decision(Decision::ConcurrencyLimited) => (2, 1),
-        Event::Decision(Decision::CircuitOpen) => (3, 1),
-        Event::Fallback => (4, 1),
-        Event::Retried(n) => (5, u64::from(n)),
-        Event::BudgetExhausted => (6, 1),
-        Event::StateUnavailable => (7, 1),
-        Event::Breaker(_) | Event::InFlight(_) => return None,
-    })
-}
-
 impl Metrics {
     /// The metrics of every policy of a plan: the ids this VM already holds, and new ones from the
     /// host for what it does not hold yet. Policies no longer in the plan are forgotten.
@@ -80,20 +53,16 @@ impl Metrics {
                 .map(|p| {
                     let name = p.name();
                     let mut m = defined.remove(name).unwrap_or_default();
-                    for (id, d) in m.decisions.iter_mut().zip(DECISIONS) {
-                        ensure(id, || {
-                            host::define_counter(&format!("breakwater.requests.policy.{name}.decision.{d}"))
-                        });
+                    for (id, c) in m.counters.iter_mut().zip(Counter::ALL) {
+                        ensure(id, || host::define_counter(&counter_name(name, c)));
                     }
                     if p.breaker.is_some() {
                         ensure(&mut m.breaker_state, || {
-                            host::define_gauge(&format!("breakwater.breaker_state.policy.{name}"))
+                            host::define_gauge(&gauge_name(name, Gauge::BreakerState))
                         });
                     }
                     if p.policy.concurrency_limit.is_some() {
-                        ensure(&mut m.in_flight, || {
-                            host::define_gauge(&format!("breakwater.in_flight.policy.{name}"))
-                        });
+                        ensure(&mut m.in_flight, || host::define_gauge(&gauge_name(name, Gauge::InFlight)));
                     }
                     kept.insert(name.to_string(), m);
                     m
@@ -108,44 +77,14 @@ impl Metrics {
         let Some(m) = self.policies.get(policy) else { return };
         for event in events {
             match event {
-                Event::Breaker(t) => host::record(m.breaker_state, t.to.gauge()),
+                Event::Breaker(t) => host::record(m.breaker_state, t.to.state().gauge()),
                 Event::InFlight(n) => host::record(m.in_flight, u64::from(n)),
                 other => {
-                    if let Some((i, by)) = counter(other) {
-                        host::increment(m.decisions.get(i).copied().flatten(), by);
+                    if let Some((c, by)) = other.counter() {
+                        host::increment(m.counters.get(c.index()).copied().flatten(), by);
                     }
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every counted event lands on the counter of its own name.
-    #[test]
-    fn events_map_to_their_counters() {
-        let cases = [
-            (Event::Decision(Decision::Allowed), "allowed"),
-            (Event::Decision(Decision::RateLimited), "rate_limited"),
-            (Event::Decision(Decision::ConcurrencyLimited), "concurrency_limited"),
-            (Event::Decision(Decision::CircuitOpen), "circuit_open"),
-            (Event::Fallback, "fallback"),
-            (Event::Retried(3), "retried"),
-            (Event::BudgetExhausted, "budget_exhausted"),
-            (Event::StateUnavailable, "state_unavailable"),
-        ];
-        for (event, name) in cases {
-            let (i, _) = counter(event).unwrap();
-            assert_eq!(DECISIONS[i], name);
-        }
-        assert_eq!(counter(Event::Retried(3)).map(|c| c.1), Some(3));
-        for d in
-            [Decision::Allowed, Decision::RateLimited, Decision::ConcurrencyLimited, Decision::CircuitOpen]
-        {
-            assert_eq!(DECISIONS[counter(Event::Decision(d)).unwrap().0], d.as_str());
         }
     }
 }

@@ -1,34 +1,9 @@
 //! Guest memory access, always bounds-checked: a bad pointer from the guest is a trap with a
 //! message, never a host panic or an out-of-bounds read.
 
-use wasmtime::{Caller, Extern, Memory, Result, TypedFunc, bail};
+use wasmtime::{Caller, Memory, Result, bail};
 
 use crate::state::{HeaderMap, HostState};
-
-/// The guest's memory and allocator, looked up once per VM (a lookup by name costs more than the
-/// rest of a small host call).
-#[derive(Clone, Default)]
-pub struct GuestExports {
-    pub memory: Option<Memory>,
-    pub allocate: Option<TypedFunc<i32, i32>>,
-}
-
-impl std::fmt::Debug for GuestExports {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestExports").field("allocate", &self.allocate.is_some()).finish()
-    }
-}
-
-impl GuestExports {
-    pub fn new(instance: &wasmtime::Instance, store: &mut wasmtime::Store<HostState>) -> GuestExports {
-        let memory = match instance.get_export(&mut *store, "memory") {
-            Some(Extern::Memory(m)) => Some(m),
-            _ => None,
-        };
-        let allocate = instance.get_typed_func(&mut *store, "proxy_on_memory_allocate").ok();
-        GuestExports { memory, allocate }
-    }
-}
 
 fn memory(caller: &mut Caller<'_, HostState>) -> Result<Memory> {
     match caller.data().guest.memory {

@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use breakwater_policy::diag::{self, Diagnostic};
-use breakwater_policy::enforce::COUNTERS;
+use breakwater_policy::metrics::{Counter, Gauge, MetricName, gauge_name};
 use breakwater_policy::model::Document;
-use breakwater_policy::scenario::{
-    self, Arrivals, BreakerState, Effective, Latency, Load, MAX_REQUESTS, Pick, PolicyRef, Record, Run,
-    Scenario, Values, Verdict,
+use breakwater_scenario as scenario;
+use breakwater_scenario::{
+    Arrivals, BreakerState, Effective, Latency, Load, MAX_REQUESTS, Pick, PolicyRef, Record, RequestDecision,
+    Run, Scenario, Values,
 };
 
 use crate::router::{self, Attempt};
@@ -346,24 +347,22 @@ pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run,
 
 /// Maps the filter's metric ids to what they count.
 /// By metric id: the (policy, counter) a counter counts.
-type CounterIds = Vec<Option<(u32, usize)>>;
+type CounterIds = Vec<Option<(u32, Counter)>>;
 
 fn metric_ids(world: &World, policies: &[String]) -> (CounterIds, Vec<Option<usize>>) {
     let metrics = world.metrics.borrow();
     let counters = metrics
         .iter()
         .map(|m| {
-            let rest = m.name.strip_prefix("breakwater.requests.policy.")?;
-            let (policy, decision) = rest.rsplit_once(".decision.")?;
+            let MetricName::Counter { policy, counter } = MetricName::parse(&m.name)? else { return None };
             let p = policies.iter().position(|n| n == policy)?;
-            let d = COUNTERS.iter().position(|c| *c == decision)?;
-            Some((p as u32, d))
+            Some((p as u32, counter))
         })
         .collect();
     let gauges = policies
         .iter()
         .map(|p| {
-            let name = format!("breakwater.breaker_state.policy.{p}");
+            let name = gauge_name(p, Gauge::BreakerState);
             metrics.iter().position(|m| m.name == name)
         })
         .collect();
@@ -546,7 +545,7 @@ impl Sim<'_> {
             end_ns: t,
             status: 0,
             policy: None,
-            verdict: Verdict::Unmatched,
+            decision: RequestDecision::Unmatched,
             fallback: false,
             retried: 0,
             budget_exhausted: false,
@@ -612,22 +611,14 @@ impl Sim<'_> {
         r.local = local;
         for (id, by) in counted {
             let Some(Some((policy, counter))) = self.counters.get(*id as usize) else { continue };
+            if let Some(decision) = counter.decision() {
+                r.policy = Some(*policy);
+                r.decision = RequestDecision::Decided(decision);
+            }
             match counter {
-                0..=3 => {
-                    r.policy = Some(*policy);
-                    r.verdict = [
-                        Verdict::Allowed,
-                        Verdict::RateLimited,
-                        Verdict::ConcurrencyLimited,
-                        Verdict::CircuitOpen,
-                    ]
-                    .get(*counter)
-                    .copied()
-                    .unwrap_or(Verdict::Unmatched);
-                }
-                4 => r.fallback = true,
-                5 => r.retried += *by as u32,
-                6 => r.budget_exhausted = true,
+                Counter::Fallback => r.fallback = true,
+                Counter::Retried => r.retried += *by as u32,
+                Counter::BudgetExhausted => r.budget_exhausted = true,
                 _ => {}
             }
         }

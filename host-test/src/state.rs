@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use breakwater_policy::engine::store::MemoryStore;
+use wasmtime::{Extern, Instance, Memory, Store, TypedFunc};
 
 /// A header map in order, with raw values (HTTP allows any octet).
 pub type HeaderMap = Vec<(std::borrow::Cow<'static, str>, Vec<u8>)>;
@@ -218,10 +219,10 @@ pub struct HostState {
     pub plugin_name: String,
     pub vm_id: String,
     /// The guest's memory and allocator, set once the module is instantiated.
-    pub guest: crate::memory::GuestExports,
+    pub guest: GuestExports,
     /// This VM's metric ids: the index of each id's stat in [`World::metrics`].
     pub metric_ids: Vec<usize>,
-    /// Reused by [`crate::memory::answer`] for what a host call returns.
+    /// Reused for what a host call returns (the `memory` module's `answer`).
     pub scratch: Vec<u8>,
 }
 
@@ -237,5 +238,30 @@ impl HostState {
 
     pub fn log(&self, level: u32, message: String) {
         self.world.logs.borrow_mut().push(LogLine { vm: self.vm, level, message });
+    }
+}
+
+/// The guest's memory and allocator, looked up once per VM (a lookup by name costs more than the
+/// rest of a small host call).
+#[derive(Clone, Default)]
+pub struct GuestExports {
+    pub memory: Option<Memory>,
+    pub allocate: Option<TypedFunc<i32, i32>>,
+}
+
+impl std::fmt::Debug for GuestExports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestExports").field("allocate", &self.allocate.is_some()).finish()
+    }
+}
+
+impl GuestExports {
+    pub fn new(instance: &Instance, store: &mut Store<HostState>) -> GuestExports {
+        let memory = match instance.get_export(&mut *store, "memory") {
+            Some(Extern::Memory(m)) => Some(m),
+            _ => None,
+        };
+        let allocate = instance.get_typed_func(&mut *store, "proxy_on_memory_allocate").ok();
+        GuestExports { memory, allocate }
     }
 }

@@ -153,7 +153,7 @@ impl Factory {
         let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(EPOCHS_PER_CALL);
         let instance = self.linker.instantiate(&mut store, &self.module)?;
-        store.data_mut().guest = crate::memory::GuestExports::new(&instance, &mut store);
+        store.data_mut().guest = crate::state::GuestExports::new(&instance, &mut store);
         let exports = Exports::new(&instance, &mut store)?;
         Ok((store, instance, exports))
     }

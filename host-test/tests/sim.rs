@@ -7,7 +7,7 @@ use std::path::Path;
 
 use breakwater_host_test::sim::{self, Loaded};
 use breakwater_host_test::{FILTER_WASM, Host};
-use breakwater_policy::scenario::{self, Run, Verdict};
+use breakwater_scenario::{self as scenario, Decision, RequestDecision, Run};
 
 fn host() -> Host {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(FILTER_WASM);
@@ -50,8 +50,15 @@ fn a_rate_limit_admits_burst_plus_rate_times_t_on_any_number_of_workers() {
         let (_, r) = run(&host, &text);
         assert_eq!(r.records.len(), 800);
         // Arrivals every 5 ms from 0 to 3.995 s: 10 + floor(50 · 3.995) = 209 admitted.
-        assert_eq!(count(&r, |r| r.verdict == Verdict::Allowed && r.status == 200), 209, "{workers} workers");
-        assert_eq!(count(&r, |r| r.verdict == Verdict::RateLimited && r.status == 429), 591);
+        assert_eq!(
+            count(&r, |r| r.decision == RequestDecision::Decided(Decision::Allowed) && r.status == 200),
+            209,
+            "{workers} workers"
+        );
+        assert_eq!(
+            count(&r, |r| r.decision == RequestDecision::Decided(Decision::RateLimited) && r.status == 429),
+            591
+        );
         assert_eq!(r.metrics["breakwater.requests.policy.api.decision.allowed"], 209);
     }
 }
@@ -99,7 +106,9 @@ expect:
     // Every forwarded request outlives the client's 300 ms: all are aborted, none answered 200.
     assert_eq!(count(&r, |r| r.status == 200), 0);
     let aborted = count(&r, |r| r.status == 0);
-    let limited = count(&r, |r| r.verdict == Verdict::ConcurrencyLimited && r.status == 503);
+    let limited = count(&r, |r| {
+        r.decision == RequestDecision::Decided(Decision::ConcurrencyLimited) && r.status == 503
+    });
     assert_eq!(aborted + limited, r.records.len());
     // Aborts release their slots: new requests are admitted every 300 ms or so (3 s / 350 ms ≈ 8
     // rounds of 5), not only the first 5.

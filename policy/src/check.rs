@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 
-use crate::decode::SpanIndex;
 use crate::diag::Diagnostic;
 use crate::model::*;
+use crate::read::SpanIndex;
 
 /// Checks a decoded document; returns errors and warnings.
 pub fn check(doc: &Document, spans: &SpanIndex) -> Vec<Diagnostic> {

@@ -18,42 +18,9 @@ use crate::engine::rate_limit::{RateDecision, decode_tat};
 use crate::engine::record;
 use crate::engine::store::{SharedStore, StoreError};
 use crate::engine::{NANOS_PER_SEC, concurrency, text};
+use crate::metrics::{Counter, Decision};
 use crate::model::{FailureMode, KeyPart, Outcome, Response};
 use crate::plan::{Plan, PolicyPlan, RequestView};
-
-/// What the policy decided for a request (the `decision` label of metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allowed,
-    RateLimited,
-    ConcurrencyLimited,
-    CircuitOpen,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Allowed => "allowed",
-            Decision::RateLimited => "rate_limited",
-            Decision::ConcurrencyLimited => "concurrency_limited",
-            Decision::CircuitOpen => "circuit_open",
-        }
-    }
-}
-
-/// The per-policy counters a metrics sink keeps, in this order: the filter names them
-/// `breakwater.requests.policy.<policy>.decision.<counter>`, and host-test reads them back by name.
-/// `retried` counts retries; every other counter counts requests.
-pub const COUNTERS: [&str; 8] = [
-    "allowed",
-    "rate_limited",
-    "concurrency_limited",
-    "circuit_open",
-    "fallback",
-    "retried",
-    "budget_exhausted",
-    "state_unavailable",
-];
 
 /// Something worth counting, reported to the caller's metrics sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +35,20 @@ pub enum Event {
     StateUnavailable,
     Breaker(Transition),
     InFlight(u32),
+}
+
+impl Event {
+    /// The counter this event increments, and by how much; None for what a gauge shows.
+    pub fn counter(self) -> Option<(Counter, u64)> {
+        Some(match self {
+            Event::Decision(d) => (d.counter(), 1),
+            Event::Fallback => (Counter::Fallback, 1),
+            Event::Retried(n) => (Counter::Retried, u64::from(n)),
+            Event::BudgetExhausted => (Counter::BudgetExhausted, 1),
+            Event::StateUnavailable => (Counter::StateUnavailable, 1),
+            Event::Breaker(_) | Event::InFlight(_) => return None,
+        })
+    }
 }
 
 /// A header value the filter sets: a fixed word, a value the plan rendered once and shares

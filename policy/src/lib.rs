@@ -17,10 +17,12 @@ pub mod decode;
 pub mod diag;
 pub mod enforce;
 pub mod engine;
+pub mod fields;
 pub mod fnv;
+pub mod metrics;
 pub mod model;
 pub mod plan;
-pub mod scenario;
+pub mod read;
 pub mod schema;
 pub mod source;
 pub mod yaml;
@@ -81,7 +83,7 @@ pub fn merge(docs: Vec<(String, Document)>) -> Result<Loaded, Vec<Diagnostic>> {
             merged.policies.push(p);
         }
     }
-    let mut diags = check::check(&merged, &decode::SpanIndex::default());
+    let mut diags = check::check(&merged, &read::SpanIndex::default());
     for d in &mut diags {
         d.path = rename_policy_indices(&d.path, &origin);
         d.message = rename_policy_indices(&d.message, &origin);

@@ -22,7 +22,7 @@ pub fn json_schema() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::*;
+    use crate::fields::*;
     use serde_json::Value;
 
     fn schema() -> Value {

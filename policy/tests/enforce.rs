@@ -3,9 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use breakwater_policy::enforce::{self, Admitted, Decision, Event, Exchange, HeaderValue, Verdict, flags};
+use breakwater_policy::enforce::{self, Admitted, Event, Exchange, HeaderValue, Verdict, flags};
 use breakwater_policy::engine::clock::{Clock, FakeClock};
 use breakwater_policy::engine::store::{CountingStore, MemoryStore, SharedStore, StoreError};
+use breakwater_policy::metrics::{BreakerState, Decision};
 use breakwater_policy::plan::{Plan, SimpleRequest};
 
 type Req = SimpleRequest;
@@ -146,7 +147,7 @@ policies:
     let mut a = s.admit(&get("/"));
     s.finish(&mut a, 503, 1);
     assert!(
-        a.events.iter().any(|e| matches!(e, Event::Breaker(t) if t.to.name() == "open")),
+        a.events.iter().any(|e| matches!(e, Event::Breaker(t) if t.to.state() == BreakerState::Open)),
         "{:?}",
         a.events
     );
@@ -160,7 +161,7 @@ policies:
     assert_eq!(s.admit(&get("/")).decision, Decision::CircuitOpen);
     s.finish(&mut p1, 200, 1);
     s.finish(&mut p2, 200, 1);
-    assert!(p2.events.iter().any(|e| matches!(e, Event::Breaker(t) if t.to.name() == "closed")));
+    assert!(p2.events.iter().any(|e| matches!(e, Event::Breaker(t) if t.to.state() == BreakerState::Closed)));
     assert_eq!(s.call(&get("/"), 200), Decision::Allowed);
 }
 
@@ -540,4 +541,24 @@ proptest::proptest! {
             fingerprint(&enforce::compose_key(&parts, &req))
         );
     }
+}
+
+/// Every counted event lands on the counter of its own name; gauges count nothing.
+#[test]
+fn events_map_to_their_counters() {
+    use breakwater_policy::metrics::Counter;
+    let cases = [
+        (Event::Decision(Decision::Allowed), "allowed", 1),
+        (Event::Decision(Decision::RateLimited), "rate_limited", 1),
+        (Event::Decision(Decision::ConcurrencyLimited), "concurrency_limited", 1),
+        (Event::Decision(Decision::CircuitOpen), "circuit_open", 1),
+        (Event::Fallback, "fallback", 1),
+        (Event::Retried(3), "retried", 3),
+        (Event::BudgetExhausted, "budget_exhausted", 1),
+        (Event::StateUnavailable, "state_unavailable", 1),
+    ];
+    for (event, name, by) in cases {
+        assert_eq!(event.counter(), Some((Counter::parse(name).unwrap(), by)), "{name}");
+    }
+    assert_eq!(Event::InFlight(2).counter(), None);
 }

@@ -23,6 +23,7 @@ use breakwater_e2e::{Client, Envoy, Upstream, repo};
 use breakwater_host_test::router::{Attempt, route};
 use breakwater_host_test::state::HeaderMap;
 use breakwater_host_test::{Begun, FILTER_WASM, Host, Request, Vm, World};
+use breakwater_policy::metrics::{self, Counter, Gauge};
 
 /// One document for all sequences: each case has its own path prefix and policy.
 const DOCUMENT: &str = r#"
@@ -378,11 +379,8 @@ fn run_host(world: &Rc<World>, vm: &mut Vm, cases: &[(&str, Vec<Step>)], times: 
 fn stats(policies: &[String]) -> Vec<String> {
     let mut names = Vec::new();
     for p in policies {
-        for d in breakwater_policy::enforce::COUNTERS {
-            names.push(format!("breakwater.requests.policy.{p}.decision.{d}"));
-        }
-        names.push(format!("breakwater.breaker_state.policy.{p}"));
-        names.push(format!("breakwater.in_flight.policy.{p}"));
+        names.extend(Counter::ALL.map(|c| metrics::counter_name(p, c)));
+        names.extend(Gauge::ALL.map(|g| metrics::gauge_name(p, g)));
     }
     names
 }

@@ -262,7 +262,7 @@ async fn scenarios(State(state): State<Shared>) -> Json<Value> {
         .iter()
         .filter_map(|p| {
             let text = std::fs::read_to_string(p).ok()?;
-            let name = breakwater_policy::scenario::load(&text).map(|s| s.name).unwrap_or_default();
+            let name = breakwater_scenario::load(&text).map(|s| s.name).unwrap_or_default();
             let file = p.file_name()?.to_string_lossy().into_owned();
             Some(json!({ "file": file, "name": name, "text": text }))
         })
@@ -284,7 +284,7 @@ async fn simulate(
 ) -> Result<Json<Value>, ApiError> {
     let document = breakwater_policy::load(&body.policy).map_err(ApiError::invalid)?.document;
     let scenario =
-        breakwater_policy::scenario::load_with_policy(&body.scenario, &document).map_err(|d| ApiError {
+        breakwater_scenario::load_with_policy(&body.scenario, &document).map_err(|d| ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message: "the scenario is invalid".into(),
             diagnostics: d,
@@ -306,7 +306,7 @@ async fn simulate(
     let started = Instant::now();
     let report = tokio::task::spawn_blocking(move || {
         breakwater_host_test::sim::run(&host, &scenario, &document)
-            .map(|run| breakwater_policy::scenario::evaluate(&scenario, &run))
+            .map(|run| breakwater_scenario::evaluate(&scenario, &run))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?

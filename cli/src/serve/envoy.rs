@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use breakwater_policy::metrics::{self, BreakerState, Counter, Gauge, Metric};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use serde::Serialize;
@@ -109,55 +110,28 @@ pub fn rejection_reasons(log: &str) -> Vec<String> {
 /// breakwater's metrics for one policy, as Envoy reports them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PolicyStats {
-    /// `breakwater_requests` by decision (`allowed`, `rate_limited`, …, and `retried`).
-    pub requests: BTreeMap<String, u64>,
-    /// `closed`, `open` or `half_open`, when the policy has a breaker.
-    pub breaker: Option<&'static str>,
+    /// `breakwater_requests` by counter (the decisions, and `retried`, `fallback`, ...).
+    pub requests: BTreeMap<Counter, u64>,
+    /// When the policy has a breaker.
+    pub breaker: Option<BreakerState>,
     pub in_flight: Option<u64>,
 }
 
 /// Reads breakwater's series out of Prometheus text: per policy, in name order.
 pub fn policy_stats(prometheus: &str) -> BTreeMap<String, PolicyStats> {
     let mut out: BTreeMap<String, PolicyStats> = BTreeMap::new();
-    for line in prometheus.lines() {
-        let Some(rest) = line.strip_prefix("breakwater_") else { continue };
-        let Some((series, value)) = rest.rsplit_once(' ') else { continue };
-        let Ok(value) = value.trim().parse::<f64>() else { continue };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, labels(l.trim_end_matches('}'))),
-            None => (series, BTreeMap::new()),
-        };
-        let Some(policy) = labels.get("policy") else { continue };
-        let entry = out.entry(policy.clone()).or_default();
-        let value = value.max(0.0) as u64;
-        match name {
-            "requests" => {
-                if let Some(decision) = labels.get("decision") {
-                    *entry.requests.entry(decision.clone()).or_default() += value;
-                }
+    for sample in prometheus.lines().filter_map(metrics::parse_prometheus_line) {
+        let entry = out.entry(sample.policy).or_default();
+        let value = sample.value.max(0.0) as u64;
+        match sample.metric {
+            Metric::Counter(c) => *entry.requests.entry(c).or_default() += value,
+            Metric::Gauge(Gauge::BreakerState) => {
+                entry.breaker = Some(BreakerState::from_gauge(value).unwrap_or(BreakerState::Closed))
             }
-            "breaker_state" => {
-                entry.breaker = Some(match value {
-                    1 => "open",
-                    2 => "half_open",
-                    _ => "closed",
-                })
-            }
-            "in_flight" => entry.in_flight = Some(value),
-            _ => {}
+            Metric::Gauge(Gauge::InFlight) => entry.in_flight = Some(value),
         }
     }
     out
-}
-
-/// `a="x",b="y"` → {a: x, b: y} (label values are policy names and decisions: no escapes).
-fn labels(text: &str) -> BTreeMap<String, String> {
-    text.split(',')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -175,9 +149,9 @@ mod tests {
             breakwater_requests{decision=\"allowed\"} 99\n";
         let stats = policy_stats(text);
         assert_eq!(stats.keys().collect::<Vec<_>>(), ["api", "reco", "writes"]);
-        assert_eq!(stats["api"].requests["allowed"], 12);
-        assert_eq!(stats["api"].requests["rate_limited"], 3);
-        assert_eq!(stats["reco"].breaker, Some("open"));
+        assert_eq!(stats["api"].requests[&Counter::Allowed], 12);
+        assert_eq!(stats["api"].requests[&Counter::RateLimited], 3);
+        assert_eq!(stats["reco"].breaker, Some(BreakerState::Open));
         assert_eq!(stats["writes"].in_flight, Some(7));
     }
 

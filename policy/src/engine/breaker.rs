@@ -25,7 +25,8 @@
 //! compare-and-swap in shared data like every engine here.
 
 use super::Nanos;
-use super::codec::{Reader, Writer};
+use super::codec::{ByteReader, ByteWriter};
+use crate::metrics::BreakerState;
 use crate::model::{self, Window};
 
 const TAG: u8 = 0x42; // 'B'
@@ -58,25 +59,18 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// 0 closed, 1 open, 2 half-open: the value of the breaker-state gauge.
-    pub fn gauge(&self) -> u64 {
+    /// The name of this phase in metrics, scenarios and the admin (its gauge value too).
+    pub fn state(&self) -> BreakerState {
         match self {
-            Phase::Closed => 0,
-            Phase::Open { .. } => 1,
-            Phase::HalfOpen { .. } => 2,
-        }
-    }
-    pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Closed => "closed",
-            Phase::Open { .. } => "open",
-            Phase::HalfOpen { .. } => "half_open",
+            Phase::Closed => BreakerState::Closed,
+            Phase::Open { .. } => BreakerState::Open,
+            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BreakerState {
+pub struct StoredBreaker {
     generation: u32,
     phase: Phase,
     window: WindowState,
@@ -147,8 +141,8 @@ impl BreakerConfig {
     }
 
     /// A closed breaker with an empty window.
-    pub fn new_state(&self) -> BreakerState {
-        BreakerState { generation: 0, phase: Phase::Closed, window: self.empty_window() }
+    pub fn new_state(&self) -> StoredBreaker {
+        StoredBreaker { generation: 0, phase: Phase::Closed, window: self.empty_window() }
     }
 
     fn empty_window(&self) -> WindowState {
@@ -166,7 +160,7 @@ impl BreakerConfig {
     // ---- decisions ----
 
     /// Decides whether a request may go to the upstream.
-    pub fn admit(&self, st: &mut BreakerState, now: Nanos) -> (Admission, Option<Transition>) {
+    pub fn admit(&self, st: &mut StoredBreaker, now: Nanos) -> (Admission, Option<Transition>) {
         match st.phase {
             Phase::Closed => (Admission::Admitted(st.ticket(false)), None),
             Phase::Open { until } if now < until => (Admission::Rejected { retry_after: until - now }, None),
@@ -185,7 +179,7 @@ impl BreakerConfig {
         }
     }
 
-    fn admit_probe(&self, st: &mut BreakerState, now: Nanos) -> Admission {
+    fn admit_probe(&self, st: &mut StoredBreaker, now: Nanos) -> Admission {
         if let Phase::HalfOpen { since, admitted, .. } = &mut st.phase {
             if *admitted < self.half_open_calls {
                 *admitted += 1;
@@ -201,7 +195,7 @@ impl BreakerConfig {
     /// (`failure_on`); slowness is judged here from `duration`.
     pub fn record(
         &self,
-        st: &mut BreakerState,
+        st: &mut StoredBreaker,
         now: Nanos,
         ticket: Ticket,
         failed: bool,
@@ -235,7 +229,7 @@ impl BreakerConfig {
 
     // ---- transitions, one function each ----
 
-    fn transition(st: &mut BreakerState, to: Phase) -> Transition {
+    fn transition(st: &mut StoredBreaker, to: Phase) -> Transition {
         let from = st.phase;
         st.phase = to;
         st.generation = st.generation.wrapping_add(1);
@@ -243,18 +237,18 @@ impl BreakerConfig {
     }
 
     /// Closed or HalfOpen → Open, for `open_for`.
-    fn to_open(&self, st: &mut BreakerState, now: Nanos) -> Transition {
+    fn to_open(&self, st: &mut StoredBreaker, now: Nanos) -> Transition {
         st.window = self.empty_window();
         Self::transition(st, Phase::Open { until: now.saturating_add(self.open_for) })
     }
 
     /// Open → HalfOpen (or a fresh HalfOpen round).
-    fn to_half_open(&self, st: &mut BreakerState, now: Nanos) -> Transition {
+    fn to_half_open(&self, st: &mut StoredBreaker, now: Nanos) -> Transition {
         Self::transition(st, Phase::HalfOpen { since: now, admitted: 0, succeeded: 0 })
     }
 
     /// HalfOpen → Closed, with an empty window.
-    fn to_closed(&self, st: &mut BreakerState) -> Transition {
+    fn to_closed(&self, st: &mut StoredBreaker) -> Transition {
         st.window = self.empty_window();
         Self::transition(st, Phase::Closed)
     }
@@ -287,7 +281,7 @@ impl BreakerConfig {
     }
 
     /// The calls currently in the window.
-    pub fn counts(&self, st: &BreakerState, now: Nanos) -> WindowCounts {
+    pub fn counts(&self, st: &StoredBreaker, now: Nanos) -> WindowCounts {
         self.window_counts(&st.window, now)
     }
 
@@ -327,13 +321,13 @@ impl BreakerConfig {
 
     // ---- shared-data encoding ----
 
-    pub fn encode(&self, st: &BreakerState) -> Vec<u8> {
+    pub fn encode(&self, st: &StoredBreaker) -> Vec<u8> {
         let window = match &st.window {
             WindowState::Calls { failed, slow, .. } => 8 + failed.len() + slow.len(),
             WindowState::Time { buckets } => BUCKET_BYTES * (1 + buckets.len()),
         };
         // Generation (4), phase (at most 1 + 8 + 4 + 4), window kind (1), window.
-        let mut w = Writer::sized(TAG, 4 + 17 + 1 + window);
+        let mut w = ByteWriter::sized(TAG, 4 + 17 + 1 + window);
         w.u32(st.generation);
         match st.phase {
             Phase::Closed => w.u8(0),
@@ -357,8 +351,8 @@ impl BreakerConfig {
 
     /// Reads a state; None when the bytes are foreign or were written for another window shape
     /// (the configuration changed), in which case callers start from [`Self::new_state`].
-    pub fn decode(&self, bytes: &[u8]) -> Option<BreakerState> {
-        let mut r = Reader::with_tag(bytes, TAG)?;
+    pub fn decode(&self, bytes: &[u8]) -> Option<StoredBreaker> {
+        let mut r = ByteReader::with_tag(bytes, TAG)?;
         let generation = r.u32()?;
         let phase = match r.u8()? {
             0 => Phase::Closed,
@@ -393,10 +387,10 @@ impl BreakerConfig {
             }
             _ => return None,
         };
-        r.done().then_some(BreakerState { generation, phase, window })
+        r.done().then_some(StoredBreaker { generation, phase, window })
     }
 
-    fn load(&self, bytes: Option<&[u8]>) -> BreakerState {
+    fn load(&self, bytes: Option<&[u8]>) -> StoredBreaker {
         bytes.and_then(|b| self.decode(b)).unwrap_or_else(|| self.new_state())
     }
 
@@ -404,7 +398,7 @@ impl BreakerConfig {
     /// read without decoding the window: the per-request hot path (a closed breaker admits
     /// without changing anything; recording touches one bucket or one bit).
     fn closed_generation(&self, bytes: &[u8]) -> Option<u32> {
-        let mut r = Reader::with_tag(bytes, TAG)?;
+        let mut r = ByteReader::with_tag(bytes, TAG)?;
         let generation = r.u32()?;
         let (kind, window_bytes) = match self.window {
             WindowConfig::Calls(n) => (0, CALLS_BITMAPS_AT - CLOSED_WINDOW_AT + 2 * n.div_ceil(8) as usize),
@@ -530,7 +524,7 @@ const CALLS_BITMAPS_AT: usize = CLOSED_WINDOW_AT + 8;
 /// the bytes changed.
 fn push_call_in_place(out: &mut [u8], n: u32, failed: bool, slow: bool) -> Option<(WindowCounts, bool)> {
     let len = n.div_ceil(8) as usize;
-    let mut r = Reader::new(out.get(CLOSED_WINDOW_AT..CALLS_BITMAPS_AT)?);
+    let mut r = ByteReader::new(out.get(CLOSED_WINDOW_AT..CALLS_BITMAPS_AT)?);
     let (next, filled) = (r.u32()?, r.u32()?);
     if next >= n || filled > n {
         return None;
@@ -598,7 +592,7 @@ fn push_bucket_in_place(
 }
 
 fn read_bucket(b: &[u8]) -> Option<Bucket> {
-    let mut r = Reader::new(b);
+    let mut r = ByteReader::new(b);
     Some(Bucket { epoch: r.u64()?, calls: r.u32()?, failed: r.u32()?, slow: r.u32()? })
 }
 
@@ -610,7 +604,7 @@ fn write_bucket(out: &mut [u8], b: Bucket) {
     }
 }
 
-impl BreakerState {
+impl StoredBreaker {
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -651,7 +645,7 @@ mod tests {
         })
     }
 
-    fn call(c: &BreakerConfig, st: &mut BreakerState, now: Nanos, failed: bool) -> Option<Transition> {
+    fn call(c: &BreakerConfig, st: &mut StoredBreaker, now: Nanos, failed: bool) -> Option<Transition> {
         match c.admit(st, now).0 {
             Admission::Admitted(t) => c.record(st, now, t, failed, MS),
             Admission::Rejected { .. } => None,
@@ -673,7 +667,7 @@ mod tests {
         assert_eq!(c.admit(&mut st, 400 * MS).0, Admission::Rejected { retry_after: 600 * MS });
         // After open_for: two probes, a third is rejected.
         let (a1, t1) = c.admit(&mut st, 1000 * MS);
-        assert_eq!(t1.map(|t| t.to.name()), Some("half_open"));
+        assert_eq!(t1.map(|t| t.to.state().as_str()), Some("half_open"));
         let (a2, _) = c.admit(&mut st, 1000 * MS);
         assert!(matches!(c.admit(&mut st, 1000 * MS).0, Admission::Rejected { .. }));
         let (Admission::Admitted(p1), Admission::Admitted(p2)) = (a1, a2) else { panic!() };
@@ -736,7 +730,7 @@ mod tests {
             let Admission::Admitted(t) = c.admit(&mut st, 0).0 else { panic!() };
             last = c.record(&mut st, 0, t, false, 150 * MS);
         }
-        assert_eq!(last.map(|t| t.to.name()), Some("open"));
+        assert_eq!(last.map(|t| t.to.state().as_str()), Some("open"));
     }
 
     #[test]

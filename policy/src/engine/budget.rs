@@ -16,7 +16,7 @@
 //! charged, if that bucket is still in the window.
 
 use super::Nanos;
-use super::codec::{Reader, Writer};
+use super::codec::{ByteReader, ByteWriter};
 
 const TAG: u8 = 0x54; // 'T'
 const BUCKETS: u64 = 10;
@@ -134,7 +134,7 @@ impl BudgetState {
 }
 
 pub fn encode(st: &BudgetState) -> Vec<u8> {
-    let mut w = Writer::sized(TAG, 16 * st.buckets.len());
+    let mut w = ByteWriter::sized(TAG, 16 * st.buckets.len());
     for b in &st.buckets {
         w.u64(b.epoch).u32(b.requests).u32(b.retries);
     }
@@ -142,7 +142,7 @@ pub fn encode(st: &BudgetState) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8]) -> Option<BudgetState> {
-    let mut r = Reader::with_tag(bytes, TAG)?;
+    let mut r = ByteReader::with_tag(bytes, TAG)?;
     let mut st = BudgetState::default();
     for b in &mut st.buckets {
         *b = Bucket { epoch: r.u64()?, requests: r.u32()?, retries: r.u32()? };

@@ -5,9 +5,9 @@
 //! being misread.
 
 #[derive(Debug, Default)]
-pub struct Writer(Vec<u8>);
+pub struct ByteWriter(Vec<u8>);
 
-impl Writer {
+impl ByteWriter {
     pub fn with_tag(tag: u8) -> Self {
         Self::sized(tag, 16)
     }
@@ -15,7 +15,7 @@ impl Writer {
     pub fn sized(tag: u8, len: usize) -> Self {
         let mut v = Vec::with_capacity(1 + len);
         v.push(tag);
-        Writer(v)
+        ByteWriter(v)
     }
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);
@@ -39,17 +39,17 @@ impl Writer {
 }
 
 #[derive(Debug)]
-pub struct Reader<'a>(&'a [u8]);
+pub struct ByteReader<'a>(&'a [u8]);
 
-impl<'a> Reader<'a> {
+impl<'a> ByteReader<'a> {
     /// A reader of untagged bytes (a part of a value).
     pub fn new(bytes: &'a [u8]) -> Self {
-        Reader(bytes)
+        ByteReader(bytes)
     }
     /// A reader past the tag, or None when the value is not of this layout.
     pub fn with_tag(bytes: &'a [u8], tag: u8) -> Option<Self> {
         match bytes.split_first() {
-            Some((t, rest)) if *t == tag => Some(Reader(rest)),
+            Some((t, rest)) if *t == tag => Some(ByteReader(rest)),
             _ => None,
         }
     }

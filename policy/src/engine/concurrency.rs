@@ -6,7 +6,7 @@
 //! runs for every stream: success, reset, client abort, local reply), which is what keeps slots
 //! from leaking.
 
-use super::codec::{Reader, Writer};
+use super::codec::{ByteReader, ByteWriter};
 
 const TAG: u8 = 0x43; // 'C'
 
@@ -21,7 +21,7 @@ pub struct Slot {
 pub fn decode(bytes: Option<&[u8]>) -> u32 {
     bytes
         .and_then(|b| {
-            let mut r = Reader::with_tag(b, TAG)?;
+            let mut r = ByteReader::with_tag(b, TAG)?;
             let n = r.u32()?;
             r.done().then_some(n)
         })
@@ -29,7 +29,7 @@ pub fn decode(bytes: Option<&[u8]>) -> u32 {
 }
 
 pub fn encode(n: u32) -> Vec<u8> {
-    Writer::with_tag(TAG).u32(n).finish()
+    ByteWriter::with_tag(TAG).u32(n).finish()
 }
 
 /// Takes a slot if fewer than `max` are in use.

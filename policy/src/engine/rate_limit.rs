@@ -9,7 +9,7 @@
 //! The interval is rounded *up* to whole nanoseconds, so the limiter never admits more than
 //! `burst + rate·t/per`; the rounding costs at most one token per ~10⁹/rate seconds.
 
-use super::codec::{Reader, Writer};
+use super::codec::{ByteReader, ByteWriter};
 use super::{NANOS_PER_SEC, Nanos};
 
 const TAG: u8 = 0x52; // 'R'
@@ -97,11 +97,11 @@ impl Gcra {
 }
 
 pub fn encode_tat(tat: Nanos) -> Vec<u8> {
-    Writer::with_tag(TAG).u64(tat).finish()
+    ByteWriter::with_tag(TAG).u64(tat).finish()
 }
 
 pub fn decode_tat(bytes: &[u8]) -> Option<Nanos> {
-    let mut r = Reader::with_tag(bytes, TAG)?;
+    let mut r = ByteReader::with_tag(bytes, TAG)?;
     let tat = r.u64()?;
     r.done().then_some(tat)
 }

@@ -283,7 +283,7 @@ impl<const SPANS: bool> Reader<'_, SPANS> {
             let chunk = self.text.get(self.pos..self.pos + run).ok_or(Stop::NotPlainJson)?;
             if out.is_empty() && rest.get(run) == Some(&b'"') {
                 // No escape (nearly every string): a known name, or one allocation of the exact size.
-                if let Some(name) = key.then(|| crate::decode::field_name(chunk)).flatten() {
+                if let Some(name) = key.then(|| crate::fields::field_name(chunk)).flatten() {
                     self.advance_col(chunk);
                     self.pos += run;
                     self.bump();

@@ -3,9 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use breakwater_policy::scenario::{
-    self, Arrivals, BreakerState, Check, Latency, Load, Measure, PolicyRef, Record, Run, StatusSelect,
-    Tolerance, Values, Verdict,
+use breakwater_scenario as scenario;
+use breakwater_scenario::{
+    Arrivals, BreakerState, Check, Decision, Latency, Load, Measure, PolicyRef, Record, RequestDecision, Run,
+    StatusSelect, Tolerance, Values,
 };
 
 const MINIMAL: &str = "name: t\npolicy: p.yaml\nduration: 10s\ntraffic:\n  - rate: 10\n";
@@ -124,7 +125,7 @@ expect:
     assert_eq!(s.expect.len(), 6);
     let Measure::Requests(sel) = &s.expect[0].measure else { panic!() };
     assert_eq!(sel.status, Some(StatusSelect::Class(5)));
-    assert_eq!(sel.decision, Some(Verdict::RateLimited));
+    assert_eq!(sel.decision, Some(RequestDecision::Decided(Decision::RateLimited)));
     assert_eq!(s.expect[0].check, Check::Equals { value: 100.0, tolerance: Tolerance::Relative(0.02) });
     assert_eq!(s.expect[1].check, Check::Between(0.1, 0.2));
     assert_eq!(s.expect[5].check, Check::Is(BreakerState::HalfOpen));
@@ -243,7 +244,7 @@ fn record(
     start_ms: u64,
     end_ms: u64,
     status: u16,
-    verdict: Verdict,
+    decision: Decision,
     tries: (u32, u32),
 ) -> Record {
     Record {
@@ -252,7 +253,7 @@ fn record(
         end_ns: end_ms * 1_000_000,
         status,
         policy: Some(0),
-        verdict,
+        decision: RequestDecision::Decided(decision),
         fallback: false,
         retried: 0,
         budget_exhausted: false,
@@ -268,11 +269,11 @@ fn run() -> Run {
         policies: vec!["api".into()],
         traffic: vec!["a".into(), "b".into()],
         records: vec![
-            record(0, 0, 100, 200, Verdict::Allowed, (0, 1)),
-            record(0, 50, 150, 200, Verdict::Allowed, (1, 3)),
-            record(0, 120, 120, 429, Verdict::RateLimited, (3, 3)),
-            record(1, 1200, 1300, 200, Verdict::Allowed, (3, 4)),
-            record(1, 1250, 1400, 0, Verdict::Allowed, (4, 4)),
+            record(0, 0, 100, 200, Decision::Allowed, (0, 1)),
+            record(0, 50, 150, 200, Decision::Allowed, (1, 3)),
+            record(0, 120, 120, 429, Decision::RateLimited, (3, 3)),
+            record(1, 1200, 1300, 200, Decision::Allowed, (3, 4)),
+            record(1, 1250, 1400, 0, Decision::Allowed, (4, 4)),
         ],
         // The second request was retried: two attempts, back to back (no overlap with each other).
         tries: vec![(0, 100 * ms), (50 * ms, 90 * ms), (90 * ms, 150 * ms), (1200 * ms, 1300 * ms)],
