@@ -3,8 +3,10 @@
 //! The token arrives once in the URL fragment (`/#token=…`, as `breakwater serve` prints it), is
 //! kept in the tab's sessionStorage and removed from the address bar.
 
+use breakwater_api::ErrorBody;
 use gloo_net::http::Request;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 const KEY: &str = "breakwater-token";
 
@@ -34,28 +36,42 @@ pub fn set_token(t: &str) {
     }
 }
 
-/// An answer: the status and the JSON body (errors are JSON too: `{"error": …}`).
+/// A call that failed: the status (0 when the server was not reached) and the error body.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub struct Failure {
     pub status: u16,
-    pub body: Value,
+    pub body: ErrorBody,
 }
 
-impl Answer {
-    pub fn ok(&self) -> bool {
-        (200..300).contains(&self.status)
+impl Failure {
+    fn new(status: u16, error: String) -> Failure {
+        Failure { status, body: ErrorBody { error, diagnostics: Vec::new() } }
     }
 
-    pub fn error(&self) -> String {
-        self.body
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("HTTP {}", self.status))
+    pub fn message(&self) -> String {
+        self.body.error.clone()
     }
 }
 
-pub async fn call(method: &str, path: &str, body: Option<Value>) -> Answer {
+/// `GET /api{path}`, read as `T`.
+pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, Failure> {
+    call::<(), T>("GET", path, None).await
+}
+
+/// `POST` or `PUT` to `/api{path}` with a JSON body (or none), the answer read as `T`.
+pub async fn send<B: Serialize, T: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+) -> Result<T, Failure> {
+    call(method, path, body).await
+}
+
+async fn call<B: Serialize, T: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+) -> Result<T, Failure> {
     let auth = format!("Bearer {}", token().unwrap_or_default());
     let url = format!("/api{path}");
     let builder = match method {
@@ -65,21 +81,24 @@ pub async fn call(method: &str, path: &str, body: Option<Value>) -> Answer {
     }
     .header("Authorization", &auth);
     let sent = match body {
-        Some(v) => match builder.json(&v) {
+        Some(v) => match builder.json(v) {
             Ok(r) => r.send().await,
-            Err(e) => return Answer { status: 0, body: serde_json::json!({ "error": e.to_string() }) },
+            Err(e) => return Err(Failure::new(0, e.to_string())),
         },
         None => builder.send().await,
     };
-    match sent {
-        Ok(response) => {
-            let status = response.status();
-            let body = response.json::<Value>().await.unwrap_or(Value::Null);
-            Answer { status, body }
-        }
-        Err(e) => Answer {
-            status: 0,
-            body: serde_json::json!({ "error": format!("the server is unreachable: {e}") }),
-        },
+    let response = sent.map_err(|e| Failure::new(0, format!("the server is unreachable: {e}")))?;
+    let status = response.status();
+    if (200..300).contains(&status) {
+        response
+            .json::<T>()
+            .await
+            .map_err(|e| Failure::new(status, format!("unexpected answer from the server: {e}")))
+    } else {
+        let body = response
+            .json::<ErrorBody>()
+            .await
+            .unwrap_or_else(|_| ErrorBody { error: format!("HTTP {status}"), diagnostics: Vec::new() });
+        Err(Failure { status, body })
     }
 }

@@ -1,7 +1,10 @@
 //! The simulator's charts as plain SVG geometry (drawn by the app, no charting library): stacked
 //! bars per second, and a state band per policy.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use breakwater_policy::metrics::Counter;
+use breakwater_scenario::{BreakerState, Second, Timeline};
 
 /// One series of a chart: a label, its colour and one value per second.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,20 +27,25 @@ pub struct Bar {
 pub const WIDTH: f64 = 720.0;
 pub const HEIGHT: f64 = 180.0;
 
-const PALETTE: &[(&str, &str)] = &[
-    ("allowed", "#2e7d32"),
-    ("rate_limited", "#f9a825"),
-    ("concurrency_limited", "#ef6c00"),
-    ("circuit_open", "#c62828"),
-    ("fallback", "#6a1b9a"),
-    ("budget_exhausted", "#4e342e"),
-    ("state_unavailable", "#546e7a"),
-    ("shadow", "#0277bd"),
+/// The colours of the counters, in the order series are stacked.
+const PALETTE: &[(Counter, &str)] = &[
+    (Counter::Allowed, "#2e7d32"),
+    (Counter::RateLimited, "#f9a825"),
+    (Counter::ConcurrencyLimited, "#ef6c00"),
+    (Counter::CircuitOpen, "#c62828"),
+    (Counter::Fallback, "#6a1b9a"),
+    (Counter::BudgetExhausted, "#4e342e"),
+    (Counter::StateUnavailable, "#546e7a"),
 ];
+
+/// Where a label stands in [`PALETTE`] (other labels after it).
+fn rank(label: &str) -> usize {
+    PALETTE.iter().position(|(c, _)| c.as_str() == label).unwrap_or(PALETTE.len())
+}
 
 /// A stable colour for a label.
 pub fn color(label: &str) -> &'static str {
-    if let Some((_, c)) = PALETTE.iter().find(|(l, _)| *l == label) {
+    if let Some((_, c)) = PALETTE.iter().find(|(c, _)| c.as_str() == label) {
         return c;
     }
     const OTHERS: &[&str] = &["#1565c0", "#00838f", "#ad1457", "#558b2f", "#5d4037", "#37474f"];
@@ -46,41 +54,37 @@ pub fn color(label: &str) -> &'static str {
 }
 
 /// Series of one per-second map of the timeline (`by_decision`, `by_status`): one per key seen.
-pub fn series_of(timeline: &Value, field: &str) -> Vec<Series> {
-    let seconds = timeline.get("seconds").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut labels: Vec<String> = Vec::new();
-    for s in &seconds {
-        if let Some(m) = s.get(field).and_then(Value::as_object) {
-            for k in m.keys() {
-                if !labels.contains(k) {
-                    labels.push(k.clone());
-                }
+pub fn series_of(timeline: &Timeline, field: impl Fn(&Second) -> &BTreeMap<String, u64>) -> Vec<Series> {
+    let mut labels: Vec<&String> = Vec::new();
+    for s in &timeline.seconds {
+        for k in field(s).keys() {
+            if !labels.contains(&k) {
+                labels.push(k);
             }
         }
     }
-    labels.sort_by_key(|l| (PALETTE.iter().position(|(p, _)| p == l).unwrap_or(PALETTE.len()), l.clone()));
+    labels.sort_by_key(|l| (rank(l), l.to_string()));
     labels
         .into_iter()
         .map(|label| Series {
-            color: color(&label),
-            values: seconds
-                .iter()
-                .map(|s| s.get(field).and_then(|m| m.get(&label)).and_then(Value::as_f64).unwrap_or(0.0))
-                .collect(),
-            label,
+            color: color(label),
+            values: timeline.seconds.iter().map(|s| field(s).get(label).map_or(0.0, |v| *v as f64)).collect(),
+            label: label.clone(),
         })
         .collect()
 }
 
+/// A per-second number of the timeline, with its label.
+pub type Number = (&'static str, fn(&Second) -> u64);
+
 /// Series of plain per-second numbers (`retries`, `budget_exhausted`).
-pub fn series_of_numbers(timeline: &Value, fields: &[&str]) -> Vec<Series> {
-    let seconds = timeline.get("seconds").and_then(Value::as_array).cloned().unwrap_or_default();
+pub fn series_of_numbers(timeline: &Timeline, fields: &[Number]) -> Vec<Series> {
     fields
         .iter()
-        .map(|f| Series {
-            label: f.to_string(),
-            color: color(f),
-            values: seconds.iter().map(|s| s.get(*f).and_then(Value::as_f64).unwrap_or(0.0)).collect(),
+        .map(|(label, value)| Series {
+            label: label.to_string(),
+            color: color(label),
+            values: timeline.seconds.iter().map(|s| value(s) as f64).collect(),
         })
         .collect()
 }
@@ -125,33 +129,32 @@ pub fn stacked_bars(series: &[Series]) -> Vec<Bar> {
 }
 
 /// Breaker bands: per policy, one coloured cell per second (green closed, red open, amber half-open).
-pub fn breaker_bands(timeline: &Value) -> Vec<(String, Vec<(&'static str, String)>)> {
-    let seconds = timeline.get("seconds").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut policies: Vec<String> = Vec::new();
-    for s in &seconds {
-        for k in s.get("breaker").and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
-            if !policies.contains(k) {
-                policies.push(k.clone());
+pub fn breaker_bands(timeline: &Timeline) -> Vec<(String, Vec<(&'static str, String)>)> {
+    let mut policies: Vec<&String> = Vec::new();
+    for s in &timeline.seconds {
+        for k in s.breaker.keys() {
+            if !policies.contains(&k) {
+                policies.push(k);
             }
         }
     }
     policies
         .into_iter()
         .map(|p| {
-            let cells = seconds
+            let cells = timeline
+                .seconds
                 .iter()
                 .map(|s| {
-                    let state =
-                        s.get("breaker").and_then(|b| b.get(&p)).and_then(Value::as_str).unwrap_or("closed");
+                    let state = s.breaker.get(p).copied().unwrap_or(BreakerState::Closed);
                     let c = match state {
-                        "open" => "#c62828",
-                        "half_open" | "half-open" => "#f9a825",
-                        _ => "#2e7d32",
+                        BreakerState::Open => "#c62828",
+                        BreakerState::HalfOpen => "#f9a825",
+                        BreakerState::Closed => "#2e7d32",
                     };
                     (c, state.to_string())
                 })
                 .collect();
-            (p, cells)
+            (p.clone(), cells)
         })
         .collect()
 }
@@ -159,18 +162,18 @@ pub fn breaker_bands(timeline: &Value) -> Vec<(String, Vec<(&'static str, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn timeline() -> Value {
-        json!({ "seconds": [
+    fn timeline() -> Timeline {
+        serde_json::from_value(serde_json::json!({ "policies": ["b"], "seconds": [
             { "t": 0, "by_decision": { "allowed": 10, "rate_limited": 30 }, "retries": 2, "breaker": { "b": "closed" } },
             { "t": 1, "by_decision": { "allowed": 10 }, "retries": 0, "breaker": { "b": "open" } },
-        ]})
+        ]}))
+        .unwrap()
     }
 
     #[test]
     fn stacks_decisions_per_second() {
-        let series = series_of(&timeline(), "by_decision");
+        let series = series_of(&timeline(), |s| &s.by_decision);
         assert_eq!(series.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(), ["allowed", "rate_limited"]);
         assert_eq!(series[1].values, [30.0, 0.0]);
         assert_eq!(max_total(&series), 40.0);
@@ -188,6 +191,6 @@ mod tests {
         let bands = breaker_bands(&timeline());
         assert_eq!(bands.len(), 1);
         assert_eq!(bands[0].1.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(), ["closed", "open"]);
-        assert_eq!(series_of_numbers(&timeline(), &["retries"])[0].values, [2.0, 0.0]);
+        assert_eq!(series_of_numbers(&timeline(), &[("retries", |s| s.retries)])[0].values, [2.0, 0.0]);
     }
 }

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use breakwater_host_test::Host;
 use breakwater_host_test::sim::{self, Loaded};
-use breakwater_scenario::{self as scenario, Report};
+use breakwater_policy::model::Document;
+use breakwater_scenario::{self as scenario, Report, Scenario};
 use serde::Serialize;
 
 /// Where `breakwater test` looks for the compiled filter when `--wasm` is not given: the
@@ -46,17 +47,24 @@ pub struct FileResult {
     pub report: Report,
 }
 
+/// Simulates a scenario against a document through the compiled filter and evaluates the run:
+/// what `breakwater test` does for each file and the admin's `POST /api/simulate` for the editor's
+/// document. Returns the report and the wall time in milliseconds.
+pub fn simulate(host: &Host, scenario: &Scenario, document: &Document) -> Result<(Report, f64), String> {
+    let started = Instant::now();
+    let run = sim::run(host, scenario, document)?;
+    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok((scenario::evaluate(scenario, &run), wall_ms))
+}
+
 /// Runs one loaded scenario.
 pub fn run(host: &Host, file: &str, loaded: &Loaded) -> Result<FileResult, String> {
-    let started = Instant::now();
-    let run = sim::run(host, &loaded.scenario, &loaded.document)?;
-    let wall = started.elapsed().as_secs_f64();
-    let report = scenario::evaluate(&loaded.scenario, &run);
+    let (report, wall_ms) = simulate(host, &loaded.scenario, &loaded.document)?;
     Ok(FileResult {
         file: file.to_string(),
         policy: loaded.policy_source.clone(),
-        wall_ms: wall * 1000.0,
-        requests_per_second: if wall > 0.0 { report.requests as f64 / wall } else { 0.0 },
+        wall_ms,
+        requests_per_second: if wall_ms > 0.0 { report.requests as f64 / (wall_ms / 1000.0) } else { 0.0 },
         report,
     })
 }

@@ -15,6 +15,7 @@ pub struct Timeline {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct Second {
     /// Seconds since the start.
     pub t: u64,

@@ -13,9 +13,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use breakwater_api::{
+    Diff, EnvoyStatus, ErrorBody, History, PolicyAnswer, PublishAnswer, RollbackBody, Saved, ScenarioFile,
+    SimulateBody, Simulation, Status, TextBody, Validation, VersionText,
+};
 use breakwater_policy::Diagnostic;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::envoy::{self, Admin};
 use super::store::{self, Published, SaveError};
@@ -77,10 +80,7 @@ impl From<SaveError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message });
-        if !self.diagnostics.is_empty() {
-            body["diagnostics"] = json!(self.diagnostics);
-        }
+        let body = ErrorBody { error: self.message, diagnostics: self.diagnostics };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
@@ -138,50 +138,42 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn diagnostics_of(text: &str) -> (bool, Vec<Diagnostic>) {
+fn validation(text: &str) -> Validation {
     match breakwater_policy::load(text) {
-        Ok(loaded) => (true, loaded.warnings),
-        Err(diags) => (false, diags),
+        Ok(loaded) => Validation { valid: true, diagnostics: loaded.warnings },
+        Err(diagnostics) => Validation { valid: false, diagnostics },
     }
 }
 
-async fn get_policy(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+async fn get_policy(State(state): State<Shared>) -> Result<Json<PolicyAnswer>, ApiError> {
     let store = state.store.lock().await;
     let text = store.active().map_err(ApiError::internal)?;
-    let (valid, diagnostics) = diagnostics_of(&text);
-    Ok(Json(json!({
-        "text": text,
-        "version": store.current(),
-        "valid": valid,
-        "diagnostics": diagnostics,
-        "published": store.published(),
-        "file": store.policy_path().display().to_string(),
-    })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TextBody {
-    text: String,
+    let Validation { valid, diagnostics } = validation(&text);
+    Ok(Json(PolicyAnswer {
+        text,
+        version: store.current(),
+        valid,
+        diagnostics,
+        published: store.published(),
+        file: store.policy_path().display().to_string(),
+    }))
 }
 
 async fn put_policy(
     State(state): State<Shared>,
     Body(body): Body<TextBody>,
-) -> Result<Json<Value>, ApiError> {
-    let saved = state.store.lock().await.save(&body.text)?;
-    Ok(Json(json!(saved)))
+) -> Result<Json<Saved>, ApiError> {
+    Ok(Json(state.store.lock().await.save(&body.text)?))
 }
 
-async fn validate(Body(body): Body<TextBody>) -> Json<Value> {
-    let (valid, diagnostics) = diagnostics_of(&body.text);
-    Json(json!({ "valid": valid, "diagnostics": diagnostics }))
+async fn validate(Body(body): Body<TextBody>) -> Json<Validation> {
+    Json(validation(&body.text))
 }
 
-async fn history(State(state): State<Shared>) -> Json<Value> {
+async fn history(State(state): State<Shared>) -> Json<History> {
     let store = state.store.lock().await;
     let published = store.published().map(|p| p.version);
-    Json(json!({ "current": store.current(), "published": published, "versions": store.list() }))
+    Json(History { current: store.current(), published, versions: store.list() })
 }
 
 /// A version named in a request: a number, or `active` / `published`.
@@ -208,12 +200,13 @@ fn resolve(store: &store::Store, name: &str) -> Result<(u64, String), ApiError> 
 async fn history_version(
     State(state): State<Shared>,
     Path(version): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VersionText>, ApiError> {
     let store = state.store.lock().await;
-    let (id, text) = resolve(&store, &version)?;
-    Ok(Json(json!({ "version": id, "text": text })))
+    let (version, text) = resolve(&store, &version)?;
+    Ok(Json(VersionText { version, text }))
 }
 
+/// The query of `GET /api/diff` (the admin builds it as a URL).
 #[derive(Deserialize)]
 struct DiffQuery {
     from: String,
@@ -223,32 +216,26 @@ struct DiffQuery {
 async fn diff(
     State(state): State<Shared>,
     query: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Diff>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let store = state.store.lock().await;
     let (from, from_text) = resolve(&store, &q.from)?;
     let (to, to_text) = resolve(&store, q.to.as_deref().unwrap_or("active"))?;
     let diff = store::diff(&format!("version {from}"), &from_text, &format!("version {to}"), &to_text);
-    Ok(Json(json!({ "from": from, "to": to, "diff": diff })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RollbackBody {
-    version: u64,
+    Ok(Json(Diff { from, to, diff }))
 }
 
 async fn rollback(
     State(state): State<Shared>,
     Body(body): Body<RollbackBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Saved>, ApiError> {
     match state.store.lock().await.rollback(body.version)? {
-        Some(saved) => Ok(Json(json!(saved))),
+        Some(saved) => Ok(Json(saved)),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no version {}", body.version))),
     }
 }
 
-async fn scenarios(State(state): State<Shared>) -> Json<Value> {
+async fn scenarios(State(state): State<Shared>) -> Json<Vec<ScenarioFile>> {
     let dir = &state.config.scenarios_dir;
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
@@ -258,30 +245,22 @@ async fn scenarios(State(state): State<Shared>) -> Json<Value> {
         .filter(|p| p.to_string_lossy().ends_with(".scenario.yaml"))
         .collect();
     files.sort();
-    let list: Vec<Value> = files
+    let list = files
         .iter()
         .filter_map(|p| {
             let text = std::fs::read_to_string(p).ok()?;
             let name = breakwater_scenario::load(&text).map(|s| s.name).unwrap_or_default();
             let file = p.file_name()?.to_string_lossy().into_owned();
-            Some(json!({ "file": file, "name": name, "text": text }))
+            Some(ScenarioFile { file, name, text })
         })
         .collect();
-    Json(json!(list))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SimulateBody {
-    /// The policy document (YAML or JSON); the scenario's own `policy` is replaced by it.
-    policy: String,
-    scenario: String,
+    Json(list)
 }
 
 async fn simulate(
     State(state): State<Shared>,
     Body(body): Body<SimulateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Simulation>, ApiError> {
     let document = breakwater_policy::load(&body.policy).map_err(ApiError::invalid)?.document;
     let scenario =
         breakwater_scenario::load_with_policy(&body.scenario, &document).map_err(|d| ApiError {
@@ -303,16 +282,14 @@ async fn simulate(
         .clone()
         .map_err(|e| ApiError::internal(format!("cannot load the compiled filter: {e}")))?;
     let _permit = state.simulations.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
-    let started = Instant::now();
-    let report = tokio::task::spawn_blocking(move || {
-        breakwater_host_test::sim::run(&host, &scenario, &document)
-            .map(|run| breakwater_scenario::evaluate(&scenario, &run))
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("the simulation failed: {e}")))?;
-    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
-    Ok(Json(json!({ "wall_ms": wall_ms, "report": report })))
+    let (report, wall_ms) =
+        tokio::task::spawn_blocking(move || crate::testing::simulate(&host, &scenario, &document))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("the simulation failed: {e}"))
+            })?;
+    Ok(Json(Simulation { wall_ms, report }))
 }
 
 /// A file's text from byte `offset` on (what Envoy logged since then).
@@ -331,7 +308,7 @@ fn admin(state: &super::State) -> Option<Admin> {
     state.config.envoy_admin.clone().map(|address| Admin { address })
 }
 
-async fn publish(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+async fn publish(State(state): State<Shared>) -> Result<Json<PublishAnswer>, ApiError> {
     let Some(ecds) = state.config.ecds.clone() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -358,11 +335,16 @@ async fn publish(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
         .set_published(&Published { version, ecds_version, at_ms: store::now_ms() })
         .map_err(ApiError::internal)?;
     drop(store);
-    let mut answer =
-        json!({ "version": version, "ecds_version": ecds_version, "policies": document.policies.len() });
+    let mut answer = PublishAnswer {
+        version,
+        ecds_version,
+        policies: document.policies.len(),
+        applied: None,
+        message: "written; not confirmed (start the server with --envoy-admin to confirm)".into(),
+        reason: None,
+        elapsed_ms: None,
+    };
     let Some(admin) = admin else {
-        answer["applied"] = Value::Null;
-        answer["message"] = json!("written; not confirmed (start the server with --envoy-admin to confirm)");
         return Ok(Json(answer));
     };
     let wanted = ecds_version.to_string();
@@ -371,8 +353,8 @@ async fn publish(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
         let now = admin.ecds(&settings.name).await;
         match (&now, &before) {
             (Ok(s), _) if s.applied.as_deref() == Some(wanted.as_str()) => {
-                answer["applied"] = json!(true);
-                answer["message"] = json!(format!("Envoy applied version {ecds_version}"));
+                answer.applied = Some(true);
+                answer.message = format!("Envoy applied version {ecds_version}");
                 break;
             }
             (Ok(s), Some(b)) if s.rejected > b.rejected => {
@@ -384,38 +366,38 @@ async fn publish(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
                     .unwrap_or_default();
                 let reason =
                     if reasons.is_empty() { "see Envoy's log".to_string() } else { reasons.join("; ") };
-                answer["applied"] = json!(false);
-                answer["message"] = json!(format!(
+                answer.applied = Some(false);
+                answer.message = format!(
                     "Envoy rejected version {ecds_version} and keeps version {}: {reason}",
                     s.applied.as_deref().unwrap_or("none")
-                ));
-                answer["reason"] = json!(reason);
+                );
+                answer.reason = Some(reason);
                 break;
             }
             _ => {}
         }
         if Instant::now() >= deadline {
-            answer["applied"] = Value::Null;
-            answer["message"] = json!(match now {
+            answer.message = match now {
                 Ok(s) => format!(
                     "Envoy did not apply version {ecds_version} within {:?} (it runs {})",
                     state.config.publish_timeout,
                     s.applied.as_deref().unwrap_or("no version")
                 ),
                 Err(e) => format!("written, but Envoy could not be asked: {e}"),
-            });
+            };
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    answer["elapsed_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
+    answer.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     Ok(Json(answer))
 }
 
-async fn status(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+async fn status(State(state): State<Shared>) -> Json<Status> {
     let published = state.store.lock().await.published();
     let Some(admin) = admin(&state) else {
-        return Ok(Json(json!({ "envoy": { "configured": false }, "published": published, "policies": {} })));
+        let envoy = EnvoyStatus { configured: false, address: None, reachable: None, error: None };
+        return Json(Status { envoy, ecds: None, published, policies: Default::default() });
     };
     let stats = admin.get("/stats/prometheus").await;
     let (reachable, error, policies) = match stats {
@@ -424,12 +406,9 @@ async fn status(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
         Err(e) => (false, Some(e), Default::default()),
     };
     let ecds = if reachable { admin.ecds(&state.config.filter_name).await.ok() } else { None };
-    Ok(Json(json!({
-        "envoy": { "configured": true, "address": admin.address, "reachable": reachable, "error": error },
-        "ecds": ecds,
-        "published": published,
-        "policies": policies,
-    })))
+    let envoy =
+        EnvoyStatus { configured: true, address: Some(admin.address), reachable: Some(reachable), error };
+    Json(Status { envoy, ecds, published, policies })
 }
 
 #[cfg(test)]

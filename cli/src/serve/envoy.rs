@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use breakwater_policy::metrics::{self, BreakerState, Counter, Gauge, Metric};
+pub use breakwater_api::{EcdsState, PolicyStats};
+use breakwater_policy::metrics::{self, BreakerState, Gauge, Metric};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use serde::Serialize;
 
 /// Each admin request gets this long (Envoy answers on loopback in milliseconds).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,15 +61,6 @@ impl Admin {
     }
 }
 
-/// What Envoy's stats say about one filter's ECDS subscription.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct EcdsState {
-    /// The `version_info` of the configuration in use (`version_text`).
-    pub applied: Option<String>,
-    /// Updates rejected so far (`update_rejected`).
-    pub rejected: u64,
-}
-
 /// Reads an ECDS subscription's stats (`PREFIX.version_text: "3"`, `PREFIX.update_rejected: 1`).
 pub fn ecds_state(stats: &str, prefix: &str) -> EcdsState {
     let mut state = EcdsState::default();
@@ -107,16 +98,6 @@ pub fn rejection_reasons(log: &str) -> Vec<String> {
     out
 }
 
-/// breakwater's metrics for one policy, as Envoy reports them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct PolicyStats {
-    /// `breakwater_requests` by counter (the decisions, and `retried`, `fallback`, ...).
-    pub requests: BTreeMap<Counter, u64>,
-    /// When the policy has a breaker.
-    pub breaker: Option<BreakerState>,
-    pub in_flight: Option<u64>,
-}
-
 /// Reads breakwater's series out of Prometheus text: per policy, in name order.
 pub fn policy_stats(prometheus: &str) -> BTreeMap<String, PolicyStats> {
     let mut out: BTreeMap<String, PolicyStats> = BTreeMap::new();
@@ -137,6 +118,7 @@ pub fn policy_stats(prometheus: &str) -> BTreeMap<String, PolicyStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use breakwater_policy::metrics::Counter;
 
     #[test]
     fn reads_policy_series_from_prometheus_text() {

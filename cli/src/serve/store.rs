@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use breakwater_api::{Published, Saved, Version};
 use breakwater_policy::Diagnostic;
-use serde::{Deserialize, Serialize};
 
 use crate::ecds::write_atomically;
 
@@ -24,41 +24,11 @@ pub struct Store {
     published: PathBuf,
 }
 
-/// One version in the history.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Version {
-    pub id: u64,
-    /// Unix time in milliseconds (the file's modification time).
-    pub saved_at_ms: u64,
-    pub bytes: u64,
-    /// The policies' names (empty when a version no longer loads, e.g. after a language change).
-    pub policies: Vec<String>,
-}
-
-/// What was last published.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Published {
-    /// The history version published.
-    pub version: u64,
-    /// The ECDS `version_info` written.
-    pub ecds_version: u64,
-    pub at_ms: u64,
-}
-
 #[derive(Debug)]
 pub enum SaveError {
     /// The document does not validate: nothing was written.
     Invalid(Vec<Diagnostic>),
     Io(String),
-}
-
-/// The result of a save.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Saved {
-    pub version: u64,
-    /// False when the document was already the active one (nothing new was written).
-    pub changed: bool,
-    pub warnings: Vec<Diagnostic>,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> String {

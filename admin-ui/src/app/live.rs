@@ -1,0 +1,36 @@
+//! The live page: breakwater's counters and breaker states from Envoy, refreshed every 2 s; one
+//! column per counter of [`Counter::ALL`].
+
+use breakwater_policy::metrics::Counter;
+use leptos::prelude::*;
+
+use super::{Ctx, envoy_state};
+
+#[component]
+pub(super) fn LivePage() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    view! {
+        <div class="live">
+            <p>{move || ctx.status.with(|s| envoy_state(s.as_ref()))} " · refreshed every 2 s"</p>
+            <table data-testid="live-table">
+                <tr><th>"policy"</th>
+                    {Counter::ALL.map(|c| view! { <th>{c.as_str().replace('_', " ")}</th> }).to_vec()}
+                    <th>"in flight"</th><th>"breaker"</th></tr>
+                {move || {
+                    let policies = ctx.status.with(|s| s.as_ref().map(|s| s.policies.clone()).unwrap_or_default());
+                    policies.into_iter().map(|(name, p)| {
+                        let breaker = p.breaker.map_or("–".to_string(), |b| b.to_string());
+                        view! { <tr data-testid=format!("live-{name}")>
+                            <td>{name.clone()}</td>
+                            {Counter::ALL.map(|c| view! {
+                                <td data-testid=format!("live-{name}-{c}")>{p.requests.get(&c).copied().unwrap_or(0)}</td>
+                            }).to_vec()}
+                            <td>{p.in_flight.map_or("–".to_string(), |v| v.to_string())}</td>
+                            <td><span class=format!("breaker {breaker}")>{breaker.clone()}</span></td>
+                        </tr> }
+                    }).collect::<Vec<_>>()
+                }}
+            </table>
+        </div>
+    }
+}

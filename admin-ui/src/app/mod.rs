@@ -1,0 +1,213 @@
+//! The admin's shell (login, tabs, the state every page shares) and its pages, one module each:
+//! policies (list and editor), simulate, publish, history, live.
+
+mod history;
+mod live;
+mod policies;
+mod publish;
+mod simulate;
+
+use breakwater_api::{PolicyAnswer, Status};
+use breakwater_policy::Diagnostic;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use serde_json::{Value, json};
+
+use crate::api;
+use history::HistoryPage;
+use live::LivePage;
+use policies::PoliciesPage;
+use publish::PublishPage;
+use simulate::SimulatePage;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tab {
+    Policies,
+    Simulate,
+    Publish,
+    History,
+    Live,
+}
+
+impl Tab {
+    const ALL: [Tab; 5] = [Tab::Policies, Tab::Simulate, Tab::Publish, Tab::History, Tab::Live];
+    fn title(self) -> &'static str {
+        match self {
+            Tab::Policies => "Policies",
+            Tab::Simulate => "Simulate",
+            Tab::Publish => "Publish",
+            Tab::History => "History",
+            Tab::Live => "Live",
+        }
+    }
+    fn id(self) -> &'static str {
+        match self {
+            Tab::Policies => "policies",
+            Tab::Simulate => "simulate",
+            Tab::Publish => "publish",
+            Tab::History => "history",
+            Tab::Live => "live",
+        }
+    }
+}
+
+/// The state every page shares.
+#[derive(Clone, Copy)]
+struct Ctx {
+    /// The document as the form sees it.
+    doc: RwSignal<Value>,
+    /// The document as YAML: what is validated, saved and simulated.
+    text: RwSignal<String>,
+    /// The text of the active version on the server.
+    saved: RwSignal<String>,
+    version: RwSignal<u64>,
+    diags: Memo<(bool, Vec<Diagnostic>)>,
+    selected: RwSignal<Option<usize>>,
+    tab: RwSignal<Tab>,
+    /// The last `GET /api/status` (None until it answered).
+    status: RwSignal<Option<Status>>,
+    notice: RwSignal<Option<(bool, String)>>,
+}
+
+impl Ctx {
+    /// A form edit: the document changes, the YAML follows.
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        self.doc.update(f);
+        let yaml = breakwater_policy::yaml::to_yaml_ordered(
+            &self.doc.get_untracked(),
+            breakwater_policy::yaml::DOCUMENT_KEY_ORDER,
+        );
+        self.text.set(yaml);
+    }
+
+    /// A YAML edit: the text changes, the form follows when the text parses.
+    fn set_text(&self, t: String) {
+        if let Ok(v) = breakwater_policy::yaml::from_yaml(&t) {
+            self.doc.set(v);
+        }
+        self.text.set(t);
+    }
+
+    fn load(&self) {
+        let ctx = *self;
+        spawn_local(async move {
+            match api::get::<PolicyAnswer>("/policy").await {
+                Ok(answer) => {
+                    ctx.saved.set(answer.text.clone());
+                    ctx.version.set(answer.version);
+                    ctx.set_text(answer.text);
+                    let n =
+                        ctx.doc.get_untracked().get("policies").and_then(Value::as_array).map_or(0, Vec::len);
+                    if ctx.selected.get_untracked().is_none_or(|i| i >= n) {
+                        ctx.selected.set((n > 0).then_some(0));
+                    }
+                }
+                Err(e) => ctx.notice.set(Some((false, e.message()))),
+            }
+        });
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    let authed = RwSignal::new(api::token().is_some());
+    view! {
+        <Show when=move || authed.get() fallback=move || view! { <Login authed/> }>
+            <Admin/>
+        </Show>
+    }
+}
+
+#[component]
+fn Login(authed: RwSignal<bool>) -> impl IntoView {
+    let input = RwSignal::new(String::new());
+    view! {
+        <main class="login">
+            <h1>"breakwater"</h1>
+            <p>"Paste the admin token (printed by " <code>"breakwater serve"</code> ")."</p>
+            <form on:submit=move |ev| {
+                ev.prevent_default();
+                api::set_token(input.get_untracked().trim());
+                authed.set(true);
+            }>
+                <input type="password" data-testid="token" aria-label="token"
+                    prop:value=move || input.get() on:input=move |ev| input.set(event_target_value(&ev))/>
+                <button type="submit" data-testid="login">"Open"</button>
+            </form>
+        </main>
+    }
+}
+
+#[component]
+fn Admin() -> impl IntoView {
+    let text = RwSignal::new(String::new());
+    let diags = Memo::new(move |_| {
+        let t = text.get();
+        match breakwater_policy::load(&t) {
+            Ok(l) => (true, l.warnings),
+            Err(d) => (false, d),
+        }
+    });
+    let ctx = Ctx {
+        doc: RwSignal::new(json!({ "version": 1, "policies": [] })),
+        text,
+        saved: RwSignal::new(String::new()),
+        version: RwSignal::new(0),
+        diags,
+        selected: RwSignal::new(None),
+        tab: RwSignal::new(Tab::Policies),
+        status: RwSignal::new(None),
+        notice: RwSignal::new(None),
+    };
+    provide_context(ctx);
+    ctx.load();
+    let refresh = move || {
+        spawn_local(async move {
+            if let Ok(status) = api::get::<Status>("/status").await {
+                ctx.status.set(Some(status));
+            }
+        })
+    };
+    refresh();
+    set_interval(refresh, std::time::Duration::from_secs(2));
+    view! {
+        <header>
+            <span class="brand">"breakwater"</span>
+            <nav role="tablist">
+                {Tab::ALL.into_iter().map(|t| view! {
+                    <button role="tab" data-testid=format!("tab-{}", t.id())
+                        class:active=move || ctx.tab.get() == t
+                        aria-selected=move || (ctx.tab.get() == t).to_string()
+                        on:click=move |_| ctx.tab.set(t)>{t.title()}</button>
+                }).collect_view()}
+            </nav>
+            <span class="envoy" data-testid="envoy-state">{move || ctx.status.with(|s| envoy_state(s.as_ref()))}</span>
+        </header>
+        {move || ctx.notice.get().map(|(good, m)| view! {
+            <div class="notice" class:good=good data-testid="notice">{m}
+                <button class="link" on:click=move |_| ctx.notice.set(None)>"dismiss"</button></div>
+        })}
+        <main>
+            {move || match ctx.tab.get() {
+                Tab::Policies => view! { <PoliciesPage/> }.into_any(),
+                Tab::Simulate => view! { <SimulatePage/> }.into_any(),
+                Tab::Publish => view! { <PublishPage/> }.into_any(),
+                Tab::History => view! { <HistoryPage/> }.into_any(),
+                Tab::Live => view! { <LivePage/> }.into_any(),
+            }}
+        </main>
+    }
+}
+
+fn envoy_state(status: Option<&Status>) -> String {
+    let Some(status) = status else { return String::new() };
+    match (status.envoy.configured, status.envoy.reachable) {
+        (true, Some(true)) => format!(
+            "Envoy {} · config v{}",
+            status.envoy.address.as_deref().unwrap_or_default(),
+            status.ecds.as_ref().and_then(|e| e.applied.as_deref()).unwrap_or("–")
+        ),
+        (true, _) => "Envoy unreachable".into(),
+        (false, _) => "no Envoy configured".into(),
+    }
+}

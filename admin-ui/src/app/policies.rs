@@ -1,0 +1,315 @@
+//! The policies page: the list with live counters, and the editor (form or YAML).
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+
+use breakwater_api::{Saved, Status, TextBody};
+use breakwater_policy::Diagnostic;
+use breakwater_policy::metrics::Decision;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::api;
+use crate::form::{self, BLOCKS, Kind};
+
+fn policies(doc: &Value) -> Vec<Value> {
+    doc.get("policies").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// One-line summaries of a policy's blocks.
+fn blocks_of(p: &Value) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(r) = p.get("rate_limit") {
+        out.push((
+            "rate",
+            format!("{}/{} burst {}", r["rate"], r["per"].as_str().unwrap_or("1s"), r["burst"]),
+        ));
+    }
+    if let Some(c) = p.get("concurrency_limit") {
+        out.push(("concurrency", format!("≤ {} in flight", c["max_in_flight"])));
+    }
+    if let Some(b) = p.get("circuit_breaker") {
+        out.push(("breaker", format!("{}% of {}", b["failure_rate"], b["window"])));
+    }
+    if let Some(r) = p.get("retry") {
+        out.push(("retry", format!("{} retries", r["max_retries"])));
+    }
+    if let Some(t) = p.get("timeout") {
+        out.push(("timeout", t.as_str().unwrap_or_default().to_string()));
+    }
+    if p.get("fallback").is_some() {
+        out.push(("fallback", "fallback".into()));
+    }
+    out
+}
+
+#[component]
+pub(super) fn PoliciesPage() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    view! {
+        <div class="split">
+            <aside class="list" data-testid="policy-list">
+                {move || policies(&ctx.doc.get()).into_iter().enumerate().map(|(i, p)| {
+                    let name = p["name"].as_str().unwrap_or("(unnamed)").to_string();
+                    let live_name = name.clone();
+                    view! {
+                        <button class="policy" data-testid=format!("policy-{name}")
+                            class:selected=move || ctx.selected.get() == Some(i)
+                            on:click=move |_| ctx.selected.set(Some(i))>
+                            <strong>{name.clone()}</strong>
+                            <span class="badges">{blocks_of(&p).into_iter().map(|(k, v)| view! {
+                                <span class=format!("badge {k}")>{v}</span>
+                            }).collect_view()}</span>
+                            <span class="counters">{move || ctx.status.with(|s| live_line(s.as_ref(), &live_name))}</span>
+                        </button>
+                    }
+                }).collect_view()}
+                <button data-testid="add-policy" on:click=move |_| {
+                    let mut index = 0;
+                    ctx.edit(|d| index = form::add_policy(d));
+                    ctx.selected.set(Some(index));
+                }>"+ New policy"</button>
+            </aside>
+            <Editor/>
+        </div>
+    }
+}
+
+/// A policy's counters in one line: requests (each has one decision), rejected, the breaker.
+fn live_line(status: Option<&Status>, name: &str) -> String {
+    let Some(p) = status.and_then(|s| s.policies.get(name)) else { return String::new() };
+    let decided = |rejected: bool| -> u64 {
+        p.requests
+            .iter()
+            .filter(|(c, _)| c.decision().is_some_and(|d| !rejected || d != Decision::Allowed))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let breaker = p.breaker.map(|b| format!(" · breaker {b}")).unwrap_or_default();
+    format!("{} requests · {} rejected{breaker}", decided(false), decided(true))
+}
+
+#[component]
+fn Editor() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let raw = RwSignal::new(false);
+    let saving = RwSignal::new(false);
+    let save = move |_| {
+        saving.set(true);
+        let text = ctx.text.get_untracked();
+        spawn_local(async move {
+            let answer = api::send::<_, Saved>("PUT", "/policy", Some(&TextBody { text })).await;
+            saving.set(false);
+            match answer {
+                Ok(saved) => {
+                    ctx.saved.set(ctx.text.get_untracked());
+                    ctx.version.set(saved.version);
+                    ctx.notice.set(Some((true, format!("Saved as version {}", saved.version))));
+                }
+                Err(e) => ctx.notice.set(Some((false, e.message()))),
+            }
+        });
+    };
+    let dirty = move || ctx.text.get() != ctx.saved.get();
+    let valid = move || ctx.diags.get().0;
+    let unplaced = move || {
+        let sel = ctx.selected.get();
+        ctx.diags
+            .get()
+            .1
+            .into_iter()
+            .filter(|d| match form::locate(&d.path) {
+                Some((i, Some(_))) => raw.get() || Some(i) != sel,
+                _ => true,
+            })
+            .collect::<Vec<_>>()
+    };
+    view! {
+        <section class="editor">
+            <div class="toolbar">
+                <button data-testid="view-form" class:active=move || !raw.get() on:click=move |_| raw.set(false)>"Form"</button>
+                <button data-testid="view-yaml" class:active=move || raw.get() on:click=move |_| raw.set(true)>"YAML"</button>
+                <span class="state" data-testid="doc-state">{move || match (valid(), dirty()) {
+                    (false, _) => "invalid: fix the errors to save".to_string(),
+                    (true, true) => "unsaved changes".to_string(),
+                    (true, false) => format!("saved (version {})", ctx.version.get()),
+                }}</span>
+                <button class="primary" data-testid="save" disabled=move || !valid() || !dirty() || saving.get()
+                    on:click=save>"Save"</button>
+            </div>
+            <ul class="diagnostics" data-testid="diagnostics">
+                {move || unplaced().into_iter().map(|d| view! {
+                    <li class=if d.is_error() { "error" } else { "warning" }>{diag_text(&d)}</li>
+                }).collect_view()}
+            </ul>
+            {move || if raw.get() {
+                view! {
+                    <textarea class="yaml" data-testid="yaml" spellcheck="false" aria-label="policy document (YAML)"
+                        prop:value=move || ctx.text.get()
+                        on:input=move |ev| ctx.set_text(event_target_value(&ev))></textarea>
+                }.into_any()
+            } else {
+                view! { <PolicyForm/> }.into_any()
+            }}
+        </section>
+    }
+}
+
+fn diag_text(d: &Diagnostic) -> String {
+    let at = d.span.map(|s| format!(" ({}:{})", s.line, s.col)).unwrap_or_default();
+    if d.path.is_empty() { format!("{}{at}", d.message) } else { format!("{}: {}{at}", d.path, d.message) }
+}
+
+#[component]
+fn PolicyForm() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    move || {
+        let Some(index) = ctx.selected.get() else {
+            return view! { <p class="empty">"No policy selected. Add one with “+ New policy”."</p> }
+                .into_any();
+        };
+        view! {
+            <div class="form" data-testid="policy-form">
+                {BLOCKS.iter().map(|block| view! { <BlockView block index/> }).collect_view()}
+                <button class="danger" data-testid="delete-policy" on:click=move |_| {
+                    ctx.edit(|d| form::remove_policy(d, index));
+                    ctx.selected.set(None);
+                }>"Delete this policy"</button>
+            </div>
+        }
+        .into_any()
+    }
+}
+
+#[component]
+fn BlockView(block: &'static form::Block, index: usize) -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let present = move || {
+        block.key.is_empty()
+            || form::policy(&ctx.doc.get(), index).is_some_and(|p| p.get(block.key).is_some())
+    };
+    let toggle = block.template.map(|_| {
+        view! {
+            <label class="toggle">
+                <input type="checkbox" data-testid=format!("block-{}", block.key)
+                    prop:checked=present
+                    on:change=move |ev| {
+                        let on = event_target_checked(&ev);
+                        ctx.edit(|d| form::set_block(d, index, block, on));
+                    }/>
+                "enabled"
+            </label>
+        }
+    });
+    view! {
+        <fieldset class="block">
+            <legend>{block.title} {toggle}</legend>
+            <Show when=present>
+                {block.fields.iter().map(|field| view! { <FieldView block field index/> }).collect_view()}
+            </Show>
+        </fieldset>
+    }
+}
+
+#[component]
+fn FieldView(block: &'static form::Block, field: &'static form::Field, index: usize) -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let path = form::field_path(block, field);
+    let id = form::test_id(&path);
+    let value = {
+        let path = path.clone();
+        move || {
+            form::policy(&ctx.doc.get(), index)
+                .map(|p| form::display(p, &path, field.kind))
+                .unwrap_or_default()
+        }
+    };
+    let errors = {
+        let path = path.clone();
+        move || {
+            ctx.diags
+                .get()
+                .1
+                .into_iter()
+                .filter(|d| form::locate(&d.path) == Some((index, Some(path.clone()))))
+                .map(|d| d.message)
+                .collect::<Vec<_>>()
+        }
+    };
+    let has_error = {
+        let errors = errors.clone();
+        move || !errors().is_empty()
+    };
+    let set = {
+        let path = path.clone();
+        move |text: String| {
+            let v = form::parse_input(field.kind, &text);
+            ctx.edit(|d| form::set(d, index, &path, v));
+        }
+    };
+    let input = match field.kind {
+        Kind::Choice(options) => {
+            let set = set.clone();
+            view! {
+                <select data-testid=id.clone() prop:value=value.clone() on:change=move |ev| set(event_target_value(&ev))>
+                    <option value="">"(default)"</option>
+                    {options.iter().map(|o| view! { <option value=*o>{*o}</option> }).collect_view()}
+                </select>
+            }
+            .into_any()
+        }
+        Kind::Multi(words) => {
+            let path = path.clone();
+            view! {
+                <span class="words" data-testid=id.clone()>
+                    {words.iter().map(|w| {
+                        let path = path.clone();
+                        let checked = {
+                            let path = path.clone();
+                            move || form::policy(&ctx.doc.get(), index).is_some_and(|p| form::has_word(p, &path, w))
+                        };
+                        view! {
+                            <label><input type="checkbox" data-testid=format!("{}-{w}", form::test_id(&path))
+                                prop:checked=checked
+                                on:change=move |ev| {
+                                    let on = event_target_checked(&ev);
+                                    ctx.edit(|d| form::toggle_word(d, index, &path, w, on));
+                                }/>{*w}</label>
+                        }
+                    }).collect_view()}
+                </span>
+            }
+            .into_any()
+        }
+        Kind::Map | Kind::LongText => {
+            let set = set.clone();
+            let on_input = field.kind == Kind::LongText;
+            view! {
+                <textarea data-testid=id.clone() rows="2" prop:value=value.clone()
+                    on:input={let set = set.clone(); move |ev| if on_input { set(event_target_value(&ev)) }}
+                    on:change=move |ev| if !on_input { set(event_target_value(&ev)) }></textarea>
+            }
+            .into_any()
+        }
+        Kind::List | Kind::IntList => {
+            let set = set.clone();
+            view! { <input type="text" data-testid=id.clone() prop:value=value.clone()
+            on:change=move |ev| set(event_target_value(&ev))/> }
+            .into_any()
+        }
+        Kind::Text | Kind::Int | Kind::Duration | Kind::Window => {
+            let set = set.clone();
+            view! { <input type="text" data-testid=id.clone() prop:value=value.clone()
+            on:input=move |ev| set(event_target_value(&ev))/> }
+            .into_any()
+        }
+    };
+    view! {
+        <div class="field" class:invalid=has_error>
+            <label>{field.label}</label>
+            {input}
+            <span class="help">{field.help}</span>
+            <span class="error" data-testid=format!("error-{}", &id[6..])>{move || errors().join("; ")}</span>
+        </div>
+    }
+}

@@ -1,0 +1,153 @@
+//! The simulate page: a scenario run through the compiled filter against the editor's document, with its expectations and charts.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+
+use breakwater_api::{ScenarioFile, SimulateBody, Simulation};
+use breakwater_policy::Diagnostic;
+
+use super::Ctx;
+use crate::api;
+use crate::chart;
+
+#[component]
+pub(super) fn SimulatePage() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let scenarios = RwSignal::new(Vec::<ScenarioFile>::new());
+    let scenario = RwSignal::new(String::from(
+        "name: a steady 50 requests a second\nduration: 10s\nworkers: 2\ntraffic:\n  - rate: 50/s\n    host: api.example.com\n    path: /\n",
+    ));
+    let result = RwSignal::new(None::<Simulation>);
+    let error = RwSignal::new(None::<(String, Vec<Diagnostic>)>);
+    let running = RwSignal::new(false);
+    spawn_local(async move {
+        if let Ok(list) = api::get::<Vec<ScenarioFile>>("/scenarios").await {
+            scenarios.set(list);
+        }
+    });
+    let run = move |_| {
+        running.set(true);
+        error.set(None);
+        let body = SimulateBody { policy: ctx.text.get_untracked(), scenario: scenario.get_untracked() };
+        spawn_local(async move {
+            let answer = api::send::<_, Simulation>("POST", "/simulate", Some(&body)).await;
+            running.set(false);
+            match answer {
+                Ok(simulation) => result.set(Some(simulation)),
+                Err(e) => {
+                    error.set(Some((e.message(), e.body.diagnostics)));
+                    result.set(None);
+                }
+            }
+        });
+    };
+    view! {
+        <div class="simulate">
+            <div class="toolbar">
+                <label>"Scenario "
+                    <select data-testid="scenario-pick" on:change=move |ev| {
+                        let file = event_target_value(&ev);
+                        if let Some(s) = scenarios.get_untracked().iter().find(|s| s.file == file) {
+                            scenario.set(s.text.clone());
+                        }
+                    }>
+                        <option value="">"(write your own)"</option>
+                        {move || scenarios.get().into_iter().map(|s| {
+                            view! { <option value=s.file.clone()>{format!("{} — {}", s.file, s.name)}</option> }
+                        }).collect_view()}
+                    </select>
+                </label>
+                <span class="hint">"runs against the editor's document (saved or not); the scenario's own policy is ignored"</span>
+                <button class="primary" data-testid="run-simulation" disabled=move || running.get() || !ctx.diags.get().0
+                    on:click=run>{move || if running.get() { "Running…" } else { "Run" }}</button>
+            </div>
+            <textarea class="yaml scenario" data-testid="scenario" spellcheck="false" aria-label="scenario (YAML)"
+                prop:value=move || scenario.get() on:input=move |ev| scenario.set(event_target_value(&ev))></textarea>
+            {move || error.get().map(|(m, d)| view! {
+                <div class="notice" data-testid="simulation-error">{m}
+                    <ul>{d.into_iter().map(|d| view! { <li>{format!("{}: {}", d.path, d.message)}</li> }).collect_view()}</ul>
+                </div>
+            })}
+            {move || result.get().map(|r| view! { <SimulationResult r/> })}
+        </div>
+    }
+}
+
+#[component]
+fn SimulationResult(r: Simulation) -> impl IntoView {
+    let report = r.report;
+    let timeline = &report.timeline;
+    let decisions = chart::series_of(timeline, |s| &s.by_decision);
+    let statuses = chart::series_of(timeline, |s| &s.by_status);
+    let retries = chart::series_of_numbers(
+        timeline,
+        &[("retries", |s| s.retries), ("budget_exhausted", |s| s.budget_exhausted)],
+    );
+    let bands = chart::breaker_bands(timeline);
+    let summary = format!(
+        "{} requests over {} s on {} workers, simulated in {:.0} ms",
+        report.requests, report.duration_s, report.workers, r.wall_ms
+    );
+    let no_expectations = report.expectations.is_empty();
+    let expectations = report.expectations;
+    view! {
+        <section class="result" data-testid="simulation-result">
+            <p>{summary}</p>
+            {no_expectations.then(|| view! {
+                <p class="hint">"This scenario has no expectations (add an `expect:` list to check numbers)."</p>
+            })}
+            <table class="expectations" data-testid="expectations">
+                <tr><th></th><th>"measured"</th><th>"expected"</th><th>"found"</th></tr>
+                {expectations.into_iter().map(|e| {
+                    let passed = e.passed;
+                    view! { <tr class:fail=!passed>
+                        <td class="verdict">{if passed { "PASS" } else { "FAIL" }}</td>
+                        <td>{e.name.unwrap_or(e.measured)}</td>
+                        <td>{e.expected}</td>
+                        <td>{e.actual}</td>
+                    </tr> }
+                }).collect_view()}
+            </table>
+            <Chart title="Requests per second by decision" id="chart-decisions" series=decisions/>
+            <Chart title="Requests per second by status" id="chart-status" series=statuses/>
+            <Chart title="Retries and exhausted budget per second" id="chart-retries" series=retries/>
+            {(!bands.is_empty()).then(|| view! {
+                <h3>"Breaker state"</h3>
+                <div class="bands" data-testid="chart-breaker">
+                    {bands.into_iter().map(|(policy, cells)| {
+                        let n = cells.len().max(1) as f64;
+                        view! {
+                            <div class="band"><span>{policy}</span>
+                                <svg viewBox="0 0 720 16" preserveAspectRatio="none">
+                                    {cells.into_iter().enumerate().map(|(i, (c, _))| view! {
+                                        <rect x=(i as f64 * 720.0 / n).to_string() y="0" width=(720.0 / n).to_string() height="16" fill=c/>
+                                    }).collect_view()}
+                                </svg>
+                            </div>
+                        }
+                    }).collect_view()}
+                </div>
+            })}
+        </section>
+    }
+}
+
+#[component]
+fn Chart(title: &'static str, id: &'static str, series: Vec<chart::Series>) -> impl IntoView {
+    let bars = chart::stacked_bars(&series);
+    let top = chart::max_total(&series);
+    let viewbox = format!("0 0 {} {}", chart::WIDTH, chart::HEIGHT);
+    view! {
+        <figure class="chart" data-testid=id>
+            <figcaption>{title} <span class="scale">{format!("max {top:.0}/s")}</span></figcaption>
+            <svg viewBox=viewbox preserveAspectRatio="none" role="img" aria-label=title>
+                {bars.into_iter().map(|b| view! {
+                    <rect x=b.x.to_string() y=b.y.to_string() width=b.width.to_string() height=b.height.to_string() fill=b.color/>
+                }).collect_view()}
+            </svg>
+            <div class="legend">{series.into_iter().map(|s| view! {
+                <span><i style=format!("background:{}", s.color)></i>{s.label}</span>
+            }).collect_view()}</div>
+        </figure>
+    }
+}

@@ -1,0 +1,226 @@
+//! # breakwater-api
+//!
+//! The bodies of the admin API (`breakwater serve`, under `/api`), defined once: the server
+//! answers with these types and the web admin reads them back as the same types, so a field
+//! renamed on one side is a compile error on the other. docs/admin.md describes each endpoint.
+//!
+//! This is its own small crate because both ends need it and neither can depend on the other:
+//! the admin builds for the browser, and the server's crate (`cli`) brings tokio, axum and
+//! wasmtime.
+
+use std::collections::BTreeMap;
+
+use breakwater_policy::Diagnostic;
+use breakwater_policy::metrics::{BreakerState, Counter};
+use breakwater_scenario::Report;
+use serde::{Deserialize, Serialize};
+
+/// Every error answer: a message, and the validator's findings where it has some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A document's text: the body of `PUT /api/policy` and `POST /api/validate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextBody {
+    pub text: String,
+}
+
+/// `GET /api/policy`: the active document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyAnswer {
+    pub text: String,
+    /// Its version in the history.
+    pub version: u64,
+    pub valid: bool,
+    pub diagnostics: Vec<Diagnostic>,
+    pub published: Option<Published>,
+    /// The policy file on the server.
+    pub file: String,
+}
+
+/// `POST /api/validate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub valid: bool,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The result of a save (`PUT /api/policy`) or a rollback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub version: u64,
+    /// False when the document was already the active one (nothing new was written).
+    pub changed: bool,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// What was last published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    /// The history version published.
+    pub version: u64,
+    /// The ECDS `version_info` written.
+    pub ecds_version: u64,
+    pub at_ms: u64,
+}
+
+/// One version in the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub id: u64,
+    /// Unix time in milliseconds (the file's modification time).
+    pub saved_at_ms: u64,
+    pub bytes: u64,
+    /// The policies' names (empty when a version no longer loads, e.g. after a language change).
+    pub policies: Vec<String>,
+}
+
+/// `GET /api/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// The active version.
+    pub current: u64,
+    /// The version last published, if any.
+    pub published: Option<u64>,
+    pub versions: Vec<Version>,
+}
+
+/// `GET /api/history/{version}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionText {
+    pub version: u64,
+    pub text: String,
+}
+
+/// `GET /api/diff?from=&to=`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Diff {
+    pub from: u64,
+    pub to: u64,
+    /// A unified diff.
+    pub diff: String,
+}
+
+/// The body of `POST /api/rollback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    pub version: u64,
+}
+
+/// One shipped scenario (`GET /api/scenarios` answers a list of them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioFile {
+    pub file: String,
+    /// The scenario's `name` (empty if it does not load).
+    pub name: String,
+    pub text: String,
+}
+
+/// The body of `POST /api/simulate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateBody {
+    /// The policy document (YAML or JSON); the scenario's own `policy` is replaced by it.
+    pub policy: String,
+    pub scenario: String,
+}
+
+/// `POST /api/simulate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Simulation {
+    /// Wall time of the simulation.
+    pub wall_ms: f64,
+    pub report: Report,
+}
+
+/// `POST /api/publish`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishAnswer {
+    /// The history version published.
+    pub version: u64,
+    /// The ECDS `version_info` written.
+    pub ecds_version: u64,
+    pub policies: usize,
+    /// True: Envoy applied it; false: Envoy rejected it; null: not confirmed.
+    pub applied: Option<bool>,
+    pub message: String,
+    /// Why Envoy rejected it (from its log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// From writing the file to Envoy's answer (when Envoy was asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<f64>,
+}
+
+/// `GET /api/status`: Envoy, what it runs, and breakwater's metrics per policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub envoy: EnvoyStatus,
+    /// The ECDS subscription, when Envoy could be asked.
+    pub ecds: Option<EcdsState>,
+    pub published: Option<Published>,
+    pub policies: BTreeMap<String, PolicyStats>,
+}
+
+/// Envoy's admin endpoint, as the server sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvoyStatus {
+    /// False when the server was started without `--envoy-admin`.
+    pub configured: bool,
+    pub address: Option<String>,
+    pub reachable: Option<bool>,
+    pub error: Option<String>,
+}
+
+/// An ECDS subscription's state in Envoy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcdsState {
+    /// The `version_info` of the configuration in use (`version_text`).
+    pub applied: Option<String>,
+    /// Updates rejected so far (`update_rejected`).
+    pub rejected: u64,
+}
+
+/// breakwater's metrics for one policy, as Envoy reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyStats {
+    /// `breakwater_requests` by counter (the decisions, and `retried`, `fallback`, ...).
+    pub requests: BTreeMap<Counter, u64>,
+    /// When the policy has a breaker.
+    pub breaker: Option<BreakerState>,
+    pub in_flight: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The wire shapes the admin and API clients rely on.
+    #[test]
+    fn bodies_keep_their_wire_shape() {
+        let stats = PolicyStats {
+            requests: [(Counter::RateLimited, 3)].into_iter().collect(),
+            breaker: Some(BreakerState::HalfOpen),
+            in_flight: None,
+        };
+        let json = serde_json::to_string(&stats).unwrap();
+        assert_eq!(json, r#"{"requests":{"rate_limited":3},"breaker":"half_open","in_flight":null}"#);
+        assert_eq!(serde_json::from_str::<PolicyStats>(&json).unwrap(), stats);
+
+        let error = ErrorBody { error: "wrong token".into(), diagnostics: Vec::new() };
+        assert_eq!(serde_json::to_string(&error).unwrap(), r#"{"error":"wrong token"}"#);
+        let invalid = r#"{"error":"invalid","diagnostics":[{"severity":"error","path":"policies[0].name","message":"m","line":3,"col":5}]}"#;
+        let back: ErrorBody = serde_json::from_str(invalid).unwrap();
+        assert_eq!(back.diagnostics[0].span.map(|s| (s.line, s.col)), Some((3, 5)));
+        assert_eq!(serde_json::to_string(&back).unwrap(), invalid);
+
+        assert!(serde_json::from_str::<TextBody>(r#"{"text":"x","extra":1}"#).is_err());
+    }
+}
