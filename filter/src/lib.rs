@@ -7,7 +7,7 @@
 //! [`host`], calls `admit` / `fallback` / `finish` at the matching points of the stream, acts on
 //! the verdicts (local replies, router headers) and counts the events as Envoy metrics.
 //!
-//! Stream points (see ENVOY-FACTS in the shared notes for why each is where it is):
+//! Stream points (docs/envoy-facts.md says why each is where it is):
 //! - request headers: admit; reject with a local reply, or set the router's retry/timeout headers;
 //! - response headers: remember the upstream outcome when a breaker or a fallback needs it (and
 //!   the attempt count, from `x-envoy-attempt-count` when the document trusts it); reply with the

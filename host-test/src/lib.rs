@@ -1,7 +1,7 @@
 //! # breakwater-host-test
 //!
 //! A proxy-wasm host on wasmtime that loads the compiled breakwater filter and drives it the way
-//! Envoy 1.40 does (ENVOY-FACTS in the shared notes), so policies can be tested on a laptop and
+//! Envoy 1.40 does (docs/envoy-facts.md), so policies can be tested on a laptop and
 //! the admin can simulate them.
 //!
 //! Following wasmtime's embedding model: one [`Host`] (engine, module, linker) per filter build,

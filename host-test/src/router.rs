@@ -1,5 +1,5 @@
 //! Envoy's router as the filter drives it: retries and timeouts from the `x-envoy-*` request headers
-//! the filter set (ENVOY-FACTS: honoured when the route has no retry policy of its own), attempts
+//! the filter set (docs/envoy-facts.md: honoured when the route has no retry policy of its own), attempts
 //! counted, response flags and code details as Envoy reports them.
 //!
 //! - `x-envoy-retry-on`: `5xx` (5xx responses, resets, connect failures, per-try timeouts),

@@ -1,5 +1,6 @@
-//! One simulated Envoy VM running the filter: the lifecycle calls in Envoy's order, and one HTTP
-//! stream at a time from request headers to `on_delete`.
+//! One simulated Envoy VM running the filter: the lifecycle calls in Envoy's order, and HTTP
+//! streams from request headers to `on_delete`, any number of them open at once (a stream is
+//! begun, left waiting on its upstream, and completed later, as Envoy interleaves them).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -14,7 +15,7 @@ use crate::state::{HeaderMap, HostState, LocalReply, PendingCall, Stream, Stream
 pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 /// Epoch ticks one callback into the guest may run (about 2 s of wall time): far more than any
 /// callback needs, so reaching it means a runaway guest, which then traps instead of hanging the
-/// simulation. (Epochs, not fuel: fuel metering made every guest instruction about 45% slower.)
+/// simulation. (Epochs, not fuel: fuel metering slows down every guest instruction.)
 pub const EPOCHS_PER_CALL: u64 = 200;
 
 /// The compiled filter, ready to be instantiated as many VMs.

@@ -126,8 +126,8 @@ impl Admitted {
 
     /// Whether the upstream's outcome can change anything for this request: a fallback that may
     /// replace the response, or a breaker to record it. Only then does the filter read the status
-    /// (the first response-header read of a stream costs Envoy about 5 µs; BENCHMARKS.md,
-    /// firstcalls) or, without response headers, `response.code`; [`finish`] otherwise takes
+    /// (the first response-header read of a stream is one of Envoy's dearest calls; BENCHMARKS.md,
+    /// firstcalls, has the price) or, without response headers, `response.code`; [`finish`] otherwise takes
     /// `Exchange::default()`.
     pub fn needs_outcome(&self, plan: &Plan) -> bool {
         !self.replied
@@ -183,7 +183,7 @@ impl Exchange {
     /// Whether a response with this status is classified by its status alone. Envoy reports
     /// connect failures, resets and timeouts as 503/504 local replies (or no response at all), so
     /// below 500 the flags and details are not read, and the filter does not fetch them (each
-    /// property read costs Envoy about 3 µs; see BENCHMARKS.md).
+    /// property read is a host call that copies into guest memory; BENCHMARKS.md has the price).
     pub fn status_decides(status: Option<u16>) -> bool {
         matches!(status, Some(s) if s < 500)
     }

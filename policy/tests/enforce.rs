@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use breakwater_policy::enforce::{self, Admitted, Event, Exchange, HeaderValue, Verdict, flags};
-use breakwater_policy::engine::clock::{Clock, FakeClock};
+use breakwater_policy::engine::clock::FakeClock;
 use breakwater_policy::engine::store::{CountingStore, MemoryStore, SharedStore, StoreError};
 use breakwater_policy::metrics::{BreakerState, Decision};
 use breakwater_policy::plan::{Plan, SimpleRequest};

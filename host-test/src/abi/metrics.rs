@@ -2,7 +2,7 @@
 //! `proxy_define_metric` call hands out a new id of the calling VM (also for a name defined before),
 //! so a filter that defines its metrics again on each reconfiguration grows the VM's id table, and
 //! ids mean nothing in another VM. A negative increment of a counter and get_metric on a histogram
-//! are BadArgument (ENVOY-FACTS).
+//! are BadArgument (docs/envoy-facts.md).
 
 use wasmtime::{Caller, Linker, Result};
 

@@ -1,5 +1,5 @@
 //! Properties, with Envoy's encodings: numbers as 8-byte little-endian, strings as raw bytes
-//! (see ENVOY-FACTS: `response.code`, `response.flags`, `upstream.request_attempt_count`, …).
+//! (see docs/envoy-facts.md: `response.code`, `response.flags`, `upstream.request_attempt_count`, …).
 
 use wasmtime::{Caller, Linker, Result};
 

@@ -1,13 +1,10 @@
-//! Time, injected. Engines take `now`; glue code asks a [`Clock`].
+//! Time, injected: engines and `enforce` take `now` (nanoseconds) as an argument, which the filter
+//! reads from the host once per callback and host-test from its virtual clock. Tests use a
+//! [`FakeClock`] that moves only when told to.
 
 use std::cell::Cell;
 
 use super::Nanos;
-
-/// A source of the current time in nanoseconds.
-pub trait Clock {
-    fn now(&self) -> Nanos;
-}
 
 /// A clock that moves only when told to. Tests advance it; nothing sleeps.
 #[derive(Debug, Default)]
@@ -16,6 +13,9 @@ pub struct FakeClock {
 }
 
 impl FakeClock {
+    pub fn now(&self) -> Nanos {
+        self.now.get()
+    }
     pub fn at(now: Nanos) -> Self {
         FakeClock { now: Cell::new(now) }
     }
@@ -24,11 +24,5 @@ impl FakeClock {
     }
     pub fn advance_ms(&self, ms: u64) {
         self.advance(ms.saturating_mul(1_000_000));
-    }
-}
-
-impl Clock for FakeClock {
-    fn now(&self) -> Nanos {
-        self.now.get()
     }
 }

@@ -4,8 +4,8 @@
 //! workers share is proxy-wasm *shared data*, a byte-value map with compare-and-swap. So each
 //! engine keeps its state as a small byte value, and every decision is "read bytes, decide,
 //! write bytes with the CAS token, retry on mismatch" ([`store::update`]). Time is never read here:
-//! callers pass `now` (nanoseconds) from a [`clock::Clock`], so tests run on a [`clock::FakeClock`]
-//! and are exact and instant.
+//! callers pass `now` (nanoseconds), so tests run on a [`clock::FakeClock`] and are exact and
+//! instant.
 
 pub mod breaker;
 pub mod budget;

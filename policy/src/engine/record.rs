@@ -1,7 +1,7 @@
 //! One shared-data value per policy for the state that has no request key.
 //!
-//! In Envoy every shared-data call is a host call (a read costs about 1.3 µs, because the host
-//! allocates guest memory for the answer). A policy with a rate limit, a concurrency limit, a
+//! In Envoy every shared-data call is a host call (a read also makes the host allocate guest
+//! memory for the answer; BENCHMARKS.md has the price). A policy with a rate limit, a concurrency limit, a
 //! breaker and a retry budget used to keep four values and make eleven calls per request. Its
 //! unkeyed state now lives in one *record* of [`SECTIONS`] sections (rate limit, concurrency,
 //! breaker, budget), read and written once at admission and once at the end of the stream.

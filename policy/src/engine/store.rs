@@ -1,6 +1,6 @@
 //! Shared state with compare-and-swap, the shape of proxy-wasm shared data.
 //!
-//! Envoy's semantics, which [`MemoryStore`] reproduces exactly (see ENVOY-FACTS):
+//! Envoy's semantics, which [`MemoryStore`] reproduces exactly (see docs/envoy-facts.md):
 //! - `get` of a missing key returns nothing, and no CAS token;
 //! - `set` with a CAS token fails with a mismatch when the key exists with another token;
 //! - `set` on a *missing* key always succeeds, whatever token is passed.
@@ -153,7 +153,7 @@ impl SharedStore for MemoryStore {
 }
 
 /// A [`MemoryStore`] that counts the calls made to it: what a decision costs in host calls
-/// (in Envoy each shared-data read costs about 1.3 µs). For tests and benchmarks.
+/// (in Envoy each shared-data call is a host call). For tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct CountingStore {
     pub inner: MemoryStore,
