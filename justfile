@@ -14,10 +14,12 @@ default:
 test: lint build-wasm test-rust validate-examples scenarios demo-smoke bench-smoke
     @echo "all checks passed"
 
-# Formatting and clippy (unwrap/expect/panic are denied outside tests).
+# Formatting, clippy (unwrap/expect/panic are denied outside tests) and the docs of every crate,
+# private items included (a broken link or a malformed doc comment fails).
 lint:
     cargo fmt --all -- --check
     cargo clippy --locked --workspace --all-targets -- -D warnings
+    RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" cargo doc --locked -q --no-deps --workspace --document-private-items
 
 # The filter for Envoy (wasm32-wasip1). The admin (wasm32-unknown-unknown) is built by build-admin.
 build-wasm:

@@ -2,7 +2,8 @@
 //!
 //! A request allocates about twenty small blocks in the guest: the buffers the host fills
 //! through `proxy_on_memory_allocate`, header values, the decision's bookkeeping. Each went
-//! through wasi-libc's dlmalloc (about 540 instructions for an allocation and its free). Here a
+//! through wasi-libc's dlmalloc, whose bookkeeping costs several hundred instructions for an
+//! allocation and its free (BENCHMARKS.md, optimisation log). Here a
 //! block of up to [`MAX_SMALL`] bytes is taken from, and given back to, a free list of its size
 //! class (8, 16, 24, ... 512 bytes, then 1, 2 and 4 KiB): a few dozen instructions. Blocks of a
 //! class come from the system allocator, always in the class's size, when its list is empty and
@@ -72,6 +73,8 @@ fn system_layout(layout: Layout) -> Layout {
 #[cold]
 #[inline(never)]
 unsafe fn from_system(layout: Layout, system: &impl GlobalAlloc) -> *mut u8 {
+    // SAFETY: the caller keeps GlobalAlloc::alloc's contract; system_layout only rounds a pooled
+    // layout up to its class (same alignment or stricter, never zero-sized).
     unsafe { system.alloc(system_layout(layout)) }
 }
 
@@ -103,9 +106,12 @@ impl Pools {
         {
             let block = *head;
             // A free block starts with the address of the next free block of its class.
+            // SAFETY: `block` heads this class's free list, so it is a block of at least a
+            // pointer's size and BLOCK_ALIGN that `dealloc` wrote the next link into.
             *head = unsafe { block.cast::<*mut u8>().read() };
             return block;
         }
+        // SAFETY: the caller keeps GlobalAlloc::alloc's contract.
         unsafe { from_system(layout, system) }
     }
 
@@ -117,9 +123,14 @@ impl Pools {
     pub unsafe fn dealloc(&mut self, ptr: *mut u8, layout: Layout, system: &impl GlobalAlloc) {
         match class(layout) {
             Some(c) if !self.bypass && c < CLASSES => {
+                // SAFETY: `ptr` came from these pools with `layout` (the caller's contract), so it
+                // is a block of class `c`: at least a pointer's size, BLOCK_ALIGN-aligned, and no
+                // longer in use; its first word becomes the link to the next free block.
                 unsafe { ptr.cast::<*mut u8>().write(self.free[c]) };
                 self.free[c] = ptr;
             }
+            // SAFETY: the system allocator gave `ptr` with system_layout(layout) (from_system, or
+            // its own realloc for unpooled layouts, where system_layout is `layout`).
             _ => unsafe { system.dealloc(ptr, system_layout(layout)) },
         }
     }
@@ -140,10 +151,14 @@ impl Pools {
         };
         match (class(layout), class(new_layout)) {
             (Some(old), Some(new)) if old == new => ptr,
+            // SAFETY: neither size is pooled, so `ptr` is the system allocator's with `layout`.
             (None, None) => unsafe { system.realloc(ptr, layout, new_size) },
             _ => {
+                // SAFETY: `new_layout` is valid (checked above) and `system` is the same allocator.
                 let moved = unsafe { self.alloc(new_layout, system) };
                 if !moved.is_null() {
+                    // SAFETY: `ptr` holds `layout.size()` bytes and `moved` `new_size`, in two
+                    // distinct blocks; `ptr` is then freed with the layout it was given in.
                     unsafe {
                         ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
                         self.dealloc(ptr, layout, system);
@@ -178,28 +193,34 @@ mod global {
 
     struct Guest(UnsafeCell<Pools>);
 
-    // The guest has one thread (wasm32 without atomics), so the pools are never shared.
+    // SAFETY: the guest has one thread (wasm32 without atomics), so the pools are never shared.
     unsafe impl Sync for Guest {}
 
     #[global_allocator]
     static GUEST: Guest = Guest(UnsafeCell::new(Pools::new()));
 
     pub fn set_bypass(on: bool) {
-        // No allocation is under way here (the guest has one thread, and this is not called from
-        // inside the allocator), so nothing else holds the pools.
+        // SAFETY: no allocation is under way here (the guest has one thread, and this is not
+        // called from inside the allocator), so nothing else holds the pools.
         unsafe { (*GUEST.0.get()).set_bypass(on) }
     }
 
+    // SAFETY: Pools hand out blocks of at least the layout's size and alignment that stay valid
+    // until freed, and realloc keeps the bytes: GlobalAlloc's contract.
     unsafe impl GlobalAlloc for Guest {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: one thread and no re-entry (the pools never allocate), so this is the only
+            // reference to the pools; the caller keeps GlobalAlloc's contract.
             unsafe { (*self.0.get()).alloc(layout, &System) }
         }
 
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as in alloc.
             unsafe { (*self.0.get()).dealloc(ptr, layout, &System) }
         }
 
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: as in alloc.
             unsafe { (*self.0.get()).realloc(ptr, layout, new_size, &System) }
         }
     }
@@ -222,13 +243,16 @@ mod tests {
         deallocs: Cell<usize>,
     }
 
+    // SAFETY: every call is passed to System unchanged.
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             self.allocs.set(self.allocs.get() + 1);
+            // SAFETY: the caller keeps GlobalAlloc::alloc's contract, which System's call needs.
             unsafe { System.alloc(layout) }
         }
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             self.deallocs.set(self.deallocs.get() + 1);
+            // SAFETY: the caller keeps GlobalAlloc::dealloc's contract, which System's call needs.
             unsafe { System.dealloc(ptr, layout) }
         }
     }
@@ -255,6 +279,7 @@ mod tests {
     fn a_freed_block_is_reused_by_its_class_without_the_system_allocator() {
         let system = Counting::default();
         let mut pools = Pools::new();
+        // SAFETY: every block is freed once, with the layout it was allocated with, by the same allocator.
         unsafe {
             let a = pools.alloc(layout(24, 8), &system);
             assert_eq!(system.allocs.get(), 1);
@@ -278,6 +303,7 @@ mod tests {
     fn bypassed_lists_leave_blocks_to_the_system_allocator_and_keep_theirs() {
         let system = Counting::default();
         let mut pools = Pools::new();
+        // SAFETY: as above; `moved` is freed with its new size.
         unsafe {
             let listed = pools.alloc(layout(30, 1), &system);
             pools.dealloc(listed, layout(30, 1), &system);
@@ -296,6 +322,7 @@ mod tests {
     fn realloc_keeps_a_block_within_its_class_and_moves_it_across() {
         let system = Counting::default();
         let mut pools = Pools::new();
+        // SAFETY: as above; reads stay within the size each block was last given.
         unsafe {
             let a = pools.alloc(layout(20, 1), &system);
             ptr::copy_nonoverlapping(b"0123456789abcdefghij".as_ptr(), a, 20);
@@ -326,23 +353,29 @@ mod tests {
                     (3, _) => pools.set_bypass(size % 2 == 0),
                     (0, _) | (_, true) => {
                         let l = layout(size, 1 << (size % 6));
+                        // SAFETY: a valid layout, and the pools always get System.
                         let p = unsafe { pools.alloc(l, &System) };
                         prop_assert!(!p.is_null());
                         prop_assert_eq!(p as usize % l.align(), 0);
+                        // SAFETY: `p` holds `size` bytes.
                         unsafe { ptr::write_bytes(p, fill, size) };
                         live.push((p, l, fill));
                     }
                     (1, false) => {
                         let (p, l, fill) = live.swap_remove(pick.index(live.len()));
+                        // SAFETY: `p` is live with layout `l` (taken out of `live`).
                         let q = unsafe { pools.realloc(p, l, size, &System) };
                         let kept = l.size().min(size);
+                        // SAFETY: `q` holds at least `kept` bytes, all written before.
                         let bytes = unsafe { std::slice::from_raw_parts(q, kept) };
                         prop_assert!(bytes.iter().all(|b| *b == fill), "realloc lost bytes");
+                        // SAFETY: `q` holds `size` bytes.
                         unsafe { ptr::write_bytes(q, fill, size) };
                         live.push((q, layout(size, l.align()), fill));
                     }
                     _ => {
                         let (p, l, _) = live.swap_remove(pick.index(live.len()));
+                        // SAFETY: `p` is live with layout `l` (taken out of `live`).
                         unsafe { pools.dealloc(p, l, &System) };
                     }
                 }
@@ -351,8 +384,10 @@ mod tests {
                 prop_assert!(spans.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "overlapping blocks");
             }
             for (p, l, fill) in live {
+                // SAFETY: `p` is live with layout `l` and its bytes were written.
                 let bytes = unsafe { std::slice::from_raw_parts(p, l.size()) };
                 prop_assert!(bytes.iter().all(|b| *b == fill), "a block lost its bytes");
+                // SAFETY: `p` is live with layout `l`, freed once.
                 unsafe { pools.dealloc(p, l, &System) };
             }
         }

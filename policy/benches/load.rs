@@ -30,14 +30,17 @@ fn grew(bytes: usize) {
     PEAK.fetch_max(live, Ordering::Relaxed);
 }
 
+// SAFETY: every call is passed to System unchanged (only counted).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         grew(layout.size());
+        // SAFETY: the caller keeps GlobalAlloc::alloc's contract, which System's call needs.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller keeps GlobalAlloc::dealloc's contract, which System's call needs.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -45,6 +48,7 @@ unsafe impl GlobalAlloc for Counting {
         // A moving realloc holds both blocks for a moment; count the new one first.
         grew(new_size);
         LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller keeps GlobalAlloc::realloc's contract, which System's call needs.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
