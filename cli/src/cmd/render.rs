@@ -1,0 +1,196 @@
+//! `breakwater render`: deployable configuration for policies (an Istio WasmPlugin, or a
+//! standalone Envoy bootstrap). Arguments are checked by clap's value parsers, so a bad
+//! `--selector` or digest is refused with clap's usage message before anything is read.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use breakwater_cli::render::{self, Target};
+use breakwater_cli::{oci, yaml};
+use clap::{Subcommand, ValueEnum};
+
+use super::{FILTER_WASM, emit, fail, load_all};
+
+#[derive(Subcommand)]
+pub enum Render {
+    /// An Istio WasmPlugin with the compiled policy as pluginConfig and the image digest pinned.
+    Istio {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The image, REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:HEX (without oci://).
+        #[arg(long)]
+        image: String,
+        /// The manifest digest to pin (bare hex), as printed by `breakwater package`.
+        #[arg(long, conflicts_with = "oci", value_parser = parse_digest)]
+        sha256: Option<String>,
+        /// Read the digest to pin from this OCI layout (written by `breakwater package`).
+        #[arg(long)]
+        oci: Option<PathBuf>,
+        /// Apply to workloads with these labels (repeatable: --selector app=shop).
+        #[arg(long, conflicts_with = "target_ref", value_parser = parse_label)]
+        selector: Vec<(String, String)>,
+        /// Apply to a Gateway or Service: KIND/NAME (e.g. Gateway/public).
+        #[arg(long, value_parser = parse_target_ref)]
+        target_ref: Option<Target>,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The WasmPlugin's name.
+        #[arg(long, default_value = "breakwater")]
+        name: String,
+        #[arg(long, value_enum, default_value_t = Phase::Authz)]
+        phase: Phase,
+        /// Order among plugins of the same phase (higher runs first).
+        #[arg(long, default_value_t = render::DEFAULT_PRIORITY, allow_negative_numbers = true)]
+        priority: i32,
+        #[arg(long, value_enum, default_value_t = FailStrategy::FailOpen)]
+        fail_strategy: FailStrategy,
+    },
+    /// A standalone Envoy bootstrap: a listener with the filter in front of one upstream.
+    Envoy {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The upstream, HOST:PORT.
+        #[arg(long, value_parser = render::host_port)]
+        upstream: (String, u16),
+        #[arg(long, default_value = "0.0.0.0:10000", value_parser = render::host_port)]
+        listen: (String, u16),
+        #[arg(long, default_value = "127.0.0.1:9901", value_parser = render::host_port)]
+        admin: (String, u16),
+        /// The compiled filter.
+        #[arg(long, default_value = FILTER_WASM)]
+        wasm: PathBuf,
+        /// Take the policy from this ECDS file (kept current by `breakwater publish`) instead of inline.
+        #[arg(long)]
+        ecds: Option<String>,
+    },
+}
+
+/// Accepted as Istio spells them too (`AUTHZ`, `FAIL_OPEN`).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Phase {
+    #[value(alias = "AUTHN")]
+    Authn,
+    #[value(alias = "AUTHZ")]
+    Authz,
+    #[value(alias = "STATS")]
+    Stats,
+    /// Istio's UNSPECIFIED_PHASE: the end of the chain, just before the router.
+    #[value(name = "unspecified-phase", alias = "UNSPECIFIED_PHASE")]
+    Unspecified,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[allow(clippy::enum_variant_names)]
+pub enum FailStrategy {
+    #[value(alias = "FAIL_OPEN")]
+    FailOpen,
+    #[value(alias = "FAIL_CLOSE")]
+    FailClose,
+    #[value(alias = "FAIL_RELOAD")]
+    FailReload,
+}
+
+/// A value-enum variant as Istio spells it (AUTHZ, FAIL_OPEN).
+fn istio_word(v: &impl ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().replace('-', "_").to_ascii_uppercase()).unwrap_or_default()
+}
+
+/// A sha256 digest: 64 lower-case hex digits.
+fn parse_digest(pin: &str) -> Result<String, String> {
+    if pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        Ok(pin.to_string())
+    } else {
+        Err(format!("`{pin}` is not a sha256 digest (64 lower-case hex digits)"))
+    }
+}
+
+/// `KEY=VALUE` without wildcards.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('*') && !v.contains('*') => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("`{s}`: expected KEY=VALUE without wildcards")),
+    }
+}
+
+/// `Gateway/NAME` or `Service/NAME`.
+fn parse_target_ref(t: &str) -> Result<Target, String> {
+    match t.split_once('/') {
+        Some((kind @ ("Gateway" | "Service"), name)) if !name.is_empty() => {
+            Ok(Target::Ref { kind: kind.into(), name: name.into() })
+        }
+        _ => Err(format!("`{t}`: expected Gateway/NAME or Service/NAME")),
+    }
+}
+
+pub fn run(r: Render) -> ExitCode {
+    match r {
+        Render::Istio {
+            files,
+            image,
+            sha256,
+            oci: layout,
+            selector,
+            target_ref,
+            namespace,
+            name,
+            phase,
+            priority,
+            fail_strategy,
+        } => {
+            let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let image = image.trim_start_matches("oci://").to_string();
+            let tag = image.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/')).unwrap_or("latest");
+            let pin = match (sha256, layout, image.split_once("@sha256:")) {
+                (Some(hex), _, _) => hex,
+                (None, Some(dir), _) => match oci::manifest_digest(&dir, tag) {
+                    Ok(d) => d.trim_start_matches("sha256:").to_string(),
+                    Err(e) => return fail(format!("cannot read the digest of tag {tag}: {e}")),
+                },
+                (None, None, Some((_, hex))) => hex.to_string(),
+                (None, None, None) => {
+                    return fail("pin the image: give --oci DIR (from `breakwater package`), --sha256 HEX, or an image @sha256:".into());
+                }
+            };
+            // A digest from an image reference or a layout is checked here; --sha256 by clap.
+            if let Err(e) = parse_digest(&pin) {
+                return fail(e);
+            }
+            let target = match target_ref {
+                Some(t) => Some(t),
+                None if selector.is_empty() => None,
+                None => Some(Target::Selector(selector)),
+            };
+            let options = render::IstioOptions {
+                name,
+                namespace,
+                image,
+                sha256: pin,
+                target,
+                phase: istio_word(&phase),
+                priority,
+                fail_strategy: istio_word(&fail_strategy),
+            };
+            match render::istio(&breakwater_policy::compile(&doc), &options) {
+                Ok(v) => {
+                    if doc.trust_attempt_count_header {
+                        eprintln!(
+                            "note: trust_attempt_count_header is set: the selected proxies' virtual hosts need include_attempt_count_in_response (an EnvoyFilter; see docs/istio.md)"
+                        );
+                    }
+                    emit(&yaml::to_yaml(&v));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Render::Envoy { files, upstream, listen, admin, wasm, ecds } => {
+            let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm).display().to_string();
+            let options = render::EnvoyOptions { listen, admin, upstream, wasm, ecds };
+            emit(&yaml::to_yaml(&render::envoy(&breakwater_policy::compile(&doc), &options)));
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `breakwater serve`: the admin server (the web admin and its JSON API).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use breakwater_cli::{ecds, serve};
+
+use super::{FILTER_WASM, emit, fail, parse_duration};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on (loopback by default: the API can change what Envoy enforces).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: std::net::SocketAddr,
+    /// The policy document the admin edits (created empty, or from --init, when missing).
+    #[arg(long, default_value = "policies/active.yaml")]
+    policy: PathBuf,
+    /// When the policy file does not exist yet, start from these documents (merged in order).
+    #[arg(long, num_args = 1..)]
+    init: Vec<PathBuf>,
+    /// Where the history, the published marker and the generated token are kept.
+    #[arg(long, default_value = ".breakwater")]
+    state_dir: PathBuf,
+    /// The API token (at least 16 characters); default: generated into STATE_DIR/token (mode 0600).
+    #[arg(long, env = "BREAKWATER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The built admin UI (trunk's output).
+    #[arg(long, default_value = "admin-ui/dist")]
+    ui: PathBuf,
+    /// Scenario files offered by the simulator (`*.scenario.yaml` in this folder).
+    #[arg(long, default_value = "policies")]
+    scenarios: PathBuf,
+    /// The compiled filter: simulations run it, and publishing names it in the ECDS resource.
+    #[arg(long, default_value = FILTER_WASM)]
+    wasm: PathBuf,
+    /// The ECDS file Envoy watches; without it publishing is off.
+    #[arg(long)]
+    ecds: Option<PathBuf>,
+    /// Envoy's admin endpoint, HOST:PORT: confirms publishes and feeds the live view.
+    #[arg(long)]
+    envoy_admin: Option<String>,
+    /// Envoy's log file: a rejected publish quotes Envoy's reason from it.
+    #[arg(long)]
+    envoy_log: Option<PathBuf>,
+    /// The filter's name in Envoy's HTTP filter chain.
+    #[arg(long, default_value = "breakwater")]
+    name: String,
+    #[arg(long, default_value = "breakwater")]
+    vm_id: String,
+    /// How long a publish waits for Envoy to apply the new version.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    publish_timeout: std::time::Duration,
+}
+
+pub fn run(a: Args) -> ExitCode {
+    if !a.policy.exists() && !a.init.is_empty() {
+        let text = match serve::store::init_document(&a.init) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = ecds::write_atomically(&a.policy, text.as_bytes()) {
+            return fail(format!("cannot write {}: {e}", a.policy.display()));
+        }
+    }
+    let (token, token_file) = match serve::token(a.token, &a.state_dir) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let config = serve::Config {
+        policy: a.policy,
+        state_dir: a.state_dir,
+        token: token.clone(),
+        ui_dir: Some(a.ui),
+        scenarios_dir: a.scenarios,
+        filter_wasm: a.wasm,
+        ecds: a.ecds,
+        filter_name: a.name,
+        vm_id: a.vm_id,
+        envoy_admin: a.envoy_admin,
+        envoy_log: a.envoy_log,
+        publish_timeout: a.publish_timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let policy = config.policy.display().to_string();
+    let result = runtime.block_on(async move {
+        let router = serve::app(config)?;
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let token_note = match &token_file {
+            Some(f) => format!("token in {} (owner-only)", f.display()),
+            None => "token as given".to_string(),
+        };
+        emit(&format!(
+            "breakwater admin on http://{bound}/#token={token}\n  policy {policy}; {token_note}\n  API: curl -H 'Authorization: Bearer {token}' http://{bound}/api/policy\n"
+        ));
+        serve::serve_on(listener, router).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
