@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use breakwater_host_test::Host;
-use breakwater_host_test::sim::{self, Loaded};
+use breakwater_host_test::sim::{self, LoadedScenario};
 use breakwater_policy::model::Document;
 use breakwater_scenario::{self as scenario, Report, Scenario};
 use serde::Serialize;
@@ -58,7 +58,7 @@ pub fn simulate(host: &Host, scenario: &Scenario, document: &Document) -> Result
 }
 
 /// Runs one loaded scenario.
-pub fn run(host: &Host, file: &str, loaded: &Loaded) -> Result<FileResult, String> {
+pub fn run(host: &Host, file: &str, loaded: &LoadedScenario) -> Result<FileResult, String> {
     let (report, wall_ms) = simulate(host, &loaded.scenario, &loaded.document)?;
     Ok(FileResult {
         file: file.to_string(),

@@ -22,7 +22,7 @@ pub mod state;
 pub mod vm;
 
 pub use state::World;
-pub use vm::{Begun, FailurePolicy, Host, Request, Response, Upstream, Vm};
+pub use vm::{Begun, ClientResponse, FailurePolicy, Host, Request, UpstreamAnswer, Vm};
 
 /// The path of the compiled filter that this harness loads, relative to the workspace root.
 pub const FILTER_WASM: &str = "target/wasm32-wasip1/release/breakwater_filter.wasm";

@@ -14,7 +14,7 @@
 //! - The retry headers are not forwarded upstream.
 
 use crate::state::HeaderMap;
-use crate::vm::Upstream;
+use crate::vm::UpstreamAnswer;
 
 /// Envoy response flags (StreamInfo bit values).
 pub mod flags {
@@ -129,7 +129,7 @@ pub fn route(
     headers: &mut HeaderMap,
     attempt: impl FnMut(u32, u64, &HeaderMap) -> Attempt,
     random: impl FnMut() -> u64,
-) -> Upstream {
+) -> UpstreamAnswer {
     let policy = RetryPolicy::take_from(headers);
     route_with(&policy, headers, attempt, random)
 }
@@ -141,7 +141,7 @@ pub fn route_with(
     headers: &HeaderMap,
     mut attempt: impl FnMut(u32, u64, &HeaderMap) -> Attempt,
     mut random: impl FnMut() -> u64,
-) -> Upstream {
+) -> UpstreamAnswer {
     let overall = policy.timeout_ms.map(|ms| ms * NS_PER_MS);
     let mut elapsed = 0u64;
     let mut k = 0u32;
@@ -176,7 +176,7 @@ pub fn route_with(
             let exhausted = policy.retriable(&outcome) && k > policy.max_retries && policy.max_retries > 0;
             let urx = if exhausted { flags::URX } else { 0 };
             return match (outcome, response) {
-                (Outcome::Response(_), Some((status, headers, body))) => Upstream {
+                (Outcome::Response(_), Some((status, headers, body))) => UpstreamAnswer {
                     status,
                     headers,
                     body,
@@ -232,15 +232,22 @@ pub fn route_with(
 pub fn via_router<'a>(
     world: &'a crate::World,
     attempt: impl FnMut(u32, u64, &HeaderMap) -> Attempt + 'a,
-) -> impl FnOnce(&HeaderMap) -> Upstream + 'a {
+) -> impl FnOnce(&HeaderMap) -> UpstreamAnswer + 'a {
     move |forwarded| {
         let mut headers = forwarded.clone();
         route(&mut headers, attempt, || world.next_random())
     }
 }
 
-fn finish(status: u16, body: &[u8], flags: u64, details: &str, attempts: u32, elapsed: u64) -> Upstream {
-    Upstream {
+fn finish(
+    status: u16,
+    body: &[u8],
+    flags: u64,
+    details: &str,
+    attempts: u32,
+    elapsed: u64,
+) -> UpstreamAnswer {
+    UpstreamAnswer {
         status,
         headers: vec![("content-type".into(), b"text/plain".to_vec())],
         body: body.to_vec(),
@@ -260,7 +267,7 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string().into(), v.as_bytes().to_vec())).collect()
     }
 
-    fn run(h: &[(&str, &str)], script: &[Attempt]) -> (Upstream, HeaderMap) {
+    fn run(h: &[(&str, &str)], script: &[Attempt]) -> (UpstreamAnswer, HeaderMap) {
         let mut hm = headers(h);
         let mut seed = 7u64;
         let up = route(

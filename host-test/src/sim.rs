@@ -27,14 +27,14 @@ use breakwater_scenario::{
 
 use crate::router::{self, Attempt};
 use crate::state::World;
-use crate::vm::{Begun, Host, Request, Response, Upstream, Vm};
+use crate::vm::{Begun, ClientResponse, Host, Request, UpstreamAnswer, Vm};
 
 /// The virtual wall clock at the start of every scenario (2023-11-14T22:13:20Z).
 pub const START_NS: u64 = 1_700_000_000_000_000_000;
 
 /// A scenario file with the policy document it names.
 #[derive(Debug, Clone)]
-pub struct Loaded {
+pub struct LoadedScenario {
     pub scenario: Scenario,
     pub document: Document,
     /// Where the document came from: a file name, or `inline`.
@@ -65,14 +65,14 @@ fn read(path: &Path) -> Result<String, LoadError> {
 
 /// Reads a scenario file and its policy document (a file named relative to the scenario's folder,
 /// or inline), and checks that the scenario's expectations fit the document.
-pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
+pub fn load_file(path: &Path) -> Result<LoadedScenario, LoadError> {
     let text = read(path)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     load_text(&text, &path.display().to_string(), &base)
 }
 
 /// As [`load_file`], from text; `file` names it in messages, `base` is where policy files are.
-pub fn load_text(text: &str, file: &str, base: &Path) -> Result<Loaded, LoadError> {
+pub fn load_text(text: &str, file: &str, base: &Path) -> Result<LoadedScenario, LoadError> {
     let fail =
         |diagnostics| LoadError { file: file.to_string(), source: Some(text.to_string()), diagnostics };
     let scenario = scenario::load(text).map_err(fail)?;
@@ -94,7 +94,7 @@ pub fn load_text(text: &str, file: &str, base: &Path) -> Result<Loaded, LoadErro
     if !problems.is_empty() {
         return Err(fail(problems));
     }
-    Ok(Loaded { scenario, document, policy_source })
+    Ok(LoadedScenario { scenario, document, policy_source })
 }
 
 /// Appends `n` in decimal (the formatting machinery costs more, once per request).
@@ -195,7 +195,7 @@ impl Source {
 /// A traffic generator, prepared.
 struct Generator<'s> {
     traffic: &'s scenario::Traffic,
-    upstream: &'s scenario::Upstream,
+    upstream: &'s scenario::SimulatedUpstream,
     headers: Vec<(String, Source)>,
     client_ip: Source,
     start_ns: u64,
@@ -261,7 +261,7 @@ struct Sim<'s> {
     rng: Rng,
     run: Run,
     /// Upstream outcomes waiting for their completion event, by record.
-    pending: HashMap<u32, Upstream, breakwater_policy::fnv::BuildFnv>,
+    pending: HashMap<u32, UpstreamAnswer, breakwater_policy::fnv::BuildFnv>,
     counters: CounterIds,
     /// By policy: the breaker-state gauge's metric id.
     breaker_gauges: Vec<Option<usize>>,
@@ -598,7 +598,7 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn finish(&mut self, record: u32, t: u64, response: &Response) {
+    fn finish(&mut self, record: u32, t: u64, response: &ClientResponse) {
         self.count(record, t, response.status, response.local, &response.counted);
     }
 

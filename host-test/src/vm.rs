@@ -226,7 +226,7 @@ impl Request {
 
 /// What the upstream side (router + upstream) produced for a forwarded request.
 #[derive(Debug, Clone, Default)]
-pub struct Upstream {
+pub struct UpstreamAnswer {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
@@ -239,12 +239,12 @@ pub struct Upstream {
     pub tries: Vec<(u64, u64)>,
 }
 
-impl Upstream {
-    pub fn status(status: u16) -> Upstream {
-        Upstream { status, attempts: 1, details: "via_upstream".into(), ..Upstream::default() }
+impl UpstreamAnswer {
+    pub fn status(status: u16) -> UpstreamAnswer {
+        UpstreamAnswer { status, attempts: 1, details: "via_upstream".into(), ..UpstreamAnswer::default() }
     }
 
-    pub(crate) fn with_tries(mut self, tries: Vec<(u64, u64)>) -> Upstream {
+    pub(crate) fn with_tries(mut self, tries: Vec<(u64, u64)>) -> UpstreamAnswer {
         self.tries = tries;
         self
     }
@@ -258,12 +258,12 @@ pub enum Begun {
     /// The filter answered it itself (complete it with no upstream outcome).
     Answered { stream: u32 },
     /// The VM has failed (fail closed): this is the answer.
-    Failed(Response),
+    Failed(ClientResponse),
 }
 
 /// How a stream ended, as the client saw it.
 #[derive(Debug, Clone)]
-pub struct Response {
+pub struct ClientResponse {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
@@ -275,7 +275,7 @@ pub struct Response {
     pub counted: Vec<(u32, u64)>,
 }
 
-impl Response {
+impl ClientResponse {
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
@@ -293,7 +293,7 @@ pub struct Vm {
     failure: FailurePolicy,
     /// Streams that run without the filter (FAIL_OPEN after a trap), with their request headers.
     bypassed: HashMap<u32, HeaderMap>,
-    /// Whether responses carry the request headers as forwarded ([`Response::forwarded`]).
+    /// Whether responses carry the request headers as forwarded ([`ClientResponse::forwarded`]).
     keep_forwarded: bool,
     /// Whether the router writes `x-envoy-attempt-count` on every response it gives (Envoy's
     /// virtual host option `include_attempt_count_in_response`).
@@ -476,8 +476,8 @@ impl Vm {
     pub fn request(
         &mut self,
         req: &Request,
-        upstream: impl FnOnce(&HeaderMap) -> Upstream,
-    ) -> Result<Response> {
+        upstream: impl FnOnce(&HeaderMap) -> UpstreamAnswer,
+    ) -> Result<ClientResponse> {
         match self.begin(req)? {
             Begun::Forwarded { stream } => {
                 let headers = self.forwarded(stream).cloned().unwrap_or_default();
@@ -498,7 +498,7 @@ impl Vm {
         }
     }
 
-    /// Whether [`Response::forwarded`] is filled (on by default; simulations turn it off to
+    /// Whether [`ClientResponse::forwarded`] is filled (on by default; simulations turn it off to
     /// save a copy per request).
     pub fn set_keep_forwarded(&mut self, keep: bool) {
         self.keep_forwarded = keep;
@@ -584,7 +584,7 @@ impl Vm {
     /// Ends a stream begun with [`Vm::begin`]: with the upstream's outcome for a forwarded
     /// request (None for a request the filter answered itself), then response headers (where a
     /// local reply replaces the upstream's), `on_log`, `on_done`, `on_delete`.
-    pub fn complete(&mut self, id: u32, upstream: Option<Upstream>) -> Result<Response> {
+    pub fn complete(&mut self, id: u32, upstream: Option<UpstreamAnswer>) -> Result<ClientResponse> {
         if self.bypassed.remove(&id).is_some() {
             return match upstream {
                 Some(up) => Ok(upstream_response(up)),
@@ -650,7 +650,11 @@ impl Vm {
     /// The response as it reaches the filter: the filter's own reply from the request path, or
     /// the upstream side's outcome (recorded in the stream's info for `on_log`). Also returns the
     /// request headers as forwarded.
-    fn response_for(&mut self, id: u32, upstream: Option<Upstream>) -> Result<(Response, Option<HeaderMap>)> {
+    fn response_for(
+        &mut self,
+        id: u32,
+        upstream: Option<UpstreamAnswer>,
+    ) -> Result<(ClientResponse, Option<HeaderMap>)> {
         let (keep, attempt_count) = (self.keep_forwarded, self.attempt_count_in_response);
         let st = self.stream_mut(id)?;
         match (st.local_reply.take(), upstream) {
@@ -675,7 +679,7 @@ impl Vm {
     /// included); a reply sent from there replaces the upstream's response entirely. Returns true
     /// when the client gets the stream's response headers as the filter left them: they stay in
     /// the stream (the filter may still read them in `on_log`) and [`Vm::complete`] takes them.
-    fn response_headers(&mut self, id: u32, response: &mut Response) -> Result<bool> {
+    fn response_headers(&mut self, id: u32, response: &mut ClientResponse) -> Result<bool> {
         let ctx = id as i32;
         let st = self.stream_mut(id)?;
         st.info.response_code = Some(response.status);
@@ -707,13 +711,13 @@ impl Vm {
 
 /// A local reply as the client gets it. Like Envoy's `sendLocalReply`, a body without a
 /// content-type is sent as `text/plain` (found by the fidelity suite).
-fn reply_response(reply: &LocalReply) -> Response {
+fn reply_response(reply: &LocalReply) -> ClientResponse {
     let mut headers: HeaderMap = vec![(":status".into(), status_bytes(reply.status))];
     headers.extend(reply.headers.iter().cloned());
     if !reply.body.is_empty() && !reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
         headers.push(("content-type".into(), b"text/plain".to_vec()));
     }
-    Response {
+    ClientResponse {
         status: reply.status,
         headers,
         body: reply.body.clone(),
@@ -737,16 +741,23 @@ fn status_bytes(status: u16) -> Vec<u8> {
     }
 }
 
-fn upstream_response(up: Upstream) -> Response {
+fn upstream_response(up: UpstreamAnswer) -> ClientResponse {
     let mut headers: HeaderMap = Vec::with_capacity(1 + up.headers.len() + ROOM_FOR_FILTER_HEADERS);
     headers.push((":status".into(), status_bytes(up.status)));
     headers.extend(up.headers);
-    Response { status: up.status, headers, body: up.body, local: false, forwarded: None, counted: Vec::new() }
+    ClientResponse {
+        status: up.status,
+        headers,
+        body: up.body,
+        local: false,
+        forwarded: None,
+        counted: Vec::new(),
+    }
 }
 
 /// Envoy's answer once a FAIL_CLOSED plugin has failed on this worker.
-fn fail_closed() -> Response {
-    Response {
+fn fail_closed() -> ClientResponse {
+    ClientResponse {
         status: 503,
         headers: vec![(":status".into(), b"503".to_vec())],
         body: Vec::new(),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::rc::Rc;
 
-use breakwater_host_test::{FILTER_WASM, Host, Request, Upstream, Vm, World};
+use breakwater_host_test::{FILTER_WASM, Host, Request, UpstreamAnswer, Vm, World};
 
 fn host() -> Host {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(FILTER_WASM);
@@ -30,8 +30,8 @@ fn envoy(host: &Host, workers: usize, policy: &str) -> (Rc<World>, Vec<Vm>) {
     (world, vms)
 }
 
-fn ok(_: &breakwater_host_test::state::HeaderMap) -> Upstream {
-    Upstream::status(200)
+fn ok(_: &breakwater_host_test::state::HeaderMap) -> UpstreamAnswer {
+    UpstreamAnswer::status(200)
 }
 
 #[test]
@@ -110,7 +110,7 @@ policies:
     );
     let req = Request::get("a", "/recs");
     for _ in 0..3 {
-        let r = vms[0].request(&req, |_| Upstream::status(503)).unwrap();
+        let r = vms[0].request(&req, |_| UpstreamAnswer::status(503)).unwrap();
         assert_eq!(
             (r.status, r.local, String::from_utf8_lossy(&r.body).as_ref()),
             (200, true, "{\"items\":[]}")
@@ -164,7 +164,7 @@ policies:
         let status = if i.is_multiple_of(5) { 503 } else { 200 };
         world.clock_ns.set(world.clock_ns.get() + 1_000_000);
         let r = vm
-            .request(&Request::get("a", "/").header("x-api-key", key), |_| Upstream::status(status))
+            .request(&Request::get("a", "/").header("x-api-key", key), |_| UpstreamAnswer::status(status))
             .unwrap();
         assert_eq!((r.status, r.local), (200, status == 503), "request {i}");
     };
@@ -277,13 +277,13 @@ fn overlapping_streams_hold_concurrency_slots_across_workers() {
     assert_eq!(vms[0].complete(c, None).unwrap().status, 503);
     assert_eq!(world.metric("breakwater.in_flight.policy.c"), Some(2));
     // The upstream answers one; a client aborts the other: both slots come back.
-    assert_eq!(vms[0].complete(a, Some(Upstream::status(200))).unwrap().status, 200);
+    assert_eq!(vms[0].complete(a, Some(UpstreamAnswer::status(200))).unwrap().status, 200);
     vms[1].abort(b).unwrap();
     assert_eq!(world.metric("breakwater.in_flight.policy.c"), Some(0));
     let d = forwarded(vms[1].begin(&req).unwrap());
     let e = forwarded(vms[0].begin(&req).unwrap());
-    vms[1].complete(d, Some(Upstream::status(200))).unwrap();
-    vms[0].complete(e, Some(Upstream::status(200))).unwrap();
+    vms[1].complete(d, Some(UpstreamAnswer::status(200))).unwrap();
+    vms[0].complete(e, Some(UpstreamAnswer::status(200))).unwrap();
     assert_eq!(world.metric("breakwater.requests.policy.c.decision.concurrency_limited"), Some(1));
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use breakwater_host_test::{FailurePolicy, Host, Request, Upstream, Vm, World};
+use breakwater_host_test::{FailurePolicy, Host, Request, UpstreamAnswer, Vm, World};
 
 fn probe(name: &str) -> Host {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes").join(name);
@@ -18,7 +18,7 @@ fn a_runaway_guest_is_stopped_and_its_vm_fails_closed() {
     let mut vm = host.vm(world.clone(), 0).unwrap();
     assert!(vm.configure(b"").unwrap());
     let started = Instant::now();
-    let response = vm.request(&Request::get("a", "/"), |_| Upstream::status(200)).unwrap();
+    let response = vm.request(&Request::get("a", "/"), |_| UpstreamAnswer::status(200)).unwrap();
     // The deadline is about 2 s of wall time; allow for a loaded machine.
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
     assert_eq!((response.status, response.local), (503, true));
@@ -26,7 +26,7 @@ fn a_runaway_guest_is_stopped_and_its_vm_fails_closed() {
     assert!(world.logs.borrow().iter().any(|l| l.level == 5 && l.message.contains("guest trapped")));
     // Later requests on this VM get 503 at once, as on an Envoy worker with FAIL_CLOSED.
     let started = Instant::now();
-    assert_eq!(vm.request(&Request::get("a", "/"), |_| Upstream::status(200)).unwrap().status, 503);
+    assert_eq!(vm.request(&Request::get("a", "/"), |_| UpstreamAnswer::status(200)).unwrap().status, 503);
     assert!(started.elapsed() < Duration::from_millis(500));
 }
 
@@ -47,7 +47,7 @@ fn through_crash_probe(policy: FailurePolicy) -> (Vec<(u16, Option<String>)>, Vm
                         .iter()
                         .find(|(k, _)| k == "x-calls")
                         .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-                    Upstream::status(200)
+                    UpstreamAnswer::status(200)
                 })
                 .unwrap();
             (r.status, calls)
@@ -88,7 +88,7 @@ fn shared_queues_reach_the_registering_vm_from_any_vm() {
     assert!(owner.configure(b"owner").unwrap());
     assert!(other.configure(b"").unwrap());
     // A request on the other VM resolves the queue by vm_id and enqueues an item.
-    assert_eq!(other.request(&Request::get("a", "/"), |_| Upstream::status(200)).unwrap().status, 200);
+    assert_eq!(other.request(&Request::get("a", "/"), |_| UpstreamAnswer::status(200)).unwrap().status, 200);
     assert_eq!(other.deliver().unwrap(), 0, "the other VM does not own the queue");
     assert_eq!(owner.deliver().unwrap(), 1);
     assert!(!owner.failed(), "{:?}", world.logs.borrow());
@@ -141,7 +141,7 @@ fn the_rest_of_the_abi_answers_as_envoy_does() {
     let r = vm
         .request(&Request::get("a", "/").header("x-gone", "1"), |h| {
             forwarded = h.clone();
-            Upstream::status(200)
+            UpstreamAnswer::status(200)
         })
         .unwrap();
     let logs = world.logs.borrow();

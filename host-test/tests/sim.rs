@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use breakwater_host_test::sim::{self, Loaded};
+use breakwater_host_test::sim::{self, LoadedScenario};
 use breakwater_host_test::{FILTER_WASM, Host};
 use breakwater_scenario::{self as scenario, Decision, RequestDecision, Run};
 
@@ -15,11 +15,11 @@ fn host() -> Host {
     Host::from_file(&path).unwrap()
 }
 
-fn load(text: &str) -> Loaded {
+fn load(text: &str) -> LoadedScenario {
     sim::load_text(text, "test.scenario.yaml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn run(host: &Host, text: &str) -> (Loaded, Run) {
+fn run(host: &Host, text: &str) -> (LoadedScenario, Run) {
     let loaded = load(text);
     let run = sim::run(host, &loaded.scenario, &loaded.document).unwrap();
     (loaded, run)

@@ -67,7 +67,7 @@ pub struct Scenario {
     pub workers: u32,
     pub duration: Duration,
     pub traffic: Vec<Traffic>,
-    pub upstream: Upstream,
+    pub upstream: SimulatedUpstream,
     pub expect: Vec<Expectation>,
 }
 
@@ -99,7 +99,7 @@ pub struct Traffic {
     pub headers: Vec<(String, Values)>,
     pub client_ip: Values,
     /// This traffic's own upstream; the scenario's otherwise.
-    pub upstream: Option<Upstream>,
+    pub upstream: Option<SimulatedUpstream>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,7 +142,7 @@ pub enum Pick {
 
 /// The upstream: a behaviour, changed during phases.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Upstream {
+pub struct SimulatedUpstream {
     pub base: Behaviour,
     pub phases: Vec<UpstreamPhase>,
 }
@@ -198,7 +198,7 @@ pub struct Effective<'a> {
     pub connect_failure: f64,
 }
 
-impl Upstream {
+impl SimulatedUpstream {
     pub fn at(&self, t_ns: u64) -> Effective<'_> {
         let mut e = Effective {
             latency: self.base.latency,

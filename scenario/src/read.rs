@@ -151,7 +151,7 @@ fn scenario(r: &mut Reader, node: &Node, given: Option<&Document>) -> Option<Sce
     let end = duration.unwrap_or(Duration::from_millis(MAX_DURATION_MS));
     let upstream = match f.get("upstream") {
         Some((n, p)) => upstream(r, n, &p, end),
-        None => Some(Upstream { base: Behaviour::default(), phases: Vec::new() }),
+        None => Some(SimulatedUpstream { base: Behaviour::default(), phases: Vec::new() }),
     };
     let traffic = match f.get("traffic") {
         Some((n, p)) => traffic_list(r, n, &p, end),
@@ -478,7 +478,7 @@ fn values(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Values> {
     }
 }
 
-fn upstream(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<Upstream> {
+fn upstream(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<SimulatedUpstream> {
     let f = r.fields(node, path, UPSTREAM_FIELDS)?;
     let mut base = Behaviour::default();
     let mut ok = true;
@@ -499,7 +499,7 @@ fn upstream(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Opti
         None => Some((Vec::new(), true)),
     };
     let (phases, complete) = phases?;
-    (ok && complete).then_some(Upstream { base, phases })
+    (ok && complete).then_some(SimulatedUpstream { base, phases })
 }
 
 fn phase(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<UpstreamPhase> {

@@ -311,7 +311,7 @@ fn host_request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
 
 /// Through the router with the scripted upstream; returns the outcome and how many attempts
 /// reached the upstream.
-fn upstream_side(world: &World, forwarded: &HeaderMap) -> (breakwater_host_test::Upstream, u64) {
+fn upstream_side(world: &World, forwarded: &HeaderMap) -> (breakwater_host_test::UpstreamAnswer, u64) {
     let mut hits = 0;
     let mut headers = forwarded.clone();
     let up = route(
@@ -328,7 +328,7 @@ fn upstream_side(world: &World, forwarded: &HeaderMap) -> (breakwater_host_test:
     (up, hits)
 }
 
-fn host_seen(r: &breakwater_host_test::Response, hits: u64) -> Seen {
+fn host_seen(r: &breakwater_host_test::ClientResponse, hits: u64) -> Seen {
     Seen::new(r.status, String::from_utf8_lossy(&r.body).into_owned(), |h| r.header(h), hits)
 }
 
