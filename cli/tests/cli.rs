@@ -2,16 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use std::path::PathBuf;
 
-fn breakwater(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_breakwater")).args(args).current_dir(repo()).output().unwrap()
-}
+use common::{breakwater, repo};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

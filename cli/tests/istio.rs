@@ -4,16 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
 use breakwater_cli::k8s::{Crd, cel_rules};
 use breakwater_cli::yaml::from_yaml;
+use common::repo;
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn crd() -> (Crd, Value) {
     let v =
@@ -22,12 +18,7 @@ fn crd() -> (Crd, Value) {
 }
 
 fn render(args: &[&str]) -> Result<Value, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_breakwater"))
-        .args(["render", "istio"])
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    let out = common::command().args(["render", "istio"]).args(args).output().unwrap();
     if out.status.success() {
         from_yaml(&String::from_utf8_lossy(&out.stdout))
     } else {
@@ -290,11 +281,8 @@ fn shipped_istio_examples_pass_the_crd_schema() {
 #[test]
 fn rendering_a_document_that_trusts_the_attempt_count_header_says_what_the_proxies_need() {
     let note = |policy: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_breakwater"))
-            .args(["render", "istio", policy, "--image", "r.example.com/f:1", "--sha256", PIN])
-            .current_dir(repo())
-            .output()
-            .unwrap();
+        let out =
+            common::breakwater(&["render", "istio", policy, "--image", "r.example.com/f:1", "--sha256", PIN]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stderr).contains("include_attempt_count_in_response")
     };

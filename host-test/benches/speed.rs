@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+use breakwater_host_test::Host;
 use breakwater_host_test::sim;
-use breakwater_host_test::{FILTER_WASM, Host};
 
 const SCENARIO: &str = r#"
 name: speed
@@ -34,8 +34,7 @@ upstream: { latency: 5ms, status: { 200: 98, 503: 2 } }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(FILTER_WASM);
-    let host = Host::from_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
+    let host = Host::from_workspace().unwrap_or_else(|e| panic!("{e:#}"));
     let rate = if quick { 1_000 } else { 20_000 };
     let rounds = if quick { 1 } else { 5 };
     let text = SCENARIO.replace("RATE", &rate.to_string());

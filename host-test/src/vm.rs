@@ -91,6 +91,16 @@ impl Host {
         Host::new(&bytes)
     }
 
+    /// The filter this workspace builds ([`crate::FILTER_WASM`] under the workspace root), for the
+    /// workspace's own tests and benchmarks; the error says how to build it.
+    pub fn from_workspace() -> Result<Host> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(crate::FILTER_WASM);
+        if !path.exists() {
+            bail!("{} is missing: build it with `./dev build-wasm`", path.display());
+        }
+        Host::from_file(&path)
+    }
+
     pub fn new(wasm: &[u8]) -> Result<Host> {
         let mut config = Config::new();
         config.epoch_interruption(true);

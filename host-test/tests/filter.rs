@@ -2,15 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
 use std::rc::Rc;
 
-use breakwater_host_test::{FILTER_WASM, Host, Request, UpstreamAnswer, Vm, World};
+use breakwater_host_test::{Host, Request, UpstreamAnswer, Vm, World};
 
 fn host() -> Host {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(FILTER_WASM);
-    assert!(path.exists(), "{} is missing: build it with `./dev build-wasm`", path.display());
-    Host::from_file(&path).unwrap()
+    Host::from_workspace().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn compiled(policy: &str) -> Vec<u8> {

@@ -5,14 +5,12 @@
 
 use std::path::Path;
 
+use breakwater_host_test::Host;
 use breakwater_host_test::sim::{self, LoadedScenario};
-use breakwater_host_test::{FILTER_WASM, Host};
 use breakwater_scenario::{self as scenario, Decision, RequestDecision, Run};
 
 fn host() -> Host {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(FILTER_WASM);
-    assert!(path.exists(), "{} is missing: build it with `./dev build-wasm`", path.display());
-    Host::from_file(&path).unwrap()
+    Host::from_workspace().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn load(text: &str) -> LoadedScenario {

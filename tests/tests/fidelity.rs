@@ -293,7 +293,7 @@ fn scripted(headers: &HeaderMap, k: u32) -> Attempt {
 const START_NS: u64 = 1_700_000_000_000_000_000;
 
 fn host() -> Host {
-    Host::from_file(&repo().join(FILTER_WASM)).unwrap()
+    Host::from_workspace().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn compiled(document: &str) -> Vec<u8> {
