@@ -15,14 +15,18 @@
 //! same traffic through real Envoy 1.40 and through this host, compared request by request.
 
 pub mod abi;
+pub mod exchange;
+pub mod host;
 pub mod memory;
 pub mod router;
 pub mod sim;
 pub mod state;
 pub mod vm;
 
+pub use exchange::{Begun, ClientResponse, Request, UpstreamAnswer};
+pub use host::Host;
 pub use state::World;
-pub use vm::{Begun, ClientResponse, FailurePolicy, Host, Request, UpstreamAnswer, Vm};
+pub use vm::{FailurePolicy, Vm};
 
 /// The path of the compiled filter that this harness loads, relative to the workspace root.
 pub const FILTER_WASM: &str = "target/wasm32-wasip1/release/breakwater_filter.wasm";

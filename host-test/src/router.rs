@@ -13,8 +13,8 @@
 //! - Retries exhausted: the last response is returned, with flag URX.
 //! - The retry headers are not forwarded upstream.
 
+use crate::exchange::UpstreamAnswer;
 use crate::state::HeaderMap;
-use crate::vm::UpstreamAnswer;
 
 /// Envoy response flags (StreamInfo bit values).
 pub mod flags {

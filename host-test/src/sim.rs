@@ -25,9 +25,11 @@ use breakwater_scenario::{
     Run, Scenario, Values,
 };
 
+use crate::exchange::{Begun, ClientResponse, Request, UpstreamAnswer};
+use crate::host::Host;
 use crate::router::{self, Attempt};
 use crate::state::World;
-use crate::vm::{Begun, ClientResponse, Host, Request, UpstreamAnswer, Vm};
+use crate::vm::Vm;
 
 /// The virtual wall clock at the start of every scenario (2023-11-14T22:13:20Z).
 pub const START_NS: u64 = 1_700_000_000_000_000_000;

@@ -6,31 +6,14 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use wasmtime::{Config, Engine, Instance, Linker, Module, Result, Store, TypedFunc, bail};
+use wasmtime::{Instance, Result, Store, bail};
 
-use crate::abi;
-use crate::state::{HeaderMap, HostState, LocalReply, PendingCall, Stream, StreamInfo, World};
-
-/// How often the watchdog advances the engine's epoch.
-pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
-/// Epoch ticks one callback into the guest may run (about 2 s of wall time): far more than any
-/// callback needs, so reaching it means a runaway guest, which then traps instead of hanging the
-/// simulation. (Epochs, not fuel: fuel metering slows down every guest instruction.)
-pub const EPOCHS_PER_CALL: u64 = 200;
-
-/// The compiled filter, ready to be instantiated as many VMs.
-pub struct Host {
-    factory: Arc<Factory>,
-    #[allow(dead_code)] // held for its Drop: stops the thread with the host
-    watchdog: Watchdog,
-}
-
-/// What instantiating a VM takes; shared with the VMs, which need it again for FAIL_RELOAD.
-struct Factory {
-    engine: Engine,
-    module: Module,
-    linker: Linker<HostState>,
-}
+use crate::exchange::{
+    Begun, ClientResponse, ROOM_FOR_FILTER_HEADERS, Request, UpstreamAnswer, fail_closed, reply_response,
+    upstream_response,
+};
+use crate::host::{EPOCHS_PER_CALL, Exports, Factory, Host};
+use crate::state::{HeaderMap, HostState, PendingCall, Stream, StreamInfo, World};
 
 /// What a VM does after its guest trapped (Envoy's `failure_policy` of a Wasm plugin).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,252 +28,7 @@ pub enum FailurePolicy {
     FailReload,
 }
 
-/// A thread that advances the engine's epoch every [`EPOCH_TICK`], stopped when the host is dropped.
-struct Watchdog {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn start(engine: Engine) -> Watchdog {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("host-test-epochs".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::park_timeout(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .ok();
-        Watchdog { stop, thread }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-impl std::fmt::Debug for Host {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Host")
-    }
-}
-
-impl Host {
-    pub fn from_file(path: &std::path::Path) -> Result<Host> {
-        let bytes = std::fs::read(path).map_err(|e| wasmtime::format_err!("{}: {e}", path.display()))?;
-        Host::new(&bytes)
-    }
-
-    /// The filter this workspace builds ([`crate::FILTER_WASM`] under the workspace root), for the
-    /// workspace's own tests and benchmarks; the error says how to build it.
-    pub fn from_workspace() -> Result<Host> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(crate::FILTER_WASM);
-        if !path.exists() {
-            bail!("{} is missing: build it with `./dev build-wasm`", path.display());
-        }
-        Host::from_file(&path)
-    }
-
-    pub fn new(wasm: &[u8]) -> Result<Host> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        // `perf record` can name the guest's functions with BREAKWATER_PERF_MAP=1 (/tmp/perf-PID.map).
-        if std::env::var_os("BREAKWATER_PERF_MAP").is_some() {
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
-        let engine = Engine::new(&config)?;
-        let module = Module::new(&engine, wasm)?;
-        let mut linker = Linker::new(&engine);
-        abi::add_all(&mut linker)?;
-        let watchdog = Watchdog::start(engine.clone());
-        Ok(Host { factory: Arc::new(Factory { engine, module, linker }), watchdog })
-    }
-
-    /// A new VM of an Envoy (`world`), not yet started; FAIL_CLOSED unless
-    /// [`Vm::set_failure_policy`] says otherwise.
-    pub fn vm(&self, world: Rc<World>, index: usize) -> Result<Vm> {
-        let (store, instance, exports) = self.factory.instantiate(world, index)?;
-        let mut vm = Vm {
-            store,
-            instance,
-            exports,
-            next_context: 1,
-            root: 0,
-            failed: false,
-            failure: FailurePolicy::default(),
-            bypassed: HashMap::new(),
-            keep_forwarded: true,
-            attempt_count_in_response: true,
-            reloads: 0,
-            accepted: Vec::new(),
-            factory: self.factory.clone(),
-        };
-        vm.initialize()?;
-        Ok(vm)
-    }
-}
-
-impl Factory {
-    fn instantiate(&self, world: Rc<World>, index: usize) -> Result<(Store<HostState>, Instance, Exports)> {
-        let state = HostState {
-            world,
-            vm: index,
-            effective_context: 0,
-            root_context: 0,
-            calls: Vec::new(),
-            next_call_token: 1,
-            call_response: None,
-            plugin_config: Vec::new(),
-            vm_config: Vec::new(),
-            streams: Default::default(),
-            tick_period_ms: 0,
-            log_level: 1,
-            plugin_name: "breakwater".into(),
-            vm_id: "breakwater".into(),
-            guest: Default::default(),
-            metric_ids: Vec::new(),
-            scratch: Vec::new(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.set_epoch_deadline(EPOCHS_PER_CALL);
-        let instance = self.linker.instantiate(&mut store, &self.module)?;
-        store.data_mut().guest = crate::state::GuestExports::new(&instance, &mut store);
-        let exports = Exports::new(&instance, &mut store)?;
-        Ok((store, instance, exports))
-    }
-}
-
-struct Exports {
-    initialize: Option<TypedFunc<(), ()>>,
-    on_context_create: TypedFunc<(i32, i32), ()>,
-    on_vm_start: TypedFunc<(i32, i32), i32>,
-    on_configure: TypedFunc<(i32, i32), i32>,
-    on_request_headers: TypedFunc<(i32, i32, i32), i32>,
-    on_response_headers: TypedFunc<(i32, i32, i32), i32>,
-    on_log: TypedFunc<i32, ()>,
-    on_done: TypedFunc<i32, i32>,
-    on_delete: TypedFunc<i32, ()>,
-    on_tick: TypedFunc<i32, ()>,
-    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
-    on_http_call_response: Option<CallResponseFn>,
-}
-
-/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
-type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
-
-impl Exports {
-    fn new(i: &Instance, s: &mut Store<HostState>) -> Result<Exports> {
-        Ok(Exports {
-            initialize: i.get_typed_func(&mut *s, "_initialize").ok(),
-            on_context_create: i.get_typed_func(&mut *s, "proxy_on_context_create")?,
-            on_vm_start: i.get_typed_func(&mut *s, "proxy_on_vm_start")?,
-            on_configure: i.get_typed_func(&mut *s, "proxy_on_configure")?,
-            on_request_headers: i.get_typed_func(&mut *s, "proxy_on_request_headers")?,
-            on_response_headers: i.get_typed_func(&mut *s, "proxy_on_response_headers")?,
-            on_log: i.get_typed_func(&mut *s, "proxy_on_log")?,
-            on_done: i.get_typed_func(&mut *s, "proxy_on_done")?,
-            on_delete: i.get_typed_func(&mut *s, "proxy_on_delete")?,
-            on_tick: i.get_typed_func(&mut *s, "proxy_on_tick")?,
-            on_queue_ready: i.get_typed_func(&mut *s, "proxy_on_queue_ready").ok(),
-            on_http_call_response: i.get_typed_func(&mut *s, "proxy_on_http_call_response").ok(),
-        })
-    }
-}
-
-/// A request as it reaches the filter.
-#[derive(Debug, Clone, Default)]
-pub struct Request {
-    pub method: String,
-    pub authority: String,
-    pub path: String,
-    pub headers: HeaderMap,
-    /// `source.address`, e.g. `10.0.0.1:5555`.
-    pub source: String,
-}
-
-impl Request {
-    pub fn get(authority: &str, path: &str) -> Request {
-        Request {
-            method: "GET".into(),
-            authority: authority.into(),
-            path: path.into(),
-            source: "10.0.0.1:40000".into(),
-            ..Request::default()
-        }
-    }
-    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Request {
-        self.headers.push((name.to_ascii_lowercase().into(), value.into()));
-        self
-    }
-}
-
-/// What the upstream side (router + upstream) produced for a forwarded request.
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamAnswer {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub body: Vec<u8>,
-    pub flags: u64,
-    pub details: String,
-    pub attempts: u64,
-    pub duration_ns: u64,
-    /// The attempts that reached the upstream (connect failures did not), as (start, end) in ns
-    /// since the request reached the router.
-    pub tries: Vec<(u64, u64)>,
-}
-
-impl UpstreamAnswer {
-    pub fn status(status: u16) -> UpstreamAnswer {
-        UpstreamAnswer { status, attempts: 1, details: "via_upstream".into(), ..UpstreamAnswer::default() }
-    }
-
-    pub(crate) fn with_tries(mut self, tries: Vec<(u64, u64)>) -> UpstreamAnswer {
-        self.tries = tries;
-        self
-    }
-}
-
-/// Where a stream stands after [`Vm::begin`].
-#[derive(Debug, Clone)]
-pub enum Begun {
-    /// The filter let it through; [`Vm::forwarded`] has the headers the router receives.
-    Forwarded { stream: u32 },
-    /// The filter answered it itself (complete it with no upstream outcome).
-    Answered { stream: u32 },
-    /// The VM has failed (fail closed): this is the answer.
-    Failed(ClientResponse),
-}
-
-/// How a stream ended, as the client saw it.
-#[derive(Debug, Clone)]
-pub struct ClientResponse {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub body: Vec<u8>,
-    /// The filter answered itself (on the request path, or replacing the upstream's response).
-    pub local: bool,
-    /// The request headers as the upstream side received them (None when not forwarded).
-    pub forwarded: Option<HeaderMap>,
-    /// Counter increments the filter made for this stream: (metric id, by).
-    pub counted: Vec<(u32, u64)>,
-}
-
-impl ClientResponse {
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    }
-}
-
+/// One VM: a wasmtime store with the filter instantiated, its root context and its streams.
 pub struct Vm {
     store: Store<HostState>,
     #[allow(dead_code)]
@@ -719,60 +457,27 @@ impl Vm {
     }
 }
 
-/// A local reply as the client gets it. Like Envoy's `sendLocalReply`, a body without a
-/// content-type is sent as `text/plain` (found by the fidelity suite).
-fn reply_response(reply: &LocalReply) -> ClientResponse {
-    let mut headers: HeaderMap = vec![(":status".into(), status_bytes(reply.status))];
-    headers.extend(reply.headers.iter().cloned());
-    if !reply.body.is_empty() && !reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-        headers.push(("content-type".into(), b"text/plain".to_vec()));
-    }
-    ClientResponse {
-        status: reply.status,
-        headers,
-        body: reply.body.clone(),
-        local: true,
-        forwarded: None,
-        counted: Vec::new(),
-    }
-}
-
-/// Header maps are made with room for this many headers more, so that the ones a filter adds
-/// (router instructions, rate-limit headers) do not grow them: a reallocation and a copy per
-/// request in the speed bench.
-const ROOM_FOR_FILTER_HEADERS: usize = 4;
-
-/// A status code as header bytes, without the formatting machinery (once per response).
-fn status_bytes(status: u16) -> Vec<u8> {
-    if (100..1000).contains(&status) {
-        vec![b'0' + (status / 100) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8]
-    } else {
-        status.to_string().into_bytes()
-    }
-}
-
-fn upstream_response(up: UpstreamAnswer) -> ClientResponse {
-    let mut headers: HeaderMap = Vec::with_capacity(1 + up.headers.len() + ROOM_FOR_FILTER_HEADERS);
-    headers.push((":status".into(), status_bytes(up.status)));
-    headers.extend(up.headers);
-    ClientResponse {
-        status: up.status,
-        headers,
-        body: up.body,
-        local: false,
-        forwarded: None,
-        counted: Vec::new(),
-    }
-}
-
-/// Envoy's answer once a FAIL_CLOSED plugin has failed on this worker.
-fn fail_closed() -> ClientResponse {
-    ClientResponse {
-        status: 503,
-        headers: vec![(":status".into(), b"503".to_vec())],
-        body: Vec::new(),
-        local: true,
-        forwarded: None,
-        counted: Vec::new(),
+impl Host {
+    /// A new VM of an Envoy (`world`), not yet started; FAIL_CLOSED unless
+    /// [`Vm::set_failure_policy`] says otherwise.
+    pub fn vm(&self, world: Rc<World>, index: usize) -> Result<Vm> {
+        let (store, instance, exports) = self.factory.instantiate(world, index)?;
+        let mut vm = Vm {
+            store,
+            instance,
+            exports,
+            next_context: 1,
+            root: 0,
+            failed: false,
+            failure: FailurePolicy::default(),
+            bypassed: HashMap::new(),
+            keep_forwarded: true,
+            attempt_count_in_response: true,
+            reloads: 0,
+            accepted: Vec::new(),
+            factory: self.factory.clone(),
+        };
+        vm.initialize()?;
+        Ok(vm)
     }
 }
