@@ -45,7 +45,7 @@ fn rank(label: &str) -> usize {
 
 /// A stable colour for a label.
 pub fn color(label: &str) -> &'static str {
-    if let Some((_, c)) = PALETTE.iter().find(|(c, _)| c.as_str() == label) {
+    if let Some((_, c)) = PALETTE.get(rank(label)) {
         return c;
     }
     const OTHERS: &[&str] = &["#1565c0", "#00838f", "#ad1457", "#558b2f", "#5d4037", "#37474f"];
@@ -164,11 +164,20 @@ mod tests {
     use super::*;
 
     fn timeline() -> Timeline {
-        serde_json::from_value(serde_json::json!({ "policies": ["b"], "seconds": [
-            { "t": 0, "by_decision": { "allowed": 10, "rate_limited": 30 }, "retries": 2, "breaker": { "b": "closed" } },
-            { "t": 1, "by_decision": { "allowed": 10 }, "retries": 0, "breaker": { "b": "open" } },
-        ]}))
-        .unwrap()
+        let second = |t: u64, decisions: &[(&str, u64)], retries: u64, breaker: BreakerState| Second {
+            t,
+            by_decision: decisions.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            retries,
+            breaker: [("b".to_string(), breaker)].into_iter().collect(),
+            ..Second::default()
+        };
+        Timeline {
+            policies: vec!["b".into()],
+            seconds: vec![
+                second(0, &[("allowed", 10), ("rate_limited", 30)], 2, BreakerState::Closed),
+                second(1, &[("allowed", 10)], 0, BreakerState::Open),
+            ],
+        }
     }
 
     #[test]

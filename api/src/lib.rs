@@ -222,5 +222,43 @@ mod tests {
         assert_eq!(serde_json::to_string(&back).unwrap(), invalid);
 
         assert!(serde_json::from_str::<TextBody>(r#"{"text":"x","extra":1}"#).is_err());
+
+        // Without Envoy: the fields that need one are null.
+        let status = Status {
+            envoy: EnvoyStatus { configured: false, address: None, reachable: None, error: None },
+            ecds: None,
+            published: None,
+            policies: BTreeMap::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            r#"{"envoy":{"configured":false,"address":null,"reachable":null,"error":null},"ecds":null,"published":null,"policies":{}}"#
+        );
+        // An unconfirmed publish has no reason and no elapsed time.
+        let answer = PublishAnswer {
+            version: 3,
+            ecds_version: 7,
+            policies: 2,
+            applied: None,
+            message: "written".into(),
+            reason: None,
+            elapsed_ms: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            r#"{"version":3,"ecds_version":7,"policies":2,"applied":null,"message":"written"}"#
+        );
+        let rejected = PublishAnswer {
+            applied: Some(false),
+            reason: Some("bad".into()),
+            elapsed_ms: Some(1.5),
+            ..answer
+        };
+        let json = serde_json::to_string(&rejected).unwrap();
+        assert!(
+            json.ends_with(r#""applied":false,"message":"written","reason":"bad","elapsed_ms":1.5}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<PublishAnswer>(&json).unwrap(), rejected);
     }
 }

@@ -26,7 +26,8 @@ pub fn find_filter(given: Option<&Path>) -> Result<PathBuf, String> {
     if let Ok(exe) = std::env::current_exe()
         && let Some(target) = exe.parent().and_then(Path::parent)
     {
-        candidates.push(target.join("wasm32-wasip1/release/breakwater_filter.wasm"));
+        let under_target = relative.strip_prefix("target").unwrap_or(relative);
+        candidates.push(target.join(under_target));
     }
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
         format!(

@@ -21,8 +21,7 @@ pub fn now() -> Nanos {
 }
 
 /// The host's clock, imported directly: the SDK's `get_current_time` panics on any status but Ok,
-/// and goes through `SystemTime` and back (about 300 guest instructions per call, callgrind of the
-/// host-test speed bench), twice per request.
+/// and goes through `SystemTime` and back, twice per request (BENCHMARKS.md, optimisation log).
 #[allow(unsafe_code)]
 mod clock {
     #[link(wasm_import_module = "env")]

@@ -10,22 +10,26 @@ use crate::state::{GuestExports, HostState, World};
 
 /// How often the watchdog advances the engine's epoch.
 pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Epoch ticks one callback into the guest may run (about 2 s of wall time): far more than any
 /// callback needs, so reaching it means a runaway guest, which then traps instead of hanging the
 /// simulation. (Epochs, not fuel: fuel metering slows down every guest instruction.)
 pub const EPOCHS_PER_CALL: u64 = 200;
+
 /// The compiled filter, ready to be instantiated as many VMs.
 pub struct Host {
     pub(crate) factory: Arc<Factory>,
     #[allow(dead_code)] // held for its Drop: stops the thread with the host
     watchdog: Watchdog,
 }
+
 /// What instantiating a VM takes; shared with the VMs, which need it again for FAIL_RELOAD.
 pub(crate) struct Factory {
     engine: Engine,
     module: Module,
     linker: Linker<HostState>,
 }
+
 /// A thread that advances the engine's epoch every [`EPOCH_TICK`], stopped when the host is dropped.
 struct Watchdog {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -65,6 +69,7 @@ impl std::fmt::Debug for Host {
         f.write_str("Host")
     }
 }
+
 impl Host {
     pub fn from_file(path: &std::path::Path) -> Result<Host> {
         let bytes = std::fs::read(path).map_err(|e| wasmtime::format_err!("{}: {e}", path.display()))?;
@@ -98,11 +103,13 @@ impl Host {
 }
 
 impl Factory {
+    /// A new store with the filter instantiated in it (the instance lives in the store), and the
+    /// guest's callbacks.
     pub(crate) fn instantiate(
         &self,
         world: std::rc::Rc<World>,
         index: usize,
-    ) -> Result<(Store<HostState>, Instance, Exports)> {
+    ) -> Result<(Store<HostState>, Exports)> {
         let state = HostState {
             world,
             vm: index,
@@ -127,9 +134,10 @@ impl Factory {
         let instance = self.linker.instantiate(&mut store, &self.module)?;
         store.data_mut().guest = GuestExports::new(&instance, &mut store);
         let exports = Exports::new(&instance, &mut store)?;
-        Ok((store, instance, exports))
+        Ok((store, exports))
     }
 }
+
 /// The guest's proxy-wasm callbacks, looked up once per VM.
 pub(crate) struct Exports {
     pub(crate) initialize: Option<TypedFunc<(), ()>>,

@@ -347,10 +347,10 @@ pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run,
     Ok(sim.run)
 }
 
-/// Maps the filter's metric ids to what they count.
 /// By metric id: the (policy, counter) a counter counts.
 type CounterIds = Vec<Option<(u32, Counter)>>;
 
+/// Maps the filter's metric ids to what they count: counters, and each policy's breaker gauge.
 fn metric_ids(world: &World, policies: &[String]) -> (CounterIds, Vec<Option<usize>>) {
     let metrics = world.metrics.borrow();
     let counters = metrics

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use wasmtime::{Instance, Result, Store, bail};
+use wasmtime::{Result, Store, bail};
 
 use crate::exchange::{
     Begun, ClientResponse, ROOM_FOR_FILTER_HEADERS, Request, UpstreamAnswer, fail_closed, reply_response,
@@ -30,9 +30,8 @@ pub enum FailurePolicy {
 
 /// One VM: a wasmtime store with the filter instantiated, its root context and its streams.
 pub struct Vm {
+    /// The filter's instance lives in the store; its callbacks are in `exports`.
     store: Store<HostState>,
-    #[allow(dead_code)]
-    instance: Instance,
     exports: Exports,
     next_context: u32,
     root: u32,
@@ -99,8 +98,7 @@ impl Vm {
     fn reload(&mut self) -> Result<bool> {
         let old = self.store.data();
         let (world, index, config) = (old.world.clone(), old.vm, std::mem::take(&mut self.accepted));
-        let (store, instance, exports) = self.factory.instantiate(world, index)?;
-        (self.store, self.instance, self.exports) = (store, instance, exports);
+        (self.store, self.exports) = self.factory.instantiate(world, index)?;
         self.failed = false;
         self.root = 0;
         self.reloads += 1;
@@ -461,10 +459,9 @@ impl Host {
     /// A new VM of an Envoy (`world`), not yet started; FAIL_CLOSED unless
     /// [`Vm::set_failure_policy`] says otherwise.
     pub fn vm(&self, world: Rc<World>, index: usize) -> Result<Vm> {
-        let (store, instance, exports) = self.factory.instantiate(world, index)?;
+        let (store, exports) = self.factory.instantiate(world, index)?;
         let mut vm = Vm {
             store,
-            instance,
             exports,
             next_context: 1,
             root: 0,

@@ -127,8 +127,8 @@ impl Admitted {
     /// Whether the upstream's outcome can change anything for this request: a fallback that may
     /// replace the response, or a breaker to record it. Only then does the filter read the status
     /// (the first response-header read of a stream is one of Envoy's dearest calls; BENCHMARKS.md,
-    /// firstcalls, has the price) or, without response headers, `response.code`; [`finish`] otherwise takes
-    /// `Exchange::default()`.
+    /// firstcalls, has the price) or, without response headers, `response.code`; [`finish`]
+    /// otherwise takes `Exchange::default()`.
     pub fn needs_outcome(&self, plan: &Plan) -> bool {
         !self.replied
             && (self.ticket.is_some()
@@ -664,7 +664,7 @@ pub fn fallback(plan: &Plan, a: &mut Admitted, exchange: &Exchange) -> Option<Re
     let mut extra = Vec::new();
     if plan.debug_headers {
         extra.push(("x-breakwater-policy".to_string(), plan.policies.get(a.policy)?.name().to_string()));
-        extra.push(("x-breakwater-decision".to_string(), "fallback".to_string()));
+        extra.push(("x-breakwater-decision".to_string(), Counter::Fallback.as_str().to_string()));
     }
     Some(reply(&fb.response, extra))
 }

@@ -9,8 +9,8 @@
 //! - [`compile`] turns a valid [`model::Document`] into the normalized JSON the filter receives,
 //!   and [`plan::Plan`] is the immutable form every request reads.
 //! - [`engine`] holds the pure decision engines (rate limit, concurrency limit, circuit breaker,
-//!   retry budget). They take `now` from an injected clock and keep their state in small byte
-//!   values updated by compare-and-swap, the shape of proxy-wasm shared data.
+//!   retry budget). They take `now` as an argument (never reading a clock) and keep their state
+//!   in small byte values updated by compare-and-swap, the shape of proxy-wasm shared data.
 
 pub mod check;
 pub mod decode;
@@ -49,8 +49,8 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
 
 /// What the filter runs on every (re)configuration: the same reading and the same errors as
 /// [`load_bytes`], without positions and without the warnings (which only an author can act on,
-/// and which `breakwater validate` prints before a document is published). Several times faster
-/// on large documents.
+/// and which `breakwater validate` prints before a document is published): the JSON reader skips
+/// counting lines and columns, and no position index is built.
 pub fn load_config(bytes: &[u8]) -> Result<Document, Vec<Diagnostic>> {
     let root = source::parse_bytes_without_spans(bytes)?;
     let (document, mut diags) = decode::decode_without_spans(&root);

@@ -1,8 +1,9 @@
 //! Every name breakwater's metrics carry, defined here once: the filter builds its stat names with
 //! these functions, host-test and the admin server parse them back with these parsers, the
 //! rendered Envoy configurations label them with [`STATS_TAGS`], and the scenario language and
-//! the admin speak of decisions and breaker states with these words. A new decision or counter
-//! is a change to this file only; a test checks that every name round-trips.
+//! the admin speak of decisions and breaker states with these words. A new counter's name is a
+//! change to this file only (what increments it is an `enforce::Event`, mapped in
+//! `Event::counter`); a test checks that every name round-trips.
 //!
 //! ```text
 //! breakwater.requests.policy.checkout.decision.rate_limited      (counter)
@@ -187,12 +188,6 @@ impl<'a> MetricName<'a> {
             Some(MetricName::Gauge { policy: rest, gauge: Gauge::parse(kind)? })
         }
     }
-
-    pub fn policy(&self) -> &'a str {
-        match *self {
-            MetricName::Counter { policy, .. } | MetricName::Gauge { policy, .. } => policy,
-        }
-    }
 }
 
 /// Envoy `stats_tags` (tag name, regex over the `/stats` name) that turn the `.policy.<name>` and
@@ -252,7 +247,7 @@ mod tests {
             let name = counter_name("api-v2", counter);
             assert_eq!(MetricName::parse(&name), Some(MetricName::Counter { policy: "api-v2", counter }));
             let envoy = format!("{ENVOY_STAT_PREFIX}{name}");
-            assert_eq!(MetricName::parse(&envoy).map(|m| m.policy()), Some("api-v2"));
+            assert_eq!(MetricName::parse(&envoy), Some(MetricName::Counter { policy: "api-v2", counter }));
             let line = format!("breakwater_requests{{policy=\"api-v2\",decision=\"{counter}\"}} 7");
             let sample = parse_prometheus_line(&line).unwrap();
             assert_eq!(

@@ -113,8 +113,8 @@ fn first_segment(path: &str) -> Option<&str> {
 }
 
 /// `s` up to its first `byte` (ASCII), or all of it. A plain loop: the strings are short (a path,
-/// an authority), and `split_once(char)` paid memchr's setup each time (about 300 instructions in
-/// the guest per call, callgrind of the host-test speed bench).
+/// an authority), and `split_once(char)` paid memchr's setup each time (BENCHMARKS.md,
+/// optimisation log).
 pub fn until(s: &str, byte: u8) -> &str {
     debug_assert!(byte.is_ascii());
     match s.bytes().position(|c| c == byte) {

@@ -3,7 +3,7 @@
 //! reported, and a [`Reader`] whose primitives (integers in a range, durations, words from a list,
 //! lists whose bad items are left out, ...) report every problem at its path and position and go
 //! on, so that one pass shows the user everything. A language is a set of functions over a
-//! `Reader`; it never needs more than this module's public API.
+//! `Reader` and the tree of [`crate::source`]; none reaches into another's internals.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,7 +32,7 @@ pub struct Reader {
 
 /// Where a value sits in the document (`policies[3].retry.max_retries`), kept as links to its
 /// parent on the stack and written out only for a message or the position index: building every
-/// path as a `String` cost about a third of decoding a large document.
+/// path as a `String` was a large share of decoding a large document.
 #[derive(Debug, Clone, Copy)]
 pub enum Path<'a> {
     /// A path already written out (the document itself is `Text("")`).
@@ -81,6 +81,7 @@ impl<'n> Fields<'n, '_> {
     }
 }
 
+/// `path.field`, or `field` at the root (for paths written out as text).
 pub fn join(path: &str, field: &str) -> String {
     if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
 }

@@ -5,7 +5,7 @@
 //! This is the pure half of `breakwater test`: the scenario language (read with the same reader as
 //! policy documents, so every error carries its path, line and column) and the evaluation of a
 //! finished run into expectation results and a per-second [`Timeline`]. The simulation itself
-//! runs the compiled filter in host-test, which produces a [`Run`]. This module builds for the
+//! runs the compiled filter in host-test, which produces a [`Run`]. This crate builds for the
 //! browser too: the admin checks scenarios as they are typed and charts the timeline.
 //!
 //! ```yaml

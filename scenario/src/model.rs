@@ -26,6 +26,7 @@ pub const VALUES_FIELDS: &[&str] = &["one_of", "uniform", "zipf", "cycle", "pref
 pub const UPSTREAM_FIELDS: &[&str] = &["latency", "status", "reset", "connect_failure", "phases"];
 pub const PHASE_FIELDS: &[&str] = &["from", "to", "latency", "status", "reset", "connect_failure", "down"];
 pub const LATENCY_FIELDS: &[&str] = &["uniform", "exponential"];
+
 /// What an expectation can measure; each expectation names exactly one.
 pub const MEASURES: &[&str] = &[
     "requests",
@@ -44,14 +45,19 @@ pub const SELECT_FIELDS: &[&str] = &["status", "decision", "policy", "traffic", 
 
 /// Most simulated VMs (Envoy workers).
 pub const MAX_WORKERS: u64 = 64;
+
 /// Longest simulated time.
 pub const MAX_DURATION_MS: u64 = 3_600_000;
+
 /// Most distinct values one header may draw from.
 pub const MAX_VALUES: u64 = 1_000_000;
+
 /// Most requests one scenario may simulate (a bound on memory and time).
 pub const MAX_REQUESTS: u64 = 20_000_000;
+
 /// Highest rate of one traffic generator, per second.
 pub const MAX_RATE: f64 = 1_000_000.0;
+
 /// Most clients of one closed-loop generator.
 pub const MAX_CLIENTS: u64 = 100_000;
 

@@ -15,7 +15,6 @@ pub struct Timeline {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default)]
 pub struct Second {
     /// Seconds since the start.
     pub t: u64,
@@ -85,6 +84,8 @@ pub fn timeline(run: &Run) -> Timeline {
     }
     Timeline { policies: run.policies.clone(), seconds }
 }
+
+/// The `p` quantile (0 to 1) of sorted nanoseconds, in milliseconds (0 for no values).
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use breakwater_policy::metrics;
 pub use client::{Client, Response};
 pub use upstream::Upstream;
 
@@ -231,9 +232,11 @@ impl Envoy {
             .unwrap_or(0)
     }
 
-    /// A breakwater counter: `breakwater.requests.policy.<policy>.decision.<decision>`.
-    pub fn decisions(&self, policy: &str, decision: &str) -> u64 {
-        self.stat(&format!("wasmcustom.breakwater.requests.policy.{policy}.decision.{decision}"))
+    /// A breakwater counter of a policy, by its word (`allowed`, `retried`, ...), as Envoy's
+    /// `/stats` shows it (0 for a word that names no counter).
+    pub fn decisions(&self, policy: &str, counter: &str) -> u64 {
+        let Some(counter) = metrics::Counter::parse(counter) else { return 0 };
+        self.stat(&format!("{}{}", metrics::ENVOY_STAT_PREFIX, metrics::counter_name(policy, counter)))
     }
 
     /// Waits until `check` holds (Envoy applies ECDS updates and flushes stats asynchronously).

@@ -178,7 +178,7 @@ fn metric_names_are_spelled_in_one_place() {
         ".decision.{",
     ];
     let mut found = Vec::new();
-    for krate in ["policy", "scenario", "host-test", "filter", "cli", "admin-ui"] {
+    for krate in ["policy", "scenario", "api", "host-test", "filter", "cli", "admin-ui", "tests"] {
         for (name, text) in modules(&repo().join(krate).join("src")) {
             if krate == "policy" && name == "metrics" {
                 continue;

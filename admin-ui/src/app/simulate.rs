@@ -1,4 +1,5 @@
-//! The simulate page: a scenario run through the compiled filter against the editor's document, with its expectations and charts.
+//! The simulate page: a scenario run through the compiled filter against the editor's document,
+//! with its expectations and charts.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;

@@ -90,14 +90,3 @@ pub fn emit(text: &str) {
 
 /// The filter's path when none is given: the workspace's release build.
 pub const FILTER_WASM: &str = breakwater_host_test::FILTER_WASM;
-
-/// A duration like `10s` or `500ms` (a clap value parser).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration like 10s or 500ms"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        _ => Err(format!("`{s}` is not a duration like 10s or 500ms")),
-    }
-}

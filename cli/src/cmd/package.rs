@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use breakwater_cli::oci;
 use clap::ValueEnum;
 
-use super::{FILTER_WASM, emit};
+use super::{FILTER_WASM, emit, fail};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,22 +55,19 @@ fn package(
     let bytes = match std::fs::read(wasm) {
         Ok(b) if b.starts_with(b"\0asm") => b,
         Ok(_) => {
-            eprintln!("error: {} is not a wasm module", wasm.display());
-            return ExitCode::FAILURE;
+            return fail(format!("{} is not a wasm module", wasm.display()));
         }
         Err(e) => {
-            eprintln!(
-                "error: the filter {} is not there ({e}); build it with `./dev build-wasm`",
+            return fail(format!(
+                "the filter {} is not there ({e}); build it with `./dev build-wasm`",
                 wasm.display()
-            );
-            return ExitCode::FAILURE;
+            ));
         }
     };
     let image = match oci::write_layout(dir, &bytes, tag, format) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("error: cannot write {}: {e}", dir.display());
-            return ExitCode::FAILURE;
+            return fail(format!("cannot write {}: {e}", dir.display()));
         }
     };
     let mut out = format!(
@@ -82,8 +79,7 @@ fn package(
     );
     if let Some(reference) = push {
         if let Err(e) = oci::push(dir, tag, reference, insecure) {
-            eprintln!("error: push to {reference} failed: {e}");
-            return ExitCode::FAILURE;
+            return fail(format!("push to {reference} failed: {e}"));
         }
         out.push_str(&format!("pushed to {reference}  (url: oci://{reference})\n"));
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use breakwater_cli::ecds;
 
-use super::{FILTER_WASM, emit, load_all};
+use super::{FILTER_WASM, emit, fail, load_all};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,11 +31,10 @@ pub fn run(args: Args) -> ExitCode {
     let wasm = match std::fs::canonicalize(&wasm) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!(
-                "error: the filter {} is not there ({e}); build it with `./dev build-wasm`",
+            return fail(format!(
+                "the filter {} is not there ({e}); build it with `./dev build-wasm`",
                 wasm.display()
-            );
-            return ExitCode::FAILURE;
+            ));
         }
     };
     let settings = ecds::FilterSettings { name, vm_id, wasm };
@@ -50,9 +49,6 @@ pub fn run(args: Args) -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: cannot write {}: {e}", ecds_path.display());
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(format!("cannot write {}: {e}", ecds_path.display())),
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use breakwater_cli::{ecds, serve};
 
-use super::{FILTER_WASM, emit, fail, parse_duration};
+use super::{FILTER_WASM, emit, fail};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -103,5 +103,16 @@ pub fn run(a: Args) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+/// A duration like `10s` or `500ms` (a clap value parser).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration like 10s or 500ms"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        _ => Err(format!("`{s}` is not a duration like 10s or 500ms")),
     }
 }

@@ -14,14 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use breakwater_api::{
-    Diff, EnvoyStatus, ErrorBody, History, PolicyAnswer, PublishAnswer, RollbackBody, Saved, ScenarioFile,
-    SimulateBody, Simulation, Status, TextBody, Validation, VersionText,
+    Diff, EnvoyStatus, ErrorBody, History, PolicyAnswer, PublishAnswer, Published, RollbackBody, Saved,
+    ScenarioFile, SimulateBody, Simulation, Status, TextBody, Validation, VersionText,
 };
 use breakwater_policy::Diagnostic;
 use serde::Deserialize;
 
 use super::envoy::{self, Admin};
-use super::store::{self, Published, SaveError};
+use super::store::{self, SaveError};
 
 type Shared = Arc<super::State>;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use breakwater_api::{EcdsState, PolicyStats};
+use breakwater_api::{EcdsState, PolicyStats};
 use breakwater_policy::metrics::{self, BreakerState, Gauge, Metric};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;

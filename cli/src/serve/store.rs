@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use breakwater_api::{Published, Saved, Version};
+use breakwater_api::{Published, Saved, Version};
 use breakwater_policy::Diagnostic;
 
 use crate::ecds::write_atomically;
@@ -161,6 +161,8 @@ impl Store {
         }
     }
 
+    /// What was last published. `published.json` holds the API's [`Published`] as JSON: a field
+    /// added to the API type must keep a default, or markers written before would no longer load.
     pub fn published(&self) -> Option<Published> {
         std::fs::read(&self.published).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }

@@ -2,9 +2,10 @@
 //!
 //! Envoy hands the filter its configuration as JSON on every reconfiguration, on the main thread
 //! and on every worker, and a document of 1,000 policies is most of a megabyte. The general YAML
-//! scanner reads that slowly (a character at a time, with its position); this reader builds the tree directly from the JSON, with the
-//! same positions, the same scalar resolution and the same depth and node limits and duplicate-key
-//! errors as the YAML reader (the tests compare the two trees).
+//! scanner reads that slowly (a character at a time, with its position); this reader builds the
+//! tree directly from the JSON, with the same positions, the same scalar resolution and the same
+//! depth and node limits and duplicate-key errors as the YAML reader (the tests compare the two
+//! trees).
 //!
 //! It only takes what it is sure of: anything that is not plain JSON (YAML syntax, a syntax error,
 //! a surrogate escape, a control character, a lone carriage return) returns `None`, and the
