@@ -143,7 +143,7 @@ fn matcher(r: &mut Reader, node: &Node, path: &Path<'_>) -> Match {
     let Some(f) = r.fields(node, path, MATCH_FIELDS) else {
         return m;
     };
-    if let Some((n, p)) = f.get("hosts") {
+    if let Some((n, p)) = capped(r, f.get("hosts")) {
         let why = "an empty list matches nothing; remove `hosts` to match all";
         m.hosts = r.non_empty_list(n, &p, why, |d, n, p| d.parsed(n, p, check_host));
     }
@@ -153,11 +153,11 @@ fn matcher(r: &mut Reader, node: &Node, path: &Path<'_>) -> Match {
     if let Some((n, p)) = f.get("path_prefix") {
         m.path_prefix = r.parsed(n, &p, check_path);
     }
-    if let Some((n, p)) = f.get("methods") {
+    if let Some((n, p)) = capped(r, f.get("methods")) {
         let why = "an empty list matches nothing; remove `methods` to match all";
         m.methods = r.non_empty_list(n, &p, why, |d, n, p| d.method(n, p));
     }
-    if let Some((n, p)) = f.get("headers") {
+    if let Some((n, p)) = capped(r, f.get("headers")) {
         m.headers = r.string_map(n, &p, |d, name, value, key, p| {
             if !is_header_name(name) {
                 d.error(p, key, format!("`{name}` is not a lower-case header name"));
@@ -170,7 +170,7 @@ fn matcher(r: &mut Reader, node: &Node, path: &Path<'_>) -> Match {
 }
 
 fn keys(r: &mut Reader, f: &Fields<'_, '_>) -> Vec<KeyPart> {
-    match f.get("key") {
+    match capped(r, f.get("key")) {
         Some((n, p)) => r.list(n, &p, |d, n, p| d.parsed(n, p, KeyPart::parse)).unwrap_or_default(),
         None => Vec::new(),
     }
@@ -272,8 +272,9 @@ fn circuit_breaker(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Circu
         };
         Some(SlowCall { duration: duration?, rate: rate? })
     });
-    let failure_on =
-        f.get("failure_on").and_then(|(n, p)| outcomes(r, n, &p)).unwrap_or_else(default_failure_on);
+    let failure_on = capped(r, f.get("failure_on"))
+        .and_then(|(n, p)| outcomes(r, n, &p))
+        .unwrap_or_else(default_failure_on);
     let open_for = f.get("open_for").and_then(|(n, p)| r.duration(n, &p)).unwrap_or_else(default_open_for);
     let half_open_calls = f
         .get("half_open_calls")
@@ -297,20 +298,17 @@ fn retry(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Retry> {
     let max_retries =
         f.get("max_retries").and_then(|(n, p)| r.int_as(n, &p, 0, 10)).unwrap_or_else(default_max_retries);
     let words = RetryOn::ALL.map(|r| (r.as_str(), r));
-    let retry_on = f
-        .get("retry_on")
+    let retry_on = capped(r, f.get("retry_on"))
         .and_then(|(n, p)| {
             let why = "name at least one condition to retry on";
             r.non_empty_list(n, &p, why, |d, n, p| d.word(n, p, &words))
         })
         .unwrap_or_else(default_retry_on);
-    let statuses = f
-        .get("statuses")
+    let statuses = capped(r, f.get("statuses"))
         .and_then(|(n, p)| r.list(n, &p, |d, n, p| d.int_as(n, p, 100, 599)))
         .unwrap_or_default();
     let per_try_timeout = f.get("per_try_timeout").and_then(|(n, p)| r.duration(n, &p));
-    let methods = f
-        .get("methods")
+    let methods = capped(r, f.get("methods"))
         .and_then(|(n, p)| {
             let why = "an empty list retries nothing; remove it for the idempotent methods";
             r.non_empty_list(n, &p, why, |d, n, p| d.method(n, p))
@@ -337,7 +335,7 @@ fn retry(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Retry> {
 
 fn fallback(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Fallback> {
     let f = r.fields(node, path, FALLBACK_FIELDS)?;
-    let on = f.get("on").and_then(|(n, p)| outcomes(r, n, &p)).unwrap_or_else(default_fallback_on);
+    let on = capped(r, f.get("on")).and_then(|(n, p)| outcomes(r, n, &p)).unwrap_or_else(default_fallback_on);
     let response = match f.get("response") {
         Some((n, p)) => response(r, n, &p, None)?,
         None => {
@@ -368,7 +366,7 @@ fn response(r: &mut Reader, node: &Node, path: &Path<'_>, default_status: Option
             return None;
         }
     };
-    let headers = match f.get("headers") {
+    let headers = match capped(r, f.get("headers")) {
         Some((n, p)) => r.string_map(n, &p, |d, name, value, key, p| {
             if !is_header_name(name) {
                 d.error(p, key, format!("`{name}` is not a lower-case header name"));
@@ -393,6 +391,23 @@ fn response(r: &mut Reader, node: &Node, path: &Path<'_>, default_status: Option
     };
     let headers = headers.into_iter().map(|(k, v)| (Text::Owned(k), Text::Owned(v))).collect();
     Some(Response { status, headers, body: Text::Owned(body) })
+}
+
+/// The field's node, unless it is a list or mapping longer than [`MAX_ITEMS`] (then reported and
+/// left out, so that nothing walks it).
+fn capped<'n, 'p>(r: &mut Reader, field: Option<(&'n Node, Path<'p>)>) -> Option<(&'n Node, Path<'p>)> {
+    let (node, path) = field?;
+    let (len, what) = match &node.value {
+        Value::Seq(items) => (items.len(), "items"),
+        Value::Map(entries) => (entries.len(), "entries"),
+        _ => return Some((node, path)),
+    };
+    if len > MAX_ITEMS {
+        r.visit(&path, node);
+        r.error(&path, node, format!("at most {MAX_ITEMS} {what}, found {len}"));
+        return None;
+    }
+    Some((node, path))
 }
 
 fn check_name(name: &str) -> Result<String, String> {

@@ -16,6 +16,11 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Most entries in any list or mapping of a policy (hosts, methods, headers, key parts, statuses,
+/// outcomes, reply headers). The filter walks some of these on every request (60,000 `match.headers`
+/// would be read for each one), and no sensible policy comes near it.
+pub const MAX_ITEMS: usize = 64;
+
 /// A policy document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +91,7 @@ pub struct Policy {
 pub struct Match {
     /// `:authority` without its port: exact (`shop.example.com`) or a `*.` suffix (`*.example.com`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub hosts: Option<Vec<String>>,
     /// Exact path (query string excluded). Not together with `path_prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,9 +101,11 @@ pub struct Match {
     pub path_prefix: Option<String>,
     /// HTTP methods, upper case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub methods: Option<Vec<Text>>,
     /// Header name (lower case) → exact value, or `*` for "present with any value".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_ITEMS))]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -134,6 +142,7 @@ pub struct RateLimit {
     pub burst: u64,
     /// What the bucket is per; omitted = one bucket for all requests of the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub key: Vec<KeyPart>,
     /// Bound on tracked keys for this policy.
     #[serde(default = "default_max_keys")]
@@ -152,6 +161,7 @@ pub struct ConcurrencyLimit {
     pub max_in_flight: u32,
     /// What the limit is per; omitted = one limit for all requests of the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub key: Vec<KeyPart>,
     /// Bound on tracked keys for this policy.
     #[serde(default = "default_max_keys")]
@@ -182,6 +192,7 @@ pub struct CircuitBreaker {
     pub slow_call: Option<SlowCall>,
     /// Outcomes that count as failures: classes or exact status codes.
     #[serde(default = "default_failure_on")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub failure_on: Vec<Outcome>,
     /// How long the breaker stays open before probing.
     #[serde(default = "default_open_for")]
@@ -212,15 +223,18 @@ pub struct Retry {
     pub max_retries: u32,
     /// Envoy retry conditions (`x-envoy-retry-on`).
     #[serde(default = "default_retry_on")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub retry_on: Vec<RetryOn>,
     /// Status codes retried under `retriable-status-codes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub statuses: Vec<u16>,
     /// Time limit of each attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
     /// Methods that may be retried. Default: the idempotent ones.
     #[serde(default = "default_retry_methods")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub methods: Vec<Text>,
     /// Retries allowed per second: `percent` of requests plus `min_per_second`.
     #[serde(default)]
@@ -249,6 +263,7 @@ impl Default for Budget {
 #[serde(deny_unknown_fields)]
 pub struct Fallback {
     #[serde(default = "default_fallback_on")]
+    #[schemars(length(max = MAX_ITEMS))]
     pub on: Vec<Outcome>,
     pub response: Response,
 }
@@ -342,7 +357,9 @@ impl JsonSchema for Headers {
     }
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        BTreeMap::<String, String>::json_schema(generator)
+        let mut schema = BTreeMap::<String, String>::json_schema(generator);
+        schema.insert("maxProperties".into(), MAX_ITEMS.into());
+        schema
     }
 }
 

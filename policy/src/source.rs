@@ -111,12 +111,7 @@ fn parse_yaml(text: &str) -> Result<Node, Vec<Diagnostic>> {
     loop {
         let (event, mark) = match parser.next_token() {
             Ok(x) => x,
-            Err(e) => {
-                let m = e.marker();
-                return Err(vec![
-                    Diagnostic::error("", format!("YAML syntax error: {}", e.info())).with_span(span_of(m)),
-                ]);
-            }
+            Err(e) => return Err(vec![syntax_error(text, &builder, &e)]),
         };
         match builder.event(event, span_of(&mark)) {
             Ok(Flow::Continue) => {}
@@ -125,6 +120,39 @@ fn parse_yaml(text: &str) -> Result<Node, Vec<Diagnostic>> {
         }
     }
     builder.finish()
+}
+
+/// A scanner error. When the parser gave up inside a flow collection (`[`…`]`, `{`…`}`), the
+/// mistake is almost always that collection's missing closer, which the parser can only notice
+/// lines later (often at the end of the file): point at the opener, as rustc does for an unclosed
+/// delimiter, and say where the parser stopped. Quotes need nothing: the scanner already reports an
+/// unclosed quote where it was opened.
+fn syntax_error(text: &str, builder: &Builder, e: &yaml_rust2::ScanError) -> Diagnostic {
+    let stopped = span_of(e.marker());
+    let opener = builder.stack.last().map(|open| match open {
+        Open::Seq { span, .. } | Open::Map { span, .. } => *span,
+    });
+    let flow = opener.and_then(|span| Some((span, char_at(text, span)?)));
+    match flow {
+        Some((span, open @ ('[' | '{'))) if e.info().contains("flow") => {
+            let close = if open == '[' { ']' } else { '}' };
+            Diagnostic::error(
+                "",
+                format!(
+                    "YAML syntax error: this `{open}` is never closed (at {}:{} the parser expected `,` or `{close}`)",
+                    stopped.line, stopped.col
+                ),
+            )
+            .with_span(span)
+        }
+        _ => Diagnostic::error("", format!("YAML syntax error: {}", e.info())).with_span(stopped),
+    }
+}
+
+/// The character at a 1-based line and column (columns count characters, as the scanner does).
+fn char_at(text: &str, span: Span) -> Option<char> {
+    let line = text.split('\n').nth(span.line.checked_sub(1)?)?;
+    line.chars().nth(span.col.checked_sub(1)?)
 }
 
 impl Builder {
@@ -153,7 +181,7 @@ enum Flow {
 
 enum Open {
     Seq { span: Span, anchor: usize, items: Vec<Node> },
-    Map { span: Span, anchor: usize, entries: Vec<(Node, Node)>, pending_key: Option<Node> },
+    Map { span: Span, anchor: usize, entries: Vec<(Node, Node)>, pending_key: Option<Node>, seen: SeenKeys },
 }
 
 #[derive(Default)]
@@ -209,7 +237,13 @@ impl Builder {
             }
             Event::MappingStart(anchor, _) => {
                 self.open(span)?;
-                self.stack.push(Open::Map { span, anchor, entries: Vec::new(), pending_key: None });
+                self.stack.push(Open::Map {
+                    span,
+                    anchor,
+                    entries: Vec::new(),
+                    pending_key: None,
+                    seen: SeenKeys::default(),
+                });
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
@@ -262,7 +296,7 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Open::Seq { items, .. }) => items.push(node),
-            Some(Open::Map { entries, pending_key, .. }) => match pending_key.take() {
+            Some(Open::Map { entries, pending_key, seen, .. }) => match pending_key.take() {
                 None => {
                     if !matches!(node.value, Value::Str(_) | Value::Int(_) | Value::Bool(_) | Value::Null) {
                         return Err(Box::new(
@@ -277,7 +311,7 @@ impl Builder {
                             owned.as_str()
                         }
                     };
-                    if entries.iter().any(|(k, _)| same_key(k, key)) {
+                    if seen.is_repeated(entries, key) {
                         self.errors.push(
                             Diagnostic::error("", format!("duplicate key `{key}`")).with_span(node.span),
                         );
@@ -303,6 +337,29 @@ fn too_many_nodes(span: Span) -> Fatal {
         Diagnostic::error("", format!("the document has more than {MAX_NODES} values (aliases included)"))
             .with_span(span),
     )
+}
+
+/// The keys of one mapping seen so far, for duplicate detection in linear time: a mapping of
+/// 200,000 keys (a 2 MiB request body) must not cost 200,000² comparisons. Small mappings (every
+/// real policy document) are scanned; past [`SeenKeys::SCAN`] keys the set is built once and kept.
+/// The set hashes with the standard library's keyed SipHash: the keys come from users.
+#[derive(Debug, Default)]
+pub(crate) struct SeenKeys {
+    set: Option<std::collections::HashSet<String>>,
+}
+
+impl SeenKeys {
+    const SCAN: usize = 16;
+
+    /// Whether `key` is one of `earlier`'s keys; `key` counts as seen afterwards (the caller pushes
+    /// it onto `earlier`).
+    pub(crate) fn is_repeated(&mut self, earlier: &[(Node, Node)], key: &str) -> bool {
+        if self.set.is_none() && earlier.len() < Self::SCAN {
+            return earlier.iter().any(|(k, _)| same_key(k, key));
+        }
+        let set = self.set.get_or_insert_with(|| earlier.iter().map(|(k, _)| key_text(k)).collect());
+        !set.insert(key.to_owned())
+    }
 }
 
 /// The text of a mapping key (`404:` is a key too).
@@ -486,6 +543,30 @@ mod tests {
         let errs = parse_bytes(b"version: 1\nname: \xff\n").err().unwrap_or_default();
         assert!(errs[0].message.contains("offset 17"), "{errs:?}");
         assert_eq!(errs[0].span.map(|s| (s.line, s.col)), Some((2, 7)));
+    }
+
+    /// Issue 20, defect 11: an unclosed `[` or `{` is reported where it was opened (as rustc
+    /// reports an unclosed delimiter), not where the parser gave up; quotes already were.
+    #[test]
+    fn unclosed_flow_collections_point_at_their_opener() {
+        let at = |text: &str| {
+            let errs = parse(text).err().unwrap_or_default();
+            (errs[0].span.map(|s| (s.line, s.col)), errs[0].message.clone())
+        };
+        let (span, message) = at("version: 1\npolicies:\n  - name: a\n    match: { methods: [GET, POST\n");
+        assert_eq!(span, Some((4, 23)), "{message}");
+        assert!(message.contains("this `[` is never closed") && message.contains("5:1"), "{message}");
+        let (span, message) =
+            at("version: 1\npolicies:\n  - match: { path_prefix: /a\n    rate_limit:\n      rate: 5\n");
+        assert_eq!(span, Some((3, 12)), "{message}");
+        assert!(message.contains("this `{` is never closed"), "{message}");
+        // A `]` that closes a `{`: the opener is named too.
+        let (span, message) = at("policies: [a, {b: 1]\n");
+        assert_eq!(span, Some((1, 15)), "{message}");
+        assert!(message.contains("this `{` is never closed"), "{message}");
+        // Quotes: the scanner points at the opening quote.
+        let (span, message) = at("version: 1\npolicies: 'abc\n");
+        assert_eq!(span, Some((2, 11)), "{message}");
     }
 
     #[test]

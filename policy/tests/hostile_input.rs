@@ -119,3 +119,57 @@ fn huge_and_negative_numbers_are_range_errors() {
         assert_eq!(errs[0].path, "policies[0].rate_limit.rate", "{value}");
     }
 }
+
+/// Issue 20, defect 3: a 2 MiB body of 200,000 keys in one mapping. Duplicate detection was
+/// quadratic (2·10¹⁰ key comparisons, many minutes); it is linear now, and the duplicate is still
+/// found, in YAML and in JSON alike. The bound is loose (debug build, shared machine): it tells
+/// linear from quadratic, it is not a speed target.
+#[test]
+fn wide_mappings_are_checked_for_duplicates_in_linear_time() {
+    let keys: Vec<String> = (0..200_000).map(|i| format!("x-h{i}")).collect();
+    let yaml = format!(
+        "version: 1\npolicies:\n  - name: a\n    match:\n      headers:\n{}        x-h7: again\n",
+        keys.iter().map(|k| format!("        {k}: v\n")).collect::<String>()
+    );
+    let json = format!(
+        r#"{{"version": 1, "policies": [{{"name": "a", "match": {{"headers": {{{}, "x-h7": "again"}}}}}}]}}"#,
+        keys.iter().map(|k| format!(r#""{k}": "v""#)).collect::<Vec<_>>().join(", ")
+    );
+    for text in [yaml, json] {
+        let started = std::time::Instant::now();
+        let errors = breakwater_policy::load(&text).unwrap_err();
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
+        let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+        assert!(messages.contains(&"duplicate key `x-h7`"), "{messages:?}");
+    }
+}
+
+/// Issue 20, defect 3: no list or mapping of a policy may be longer than `MAX_ITEMS` (64): the
+/// filter reads `match.headers` on every request, and 60,000 of them were accepted.
+#[test]
+fn long_lists_and_mappings_are_refused_at_their_path() {
+    let headers: String = (0..65).map(|i| format!("        x-h{i}: v\n")).collect();
+    let text = format!("version: 1\npolicies:\n  - name: a\n    match:\n      headers:\n{headers}");
+    let errors = breakwater_policy::load(&text).unwrap_err();
+    let found: Vec<String> = errors.iter().map(|d| format!("{}: {}", d.path, d.message)).collect();
+    assert_eq!(found, ["policies[0].match.headers: at most 64 entries, found 65"]);
+    let statuses: Vec<String> = (0..65).map(|i| (500 + i).to_string()).collect();
+    let text = format!(
+        "version: 1\npolicies:\n  - name: a\n    retry: {{ retry_on: [retriable-status-codes], statuses: [{}] }}\n",
+        statuses.join(", ")
+    );
+    let errors = breakwater_policy::load(&text).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|d| d.path == "policies[0].retry.statuses" && d.message == "at most 64 items, found 65"),
+        "{errors:?}"
+    );
+    // 64 is fine.
+    let headers: String = (0..64).map(|i| format!("        x-h{i}: v\n")).collect();
+    breakwater_policy::load(&format!(
+        "version: 1\npolicies:\n  - name: a\n    match:\n      headers:\n{headers}"
+    ))
+    .unwrap();
+}

@@ -192,6 +192,7 @@ impl<const SPANS: bool> Reader<'_, SPANS> {
     fn object(&mut self, span: Span) -> Result<Node, Stop> {
         self.open(span)?;
         let start = self.entries.len();
+        let mut seen = super::SeenKeys::default();
         self.space()?;
         if self.peek() == Some(b'}') {
             self.bump();
@@ -205,7 +206,7 @@ impl<const SPANS: bool> Reader<'_, SPANS> {
                 let key = self.string(true)?;
                 self.count(key_span)?;
                 let mine = self.entries.get(start..).unwrap_or_default();
-                if mine.iter().any(|(k, _)| matches!(&k.value, Value::Str(s) if *s == key)) {
+                if seen.is_repeated(mine, key.as_ref()) {
                     self.errors
                         .push(Diagnostic::error("", format!("duplicate key `{key}`")).with_span(key_span));
                 }
