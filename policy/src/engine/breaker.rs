@@ -161,6 +161,7 @@ impl BreakerConfig {
 
     /// Decides whether a request may go to the upstream.
     pub fn admit(&self, st: &mut StoredBreaker, now: Nanos) -> (Admission, Option<Transition>) {
+        self.clamp_to_clock(st, now);
         match st.phase {
             Phase::Closed => (Admission::Admitted(st.ticket(false)), None),
             Phase::Open { until } if now < until => (Admission::Rejected { retry_after: until - now }, None),
@@ -176,6 +177,17 @@ impl BreakerConfig {
                 }
                 (self.admit_probe(st, now), None)
             }
+        }
+    }
+
+    /// After the wall clock stepped back, an open breaker's `until` may lie further ahead than
+    /// `open_for`, and a half-open round may have started "in the future": either would hold the
+    /// breaker for as long as the step. Both are brought back within `open_for` of `now`.
+    fn clamp_to_clock(&self, st: &mut StoredBreaker, now: Nanos) {
+        match &mut st.phase {
+            Phase::Open { until } => *until = (*until).min(now.saturating_add(self.open_for)),
+            Phase::HalfOpen { since, .. } => *since = (*since).min(now),
+            Phase::Closed => {}
         }
     }
 
@@ -266,7 +278,10 @@ impl BreakerConfig {
             (WindowState::Time { buckets }, WindowConfig::Time { bucket, buckets: count }) => {
                 let epoch = now / bucket;
                 if epoch.saturating_add(u64::from(count)) <= time_totals(buckets, count).epoch {
-                    return; // older than the window that the newest bucket ends (clock skew)
+                    // Older than the window that the newest bucket ends: the wall clock stepped
+                    // back by more than the window. Ignoring the outcome would leave the breaker
+                    // blind until the clock caught up; the window starts over instead.
+                    buckets.fill(Bucket::default());
                 }
                 let slot = (epoch % u64::from(count)) as usize;
                 if let Some(b) = buckets.get_mut(slot) {
@@ -560,7 +575,9 @@ fn push_bucket_in_place(
     let (totals_at, buckets) = out.get_mut(CLOSED_WINDOW_AT..)?.split_at_mut_checked(BUCKET_BYTES)?;
     let mut t = read_bucket(totals_at)?;
     if epoch.saturating_add(count) <= t.epoch {
-        return Some((t.counts(), false));
+        // The clock stepped back by more than the window: start the window over (as `push`).
+        buckets.fill(0);
+        t = Bucket { epoch, ..Bucket::default() };
     }
     let slot = |epoch: u64| (epoch % count) as usize * BUCKET_BYTES;
     if epoch > t.epoch {
@@ -885,6 +902,60 @@ mod tests {
     }
 
     proptest! {
+        /// Issue 20, defect 10: whatever steps the wall clock takes (back or forward, by any
+        /// amount), a breaker left alone for `open_for` admits a call again (an open breaker is
+        /// never stuck for as long as a backward step), and a closed one still counts outcomes
+        /// (a time window does not ignore every call until the clock has caught up).
+        #[test]
+        fn clock_steps_never_wedge_a_breaker(
+            window in prop_oneof![(1u32..50).prop_map(Window::Calls), (1u64..5).prop_map(|s| Window::Time(Duration::from_millis(s * 1000)))],
+            half_open_calls in 1u32..5,
+            ops in proptest::collection::vec(prop_oneof![
+                4 => (any::<bool>(), proptest::bool::weighted(0.1)).prop_map(|(failed, slow)| (0i64, Some((failed, slow)))),
+                1 => (1i64..1500).prop_map(|ms| (ms, None)),
+                1 => (-86_400_000i64..86_400_000).prop_map(|ms| (ms, None)),
+            ], 1..300),
+        ) {
+            let minimum_calls = match window { Window::Calls(n) => n.min(5), _ => 5 };
+            let c = config(window, minimum_calls, 50, half_open_calls);
+            let open_for = c.open_for;
+            let mut bytes = c.encode(&c.new_state());
+            let mut now: Nanos = 100_000 * crate::engine::NANOS_PER_SEC;
+            // A request at every step (its outcome recorded for a call, lost otherwise); the one
+            // `open_for` later is admitted.
+            for (step_ms, call) in ops {
+                now = now.saturating_add_signed(step_ms * MS as i64);
+                let ((admission, _, _), w) = c.admit_bytes(Some(&bytes), now);
+                if let Some(w) = w { bytes = w; }
+                if let (Admission::Admitted(ticket), Some((failed, slow))) = (admission, call) {
+                    let duration = if slow { 150 * MS } else { MS };
+                    if let (_, Some(w)) = c.record_bytes(Some(&bytes), now, ticket, failed, duration) { bytes = w; }
+                }
+                let later = now + open_for;
+                let ((admission, _, phase), _) = c.admit_bytes(Some(&bytes), later);
+                prop_assert!(matches!(admission, Admission::Admitted(_)), "stuck in {:?} at {}", phase, later);
+            }
+            // And a closed breaker still opens on failures after a step back of a day.
+            let mut st = c.new_state();
+            let mut t: Nanos = 100_000 * crate::engine::NANOS_PER_SEC;
+            for _ in 0..minimum_calls {
+                let (Admission::Admitted(ticket), _) = c.admit(&mut st, t) else { unreachable!() };
+                c.record(&mut st, t, ticket, false, MS);
+            }
+            t -= 86_400 * crate::engine::NANOS_PER_SEC;
+            let mut bytes = c.encode(&st);
+            let mut opened = false;
+            for _ in 0..minimum_calls * 2 {
+                let ((admission, _, _), w) = c.admit_bytes(Some(&bytes), t);
+                if let Some(w) = w { bytes = w; }
+                let Admission::Admitted(ticket) = admission else { opened = true; break };
+                let ((transition, _), w) = c.record_bytes(Some(&bytes), t, ticket, true, MS);
+                if let Some(w) = w { bytes = w; }
+                opened |= transition.is_some();
+            }
+            prop_assert!(opened, "failures after a step back were not counted");
+        }
+
         /// The breaker closes only after `half_open_calls` successful probes since it last opened,
         /// rejects everything while open, and never opens below `minimum_calls`.
         #[test]

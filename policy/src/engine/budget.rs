@@ -56,6 +56,7 @@ impl RetryBudget {
     /// Counts a request and reserves up to `want` retries for it.
     pub fn start(&self, st: &mut BudgetState, now: Nanos, want: u32) -> Reservation {
         let epoch = now / BUCKET_NS;
+        st.forget_future(epoch);
         let bucket = st.bucket_mut(epoch);
         bucket.requests = bucket.requests.saturating_add(1);
         let granted = u32::try_from(self.available(st, now)).unwrap_or(u32::MAX).min(want);
@@ -120,6 +121,17 @@ impl BudgetState {
             *b = Bucket { epoch, requests: 0, retries: 0 };
         }
         b
+    }
+
+    /// Buckets stamped after `epoch` were written before the wall clock stepped back: they would
+    /// count again once the clock catches up (charging the budget for as long as the step), so
+    /// they are dropped. One Envoy's workers share one clock, so nothing else stamps the future.
+    fn forget_future(&mut self, epoch: u64) {
+        for b in &mut self.buckets {
+            if b.epoch > epoch {
+                *b = Bucket::default();
+            }
+        }
     }
 
     /// (requests, retries) over the last second.
@@ -199,6 +211,28 @@ mod tests {
     }
 
     proptest! {
+        /// Issue 20, defect 10: whatever steps the wall clock takes, the floor is available again
+        /// once a second has passed without requests.
+        #[test]
+        fn clock_steps_never_wedge_a_budget(
+            floor in 1u32..20,
+            ops in proptest::collection::vec(prop_oneof![
+                4 => Just(0i64),
+                2 => (1i64..300).prop_map(|ms| ms * MS as i64),
+                1 => (-86_400_000i64..86_400_000).prop_map(|ms| ms * MS as i64),
+            ], 1..300),
+        ) {
+            let b = RetryBudget::new(0, floor);
+            let mut st = BudgetState::default();
+            let mut now: Nanos = 100_000 * 1_000_000_000;
+            for step in ops {
+                now = now.saturating_add_signed(step);
+                b.start(&mut st, now, 3);
+                let later = now + 1_000 * MS;
+                prop_assert_eq!(b.available(&st, later), u64::from(floor));
+            }
+        }
+
         /// Whenever retries are granted, retries in the window stay within percent·requests + floor.
         #[test]
         fn never_exceeded(

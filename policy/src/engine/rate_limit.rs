@@ -58,9 +58,14 @@ impl Gcra {
     }
 
     /// Decides one request given the stored TAT (None for a new bucket). Returns the decision and
-    /// the TAT to store (None when nothing changes, i.e. when rejected).
+    /// the TAT to store (None when nothing changes, i.e. when rejected, unless the wall clock
+    /// stepped back and the TAT was brought back within `burst` intervals of `now`).
     pub fn decide(&self, tat: Option<Nanos>, now: Nanos) -> (RateDecision, Option<Nanos>) {
-        let tat = tat.unwrap_or(now).max(now);
+        // A stored TAT is at most `tolerance` ahead of the time it was stored at; more means the
+        // wall clock stepped back since, and the bucket would stay empty for as long as the step.
+        // Clamped, it is an empty bucket that refills at the usual pace.
+        let stored = tat;
+        let tat = tat.unwrap_or(now).clamp(now, now.saturating_add(self.tolerance));
         let new_tat = tat.saturating_add(self.interval);
         let allow_at = new_tat.saturating_sub(self.tolerance);
         if now < allow_at {
@@ -70,7 +75,9 @@ impl Gcra {
                 retry_after: allow_at - now,
                 reset_after: tat - now,
             };
-            return (decision, None);
+            // A rejection changes nothing, unless the TAT was clamped: that is kept.
+            let clamped = stored.is_some_and(|s| s > tat).then_some(tat);
+            return (decision, clamped);
         }
         let used = new_tat - now; // <= tolerance
         let decision = RateDecision {
@@ -189,6 +196,33 @@ mod tests {
             let t = (now - start) as u128;
             let ceiling = burst as u128 + (rate as u128 * t) / per as u128;
             prop_assert!(admitted <= ceiling, "admitted {} > {}", admitted, ceiling);
+        }
+
+        /// Issue 20, defect 10: the wall clock (Envoy's `proxy_get_current_time`) may step back or
+        /// forward by any amount. Whatever the steps, a bucket left alone for `burst` token
+        /// intervals admits again: it is never stuck for as long as a backward step.
+        #[test]
+        fn clock_steps_never_wedge_a_bucket(
+            rate in 1u64..1000,
+            burst in 1u64..50,
+            ops in proptest::collection::vec(prop_oneof![
+                4 => Just(0i64),
+                2 => (1i64..2_000).prop_map(|ms| ms * MS as i64),
+                1 => (-86_400_000i64..86_400_000).prop_map(|ms| ms * MS as i64),
+            ], 1..200),
+        ) {
+            let per = NANOS_PER_SEC;
+            let g = Gcra::try_new(rate, per, burst).unwrap();
+            let mut now: Nanos = 100_000 * NANOS_PER_SEC;
+            let mut tat = None;
+            // A request at every step; the one after `burst` token intervals is admitted.
+            for step in ops {
+                now = now.saturating_add_signed(step);
+                let (_, stored) = g.decide(tat, now);
+                tat = stored.or(tat);
+                let later = now + per.div_ceil(rate) * burst;
+                prop_assert!(g.decide(tat, later).0.allowed, "stuck: tat {:?} now {}", tat, now);
+            }
         }
 
         #[test]
