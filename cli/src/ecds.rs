@@ -54,16 +54,35 @@ pub fn current_version(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `content` to `path` atomically (temp file in the same directory, then rename).
+/// Writes `content` to `path` atomically and durably: a temporary file in the same directory
+/// (Envoy's directory watch sees only the rename), flushed to disk, given the permissions of the
+/// file it replaces, renamed over `path`, and the directory flushed so the rename survives a
+/// crash. On any failure (a full disk, say) the temporary file is removed and `path` is untouched.
 pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Unique per process and per call: two threads writing the same file must not share a temp.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            file.set_permissions(meta.permissions())?;
+        }
+        file.write_all(content)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-    })
+        return Err(e);
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Publishes a compiled policy: the next version of the ECDS file. Returns the version written.

@@ -147,9 +147,13 @@ impl Store {
         {
             return Ok(Saved { version: id, changed: false, warnings: loaded.warnings });
         }
-        write_atomically(&self.policy, text.as_bytes())
-            .map_err(|e| SaveError::Io(io("write", &self.policy, e)))?;
+        // The history first: if the active file cannot be replaced, the new version is taken
+        // back, so the latest version is always the active document.
         let version = self.record(text).map_err(SaveError::Io)?;
+        if let Err(e) = write_atomically(&self.policy, text.as_bytes()) {
+            let _ = std::fs::remove_file(self.version_path(version));
+            return Err(SaveError::Io(io("write", &self.policy, e)));
+        }
         Ok(Saved { version, changed: true, warnings: loaded.warnings })
     }
 
