@@ -272,6 +272,24 @@ async fn simulates_a_shipped_scenario_against_the_posted_policy() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
 
+/// Issue 20, defect 12: a filter that cannot be loaded is not remembered: once it is built, the
+/// next simulation runs.
+#[tokio::test]
+async fn a_failed_filter_load_is_retried() {
+    let missing = std::env::temp_dir().join(format!("bw-late-filter-{}.wasm", std::process::id()));
+    let _ = std::fs::remove_file(&missing);
+    let s = server_with(|c| c.filter_wasm = missing.clone());
+    let scenario = "name: one\nduration: 1s\nworkers: 1\ntraffic:\n  - rate: 5/s\n    path: /\n";
+    let post = || s.call("POST", "/api/simulate", Some(json!({ "policy": VALID, "scenario": scenario })));
+    let (status, body) = post().await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("cannot load the compiled filter"), "{body}");
+    std::fs::copy(repo().join("target/wasm32-wasip1/release/breakwater_filter.wasm"), &missing).unwrap();
+    let (status, body) = post().await;
+    std::fs::remove_file(&missing).unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test]
 async fn publishing_writes_the_next_ecds_version() {
     let off = server();

@@ -28,7 +28,15 @@ pub(crate) struct Factory {
     engine: Engine,
     module: Module,
     linker: Linker<HostState>,
+    memory_limit: usize,
 }
+
+/// The most linear memory one VM may have unless [`Host::with_memory_limit`] says otherwise. V8
+/// refuses to grow a memory past its own limit (`memory.grow` returns -1), after which a Rust
+/// guest's allocator aborts: the VM traps. host-test does the same at this size, so a guest that
+/// leaks, or a simulation that asks too much, fails like in Envoy instead of taking the machine's
+/// memory. The filter needs a few MiB.
+pub const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
 
 /// A thread that advances the engine's epoch every [`EPOCH_TICK`], stopped when the host is dropped.
 struct Watchdog {
@@ -87,6 +95,11 @@ impl Host {
     }
 
     pub fn new(wasm: &[u8]) -> Result<Host> {
+        Host::with_memory_limit(wasm, DEFAULT_MEMORY_LIMIT)
+    }
+
+    /// As [`Host::new`], each VM's linear memory capped at `bytes`.
+    pub fn with_memory_limit(wasm: &[u8], bytes: usize) -> Result<Host> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         // `perf record` can name the guest's functions with BREAKWATER_PERF_MAP=1 (/tmp/perf-PID.map).
@@ -98,7 +111,7 @@ impl Host {
         let mut linker = Linker::new(&engine);
         abi::add_all(&mut linker)?;
         let watchdog = Watchdog::start(engine.clone());
-        Ok(Host { factory: Arc::new(Factory { engine, module, linker }), watchdog })
+        Ok(Host { factory: Arc::new(Factory { engine, module, linker, memory_limit: bytes }), watchdog })
     }
 }
 
@@ -128,8 +141,10 @@ impl Factory {
             guest: Default::default(),
             metric_ids: Vec::new(),
             scratch: Vec::new(),
+            limits: wasmtime::StoreLimitsBuilder::new().memory_size(self.memory_limit).build(),
         };
         let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(EPOCHS_PER_CALL);
         let instance = self.linker.instantiate(&mut store, &self.module)?;
         store.data_mut().guest = GuestExports::new(&instance, &mut store);

@@ -24,7 +24,7 @@ pub mod state;
 pub mod vm;
 
 pub use exchange::{Begun, ClientResponse, Request, UpstreamAnswer};
-pub use host::Host;
+pub use host::{DEFAULT_MEMORY_LIMIT, Host};
 pub use state::World;
 pub use vm::{FailurePolicy, Vm};
 

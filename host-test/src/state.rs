@@ -224,6 +224,8 @@ pub struct HostState {
     pub metric_ids: Vec<usize>,
     /// Reused for what a host call returns (the `memory` module's `answer`).
     pub scratch: Vec<u8>,
+    /// The VM's memory cap ([`crate::host::DEFAULT_MEMORY_LIMIT`]).
+    pub limits: wasmtime::StoreLimits,
 }
 
 impl HostState {

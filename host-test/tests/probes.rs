@@ -154,3 +154,19 @@ fn the_rest_of_the_abi_answers_as_envoy_does() {
     assert_eq!(sent, [b"b", b"b"], "{:?}", r.headers);
     assert!(logs.iter().any(|l| l.level == 2 && l.message == "stdout line"), "{logs:?}");
 }
+
+/// Issue 20, defect 12: a VM's linear memory is capped (as V8 caps it in Envoy): a guest that
+/// keeps growing is refused more memory, traps, and its VM fails closed, instead of taking the
+/// machine's memory. `Host::with_memory_limit` sets the cap; the default is `DEFAULT_MEMORY_LIMIT`.
+#[test]
+fn a_guest_that_grows_past_the_memory_limit_traps() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes/grow.wat");
+    let host = Host::with_memory_limit(&wat::parse_file(&path).unwrap(), 64 << 20).unwrap();
+    let world = World::new(0, 1);
+    let mut vm = host.vm(world.clone(), 0).unwrap();
+    assert!(vm.configure(b"").unwrap());
+    let response = vm.request(&Request::get("a", "/"), |_| UpstreamAnswer::status(200)).unwrap();
+    assert_eq!((response.status, response.local), (503, true));
+    assert!(vm.failed());
+    assert!(vm.memory_bytes() <= 64 << 20, "{}", vm.memory_bytes());
+}

@@ -268,9 +268,11 @@ async fn simulate(
             message: "the scenario is invalid".into(),
             diagnostics: d,
         })?;
+    // Only a loaded filter is kept: after a failure (the filter not built yet, say) the next
+    // simulation tries again.
     let host = state
         .host
-        .get_or_init(|| async {
+        .get_or_try_init(|| async {
             let wasm = state.config.filter_wasm.clone();
             tokio::task::spawn_blocking(move || {
                 breakwater_host_test::Host::from_file(&wasm).map(Arc::new).map_err(|e| format!("{e:#}"))
@@ -279,7 +281,7 @@ async fn simulate(
             .unwrap_or_else(|e| Err(e.to_string()))
         })
         .await
-        .clone()
+        .cloned()
         .map_err(|e| ApiError::internal(format!("cannot load the compiled filter: {e}")))?;
     let _permit = state.simulations.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
     let (report, wall_ms) =

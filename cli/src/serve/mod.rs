@@ -63,8 +63,8 @@ pub struct State {
     pub config: Config,
     /// Saves, rollbacks and publishes run one at a time.
     store: tokio::sync::Mutex<store::Store>,
-    /// The compiled filter loaded into host-test once, on the first simulation.
-    host: tokio::sync::OnceCell<Result<Arc<breakwater_host_test::Host>, String>>,
+    /// The compiled filter loaded into host-test once, by the first simulation that succeeds.
+    host: tokio::sync::OnceCell<Arc<breakwater_host_test::Host>>,
     /// Simulations are CPU-bound: one at a time.
     simulations: tokio::sync::Semaphore,
 }
