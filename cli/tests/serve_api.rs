@@ -272,6 +272,27 @@ async fn simulates_a_shipped_scenario_against_the_posted_policy() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
 
+/// Issue 20, defect 9: the auth scheme is case-insensitive (RFC 9110): `bearer`, `BEARER` work.
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let s = server();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let request = Request::builder()
+            .uri("/api/policy")
+            .header(header::AUTHORIZATION, format!("{scheme} {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = s.raw(request).await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+    }
+    let request = Request::builder()
+        .uri("/api/policy")
+        .header(header::AUTHORIZATION, format!("Basic {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(s.raw(request).await.0, StatusCode::UNAUTHORIZED);
+}
+
 /// Issue 20, defect 12: a filter that cannot be loaded is not remembered: once it is built, the
 /// next simulation runs.
 #[tokio::test]

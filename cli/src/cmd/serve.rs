@@ -12,6 +12,10 @@ pub struct Args {
     /// Address to listen on (loopback by default: the API can change what Envoy enforces).
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: std::net::SocketAddr,
+    /// Listen on a non-loopback address although the server speaks plain HTTP: the token and the
+    /// policies would cross the network in clear text. Put a TLS proxy in front instead, if you can.
+    #[arg(long)]
+    insecure_remote: bool,
     /// The policy document the admin edits (created empty, or from --init, when missing).
     #[arg(long, default_value = "policies/active.yaml")]
     policy: PathBuf,
@@ -53,6 +57,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> ExitCode {
+    if !a.listen.ip().is_loopback() && !a.insecure_remote {
+        return fail(format!(
+            "--listen {}: the admin server speaks plain HTTP, so its token and the policies would cross \
+             the network in clear text. Listen on loopback behind a TLS proxy, or pass --insecure-remote \
+             to accept that",
+            a.listen
+        ));
+    }
     if !a.policy.exists() && !a.init.is_empty() {
         let text = match serve::store::init_document(&a.init) {
             Ok(t) => t,
@@ -91,12 +103,17 @@ pub fn run(a: Args) -> ExitCode {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        // The token is never printed: this output ends up in service logs.
+        let token_shell = match &token_file {
+            Some(f) => format!("$(cat {})", f.display()),
+            None => "$BREAKWATER_TOKEN".to_string(),
+        };
         let token_note = match &token_file {
             Some(f) => format!("token in {} (owner-only)", f.display()),
             None => "token as given".to_string(),
         };
         emit(&format!(
-            "breakwater admin on http://{bound}/#token={token}\n  policy {policy}; {token_note}\n  API: curl -H 'Authorization: Bearer {token}' http://{bound}/api/policy\n"
+            "breakwater admin on http://{bound}/ (open http://{bound}/#token=<token>)\n  policy {policy}; {token_note}\n  API: curl -H \"Authorization: Bearer {token_shell}\" http://{bound}/api/policy\n"
         ));
         serve::serve_on(listener, router).await
     });

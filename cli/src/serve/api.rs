@@ -117,10 +117,11 @@ where
 }
 
 async fn auth(State(state): State<Shared>, headers: HeaderMap, request: Request, next: Next) -> Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    // `Authorization: <scheme> <token>`; the scheme is case-insensitive (RFC 9110, 11.1).
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, token) = v.trim_start().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(token)
+    });
     match given {
         Some(token) if constant_time_eq(token.trim().as_bytes(), state.config.token.as_bytes()) => {
             next.run(request).await

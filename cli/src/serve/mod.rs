@@ -145,16 +145,99 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
+/// Limits of the admin server's connections (slowloris and connection floods). Defaults: 10 s to
+/// send a request's headers, 256 connections at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// A client that has not sent a request's complete headers by then (from the connection's
+    /// start, or from the end of its previous request) is disconnected.
+    pub header_read_timeout: Duration,
+    /// Connections beyond this are answered `503` and closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { header_read_timeout: Duration::from_secs(10), max_connections: 256 }
+    }
+}
+
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn serve_on(listener: tokio::net::TcpListener, router: Router) -> Result<(), String> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    serve_until(listener, router, ServerLimits::default(), shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Serves HTTP/1.1 with `limits` until `shutdown` completes; then stops accepting, lets each
+/// connection finish the request it is serving, and returns once every connection is closed.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of file descriptors, say: give the connections a moment to close.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            connections.spawn(refuse(stream));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stopped = stopped.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let stopping = tokio::select! {
+                _ = connection.as_mut() => false,
+                stop = stopped.wait_for(|stop| *stop) => stop.is_ok(),
+            };
+            if stopping {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
             }
-        })
-        .await
-        .map_err(|e| e.to_string())
+            drop(slot);
+        });
+        // Reap finished connections so the set does not grow with the server's uptime.
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The answer to a connection over [`ServerLimits::max_connections`].
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = "too many connections to the admin server\n";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
