@@ -52,8 +52,18 @@ pub struct FileResult {
 /// what `breakwater test` does for each file and the admin's `POST /api/simulate` for the editor's
 /// document. Returns the report and the wall time in milliseconds.
 pub fn simulate(host: &Host, scenario: &Scenario, document: &Document) -> Result<(Report, f64), String> {
+    simulate_within(host, scenario, document, &sim::Budget::default())
+}
+
+/// [`simulate`] within a budget (the admin API's).
+pub fn simulate_within(
+    host: &Host,
+    scenario: &Scenario,
+    document: &Document,
+    budget: &sim::Budget,
+) -> Result<(Report, f64), String> {
     let started = Instant::now();
-    let run = sim::run(host, scenario, document)?;
+    let run = sim::run_within(host, scenario, document, budget)?;
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     Ok((scenario::evaluate(scenario, &run), wall_ms))
 }

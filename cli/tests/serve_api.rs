@@ -43,6 +43,7 @@ fn config(dir: &std::path::Path) -> Config {
         envoy_admin: None,
         envoy_log: None,
         publish_timeout: Duration::from_secs(2),
+        simulation: serve::SimulationLimits::default(),
     }
 }
 
@@ -270,6 +271,64 @@ async fn simulates_a_shipped_scenario_against_the_posted_policy() {
     let (status, body) =
         s.call("POST", "/api/simulate", Some(json!({ "policy": VALID, "scenario": unknown }))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+/// Issue 20, defect 2: a simulation is bounded. A scenario beyond the API's limits is refused at
+/// once; a run that takes too long is stopped at its wall budget and frees the slot; while it
+/// runs, further simulations get 429 at once and the server answers within 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulations_are_bounded_and_the_server_stays_responsive() {
+    let s = std::sync::Arc::new(server_with(|c| {
+        c.simulation.wall = Duration::from_secs(2);
+        c.simulation.max_requests = 20_000_000;
+    }));
+    let post = |s: std::sync::Arc<Server>, scenario: String| async move {
+        s.call("POST", "/api/simulate", Some(json!({ "policy": VALID, "scenario": scenario }))).await
+    };
+    let wide = "name: wide\nduration: 10s\nworkers: 64\ntraffic:\n  - rate: 10/s\n    path: /\n".to_string();
+    let (status, body) = post(s.clone(), wide).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("at most 8 workers"), "{body}");
+    let long = "name: long\nduration: 1h\nworkers: 1\ntraffic:\n  - rate: 10/s\n    path: /\n".to_string();
+    let (status, body) = post(s.clone(), long).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("at most 600 simulated seconds"), "{body}");
+
+    // Closed loop, 2,000 clients for 10 minutes: far more than 2 s of work.
+    let heavy = "name: heavy\nduration: 600s\nworkers: 2\ntraffic:\n  - concurrency: 2000\n    path: /\n\
+        upstream:\n  latency: 1ms\n"
+        .to_string();
+    let started = std::time::Instant::now();
+    let running = tokio::spawn(post(s.clone(), heavy));
+    // The slot is taken by the run: a burst of simulations is refused at once.
+    let small = "name: small\nduration: 1s\nworkers: 1\ntraffic:\n  - rate: 5/s\n    path: /\n".to_string();
+    let mut refused = 0;
+    while refused < 4 && !running.is_finished() {
+        let (status, body) = post(s.clone(), small.clone()).await;
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            StatusCode::OK => {} // the heavy run had not taken the slot yet
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(refused, 4, "the burst was not refused while the heavy run went on");
+    let mut slowest = Duration::ZERO;
+    while !running.is_finished() {
+        let asked = std::time::Instant::now();
+        let (status, _) = s.raw(Request::get("/healthz").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(slowest < Duration::from_millis(100), "/healthz took {slowest:?} during a simulation");
+    let (status, body) = running.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("stopped after 2 s of wall time"), "{body}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    // The slot is free again.
+    let (status, body) = post(s.clone(), small).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// Issue 20, defect 9: the auth scheme is case-insensitive (RFC 9110): `bearer`, `BEARER` work.

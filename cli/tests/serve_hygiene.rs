@@ -29,6 +29,7 @@ fn config(dir: &std::path::Path) -> serve::Config {
         envoy_admin: None,
         envoy_log: None,
         publish_timeout: Duration::from_secs(2),
+        simulation: serve::SimulationLimits::default(),
     }
 }
 

@@ -270,11 +270,41 @@ struct Sim<'s> {
     samples: std::vec::IntoIter<u64>,
     /// By record: the closed-loop client that sent it.
     clients: Vec<u32>,
+    budget: &'s Budget,
+}
+
+/// What one run may take, beyond the scenario language's own limits: a server running
+/// simulations for others (the admin) stops a run that asks too much, or that nobody waits for.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Set by another thread to stop the run (the caller went away).
+    pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Wall-clock time the run may take.
+    pub wall: Option<std::time::Duration>,
+    /// Most requests (each keeps a record until the run ends).
+    pub max_requests: u64,
+}
+
+impl Default for Budget {
+    /// No limit beyond the language's (`MAX_REQUESTS`), as `breakwater test` runs.
+    fn default() -> Self {
+        Budget { cancel: Default::default(), wall: None, max_requests: MAX_REQUESTS }
+    }
 }
 
 /// Runs a scenario through the compiled filter. `Err` is a problem of the host or the filter
 /// (a rejected configuration, too many requests), not a failed expectation.
 pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run, String> {
+    run_within(host, scenario, document, &Budget::default())
+}
+
+/// [`run`] within a [`Budget`]: `Err` once the budget is spent or the run is cancelled.
+pub fn run_within(
+    host: &Host,
+    scenario: &Scenario,
+    document: &Document,
+    budget: &Budget,
+) -> Result<Run, String> {
     let world = World::new(START_NS, scenario.seed);
     let config = breakwater_policy::compile(document).into_bytes();
     // As Envoy: the main thread's VM starts and configures first (it serves no requests), then
@@ -339,6 +369,7 @@ pub fn run(host: &Host, scenario: &Scenario, document: &Document) -> Result<Run,
         breaker_gauges,
         samples: scenario::sample_times(scenario).into_iter(),
         clients: Vec::new(),
+        budget,
     };
     sim.start();
     sim.go()?;
@@ -437,7 +468,25 @@ impl Sim<'_> {
     }
 
     fn go(&mut self) -> Result<(), String> {
+        let deadline = self.budget.wall.map(|w| (std::time::Instant::now() + w, w));
+        let mut events = 0u32;
         while let Some(Reverse(event)) = self.queue.pop() {
+            events = events.wrapping_add(1);
+            if events.is_multiple_of(4096) {
+                if self.budget.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err("the simulation was cancelled".into());
+                }
+                if let Some((at, wall)) = deadline
+                    && std::time::Instant::now() > at
+                {
+                    return Err(format!(
+                        "the simulation was stopped after {} s of wall time, at {} of {} simulated seconds; shorten the scenario or lower its load",
+                        wall.as_secs_f64(),
+                        event.t / 1_000_000_000,
+                        self.scenario.duration.as_nanos() / 1_000_000_000
+                    ));
+                }
+            }
             self.world.clock_ns.set(START_NS + event.t);
             match event.kind {
                 Kind::Arrive { generator, client } => self.arrive(event.t, generator, client)?,
@@ -498,10 +547,9 @@ impl Sim<'_> {
     }
 
     fn arrive(&mut self, t: u64, g: u32, client: u32) -> Result<(), String> {
-        if self.run.records.len() as u64 >= MAX_REQUESTS {
-            return Err(format!(
-                "the scenario sent more than {MAX_REQUESTS} requests; shorten it or lower its load"
-            ));
+        let most = self.budget.max_requests;
+        if self.run.records.len() as u64 >= most {
+            return Err(format!("the scenario sent more than {most} requests; shorten it or lower its load"));
         }
         let workers = self.vms.len() as u64;
         let Some(gen_) = self.generators.get_mut(g as usize) else { return Ok(()) };

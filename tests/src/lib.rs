@@ -195,6 +195,7 @@ impl Envoy {
             envoy_admin: Some(format!("127.0.0.1:{}", self.admin)),
             envoy_log: Some(self.log.clone()),
             publish_timeout: Duration::from_secs(10),
+            simulation: breakwater_cli::serve::SimulationLimits::default(),
         }
     }
 

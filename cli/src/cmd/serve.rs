@@ -91,6 +91,7 @@ pub fn run(a: Args) -> ExitCode {
         envoy_admin: a.envoy_admin,
         envoy_log: a.envoy_log,
         publish_timeout: a.publish_timeout,
+        simulation: serve::SimulationLimits::default(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,

@@ -269,6 +269,33 @@ async fn simulate(
             message: "the scenario is invalid".into(),
             diagnostics: d,
         })?;
+    let limits = state.config.simulation;
+    let too_much = if scenario.workers > limits.max_workers {
+        Some(format!(
+            "at most {} workers through the API (this scenario has {})",
+            limits.max_workers, scenario.workers
+        ))
+    } else if scenario.duration.as_nanos() > limits.max_duration.as_nanos() as u64 {
+        Some(format!(
+            "at most {} simulated seconds through the API (this scenario has {})",
+            limits.max_duration.as_secs(),
+            scenario.duration.as_nanos() / 1_000_000_000
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = too_much {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the scenario is too large: {why}; run it with `breakwater test`"),
+        ));
+    }
+    let permit = state.simulations.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "a simulation is running: try again when it has finished",
+        )
+    })?;
     // Only a loaded filter is kept: after a failure (the filter not built yet, say) the next
     // simulation tries again.
     let host = state
@@ -276,7 +303,10 @@ async fn simulate(
         .get_or_try_init(|| async {
             let wasm = state.config.filter_wasm.clone();
             tokio::task::spawn_blocking(move || {
-                breakwater_host_test::Host::from_file(&wasm).map(Arc::new).map_err(|e| format!("{e:#}"))
+                let bytes = std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+                breakwater_host_test::Host::with_memory_limit(&bytes, limits.vm_memory)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"))
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
@@ -284,15 +314,30 @@ async fn simulate(
         .await
         .cloned()
         .map_err(|e| ApiError::internal(format!("cannot load the compiled filter: {e}")))?;
-    let _permit = state.simulations.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
-    let (report, wall_ms) =
-        tokio::task::spawn_blocking(move || crate::testing::simulate(&host, &scenario, &document))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("the simulation failed: {e}"))
-            })?;
+    let budget = breakwater_host_test::sim::Budget {
+        cancel: Arc::default(),
+        wall: Some(limits.wall),
+        max_requests: limits.max_requests,
+    };
+    // Dropped with this handler (the request timed out, the client went away): the run stops.
+    let _cancel = CancelOnDrop(budget.cancel.clone());
+    let (report, wall_ms) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        crate::testing::simulate_within(&host, &scenario, &document, &budget)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("the simulation failed: {e}")))?;
     Ok(Json(Simulation { wall_ms, report }))
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A file's text from byte `offset` on (what Envoy logged since then).

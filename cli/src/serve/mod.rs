@@ -48,6 +48,37 @@ pub struct Config {
     pub envoy_log: Option<PathBuf>,
     /// How long a publish waits for Envoy to apply (or reject) the new version.
     pub publish_timeout: Duration,
+    /// What one simulation through the API may ask for.
+    pub simulation: SimulationLimits,
+}
+
+/// The API's limits on a simulation, far below what `breakwater test` allows (64 workers, an hour,
+/// 20 million requests): the admin server runs next to Envoy, and anyone with the token may ask.
+/// One simulation runs at a time (another gets 429); it is stopped when its wall time is spent,
+/// when it sends too many requests, or when its caller goes away (the request timed out).
+#[derive(Debug, Clone, Copy)]
+pub struct SimulationLimits {
+    pub max_workers: u32,
+    /// Longest simulated time.
+    pub max_duration: Duration,
+    /// Most requests in one run (each keeps a record until the run ends).
+    pub max_requests: u64,
+    /// Wall-clock time one run may take (below the API's 60 s request timeout).
+    pub wall: Duration,
+    /// Linear memory of each simulated VM.
+    pub vm_memory: usize,
+}
+
+impl Default for SimulationLimits {
+    fn default() -> Self {
+        SimulationLimits {
+            max_workers: 8,
+            max_duration: Duration::from_secs(600),
+            max_requests: 1_000_000,
+            wall: Duration::from_secs(20),
+            vm_memory: 64 << 20,
+        }
+    }
 }
 
 impl Config {
@@ -65,8 +96,9 @@ pub struct State {
     store: tokio::sync::Mutex<store::Store>,
     /// The compiled filter loaded into host-test once, by the first simulation that succeeds.
     host: tokio::sync::OnceCell<Arc<breakwater_host_test::Host>>,
-    /// Simulations are CPU-bound: one at a time.
-    simulations: tokio::sync::Semaphore,
+    /// Simulations are CPU-bound: one at a time. The permit is held by the run itself (on its
+    /// blocking thread), not by the request, so a timed-out request cannot free it early.
+    simulations: Arc<tokio::sync::Semaphore>,
 }
 
 /// Opens the store and builds the router.
@@ -77,7 +109,7 @@ pub fn app(config: Config) -> Result<Router, String> {
         config,
         store: tokio::sync::Mutex::new(store),
         host: tokio::sync::OnceCell::new(),
-        simulations: tokio::sync::Semaphore::new(1),
+        simulations: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     let api = api::router(state.clone()).layer(DefaultBodyLimit::max(MAX_BODY)).layer(
         tower_http::timeout::TimeoutLayer::with_status_code(
