@@ -146,35 +146,55 @@ fn validation(text: &str) -> Validation {
     }
 }
 
+/// Runs `work` on the store on a blocking thread, holding the store's lock: validation, diffs and
+/// file I/O are CPU- or disk-bound, and the runtime's two threads must stay free for other calls
+/// (`/healthz`, the live view).
+async fn with_store<T: Send + 'static>(
+    state: &Shared,
+    work: impl FnOnce(&store::Store) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone().lock_owned().await;
+    blocking(move || work(&store)).await
+}
+
+/// Runs `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(e.to_string()))
+}
+
 async fn get_policy(State(state): State<Shared>) -> Result<Json<PolicyAnswer>, ApiError> {
-    let store = state.store.lock().await;
-    let text = store.active().map_err(ApiError::internal)?;
-    let Validation { valid, diagnostics } = validation(&text);
-    Ok(Json(PolicyAnswer {
-        text,
-        version: store.current(),
-        valid,
-        diagnostics,
-        published: store.published(),
-        file: store.policy_path().display().to_string(),
-    }))
+    with_store(&state, |store| {
+        let text = store.active().map_err(ApiError::internal)?;
+        let Validation { valid, diagnostics } = validation(&text);
+        Ok(Json(PolicyAnswer {
+            text,
+            version: store.current(),
+            valid,
+            diagnostics,
+            published: store.published(),
+            file: store.policy_path().display().to_string(),
+        }))
+    })
+    .await?
 }
 
 async fn put_policy(
     State(state): State<Shared>,
     Body(body): Body<TextBody>,
 ) -> Result<Json<Saved>, ApiError> {
-    Ok(Json(state.store.lock().await.save(&body.text)?))
+    Ok(Json(with_store(&state, move |store| store.save(&body.text)).await??))
 }
 
-async fn validate(Body(body): Body<TextBody>) -> Json<Validation> {
-    Json(validation(&body.text))
+async fn validate(Body(body): Body<TextBody>) -> Result<Json<Validation>, ApiError> {
+    Ok(Json(blocking(move || validation(&body.text)).await?))
 }
 
-async fn history(State(state): State<Shared>) -> Json<History> {
-    let store = state.store.lock().await;
-    let published = store.published().map(|p| p.version);
-    Json(History { current: store.current(), published, versions: store.list() })
+async fn history(State(state): State<Shared>) -> Result<Json<History>, ApiError> {
+    with_store(&state, |store| {
+        let published = store.published().map(|p| p.version);
+        Json(History { current: store.current(), published, versions: store.list() })
+    })
+    .await
 }
 
 /// A version named in a request: a number, or `active` / `published`.
@@ -202,9 +222,11 @@ async fn history_version(
     State(state): State<Shared>,
     Path(version): Path<String>,
 ) -> Result<Json<VersionText>, ApiError> {
-    let store = state.store.lock().await;
-    let (version, text) = resolve(&store, &version)?;
-    Ok(Json(VersionText { version, text }))
+    with_store(&state, move |store| {
+        let (version, text) = resolve(store, &version)?;
+        Ok(Json(VersionText { version, text }))
+    })
+    .await?
 }
 
 /// The query of `GET /api/diff` (the admin builds it as a URL).
@@ -219,18 +241,20 @@ async fn diff(
     query: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Diff>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let store = state.store.lock().await;
-    let (from, from_text) = resolve(&store, &q.from)?;
-    let (to, to_text) = resolve(&store, q.to.as_deref().unwrap_or("active"))?;
-    let diff = store::diff(&format!("version {from}"), &from_text, &format!("version {to}"), &to_text);
-    Ok(Json(Diff { from, to, diff }))
+    with_store(&state, move |store| {
+        let (from, from_text) = resolve(store, &q.from)?;
+        let (to, to_text) = resolve(store, q.to.as_deref().unwrap_or("active"))?;
+        let diff = store::diff(&format!("version {from}"), &from_text, &format!("version {to}"), &to_text);
+        Ok(Json(Diff { from, to, diff }))
+    })
+    .await?
 }
 
 async fn rollback(
     State(state): State<Shared>,
     Body(body): Body<RollbackBody>,
 ) -> Result<Json<Saved>, ApiError> {
-    match state.store.lock().await.rollback(body.version)? {
+    match with_store(&state, move |store| store.rollback(body.version)).await?? {
         Some(saved) => Ok(Json(saved)),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no version {}", body.version))),
     }

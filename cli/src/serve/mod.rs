@@ -93,7 +93,7 @@ impl Config {
 pub struct State {
     pub config: Config,
     /// Saves, rollbacks and publishes run one at a time.
-    store: tokio::sync::Mutex<store::Store>,
+    store: Arc<tokio::sync::Mutex<store::Store>>,
     /// The compiled filter loaded into host-test once, by the first simulation that succeeds.
     host: tokio::sync::OnceCell<Arc<breakwater_host_test::Host>>,
     /// Simulations are CPU-bound: one at a time. The permit is held by the run itself (on its
@@ -107,7 +107,7 @@ pub fn app(config: Config) -> Result<Router, String> {
     let ui = config.ui_dir.clone();
     let state = Arc::new(State {
         config,
-        store: tokio::sync::Mutex::new(store),
+        store: Arc::new(tokio::sync::Mutex::new(store)),
         host: tokio::sync::OnceCell::new(),
         simulations: Arc::new(tokio::sync::Semaphore::new(1)),
     });

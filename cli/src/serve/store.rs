@@ -59,7 +59,7 @@ impl Store {
         };
         let latest = store.latest_id().and_then(|id| store.get(id));
         if latest.as_deref() != Some(active.as_str()) {
-            store.record(&active)?;
+            store.record(&active, policy_names(&active))?;
         }
         Ok(store)
     }
@@ -119,10 +119,12 @@ impl Store {
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0);
-                let policies = std::fs::read_to_string(&path)
+                // The index written at save time; versions saved before it existed are parsed.
+                let policies = std::fs::read(self.index_path(id))
                     .ok()
-                    .and_then(|t| breakwater_policy::load(&t).ok())
-                    .map(|l| l.document.policies.into_iter().map(|p| p.name).collect())
+                    .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+                    .map(|i| i.policies)
+                    .or_else(|| std::fs::read_to_string(&path).ok().map(|t| policy_names(&t)))
                     .unwrap_or_default();
                 Some(Version { id, saved_at_ms, bytes: meta.len(), policies })
             })
@@ -131,10 +133,22 @@ impl Store {
         out
     }
 
-    fn record(&self, text: &str) -> Result<u64, String> {
+    fn index_path(&self, id: u64) -> PathBuf {
+        self.history.join(format!("{id:06}.json"))
+    }
+
+    /// Adds a version to the history: its index (what `list` shows), then its text, which is what
+    /// makes the version exist.
+    fn record(&self, text: &str, policies: Vec<String>) -> Result<u64, String> {
         let id = self.latest_id().unwrap_or(0) + 1;
+        let index = self.index_path(id);
+        let bytes = serde_json::to_vec(&Index { policies }).map_err(|e| e.to_string())?;
+        write_atomically(&index, &bytes).map_err(|e| io("write", &index, e))?;
         let path = self.version_path(id);
-        write_atomically(&path, text.as_bytes()).map_err(|e| io("write", &path, e))?;
+        write_atomically(&path, text.as_bytes()).map_err(|e| {
+            let _ = std::fs::remove_file(&index);
+            io("write", &path, e)
+        })?;
         Ok(id)
     }
 
@@ -149,9 +163,11 @@ impl Store {
         }
         // The history first: if the active file cannot be replaced, the new version is taken
         // back, so the latest version is always the active document.
-        let version = self.record(text).map_err(SaveError::Io)?;
+        let names = loaded.document.policies.iter().map(|p| p.name.clone()).collect();
+        let version = self.record(text, names).map_err(SaveError::Io)?;
         if let Err(e) = write_atomically(&self.policy, text.as_bytes()) {
             let _ = std::fs::remove_file(self.version_path(version));
+            let _ = std::fs::remove_file(self.index_path(version));
             return Err(SaveError::Io(io("write", &self.policy, e)));
         }
         Ok(Saved { version, changed: true, warnings: loaded.warnings })
@@ -175,6 +191,20 @@ impl Store {
         let text = serde_json::to_vec(p).map_err(|e| e.to_string())?;
         write_atomically(&self.published, &text).map_err(|e| io("write", &self.published, e))
     }
+}
+
+/// What the history keeps beside each version (`000042.json`), so that listing the history does
+/// not parse every version.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Index {
+    policies: Vec<String>,
+}
+
+/// The names of a document's policies (none when it does not load).
+fn policy_names(text: &str) -> Vec<String> {
+    breakwater_policy::load(text)
+        .map(|l| l.document.policies.into_iter().map(|p| p.name).collect())
+        .unwrap_or_default()
 }
 
 /// The first document of a new store, from one or more policy files: one file is taken as it is
@@ -208,8 +238,15 @@ pub fn init_document(files: &[PathBuf]) -> Result<String, String> {
 }
 
 /// A unified diff of two texts (three lines of context), with headers naming them.
+/// How long a diff may search for the smallest edit: two large documents that differ everywhere
+/// would otherwise take the line diff quadratic time. Past the deadline the diff is still correct,
+/// only coarser (larger hunks).
+pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub fn diff(from_name: &str, from: &str, to_name: &str, to: &str) -> String {
-    similar::TextDiff::from_lines(from, to)
+    similar::TextDiff::configure()
+        .timeout(DIFF_DEADLINE)
+        .diff_lines(from, to)
         .unified_diff()
         .context_radius(3)
         .header(from_name, to_name)
