@@ -142,6 +142,10 @@ pub fn envoy(compiled_policy: &str, o: &EnvoyOptions) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "ingress",
+                        // Policies match the normalised path (docs/policy.md, "Paths").
+                        "normalize_path": true,
+                        "merge_slashes": true,
+                        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
                         "route_config": { "name": "local", "virtual_hosts": [{
                             "name": "all",
                             "domains": ["*"],
