@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use breakwater_policy::Document;
+use breakwater_policy::engine::keys::KeySeed;
 use serde_json::{Value, json};
 
 /// What goes into the resource besides the policy.
@@ -83,6 +85,55 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
         return Err(e);
     }
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// The key seed of the deployment that `ecds` belongs to: kept beside it
+/// (`.<file name>.key-seed`, owner-only), created from 16 random bytes on first use. A document
+/// published without a `key_seed` of its own gets this one, so every Envoy fed from this file
+/// places request keys alike, and no client can compute where (docs/policy.md, "Key seed").
+pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
+    use std::io::Read;
+    let dir = ecds.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = ecds.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let path = dir.join(format!(".{name}.key-seed"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return KeySeed::parse(text.trim())
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())));
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let seed = KeySeed(
+        u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()),
+        u64::from_le_bytes(bytes[8..].try_into().unwrap_or_default()),
+    );
+    // Owner-only from the start, then renamed into place (two publishers racing: the first
+    // rename wins for good, as both then read the file back).
+    let tmp = dir.join(format!(".{name}.key-seed.{}.tmp", std::process::id()));
+    let written = (|| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(format!("{seed}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, &path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(seed),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => deployment_seed(ecds),
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes a document: compiled (compact), with the deployment's key seed unless it has its
+/// own. Returns the version written.
+pub fn publish_document(path: &Path, settings: &FilterSettings, doc: &Document) -> std::io::Result<u64> {
+    let mut doc = doc.clone();
+    if doc.key_seed.is_none() {
+        doc.key_seed = Some(deployment_seed(path)?);
+    }
+    publish(path, settings, &breakwater_policy::compile_compact(&doc))
 }
 
 /// Publishes a compiled policy: the next version of the ECDS file. Returns the version written.

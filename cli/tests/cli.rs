@@ -143,6 +143,13 @@ fn publish_writes_the_next_ecds_version_and_refuses_invalid_documents() {
     let policy = config["configuration"]["value"].as_str().unwrap();
     let doc = breakwater_policy::load(policy).unwrap().document;
     assert_eq!(doc.policies.len(), 4);
+    // Issue 20, defect 6: the deployment's key seed, made once beside the ECDS file (owner-only)
+    // and carried by every version published there.
+    let seed_file = ecds.parent().unwrap().join(".breakwater.json.key-seed");
+    let seed = std::fs::read_to_string(&seed_file).unwrap();
+    assert_eq!(doc.key_seed.map(|s| s.to_string()), Some(seed.trim().to_string()));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&seed_file).unwrap().permissions().mode() & 0o777, 0o600);
     // An invalid document: refused, the file keeps version 2, no temporary file is left behind.
     let out = breakwater(
         &[&["publish", "policies/invalid/per-try-timeout.yaml", "--ecds", &ecds_arg][..], &wasm].concat(),
@@ -151,7 +158,7 @@ fn publish_writes_the_next_ecds_version_and_refuses_invalid_documents() {
     assert!(text(&out.stderr).contains("must be shorter than timeout"));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ecds).unwrap()).unwrap();
     assert_eq!(v["version_info"], "2");
-    assert_eq!(std::fs::read_dir(ecds.parent().unwrap()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(ecds.parent().unwrap()).unwrap().count(), 2, "the file and its key seed");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

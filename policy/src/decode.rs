@@ -53,6 +53,9 @@ fn document(r: &mut Reader, node: &Node) -> Document {
     if let Some((n, p)) = f.get("debug_headers") {
         doc.debug_headers = r.bool(n, &p).unwrap_or_default();
     }
+    if let Some((n, p)) = f.get("key_seed") {
+        doc.key_seed = r.parsed(n, &p, KeySeed::parse);
+    }
     if let Some((n, p)) = f.get("trust_attempt_count_header") {
         doc.trust_attempt_count_header = r.bool(n, &p).unwrap_or_default();
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::engine::Nanos;
 use crate::engine::breaker::{Admission, Phase, Ticket, Transition};
 use crate::engine::budget::Reservation;
-use crate::engine::keys::{KeyTable, SlotRef, SlotState};
+use crate::engine::keys::{KeySeed, KeyTable, SlotRef, SlotState};
 use crate::engine::rate_limit::{RateDecision, decode_tat};
 use crate::engine::record;
 use crate::engine::store::{SharedStore, StoreError};
@@ -263,10 +263,10 @@ pub fn compose_key(parts: &[KeyPart], req: &impl RequestView) -> Vec<u8> {
 
 /// `keys::fingerprint(&compose_key(parts, req))`, without building the key: the hasher takes the
 /// length the key would have, then its bytes part by part (a test checks they agree).
-pub fn key_fingerprint(parts: &[KeyPart], req: &impl RequestView) -> u64 {
+pub fn key_fingerprint(seed: KeySeed, parts: &[KeyPart], req: &impl RequestView) -> u64 {
     let separators = parts.len().saturating_sub(1);
     let len = parts.iter().map(|p| key_part(p, req).len()).sum::<usize>() + separators;
-    crate::engine::keys::fingerprint_parts(len, parts.iter().map(|p| key_part(p, req)))
+    crate::engine::keys::fingerprint_parts(seed, len, parts.iter().map(|p| key_part(p, req)))
 }
 
 fn key_part<'r>(part: &KeyPart, req: &'r impl RequestView) -> &'r str {
@@ -381,7 +381,7 @@ fn check_limits<S: SharedStore + ?Sized>(
             match &p.state.rate_limit {
                 None => pending[record::RATE_LIMIT] = true,
                 Some(table) => {
-                    let fp = key_fingerprint(&rl.key, req);
+                    let fp = key_fingerprint(table.seed(), &rl.key, req);
                     let result = table.update_fp(store, fp, now, &RateSlots, |s| g.decide_bytes(s, now));
                     if let Some(r) = rate_limited(p, a, result.ok().map(|(d, _)| d)) {
                         break 'blocks Some(r);
@@ -396,7 +396,7 @@ fn check_limits<S: SharedStore + ?Sized>(
                     if let Some(r) = flush(p, store, now, a, std::mem::take(&mut pending), None) {
                         break 'blocks Some(r);
                     }
-                    let fp = key_fingerprint(&cl.key, req);
+                    let fp = key_fingerprint(table.seed(), &cl.key, req);
                     let max = cl.max_in_flight;
                     let result =
                         table.update_fp(store, fp, now, &ConcurrencySlots, |s| concurrency::acquire(s, max));

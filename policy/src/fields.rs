@@ -6,7 +6,8 @@
 
 /// The fields each object accepts; also the source of "did you mean" suggestions. A test checks
 /// these lists against the JSON Schema so that the two cannot drift apart.
-pub const DOCUMENT_FIELDS: &[&str] = &["version", "debug_headers", "trust_attempt_count_header", "policies"];
+pub const DOCUMENT_FIELDS: &[&str] =
+    &["version", "debug_headers", "trust_attempt_count_header", "key_seed", "policies"];
 pub const POLICY_FIELDS: &[&str] = &[
     "name",
     "match",

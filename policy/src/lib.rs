@@ -78,6 +78,7 @@ pub fn merge(docs: Vec<(String, Document)>) -> Result<Loaded, Vec<Diagnostic>> {
     for (file, doc) in docs {
         merged.debug_headers |= doc.debug_headers;
         merged.trust_attempt_count_header |= doc.trust_attempt_count_header;
+        merged.key_seed = merged.key_seed.or(doc.key_seed);
         for (i, p) in doc.policies.into_iter().enumerate() {
             origin.push(format!("{file}: policies[{i}]"));
             merged.policies.push(p);

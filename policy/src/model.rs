@@ -42,15 +42,74 @@ pub struct Document {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[schemars(extend("default" = false))]
     pub trust_attempt_count_header: bool,
+    /// The secret (32 hex digits) that keys the hash placing request keys in their tables, so that
+    /// a client cannot aim keys at someone else's slots. The tools add one per deployment when
+    /// publishing (docs/policy.md, "Key seed"); left out of the compiled form when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_seed: Option<KeySeed>,
     /// Ordered: the first policy whose `match` holds applies to a request; later ones are not
     /// consulted. A request that matches no policy passes untouched.
     pub policies: Vec<Policy>,
 }
 
+/// The secret that keys the fingerprints of one deployment (the document's `key_seed`, 128 bits).
+/// Without one, the fingerprint is still stable but public: anyone could compute which slot a key
+/// lands in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeySeed(pub u64, pub u64);
+
+impl TryFrom<String> for KeySeed {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        KeySeed::parse(&s)
+    }
+}
+
+impl From<KeySeed> for String {
+    fn from(k: KeySeed) -> String {
+        k.to_string()
+    }
+}
+
+impl JsonSchema for KeySeed {
+    fn schema_name() -> Cow<'static, str> {
+        "KeySeed".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "pattern": "^[0-9a-fA-F]{32}$" })
+    }
+}
+
+impl KeySeed {
+    /// From 32 hexadecimal digits.
+    pub fn parse(hex: &str) -> Result<KeySeed, String> {
+        let ok = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let half = |s: Option<&str>| s.and_then(|s| u64::from_str_radix(s, 16).ok());
+        match (ok, half(hex.get(..16)), half(hex.get(16..))) {
+            (true, Some(a), Some(b)) => Ok(KeySeed(a, b)),
+            _ => Err(format!("`{hex}` is not a key seed: 32 hexadecimal digits (128 bits)")),
+        }
+    }
+}
+
+impl std::fmt::Display for KeySeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}{:016x}", self.0, self.1)
+    }
+}
+
 impl Default for Document {
     /// An empty version-1 document.
     fn default() -> Self {
-        Document { version: 1, debug_headers: false, trust_attempt_count_header: false, policies: Vec::new() }
+        Document {
+            version: 1,
+            debug_headers: false,
+            trust_attempt_count_header: false,
+            key_seed: None,
+            policies: Vec::new(),
+        }
     }
 }
 

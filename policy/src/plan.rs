@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::engine::breaker::BreakerConfig;
 use crate::engine::budget::RetryBudget;
-use crate::engine::keys::KeyTable;
+use crate::engine::keys::{KeySeed, KeyTable};
 use crate::engine::rate_limit::Gcra;
 use crate::model::{self, Document, KeyPart, Mode, Policy};
 
@@ -183,10 +183,10 @@ pub struct StateKeys {
 }
 
 impl StateKeys {
-    fn new(p: &Policy) -> Self {
+    fn new(p: &Policy, seed: KeySeed) -> Self {
         let name = &p.name;
         let table = |block: &str, key: &[KeyPart], max_keys: u32| {
-            (!key.is_empty()).then(|| KeyTable::new(format!("bw/{name}/{block}"), max_keys))
+            (!key.is_empty()).then(|| KeyTable::new(format!("bw/{name}/{block}"), max_keys).with_seed(seed))
         };
         StateKeys {
             rate_limit: p.rate_limit.as_ref().and_then(|r| table("rl", &r.key, r.max_keys)),
@@ -370,7 +370,7 @@ impl Plan {
                 breaker: p.circuit_breaker.as_ref().map(BreakerConfig::from_model),
                 budget: p.retry.as_ref().map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
                 headers: FixedHeaders::new(&p, rate_limit.as_ref()),
-                state: StateKeys::new(&p),
+                state: StateKeys::new(&p, doc.key_seed.unwrap_or_default()),
                 policy: p,
             });
         }

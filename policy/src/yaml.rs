@@ -40,6 +40,7 @@ pub const DOCUMENT_KEY_ORDER: &[&str] = &[
     "version",
     "debug_headers",
     "trust_attempt_count_header",
+    "key_seed",
     "policies",
     "name",
     "match",

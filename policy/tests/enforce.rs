@@ -514,7 +514,9 @@ proptest::proptest! {
         kinds in proptest::collection::vec(0u8..5, 0..5),
         values in proptest::collection::vec("[ -~]{0,24}", 5),
         query in proptest::option::of("[a-z=&]{0,8}"),
+        seed in (proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>()),
     ) {
+        let seed = breakwater_policy::engine::keys::KeySeed(seed.0, seed.1);
         use breakwater_policy::engine::keys::fingerprint;
         use breakwater_policy::model::KeyPart;
         let mut path = format!("/{}", values[3]);
@@ -537,8 +539,8 @@ proptest::proptest! {
             })
             .collect();
         proptest::prop_assert_eq!(
-            enforce::key_fingerprint(&parts, &req),
-            fingerprint(&enforce::compose_key(&parts, &req))
+            enforce::key_fingerprint(seed, &parts, &req),
+            fingerprint(seed, &enforce::compose_key(&parts, &req))
         );
     }
 }

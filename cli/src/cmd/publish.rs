@@ -38,7 +38,7 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let settings = ecds::FilterSettings { name, vm_id, wasm };
-    match ecds::publish(&ecds_path, &settings, &breakwater_policy::compile_compact(&doc)) {
+    match ecds::publish_document(&ecds_path, &settings, &doc) {
         Ok(version) => {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             emit(&format!(

@@ -391,7 +391,6 @@ async fn publish(State(state): State<Shared>) -> Result<Json<PublishAnswer>, Api
     let version = store.current();
     let text = store.active().map_err(ApiError::internal)?;
     let document = breakwater_policy::load(&text).map_err(ApiError::invalid)?.document;
-    let compiled = breakwater_policy::compile_compact(&document);
     let settings = state.config.filter_settings();
     let admin = admin(&state);
     let before = match &admin {
@@ -401,7 +400,7 @@ async fn publish(State(state): State<Shared>) -> Result<Json<PublishAnswer>, Api
     let log_offset =
         state.config.envoy_log.as_ref().and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
     let started = Instant::now();
-    let ecds_version = crate::ecds::publish(&ecds, &settings, &compiled)
+    let ecds_version = crate::ecds::publish_document(&ecds, &settings, &document)
         .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", ecds.display())))?;
     store
         .set_published(&Published { version, ecds_version, at_ms: store::now_ms() })

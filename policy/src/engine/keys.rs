@@ -16,10 +16,12 @@
 //!
 //! Memory is therefore at most `max_keys` entries per block, each at most 64 bytes (name + value).
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 
 use super::Nanos;
+use super::siphash::SipHasher24;
 use super::store::{SharedStore, StoreError, update, update_from};
+pub use crate::model::KeySeed;
 
 /// Slots probed per key.
 pub const PROBES: u32 = 4;
@@ -29,6 +31,7 @@ pub const PROBES: u32 = 4;
 pub struct KeyTable {
     prefix: String,
     slots: u32,
+    seed: KeySeed,
 }
 
 /// Where a key's state was found, to come back to it (e.g. to release a concurrency slot).
@@ -47,19 +50,22 @@ pub trait SlotState {
     fn evictable(&self) -> bool;
 }
 
-/// The fingerprint of a composed key. Stable across workers and restarts.
-pub fn fingerprint(key: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
+/// The fingerprint of a composed key: SipHash-2-4 under the deployment's seed of the key's length
+/// (8 bytes, little-endian) and bytes. The same in every worker, every build and every Rust
+/// release.
+pub fn fingerprint(seed: KeySeed, key: &[u8]) -> u64 {
+    let mut h = SipHasher24::new(seed.0, seed.1);
+    h.write(&(key.len() as u64).to_le_bytes());
+    h.write(key);
     // 0 marks "no owner" in nothing we store, but keep it out of the range anyway.
     h.finish().max(1)
 }
 
 /// [`fingerprint`] of the key made of `parts` joined by U+001F, `len` bytes in all, without
-/// building it: a slice hashes as its length, then its bytes, and SipHash reads bytes as a stream.
-pub fn fingerprint_parts<'a>(len: usize, parts: impl Iterator<Item = &'a str>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    h.write_usize(len);
+/// building it: the hasher reads bytes as a stream.
+pub fn fingerprint_parts<'a>(seed: KeySeed, len: usize, parts: impl Iterator<Item = &'a str>) -> u64 {
+    let mut h = SipHasher24::new(seed.0, seed.1);
+    h.write(&(len as u64).to_le_bytes());
     for (i, part) in parts.enumerate() {
         if i > 0 {
             h.write(&[0x1f]);
@@ -71,7 +77,16 @@ pub fn fingerprint_parts<'a>(len: usize, parts: impl Iterator<Item = &'a str>) -
 
 impl KeyTable {
     pub fn new(prefix: String, slots: u32) -> Self {
-        KeyTable { prefix, slots: slots.max(1) }
+        KeyTable { prefix, slots: slots.max(1), seed: KeySeed::default() }
+    }
+
+    /// The table with keys fingerprinted under `seed`.
+    pub fn with_seed(self, seed: KeySeed) -> Self {
+        KeyTable { seed, ..self }
+    }
+
+    pub fn seed(&self) -> KeySeed {
+        self.seed
     }
 
     fn name(&self, slot: u32) -> String {
@@ -101,7 +116,7 @@ impl KeyTable {
     where
         S: SharedStore + ?Sized,
     {
-        self.update_fp(store, fingerprint(key), now, kind, decide)
+        self.update_fp(store, fingerprint(self.seed, key), now, kind, decide)
     }
 
     /// [`Self::update`] for a key known by its [`fingerprint`].
@@ -304,6 +319,27 @@ mod tests {
         assert_eq!(t.update(&store, b"c", 0, &evicting, bump).unwrap().0, 1);
     }
 
+    /// Issue 20, defect 6: fingerprints are SipHash-2-4 under the deployment's seed: pinned here,
+    /// so no Rust release or build can change them (slots written before keep their owners), and
+    /// without the seed nobody can tell which slot a key lands in.
+    #[test]
+    fn fingerprints_are_stable_and_keyed_by_the_seed() {
+        let seed = KeySeed::parse("000102030405060708090a0b0c0d0e0f").unwrap();
+        assert_eq!(seed.to_string(), "000102030405060708090a0b0c0d0e0f");
+        assert_eq!(fingerprint(KeySeed::default(), b"10.0.0.1"), 0x64b0_90a8_a1a0_6c37);
+        assert_eq!(fingerprint(seed, b"10.0.0.1"), 0x037c_b363_8895_a39c);
+        // Across 1,000 keys, another seed puts about 1 in `slots` of them in the same home slot.
+        let other = KeySeed(1, 2);
+        let same = (0..1000u32)
+            .filter(|i| {
+                let key = format!("client-{i}");
+                fingerprint(seed, key.as_bytes()) % 1000 == fingerprint(other, key.as_bytes()) % 1000
+            })
+            .count();
+        assert!(same < 10, "{same} of 1000 keys share their home slot under two seeds");
+        assert!(KeySeed::parse("0001").is_err() && KeySeed::parse(&"g".repeat(32)).is_err());
+    }
+
     #[test]
     fn eviction_picks_the_slot_closest_to_idle() {
         let store = MemoryStore::default();
@@ -315,7 +351,7 @@ mod tests {
         while keys.len() < 4 {
             let key = i.to_le_bytes();
             i += 1;
-            let fp = fingerprint(&key);
+            let fp = fingerprint(KeySeed::default(), &key);
             if keys.iter().any(|(_, f)| f % 4 == fp % 4) {
                 continue;
             }

@@ -15,6 +15,7 @@ pub mod concurrency;
 pub mod keys;
 pub mod rate_limit;
 pub mod record;
+pub mod siphash;
 pub mod store;
 pub mod text;
 
