@@ -316,3 +316,39 @@ fn reconfiguration_defines_only_new_metrics_and_keeps_counting() {
     assert_eq!(vm.request(&Request::get("h", "/b"), ok).unwrap().status, 200);
     assert_eq!(world.metric("breakwater.requests.policy.b.decision.allowed"), Some(1));
 }
+
+/// Issue 20, defect 5: a VM that goes away with streams in flight (it trapped, or Envoy replaced
+/// it) never runs their on_log, so never releases their concurrency slots. Holds are leases: the
+/// key admits again once the lease is over (the policy's `timeout` plus a minute), and the
+/// in-flight gauge returns to 0, for a keyed limit and for one without a key.
+#[test]
+fn concurrency_slots_of_a_vanished_vm_expire_with_their_lease() {
+    use breakwater_host_test::Begun;
+    use breakwater_policy::metrics::{Gauge, gauge_name};
+    let host = host();
+    let policy = "version: 1\npolicies:\n  - name: keyed\n    match: { path_prefix: /k }\n    timeout: 5s\n    \
+        concurrency_limit: { max_in_flight: 2, key: [\"header:x-user\"] }\n  - name: whole\n    timeout: 5s\n    \
+        concurrency_limit: { max_in_flight: 2 }\n";
+    let (world, mut vms) = envoy(&host, 2, policy);
+    let start = world.clock_ns.get();
+    let keyed = Request::get("a", "/k").header("x-user", "alice");
+    let whole = Request::get("a", "/w");
+    // Worker 0 takes every slot, then vanishes with the streams in flight.
+    for req in [&keyed, &keyed, &whole, &whole] {
+        assert!(matches!(vms[0].begin(req).unwrap(), Begun::Forwarded { .. }));
+    }
+    drop(vms.remove(0));
+    let worker = &mut vms[0];
+    assert_eq!(worker.request(&keyed, ok).unwrap().status, 503, "the keyed limit is full");
+    assert_eq!(worker.request(&whole, ok).unwrap().status, 503, "the limit is full");
+    // Within the lease (timeout + 60 s = 65 s) the holds stand...
+    world.clock_ns.set(start + 64 * 1_000_000_000);
+    assert_eq!(worker.request(&keyed, ok).unwrap().status, 503);
+    // ...and once it is over (at most 4/3 of it) they are gone.
+    world.clock_ns.set(start + 87 * 1_000_000_000);
+    assert_eq!(worker.request(&keyed, ok).unwrap().status, 200);
+    assert_eq!(worker.request(&whole, ok).unwrap().status, 200);
+    for p in ["keyed", "whole"] {
+        assert_eq!(world.metric(&gauge_name(p, Gauge::InFlight)), Some(0), "{p}");
+    }
+}

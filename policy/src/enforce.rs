@@ -108,6 +108,8 @@ pub struct Admitted {
     slot: Option<SlotRef>,
     /// A concurrency slot held in the policy's record.
     record_slot: bool,
+    /// The lease bucket the concurrency slot (keyed or in the record) was acquired in.
+    slot_epoch: u64,
     ticket: Option<Ticket>,
     reservation: Option<Reservation>,
     replied: bool,
@@ -237,11 +239,25 @@ impl SlotState for RateSlots {
     }
 }
 
-/// Concurrency slots: idle at zero in flight; never evicted (releases must find their count).
-struct ConcurrencySlots;
+/// Concurrency slots: idle at zero in flight (expired leases not counted); never evicted (releases
+/// must find their count). Holds the lease's bucket width.
+struct ConcurrencySlots(Nanos);
+
+/// How long a concurrency hold lasts without its release (a VM that trapped or was replaced with
+/// streams in flight never releases): the policy's `timeout` plus a minute, or ten minutes.
+pub const DEFAULT_CONCURRENCY_LEASE: Nanos = 600 * NANOS_PER_SEC;
+
+/// The bucket width of a policy's concurrency leases ([`concurrency::lease_width`]).
+pub fn concurrency_lease_width(p: &PolicyPlan) -> Nanos {
+    let lease = p
+        .policy
+        .timeout
+        .map_or(DEFAULT_CONCURRENCY_LEASE, |t| t.as_nanos().saturating_add(60 * NANOS_PER_SEC));
+    concurrency::lease_width(lease)
+}
 impl SlotState for ConcurrencySlots {
-    fn activity(&self, state: &[u8], _: Nanos) -> Option<u64> {
-        let n = concurrency::decode(Some(state));
+    fn activity(&self, state: &[u8], now: Nanos) -> Option<u64> {
+        let n = concurrency::in_flight(Some(state), now, self.0);
         (n > 0).then_some(u64::from(n))
     }
     fn evictable(&self) -> bool {
@@ -330,6 +346,7 @@ pub fn admit<S: SharedStore + ?Sized>(
         started: now,
         slot: None,
         record_slot: false,
+        slot_epoch: 0,
         ticket: None,
         reservation: None,
         replied: false,
@@ -398,13 +415,16 @@ fn check_limits<S: SharedStore + ?Sized>(
                     }
                     let fp = key_fingerprint(table.seed(), &cl.key, req);
                     let max = cl.max_in_flight;
-                    let result =
-                        table.update_fp(store, fp, now, &ConcurrencySlots, |s| concurrency::acquire(s, max));
+                    let width = concurrency_lease_width(p);
+                    let result = table.update_fp(store, fp, now, &ConcurrencySlots(width), |s| {
+                        concurrency::acquire(s, max, now, width)
+                    });
                     let (slot, at) = result.ok().unzip();
                     if let Some(r) = concurrency_limited(p, a, slot) {
                         break 'blocks Some(r);
                     }
                     a.slot = at;
+                    a.slot_epoch = slot.map_or(0, |s| s.epoch);
                 }
             }
         }
@@ -444,6 +464,7 @@ fn flush<S: SharedStore + ?Sized>(
     }
     let forward_anyway = !p.enforcing();
     let max_in_flight = p.policy.concurrency_limit.as_ref().map_or(0, |c| c.max_in_flight);
+    let width = concurrency_lease_width(p);
     let taken = record::update(store, &p.state.record, |old, new| {
         let mut t = Taken::default();
         let rejected = 'decide: {
@@ -457,7 +478,7 @@ fn flush<S: SharedStore + ?Sized>(
                 }
             }
             if blocks[record::CONCURRENCY] {
-                let (slot, b) = concurrency::acquire(old[record::CONCURRENCY], max_in_flight);
+                let (slot, b) = concurrency::acquire(old[record::CONCURRENCY], max_in_flight, now, width);
                 (new[record::CONCURRENCY], t.slot) = (b, Some(slot));
                 if !slot.acquired {
                     break 'decide true;
@@ -535,6 +556,7 @@ fn apply<S: SharedStore + ?Sized>(
             return Some(r);
         }
         a.record_slot = true;
+        a.slot_epoch = slot.epoch;
     }
     if let Some(admitted) = t.breaker {
         return circuit_open(p, store, a, Some(admitted));
@@ -624,7 +646,8 @@ fn circuit_open<S: SharedStore + ?Sized>(
             Vec::new()
         }
     };
-    release(store, a);
+    let now = a.started;
+    release(store, p, a, now);
     Some((Decision::CircuitOpen, reply(&cb.response, extra)))
 }
 
@@ -683,12 +706,13 @@ pub fn finish<S: SharedStore + ?Sized>(
     now: Nanos,
 ) {
     let Some(p) = plan.policies.get(a.policy) else { return };
-    release(store, a);
+    release(store, p, a, now);
     let retried = attempts.unwrap_or(0).saturating_sub(1);
     if retried > 0 {
         a.events.push(Event::Retried(retried));
     }
     let release_slot = std::mem::take(&mut a.record_slot);
+    let (epoch, width) = (a.slot_epoch, concurrency_lease_width(p));
     // A client abort before any response says nothing about the upstream.
     let ticket = a.ticket.take().filter(|_| exchange.status.is_some());
     let breaker = p.breaker.as_ref().zip(p.policy.circuit_breaker.as_ref()).zip(ticket);
@@ -701,7 +725,7 @@ pub fn finish<S: SharedStore + ?Sized>(
     let result = record::update(store, &p.state.record, |old, new| {
         let (mut in_flight, mut transition) = (None, None);
         if release_slot {
-            let (n, b) = concurrency::release(old[record::CONCURRENCY]);
+            let (n, b) = concurrency::release(old[record::CONCURRENCY], epoch, now, width);
             (new[record::CONCURRENCY], in_flight) = (b, Some(n));
         }
         if let Some(((cfg, _), ticket)) = breaker {
@@ -722,10 +746,11 @@ pub fn finish<S: SharedStore + ?Sized>(
     }
 }
 
-/// Gives the concurrency slot back, once.
-fn release<S: SharedStore + ?Sized>(store: &S, a: &mut Admitted) {
+/// Gives the keyed concurrency slot back, once.
+fn release<S: SharedStore + ?Sized>(store: &S, p: &PolicyPlan, a: &mut Admitted, now: Nanos) {
     if let Some(slot) = a.slot.take() {
-        match KeyTable::update_at(store, &slot, concurrency::release) {
+        let (epoch, width) = (a.slot_epoch, concurrency_lease_width(p));
+        match KeyTable::update_at(store, &slot, |s| concurrency::release(s, epoch, now, width)) {
             Ok(Some(n)) => a.events.push(Event::InFlight(n)),
             Ok(None) => {}
             Err(StoreError::CasMismatch | StoreError::Contended | StoreError::Unavailable(_)) => {

@@ -1,14 +1,26 @@
-//! Concurrency limiting: a shared count of requests in flight.
+//! Concurrency limiting: a shared count of requests in flight, held on leases.
 //!
-//! The count is one u32 in shared data. `acquire` increments it only below the limit; `release`
-//! decrements it and never goes below zero, so a duplicated release cannot open extra slots
-//! beyond the limit. The filter releases exactly once per acquired slot, at stream end (on_log
-//! runs for every stream: success, reset, client abort, local reply), which is what keeps slots
-//! from leaking.
+//! `acquire` counts a request only below the limit; `release` gives it back and never goes below
+//! zero, so a duplicated release cannot open extra slots. The filter releases exactly once per
+//! acquired slot, at stream end (on_log runs for every stream: success, reset, client abort, local
+//! reply). But a VM that traps, or is replaced, with streams in flight never runs their on_log:
+//! a count that only those releases could lower would block the key until Envoy restarts.
+//!
+//! So every hold is a *lease*: the count is kept in [`BUCKETS`] buckets of acquisition time, each
+//! `width` wide, and a bucket older than the window is dropped with its holds. A hold therefore
+//! lasts at most `BUCKETS · width` and at least `(BUCKETS - 1) · width` (the policy's lease, see
+//! [`lease_width`]); a release finds its bucket by the epoch it was acquired in, and does nothing
+//! once that bucket has expired. A request that outlives its lease stops being counted (the limit
+//! may then admit one more): the lease is chosen well above any request's lifetime.
 
+use super::Nanos;
 use super::codec::{ByteReader, ByteWriter};
 
-const TAG: u8 = 0x43; // 'C'
+/// Shared data written by builds before leases: one u32 count.
+const COUNT_TAG: u8 = 0x43; // 'C'
+const TAG: u8 = 0x4c; // 'L'
+/// Buckets of acquisition time.
+pub const BUCKETS: u64 = 4;
 
 /// Outcome of an acquire attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,61 +28,206 @@ pub struct Slot {
     pub acquired: bool,
     /// Requests in flight after this decision.
     pub in_flight: u32,
+    /// The bucket the hold was counted in, for its release.
+    pub epoch: u64,
 }
 
-pub fn decode(bytes: Option<&[u8]>) -> u32 {
-    bytes
-        .and_then(|b| {
-            let mut r = ByteReader::with_tag(b, TAG)?;
-            let n = r.u32()?;
-            r.done().then_some(n)
-        })
-        .unwrap_or(0)
+/// The bucket width for a lease of at least `lease` nanoseconds.
+pub fn lease_width(lease: Nanos) -> Nanos {
+    lease.div_ceil(BUCKETS - 1).max(1)
 }
 
-pub fn encode(n: u32) -> Vec<u8> {
-    ByteWriter::with_tag(TAG).u32(n).finish()
+/// Holds by acquisition bucket: `counts[0]` is epoch `newest`, `counts[i]` epoch `newest - i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holds {
+    newest: u64,
+    counts: [u32; BUCKETS as usize],
 }
 
-/// Takes a slot if fewer than `max` are in use.
-pub fn acquire(state: Option<&[u8]>, max: u32) -> (Slot, Option<Vec<u8>>) {
-    let n = decode(state);
-    if n >= max {
-        return (Slot { acquired: false, in_flight: n }, None);
+impl Holds {
+    fn total(&self) -> u32 {
+        self.counts.iter().fold(0u32, |a, c| a.saturating_add(*c))
     }
-    (Slot { acquired: true, in_flight: n + 1 }, Some(encode(n + 1)))
+
+    /// The holds as seen at epoch `now`: buckets that left the window dropped. After the wall
+    /// clock stepped back, every hold moves to the current bucket (it then lasts a full lease
+    /// from now, not for as long as the step).
+    fn at(mut self, now: u64) -> Holds {
+        if now >= self.newest {
+            let shift = now - self.newest;
+            let mut counts = [0u32; BUCKETS as usize];
+            for (i, c) in self.counts.iter().enumerate() {
+                if let Some(to) = (i as u64).checked_add(shift).filter(|t| *t < BUCKETS)
+                    && let Some(slot) = counts.get_mut(to as usize)
+                {
+                    *slot = *c;
+                }
+            }
+            Holds { newest: now, counts }
+        } else {
+            let total = self.total();
+            self.counts = [0; BUCKETS as usize];
+            self.counts[0] = total;
+            self.newest = now;
+            self
+        }
+    }
 }
 
-/// Gives a slot back; never below zero.
-pub fn release(state: Option<&[u8]>) -> (u32, Option<Vec<u8>>) {
-    let n = decode(state).saturating_sub(1);
-    (n, Some(encode(n)))
+fn decode_holds(bytes: Option<&[u8]>, epoch: u64) -> Holds {
+    let empty = Holds { newest: epoch, counts: [0; BUCKETS as usize] };
+    let Some(b) = bytes else { return empty };
+    if let Some(mut r) = ByteReader::with_tag(b, TAG) {
+        let newest = r.u64();
+        let counts = [r.u32(), r.u32(), r.u32(), r.u32()];
+        if let (Some(newest), [Some(a), Some(b), Some(c), Some(d)], true) = (newest, counts, r.done()) {
+            return Holds { newest, counts: [a, b, c, d] }.at(epoch);
+        }
+    }
+    // A count written before leases: held from now on.
+    let old = ByteReader::with_tag(b, COUNT_TAG).and_then(|mut r| {
+        let n = r.u32()?;
+        r.done().then_some(n)
+    });
+    Holds { counts: [old.unwrap_or(0), 0, 0, 0], ..empty }
+}
+
+fn encode_holds(h: &Holds) -> Vec<u8> {
+    let mut w = ByteWriter::with_tag(TAG);
+    w.u64(h.newest);
+    for c in h.counts {
+        w.u32(c);
+    }
+    w.finish()
+}
+
+/// Requests in flight at `now` (leases expired are not counted).
+pub fn in_flight(state: Option<&[u8]>, now: Nanos, width: Nanos) -> u32 {
+    decode_holds(state, now / width.max(1)).total()
+}
+
+/// Takes a slot if fewer than `max` are held at `now`.
+pub fn acquire(state: Option<&[u8]>, max: u32, now: Nanos, width: Nanos) -> (Slot, Option<Vec<u8>>) {
+    let epoch = now / width.max(1);
+    let mut h = decode_holds(state, epoch);
+    let n = h.total();
+    if n >= max {
+        // Unchanged, unless the clock stepped back: the holds then start their lease over from
+        // now, which must be written, or they would last for as long as the step.
+        let stepped_back = state.and_then(|b| ByteReader::with_tag(b, TAG)?.u64()).is_some_and(|e| e > epoch);
+        return (Slot { acquired: false, in_flight: n, epoch }, stepped_back.then(|| encode_holds(&h)));
+    }
+    h.counts[0] = h.counts[0].saturating_add(1);
+    (Slot { acquired: true, in_flight: n.saturating_add(1), epoch }, Some(encode_holds(&h)))
+}
+
+/// Gives back a slot acquired in bucket `epoch`: nothing once its lease has expired; never below
+/// zero.
+pub fn release(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u32, Option<Vec<u8>>) {
+    let mut h = decode_holds(state, now / width.max(1));
+    let at = h.newest.checked_sub(epoch).filter(|i| *i < BUCKETS);
+    // After a step back the holds were moved to the newest bucket: take it from the newest
+    // bucket that still holds any.
+    let bucket = at
+        .map(|i| i as usize)
+        .filter(|i| h.counts.get(*i).is_some_and(|c| *c > 0))
+        .or_else(|| if at.is_some() { h.counts.iter().position(|c| *c > 0) } else { None });
+    if let Some(c) = bucket.and_then(|i| h.counts.get_mut(i)) {
+        *c -= 1;
+    }
+    (h.total(), Some(encode_holds(&h)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::store::{MemoryStore, update};
+    use crate::engine::store::{MemoryStore, SharedStore, update};
     use proptest::prelude::*;
+
+    const W: Nanos = 1_000_000_000;
+
+    /// Issue 20, defect 5: holds whose release never comes (their VM trapped) expire with their
+    /// lease: the key admits again within `BUCKETS · width`, and not before `(BUCKETS-1) · width`.
+    #[test]
+    fn lost_holds_expire_with_their_lease() {
+        let s = MemoryStore::default();
+        let lease = 3 * W;
+        let width = lease_width(lease);
+        assert!(update(&s, "c", |b| acquire(b, 1, 0, width)).unwrap().acquired);
+        // Never released. Refused until the lease is over...
+        assert!(!update(&s, "c", |b| acquire(b, 1, lease - 1, width)).unwrap().acquired);
+        // ...and admitted once its bucket has left the window.
+        let bound = BUCKETS * width;
+        assert!(update(&s, "c", |b| acquire(b, 1, bound, width)).unwrap().acquired);
+        assert_eq!(in_flight(s.get("c").unwrap().map(|(b, _)| b).as_deref(), bound, width), 1);
+        // A release after the lease expired changes nothing.
+        let slot_epoch = 0;
+        assert_eq!(update(&s, "c", |b| release(b, slot_epoch, bound, width)).unwrap(), 1);
+        assert_eq!(update(&s, "c", |b| release(b, bound / width, bound, width)).unwrap(), 0);
+    }
+
+    /// Counts written by a build before leases are kept, as holds from now on.
+    #[test]
+    fn counts_from_before_leases_are_read() {
+        let old = ByteWriter::with_tag(COUNT_TAG).u32(2).finish();
+        assert_eq!(in_flight(Some(&old), 5 * W, W), 2);
+        let (slot, _) = acquire(Some(&old), 3, 5 * W, W);
+        assert_eq!((slot.acquired, slot.in_flight), (true, 3));
+    }
+
+    proptest! {
+        /// With releases at any time within the lease and clock steps both ways, the count is
+        /// the holds not yet released, and never above max; lost holds are gone after the lease.
+        #[test]
+        fn leases_count_what_is_held(
+            max in 1u32..6,
+            ops in proptest::collection::vec((0u8..4, 0u64..800), 0..200),
+        ) {
+            let width = lease_width(3000);
+            let mut bytes: Option<Vec<u8>> = None;
+            let mut now: Nanos = 1_000_000;
+            let mut held: Vec<u64> = Vec::new();
+            let mut latest = now;
+            for (op, arg) in ops {
+                if op < 2 { latest = latest.max(now); }
+                match op {
+                    0 => {
+                        let (slot, b) = acquire(bytes.as_deref(), max, now, width);
+                        if let Some(b) = b { bytes = Some(b); }
+                        if slot.acquired { held.push(slot.epoch); }
+                        prop_assert!(slot.in_flight <= max);
+                    }
+                    1 => if let Some(epoch) = held.pop() {
+                        bytes = release(bytes.as_deref(), epoch, now, width).1;
+                    },
+                    2 => now += arg,
+                    _ => now = now.saturating_sub(arg),
+                }
+                prop_assert!(in_flight(bytes.as_deref(), now, width) <= max);
+            }
+            // Left alone for a full window after the last write, every hold has expired.
+            prop_assert_eq!(in_flight(bytes.as_deref(), latest + BUCKETS * width, width), 0);
+        }
+    }
 
     #[test]
     fn limit_then_release() {
         let s = MemoryStore::default();
-        let take = || update(&s, "c", |b| acquire(b, 2)).unwrap();
+        let take = || update(&s, "c", |b| acquire(b, 2, 0, W)).unwrap();
         assert!(take().acquired);
         assert!(take().acquired);
         let third = take();
         assert!(!third.acquired);
         assert_eq!(third.in_flight, 2);
-        update(&s, "c", release).unwrap();
+        update(&s, "c", |b| release(b, 0, 0, W)).unwrap();
         assert!(take().acquired);
     }
 
     #[test]
     fn release_never_goes_below_zero() {
         let s = MemoryStore::default();
-        assert_eq!(update(&s, "c", release).unwrap(), 0);
-        assert_eq!(update(&s, "c", release).unwrap(), 0);
+        assert_eq!(update(&s, "c", |b| release(b, 0, 0, W)).unwrap(), 0);
+        assert_eq!(update(&s, "c", |b| release(b, 0, 0, W)).unwrap(), 0);
     }
 
     proptest! {
@@ -82,7 +239,7 @@ mod tests {
             let mut held = 0u32;
             for acquire_op in ops {
                 if acquire_op {
-                    let slot = update(&s, "c", |b| acquire(b, max)).unwrap();
+                    let slot = update(&s, "c", |b| acquire(b, max, 0, W)).unwrap();
                     if slot.acquired {
                         held += 1;
                     } else {
@@ -91,7 +248,7 @@ mod tests {
                     prop_assert_eq!(slot.in_flight, held);
                 } else if held > 0 {
                     held -= 1;
-                    prop_assert_eq!(update(&s, "c", release).unwrap(), held);
+                    prop_assert_eq!(update(&s, "c", |b| release(b, 0, 0, W)).unwrap(), held);
                 }
                 prop_assert!(held <= max);
             }
