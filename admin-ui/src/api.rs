@@ -55,7 +55,7 @@ impl Failure {
 
 /// `GET /api{path}`, read as `T`.
 pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, Failure> {
-    call::<(), T>("GET", path, None).await
+    call::<(), T>("GET", path, None, None).await
 }
 
 /// `POST` or `PUT` to `/api{path}` with a JSON body (or none), the answer read as `T`.
@@ -64,13 +64,28 @@ pub async fn send<B: Serialize, T: DeserializeOwned>(
     path: &str,
     body: Option<&B>,
 ) -> Result<T, Failure> {
-    call(method, path, body).await
+    call(method, path, body, None).await
 }
+
+/// As [`send`], only if `version` is still the active one (`If-Match`): otherwise the server
+/// answers 412 and changes nothing.
+pub async fn send_if_active<B: Serialize, T: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+    version: u64,
+) -> Result<T, Failure> {
+    call(method, path, body, Some(version)).await
+}
+
+/// The status of a refused precondition: another version became active.
+pub const CONFLICT: u16 = 412;
 
 async fn call<B: Serialize, T: DeserializeOwned>(
     method: &str,
     path: &str,
     body: Option<&B>,
+    if_active: Option<u64>,
 ) -> Result<T, Failure> {
     let auth = format!("Bearer {}", token().unwrap_or_default());
     let url = format!("/api{path}");
@@ -80,6 +95,11 @@ async fn call<B: Serialize, T: DeserializeOwned>(
         _ => Request::get(&url),
     }
     .header("Authorization", &auth);
+    let tag = if_active.map(|v| format!("\"v{v}\""));
+    let builder = match &tag {
+        Some(tag) => builder.header("If-Match", tag),
+        None => builder,
+    };
     let sent = match body {
         Some(v) => match builder.json(v) {
             Ok(r) => r.send().await,

@@ -467,6 +467,63 @@ async fn a_failed_filter_load_is_retried() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// Issue 20, defect 4: lost updates. `GET /api/policy` sends the active version's ETag; a save or
+/// a publish that sends it back in `If-Match` is refused with 412 once another version is active,
+/// so a second editor cannot overwrite the first unknowingly, and Publish ships what its user
+/// reviewed. Without `If-Match` (curl, scripts) nothing changes.
+#[tokio::test]
+async fn stale_saves_and_publishes_are_refused_with_412() {
+    let ecds = std::env::temp_dir().join(format!("bw-serve-etag-{}.json", std::process::id()));
+    let s = server_with(|c| c.ecds = Some(ecds.clone()));
+    let request = |method: &str, path: &str, if_match: Option<&str>, body: Option<Value>| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(tag) = if_match {
+            r = r.header(header::IF_MATCH, tag);
+        }
+        r.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap()
+    };
+    let response = s.router.clone().oneshot(request("GET", "/api/policy", None, None)).await.unwrap();
+    let loaded = response.headers()[header::ETAG].to_str().unwrap().to_string();
+    assert_eq!(loaded, "\"v1\"");
+    // Two editors loaded version 1. The first saves: fine, and gets the new tag.
+    let first = VALID.to_string();
+    let response = s
+        .router
+        .clone()
+        .oneshot(request("PUT", "/api/policy", Some(&loaded), Some(json!({ "text": first }))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::ETAG], "\"v2\"");
+    // The second saves over version 1: refused, and told what is active now.
+    let second = VALID.replace("burst: 5", "burst: 7");
+    let (status, body) =
+        s.raw(request("PUT", "/api/policy", Some(&loaded), Some(json!({ "text": second })))).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("version 2 is active now"), "{body}");
+    let (_, body) = s.call("GET", "/api/policy", None).await;
+    assert_eq!(body["text"], first.as_str());
+    // Publish: what the user reviewed (version 1) is no longer active.
+    let (status, _) = s.raw(request("POST", "/api/publish", Some(&loaded), None)).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert!(!ecds.exists(), "nothing was published");
+    let (status, body) = s.raw(request("POST", "/api/publish", Some("\"v2\""), None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 2);
+    // `*` and no If-Match at all: no condition.
+    let (status, _) = s.raw(request("PUT", "/api/policy", Some("*"), Some(json!({ "text": second })))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s.raw(request("POST", "/api/publish", None, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    std::fs::remove_file(&ecds).unwrap();
+    let name = ecds.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::remove_file(ecds.with_file_name(format!(".{name}.key-seed"))).unwrap();
+}
+
 #[tokio::test]
 async fn publishing_writes_the_next_ecds_version() {
     let off = server();

@@ -260,3 +260,60 @@ async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
     let list = page.text("policy-list").await;
     assert!(!list.contains("policy-1"), "{list}");
 }
+
+/// Issue 20, defect 4: two editors in two tabs load version 1; the first saves; the second's save
+/// is refused (412, nothing overwritten), the conflict is shown with what changed, and the second
+/// editor loads the active version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_cannot_overwrite_each_other() {
+    assert!(
+        repo().join("admin-ui/dist/index.html").is_file(),
+        "the admin is not built: run ./dev build-admin (trunk)"
+    );
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(START, upstream.port());
+    let (admin_port, server) = start_admin(&envoy);
+    let driver = Driver::start(envoy.dir.join("chromium-profile-tabs"));
+    let page = Page { c: driver.client().await, shots: screenshots() };
+    let result = two_tabs(&page, admin_port).await;
+    let _ = page.c.clone().close().await;
+    server.abort();
+    result
+}
+
+async fn two_tabs(page: &Page, admin_port: u16) {
+    let url = format!("http://127.0.0.1:{admin_port}/#token={TOKEN}");
+    page.c.goto(&url).await.unwrap();
+    page.wait_text("doc-state", "the document", |t| t == "saved (version 1)").await;
+    let first = page.c.window().await.unwrap();
+    let second = page.c.new_window(true).await.unwrap().handle;
+    page.c.switch_to_window(second.clone()).await.unwrap();
+    page.c.goto(&url).await.unwrap();
+    page.wait_text("doc-state", "the document", |t| t == "saved (version 1)").await;
+
+    // The first tab adds a policy and saves: version 2.
+    page.c.switch_to_window(first).await.unwrap();
+    page.click("add-policy").await;
+    page.el("policy-policy-1").await;
+    page.click("save").await;
+    page.wait_text("notice", "the save", |t| t.starts_with("Saved as version 2")).await;
+
+    // The second tab, still on version 1, makes its own change: its save is refused.
+    page.c.switch_to_window(second).await.unwrap();
+    page.click("add-policy").await;
+    page.click("block-rate_limit").await;
+    page.click("save").await;
+    let conflict =
+        page.wait_text("conflict", "the conflict", |t| t.contains("version 2 is active now")).await;
+    assert!(conflict.contains("Someone else changed the policy"), "{conflict}");
+    page.click("conflict-compare").await;
+    page.wait_text("conflict-diff", "what the other editor changed", |t| t.contains("+  - name: policy-1"))
+        .await;
+    page.shot("7-conflict").await;
+    // The second editor takes the active version: the first editor's policy, no rate limit.
+    page.click("conflict-reload").await;
+    page.wait_text("doc-state", "the reloaded document", |t| t == "saved (version 2)").await;
+    page.click("view-yaml").await;
+    let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+    assert!(yaml.contains("name: policy-1") && !yaml.contains("rate_limit"), "{yaml}");
+}

@@ -67,6 +67,9 @@ struct Ctx {
     /// The last `GET /api/status` (None until it answered).
     status: RwSignal<Option<Status>>,
     notice: RwSignal<Option<(bool, String)>>,
+    /// A save or publish refused because another version became active (another editor): the
+    /// server's message, until the user reloads or dismisses it.
+    conflict: RwSignal<Option<String>>,
 }
 
 impl Ctx {
@@ -158,6 +161,7 @@ fn Admin() -> impl IntoView {
         tab: RwSignal::new(Tab::Policies),
         status: RwSignal::new(None),
         notice: RwSignal::new(None),
+        conflict: RwSignal::new(None),
     };
     provide_context(ctx);
     ctx.load();
@@ -187,6 +191,7 @@ fn Admin() -> impl IntoView {
             <div class="notice" class:good=good data-testid="notice">{m}
                 <button class="link" on:click=move |_| ctx.notice.set(None)>"dismiss"</button></div>
         })}
+        {move || ctx.conflict.get().map(|m| view! { <Conflict message=m/> })}
         <main>
             {move || match ctx.tab.get() {
                 Tab::Policies => view! { <PoliciesPage/> }.into_any(),
@@ -209,5 +214,37 @@ fn envoy_state(status: Option<&Status>) -> String {
         ),
         (true, _) => "Envoy unreachable".into(),
         (false, _) => "no Envoy configured".into(),
+    }
+}
+
+/// Another editor saved since this one loaded: say so, show what they changed, and offer to load
+/// the active version (dropping this editor's changes) or to keep editing.
+#[component]
+fn Conflict(message: String) -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let diff = RwSignal::new(None::<String>);
+    let compare = move |_| {
+        let from = ctx.version.get_untracked();
+        spawn_local(async move {
+            diff.set(Some(
+                match api::get::<breakwater_api::Diff>(&format!("/diff?from={from}&to=active")).await {
+                    Ok(d) => d.diff,
+                    Err(e) => e.message(),
+                },
+            ));
+        });
+    };
+    let reload = move |_| {
+        ctx.conflict.set(None);
+        ctx.load();
+    };
+    view! {
+        <div class="notice conflict" data-testid="conflict">
+            <strong>"Someone else changed the policy. "</strong>{message}
+            <button data-testid="conflict-compare" on:click=compare>"What changed"</button>
+            <button class="primary" data-testid="conflict-reload" on:click=reload>"Load the active version (drop my edits)"</button>
+            <button class="link" on:click=move |_| ctx.conflict.set(None)>"keep editing"</button>
+            {move || diff.get().map(|d| view! { <pre class="diff" data-testid="conflict-diff">{d}</pre> })}
+        </div>
     }
 }

@@ -98,7 +98,9 @@ fn Editor() -> impl IntoView {
         saving.set(true);
         let text = ctx.text.get_untracked();
         spawn_local(async move {
-            let answer = api::send::<_, Saved>("PUT", "/policy", Some(&TextBody { text })).await;
+            let version = ctx.version.get_untracked();
+            let answer =
+                api::send_if_active::<_, Saved>("PUT", "/policy", Some(&TextBody { text }), version).await;
             saving.set(false);
             match answer {
                 Ok(saved) => {
@@ -106,6 +108,7 @@ fn Editor() -> impl IntoView {
                     ctx.version.set(saved.version);
                     ctx.notice.set(Some((true, format!("Saved as version {}", saved.version))));
                 }
+                Err(e) if e.status == api::CONFLICT => ctx.conflict.set(Some(e.message())),
                 Err(e) => ctx.notice.set(Some((false, e.message()))),
             }
         });

@@ -17,7 +17,10 @@ pub(super) fn PublishPage() -> impl IntoView {
     let busy = RwSignal::new(false);
     let load_diff = move || {
         spawn_local(async move {
-            diff.set(Some(match api::get::<Diff>("/diff?from=published&to=active").await {
+            // The version this editor shows: what Publish will ship (If-Match), not whatever is
+            // active on the server by the time the button is pressed.
+            let to = ctx.version.get_untracked();
+            diff.set(Some(match api::get::<Diff>(&format!("/diff?from=published&to={to}")).await {
                 Ok(d) if d.diff.is_empty() => "(the active version is the published one)".into(),
                 Ok(d) => d.diff,
                 Err(e) if e.status == 404 => {
@@ -33,10 +36,18 @@ pub(super) fn PublishPage() -> impl IntoView {
         confirming.set(false);
         busy.set(true);
         spawn_local(async move {
-            let answer = api::send::<(), PublishAnswer>("POST", "/publish", None).await;
+            let version = ctx.version.get_untracked();
+            let answer = api::send_if_active::<(), PublishAnswer>("POST", "/publish", None, version).await;
             busy.set(false);
             result.set(Some(match answer {
                 Ok(a) => (a.applied, a.message),
+                Err(e) if e.status == api::CONFLICT => {
+                    ctx.conflict.set(Some(e.message()));
+                    (
+                        Some(false),
+                        "Not published: the version you reviewed is no longer the active one".into(),
+                    )
+                }
                 Err(e) => (Some(false), e.message()),
             }));
             load_diff();

@@ -1,7 +1,8 @@
 //! The JSON API under /api. Every error is JSON: `{"error": "...", "diagnostics": [...]}` where
 //! the validator has something to say, with the fitting status (400 malformed request, 401 no or
-//! wrong token, 404 unknown version, 409 not configured, 413 body too large, 422 invalid document,
-//! 502 Envoy unreachable).
+//! wrong token, 404 unknown version, 409 not configured, 412 `If-Match` no longer the active
+//! version, 413 body too large, 422 invalid document, 429 a simulation is running, 502 Envoy
+//! unreachable).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,27 +163,62 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(e.to_string()))
 }
 
-async fn get_policy(State(state): State<Shared>) -> Result<Json<PolicyAnswer>, ApiError> {
+/// The entity tag of a version of the active document (`"v12"`): `GET /api/policy` sends it, and
+/// a save or a publish that sends it back in `If-Match` is refused with 412 when another version
+/// became active meanwhile: two editors cannot overwrite each other unknowingly, and Publish ships
+/// the version its user reviewed.
+fn etag(version: u64) -> header::HeaderValue {
+    header::HeaderValue::from_str(&format!("\"v{version}\""))
+        .unwrap_or(header::HeaderValue::from_static("\"\""))
+}
+
+/// Checks `If-Match` (absent or `*`: no condition) against the active version.
+fn check_if_match(headers: &HeaderMap, current: u64) -> Result<(), ApiError> {
+    let Some(given) = headers.get(header::IF_MATCH) else { return Ok(()) };
+    let given = given.to_str().unwrap_or_default();
+    let wanted = etag(current);
+    let matches = given.split(',').map(str::trim).any(|t| t == "*" || t.as_bytes() == wanted.as_bytes());
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "the policy changed since you loaded it: version {current} is active now (you had {given}); reload it or compare before saving"
+            ),
+        ))
+    }
+}
+
+async fn get_policy(State(state): State<Shared>) -> Result<Response, ApiError> {
     with_store(&state, |store| {
         let text = store.active().map_err(ApiError::internal)?;
         let Validation { valid, diagnostics } = validation(&text);
-        Ok(Json(PolicyAnswer {
+        let version = store.current();
+        let answer = PolicyAnswer {
             text,
-            version: store.current(),
+            version,
             valid,
             diagnostics,
             published: store.published(),
             file: store.policy_path().display().to_string(),
-        }))
+        };
+        Ok(([(header::ETAG, etag(version))], Json(answer)).into_response())
     })
     .await?
 }
 
 async fn put_policy(
     State(state): State<Shared>,
+    headers: HeaderMap,
     Body(body): Body<TextBody>,
-) -> Result<Json<Saved>, ApiError> {
-    Ok(Json(with_store(&state, move |store| store.save(&body.text)).await??))
+) -> Result<Response, ApiError> {
+    with_store(&state, move |store| {
+        check_if_match(&headers, store.current())?;
+        let saved = store.save(&body.text)?;
+        Ok(([(header::ETAG, etag(saved.version))], Json(saved)).into_response())
+    })
+    .await?
 }
 
 async fn validate(Body(body): Body<TextBody>) -> Result<Json<Validation>, ApiError> {
@@ -380,7 +416,7 @@ fn admin(state: &super::State) -> Option<Admin> {
     state.config.envoy_admin.clone().map(|address| Admin { address })
 }
 
-async fn publish(State(state): State<Shared>) -> Result<Json<PublishAnswer>, ApiError> {
+async fn publish(State(state): State<Shared>, headers: HeaderMap) -> Result<Json<PublishAnswer>, ApiError> {
     let Some(ecds) = state.config.ecds.clone() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -389,6 +425,7 @@ async fn publish(State(state): State<Shared>) -> Result<Json<PublishAnswer>, Api
     };
     let store = state.store.lock().await;
     let version = store.current();
+    check_if_match(&headers, version)?;
     let text = store.active().map_err(ApiError::internal)?;
     let document = breakwater_policy::load(&text).map_err(ApiError::invalid)?.document;
     let settings = state.config.filter_settings();
