@@ -29,30 +29,12 @@ impl Drop for Server {
     }
 }
 
-fn config(dir: &std::path::Path) -> Config {
-    Config {
-        policy: dir.join("active.yaml"),
-        state_dir: dir.join("state"),
-        token: TOKEN.into(),
-        ui_dir: Some(dir.join("no-ui")),
-        scenarios_dir: repo().join("policies"),
-        filter_wasm: repo().join("target/wasm32-wasip1/release/breakwater_filter.wasm"),
-        ecds: None,
-        filter_name: "breakwater".into(),
-        vm_id: "breakwater".into(),
-        envoy_admin: None,
-        envoy_log: None,
-        publish_timeout: Duration::from_secs(2),
-        simulation: serve::SimulationLimits::default(),
-    }
-}
-
 fn server_with(edit: impl FnOnce(&mut Config)) -> Server {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("bw-serve-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut c = config(&dir);
+    let mut c = common::serve_config(&dir, TOKEN);
     edit(&mut c);
     let router = serve::app(c).unwrap();
     Server { dir, router }

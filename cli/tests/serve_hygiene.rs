@@ -15,24 +15,6 @@ use breakwater_cli::serve::{self, ServerLimits};
 
 const TOKEN: &str = "test-token-0123456789";
 
-fn config(dir: &std::path::Path) -> serve::Config {
-    serve::Config {
-        policy: dir.join("active.yaml"),
-        state_dir: dir.join("state"),
-        token: TOKEN.into(),
-        ui_dir: None,
-        scenarios_dir: common::repo().join("policies"),
-        filter_wasm: common::repo().join("target/wasm32-wasip1/release/breakwater_filter.wasm"),
-        ecds: None,
-        filter_name: "breakwater".into(),
-        vm_id: "breakwater".into(),
-        envoy_admin: None,
-        envoy_log: None,
-        publish_timeout: Duration::from_secs(2),
-        simulation: serve::SimulationLimits::default(),
-    }
-}
-
 /// `GET /healthz` on a new connection: the status line.
 fn healthz(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -55,7 +37,7 @@ fn until_closed(s: &mut TcpStream) -> (String, bool) {
 fn slow_and_surplus_connections_do_not_wedge_the_server() {
     let dir = std::env::temp_dir().join(format!("bw-hygiene-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let router = serve::app(config(&dir)).unwrap();
+    let router = serve::app(common::serve_config(&dir, TOKEN)).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -157,21 +157,42 @@ impl Page {
     }
 }
 
+/// What a browser test runs against: an upstream, Envoy, the admin server in this process, and
+/// headless chromium. Stopped in reverse order when dropped (the browser session first).
+struct Session {
+    page: Page,
+    admin_port: u16,
+    server: tokio::task::JoinHandle<()>,
+    _driver: Driver,
+    envoy: Envoy,
+    _upstream: Upstream,
+}
+
+impl Session {
+    async fn start(profile: &str) -> Session {
+        assert!(
+            repo().join("admin-ui/dist/index.html").is_file(),
+            "the admin is not built: run ./dev build-admin (trunk)"
+        );
+        let upstream = Upstream::start();
+        let envoy = Envoy::start(START, upstream.port());
+        let (admin_port, server) = start_admin(&envoy);
+        let driver = Driver::start(envoy.dir.join(profile));
+        let page = Page { c: driver.client().await, shots: screenshots() };
+        Session { page, admin_port, server, _driver: driver, envoy, _upstream: upstream }
+    }
+
+    async fn stop(self) {
+        let _ = self.page.c.clone().close().await;
+        self.server.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journey_edit_fix_simulate_publish_enforce() {
-    assert!(
-        repo().join("admin-ui/dist/index.html").is_file(),
-        "the admin is not built: run ./dev build-admin (trunk)"
-    );
-    let upstream = Upstream::start();
-    let envoy = Envoy::start(START, upstream.port());
-    let (admin_port, server) = start_admin(&envoy);
-    let driver = Driver::start(envoy.dir.join("chromium-profile"));
-    let page = Page { c: driver.client().await, shots: screenshots() };
-    let result = journey(&page, &envoy, admin_port).await;
-    let _ = page.c.clone().close().await;
-    server.abort();
-    result
+    let s = Session::start("chromium-profile").await;
+    journey(&s.page, &s.envoy, s.admin_port).await;
+    s.stop().await;
 }
 
 async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
@@ -266,19 +287,9 @@ async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
 /// editor loads the active version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_cannot_overwrite_each_other() {
-    assert!(
-        repo().join("admin-ui/dist/index.html").is_file(),
-        "the admin is not built: run ./dev build-admin (trunk)"
-    );
-    let upstream = Upstream::start();
-    let envoy = Envoy::start(START, upstream.port());
-    let (admin_port, server) = start_admin(&envoy);
-    let driver = Driver::start(envoy.dir.join("chromium-profile-tabs"));
-    let page = Page { c: driver.client().await, shots: screenshots() };
-    let result = two_tabs(&page, admin_port).await;
-    let _ = page.c.clone().close().await;
-    server.abort();
-    result
+    let s = Session::start("chromium-profile-tabs").await;
+    two_tabs(&s.page, s.admin_port).await;
+    s.stop().await;
 }
 
 async fn two_tabs(page: &Page, admin_port: u16) {

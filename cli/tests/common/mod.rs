@@ -21,3 +21,23 @@ pub fn command() -> Command {
 pub fn breakwater(args: &[&str]) -> Output {
     command().args(args).output().unwrap()
 }
+
+/// An admin server's configuration for the tests: its files under `dir`, the shipped scenarios,
+/// the built filter, no UI (a missing folder), no Envoy; publishing off.
+pub fn serve_config(dir: &Path, token: &str) -> breakwater_cli::serve::Config {
+    breakwater_cli::serve::Config {
+        policy: dir.join("active.yaml"),
+        state_dir: dir.join("state"),
+        token: token.into(),
+        ui_dir: Some(dir.join("no-ui")),
+        scenarios_dir: repo().join("policies"),
+        filter_wasm: repo().join(breakwater_host_test::FILTER_WASM),
+        ecds: None,
+        filter_name: "breakwater".into(),
+        vm_id: "breakwater".into(),
+        envoy_admin: None,
+        envoy_log: None,
+        publish_timeout: std::time::Duration::from_secs(2),
+        simulation: breakwater_cli::serve::SimulationLimits::default(),
+    }
+}

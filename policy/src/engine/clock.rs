@@ -26,3 +26,17 @@ impl FakeClock {
         self.advance(ms.saturating_mul(1_000_000));
     }
 }
+
+/// For property tests: a wall clock's moves, in signed nanoseconds: often none, sometimes a
+/// forward step of up to `max_forward_ms`, and sometimes a step of up to a day either way (NTP, an
+/// operator), which engines must survive without wedging (issue 20, defect 10).
+#[cfg(test)]
+pub fn clock_steps(max_forward_ms: i64) -> impl proptest::strategy::Strategy<Value = i64> {
+    use proptest::prelude::*;
+    const MS: i64 = 1_000_000;
+    prop_oneof![
+        4 => Just(0i64),
+        2 => (1i64..max_forward_ms).prop_map(|ms| ms * MS),
+        1 => (-86_400_000i64..86_400_000).prop_map(|ms| ms * MS),
+    ]
+}
