@@ -84,7 +84,11 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::File::open(dir)?.sync_all()
+    // The rename has happened: the new content is what readers see. Flushing the folder makes it
+    // survive a crash; if that fails the write still took place, so it is not reported as failed
+    // (a caller would otherwise undo what others may already have read).
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
 }
 
 /// The key seed of the deployment that `ecds` belongs to: kept beside it
@@ -96,9 +100,13 @@ pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
     let dir = ecds.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = ecds.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let path = dir.join(format!(".{name}.key-seed"));
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return KeySeed::parse(text.trim())
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())));
+    let read = |path: &Path| -> std::io::Result<KeySeed> {
+        let text = std::fs::read_to_string(path)?;
+        KeySeed::parse(text.trim()).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+    };
+    match read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        other => return other,
     }
     std::fs::create_dir_all(dir)?;
     let mut bytes = [0u8; 16];
@@ -121,7 +129,8 @@ pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
     let _ = std::fs::remove_file(&tmp);
     match written {
         Ok(()) => Ok(seed),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => deployment_seed(ecds),
+        // Another publisher made it first: theirs stands.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
         Err(e) => Err(e),
     }
 }

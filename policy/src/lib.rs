@@ -74,17 +74,28 @@ fn finish(root: Result<source::Node, Vec<Diagnostic>>) -> Result<Loaded, Vec<Dia
 /// the file and its own policy index: `b.yaml: policies[0].name`.
 pub fn merge(docs: Vec<(String, Document)>) -> Result<Loaded, Vec<Diagnostic>> {
     let mut origin = Vec::new();
+    let mut seeds_differ = Vec::new();
     let mut merged = Document::default();
     for (file, doc) in docs {
         merged.debug_headers |= doc.debug_headers;
         merged.trust_attempt_count_header |= doc.trust_attempt_count_header;
-        merged.key_seed = merged.key_seed.or(doc.key_seed);
+        match (merged.key_seed, doc.key_seed) {
+            (Some(a), Some(b)) if a != b => seeds_differ.push(file.clone()),
+            (None, seed) => merged.key_seed = seed,
+            _ => {}
+        }
         for (i, p) in doc.policies.into_iter().enumerate() {
             origin.push(format!("{file}: policies[{i}]"));
             merged.policies.push(p);
         }
     }
     let mut diags = check::check(&merged, &read::SpanIndex::default());
+    for file in seeds_differ {
+        diags.push(Diagnostic::error(
+            format!("{file}: key_seed"),
+            "differs from the key_seed of an earlier file: one document has one seed",
+        ));
+    }
     for d in &mut diags {
         d.path = rename_policy_indices(&d.path, &origin);
         d.message = rename_policy_indices(&d.message, &origin);

@@ -134,7 +134,10 @@ fn syntax_error(text: &str, builder: &Builder, e: &yaml_rust2::ScanError) -> Dia
     });
     let flow = opener.and_then(|span| Some((span, char_at(text, span)?)));
     match flow {
-        Some((span, open @ ('[' | '{'))) if e.info().contains("flow") => {
+        // "invalid indentation in flow construct" is not about a missing closer.
+        Some((span, open @ ('[' | '{')))
+            if e.info().contains("flow") && !e.info().contains("indentation") =>
+        {
             let close = if open == '[' { ']' } else { '}' };
             Diagnostic::error(
                 "",

@@ -102,6 +102,19 @@ fn merging_documents_rechecks_across_files() {
     assert_eq!(ok.document.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["api", "web"]);
     // A document-level switch set in any file holds for the merged document.
     assert!(ok.document.debug_headers && ok.document.trust_attempt_count_header);
+    // One key seed: given by one file, it holds; two different ones are an error.
+    let seeded = |seed: &str| {
+        load(&format!("version: 1\nkey_seed: \"{seed}\"\npolicies:\n  - name: s{}\n", &seed[..1]))
+    };
+    let (x, y) = (seeded(&"a".repeat(32)), seeded(&"b".repeat(32)));
+    let one = breakwater_policy::merge(vec![
+        ("x.yaml".into(), x.clone()),
+        ("n.yaml".into(), load("version: 1\npolicies: []\n")),
+    ])
+    .unwrap();
+    assert_eq!(one.document.key_seed, x.key_seed);
+    let two = breakwater_policy::merge(vec![("x.yaml".into(), x), ("y.yaml".into(), y)]).unwrap_err();
+    assert!(two.iter().any(|d| d.is_error() && d.path == "y.yaml: key_seed"), "{two:?}");
 }
 
 /// The filter's loader (no positions, no warnings) takes and refuses exactly what the CLI's does,

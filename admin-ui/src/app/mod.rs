@@ -238,12 +238,26 @@ fn Conflict(message: String) -> impl IntoView {
         ctx.conflict.set(None);
         ctx.load();
     };
+    // Keep this editor's text, now based on the active version: the next save replaces it (the
+    // user has seen what it holds).
+    let keep = move |_| {
+        spawn_local(async move {
+            match api::get::<PolicyAnswer>("/policy").await {
+                Ok(active) => {
+                    ctx.version.set(active.version);
+                    ctx.saved.set(active.text);
+                    ctx.conflict.set(None);
+                }
+                Err(e) => ctx.notice.set(Some((false, e.message()))),
+            }
+        });
+    };
     view! {
         <div class="notice conflict" data-testid="conflict">
             <strong>"Someone else changed the policy. "</strong>{message}
             <button data-testid="conflict-compare" on:click=compare>"What changed"</button>
             <button class="primary" data-testid="conflict-reload" on:click=reload>"Load the active version (drop my edits)"</button>
-            <button class="link" on:click=move |_| ctx.conflict.set(None)>"keep editing"</button>
+            <button class="link" data-testid="conflict-keep" on:click=keep>"keep my edits (my next save replaces theirs)"</button>
             {move || diff.get().map(|d| view! { <pre class="diff" data-testid="conflict-diff">{d}</pre> })}
         </div>
     }

@@ -174,6 +174,7 @@ pub fn run(r: Render) -> ExitCode {
             };
             match render::istio(&breakwater_policy::compile(&doc), &options) {
                 Ok(v) => {
+                    note_key_seed(&doc);
                     if doc.trust_attempt_count_header {
                         eprintln!(
                             "note: trust_attempt_count_header is set: the selected proxies' virtual hosts need include_attempt_count_in_response (an EnvoyFilter; see docs/istio.md)"
@@ -189,8 +190,23 @@ pub fn run(r: Render) -> ExitCode {
             let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
             let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm).display().to_string();
             let options = render::EnvoyOptions { listen, admin, upstream, wasm, ecds };
+            note_key_seed(&doc);
             emit(&yaml::to_yaml(&render::envoy(&breakwater_policy::compile(&doc), &options)));
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Rendered configuration carries the document as it is: without a `key_seed`, keyed limits
+/// hash with the public all-zero seed (docs/policy.md, "Key seed").
+fn note_key_seed(doc: &breakwater_policy::Document) {
+    let keyed = doc.policies.iter().any(|p| {
+        p.rate_limit.as_ref().is_some_and(|r| !r.key.is_empty())
+            || p.concurrency_limit.as_ref().is_some_and(|c| !c.key.is_empty())
+    });
+    if keyed && doc.key_seed.is_none() {
+        eprintln!(
+            "note: no key_seed: keyed limits place keys with the public all-zero seed; add `key_seed: <32 hex digits>` (e.g. from `openssl rand -hex 16`) to the document"
+        );
     }
 }

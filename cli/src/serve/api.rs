@@ -322,13 +322,17 @@ async fn simulate(
     State(state): State<Shared>,
     Body(body): Body<SimulateBody>,
 ) -> Result<Json<Simulation>, ApiError> {
-    let document = breakwater_policy::load(&body.policy).map_err(ApiError::invalid)?.document;
-    let scenario =
-        breakwater_scenario::load_with_policy(&body.scenario, &document).map_err(|d| ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: "the scenario is invalid".into(),
-            diagnostics: d,
-        })?;
+    let (document, scenario) = blocking(move || {
+        let document = breakwater_policy::load(&body.policy).map_err(ApiError::invalid)?.document;
+        let scenario =
+            breakwater_scenario::load_with_policy(&body.scenario, &document).map_err(|d| ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: "the scenario is invalid".into(),
+                diagnostics: d,
+            })?;
+        Ok::<_, ApiError>((document, scenario))
+    })
+    .await??;
     let limits = state.config.simulation;
     let too_much = if scenario.workers > limits.max_workers {
         Some(format!(
@@ -423,11 +427,6 @@ async fn publish(State(state): State<Shared>, headers: HeaderMap) -> Result<Json
             "publishing is off: start the server with --ecds FILE",
         ));
     };
-    let store = state.store.lock().await;
-    let version = store.current();
-    check_if_match(&headers, version)?;
-    let text = store.active().map_err(ApiError::internal)?;
-    let document = breakwater_policy::load(&text).map_err(ApiError::invalid)?.document;
     let settings = state.config.filter_settings();
     let admin = admin(&state);
     let before = match &admin {
@@ -437,16 +436,25 @@ async fn publish(State(state): State<Shared>, headers: HeaderMap) -> Result<Json
     let log_offset =
         state.config.envoy_log.as_ref().and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
     let started = Instant::now();
-    let ecds_version = crate::ecds::publish_document(&ecds, &settings, &document)
-        .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", ecds.display())))?;
-    store
-        .set_published(&Published { version, ecds_version, at_ms: store::now_ms() })
-        .map_err(ApiError::internal)?;
-    drop(store);
+    // Validating, compiling and writing (fsyncs) off the runtime, under the store's lock.
+    let written = settings.clone();
+    let (version, ecds_version, policies) = with_store(&state, move |store| {
+        let version = store.current();
+        check_if_match(&headers, version)?;
+        let text = store.active().map_err(ApiError::internal)?;
+        let document = breakwater_policy::load(&text).map_err(ApiError::invalid)?.document;
+        let ecds_version = crate::ecds::publish_document(&ecds, &written, &document)
+            .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", ecds.display())))?;
+        store
+            .set_published(&Published { version, ecds_version, at_ms: store::now_ms() })
+            .map_err(ApiError::internal)?;
+        Ok::<_, ApiError>((version, ecds_version, document.policies.len()))
+    })
+    .await??;
     let mut answer = PublishAnswer {
         version,
         ecds_version,
-        policies: document.policies.len(),
+        policies,
         applied: None,
         message: "written; not confirmed (start the server with --envoy-admin to confirm)".into(),
         reason: None,

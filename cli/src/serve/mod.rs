@@ -258,7 +258,15 @@ pub async fn serve_until(
         while connections.try_join_next().is_some() {}
     }
     let _ = stop.send(true);
-    while connections.join_next().await.is_some() {}
+    // Each connection finishes the request it is serving; one that will not (a slow reader) is
+    // cut after 30 s, so a stop never hangs.
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
     Ok(())
 }
 

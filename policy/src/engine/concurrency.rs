@@ -37,14 +37,29 @@ pub fn lease_width(lease: Nanos) -> Nanos {
     lease.div_ceil(BUCKETS - 1).max(1)
 }
 
-/// Holds by acquisition bucket: `counts[0]` is epoch `newest`, `counts[i]` epoch `newest - i`.
+/// Holds by acquisition bucket: `counts[0]` is epoch `newest`, `counts[i]` epoch `newest - i`;
+/// epochs count buckets of `width` nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Holds {
+    width: Nanos,
     newest: u64,
     counts: [u32; BUCKETS as usize],
+    /// The epochs of the stored holds no longer say when they were taken (the clock stepped back,
+    /// the lease changed, or the count predates leases): a release takes from the newest bucket
+    /// that holds any.
+    refolded: bool,
 }
 
 impl Holds {
+    fn empty(width: Nanos, epoch: u64) -> Holds {
+        Holds { width, newest: epoch, counts: [0; BUCKETS as usize], refolded: false }
+    }
+
+    /// `total` holds taken "now": they last a full lease from `epoch`.
+    fn folded(width: Nanos, epoch: u64, total: u32) -> Holds {
+        Holds { counts: [total, 0, 0, 0], refolded: true, ..Holds::empty(width, epoch) }
+    }
+
     fn total(&self) -> u32 {
         self.counts.iter().fold(0u32, |a, c| a.saturating_add(*c))
     }
@@ -52,36 +67,37 @@ impl Holds {
     /// The holds as seen at epoch `now`: buckets that left the window dropped. After the wall
     /// clock stepped back, every hold moves to the current bucket (it then lasts a full lease
     /// from now, not for as long as the step).
-    fn at(mut self, now: u64) -> Holds {
-        if now >= self.newest {
-            let shift = now - self.newest;
-            let mut counts = [0u32; BUCKETS as usize];
-            for (i, c) in self.counts.iter().enumerate() {
-                if let Some(to) = (i as u64).checked_add(shift).filter(|t| *t < BUCKETS)
-                    && let Some(slot) = counts.get_mut(to as usize)
-                {
-                    *slot = *c;
-                }
-            }
-            Holds { newest: now, counts }
-        } else {
-            let total = self.total();
-            self.counts = [0; BUCKETS as usize];
-            self.counts[0] = total;
-            self.newest = now;
-            self
+    fn at(self, now: u64) -> Holds {
+        if now < self.newest {
+            return Holds::folded(self.width, now, self.total());
         }
+        let shift = now - self.newest;
+        let mut counts = [0u32; BUCKETS as usize];
+        for (i, c) in self.counts.iter().enumerate() {
+            if let Some(to) = (i as u64).checked_add(shift).filter(|t| *t < BUCKETS)
+                && let Some(slot) = counts.get_mut(to as usize)
+            {
+                *slot = *c;
+            }
+        }
+        Holds { newest: now, counts, ..self }
     }
 }
 
-fn decode_holds(bytes: Option<&[u8]>, epoch: u64) -> Holds {
-    let empty = Holds { newest: epoch, counts: [0; BUCKETS as usize] };
-    let Some(b) = bytes else { return empty };
+fn decode_holds(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> Holds {
+    let Some(b) = bytes else { return Holds::empty(width, epoch) };
     if let Some(mut r) = ByteReader::with_tag(b, TAG) {
-        let newest = r.u64();
+        let (stored_width, newest) = (r.u64(), r.u64());
         let counts = [r.u32(), r.u32(), r.u32(), r.u32()];
-        if let (Some(newest), [Some(a), Some(b), Some(c), Some(d)], true) = (newest, counts, r.done()) {
-            return Holds { newest, counts: [a, b, c, d] }.at(epoch);
+        if let (Some(w), Some(newest), [Some(a), Some(b), Some(c), Some(d)], true) =
+            (stored_width, newest, counts, r.done())
+        {
+            let h = Holds { width: w, newest, counts: [a, b, c, d], refolded: false };
+            if w != width {
+                // The lease changed (the policy's timeout did): the old epochs mean nothing now.
+                return Holds::folded(width, epoch, h.total());
+            }
+            return h.at(epoch);
         }
     }
     // A count written before leases: held from now on.
@@ -89,12 +105,12 @@ fn decode_holds(bytes: Option<&[u8]>, epoch: u64) -> Holds {
         let n = r.u32()?;
         r.done().then_some(n)
     });
-    Holds { counts: [old.unwrap_or(0), 0, 0, 0], ..empty }
+    Holds::folded(width, epoch, old.unwrap_or(0))
 }
 
 fn encode_holds(h: &Holds) -> Vec<u8> {
     let mut w = ByteWriter::with_tag(TAG);
-    w.u64(h.newest);
+    w.u64(h.width).u64(h.newest);
     for c in h.counts {
         w.u32(c);
     }
@@ -103,19 +119,23 @@ fn encode_holds(h: &Holds) -> Vec<u8> {
 
 /// Requests in flight at `now` (leases expired are not counted).
 pub fn in_flight(state: Option<&[u8]>, now: Nanos, width: Nanos) -> u32 {
-    decode_holds(state, now / width.max(1)).total()
+    let width = width.max(1);
+    decode_holds(state, width, now / width).total()
 }
 
 /// Takes a slot if fewer than `max` are held at `now`.
 pub fn acquire(state: Option<&[u8]>, max: u32, now: Nanos, width: Nanos) -> (Slot, Option<Vec<u8>>) {
-    let epoch = now / width.max(1);
-    let mut h = decode_holds(state, epoch);
+    let width = width.max(1);
+    let epoch = now / width;
+    let mut h = decode_holds(state, width, epoch);
     let n = h.total();
     if n >= max {
-        // Unchanged, unless the clock stepped back: the holds then start their lease over from
-        // now, which must be written, or they would last for as long as the step.
-        let stepped_back = state.and_then(|b| ByteReader::with_tag(b, TAG)?.u64()).is_some_and(|e| e > epoch);
-        return (Slot { acquired: false, in_flight: n, epoch }, stepped_back.then(|| encode_holds(&h)));
+        // Nothing taken; but holds that were re-dated (a step back, a new lease, a count from
+        // before leases) are written, or their lease would start over at every decision and they
+        // would never expire.
+        let bytes = encode_holds(&h);
+        let write = (h.refolded && state != Some(bytes.as_slice())).then_some(bytes);
+        return (Slot { acquired: false, in_flight: n, epoch }, write);
     }
     h.counts[0] = h.counts[0].saturating_add(1);
     (Slot { acquired: true, in_flight: n.saturating_add(1), epoch }, Some(encode_holds(&h)))
@@ -124,15 +144,19 @@ pub fn acquire(state: Option<&[u8]>, max: u32, now: Nanos, width: Nanos) -> (Slo
 /// Gives back a slot acquired in bucket `epoch`: nothing once its lease has expired; never below
 /// zero.
 pub fn release(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u32, Option<Vec<u8>>) {
-    let mut h = decode_holds(state, now / width.max(1));
-    let at = h.newest.checked_sub(epoch).filter(|i| *i < BUCKETS);
-    // After a step back the holds were moved to the newest bucket: take it from the newest
-    // bucket that still holds any.
-    let bucket = at
-        .map(|i| i as usize)
-        .filter(|i| h.counts.get(*i).is_some_and(|c| *c > 0))
-        .or_else(|| if at.is_some() { h.counts.iter().position(|c| *c > 0) } else { None });
-    if let Some(c) = bucket.and_then(|i| h.counts.get_mut(i)) {
+    let width = width.max(1);
+    let mut h = decode_holds(state, width, now / width);
+    let newest_held = || h.counts.iter().position(|c| *c > 0);
+    let bucket = if h.refolded || epoch > h.newest {
+        // Its hold was re-dated with the others (or taken "after" now: the clock stepped back).
+        newest_held()
+    } else {
+        // Expired (older than the window): nothing to give back.
+        h.newest.checked_sub(epoch).filter(|i| *i < BUCKETS).map(|i| i as usize)
+    };
+    if let Some(c) = bucket.and_then(|i| h.counts.get_mut(i))
+        && *c > 0
+    {
         *c -= 1;
     }
     (h.total(), Some(encode_holds(&h)))
@@ -164,6 +188,30 @@ mod tests {
         let slot_epoch = 0;
         assert_eq!(update(&s, "c", |b| release(b, slot_epoch, bound, width)).unwrap(), 1);
         assert_eq!(update(&s, "c", |b| release(b, bound / width, bound, width)).unwrap(), 0);
+    }
+
+    /// A stream admitted before the wall clock stepped back still gives its slot back (its epoch is
+    /// "in the future" of the stored holds).
+    #[test]
+    fn a_release_after_a_step_back_is_counted() {
+        let s = MemoryStore::default();
+        let slot = update(&s, "c", |b| acquire(b, 2, 5_500, 1000)).unwrap();
+        assert!(slot.acquired);
+        assert_eq!(update(&s, "c", |b| release(b, slot.epoch, 3_200, 1000)).unwrap(), 0);
+        // And after the lease changed (the policy's timeout did).
+        let slot = update(&s, "c", |b| acquire(b, 2, 5_500, 1000)).unwrap();
+        assert_eq!(in_flight(s.get("c").unwrap().map(|(b, _)| b).as_deref(), 5_500, 3000), 1);
+        assert_eq!(update(&s, "c", |b| release(b, slot.epoch, 5_600, 3000)).unwrap(), 0);
+    }
+
+    /// A count from before leases that fills its key expires too: the first refused acquire
+    /// writes it as a lease.
+    #[test]
+    fn a_full_count_from_before_leases_expires() {
+        let s = MemoryStore::default();
+        s.set("c", &ByteWriter::with_tag(COUNT_TAG).u32(1).finish(), 0).unwrap();
+        assert!(!update(&s, "c", |b| acquire(b, 1, 10 * W, W)).unwrap().acquired);
+        assert!(update(&s, "c", |b| acquire(b, 1, 14 * W, W)).unwrap().acquired);
     }
 
     /// Counts written by a build before leases are kept, as holds from now on.
