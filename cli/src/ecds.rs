@@ -96,7 +96,6 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
 /// published without a `key_seed` of its own gets this one, so every Envoy fed from this file
 /// places request keys alike, and no client can compute where (docs/policy.md, "Key seed").
 pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
-    use std::io::Read;
     let dir = ecds.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = ecds.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let path = dir.join(format!(".{name}.key-seed"));
@@ -109,12 +108,7 @@ pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
         other => return other,
     }
     std::fs::create_dir_all(dir)?;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let seed = KeySeed(
-        u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()),
-        u64::from_le_bytes(bytes[8..].try_into().unwrap_or_default()),
-    );
+    let seed = KeySeed::parse(&random_hex(16)?).map_err(std::io::Error::other)?;
     // Owner-only from the start, then renamed into place (two publishers racing: the first
     // rename wins for good, as both then read the file back).
     let tmp = dir.join(format!(".{name}.key-seed.{}.tmp", std::process::id()));
@@ -133,6 +127,15 @@ pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
         Err(e) => Err(e),
     }
+}
+
+/// `bytes` random bytes from the kernel, as lower-case hex: the tools' secrets (the admin's token,
+/// a deployment's key seed).
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Publishes a document: compiled (compact), with the deployment's key seed unless it has its

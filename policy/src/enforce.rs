@@ -243,18 +243,6 @@ impl SlotState for RateSlots {
 /// must find their count). Holds the lease's bucket width.
 struct ConcurrencySlots(Nanos);
 
-/// How long a concurrency hold lasts without its release (a VM that trapped or was replaced with
-/// streams in flight never releases): the policy's `timeout` plus a minute, or ten minutes.
-pub const DEFAULT_CONCURRENCY_LEASE: Nanos = 600 * NANOS_PER_SEC;
-
-/// The bucket width of a policy's concurrency leases ([`concurrency::lease_width`]).
-pub fn concurrency_lease_width(p: &PolicyPlan) -> Nanos {
-    let lease = p
-        .policy
-        .timeout
-        .map_or(DEFAULT_CONCURRENCY_LEASE, |t| t.as_nanos().saturating_add(60 * NANOS_PER_SEC));
-    concurrency::lease_width(lease)
-}
 impl SlotState for ConcurrencySlots {
     fn activity(&self, state: &[u8], now: Nanos) -> Option<u64> {
         let n = concurrency::in_flight(Some(state), now, self.0);
@@ -415,7 +403,7 @@ fn check_limits<S: SharedStore + ?Sized>(
                     }
                     let fp = key_fingerprint(table.seed(), &cl.key, req);
                     let max = cl.max_in_flight;
-                    let width = concurrency_lease_width(p);
+                    let width = p.lease_width;
                     let result = table.update_fp(store, fp, now, &ConcurrencySlots(width), |s| {
                         concurrency::acquire(s, max, now, width)
                     });
@@ -464,7 +452,7 @@ fn flush<S: SharedStore + ?Sized>(
     }
     let forward_anyway = !p.enforcing();
     let max_in_flight = p.policy.concurrency_limit.as_ref().map_or(0, |c| c.max_in_flight);
-    let width = concurrency_lease_width(p);
+    let width = p.lease_width;
     let taken = record::update(store, &p.state.record, |old, new| {
         let mut t = Taken::default();
         let rejected = 'decide: {
@@ -712,7 +700,7 @@ pub fn finish<S: SharedStore + ?Sized>(
         a.events.push(Event::Retried(retried));
     }
     let release_slot = std::mem::take(&mut a.record_slot);
-    let (epoch, width) = (a.slot_epoch, concurrency_lease_width(p));
+    let (epoch, width) = (a.slot_epoch, p.lease_width);
     // A client abort before any response says nothing about the upstream.
     let ticket = a.ticket.take().filter(|_| exchange.status.is_some());
     let breaker = p.breaker.as_ref().zip(p.policy.circuit_breaker.as_ref()).zip(ticket);
@@ -749,7 +737,7 @@ pub fn finish<S: SharedStore + ?Sized>(
 /// Gives the keyed concurrency slot back, once.
 fn release<S: SharedStore + ?Sized>(store: &S, p: &PolicyPlan, a: &mut Admitted, now: Nanos) {
     if let Some(slot) = a.slot.take() {
-        let (epoch, width) = (a.slot_epoch, concurrency_lease_width(p));
+        let (epoch, width) = (a.slot_epoch, p.lease_width);
         match KeyTable::update_at(store, &slot, |s| concurrency::release(s, epoch, now, width)) {
             Ok(Some(n)) => a.events.push(Event::InFlight(n)),
             Ok(None) => {}

@@ -10,6 +10,7 @@ use crate::engine::breaker::BreakerConfig;
 use crate::engine::budget::RetryBudget;
 use crate::engine::keys::{KeySeed, KeyTable};
 use crate::engine::rate_limit::Gcra;
+use crate::engine::{NANOS_PER_SEC, Nanos, concurrency};
 use crate::model::{self, Document, KeyPart, Mode, Policy};
 
 /// What a matcher needs to know about a request.
@@ -168,6 +169,20 @@ pub struct PolicyPlan {
     pub headers: FixedHeaders,
     /// Where this policy's state lives in shared data (computed once, not per request).
     pub state: StateKeys,
+    /// The bucket width of its concurrency leases ([`lease_width`]).
+    pub lease_width: Nanos,
+}
+
+/// How long a concurrency hold lasts without its release (a VM that trapped or was replaced with
+/// streams in flight never releases) when the policy has no `timeout`.
+pub const DEFAULT_CONCURRENCY_LEASE: Nanos = 600 * NANOS_PER_SEC;
+
+/// The bucket width of a policy's concurrency leases ([`concurrency::lease_width`]): a lease is
+/// the policy's `timeout` plus a minute, or [`DEFAULT_CONCURRENCY_LEASE`].
+pub fn lease_width(p: &Policy) -> Nanos {
+    let lease =
+        p.timeout.map_or(DEFAULT_CONCURRENCY_LEASE, |t| t.as_nanos().saturating_add(60 * NANOS_PER_SEC));
+    concurrency::lease_width(lease)
 }
 
 /// Shared-data names of a policy's state: keyed blocks in bounded tables `bw/<policy>/<block>/<slot>`,
@@ -371,6 +386,7 @@ impl Plan {
                 budget: p.retry.as_ref().map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
                 headers: FixedHeaders::new(&p, rate_limit.as_ref()),
                 state: StateKeys::new(&p, doc.key_seed.unwrap_or_default()),
+                lease_width: lease_width(&p),
                 policy: p,
             });
         }

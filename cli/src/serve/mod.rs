@@ -154,18 +154,9 @@ pub fn token(given: Option<String>, state_dir: &Path) -> Result<(String, Option<
         return Ok((t.trim().to_string(), Some(path)));
     }
     std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
-    let mut bytes = [0u8; 24];
-    getrandom(&mut bytes)?;
-    let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let t = crate::ecds::random_hex(24).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
     write_private(&path, &t).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok((t, Some(path)))
-}
-
-fn getrandom(buf: &mut [u8]) -> Result<(), String> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))
 }
 
 /// Writes a file only its owner can read (created with mode 0600, never world-readable).

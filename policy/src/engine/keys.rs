@@ -14,7 +14,8 @@
 //! releases must find their counts), so the request is treated as "state unavailable" and the
 //! policy's `failure_mode` decides.
 //!
-//! Memory is therefore at most `max_keys` entries per block, each at most 64 bytes (name + value).
+//! Memory is therefore at most `max_keys` entries per block, each a name of at most 78 bytes
+//! (`bw/<policy>/<block>/<slot>`) and a value of at most 41 (fingerprint and engine state).
 
 use std::hash::Hasher;
 
