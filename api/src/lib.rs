@@ -147,12 +147,17 @@ pub struct PublishAnswer {
     /// The ECDS `version_info` written.
     pub ecds_version: u64,
     pub policies: usize,
-    /// True: Envoy applied it; false: Envoy rejected it; null: not confirmed.
+    /// True: Envoy applied it; false: Envoy rejected it or did not apply it in time; null: not
+    /// confirmed (the server was started without `--envoy-admin`).
     pub applied: Option<bool>,
     pub message: String,
     /// Why Envoy rejected it (from its log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// After a rejection: the ECDS version under which the last applied configuration was
+    /// written back (so a restarted Envoy does not load the rejected one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<u64>,
     /// From writing the file to Envoy's answer (when Envoy was asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elapsed_ms: Option<f64>,
@@ -242,6 +247,7 @@ mod tests {
             applied: None,
             message: "written".into(),
             reason: None,
+            restored: Some(8),
             elapsed_ms: None,
         };
         assert_eq!(

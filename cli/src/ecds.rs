@@ -10,6 +10,41 @@ use breakwater_policy::Document;
 use breakwater_policy::engine::keys::KeySeed;
 use serde_json::{Value, json};
 
+/// What Envoy does with requests when the filter's VM fails at run time (Envoy's
+/// `PluginConfig.failure_policy`; Istio's `failStrategy`). It does not cover a configuration
+/// Envoy rejects: then the last applied one keeps serving, or `default_config` before any
+/// (docs/envoy.md, "When a publish is rejected").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Later requests skip the filter: an outage of the resilience layer is not an outage of the
+    /// service. breakwater's default.
+    #[default]
+    FailOpen,
+    /// Later requests on that worker get 503.
+    FailClosed,
+    /// A new VM is started (shared state kept).
+    FailReload,
+}
+
+impl FailurePolicy {
+    /// Envoy's spelling (`FAIL_OPEN`, `FAIL_CLOSED`, `FAIL_RELOAD`).
+    pub fn envoy_word(self) -> &'static str {
+        match self {
+            FailurePolicy::FailOpen => "FAIL_OPEN",
+            FailurePolicy::FailClosed => "FAIL_CLOSED",
+            FailurePolicy::FailReload => "FAIL_RELOAD",
+        }
+    }
+
+    /// Istio's spelling (`FAIL_OPEN`, `FAIL_CLOSE`, `FAIL_RELOAD`).
+    pub fn istio_word(self) -> &'static str {
+        match self {
+            FailurePolicy::FailClosed => "FAIL_CLOSE",
+            other => other.envoy_word(),
+        }
+    }
+}
+
 /// What goes into the resource besides the policy.
 #[derive(Debug, Clone)]
 pub struct FilterSettings {
@@ -18,6 +53,40 @@ pub struct FilterSettings {
     pub vm_id: String,
     /// The compiled filter (`breakwater_filter.wasm`); written as an absolute path.
     pub wasm: PathBuf,
+    pub failure_policy: FailurePolicy,
+}
+
+impl FilterSettings {
+    /// The usual settings: filter and VM named `breakwater`, failing open.
+    pub fn breakwater(wasm: PathBuf) -> FilterSettings {
+        FilterSettings {
+            name: "breakwater".into(),
+            vm_id: "breakwater".into(),
+            wasm,
+            failure_policy: FailurePolicy::default(),
+        }
+    }
+}
+
+/// The filter's typed config (`envoy.extensions.filters.http.wasm.v3.Wasm`) carrying a compiled
+/// policy: what an ECDS resource, an inline bootstrap and a `default_config` all hold.
+pub fn wasm_filter_config(settings: &FilterSettings, compiled_policy: &str) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": settings.name,
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": compiled_policy,
+            },
+            "vm_config": {
+                "vm_id": settings.vm_id,
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": { "local": { "filename": settings.wasm.to_string_lossy() } },
+            },
+            "failure_policy": settings.failure_policy.envoy_word(),
+        },
+    })
 }
 
 /// The DiscoveryResponse Envoy reads from `path_config_source`.
@@ -28,32 +97,71 @@ pub fn discovery_response(settings: &FilterSettings, compiled_policy: &str, vers
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
             "name": settings.name,
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": settings.name,
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": compiled_policy,
-                    },
-                    "vm_config": {
-                        "vm_id": settings.vm_id,
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": { "local": { "filename": settings.wasm.to_string_lossy() } },
-                    },
-                },
-            },
+            "typed_config": wasm_filter_config(settings, compiled_policy),
         }],
     })
 }
 
 /// The version of an existing ECDS file (0 when missing or unreadable).
 pub fn current_version(path: &Path) -> u64 {
-    std::fs::read(path)
+    std::fs::read(path).ok().and_then(|b| version_of(&b)).unwrap_or(0)
+}
+
+/// The `version_info` of a DiscoveryResponse's bytes.
+fn version_of(bytes: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(bytes)
         .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| v.get("version_info").and_then(Value::as_str).and_then(|s| s.parse().ok()))
-        .unwrap_or(0)
+}
+
+/// A file kept beside the ECDS file: `.<file name>.<suffix>`.
+fn beside(ecds: &Path, suffix: &str) -> PathBuf {
+    let dir = ecds.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = ecds.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.join(format!(".{name}.{suffix}"))
+}
+
+/// Where the last resource Envoy applied is kept (`.<file name>.applied`): Envoy keeps its last
+/// good configuration only in memory, so after a rejected publish this is what goes back into
+/// the file, or a restarted Envoy would load the rejected one.
+pub fn applied_path(ecds: &Path) -> PathBuf {
+    beside(ecds, "applied")
+}
+
+/// Records that Envoy runs the file's current content (when its version is `applied`, the
+/// version Envoy reports). Returns whether it did.
+pub fn remember_applied(ecds: &Path, applied: &str) -> std::io::Result<bool> {
+    let content = match std::fs::read(ecds) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if version_of(&content).map(|v| v.to_string()).as_deref() != Some(applied) {
+        return Ok(false);
+    }
+    let kept = applied_path(ecds);
+    if std::fs::read(&kept).ok().as_deref() != Some(content.as_slice()) {
+        write_atomically(&kept, &content)?;
+    }
+    Ok(true)
+}
+
+/// Writes the last applied resource back as the next version of the file, after Envoy rejected
+/// (or did not confirm) the one written over it. Returns the version written, or None when no
+/// applied resource is known (the file is then left as it is).
+pub fn restore_applied(ecds: &Path) -> std::io::Result<Option<u64>> {
+    let kept = match std::fs::read(applied_path(ecds)) {
+        Ok(k) => k,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut response: Value = serde_json::from_slice(&kept).map_err(std::io::Error::other)?;
+    let version = current_version(ecds) + 1;
+    response["version_info"] = json!(version.to_string());
+    let mut text = serde_json::to_string_pretty(&response).map_err(std::io::Error::other)?;
+    text.push('\n');
+    write_atomically(ecds, text.as_bytes())?;
+    Ok(Some(version))
 }
 
 /// Writes `content` to `path` atomically and durably: a temporary file in the same directory
@@ -96,9 +204,7 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
 /// published without a `key_seed` of its own gets this one, so every Envoy fed from this file
 /// places request keys alike, and no client can compute where (docs/policy.md, "Key seed").
 pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
-    let dir = ecds.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = ecds.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let path = dir.join(format!(".{name}.key-seed"));
+    let path = beside(ecds, "key-seed");
     let read = |path: &Path| -> std::io::Result<KeySeed> {
         let text = std::fs::read_to_string(path)?;
         KeySeed::parse(text.trim()).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
@@ -107,11 +213,13 @@ pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         other => return other,
     }
-    std::fs::create_dir_all(dir)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let seed = KeySeed::parse(&random_hex(16)?).map_err(std::io::Error::other)?;
     // Owner-only from the start, then renamed into place (two publishers racing: the first
     // rename wins for good, as both then read the file back).
-    let tmp = dir.join(format!(".{name}.key-seed.{}.tmp", std::process::id()));
+    let tmp = beside(ecds, &format!("key-seed.{}.tmp", std::process::id()));
     let written = (|| {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -156,4 +264,31 @@ pub fn publish(path: &Path, settings: &FilterSettings, compiled_policy: &str) ->
     text.push('\n');
     write_atomically(path, text.as_bytes())?;
     Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Only the version Envoy reports is kept as applied; a rejected one is replaced by it,
+    /// written back as the next version.
+    #[test]
+    fn the_applied_version_is_kept_and_written_back() {
+        let dir = std::env::temp_dir().join(format!("bw-ecds-applied-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ecds = dir.join("breakwater.json");
+        let settings = FilterSettings::breakwater(PathBuf::from("/filter.wasm"));
+        assert_eq!(restore_applied(&ecds).unwrap(), None, "nothing applied yet");
+        publish(&ecds, &settings, "good").unwrap();
+        assert!(!remember_applied(&ecds, "7").unwrap(), "Envoy runs another version");
+        assert!(remember_applied(&ecds, "1").unwrap());
+        publish(&ecds, &settings, "rejected").unwrap();
+        assert!(!remember_applied(&ecds, "1").unwrap(), "the file moved on");
+        assert_eq!(restore_applied(&ecds).unwrap(), Some(3));
+        assert_eq!(current_version(&ecds), 3);
+        let restored: Value = serde_json::from_slice(&std::fs::read(&ecds).unwrap()).unwrap();
+        assert_eq!(restored, discovery_response(&settings, "good", 3));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

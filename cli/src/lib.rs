@@ -4,6 +4,7 @@
 pub mod ecds;
 pub mod k8s;
 pub mod oci;
+pub mod publish;
 pub mod render;
 pub mod serve;
 pub mod testing;

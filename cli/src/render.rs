@@ -81,9 +81,11 @@ pub struct EnvoyOptions {
     pub listen: (String, u16),
     pub admin: (String, u16),
     pub upstream: (String, u16),
-    /// The compiled filter (absolute path).
-    pub wasm: String,
-    /// Deliver the policy through this ECDS file (then `breakwater publish` updates it); inline otherwise.
+    /// The filter: its compiled wasm (absolute path), names and failure policy.
+    pub filter: crate::ecds::FilterSettings,
+    /// Deliver the policy through this ECDS file (then `breakwater publish` updates it); inline
+    /// otherwise. The rendered policy is then the `default_config`: what the filter enforces
+    /// until Envoy has accepted a version of the file (a first version Envoy rejects, say).
     pub ecds: Option<String>,
 }
 
@@ -93,39 +95,24 @@ fn address((host, port): &(String, u16)) -> Value {
 
 /// A standalone Envoy bootstrap with the filter in front of one upstream cluster.
 pub fn envoy(compiled_policy: &str, o: &EnvoyOptions) -> Value {
+    let typed_config = crate::ecds::wasm_filter_config(&o.filter, compiled_policy);
     let filter = match &o.ecds {
         Some(file) => {
             let dir =
                 std::path::Path::new(file).parent().map_or(".".to_string(), |d| d.display().to_string());
             json!({
-                "name": "breakwater",
+                "name": o.filter.name,
                 "config_discovery": {
                     "config_source": {
                         "path_config_source": { "path": file, "watched_directory": { "path": dir } },
                         "resource_api_version": "V3",
                     },
+                    "default_config": typed_config,
                     "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
                 },
             })
         }
-        None => json!({
-            "name": "breakwater",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "breakwater",
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": compiled_policy,
-                    },
-                    "vm_config": {
-                        "vm_id": "breakwater",
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": { "local": { "filename": o.wasm } },
-                    },
-                },
-            },
-        }),
+        None => json!({ "name": o.filter.name, "typed_config": typed_config }),
     };
     let tags: Vec<Value> =
         STATS_TAGS.iter().map(|(name, regex)| json!({ "tag_name": name, "regex": regex })).collect();

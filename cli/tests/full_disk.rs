@@ -58,11 +58,7 @@ fn a_full_disk_loses_nothing() {
     store.save(small).unwrap();
     std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o640)).unwrap();
     let ecds_file = dir.join("ecds.json");
-    let settings = ecds::FilterSettings {
-        name: "breakwater".into(),
-        vm_id: "breakwater".into(),
-        wasm: dir.join("filter.wasm"),
-    };
+    let settings = ecds::FilterSettings::breakwater(dir.join("filter.wasm"));
     ecds::publish(&ecds_file, &settings, small).unwrap();
     std::fs::set_permissions(&ecds_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let ecds_before = std::fs::read(&ecds_file).unwrap();

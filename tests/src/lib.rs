@@ -73,6 +73,8 @@ pub struct Envoy {
     ecds: PathBuf,
     log: PathBuf,
     wasm: PathBuf,
+    config: PathBuf,
+    workers: u32,
 }
 
 impl Envoy {
@@ -107,6 +109,28 @@ impl Envoy {
         workers: u32,
         edit: impl FnOnce(String) -> String,
     ) -> Envoy {
+        let mut envoy = Self::prepare(upstream_port, wasm, workers, edit);
+        envoy.publish(policy).expect("the test policy is valid");
+        envoy.wait_ready();
+        envoy
+    }
+
+    /// As [`Envoy::start`], with the ECDS file holding `configuration` as it is (valid or not) when
+    /// Envoy starts.
+    pub fn start_with_configuration(configuration: &str, upstream_port: u16) -> Envoy {
+        let mut envoy = Self::prepare(upstream_port, filter_wasm(), 2, |b| b);
+        envoy.publish_raw(configuration).expect("the ECDS file is written");
+        envoy.wait_ready();
+        envoy
+    }
+
+    /// The scratch folder, the bootstrap and the process (not ready yet, no policy published).
+    fn prepare(
+        upstream_port: u16,
+        wasm: PathBuf,
+        workers: u32,
+        edit: impl FnOnce(String) -> String,
+    ) -> Envoy {
         let dir = scratch_dir("bw-e2e");
         let ecds_dir = dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir).unwrap();
@@ -118,29 +142,38 @@ impl Envoy {
             .replace("port_value: 10000", &format!("port_value: {port}"))
             .replace("port_value: 8081", &format!("port_value: {upstream_port}"))
             .replace("path: envoy/ecds/breakwater.json", &format!("path: {}", ecds.display()))
-            .replace("path: envoy/ecds }", &format!("path: {} }}", ecds_dir.display()));
+            .replace("path: envoy/ecds }", &format!("path: {} }}", ecds_dir.display()))
+            .replace(
+                "filename: target/wasm32-wasip1/release/breakwater_filter.wasm",
+                &format!("filename: {}", wasm.display()),
+            );
         let config = dir.join("envoy.yaml");
         std::fs::write(&config, edit(bootstrap)).unwrap();
         let log = dir.join("envoy.log");
-        let mut envoy = Envoy {
-            child: Command::new(envoy_binary())
-                .args(["-c", &config.to_string_lossy(), "--log-level", "info"])
-                .args(["--concurrency", &workers.to_string()])
-                .arg("--disable-hot-restart")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-            port,
-            admin,
-            dir,
-            ecds,
-            log,
-            wasm,
-        };
-        envoy.publish(policy).expect("the test policy is valid");
-        envoy.wait_ready();
-        envoy
+        let child = Self::spawn(&config, &log, workers);
+        Envoy { child, port, admin, dir, ecds, log, wasm, config, workers }
+    }
+
+    fn spawn(config: &Path, log: &Path, workers: u32) -> Child {
+        // Appending: a restarted Envoy's log follows the first one's.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Command::new(envoy_binary())
+            .args(["-c", &config.to_string_lossy(), "--log-level", "info"])
+            .args(["--concurrency", &workers.to_string()])
+            .arg("--disable-hot-restart")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Stops Envoy (SIGKILL: nothing it keeps in memory survives) and starts it again on the same
+    /// bootstrap, ports and ECDS file; returns when it is ready.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.config, &self.log, self.workers);
+        self.wait_ready();
     }
 
     /// Publishes a policy document over ECDS (the same code as `breakwater publish`).
@@ -151,11 +184,7 @@ impl Envoy {
 
     /// Publishes any configuration string, valid or not.
     pub fn publish_raw(&self, configuration: &str) -> Result<u64, String> {
-        let settings = breakwater_cli::ecds::FilterSettings {
-            name: "breakwater".into(),
-            vm_id: "breakwater".into(),
-            wasm: self.wasm.clone(),
-        };
+        let settings = breakwater_cli::ecds::FilterSettings::breakwater(self.wasm.clone());
         breakwater_cli::ecds::publish(&self.ecds, &settings, configuration).map_err(|e| e.to_string())
     }
 
@@ -192,6 +221,7 @@ impl Envoy {
             ecds: Some(self.ecds.clone()),
             filter_name: "breakwater".into(),
             vm_id: "breakwater".into(),
+            failure_policy: Default::default(),
             envoy_admin: Some(format!("127.0.0.1:{}", self.admin)),
             envoy_log: Some(self.log.clone()),
             publish_timeout: Duration::from_secs(10),

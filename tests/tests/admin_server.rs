@@ -82,29 +82,51 @@ async fn publish_is_confirmed_by_envoy_and_enforced() {
     assert_eq!(stats_seen["ecds"]["applied"], body["ecds_version"].as_u64().unwrap().to_string());
 }
 
+/// Defect 1 of issue 20: a rejected version stayed in the ECDS file, so an Envoy restarted
+/// afterwards loaded it and ran without the policy. Now the last applied version is written back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_publish_is_reported_with_envoys_reason() {
+async fn a_rejected_publish_is_rolled_back_and_survives_an_envoy_restart() {
     let upstream = Upstream::start();
-    let envoy = Envoy::start(START, upstream.port());
+    let mut envoy = Envoy::start(STRICT, upstream.port());
     let broken = envoy.dir.join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x01\0\0\0garbage").unwrap();
     let router = admin_server(&envoy, &broken);
-    call(&router, "PUT", "/api/policy", Some(json!({ "text": STRICT }))).await;
+    call(&router, "PUT", "/api/policy", Some(json!({ "text": START }))).await;
     let (status, body) = call(&router, "POST", "/api/publish", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["applied"], false, "{body}");
     println!("rejection: {}", body["message"]);
-    assert!(
-        body["message"].as_str().unwrap().starts_with("Envoy rejected version 2 and keeps version 1"),
-        "{body}"
-    );
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("Envoy rejected version 2 and keeps version 1"), "{body}");
+    assert!(message.ends_with("the last applied configuration was written back as version 3"), "{body}");
+    assert_eq!(body["restored"], 3, "{body}");
     assert!(body["reason"].as_str().unwrap().contains("Unable to create Wasm plugin breakwater"), "{body}");
-    // The previous policy still serves.
-    let status = tokio::task::spawn_blocking({
+    // Only an applied version counts as published.
+    let (_, status_body) = call(&router, "GET", "/api/status", None).await;
+    assert_eq!(status_body["published"], Value::Null, "{status_body}");
+    // Envoy takes the written-back version (the same policy, so no change in what it enforces).
+    envoy.wait_for("version 3 applied", Duration::from_secs(10), || {
+        envoy.admin_get("/stats?filter=version_text").is_some_and(|r| r.body.contains("version_text: \"3\""))
+    });
+    // A restarted Envoy (nothing kept in memory) loads the file: the strict policy, not the
+    // rejected version and not the pass-through default.
+    envoy.restart();
+    let statuses: Vec<u16> = tokio::task::spawn_blocking({
         let mut client = envoy.client();
-        move || client.get("/", &[]).status
+        move || (0..3).map(|_| client.get("/", &[]).status).collect()
     })
     .await
     .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+/// Before Envoy has accepted any version of the ECDS file, the filter runs the bootstrap's
+/// `default_config` (the demo's: no policies) instead of answering 500.
+#[test]
+fn without_an_accepted_version_the_default_config_serves() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start_with_configuration("this is not a policy", upstream.port());
+    let mut client = envoy.client();
+    assert_eq!(client.get("/", &[]).status, 200, "{}", envoy.log());
+    assert!(envoy.stat("extension_config_discovery.http_filter.breakwater.update_rejected") >= 1);
 }

@@ -16,19 +16,18 @@ fn shipped_envoy_configs_validate() {
         .collect();
     assert!(!configs.is_empty());
     // The configurations use paths relative to the repository root: validate them, byte for byte,
-    // from a scratch root holding an ECDS resource.
+    // from a scratch root holding an ECDS resource and the filter (for the `default_config`).
     let root = scratch_dir("bw-validate");
     std::fs::create_dir_all(root.join("envoy/ecds")).unwrap();
+    let wasm_at = root.join(filter_wasm().strip_prefix(repo()).unwrap());
+    std::fs::create_dir_all(wasm_at.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(filter_wasm(), &wasm_at).unwrap();
     let doc = breakwater_policy::load(
         &std::fs::read_to_string(repo().join("policies/flaky-backend.yaml")).unwrap(),
     )
     .unwrap()
     .document;
-    let settings = breakwater_cli::ecds::FilterSettings {
-        name: "breakwater".into(),
-        vm_id: "breakwater".into(),
-        wasm: filter_wasm(),
-    };
+    let settings = breakwater_cli::ecds::FilterSettings::breakwater(filter_wasm());
     breakwater_cli::ecds::publish(
         &root.join("envoy/ecds/breakwater.json"),
         &settings,
@@ -50,8 +49,9 @@ fn shipped_envoy_configs_validate() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// `breakwater render envoy` (inline policy and ECDS) gives bootstraps Envoy accepts, and the inline
-/// one enforces its policy when run.
+/// `breakwater render envoy` (inline policy and ECDS) gives bootstraps Envoy accepts that enforce
+/// the rendered policy: inline, and through ECDS's `default_config` while the ECDS file holds a
+/// version Envoy rejects.
 #[test]
 fn rendered_bootstraps_validate_and_run() {
     use breakwater_cli::render::{EnvoyOptions, envoy};
@@ -63,18 +63,14 @@ fn rendered_bootstraps_validate_and_run() {
     let upstream = Upstream::start();
     let (port, admin) = (free_port(), free_port());
     let ecds = root.join("ecds/breakwater.json");
-    let settings = breakwater_cli::ecds::FilterSettings {
-        name: "breakwater".into(),
-        vm_id: "breakwater".into(),
-        wasm: filter_wasm(),
-    };
+    let settings = breakwater_cli::ecds::FilterSettings::breakwater(filter_wasm());
     breakwater_cli::ecds::publish(&ecds, &settings, &compiled).unwrap();
     for (name, via_ecds) in [("inline", false), ("ecds", true)] {
         let options = EnvoyOptions {
             listen: ("127.0.0.1".into(), port),
             admin: ("127.0.0.1".into(), admin),
             upstream: ("127.0.0.1".into(), upstream.port()),
-            wasm: filter_wasm().display().to_string(),
+            filter: breakwater_cli::ecds::FilterSettings::breakwater(filter_wasm()),
             ecds: via_ecds.then(|| ecds.display().to_string()),
         };
         let file = root.join(format!("{name}.yaml"));
@@ -84,36 +80,36 @@ fn rendered_bootstraps_validate_and_run() {
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && !log.contains("critical"), "{name}:\n{log}");
     }
-    // Run the inline one.
-    let mut envoy_process = Command::new(envoy_binary())
-        .args([
-            "-c",
-            &root.join("inline.yaml").to_string_lossy(),
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-        ])
-        .stderr(std::fs::File::create(root.join("envoy.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut statuses = Vec::new();
-    for _ in 0..200 {
-        if let Ok(r) = Client::new(admin).try_send("GET", "/ready", &[])
-            && r.status == 200
-        {
-            let mut c = Client::new(port);
-            statuses = (0..3).map(|_| c.get("/", &[]).status).collect();
-            break;
+    // Run both: the inline one, and the ECDS one while its file holds a version Envoy rejects
+    // (then the rendered policy is the `default_config` that serves).
+    breakwater_cli::ecds::publish(&ecds, &settings, "not a policy").unwrap();
+    for name in ["inline", "ecds"] {
+        let log = root.join(format!("{name}.log"));
+        let mut envoy_process = Command::new(envoy_binary())
+            .args(["-c", &root.join(format!("{name}.yaml")).to_string_lossy()])
+            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut statuses = Vec::new();
+        for _ in 0..200 {
+            if let Ok(r) = Client::new(admin).try_send("GET", "/ready", &[])
+                && r.status == 200
+            {
+                let mut c = Client::new(port);
+                statuses = (0..3).map(|_| c.get("/", &[]).status).collect();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let _ = envoy_process.kill();
+        let _ = envoy_process.wait();
+        assert_eq!(
+            statuses,
+            [200, 200, 429],
+            "{name}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
-    let _ = envoy_process.kill();
-    let _ = envoy_process.wait();
-    assert_eq!(
-        statuses,
-        [200, 200, 429],
-        "{}",
-        std::fs::read_to_string(root.join("envoy.log")).unwrap_or_default()
-    );
     std::fs::remove_dir_all(&root).unwrap();
 }

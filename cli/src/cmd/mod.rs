@@ -90,3 +90,39 @@ pub fn emit(text: &str) {
 
 /// The filter's path when none is given: the workspace's release build.
 pub const FILTER_WASM: &str = breakwater_host_test::FILTER_WASM;
+
+/// What Envoy does with requests when the filter's VM fails; accepted as Istio spells it too.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[allow(clippy::enum_variant_names)]
+pub enum FailStrategy {
+    /// Later requests skip the filter.
+    #[value(alias = "FAIL_OPEN")]
+    FailOpen,
+    /// Later requests on that worker get 503.
+    #[value(alias = "FAIL_CLOSE", alias = "fail-closed", alias = "FAIL_CLOSED")]
+    FailClose,
+    /// A new VM is started.
+    #[value(alias = "FAIL_RELOAD")]
+    FailReload,
+}
+
+impl From<FailStrategy> for breakwater_cli::ecds::FailurePolicy {
+    fn from(s: FailStrategy) -> Self {
+        match s {
+            FailStrategy::FailOpen => Self::FailOpen,
+            FailStrategy::FailClose => Self::FailClosed,
+            FailStrategy::FailReload => Self::FailReload,
+        }
+    }
+}
+
+/// A duration like `10s` or `500ms` (a clap value parser).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration like 10s or 500ms"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        _ => Err(format!("`{s}` is not a duration like 10s or 500ms")),
+    }
+}

@@ -1,11 +1,15 @@
-//! `breakwater publish`: the next version of an ECDS resource file, written atomically.
+//! `breakwater publish`: the next version of an ECDS resource file, written atomically; with
+//! `--envoy-admin`, confirmed by Envoy, and replaced by the last applied version if Envoy rejects
+//! it (docs/envoy.md, "When a publish is rejected").
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use breakwater_cli::ecds;
+use breakwater_cli::publish::Target;
+use breakwater_cli::serve::envoy::Admin;
 
-use super::{FILTER_WASM, emit, fail, load_all};
+use super::{FILTER_WASM, FailStrategy, emit, fail, load_all, parse_duration};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,10 +27,24 @@ pub struct Args {
     /// Envoy VM id; shared state is scoped by it.
     #[arg(long, default_value = "breakwater")]
     vm_id: String,
+    /// What Envoy does with requests when the filter's VM fails.
+    #[arg(long, value_enum, default_value_t = FailStrategy::FailOpen)]
+    fail_strategy: FailStrategy,
+    /// Envoy's admin endpoint, HOST:PORT: wait for Envoy to apply the new version; if it rejects
+    /// it (or does not apply it within --timeout), write the last applied version back and fail.
+    #[arg(long)]
+    envoy_admin: Option<String>,
+    /// Envoy's log file: a rejection quotes Envoy's reason from it.
+    #[arg(long, requires = "envoy_admin")]
+    envoy_log: Option<PathBuf>,
+    /// How long to wait for Envoy (with --envoy-admin).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let Args { files, ecds: ecds_path, wasm, name, vm_id } = args;
+    let Args { files, ecds: ecds_path, wasm, name, vm_id, fail_strategy, envoy_admin, envoy_log, timeout } =
+        args;
     let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
     let wasm = match std::fs::canonicalize(&wasm) {
         Ok(p) => p,
@@ -37,18 +55,39 @@ pub fn run(args: Args) -> ExitCode {
             ));
         }
     };
-    let settings = ecds::FilterSettings { name, vm_id, wasm };
-    match ecds::publish_document(&ecds_path, &settings, &doc) {
-        Ok(version) => {
-            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let settings = ecds::FilterSettings { name, vm_id, wasm, failure_policy: fail_strategy.into() };
+    let target = Target {
+        ecds: ecds_path,
+        settings,
+        admin: envoy_admin.map(|address| Admin { address }),
+        log: envoy_log,
+        timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let outcome = runtime.block_on(async {
+        let before = target.before().await?;
+        let version = target.write(&doc)?;
+        Ok::<_, String>(target.confirm(&before, version).await)
+    });
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let what = format!("{} ({} policies)", names.join(" + "), doc.policies.len());
+    match outcome.applied {
+        Some(false) => fail(format!("{what}: {}", outcome.message)),
+        applied => {
+            let confirmed = if applied == Some(true) { "; Envoy applied it" } else { "" };
             emit(&format!(
-                "published {} ({} policies) as version {version} to {}\n",
-                names.join(" + "),
-                doc.policies.len(),
-                ecds_path.display()
+                "published {what} as version {} to {}{confirmed}\n",
+                outcome.ecds_version,
+                target.ecds.display()
             ));
             ExitCode::SUCCESS
         }
-        Err(e) => fail(format!("cannot write {}: {e}", ecds_path.display())),
     }
 }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use breakwater_cli::render::{self, Target};
-use breakwater_cli::{oci, yaml};
+use breakwater_cli::{ecds, oci, yaml};
 use clap::{Subcommand, ValueEnum};
 
-use super::{FILTER_WASM, emit, fail, load_all};
+use super::{FILTER_WASM, FailStrategy, emit, fail, load_all};
 
 #[derive(Subcommand)]
 pub enum Render {
@@ -59,9 +59,14 @@ pub enum Render {
         /// The compiled filter.
         #[arg(long, default_value = FILTER_WASM)]
         wasm: PathBuf,
-        /// Take the policy from this ECDS file (kept current by `breakwater publish`) instead of inline.
+        /// Take the policy from this ECDS file (kept current by `breakwater publish`) instead of
+        /// inline. The rendered policy becomes the filter's `default_config`: what it enforces
+        /// until Envoy accepts a version of the file.
         #[arg(long)]
         ecds: Option<String>,
+        /// What Envoy does with requests when the filter's VM fails.
+        #[arg(long, value_enum, default_value_t = FailStrategy::FailOpen)]
+        fail_strategy: FailStrategy,
     },
 }
 
@@ -77,17 +82,6 @@ pub enum Phase {
     /// Istio's UNSPECIFIED_PHASE: the end of the chain, just before the router.
     #[value(name = "unspecified-phase", alias = "UNSPECIFIED_PHASE")]
     Unspecified,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-#[allow(clippy::enum_variant_names)]
-pub enum FailStrategy {
-    #[value(alias = "FAIL_OPEN")]
-    FailOpen,
-    #[value(alias = "FAIL_CLOSE")]
-    FailClose,
-    #[value(alias = "FAIL_RELOAD")]
-    FailReload,
 }
 
 /// A value-enum variant as Istio spells it (AUTHZ, FAIL_OPEN).
@@ -170,7 +164,7 @@ pub fn run(r: Render) -> ExitCode {
                 target,
                 phase: istio_word(&phase),
                 priority,
-                fail_strategy: istio_word(&fail_strategy),
+                fail_strategy: ecds::FailurePolicy::from(fail_strategy).istio_word().into(),
             };
             match render::istio(&breakwater_policy::compile(&doc), &options) {
                 Ok(v) => {
@@ -186,10 +180,12 @@ pub fn run(r: Render) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Render::Envoy { files, upstream, listen, admin, wasm, ecds } => {
+        Render::Envoy { files, upstream, listen, admin, wasm, ecds, fail_strategy } => {
             let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
-            let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm).display().to_string();
-            let options = render::EnvoyOptions { listen, admin, upstream, wasm, ecds };
+            let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm);
+            let mut filter = ecds::FilterSettings::breakwater(wasm);
+            filter.failure_policy = fail_strategy.into();
+            let options = render::EnvoyOptions { listen, admin, upstream, filter, ecds };
             note_key_seed(&doc);
             emit(&yaml::to_yaml(&render::envoy(&breakwater_policy::compile(&doc), &options)));
             ExitCode::SUCCESS

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use breakwater_cli::{ecds, serve};
 
-use super::{FILTER_WASM, emit, fail};
+use super::{FILTER_WASM, FailStrategy, emit, fail, parse_duration};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,7 +51,12 @@ pub struct Args {
     name: String,
     #[arg(long, default_value = "breakwater")]
     vm_id: String,
-    /// How long a publish waits for Envoy to apply the new version.
+    /// What Envoy does with requests when the filter's VM fails (written into every published
+    /// resource).
+    #[arg(long, value_enum, default_value_t = FailStrategy::FailOpen)]
+    fail_strategy: FailStrategy,
+    /// How long a publish waits for Envoy to apply the new version; a version not applied by
+    /// then is replaced by the last applied one.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     publish_timeout: std::time::Duration,
 }
@@ -88,6 +93,7 @@ pub fn run(a: Args) -> ExitCode {
         ecds: a.ecds,
         filter_name: a.name,
         vm_id: a.vm_id,
+        failure_policy: a.fail_strategy.into(),
         envoy_admin: a.envoy_admin,
         envoy_log: a.envoy_log,
         publish_timeout: a.publish_timeout,
@@ -121,16 +127,5 @@ pub fn run(a: Args) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
-    }
-}
-
-/// A duration like `10s` or `500ms` (a clap value parser).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration like 10s or 500ms"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        _ => Err(format!("`{s}` is not a duration like 10s or 500ms")),
     }
 }

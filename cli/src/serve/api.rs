@@ -5,7 +5,6 @@
 //! unreachable).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -404,109 +403,51 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// A file's text from byte `offset` on (what Envoy logged since then).
-fn read_from(path: &std::path::Path, offset: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut text = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path)
-        && f.seek(SeekFrom::Start(offset)).is_ok()
-    {
-        let _ = f.take(1 << 20).read_to_end(&mut text);
-    }
-    String::from_utf8_lossy(&text).into_owned()
-}
-
 fn admin(state: &super::State) -> Option<Admin> {
     state.config.envoy_admin.clone().map(|address| Admin { address })
 }
 
+/// Writes the active version to the ECDS file and waits for Envoy's answer; a version Envoy
+/// rejects (or does not apply in time) is replaced by the last applied one, and only an applied
+/// version (or any write, when Envoy cannot be asked) is recorded as published.
 async fn publish(State(state): State<Shared>, headers: HeaderMap) -> Result<Json<PublishAnswer>, ApiError> {
-    let Some(ecds) = state.config.ecds.clone() else {
+    let Some(target) = state.config.publish_target() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "publishing is off: start the server with --ecds FILE",
         ));
     };
-    let settings = state.config.filter_settings();
-    let admin = admin(&state);
-    let before = match &admin {
-        Some(a) => a.ecds(&settings.name).await.ok(),
-        None => None,
-    };
-    let log_offset =
-        state.config.envoy_log.as_ref().and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
-    let started = Instant::now();
+    let _one_at_a_time = state.publishing.lock().await;
+    let before = target.before().await.map_err(ApiError::internal)?;
     // Validating, compiling and writing (fsyncs) off the runtime, under the store's lock.
-    let written = settings.clone();
+    let writer = target.clone();
     let (version, ecds_version, policies) = with_store(&state, move |store| {
         let version = store.current();
         check_if_match(&headers, version)?;
         let text = store.active().map_err(ApiError::internal)?;
         let document = breakwater_policy::load(&text).map_err(ApiError::invalid)?.document;
-        let ecds_version = crate::ecds::publish_document(&ecds, &written, &document)
-            .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", ecds.display())))?;
-        store
-            .set_published(&Published { version, ecds_version, at_ms: store::now_ms() })
-            .map_err(ApiError::internal)?;
+        let ecds_version = writer.write(&document).map_err(ApiError::internal)?;
         Ok::<_, ApiError>((version, ecds_version, document.policies.len()))
     })
     .await??;
-    let mut answer = PublishAnswer {
+    let outcome = target.confirm(&before, ecds_version).await;
+    if outcome.applied == Some(true) || target.admin.is_none() {
+        with_store(&state, move |store| {
+            store.set_published(&Published { version, ecds_version, at_ms: store::now_ms() })
+        })
+        .await?
+        .map_err(ApiError::internal)?;
+    }
+    Ok(Json(PublishAnswer {
         version,
         ecds_version,
         policies,
-        applied: None,
-        message: "written; not confirmed (start the server with --envoy-admin to confirm)".into(),
-        reason: None,
-        elapsed_ms: None,
-    };
-    let Some(admin) = admin else {
-        return Ok(Json(answer));
-    };
-    let wanted = ecds_version.to_string();
-    let deadline = started + state.config.publish_timeout;
-    loop {
-        let now = admin.ecds(&settings.name).await;
-        match (&now, &before) {
-            (Ok(s), _) if s.applied.as_deref() == Some(wanted.as_str()) => {
-                answer.applied = Some(true);
-                answer.message = format!("Envoy applied version {ecds_version}");
-                break;
-            }
-            (Ok(s), Some(b)) if s.rejected > b.rejected => {
-                let reasons = state
-                    .config
-                    .envoy_log
-                    .as_ref()
-                    .map(|log| envoy::rejection_reasons(&read_from(log, log_offset)))
-                    .unwrap_or_default();
-                let reason =
-                    if reasons.is_empty() { "see Envoy's log".to_string() } else { reasons.join("; ") };
-                answer.applied = Some(false);
-                answer.message = format!(
-                    "Envoy rejected version {ecds_version} and keeps version {}: {reason}",
-                    s.applied.as_deref().unwrap_or("none")
-                );
-                answer.reason = Some(reason);
-                break;
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            answer.message = match now {
-                Ok(s) => format!(
-                    "Envoy did not apply version {ecds_version} within {:?} (it runs {})",
-                    state.config.publish_timeout,
-                    s.applied.as_deref().unwrap_or("no version")
-                ),
-                Err(e) => format!("written, but Envoy could not be asked: {e}"),
-            };
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    answer.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    Ok(Json(answer))
+        applied: outcome.applied,
+        message: outcome.message,
+        reason: outcome.reason,
+        restored: outcome.restored,
+        elapsed_ms: outcome.elapsed_ms,
+    }))
 }
 
 async fn status(State(state): State<Shared>) -> Json<Status> {

@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::ecds::FilterSettings;
+use crate::ecds::{FailurePolicy, FilterSettings};
 
 /// Largest request body the API reads (a policy document of 1,000 policies is ~250 KB).
 pub const MAX_BODY: usize = 2 << 20;
@@ -42,6 +42,8 @@ pub struct Config {
     pub ecds: Option<PathBuf>,
     pub filter_name: String,
     pub vm_id: String,
+    /// What Envoy does when the filter's VM fails (written into every published resource).
+    pub failure_policy: FailurePolicy,
     /// Envoy's admin endpoint (HOST:PORT); None: no confirmation, no live stats.
     pub envoy_admin: Option<String>,
     /// Envoy's log file: where a publish finds Envoy's reason for a rejection.
@@ -84,7 +86,23 @@ impl Default for SimulationLimits {
 impl Config {
     pub fn filter_settings(&self) -> FilterSettings {
         let wasm = std::path::absolute(&self.filter_wasm).unwrap_or_else(|_| self.filter_wasm.clone());
-        FilterSettings { name: self.filter_name.clone(), vm_id: self.vm_id.clone(), wasm }
+        FilterSettings {
+            name: self.filter_name.clone(),
+            vm_id: self.vm_id.clone(),
+            wasm,
+            failure_policy: self.failure_policy,
+        }
+    }
+
+    /// Where publishes go and how Envoy confirms them; None when publishing is off.
+    pub fn publish_target(&self) -> Option<crate::publish::Target> {
+        Some(crate::publish::Target {
+            ecds: self.ecds.clone()?,
+            settings: self.filter_settings(),
+            admin: self.envoy_admin.clone().map(|address| envoy::Admin { address }),
+            log: self.envoy_log.clone(),
+            timeout: self.publish_timeout,
+        })
     }
 }
 
@@ -99,6 +117,8 @@ pub struct State {
     /// Simulations are CPU-bound: one at a time. The permit is held by the run itself (on its
     /// blocking thread), not by the request, so a timed-out request cannot free it early.
     simulations: Arc<tokio::sync::Semaphore>,
+    /// Publishes run one at a time, from writing the file to Envoy's answer.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 /// Opens the store and builds the router.
@@ -110,6 +130,7 @@ pub fn app(config: Config) -> Result<Router, String> {
         store: Arc::new(tokio::sync::Mutex::new(store)),
         host: tokio::sync::OnceCell::new(),
         simulations: Arc::new(tokio::sync::Semaphore::new(1)),
+        publishing: tokio::sync::Mutex::new(()),
     });
     let api = api::router(state.clone()).layer(DefaultBodyLimit::max(MAX_BODY)).layer(
         tower_http::timeout::TimeoutLayer::with_status_code(

@@ -35,6 +35,7 @@ pub fn serve_config(dir: &Path, token: &str) -> breakwater_cli::serve::Config {
         ecds: None,
         filter_name: "breakwater".into(),
         vm_id: "breakwater".into(),
+        failure_policy: Default::default(),
         envoy_admin: None,
         envoy_log: None,
         publish_timeout: std::time::Duration::from_secs(2),
