@@ -11,7 +11,7 @@ default:
     @just --list
 
 # The whole test suite: what CI runs.
-test: lint build-wasm test-rust validate-examples scenarios demo-smoke bench-smoke
+test: lint build-wasm test-rust validate-examples scenarios demo-smoke bench-smoke fuzz-smoke
     @echo "all checks passed"
 
 # Formatting, clippy (unwrap/expect/panic are denied outside tests) and the docs of every crate,
@@ -62,6 +62,14 @@ schema: bins
 bless:
     BREAKWATER_BLESS=1 cargo test --locked -p breakwater-policy --test documents
     git diff --stat policies/invalid
+
+# Every fuzz target (fuzz/, cargo-fuzz on nightly) for 20 s each: about 2.5 min with the build.
+fuzz-smoke: bins
+    scripts/fuzz 20
+
+# Every fuzz target for SECONDS each (default 5 min, 25 min in all); `./dev fuzz 60 policy_load` runs one.
+fuzz seconds="300" *targets: bins
+    scripts/fuzz {{seconds}} {{targets}}
 
 # The demo: example upstream + Envoy (2 workers) with the filter and the example policies + the web admin.
 demo: build-wasm build-admin bins

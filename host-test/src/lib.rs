@@ -16,6 +16,7 @@
 
 pub mod abi;
 pub mod exchange;
+pub mod header_map;
 pub mod host;
 pub mod memory;
 pub mod router;

@@ -8,8 +8,7 @@ use std::rc::Rc;
 use breakwater_policy::engine::store::MemoryStore;
 use wasmtime::{Extern, Instance, Memory, Store, TypedFunc};
 
-/// A header map in order, with raw values (HTTP allows any octet).
-pub type HeaderMap = Vec<(std::borrow::Cow<'static, str>, Vec<u8>)>;
+pub use crate::header_map::HeaderMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
