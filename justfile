@@ -22,7 +22,10 @@ lint:
     RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" cargo doc --locked -q --no-deps --workspace --document-private-items
 
 # The filter for Envoy (wasm32-wasip1). The admin (wasm32-unknown-unknown) is built by build-admin.
+# The fault tests' build (feature `failpoints`: a VM crash on demand) goes to target/failpoints/.
 build-wasm:
+    cargo build --locked --release -p breakwater-filter --target wasm32-wasip1 --features failpoints
+    mkdir -p target/failpoints && cp {{filter_wasm}} target/failpoints/breakwater_filter.wasm
     cargo build --locked --release -p breakwater-filter --target wasm32-wasip1
     @ls -l {{filter_wasm}} | awk '{print "filter wasm: " $5 " bytes"}'
 

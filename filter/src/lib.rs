@@ -149,6 +149,7 @@ fn outcome(status: Option<u16>) -> Exchange {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        failpoint_trap();
         let Some(config) = self.config.clone() else { return Action::Continue };
         let request = read_request(&config.plan);
         let Some(mut admitted) = enforce::admit(&config.plan, &HostStore, &request, host::now()) else {
@@ -222,6 +223,19 @@ impl HttpContext for Http {
         config.metrics.count(admitted.policy, admitted.events.drain(..));
     }
 }
+
+/// A VM crash on demand, for the fault tests only (tests/tests/faults.rs): with the `failpoints`
+/// feature (never in the shipped build), a request carrying `x-breakwater-failpoint: trap` makes
+/// the VM trap as a bug would, so Envoy's `failure_policy` can be tested on the real filter.
+#[cfg(all(feature = "failpoints", target_arch = "wasm32"))]
+fn failpoint_trap() {
+    if host::request_header("x-breakwater-failpoint").as_deref() == Some("trap") {
+        core::arch::wasm32::unreachable();
+    }
+}
+
+#[cfg(not(all(feature = "failpoints", target_arch = "wasm32")))]
+fn failpoint_trap() {}
 
 #[cfg(test)]
 mod tests {

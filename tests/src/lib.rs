@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use breakwater_cli::ecds::FailurePolicy;
 use breakwater_policy::metrics;
 pub use client::{Client, Response};
 pub use upstream::Upstream;
@@ -35,6 +36,87 @@ pub fn filter_wasm() -> PathBuf {
     let p = repo().join("target/wasm32-wasip1/release/breakwater_filter.wasm");
     assert!(p.exists(), "{} is missing: build it with `./dev build-wasm`", p.display());
     p
+}
+
+/// The filter built with the `failpoints` feature (`x-breakwater-failpoint: trap` crashes its VM),
+/// for the fault tests.
+pub fn failpoints_wasm() -> PathBuf {
+    let p = repo().join("target/failpoints/breakwater_filter.wasm");
+    assert!(p.exists(), "{} is missing: build it with `./dev build-wasm`", p.display());
+    p
+}
+
+/// What [`hammer`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Hammered {
+    /// Responses by status.
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+    /// Seconds from the first request sent to the last.
+    pub seconds: f64,
+}
+
+impl Hammered {
+    pub fn count(&self, status: u16) -> u64 {
+        self.statuses.get(&status).copied().unwrap_or(0)
+    }
+}
+
+/// Each of `threads` keep-alive clients sends GET `path` with `headers` to `port` as fast as it can
+/// for `duration`; `check` sees every response (and may panic on a wrong one).
+pub fn hammer(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    threads: usize,
+    duration: Duration,
+    check: impl Fn(&Response) + Sync,
+) -> Hammered {
+    let start = Instant::now();
+    let per_thread: Vec<Hammered> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let check = &check;
+                s.spawn(move || {
+                    let mut client = Client::new(port);
+                    let (mut seen, mut last) = (Hammered::default(), Duration::ZERO);
+                    while start.elapsed() < duration {
+                        let sent = start.elapsed();
+                        let r = client.get(path, headers);
+                        check(&r);
+                        *seen.statuses.entry(r.status).or_default() += 1;
+                        last = last.max(sent);
+                    }
+                    seen.seconds = last.as_secs_f64();
+                    seen
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut total = Hammered::default();
+    for seen in per_thread {
+        for (status, n) in seen.statuses {
+            *total.statuses.entry(status).or_default() += n;
+        }
+        total.seconds = total.seconds.max(seen.seconds);
+    }
+    total
+}
+
+/// How to start an Envoy beyond its policy: [`Envoy::start_with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub wasm: PathBuf,
+    /// Worker threads (`--concurrency`).
+    pub workers: u32,
+    /// Written into every version this harness publishes.
+    pub failure_policy: FailurePolicy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { wasm: filter_wasm(), workers: 2, failure_policy: FailurePolicy::default() }
+    }
 }
 
 /// A loopback port nothing listens on right now, and never returned before by this process.
@@ -72,44 +154,43 @@ pub struct Envoy {
     pub dir: PathBuf,
     ecds: PathBuf,
     log: PathBuf,
-    wasm: PathBuf,
+    options: Options,
     config: PathBuf,
-    workers: u32,
 }
 
 impl Envoy {
     /// Starts Envoy (2 workers) with `policy` (YAML) published over ECDS, routing to `upstream_port`.
     pub fn start(policy: &str, upstream_port: u16) -> Envoy {
-        Self::start_with_filter(policy, upstream_port, filter_wasm())
+        Self::start_with(policy, upstream_port, Options::default())
     }
 
     /// As [`Envoy::start`], loading the filter from `wasm` (e.g. one pulled from a registry).
     pub fn start_with_filter(policy: &str, upstream_port: u16, wasm: PathBuf) -> Envoy {
-        Self::launch(policy, upstream_port, wasm, 2)
+        Self::start_with(policy, upstream_port, Options { wasm, ..Options::default() })
     }
 
     /// As [`Envoy::start`], with `workers` worker threads (`--concurrency`).
     pub fn start_workers(policy: &str, upstream_port: u16, workers: u32) -> Envoy {
-        Self::launch(policy, upstream_port, filter_wasm(), workers)
+        Self::start_with(policy, upstream_port, Options { workers, ..Options::default() })
     }
 
     /// As [`Envoy::start`], with `edit` applied to the bootstrap (envoy/demo.yaml, ports filled in).
     pub fn start_edited(policy: &str, upstream_port: u16, edit: impl FnOnce(String) -> String) -> Envoy {
-        Self::launch_edited(policy, upstream_port, filter_wasm(), 2, edit)
+        Self::launch(policy, upstream_port, Options::default(), edit)
     }
 
-    fn launch(policy: &str, upstream_port: u16, wasm: PathBuf, workers: u32) -> Envoy {
-        Self::launch_edited(policy, upstream_port, wasm, workers, |b| b)
+    /// As [`Envoy::start`], with other options.
+    pub fn start_with(policy: &str, upstream_port: u16, options: Options) -> Envoy {
+        Self::launch(policy, upstream_port, options, |b| b)
     }
 
-    fn launch_edited(
+    fn launch(
         policy: &str,
         upstream_port: u16,
-        wasm: PathBuf,
-        workers: u32,
+        options: Options,
         edit: impl FnOnce(String) -> String,
     ) -> Envoy {
-        let mut envoy = Self::prepare(upstream_port, wasm, workers, edit);
+        let mut envoy = Self::prepare(upstream_port, options, edit);
         envoy.publish(policy).expect("the test policy is valid");
         envoy.wait_ready();
         envoy
@@ -118,19 +199,14 @@ impl Envoy {
     /// As [`Envoy::start`], with the ECDS file holding `configuration` as it is (valid or not) when
     /// Envoy starts.
     pub fn start_with_configuration(configuration: &str, upstream_port: u16) -> Envoy {
-        let mut envoy = Self::prepare(upstream_port, filter_wasm(), 2, |b| b);
+        let mut envoy = Self::prepare(upstream_port, Options::default(), |b| b);
         envoy.publish_raw(configuration).expect("the ECDS file is written");
         envoy.wait_ready();
         envoy
     }
 
     /// The scratch folder, the bootstrap and the process (not ready yet, no policy published).
-    fn prepare(
-        upstream_port: u16,
-        wasm: PathBuf,
-        workers: u32,
-        edit: impl FnOnce(String) -> String,
-    ) -> Envoy {
+    fn prepare(upstream_port: u16, options: Options, edit: impl FnOnce(String) -> String) -> Envoy {
         let dir = scratch_dir("bw-e2e");
         let ecds_dir = dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir).unwrap();
@@ -145,13 +221,13 @@ impl Envoy {
             .replace("path: envoy/ecds }", &format!("path: {} }}", ecds_dir.display()))
             .replace(
                 "filename: target/wasm32-wasip1/release/breakwater_filter.wasm",
-                &format!("filename: {}", wasm.display()),
+                &format!("filename: {}", options.wasm.display()),
             );
         let config = dir.join("envoy.yaml");
         std::fs::write(&config, edit(bootstrap)).unwrap();
         let log = dir.join("envoy.log");
-        let child = Self::spawn(&config, &log, workers);
-        Envoy { child, port, admin, dir, ecds, log, wasm, config, workers }
+        let child = Self::spawn(&config, &log, options.workers);
+        Envoy { child, port, admin, dir, ecds, log, options, config }
     }
 
     fn spawn(config: &Path, log: &Path, workers: u32) -> Child {
@@ -172,7 +248,7 @@ impl Envoy {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(&self.config, &self.log, self.workers);
+        self.child = Self::spawn(&self.config, &self.log, self.options.workers);
         self.wait_ready();
     }
 
@@ -184,7 +260,8 @@ impl Envoy {
 
     /// Publishes any configuration string, valid or not.
     pub fn publish_raw(&self, configuration: &str) -> Result<u64, String> {
-        let settings = breakwater_cli::ecds::FilterSettings::breakwater(self.wasm.clone());
+        let mut settings = breakwater_cli::ecds::FilterSettings::breakwater(self.options.wasm.clone());
+        settings.failure_policy = self.options.failure_policy;
         breakwater_cli::ecds::publish(&self.ecds, &settings, configuration).map_err(|e| e.to_string())
     }
 

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use breakwater_e2e::{Envoy, Upstream};
 
@@ -17,36 +17,17 @@ policies:
 /// Each of `threads` clients sends requests for `key` as fast as it can for `duration`.
 /// Returns (admitted, rejected, seconds from the first request sent to the last).
 fn hammer(envoy: &Envoy, key: &'static str, threads: usize, duration: Duration) -> (u64, u64, f64) {
-    let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let mut client = envoy.client();
-            std::thread::spawn(move || {
-                let (mut ok, mut limited, mut last) = (0u64, 0u64, Duration::ZERO);
-                while start.elapsed() < duration {
-                    let sent = start.elapsed();
-                    let r = client.get("/keyed", &[("x-api-key", key)]);
-                    match r.status {
-                        200 => ok += 1,
-                        429 => {
-                            assert!(r.header("retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
-                            assert_eq!(r.header("ratelimit-policy"), Some("\"keyed\";q=50;w=1"));
-                            limited += 1
-                        }
-                        other => panic!("unexpected status {other}: {}", r.body),
-                    }
-                    last = last.max(sent);
-                }
-                (ok, limited, last)
-            })
-        })
-        .collect();
-    let mut total = (0, 0, Duration::ZERO);
-    for h in handles {
-        let (ok, limited, last) = h.join().unwrap();
-        total = (total.0 + ok, total.1 + limited, total.2.max(last));
-    }
-    (total.0, total.1, total.2.as_secs_f64())
+    let seen = breakwater_e2e::hammer(envoy.port, "/keyed", &[("x-api-key", key)], threads, duration, |r| {
+        match r.status {
+            200 => {}
+            429 => {
+                assert!(r.header("retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+                assert_eq!(r.header("ratelimit-policy"), Some("\"keyed\";q=50;w=1"));
+            }
+            other => panic!("unexpected status {other}: {}", r.body),
+        }
+    });
+    (seen.count(200), seen.count(429), seen.seconds)
 }
 
 #[test]
