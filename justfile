@@ -74,6 +74,11 @@ fuzz-smoke: bins
 fuzz seconds="300" *targets: bins
     scripts/fuzz {{seconds}} {{targets}}
 
+# The soak test (not in CI): Envoy under keyed traffic with aborts, resets and a publish every
+# 10 s for MINUTES; in-flight must return to 0 and memory stay flat. Figures go to RELIABILITY.md.
+soak minutes="30": build-wasm bins
+    target/debug/soak --minutes {{minutes}}
+
 # The demo: example upstream + Envoy (2 workers) with the filter and the example policies + the web admin.
 demo: build-wasm build-admin bins
     scripts/demo

@@ -86,6 +86,7 @@ impl Root {
                     ),
                 );
                 self.config = Some(Rc::new(Config { plan, metrics }));
+                metrics::record_memory();
                 true
             }
             Err(messages) => {
@@ -200,6 +201,7 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
+        metrics::record_memory();
         let (Some(config), Some(mut admitted)) = (self.config.clone(), self.admitted.take()) else { return };
         // Without response headers (a client abort, a reset), the status from the property, and
         // only when the outcome matters.

@@ -8,11 +8,11 @@
 //! grow Envoy's id tables on every publish, so each VM keeps the ids of the policies it has
 //! defined and asks the host only for policies (or gauges) that are new.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use breakwater_policy::enforce::Event;
-use breakwater_policy::metrics::{Counter, Gauge, counter_name, gauge_name};
+use breakwater_policy::metrics::{Counter, Gauge, VM_MEMORY_GAUGE, counter_name, gauge_name};
 use breakwater_policy::plan::Plan;
 
 use crate::host;
@@ -29,6 +29,27 @@ thread_local! {
     /// The ids this VM holds, by policy name: the policies of its current configuration (statics
     /// are per VM and survive a reconfiguration).
     static DEFINED: RefCell<HashMap<String, PolicyMetrics>> = RefCell::default();
+}
+
+thread_local! {
+    /// The VM's memory gauge and the size it last recorded (wasm pages).
+    static MEMORY: Cell<(Option<u32>, usize)> = const { Cell::new((None, 0)) };
+}
+
+/// Sets [`VM_MEMORY_GAUGE`] when this VM's linear memory grew since it was last set: a compare
+/// of one instruction on every call, a host call only after a growth.
+pub fn record_memory() {
+    #[cfg(target_arch = "wasm32")]
+    let pages = core::arch::wasm32::memory_size::<0>();
+    #[cfg(not(target_arch = "wasm32"))]
+    let pages = 0;
+    let (mut id, recorded) = MEMORY.get();
+    if pages == recorded {
+        return;
+    }
+    ensure(&mut id, || host::define_gauge(VM_MEMORY_GAUGE));
+    host::record(id, (pages as u64).saturating_mul(64 * 1024));
+    MEMORY.set((id, pages));
 }
 
 /// `id`, or a new id from the host when there is none yet (a refused definition is asked again).

@@ -157,6 +157,11 @@ const REQUESTS: &str = "requests";
 /// What Envoy puts before the names a wasm filter defines, in `/stats`.
 pub const ENVOY_STAT_PREFIX: &str = "wasmcustom.";
 
+/// The gauge each VM of the filter sets to the size of its linear memory when it grows: linear
+/// memory never shrinks, so a gauge that stays flat over hours means no VM grew (a leak in the
+/// guest would show here, in `breakwater_vm_memory_bytes`).
+pub const VM_MEMORY_GAUGE: &str = "breakwater.vm_memory_bytes";
+
 /// The stat name the filter defines for one policy's counter.
 pub fn counter_name(policy: &str, counter: Counter) -> String {
     format!("{PREFIX}.{REQUESTS}.policy.{policy}.decision.{counter}")

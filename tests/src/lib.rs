@@ -306,6 +306,11 @@ impl Envoy {
         }
     }
 
+    /// Envoy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The ECDS file this Envoy watches.
     pub fn ecds_path(&self) -> &Path {
         &self.ecds

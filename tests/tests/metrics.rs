@@ -34,4 +34,9 @@ policies:
     );
     assert!(line("breakwater_breaker_state{policy=\"checkout\"}").is_some(), "{prom}");
     assert!(prom.contains("# TYPE breakwater_requests counter"));
+    // The filter's linear memory: whole wasm pages, at least the 1 MiB the filter starts with.
+    let memory: u64 = line("breakwater_vm_memory_bytes{} ")
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no breakwater_vm_memory_bytes in {prom}"));
+    assert!(memory >= 1 << 20 && memory % 65536 == 0, "{memory}");
 }
