@@ -45,6 +45,7 @@ impl Default for Pools {
 
 /// The size class of a layout, or `None` for blocks the system allocator serves directly.
 #[inline]
+#[expect(clippy::arithmetic_side_effects, reason = "n < MAX_SMALL: the class is below CLASSES")]
 fn class(layout: Layout) -> Option<usize> {
     if layout.size() > MAX_SMALL || layout.align() > BLOCK_ALIGN {
         return None;
@@ -54,6 +55,7 @@ fn class(layout: Layout) -> Option<usize> {
 }
 
 /// The size of every block of a class.
+#[expect(clippy::arithmetic_side_effects, reason = "class < CLASSES (its callers'): at most MAX_SMALL")]
 fn class_size(class: usize) -> usize {
     if class < 64 { 8 * (class + 1) } else { 512 << (class - 63) }
 }
@@ -123,11 +125,12 @@ impl Pools {
     pub unsafe fn dealloc(&mut self, ptr: *mut u8, layout: Layout, system: &impl GlobalAlloc) {
         match class(layout) {
             Some(c) if !self.bypass && c < CLASSES => {
+                let Some(head) = self.free.get_mut(c) else { return };
                 // SAFETY: `ptr` came from these pools with `layout` (the caller's contract), so it
                 // is a block of class `c`: at least a pointer's size, BLOCK_ALIGN-aligned, and no
                 // longer in use; its first word becomes the link to the next free block.
-                unsafe { ptr.cast::<*mut u8>().write(self.free[c]) };
-                self.free[c] = ptr;
+                unsafe { ptr.cast::<*mut u8>().write(*head) };
+                *head = ptr;
             }
             // SAFETY: the system allocator gave `ptr` with system_layout(layout) (from_system, or
             // its own realloc for unpooled layouts, where system_layout is `layout`).

@@ -14,6 +14,11 @@
 //!   fallback if it applies (the only point where a reply can still replace the upstream's);
 //! - on_log (every stream end, aborts and resets included): release, record, settle.
 
+// No index that can be out of bounds, no arithmetic that can overflow or divide by zero: a panic
+// in the filter turns every later request on that Envoy worker into a 503. Each exception says
+// why it cannot happen (`#[expect(..., reason = ...)]`). Tests are exempt.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+
 pub mod alloc;
 mod host;
 mod metrics;

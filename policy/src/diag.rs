@@ -19,8 +19,8 @@ impl Span {
 
     /// The position just after `text` (used to point at the first non-UTF-8 byte).
     pub fn at_end_of(text: &str) -> Self {
-        let line = text.matches('\n').count() + 1;
-        let col = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let line = text.matches('\n').count().saturating_add(1);
+        let col = text.rsplit('\n').next().map_or(0, |l| l.chars().count()).saturating_add(1);
         Span { line, col }
     }
 }

@@ -232,7 +232,7 @@ impl Exchange {
 struct RateSlots;
 impl SlotState for RateSlots {
     fn activity(&self, state: &[u8], now: Nanos) -> Option<u64> {
-        decode_tat(state).filter(|tat| *tat > now).map(|tat| tat - now)
+        decode_tat(state).and_then(|tat| tat.checked_sub(now)).filter(|wait| *wait > 0)
     }
     fn evictable(&self) -> bool {
         true
@@ -269,7 +269,7 @@ pub fn compose_key(parts: &[KeyPart], req: &impl RequestView) -> Vec<u8> {
 /// length the key would have, then its bytes part by part (a test checks they agree).
 pub fn key_fingerprint(seed: KeySeed, parts: &[KeyPart], req: &impl RequestView) -> u64 {
     let separators = parts.len().saturating_sub(1);
-    let len = parts.iter().map(|p| key_part(p, req).len()).sum::<usize>() + separators;
+    let len = parts.iter().map(|p| key_part(p, req).len()).fold(separators, usize::saturating_add);
     crate::engine::keys::fingerprint_parts(seed, len, parts.iter().map(|p| key_part(p, req)))
 }
 
@@ -297,7 +297,7 @@ fn seconds_ceil(ns: Nanos) -> u64 {
 /// The IETF RateLimit / RateLimit-Policy fields for a decision.
 fn rate_limit_headers(p: &PolicyPlan, d: &RateDecision) -> [(&'static str, HeaderValue); 2] {
     let name = p.name();
-    let mut value = String::with_capacity(name.len() + 30);
+    let mut value = String::with_capacity(name.len().saturating_add(30));
     value.push('"');
     value.push_str(name);
     value.push_str("\";r=");

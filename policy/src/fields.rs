@@ -67,7 +67,7 @@ pub fn field_name(text: &str) -> Option<&'static str> {
         let mut by_len: Vec<Vec<&'static str>> = Vec::new();
         for name in all {
             if by_len.len() <= name.len() {
-                by_len.resize(name.len() + 1, Vec::new());
+                by_len.resize(name.len().saturating_add(1), Vec::new());
             }
             if let Some(bucket) = by_len.get_mut(name.len())
                 && !bucket.contains(&name)

@@ -12,6 +12,11 @@
 //!   retry budget). They take `now` as an argument (never reading a clock) and keep their state
 //!   in small byte values updated by compare-and-swap, the shape of proxy-wasm shared data.
 
+// No index that can be out of bounds, no arithmetic that can overflow or divide by zero: a panic
+// in the filter turns every later request on that Envoy worker into a 503. Each exception says
+// why it cannot happen (`#[expect(..., reason = ...)]`). Tests are exempt.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+
 pub mod check;
 pub mod decode;
 pub mod diag;
@@ -119,7 +124,7 @@ fn rename_policy_indices(text: &str, origin: &[String]) -> String {
         match digits.get(..end).and_then(|n| n.parse::<usize>().ok()).and_then(|n| origin.get(n)) {
             Some(o) => {
                 out.push_str(o);
-                rest = digits.get(end + 1..).unwrap_or_default();
+                rest = digits.get(end.saturating_add(1)..).unwrap_or_default();
             }
             None => {
                 out.push_str("policies[");

@@ -322,7 +322,9 @@ impl Matcher {
                 HostPattern::Exact(e) => host.eq_ignore_ascii_case(e),
                 HostPattern::Suffix(s) => {
                     host.len() > s.len()
-                        && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+                        && host
+                            .get(host.len().saturating_sub(s.len())..)
+                            .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
                 }
             });
             if !ok {

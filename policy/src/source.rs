@@ -174,7 +174,7 @@ impl Builder {
 
 fn span_of(m: &Marker) -> Span {
     // yaml-rust2 counts lines from 1 and columns from 0.
-    Span::new(m.line().max(1), m.col() + 1)
+    Span::new(m.line().max(1), m.col().saturating_add(1))
 }
 
 enum Flow {
@@ -204,7 +204,7 @@ impl Builder {
         match event {
             Event::StreamEnd => return Ok(Flow::Done),
             Event::DocumentStart => {
-                self.documents += 1;
+                self.documents = self.documents.saturating_add(1);
                 if self.documents > 1 {
                     return Err(Box::new(
                         Diagnostic::error("", "a policy file holds one document; found a second one (`---`)")

@@ -121,10 +121,10 @@ fn write_seq(out: &mut String, a: &[Value], level: usize, order: &[&str]) {
         indent(out, level);
         out.push_str("- ");
         match v {
-            Value::Object(m) if !m.is_empty() => write_map(out, m, level + 2, order),
+            Value::Object(m) if !m.is_empty() => write_map(out, m, level.saturating_add(2), order),
             Value::Array(inner) if !inner.is_empty() => {
                 out.push('\n');
-                write_seq(out, inner, level + 2, order);
+                write_seq(out, inner, level.saturating_add(2), order);
             }
             other => {
                 out.push_str(&scalar(other));
@@ -138,11 +138,11 @@ fn write_value(out: &mut String, v: &Value, level: usize, order: &[&str]) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             out.push('\n');
-            write_map(out, m, level + 2, order);
+            write_map(out, m, level.saturating_add(2), order);
         }
         Value::Array(a) if !a.is_empty() => {
             out.push('\n');
-            write_seq(out, a, level + 2, order);
+            write_seq(out, a, level.saturating_add(2), order);
         }
         other => {
             out.push(' ');

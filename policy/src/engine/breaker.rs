@@ -164,7 +164,9 @@ impl BreakerConfig {
         self.clamp_to_clock(st, now);
         match st.phase {
             Phase::Closed => (Admission::Admitted(st.ticket(false)), None),
-            Phase::Open { until } if now < until => (Admission::Rejected { retry_after: until - now }, None),
+            Phase::Open { until } if now < until => {
+                (Admission::Rejected { retry_after: until.saturating_sub(now) }, None)
+            }
             Phase::Open { .. } => {
                 let t = self.to_half_open(st, now);
                 (self.admit_probe(st, now), Some(t))
@@ -194,7 +196,7 @@ impl BreakerConfig {
     fn admit_probe(&self, st: &mut StoredBreaker, now: Nanos) -> Admission {
         if let Phase::HalfOpen { since, admitted, .. } = &mut st.phase {
             if *admitted < self.half_open_calls {
-                *admitted += 1;
+                *admitted = admitted.saturating_add(1);
                 return Admission::Admitted(Ticket { generation: st.generation, probe: true });
             }
             let retry_after = since.saturating_add(self.open_for).saturating_sub(now).max(1);
@@ -225,7 +227,7 @@ impl BreakerConfig {
             }
             Phase::HalfOpen { .. } if ticket.probe && (failed || slow) => Some(self.to_open(st, now)),
             Phase::HalfOpen { ref mut succeeded, .. } if ticket.probe => {
-                *succeeded += 1;
+                *succeeded = succeeded.saturating_add(1);
                 (*succeeded >= self.half_open_calls).then(|| self.to_closed(st))
             }
             Phase::HalfOpen { .. } | Phase::Open { .. } => None,
@@ -234,8 +236,12 @@ impl BreakerConfig {
 
     fn over_threshold(&self, c: WindowCounts) -> bool {
         let calls = u64::from(c.calls);
-        let failing = u64::from(c.failed) * 100 >= u64::from(self.failure_rate) * calls;
-        let slow = self.slow.is_some_and(|(_, rate)| u64::from(c.slow) * 100 >= u64::from(rate) * calls);
+        // u32 counts times a percentage: far below u64::MAX.
+        let at_least = |part: u32, rate: u32| {
+            u64::from(part).saturating_mul(100) >= u64::from(rate).saturating_mul(calls)
+        };
+        let failing = at_least(c.failed, self.failure_rate);
+        let slow = self.slow.is_some_and(|(_, rate)| at_least(c.slow, rate));
         failing || slow
     }
 
@@ -272,18 +278,18 @@ impl BreakerConfig {
             (WindowState::Calls { next, filled, failed: f, slow: s }, WindowConfig::Calls(n)) => {
                 set_bit(f, *next, failed);
                 set_bit(s, *next, slow);
-                *next = (*next + 1) % n;
-                *filled = (*filled + 1).min(n);
+                *next = next.saturating_add(1).checked_rem(n).unwrap_or(0);
+                *filled = filled.saturating_add(1).min(n);
             }
             (WindowState::Time { buckets }, WindowConfig::Time { bucket, buckets: count }) => {
-                let epoch = now / bucket;
+                let epoch = now.checked_div(bucket).unwrap_or(0);
                 if epoch.saturating_add(u64::from(count)) <= time_totals(buckets, count).epoch {
                     // Older than the window that the newest bucket ends: the wall clock stepped
                     // back by more than the window. Ignoring the outcome would leave the breaker
                     // blind until the clock caught up; the window starts over instead.
                     buckets.fill(Bucket::default());
                 }
-                let slot = (epoch % u64::from(count)) as usize;
+                let slot = epoch.checked_rem(u64::from(count)).unwrap_or(0) as usize;
                 if let Some(b) = buckets.get_mut(slot) {
                     if b.epoch != epoch {
                         *b = Bucket { epoch, ..Bucket::default() };
@@ -319,8 +325,8 @@ impl BreakerConfig {
                 slow: slow.iter().map(|b| b.count_ones()).sum(),
             },
             (WindowState::Time { buckets }, WindowConfig::Time { bucket, buckets: count }) => {
-                let current = now / bucket;
-                let oldest = current.saturating_sub(u64::from(count) - 1);
+                let current = now.checked_div(bucket).unwrap_or(0);
+                let oldest = current.saturating_sub(u64::from(count).saturating_sub(1));
                 buckets.iter().filter(|b| b.calls > 0 && b.epoch >= oldest && b.epoch <= current).fold(
                     WindowCounts::default(),
                     |acc, b| WindowCounts {
@@ -338,11 +344,13 @@ impl BreakerConfig {
 
     pub fn encode(&self, st: &StoredBreaker) -> Vec<u8> {
         let window = match &st.window {
-            WindowState::Calls { failed, slow, .. } => 8 + failed.len() + slow.len(),
-            WindowState::Time { buckets } => BUCKET_BYTES * (1 + buckets.len()),
+            WindowState::Calls { failed, slow, .. } => {
+                failed.len().saturating_add(slow.len()).saturating_add(8)
+            }
+            WindowState::Time { buckets } => buckets.len().saturating_add(1).saturating_mul(BUCKET_BYTES),
         };
         // Generation (4), phase (at most 1 + 8 + 4 + 4), window kind (1), window.
-        let mut w = ByteWriter::sized(TAG, 4 + 17 + 1 + window);
+        let mut w = ByteWriter::sized(TAG, window.saturating_add(4 + 17 + 1));
         w.u32(st.generation);
         match st.phase {
             Phase::Closed => w.u8(0),
@@ -416,10 +424,19 @@ impl BreakerConfig {
         let mut r = ByteReader::with_tag(bytes, TAG)?;
         let generation = r.u32()?;
         let (kind, window_bytes) = match self.window {
-            WindowConfig::Calls(n) => (0, CALLS_BITMAPS_AT - CLOSED_WINDOW_AT + 2 * n.div_ceil(8) as usize),
-            WindowConfig::Time { buckets, .. } => (TIME_WITH_TOTALS, BUCKET_BYTES * (1 + buckets as usize)),
+            // Window sizes are validated (at most 10,000 calls or buckets): no overflow.
+            WindowConfig::Calls(n) => (
+                0,
+                (n.div_ceil(8) as usize)
+                    .saturating_mul(2)
+                    .saturating_add(CALLS_BITMAPS_AT - CLOSED_WINDOW_AT),
+            ),
+            WindowConfig::Time { buckets, .. } => {
+                (TIME_WITH_TOTALS, (buckets as usize).saturating_add(1).saturating_mul(BUCKET_BYTES))
+            }
         };
-        let shaped = r.u8()? == 0 && r.u8()? == kind && bytes.len() == CLOSED_WINDOW_AT + window_bytes;
+        let shaped =
+            r.u8()? == 0 && r.u8()? == kind && bytes.len() == window_bytes.saturating_add(CLOSED_WINDOW_AT);
         shaped.then_some(generation)
     }
 
@@ -475,7 +492,7 @@ const TIME_WITH_TOTALS: u8 = 2;
 /// The totals of a time window that ends at its newest bucket with calls (epoch 0 when none has).
 fn time_totals(buckets: &[Bucket], count: u32) -> Bucket {
     let newest = buckets.iter().filter(|b| b.calls > 0).map(|b| b.epoch).max().unwrap_or(0);
-    let oldest = (newest + 1).saturating_sub(u64::from(count));
+    let oldest = newest.saturating_add(1).saturating_sub(u64::from(count));
     buckets.iter().filter(|b| b.calls > 0 && b.epoch >= oldest).fold(
         Bucket { epoch: newest, ..Bucket::default() },
         |t, b| Bucket {
@@ -551,8 +568,8 @@ fn push_call_in_place(out: &mut [u8], n: u32, failed: bool, slow: bool) -> Optio
     set_bit(failed_bits, next, failed);
     set_bit(slow_bits, next, slow);
     let counters = head.get_mut(CLOSED_WINDOW_AT..)?;
-    counters.get_mut(..4)?.copy_from_slice(&((next + 1) % n).to_le_bytes());
-    let filled = (filled + 1).min(n);
+    counters.get_mut(..4)?.copy_from_slice(&next.saturating_add(1).checked_rem(n).unwrap_or(0).to_le_bytes());
+    let filled = filled.saturating_add(1).min(n);
     counters.get_mut(4..8)?.copy_from_slice(&filled.to_le_bytes());
     let ones = |bits: &[u8]| bits.iter().map(|b| b.count_ones()).sum::<u32>();
     Some((WindowCounts { calls: filled, failed: ones(failed_bits), slow: ones(slow_bits) }, changed))
@@ -570,7 +587,7 @@ fn push_bucket_in_place(
     failed: bool,
     slow: bool,
 ) -> Option<(WindowCounts, bool)> {
-    let epoch = now / bucket;
+    let epoch = now.checked_div(bucket)?;
     let count = u64::from(count);
     let (totals_at, buckets) = out.get_mut(CLOSED_WINDOW_AT..)?.split_at_mut_checked(BUCKET_BYTES)?;
     let mut t = read_bucket(totals_at)?;
@@ -579,15 +596,19 @@ fn push_bucket_in_place(
         buckets.fill(0);
         t = Bucket { epoch, ..Bucket::default() };
     }
-    let slot = |epoch: u64| (epoch % count) as usize * BUCKET_BYTES;
+    // A slot's byte range: count (validated, ≤ 10,000) buckets of BUCKET_BYTES.
+    let slot = |epoch: u64| {
+        let at = (epoch.checked_rem(count).unwrap_or(0) as usize).saturating_mul(BUCKET_BYTES);
+        at..at.saturating_add(BUCKET_BYTES)
+    };
     if epoch > t.epoch {
         let (old_oldest, new_oldest) =
-            ((t.epoch + 1).saturating_sub(count), (epoch + 1).saturating_sub(count));
-        if new_oldest - old_oldest >= count {
+            (t.epoch.saturating_add(1).saturating_sub(count), epoch.saturating_add(1).saturating_sub(count));
+        if new_oldest.saturating_sub(old_oldest) >= count {
             t = Bucket::default();
         } else {
             for gone in old_oldest..new_oldest {
-                let b = read_bucket(buckets.get(slot(gone)..slot(gone) + BUCKET_BYTES)?)?;
+                let b = read_bucket(buckets.get(slot(gone))?)?;
                 if b.calls > 0 && b.epoch == gone {
                     t.calls = t.calls.saturating_sub(b.calls);
                     t.failed = t.failed.saturating_sub(b.failed);
@@ -597,7 +618,7 @@ fn push_bucket_in_place(
         }
         t.epoch = epoch;
     }
-    let at = buckets.get_mut(slot(epoch)..slot(epoch) + BUCKET_BYTES)?;
+    let at = buckets.get_mut(slot(epoch))?;
     let mut b = read_bucket(at)?;
     if b.epoch != epoch {
         b = Bucket { epoch, ..Bucket::default() };

@@ -20,6 +20,8 @@ use super::codec::{ByteReader, ByteWriter};
 
 const TAG: u8 = 0x54; // 'T'
 const BUCKETS: u64 = 10;
+/// Bytes of an encoded state after its tag: per bucket an epoch (8), requests (4), retries (4).
+const ENCODED_LEN: usize = BUCKETS as usize * 16;
 const BUCKET_NS: Nanos = 100_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +71,7 @@ impl RetryBudget {
     pub fn settle(&self, st: &mut BudgetState, now: Nanos, r: Reservation, used: u32) {
         let unused = r.granted.saturating_sub(used);
         let current = now / BUCKET_NS;
-        if unused == 0 || r.epoch + BUCKETS <= current {
+        if unused == 0 || r.epoch.saturating_add(BUCKETS) <= current {
             return; // nothing to return, or the charged bucket has left the window
         }
         let slot = (r.epoch % BUCKETS) as usize;
@@ -88,7 +90,7 @@ impl RetryBudget {
 
     /// Retries allowed for a window holding `requests` requests.
     pub fn allowance(&self, requests: u64) -> u64 {
-        self.min_per_second + self.percent * requests / 100
+        self.min_per_second.saturating_add(self.percent.saturating_mul(requests) / 100)
     }
 
     pub fn start_bytes(&self, bytes: Option<&[u8]>, now: Nanos, want: u32) -> (Reservation, Option<Vec<u8>>) {
@@ -116,7 +118,8 @@ impl RetryBudget {
 impl BudgetState {
     fn bucket_mut(&mut self, epoch: u64) -> &mut Bucket {
         let slot = (epoch % BUCKETS) as usize;
-        let b = &mut self.buckets[slot % self.buckets.len()];
+        #[expect(clippy::indexing_slicing, reason = "slot < BUCKETS, the array's length")]
+        let b = &mut self.buckets[slot];
         if b.epoch != epoch {
             *b = Bucket { epoch, requests: 0, retries: 0 };
         }
@@ -142,12 +145,14 @@ impl BudgetState {
         self.buckets
             .iter()
             .filter(|b| b.epoch >= oldest && b.epoch <= current)
-            .fold((0, 0), |(q, r), b| (q + u64::from(b.requests), r + u64::from(b.retries)))
+            .fold((0u64, 0u64), |(q, r), b| {
+                (q.saturating_add(u64::from(b.requests)), r.saturating_add(u64::from(b.retries)))
+            })
     }
 }
 
 pub fn encode(st: &BudgetState) -> Vec<u8> {
-    let mut w = ByteWriter::sized(TAG, 16 * st.buckets.len());
+    let mut w = ByteWriter::sized(TAG, ENCODED_LEN);
     for b in &st.buckets {
         w.u64(b.epoch).u32(b.requests).u32(b.retries);
     }

@@ -13,7 +13,7 @@ impl ByteWriter {
     }
     /// A writer with room for `len` bytes after the tag (one allocation for values of that size).
     pub fn sized(tag: u8, len: usize) -> Self {
-        let mut v = Vec::with_capacity(1 + len);
+        let mut v = Vec::with_capacity(len.saturating_add(1));
         v.push(tag);
         ByteWriter(v)
     }

@@ -71,7 +71,7 @@ impl Holds {
         if now < self.newest {
             return Holds::folded(self.width, now, self.total());
         }
-        let shift = now - self.newest;
+        let shift = now.saturating_sub(self.newest);
         let mut counts = [0u32; BUCKETS as usize];
         for (i, c) in self.counts.iter().enumerate() {
             if let Some(to) = (i as u64).checked_add(shift).filter(|t| *t < BUCKETS)
@@ -82,6 +82,11 @@ impl Holds {
         }
         Holds { newest: now, counts, ..self }
     }
+}
+
+/// The bucket `now` falls in (widths come from [`lease_width`], at least 1).
+fn epoch_of(now: Nanos, width: Nanos) -> u64 {
+    now.checked_div(width).unwrap_or(now)
 }
 
 fn decode_holds(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> Holds {
@@ -120,13 +125,13 @@ fn encode_holds(h: &Holds) -> Vec<u8> {
 /// Requests in flight at `now` (leases expired are not counted).
 pub fn in_flight(state: Option<&[u8]>, now: Nanos, width: Nanos) -> u32 {
     let width = width.max(1);
-    decode_holds(state, width, now / width).total()
+    decode_holds(state, width, epoch_of(now, width)).total()
 }
 
 /// Takes a slot if fewer than `max` are held at `now`.
 pub fn acquire(state: Option<&[u8]>, max: u32, now: Nanos, width: Nanos) -> (Slot, Option<Vec<u8>>) {
     let width = width.max(1);
-    let epoch = now / width;
+    let epoch = epoch_of(now, width);
     let mut h = decode_holds(state, width, epoch);
     let n = h.total();
     if n >= max {
@@ -145,7 +150,7 @@ pub fn acquire(state: Option<&[u8]>, max: u32, now: Nanos, width: Nanos) -> (Slo
 /// zero.
 pub fn release(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u32, Option<Vec<u8>>) {
     let width = width.max(1);
-    let mut h = decode_holds(state, width, now / width);
+    let mut h = decode_holds(state, width, epoch_of(now, width));
     let newest_held = || h.counts.iter().position(|c| *c > 0);
     let bucket = if h.refolded || epoch > h.newest {
         // Its hold was re-dated with the others (or taken "after" now: the clock stepped back).
@@ -157,7 +162,7 @@ pub fn release(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u
     if let Some(c) = bucket.and_then(|i| h.counts.get_mut(i))
         && *c > 0
     {
-        *c -= 1;
+        *c = c.saturating_sub(1);
     }
     (h.total(), Some(encode_holds(&h)))
 }

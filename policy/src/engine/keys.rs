@@ -91,7 +91,7 @@ impl KeyTable {
     }
 
     fn name(&self, slot: u32) -> String {
-        let mut name = String::with_capacity(self.prefix.len() + 11);
+        let mut name = String::with_capacity(self.prefix.len().saturating_add(11));
         name.push_str(&self.prefix);
         name.push('/');
         super::text::push_u64(&mut name, u64::from(slot));
@@ -99,8 +99,9 @@ impl KeyTable {
     }
 
     fn probes(&self, fp: u64) -> impl Iterator<Item = u32> + '_ {
-        let home = (fp % u64::from(self.slots)) as u32;
-        (0..PROBES.min(self.slots)).map(move |i| (home + i) % self.slots)
+        // slots ≥ 1 (KeyTable::new), home < slots ≤ 10⁷: home + i cannot overflow.
+        let home = fp.checked_rem(u64::from(self.slots)).unwrap_or(0) as u32;
+        (0..PROBES.min(self.slots)).map(move |i| home.saturating_add(i).checked_rem(self.slots).unwrap_or(0))
     }
 
     /// Finds the key's slot and applies `decide` to its state (None = fresh state). `decide`
@@ -236,7 +237,7 @@ fn split(bytes: Option<&[u8]>) -> (Option<u64>, Option<&[u8]>) {
 }
 
 fn join(fp: u64, state: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + state.len());
+    let mut v = Vec::with_capacity(state.len().saturating_add(8));
     v.extend_from_slice(&fp.to_le_bytes());
     v.extend_from_slice(state);
     v

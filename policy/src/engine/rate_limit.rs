@@ -72,17 +72,17 @@ impl Gcra {
             let decision = RateDecision {
                 allowed: false,
                 remaining: 0,
-                retry_after: allow_at - now,
-                reset_after: tat - now,
+                retry_after: allow_at.saturating_sub(now),
+                reset_after: tat.saturating_sub(now),
             };
             // A rejection changes nothing, unless the TAT was clamped: that is kept.
             let clamped = stored.is_some_and(|s| s > tat).then_some(tat);
             return (decision, clamped);
         }
-        let used = new_tat - now; // <= tolerance
+        let used = new_tat.saturating_sub(now); // <= tolerance
         let decision = RateDecision {
             allowed: true,
-            remaining: (self.tolerance - used) / self.interval,
+            remaining: self.tolerance.saturating_sub(used).checked_div(self.interval).unwrap_or(0),
             retry_after: 0,
             reset_after: used,
         };

@@ -41,10 +41,13 @@ pub fn split(bytes: Option<&[u8]>) -> [Option<&[u8]>; SECTIONS] {
 /// about 2.5 KB).
 pub fn join(old: &[Option<&[u8]>; SECTIONS], changed: &[Option<Vec<u8>>; SECTIONS]) -> Vec<u8> {
     let section = |i: usize| -> &[u8] {
-        let value = changed[i].as_deref().or(old[i]).unwrap_or_default();
+        let value =
+            changed.get(i).and_then(Option::as_deref).or(old.get(i).copied().flatten()).unwrap_or_default();
         if value.len() > usize::from(u16::MAX) { &[] } else { value }
     };
-    let mut out = Vec::with_capacity(1 + (0..SECTIONS).map(|i| 2 + section(i).len()).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        (0..SECTIONS).map(|i| section(i).len().saturating_add(2)).fold(1, usize::saturating_add),
+    );
     out.push(TAG);
     for i in 0..SECTIONS {
         let value = section(i);

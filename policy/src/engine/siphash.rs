@@ -60,8 +60,9 @@ impl Hasher for SipHasher24 {
     fn write(&mut self, bytes: &[u8]) {
         self.length = self.length.wrapping_add(bytes.len() as u64);
         for &b in bytes {
-            self.tail |= u64::from(b) << (8 * self.ntail);
-            self.ntail += 1;
+            // ntail < 8 here (a full tail is compressed below): the shift is at most 56.
+            self.tail |= u64::from(b).wrapping_shl(8u32.wrapping_mul(self.ntail));
+            self.ntail = self.ntail.wrapping_add(1);
             if self.ntail == 8 {
                 let m = self.tail;
                 self.block(m);

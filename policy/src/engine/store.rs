@@ -116,7 +116,12 @@ impl MemoryStore {
     }
     /// Total bytes of keys and values, for memory-bound tests.
     pub fn bytes(&self) -> usize {
-        self.inner.borrow().map.iter().map(|(k, (v, _))| k.len() + v.len()).sum()
+        self.inner
+            .borrow()
+            .map
+            .iter()
+            .map(|(k, (v, _))| k.len().saturating_add(v.len()))
+            .fold(0, usize::saturating_add)
     }
 
     /// [`SharedStore::get`] without copying the value: `f` sees it in place.
@@ -170,12 +175,12 @@ impl CountingStore {
 
 impl SharedStore for CountingStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        self.gets.set(self.gets.get() + 1);
+        self.gets.set(self.gets.get().saturating_add(1));
         self.inner.get(key)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        self.sets.set(self.sets.get() + 1);
+        self.sets.set(self.sets.get().saturating_add(1));
         self.inner.set(key, value, cas)
     }
 }

@@ -9,9 +9,9 @@ pub fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
-        i -= 1;
+        i = i.saturating_sub(1);
         if let Some(d) = digits.get_mut(i) {
-            *d = b'0' + (n % 10) as u8;
+            *d = b'0'.saturating_add((n % 10) as u8);
         }
         n /= 10;
         if n == 0 || i == 0 {

@@ -10,6 +10,11 @@
 //! It only takes what it is sure of: anything that is not plain JSON (YAML syntax, a syntax error,
 //! a surrogate escape, a control character, a lone carriage return) returns `None`, and the
 //! caller reads the text with the YAML reader, which also words any error.
+//!
+//! Its counters cannot overflow: positions, lines and columns are bounded by the text's length (a
+//! `usize`), the depth by [`MAX_DEPTH`] and the nodes by [`MAX_NODES`], and a `\u` escape is four
+//! hex digits; so plain arithmetic is kept in this hot loop.
+#![expect(clippy::arithmetic_side_effects, reason = "bounded by the input's length; see above")]
 
 use std::borrow::Cow;
 
