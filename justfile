@@ -14,11 +14,14 @@ default:
 test: lint build-wasm test-rust validate-examples scenarios demo-smoke bench-smoke fuzz-smoke
     @echo "all checks passed"
 
-# Formatting, clippy (unwrap/expect/panic are denied outside tests) and the docs of every crate,
-# private items included (a broken link or a malformed doc comment fails).
+# Formatting, clippy (unwrap/expect/panic are denied outside tests; in policy and filter also
+# indexing and overflowing arithmetic) for the host and for the filter's own target (its
+# wasm-only code, the failpoints build included), and the docs of every crate, private items
+# included (a broken link or a malformed doc comment fails).
 lint:
     cargo fmt --all -- --check
     cargo clippy --locked --workspace --all-targets -- -D warnings
+    cargo clippy --locked -q -p breakwater-filter --target wasm32-wasip1 --features failpoints -- -D warnings
     RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" cargo doc --locked -q --no-deps --workspace --document-private-items
 
 # The filter for Envoy (wasm32-wasip1). The admin (wasm32-unknown-unknown) is built by build-admin.

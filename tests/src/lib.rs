@@ -352,6 +352,16 @@ impl Envoy {
         self.stat(&format!("{}{}", metrics::ENVOY_STAT_PREFIX, metrics::counter_name(policy, counter)))
     }
 
+    /// A breakwater gauge of a policy, as Envoy's `/stats` shows it (0 when absent).
+    pub fn gauge(&self, policy: &str, gauge: metrics::Gauge) -> u64 {
+        self.stat(&format!("{}{}", metrics::ENVOY_STAT_PREFIX, metrics::gauge_name(policy, gauge)))
+    }
+
+    /// The filter's linear memory as its VMs last reported it (`breakwater_vm_memory_bytes`).
+    pub fn vm_memory(&self) -> u64 {
+        self.stat(&format!("{}{}", metrics::ENVOY_STAT_PREFIX, metrics::VM_MEMORY_GAUGE))
+    }
+
     /// Waits until `check` holds (Envoy applies ECDS updates and flushes stats asynchronously).
     pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
         let start = Instant::now();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use breakwater_cli::ecds::FailurePolicy;
 use breakwater_e2e::{Client, Envoy, Options, Upstream, failpoints_wasm, hammer};
+use breakwater_policy::metrics::Gauge;
 
 const RESTART_POLICY: &str = r#"
 version: 1
@@ -230,6 +231,6 @@ fn after_a_vm_crash_with_fail_reload_limits_hold_and_slots_come_back_with_their_
     // The lease is 62 s (timeout 2 s + 60 s) in buckets of 20.7 s: a hold lasts 62 to 82.7 s.
     assert!(refused_until >= Duration::from_secs(61), "released early: {refused_until:?}");
     envoy.wait_for("the in-flight gauge back at 0", Duration::from_secs(5), || {
-        envoy.stat("wasmcustom.breakwater.in_flight.policy.slots") == 0
+        envoy.gauge("slots", Gauge::InFlight) == 0
     });
 }

@@ -38,5 +38,5 @@ policies:
     let memory: u64 = line("breakwater_vm_memory_bytes{} ")
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no breakwater_vm_memory_bytes in {prom}"));
-    assert!(memory >= 1 << 20 && memory % 65536 == 0, "{memory}");
+    assert!(memory >= 1 << 20 && memory.is_multiple_of(65536), "{memory}");
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use breakwater_e2e::{Client, Envoy, Options, Upstream};
+use breakwater_policy::metrics::Gauge;
 
 const POLICY: &str = r#"
 version: 1
@@ -151,8 +152,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 fn in_flight(envoy: &Envoy) -> u64 {
-    envoy.stat("wasmcustom.breakwater.in_flight.policy.keyed")
-        + envoy.stat("wasmcustom.breakwater.in_flight.policy.backend")
+    envoy.gauge("keyed", Gauge::InFlight) + envoy.gauge("backend", Gauge::InFlight)
 }
 
 fn main() -> ExitCode {
@@ -205,7 +205,7 @@ fn main() -> ExitCode {
                     at: now,
                     rps,
                     rss_mib: rss_mib(pid),
-                    vm_mib: envoy.stat("wasmcustom.breakwater.vm_memory_bytes") as f64 / (1024.0 * 1024.0),
+                    vm_mib: envoy.vm_memory() as f64 / (1024.0 * 1024.0),
                     in_flight: in_flight(&envoy),
                     ecds_version: version,
                 };
