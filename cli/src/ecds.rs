@@ -128,8 +128,24 @@ pub fn applied_path(ecds: &Path) -> PathBuf {
     beside(ecds, "applied")
 }
 
+/// Takes the ECDS file's publishing lock (`.<file name>.lock`, an exclusive `flock`), waiting for
+/// another publisher (another admin server, a `breakwater publish`) to finish: versions are then
+/// numbered one at a time, and a write-back cannot land on another's version. Held until the
+/// returned file is dropped. Blocking.
+pub fn lock(ecds: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = beside(ecds, "lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
+    file.lock()?;
+    Ok(file)
+}
+
 /// Records that Envoy runs the file's current content (when its version is `applied`, the
-/// version Envoy reports). Returns whether it did.
+/// version Envoy reports). Returns whether it did. Call under [`lock`].
 pub fn remember_applied(ecds: &Path, applied: &str) -> std::io::Result<bool> {
     let content = match std::fs::read(ecds) {
         Ok(c) => c,
@@ -141,20 +157,27 @@ pub fn remember_applied(ecds: &Path, applied: &str) -> std::io::Result<bool> {
     }
     let kept = applied_path(ecds);
     if std::fs::read(&kept).ok().as_deref() != Some(content.as_slice()) {
-        write_atomically(&kept, &content)?;
+        // As readable as the ECDS file itself (it holds the same key seed), no more.
+        let permissions = std::fs::metadata(ecds).map(|m| m.permissions()).ok();
+        write_atomically_with(&kept, &content, permissions)?;
     }
     Ok(true)
 }
 
 /// Writes the last applied resource back as the next version of the file, after Envoy rejected
-/// (or did not confirm) the one written over it. Returns the version written, or None when no
-/// applied resource is known (the file is then left as it is).
-pub fn restore_applied(ecds: &Path) -> std::io::Result<Option<u64>> {
+/// (or did not confirm) the one written over it, when that resource is the one Envoy runs
+/// (`running`, the version it reported before the publish). Returns the version written, or
+/// None when no resource of that version is on record (the file is then left as it is: writing
+/// back anything else would change what a running Envoy enforces). Call under [`lock`].
+pub fn restore_applied(ecds: &Path, running: &str) -> std::io::Result<Option<u64>> {
     let kept = match std::fs::read(applied_path(ecds)) {
         Ok(k) => k,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    if version_of(&kept).map(|v| v.to_string()).as_deref() != Some(running) {
+        return Ok(None);
+    }
     let mut response: Value = serde_json::from_slice(&kept).map_err(std::io::Error::other)?;
     let version = current_version(ecds) + 1;
     response["version_info"] = json!(version.to_string());
@@ -169,6 +192,15 @@ pub fn restore_applied(ecds: &Path) -> std::io::Result<Option<u64>> {
 /// file it replaces, renamed over `path`, and the directory flushed so the rename survives a
 /// crash. On any failure (a full disk, say) the temporary file is removed and `path` is untouched.
 pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(path, content, None)
+}
+
+/// As [`write_atomically`]; a file that does not exist yet gets `permissions` (else the umask's).
+pub fn write_atomically_with(
+    path: &Path,
+    content: &[u8],
+    permissions: Option<std::fs::Permissions>,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
     // Unique per process and per call: two threads writing the same file must not share a temp.
@@ -180,8 +212,8 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
     let written = (|| {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            file.set_permissions(meta.permissions())?;
+        if let Some(p) = std::fs::metadata(path).ok().map(|m| m.permissions()).or(permissions) {
+            file.set_permissions(p)?;
         }
         file.write_all(content)?;
         file.sync_all()?;
@@ -279,16 +311,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let ecds = dir.join("breakwater.json");
         let settings = FilterSettings::breakwater(PathBuf::from("/filter.wasm"));
-        assert_eq!(restore_applied(&ecds).unwrap(), None, "nothing applied yet");
+        assert_eq!(restore_applied(&ecds, "1").unwrap(), None, "nothing applied yet");
         publish(&ecds, &settings, "good").unwrap();
         assert!(!remember_applied(&ecds, "7").unwrap(), "Envoy runs another version");
         assert!(remember_applied(&ecds, "1").unwrap());
         publish(&ecds, &settings, "rejected").unwrap();
         assert!(!remember_applied(&ecds, "1").unwrap(), "the file moved on");
-        assert_eq!(restore_applied(&ecds).unwrap(), Some(3));
+        assert_eq!(restore_applied(&ecds, "7").unwrap(), None, "Envoy runs a version not on record");
+        assert_eq!(restore_applied(&ecds, "1").unwrap(), Some(3));
         assert_eq!(current_version(&ecds), 3);
         let restored: Value = serde_json::from_slice(&std::fs::read(&ecds).unwrap()).unwrap();
         assert_eq!(restored, discovery_response(&settings, "good", 3));
+        // The kept copy is no more readable than the file it copies.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ecds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(applied_path(&ecds)).unwrap();
+        assert!(remember_applied(&ecds, "3").unwrap());
+        assert_eq!(std::fs::metadata(applied_path(&ecds)).unwrap().permissions().mode() & 0o777, 0o600);
+        // Publishers take turns: while one holds the lock, another cannot take it.
+        let held = lock(&ecds).unwrap();
+        let other = std::fs::OpenOptions::new().write(true).open(beside(&ecds, "lock")).unwrap();
+        assert!(matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+        drop(held);
+        assert!(other.try_lock().is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

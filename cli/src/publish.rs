@@ -5,6 +5,10 @@
 //! a restarted Envoy loads. So the resource Envoy last applied is kept beside the ECDS file
 //! ([`ecds::applied_path`]); a version Envoy rejects, or does not apply in time, is replaced by
 //! that resource written back as the next version (docs/envoy.md, "When a publish is rejected").
+//!
+//! A publish runs under the file's lock ([`Target::lock`]) from before the write to after the
+//! write-back, so publishers in other processes take turns; the admin server runs it in a task of
+//! its own, so a caller that goes away cannot cut it between the write and the write-back.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -55,6 +59,14 @@ pub struct Outcome {
 }
 
 impl Target {
+    /// The file's publishing lock ([`ecds::lock`]), held until the file is dropped.
+    pub async fn lock(&self) -> Result<std::fs::File, String> {
+        let file = self.ecds.clone();
+        blocking(move || ecds::lock(&file))
+            .await
+            .map_err(|e| format!("cannot lock {}: {e}", self.ecds.display()))
+    }
+
     /// What Envoy runs now, and the file's content as the last applied resource when Envoy runs
     /// the file's current version. Call before [`Target::write`].
     pub async fn before(&self) -> Result<Before, String> {
@@ -139,24 +151,35 @@ impl Target {
         }
         outcome.elapsed_ms = Some(before.started.elapsed().as_secs_f64() * 1000.0);
         if outcome.applied == Some(false) {
-            let file = self.ecds.clone();
-            match blocking(move || ecds::restore_applied(&file)).await {
-                Ok(Some(v)) => {
-                    outcome.restored = Some(v);
-                    outcome.message.push_str(&format!(
-                        "; the last applied configuration was written back as version {v}"
-                    ));
+            let note = match self.write_back(before, version).await {
+                Ok((restored, note)) => {
+                    outcome.restored = restored;
+                    note
                 }
-                Ok(None) => outcome.message.push_str(&format!(
-                    "; no applied version is known, so {} keeps version {version}",
-                    self.ecds.display()
-                )),
-                Err(e) => {
-                    outcome.message.push_str(&format!("; writing back the last applied version failed: {e}"))
-                }
-            }
+                Err(e) => format!("; writing back the version Envoy runs failed: {e}"),
+            };
+            outcome.message.push_str(&note);
         }
         outcome
+    }
+}
+
+impl Target {
+    /// After a version that was not applied: the resource Envoy runs, written back as the next
+    /// version when it is on record; the version written and what to tell the user.
+    async fn write_back(&self, before: &Before, version: u64) -> Result<(Option<u64>, String), String> {
+        let keeps = format!("so nothing was written back: {} keeps version {version}", self.ecds.display());
+        let Some(running) = before.ecds.as_ref().and_then(|s| s.applied.clone()) else {
+            return Ok((None, format!("; Envoy could not be asked which version it ran before, {keeps}")));
+        };
+        let file = self.ecds.clone();
+        let shown = running.clone();
+        Ok(match blocking(move || ecds::restore_applied(&file, &running)).await? {
+            Some(v) => {
+                (Some(v), format!("; the version Envoy runs ({shown}) was written back as version {v}"))
+            }
+            None => (None, format!("; the version Envoy runs ({shown}) is not on record, {keeps}")),
+        })
     }
 }
 

@@ -90,8 +90,9 @@ impl Pools {
     /// much and keeps little, like loading a configuration, where blocks parked in the lists of
     /// one class could not serve another and the heap would grow (and a fresh wasm page costs
     /// a page fault).
-    pub fn set_bypass(&mut self, on: bool) {
-        self.bypass = on;
+    /// Returns the previous setting.
+    pub fn set_bypass(&mut self, on: bool) -> bool {
+        std::mem::replace(&mut self.bypass, on)
     }
 
     /// Allocates like `GlobalAlloc::alloc`, taking new memory from `system`.
@@ -173,13 +174,14 @@ impl Pools {
     }
 }
 
-/// Runs `f` with the guest's free lists bypassed ([`Pools::set_bypass`]); natively, just runs it.
+/// Runs `f` with the guest's free lists bypassed ([`Pools::set_bypass`]), then restores the
+/// setting it found (calls nest: a plan dropped while the next one loads); natively, just runs it.
 pub fn bypassing_pools<T>(f: impl FnOnce() -> T) -> T {
     #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     {
-        global::set_bypass(true);
+        let was = global::set_bypass(true);
         let out = f();
-        global::set_bypass(false);
+        global::set_bypass(was);
         out
     }
     #[cfg(not(all(target_arch = "wasm32", not(target_feature = "atomics"))))]
@@ -202,7 +204,7 @@ mod global {
     #[global_allocator]
     static GUEST: Guest = Guest(UnsafeCell::new(Pools::new()));
 
-    pub fn set_bypass(on: bool) {
+    pub fn set_bypass(on: bool) -> bool {
         // SAFETY: no allocation is under way here (the guest has one thread, and this is not
         // called from inside the allocator), so nothing else holds the pools.
         unsafe { (*GUEST.0.get()).set_bypass(on) }
@@ -353,7 +355,9 @@ mod tests {
             let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
             for (op, size, fill, pick) in ops {
                 match (op, live.is_empty()) {
-                    (3, _) => pools.set_bypass(size % 2 == 0),
+                    (3, _) => {
+                        pools.set_bypass(size % 2 == 0);
+                    }
                     (0, _) | (_, true) => {
                         let l = layout(size, 1 << (size % 6));
                         // SAFETY: a valid layout, and the pools always get System.

@@ -12,10 +12,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use breakwater_policy::enforce::Event;
-use breakwater_policy::metrics::{Counter, Gauge, VM_MEMORY_GAUGE, counter_name, gauge_name};
+use breakwater_policy::engine::store;
+use breakwater_policy::metrics::{Counter, Gauge, VM_MEMORY_GAUGE, VM_MEMORY_KEY, counter_name, gauge_name};
 use breakwater_policy::plan::Plan;
 
-use crate::host;
+use crate::host::{self, HostStore};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct PolicyMetrics {
@@ -32,23 +33,29 @@ thread_local! {
 }
 
 thread_local! {
-    /// The VM's memory gauge and the size it last recorded (wasm pages).
+    /// The memory gauge's id and this VM's size when it last raised the mark (wasm pages).
     static MEMORY: Cell<(Option<u32>, usize)> = const { Cell::new((None, 0)) };
 }
 
-/// Sets [`VM_MEMORY_GAUGE`] when this VM's linear memory grew since it was last set: a compare
-/// of one instruction on every call, a host call only after a growth.
+/// When this VM's linear memory grew since it last looked: raises the high-water mark in shared
+/// data ([`VM_MEMORY_KEY`]) if it is now the largest, and sets [`VM_MEMORY_GAUGE`] to the mark.
+/// One compare on every call; host calls only after a growth.
 pub fn record_memory() {
     #[cfg(target_arch = "wasm32")]
     let pages = core::arch::wasm32::memory_size::<0>();
     #[cfg(not(target_arch = "wasm32"))]
     let pages = 0;
-    let (mut id, recorded) = MEMORY.get();
-    if pages == recorded {
+    let (mut id, seen) = MEMORY.get();
+    if pages == seen {
         return;
     }
+    let bytes = (pages as u64).saturating_mul(64 * 1024);
+    let mark = store::update(&HostStore, VM_MEMORY_KEY, |stored| {
+        let stored = stored.and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+        if bytes > stored { (bytes, Some(bytes.to_le_bytes().to_vec())) } else { (stored, None) }
+    });
     ensure(&mut id, || host::define_gauge(VM_MEMORY_GAUGE));
-    host::record(id, (pages as u64).saturating_mul(64 * 1024));
+    host::record(id, mark.unwrap_or(bytes));
     MEMORY.set((id, pages));
 }
 
@@ -59,6 +66,7 @@ fn ensure(id: &mut Option<u32>, define: impl FnOnce() -> Option<u32>) {
     }
 }
 
+#[derive(Default)]
 pub struct Metrics {
     policies: Vec<PolicyMetrics>,
 }

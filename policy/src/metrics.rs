@@ -157,10 +157,14 @@ const REQUESTS: &str = "requests";
 /// What Envoy puts before the names a wasm filter defines, in `/stats`.
 pub const ENVOY_STAT_PREFIX: &str = "wasmcustom.";
 
-/// The gauge each VM of the filter sets to the size of its linear memory when it grows: linear
-/// memory never shrinks, so a gauge that stays flat over hours means no VM grew (a leak in the
-/// guest would show here, in `breakwater_vm_memory_bytes`).
+/// The gauge of the largest linear memory any of the filter's VMs has reached (a high-water mark
+/// kept in shared data under [`VM_MEMORY_KEY`], raised by a VM when its memory grows past it).
+/// Linear memory never shrinks, so a gauge that stays flat over hours means no VM outgrew the
+/// others (a leak in the guest would show here, as `breakwater_vm_memory_bytes`).
 pub const VM_MEMORY_GAUGE: &str = "breakwater.vm_memory_bytes";
+/// The shared-data key of [`VM_MEMORY_GAUGE`]'s high-water mark (bytes, u64 little-endian). Policy
+/// state lives under `bw/<policy>/...`, three segments or more: this name cannot collide.
+pub const VM_MEMORY_KEY: &str = "bw/vm-memory";
 
 /// The stat name the filter defines for one policy's counter.
 pub fn counter_name(policy: &str, counter: Counter) -> String {

@@ -76,7 +76,8 @@ impl<N: AsRef<str>> RequestView for SimpleRequest<N> {
     }
 }
 
-#[derive(Debug, Clone)]
+/// `Default`: a plan of no policies, which matches no request.
+#[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub debug_headers: bool,
     /// The document's `trust_attempt_count_header`.

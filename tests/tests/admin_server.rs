@@ -98,7 +98,7 @@ async fn a_rejected_publish_is_rolled_back_and_survives_an_envoy_restart() {
     println!("rejection: {}", body["message"]);
     let message = body["message"].as_str().unwrap();
     assert!(message.starts_with("Envoy rejected version 2 and keeps version 1"), "{body}");
-    assert!(message.ends_with("the last applied configuration was written back as version 3"), "{body}");
+    assert!(message.ends_with("the version Envoy runs (1) was written back as version 3"), "{body}");
     assert_eq!(body["restored"], 3, "{body}");
     assert!(body["reason"].as_str().unwrap().contains("Unable to create Wasm plugin breakwater"), "{body}");
     // Only an applied version counts as published.

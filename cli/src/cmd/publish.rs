@@ -68,6 +68,7 @@ pub fn run(args: Args) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     let outcome = runtime.block_on(async {
+        let _file_lock = target.lock().await?;
         let before = target.before().await?;
         let version = target.write(&doc)?;
         Ok::<_, String>(target.confirm(&before, version).await)

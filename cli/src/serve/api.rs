@@ -408,8 +408,10 @@ fn admin(state: &super::State) -> Option<Admin> {
 }
 
 /// Writes the active version to the ECDS file and waits for Envoy's answer; a version Envoy
-/// rejects (or does not apply in time) is replaced by the last applied one, and only an applied
-/// version (or any write, when Envoy cannot be asked) is recorded as published.
+/// rejects (or does not apply in time) is replaced by the one it runs, and only an applied version
+/// (or any write, when Envoy cannot be asked) is recorded as published. The publish runs in a task
+/// of its own: a caller that goes away (or the API's timeout) cannot cut it between the write and
+/// the write-back.
 async fn publish(State(state): State<Shared>, headers: HeaderMap) -> Result<Json<PublishAnswer>, ApiError> {
     let Some(target) = state.config.publish_target() else {
         return Err(ApiError::new(
@@ -417,7 +419,16 @@ async fn publish(State(state): State<Shared>, headers: HeaderMap) -> Result<Json
             "publishing is off: start the server with --ecds FILE",
         ));
     };
+    tokio::spawn(publish_to(state, target, headers)).await.map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+async fn publish_to(
+    state: Shared,
+    target: crate::publish::Target,
+    headers: HeaderMap,
+) -> Result<Json<PublishAnswer>, ApiError> {
     let _one_at_a_time = state.publishing.lock().await;
+    let _file_lock = target.lock().await.map_err(ApiError::internal)?;
     let before = target.before().await.map_err(ApiError::internal)?;
     // Validating, compiling and writing (fsyncs) off the runtime, under the store's lock.
     let writer = target.clone();

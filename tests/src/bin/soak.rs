@@ -166,7 +166,14 @@ fn main() -> ExitCode {
     };
     let policy = |burst: u64| POLICY.replace("BURST", &burst.to_string());
     let upstream = Upstream::start();
-    let envoy = Envoy::start_with(&policy(10), upstream.port(), Options::default());
+    // A copy of the filter: a rebuild during the soak must not reach this Envoy (each publish
+    // names the file, and Envoy loads a changed file as new code).
+    let wasm = breakwater_e2e::scratch_dir("bw-soak").join("breakwater_filter.wasm");
+    if let Err(e) = std::fs::copy(breakwater_e2e::filter_wasm(), &wasm) {
+        eprintln!("soak: cannot copy the filter: {e}");
+        return ExitCode::FAILURE;
+    }
+    let envoy = Envoy::start_with(&policy(10), upstream.port(), Options { wasm, ..Options::default() });
     let pid = envoy.pid();
     println!("soak: {:?} of traffic from {} clients, Envoy pid {pid}", args.duration, args.clients);
     let stop = AtomicBool::new(false);
