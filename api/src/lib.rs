@@ -247,7 +247,7 @@ mod tests {
             applied: None,
             message: "written".into(),
             reason: None,
-            restored: Some(8),
+            restored: None,
             elapsed_ms: None,
         };
         assert_eq!(
@@ -257,12 +257,15 @@ mod tests {
         let rejected = PublishAnswer {
             applied: Some(false),
             reason: Some("bad".into()),
+            restored: Some(8),
             elapsed_ms: Some(1.5),
             ..answer
         };
         let json = serde_json::to_string(&rejected).unwrap();
         assert!(
-            json.ends_with(r#""applied":false,"message":"written","reason":"bad","elapsed_ms":1.5}"#),
+            json.ends_with(
+                r#""applied":false,"message":"written","reason":"bad","restored":8,"elapsed_ms":1.5}"#
+            ),
             "{json}"
         );
         assert_eq!(serde_json::from_str::<PublishAnswer>(&json).unwrap(), rejected);
