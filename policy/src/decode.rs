@@ -103,6 +103,7 @@ fn policy(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Policy> {
         mode: Mode::default(),
         failure_mode: FailureMode::default(),
         rate_limit: None,
+        global_rate_limit: None,
         concurrency_limit: None,
         circuit_breaker: None,
         retry: None,
@@ -122,6 +123,9 @@ fn policy(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Policy> {
     }
     if let Some((n, p)) = f.get("rate_limit") {
         policy.rate_limit = rate_limit(r, n, &p);
+    }
+    if let Some((n, p)) = f.get("global_rate_limit") {
+        policy.global_rate_limit = global_rate_limit(r, n, &p);
     }
     if let Some((n, p)) = f.get("concurrency_limit") {
         policy.concurrency_limit = concurrency_limit(r, n, &p);
@@ -198,6 +202,131 @@ fn rate_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<RateLimit>
     let max_keys = max_keys(r, &f);
     let response = response_or(r, &f, default_rate_limit_response);
     Some(RateLimit { rate, per, burst, key, max_keys, response })
+}
+
+/// The finest a global bucket counts: the service keeps its times in whole microseconds (exact
+/// integers in Redis's Lua), so one token may not stand for less than 1 µs.
+pub const MAX_GLOBAL_RATE_PER_SECOND: u64 = 1_000_000;
+
+/// The longest a global bucket may take to refill from empty (`burst` tokens at `rate` per `per`):
+/// 2^50 µs, about 35 years, keeps every time the service computes an exact integer in Redis.
+pub const MAX_GLOBAL_REFILL_MICROS: u64 = 1 << 50;
+
+fn global_rate_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<GlobalRateLimit> {
+    let f = r.fields(node, path, GLOBAL_RATE_LIMIT_FIELDS)?;
+    let rate = match f.get("rate") {
+        Some((n, p)) => r.int(n, &p, 1, 1_000_000_000).unwrap_or(1),
+        None => {
+            r.error(&path.field("rate"), node, "missing field `rate` (tokens per `per`, for the whole fleet)");
+            1
+        }
+    };
+    let per = f.get("per").and_then(|(n, p)| r.duration(n, &p)).unwrap_or_else(default_per);
+    let burst = f.get("burst").and_then(|(n, p)| r.int(n, &p, 1, 1_000_000_000)).unwrap_or(rate);
+    // One token every `per / rate`, in whole microseconds (rounded up, as the service counts).
+    let interval_us = per.as_millis().saturating_mul(1000).div_ceil(rate);
+    if rate.saturating_mul(1000) > per.as_millis().saturating_mul(MAX_GLOBAL_RATE_PER_SECOND) {
+        if let Some((n, p)) = f.get("rate") {
+            r.error(
+                &p,
+                n,
+                format!(
+                    "a global limit counts at most {MAX_GLOBAL_RATE_PER_SECOND} tokens per second ({rate} per {per} is more); use a local `rate_limit` for finer limits"
+                ),
+            );
+        }
+    } else if interval_us.saturating_mul(burst) > MAX_GLOBAL_REFILL_MICROS
+        && let Some((n, p)) = f.get("burst")
+    {
+        r.error(&p, n, format!("a bucket of {burst} at {rate} per {per} would take over 35 years to refill"));
+    }
+    let key = keys(r, &f);
+    let mode = f
+        .get("mode")
+        .and_then(|(n, p)| r.word(n, &p, &[("exact", GlobalMode::Exact), ("leased", GlobalMode::Leased)]))
+        .unwrap_or_default();
+    let service = f
+        .get("service")
+        .and_then(|(n, p)| r.parsed(n, &p, check_cluster))
+        .unwrap_or_else(default_global_service);
+    let domain =
+        f.get("domain").and_then(|(n, p)| r.parsed(n, &p, check_domain)).unwrap_or_else(default_global_domain);
+    let timeout = f
+        .get("timeout")
+        .and_then(|(n, p)| {
+            let d = r.duration(n, &p)?;
+            if d.as_millis() > MAX_GLOBAL_TIMEOUT_MS {
+                r.error(&p, n, format!("at most {MAX_GLOBAL_TIMEOUT_MS}ms: every request of the policy may wait this long"));
+                return None;
+            }
+            Some(d)
+        })
+        .unwrap_or_else(default_global_timeout);
+    let failure_mode = f
+        .get("failure_mode")
+        .and_then(|(n, p)| {
+            r.word(
+                n,
+                &p,
+                &[("local", GlobalFailureMode::Local), ("allow", GlobalFailureMode::Allow), ("deny", GlobalFailureMode::Deny)],
+            )
+        })
+        .unwrap_or_default();
+    let degraded = f
+        .get("degraded")
+        .and_then(|(n, p)| {
+            let d = r.fields(n, &p, DEGRADED_FIELDS)?;
+            Some(Degraded {
+                envoys: d
+                    .get("envoys")
+                    .and_then(|(n, p)| r.int_as(n, &p, 1, 100_000))
+                    .unwrap_or_else(default_degraded_envoys),
+                learn: d.get("learn").and_then(|(n, p)| r.bool(n, &p)).unwrap_or_else(default_degraded_learn),
+            })
+        })
+        .unwrap_or_default();
+    let max_keys = max_keys(r, &f);
+    let response = response_or(r, &f, default_rate_limit_response);
+    Some(GlobalRateLimit {
+        rate,
+        per,
+        burst,
+        key,
+        mode,
+        service,
+        domain,
+        timeout,
+        failure_mode,
+        degraded,
+        max_keys,
+        response,
+    })
+}
+
+/// The longest `global_rate_limit.timeout`.
+pub const MAX_GLOBAL_TIMEOUT_MS: u64 = 1000;
+
+/// An Envoy cluster name as a bootstrap or Istio would spell it.
+fn check_cluster(name: &str) -> Result<String, String> {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"-_.|:".contains(&b);
+    if name.is_empty() || name.len() > 255 || !name.bytes().all(ok) {
+        return Err(format!(
+            "`{name}` is not an Envoy cluster name: 1-255 letters, digits and `-_.|:`"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// A rate-limit domain (the RLS `domain` field, and part of every Redis key of the policy).
+fn check_domain(name: &str) -> Result<String, String> {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"-_.".contains(&b);
+    if name.is_empty() {
+        return Err("must not be empty (the default is `breakwater`)".into());
+    }
+    if name.len() > 64 || !name.bytes().all(ok) {
+        return Err(format!("`{name}` is not a domain: 1-64 letters, digits and `-_.`"));
+    }
+    Ok(name.to_string())
 }
 
 fn concurrency_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<ConcurrencyLimit> {

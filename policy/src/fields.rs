@@ -14,6 +14,7 @@ pub const POLICY_FIELDS: &[&str] = &[
     "mode",
     "failure_mode",
     "rate_limit",
+    "global_rate_limit",
     "concurrency_limit",
     "circuit_breaker",
     "retry",
@@ -22,6 +23,21 @@ pub const POLICY_FIELDS: &[&str] = &[
 ];
 pub const MATCH_FIELDS: &[&str] = &["hosts", "path", "path_prefix", "methods", "headers"];
 pub const RATE_LIMIT_FIELDS: &[&str] = &["rate", "per", "burst", "key", "max_keys", "response"];
+pub const GLOBAL_RATE_LIMIT_FIELDS: &[&str] = &[
+    "rate",
+    "per",
+    "burst",
+    "key",
+    "mode",
+    "service",
+    "domain",
+    "timeout",
+    "failure_mode",
+    "degraded",
+    "max_keys",
+    "response",
+];
+pub const DEGRADED_FIELDS: &[&str] = &["envoys", "learn"];
 pub const CONCURRENCY_FIELDS: &[&str] = &["max_in_flight", "key", "max_keys", "response"];
 pub const BREAKER_FIELDS: &[&str] = &[
     "window",
@@ -41,11 +57,13 @@ pub const FALLBACK_FIELDS: &[&str] = &["on", "response"];
 pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
 
 /// Every field list of the language.
-pub const FIELD_LISTS: [&[&str]; 11] = [
+pub const FIELD_LISTS: [&[&str]; 13] = [
     DOCUMENT_FIELDS,
     POLICY_FIELDS,
     MATCH_FIELDS,
     RATE_LIMIT_FIELDS,
+    GLOBAL_RATE_LIMIT_FIELDS,
+    DEGRADED_FIELDS,
     CONCURRENCY_FIELDS,
     BREAKER_FIELDS,
     SLOW_CALL_FIELDS,

@@ -132,6 +132,8 @@ pub struct Policy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_rate_limit: Option<GlobalRateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_limit: Option<ConcurrencyLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
@@ -210,6 +212,96 @@ pub struct RateLimit {
     /// Reply when rate limited. Default: 429 `rate limited`.
     #[serde(default = "default_rate_limit_response")]
     pub response: Response,
+}
+
+/// A rate limit that holds across every Envoy of a fleet: the bucket is kept by the breakwater
+/// rate-limit service in Redis (docs/global-limits.md), with the same meaning as `rate_limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalRateLimit {
+    /// Tokens added per `per`, for the whole fleet.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub rate: u64,
+    /// The period `rate` refers to.
+    #[serde(default = "default_per")]
+    pub per: Duration,
+    /// Bucket size for the whole fleet. Default: `rate`.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub burst: u64,
+    /// What the bucket is per; omitted = one bucket for all requests of the policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ITEMS))]
+    pub key: Vec<KeyPart>,
+    /// `exact`: every request asks the service; `leased`: each Envoy holds a small lease of the
+    /// bucket and asks only to renew it.
+    #[serde(default)]
+    pub mode: GlobalMode,
+    /// The Envoy cluster (HTTP/2) that reaches the rate-limit service.
+    #[serde(default = "default_global_service")]
+    pub service: String,
+    /// The rate-limit domain the service keeps this policy's buckets under.
+    #[serde(default = "default_global_domain")]
+    pub domain: String,
+    /// The longest a request waits for the service: after it, `failure_mode` decides.
+    #[serde(default = "default_global_timeout")]
+    pub timeout: Duration,
+    /// When the service cannot answer in time: `local` (a share of the limit, per Envoy),
+    /// `allow` or `deny`.
+    #[serde(default)]
+    pub failure_mode: GlobalFailureMode,
+    /// The local limit of `failure_mode: local`: the limit split `envoys` ways.
+    #[serde(default)]
+    pub degraded: Degraded,
+    /// Bound on keys this Envoy tracks for the policy (leases and degraded buckets).
+    #[serde(default = "default_max_keys")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_keys: u32,
+    /// Reply when rate limited. Default: 429 `rate limited`.
+    #[serde(default = "default_rate_limit_response")]
+    pub response: Response,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GlobalMode {
+    /// One call to the service per request: exact to the token.
+    #[default]
+    Exact,
+    /// Each Envoy spends a lease of tokens taken from the global bucket, and renews it.
+    Leased,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GlobalFailureMode {
+    /// Degraded mode: each Envoy enforces its share of the limit (`degraded`) by itself.
+    #[default]
+    Local,
+    /// Let requests through.
+    Allow,
+    /// Reject requests with the block's response.
+    Deny,
+}
+
+/// How the limit is shared out when the service cannot answer (`failure_mode: local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Degraded {
+    /// The number of Envoys the limit is split between: each admits `rate/envoys` per `per`
+    /// (and `burst/envoys`), rounded up.
+    #[serde(default = "default_degraded_envoys")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub envoys: u32,
+    /// Use the number of Envoys the service saw in the last minute instead of `envoys`, once the
+    /// service has answered.
+    #[serde(default = "default_degraded_learn")]
+    pub learn: bool,
+}
+
+impl Default for Degraded {
+    fn default() -> Self {
+        Degraded { envoys: default_degraded_envoys(), learn: default_degraded_learn() }
+    }
 }
 
 /// Bound on requests in flight at once, shared by all Envoy workers.
@@ -432,6 +524,21 @@ pub fn default_max_keys() -> u32 {
 }
 pub fn default_rate_limit_response() -> Response {
     Response::with_status(429, "rate limited\n")
+}
+pub fn default_global_service() -> String {
+    "breakwater-ratelimit".to_string()
+}
+pub fn default_global_domain() -> String {
+    "breakwater".to_string()
+}
+pub fn default_global_timeout() -> Duration {
+    Duration::from_millis(20)
+}
+pub fn default_degraded_envoys() -> u32 {
+    1
+}
+pub fn default_degraded_learn() -> bool {
+    true
 }
 pub fn default_concurrency_response() -> Response {
     Response::with_status(503, "too many requests in flight\n")

@@ -9,10 +9,13 @@ pub fn json_schema() -> String {
     // `burst` defaults to `rate`, a default that depends on another field and so cannot be
     // written as a schema `default`; the model keeps it a plain number (always present once
     // normalized), so it is taken out of `required` here.
-    if let Some(required) =
-        schema.pointer_mut("/$defs/RateLimit/required").and_then(serde_json::Value::as_array_mut)
-    {
-        required.retain(|f| f != "burst");
+    for block in ["RateLimit", "GlobalRateLimit"] {
+        if let Some(required) = schema
+            .pointer_mut(&format!("/$defs/{block}/required"))
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            required.retain(|f| f != "burst");
+        }
     }
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
@@ -45,11 +48,13 @@ mod tests {
     #[test]
     fn decoder_fields_match_the_schema() {
         let s = schema();
-        let objects: [(&str, &[&str]); 11] = [
+        let objects: [(&str, &[&str]); FIELD_LISTS.len()] = [
             ("", DOCUMENT_FIELDS),
             ("/$defs/Policy", POLICY_FIELDS),
             ("/$defs/Match", MATCH_FIELDS),
             ("/$defs/RateLimit", RATE_LIMIT_FIELDS),
+            ("/$defs/GlobalRateLimit", GLOBAL_RATE_LIMIT_FIELDS),
+            ("/$defs/Degraded", DEGRADED_FIELDS),
             ("/$defs/ConcurrencyLimit", CONCURRENCY_FIELDS),
             ("/$defs/CircuitBreaker", BREAKER_FIELDS),
             ("/$defs/SlowCall", SLOW_CALL_FIELDS),
@@ -71,6 +76,7 @@ mod tests {
         assert_eq!(required(""), serde_json::json!(["version", "policies"]));
         assert_eq!(required("/$defs/Policy"), serde_json::json!(["name"]));
         assert_eq!(required("/$defs/RateLimit"), serde_json::json!(["rate"]));
+        assert_eq!(required("/$defs/GlobalRateLimit"), serde_json::json!(["rate"]));
         assert_eq!(required("/$defs/Fallback"), serde_json::json!(["response"]));
     }
 }
