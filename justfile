@@ -40,7 +40,7 @@ build-admin:
     @ls -l admin-ui/dist/*.wasm | awk '{print "admin wasm: " $5 " bytes"}'
 
 # Unit, property and integration tests of every crate (the browser tests need the built admin).
-test-rust: build-admin
+test-rust: build-admin bins
     cargo test --locked --workspace
 
 # Every binary (the CLI, the example upstream, the load generator), built with the test suite's

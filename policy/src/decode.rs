@@ -217,7 +217,11 @@ fn global_rate_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Glo
     let rate = match f.get("rate") {
         Some((n, p)) => r.int(n, &p, 1, 1_000_000_000).unwrap_or(1),
         None => {
-            r.error(&path.field("rate"), node, "missing field `rate` (tokens per `per`, for the whole fleet)");
+            r.error(
+                &path.field("rate"),
+                node,
+                "missing field `rate` (tokens per `per`, for the whole fleet)",
+            );
             1
         }
     };
@@ -249,14 +253,22 @@ fn global_rate_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Glo
         .get("service")
         .and_then(|(n, p)| r.parsed(n, &p, check_cluster))
         .unwrap_or_else(default_global_service);
-    let domain =
-        f.get("domain").and_then(|(n, p)| r.parsed(n, &p, check_domain)).unwrap_or_else(default_global_domain);
+    let domain = f
+        .get("domain")
+        .and_then(|(n, p)| r.parsed(n, &p, check_domain))
+        .unwrap_or_else(default_global_domain);
     let timeout = f
         .get("timeout")
         .and_then(|(n, p)| {
             let d = r.duration(n, &p)?;
             if d.as_millis() > MAX_GLOBAL_TIMEOUT_MS {
-                r.error(&p, n, format!("at most {MAX_GLOBAL_TIMEOUT_MS}ms: every request of the policy may wait this long"));
+                r.error(
+                    &p,
+                    n,
+                    format!(
+                        "at most {MAX_GLOBAL_TIMEOUT_MS}ms: every request of the policy may wait this long"
+                    ),
+                );
                 return None;
             }
             Some(d)
@@ -268,7 +280,11 @@ fn global_rate_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Glo
             r.word(
                 n,
                 &p,
-                &[("local", GlobalFailureMode::Local), ("allow", GlobalFailureMode::Allow), ("deny", GlobalFailureMode::Deny)],
+                &[
+                    ("local", GlobalFailureMode::Local),
+                    ("allow", GlobalFailureMode::Allow),
+                    ("deny", GlobalFailureMode::Deny),
+                ],
             )
         })
         .unwrap_or_default();
@@ -310,9 +326,7 @@ pub const MAX_GLOBAL_TIMEOUT_MS: u64 = 1000;
 fn check_cluster(name: &str) -> Result<String, String> {
     let ok = |b: u8| b.is_ascii_alphanumeric() || b"-_.|:".contains(&b);
     if name.is_empty() || name.len() > 255 || !name.bytes().all(ok) {
-        return Err(format!(
-            "`{name}` is not an Envoy cluster name: 1-255 letters, digits and `-_.|:`"
-        ));
+        return Err(format!("`{name}` is not an Envoy cluster name: 1-255 letters, digits and `-_.|:`"));
     }
     Ok(name.to_string())
 }

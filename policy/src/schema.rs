@@ -10,9 +10,8 @@ pub fn json_schema() -> String {
     // written as a schema `default`; the model keeps it a plain number (always present once
     // normalized), so it is taken out of `required` here.
     for block in ["RateLimit", "GlobalRateLimit"] {
-        if let Some(required) = schema
-            .pointer_mut(&format!("/$defs/{block}/required"))
-            .and_then(serde_json::Value::as_array_mut)
+        if let Some(required) =
+            schema.pointer_mut(&format!("/$defs/{block}/required")).and_then(serde_json::Value::as_array_mut)
         {
             required.retain(|f| f != "burst");
         }

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod registry;
+pub mod services;
 pub mod upstream;
 
 use std::collections::BTreeSet;
