@@ -200,6 +200,10 @@ pub struct PolicyStats {
     /// When the policy has a breaker.
     pub breaker: Option<BreakerState>,
     pub in_flight: Option<u64>,
+    /// When the policy has a global limit: whether it is in degraded mode (the rate-limit service
+    /// cannot answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_degraded: Option<bool>,
 }
 
 #[cfg(test)]
@@ -214,10 +218,14 @@ mod tests {
             requests: [(Counter::RateLimited, 3)].into_iter().collect(),
             breaker: Some(BreakerState::HalfOpen),
             in_flight: None,
+            global_degraded: None,
         };
         let json = serde_json::to_string(&stats).unwrap();
         assert_eq!(json, r#"{"requests":{"rate_limited":3},"breaker":"half_open","in_flight":null}"#);
         assert_eq!(serde_json::from_str::<PolicyStats>(&json).unwrap(), stats);
+        let degraded = PolicyStats { global_degraded: Some(true), ..PolicyStats::default() };
+        let json = serde_json::to_string(&degraded).unwrap();
+        assert_eq!(json, r#"{"requests":{},"breaker":null,"in_flight":null,"global_degraded":true}"#);
 
         let error = ErrorBody { error: "wrong token".into(), diagnostics: Vec::new() };
         assert_eq!(serde_json::to_string(&error).unwrap(), r#"{"error":"wrong token"}"#);

@@ -8,6 +8,8 @@
 
 use breakwater_policy::engine::Nanos;
 use breakwater_policy::engine::store::{SharedStore, StoreError};
+use breakwater_policy::global::Call;
+use breakwater_policy::rls;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
@@ -72,6 +74,61 @@ pub fn send_reply(status: u16, headers: &[(String, String)], body: &str) -> Resu
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let body = (!body.is_empty()).then_some(body.as_bytes());
     hostcalls::send_http_response(u32::from(status), headers, body)
+}
+
+/// Resumes a paused request (Err when the stream is gone: nothing to do then).
+pub fn resume_request() {
+    let _ = hostcalls::resume_http_request();
+}
+
+/// Sends a global limit's call to the rate-limit service; the token of the call.
+pub fn dispatch_grpc(call: &Call) -> Result<u32, Status> {
+    let id = envoy_id();
+    let metadata: Vec<(&str, &[u8])> = vec![(ENVOY_HEADER, id.as_bytes())];
+    hostcalls::dispatch_grpc_call(
+        &call.service,
+        rls::SERVICE,
+        rls::METHOD,
+        metadata,
+        Some(&call.message),
+        std::time::Duration::from_millis(call.timeout_ms),
+    )
+}
+
+/// The message of a gRPC answer (`size` bytes).
+pub fn grpc_response(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
+}
+
+/// The gRPC metadata that names this Envoy to the rate-limit service (which counts the fleet).
+pub const ENVOY_HEADER: &str = "x-breakwater-envoy";
+
+/// Where an Envoy keeps its name for the rate-limit service when its node has no id.
+const ENVOY_ID_KEY: &str = "bw/envoy-id";
+
+thread_local! {
+    static ENVOY_ID: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
+}
+
+/// This Envoy's name for the rate-limit service: its node id, or (without one) a name drawn
+/// once and shared by its workers through shared data.
+fn envoy_id() -> String {
+    ENVOY_ID.with(|id| {
+        id.get_or_init(|| {
+            if let Some(node) = property_string(&["xds", "node", "id"]).filter(|n| !n.is_empty()) {
+                return node;
+            }
+            let mut h = breakwater_policy::fnv::Fnv::default();
+            std::hash::Hasher::write(&mut h, &now().to_le_bytes());
+            let drawn = format!("envoy-{:016x}", std::hash::Hasher::finish(&h));
+            breakwater_policy::engine::store::update(&HostStore, ENVOY_ID_KEY, |old| match old {
+                Some(existing) => (String::from_utf8_lossy(existing).into_owned(), None),
+                None => (drawn.clone(), Some(drawn.clone().into_bytes())),
+            })
+            .unwrap_or(drawn)
+        })
+        .clone()
+    })
 }
 
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {

@@ -25,7 +25,8 @@ mod metrics;
 
 use std::rc::Rc;
 
-use breakwater_policy::enforce::{self, Admitted, Exchange, Verdict};
+use breakwater_policy::enforce::{self, Admitted, Ask, Exchange, Step, Verdict};
+use breakwater_policy::global::Answer;
 use breakwater_policy::plan::{Plan, SimpleRequest};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -76,7 +77,13 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { config: self.config.clone(), admitted: None, exchange: None, attempts: None }))
+        Some(Box::new(Http {
+            config: self.config.clone(),
+            admitted: None,
+            exchange: None,
+            attempts: None,
+            asking: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -132,9 +139,29 @@ struct Http {
     exchange: Option<Exchange>,
     /// The attempt count from the response header, when the document trusts it.
     attempts: Option<u32>,
+    /// Waiting for the rate-limit service: the question, and the call's token.
+    asking: Option<(Ask, u32)>,
 }
 
-impl Context for Http {}
+impl Context for Http {
+    /// The rate-limit service's answer, an error status, or Envoy's timeout of the call
+    /// (`DEADLINE_EXCEEDED`): the request goes on with what it says.
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let Some(config) = self.config.clone() else { return };
+        let Some((ask, asked)) = self.asking.take() else { return };
+        if asked != token {
+            self.asking = Some((ask, asked));
+            return;
+        }
+        let message = if status == 0 { host::grpc_response(size) } else { None };
+        let answer = Answer::read(status, message.as_deref());
+        let request = read_request(&config.plan);
+        let admitted = enforce::resume(&config.plan, &HostStore, &request, ask, answer, host::now());
+        if let Action::Continue = self.act(&config, admitted) {
+            host::resume_request();
+        }
+    }
+}
 
 /// The request as the matcher sees it, read from the host once: `:path`, the other pseudo-headers
 /// and the client address only when the plan uses them, and the headers the plan names.
@@ -166,14 +193,10 @@ fn outcome(status: Option<u16>) -> Exchange {
     }
 }
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        failpoint_trap();
-        let Some(config) = self.config.clone() else { return Action::Continue };
-        let request = read_request(&config.plan);
-        let Some(mut admitted) = enforce::admit(&config.plan, &HostStore, &request, host::now()) else {
-            return Action::Continue;
-        };
+impl Http {
+    /// Acts on a decision: a local reply (the stream then stays paused), or the router's headers
+    /// and on.
+    fn act(&mut self, config: &Config, mut admitted: Admitted) -> Action {
         config.metrics.count(admitted.policy, admitted.events.drain(..));
         let action = match &admitted.verdict {
             Verdict::Reject(reply) => {
@@ -191,6 +214,44 @@ impl HttpContext for Http {
         };
         self.admitted = Some(admitted);
         action
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        failpoint_trap();
+        let Some(config) = self.config.clone() else { return Action::Continue };
+        let request = read_request(&config.plan);
+        let now = host::now();
+        match enforce::admit(&config.plan, &HostStore, &request, now) {
+            None => Action::Continue,
+            Some(Step::Decided(admitted)) => self.act(&config, admitted),
+            Some(Step::Ask(mut ask)) => {
+                config.metrics.count(ask.policy(), ask.events());
+                match host::dispatch_grpc(&ask.call) {
+                    Ok(token) => {
+                        self.asking = Some((ask, token));
+                        Action::Pause
+                    }
+                    // No call was made (an unknown cluster): as if the service did not answer.
+                    Err(status) => {
+                        host::log(
+                            LogLevel::Debug,
+                            &format!("breakwater: rate-limit call not made: {status:?}"),
+                        );
+                        let admitted = enforce::resume(
+                            &config.plan,
+                            &HostStore,
+                            &request,
+                            ask,
+                            Answer::Unavailable,
+                            now,
+                        );
+                        self.act(&config, admitted)
+                    }
+                }
+            }
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -24,6 +24,7 @@ struct PolicyMetrics {
     counters: [Option<u32>; Counter::ALL.len()],
     breaker_state: Option<u32>,
     in_flight: Option<u32>,
+    global_degraded: Option<u32>,
 }
 
 thread_local! {
@@ -94,6 +95,11 @@ impl Metrics {
                     if p.policy.concurrency_limit.is_some() {
                         ensure(&mut m.in_flight, || host::define_gauge(&gauge_name(name, Gauge::InFlight)));
                     }
+                    if p.global.is_some() {
+                        ensure(&mut m.global_degraded, || {
+                            host::define_gauge(&gauge_name(name, Gauge::GlobalDegraded))
+                        });
+                    }
                     kept.insert(name.to_string(), m);
                     m
                 })
@@ -109,6 +115,7 @@ impl Metrics {
             match event {
                 Event::Breaker(t) => host::record(m.breaker_state, t.to.state().gauge()),
                 Event::InFlight(n) => host::record(m.in_flight, u64::from(n)),
+                Event::GlobalDegraded(on) => host::record(m.global_degraded, u64::from(on)),
                 other => {
                     if let Some((c, by)) = other.counter() {
                         host::increment(m.counters.get(c.index()).copied().flatten(), by);

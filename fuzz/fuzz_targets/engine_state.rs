@@ -102,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
         let path = if op & 0x40 == 0 { "/a" } else { "/b" };
         let key = format!("k{}", op >> 6);
         let req = SimpleRequest::new("GET", "example.com", path).header("x-key", &key).from_ip("10.0.0.1");
-        if let Some(a) = enforce::admit(plan, &store, &req, now) {
+        if let Some(a) = enforce::admit(plan, &store, &req, now).and_then(enforce::Step::decided) {
             held.push(a);
         }
         // Finish the oldest request every other step, with an outcome chosen by the input.

@@ -165,7 +165,7 @@ fn request_cost(quick: bool) {
     let t0 = Instant::now();
     for _ in 0..n {
         now += 1_000_000;
-        let mut a = enforce::admit(&plan, &store, &req, now).unwrap();
+        let mut a = enforce::admit(&plan, &store, &req, now).and_then(enforce::Step::decided).unwrap();
         a.events.clear();
         assert!(enforce::fallback(&plan, &mut a, &exchange).is_none());
         enforce::finish(&plan, &store, &mut a, &exchange, Some(1), now + 500_000);

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use crate::engine::Nanos;
 use crate::engine::breaker::{Admission, Phase, Ticket, Transition};
 use crate::engine::budget::Reservation;
-use crate::engine::keys::{KeySeed, KeyTable, SlotRef, SlotState};
-use crate::engine::rate_limit::{RateDecision, decode_tat};
+use crate::engine::keys::{KeyTable, SlotRef, SlotState};
+use crate::engine::rate_limit::{RateDecision, RateSlots};
 use crate::engine::record;
 use crate::engine::store::{SharedStore, StoreError};
 use crate::engine::{NANOS_PER_SEC, concurrency, text};
+use crate::global::{self, Answer, Call};
 use crate::metrics::{Counter, Decision};
-use crate::model::{FailureMode, KeyPart, Outcome, Response};
+use crate::model::{FailureMode, GlobalFailureMode, Outcome, Response};
 use crate::plan::{Plan, PolicyPlan, RequestView};
 
 /// Something worth counting, reported to the caller's metrics sink.
@@ -35,6 +36,12 @@ pub enum Event {
     StateUnavailable,
     Breaker(Transition),
     InFlight(u32),
+    /// A call to the rate-limit service.
+    GlobalCall,
+    /// The global limit was decided without the service; its `failure_mode` applied.
+    GlobalUnavailable,
+    /// Degraded mode began (true) or ended (false).
+    GlobalDegraded(bool),
 }
 
 impl Event {
@@ -46,7 +53,9 @@ impl Event {
             Event::Retried(n) => (Counter::Retried, u64::from(n)),
             Event::BudgetExhausted => (Counter::BudgetExhausted, 1),
             Event::StateUnavailable => (Counter::StateUnavailable, 1),
-            Event::Breaker(_) | Event::InFlight(_) => return None,
+            Event::GlobalCall => (Counter::GlobalCalls, 1),
+            Event::GlobalUnavailable => (Counter::GlobalUnavailable, 1),
+            Event::Breaker(_) | Event::InFlight(_) | Event::GlobalDegraded(_) => return None,
         })
     }
 }
@@ -228,17 +237,6 @@ impl Exchange {
     }
 }
 
-/// Rate-limit slots: idle when the bucket is full again; the fullest buckets are evicted first.
-struct RateSlots;
-impl SlotState for RateSlots {
-    fn activity(&self, state: &[u8], now: Nanos) -> Option<u64> {
-        decode_tat(state).and_then(|tat| tat.checked_sub(now)).filter(|wait| *wait > 0)
-    }
-    fn evictable(&self) -> bool {
-        true
-    }
-}
-
 /// Concurrency slots: idle at zero in flight (expired leases not counted); never evicted (releases
 /// must find their count). Holds the lease's bucket width.
 struct ConcurrencySlots(Nanos);
@@ -253,35 +251,7 @@ impl SlotState for ConcurrencySlots {
     }
 }
 
-/// The composed key of a request: its parts joined by U+001F (which header values cannot hold).
-pub fn compose_key(parts: &[KeyPart], req: &impl RequestView) -> Vec<u8> {
-    let mut key = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            key.push(0x1f);
-        }
-        key.extend_from_slice(key_part(part, req).as_bytes());
-    }
-    key
-}
-
-/// `keys::fingerprint(&compose_key(parts, req))`, without building the key: the hasher takes the
-/// length the key would have, then its bytes part by part (a test checks they agree).
-pub fn key_fingerprint(seed: KeySeed, parts: &[KeyPart], req: &impl RequestView) -> u64 {
-    let separators = parts.len().saturating_sub(1);
-    let len = parts.iter().map(|p| key_part(p, req).len()).fold(separators, usize::saturating_add);
-    crate::engine::keys::fingerprint_parts(seed, len, parts.iter().map(|p| key_part(p, req)))
-}
-
-fn key_part<'r>(part: &KeyPart, req: &'r impl RequestView) -> &'r str {
-    match part {
-        KeyPart::ClientIp => req.client_ip().unwrap_or_default(),
-        KeyPart::Host => req.authority(),
-        KeyPart::Method => req.method(),
-        KeyPart::Path => crate::plan::until(req.path(), b'?'),
-        KeyPart::Header(h) => req.header(h).unwrap_or_default(),
-    }
-}
+pub use crate::plan::{compose_key, key_fingerprint};
 
 fn reply(r: &Response, extra: Vec<(String, String)>) -> Reply {
     let mut headers: Vec<(String, String)> =
@@ -317,13 +287,64 @@ fn owned(
     headers.into_iter().map(|(k, v)| (k.to_string(), v.to_string()))
 }
 
-/// Admits (or rejects) a request. None when no policy matches.
+/// What [`admit`] decided: the request's fate, or a question for the rate-limit service first.
+#[derive(Debug)]
+pub enum Step {
+    Decided(Admitted),
+    /// Send [`Ask::call`] to the rate-limit service (the request waits), then [`resume`] with
+    /// the answer, or with [`Answer::Unavailable`] if none came within the call's timeout.
+    Ask(Ask),
+}
+
+impl Step {
+    /// The decision, when it was taken without the rate-limit service.
+    pub fn decided(self) -> Option<Admitted> {
+        match self {
+            Step::Decided(a) => Some(a),
+            Step::Ask(_) => None,
+        }
+    }
+}
+
+/// A request waiting for the rate-limit service: its global limit is next.
+#[derive(Debug)]
+pub struct Ask {
+    pub call: Call,
+    admitted: Admitted,
+    retriable: bool,
+    want: u32,
+}
+
+impl Ask {
+    pub fn policy(&self) -> usize {
+        self.admitted.policy
+    }
+
+    /// Events so far (the local rate limit's, the call's), for the caller's metrics.
+    pub fn events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.admitted.events.drain(..)
+    }
+}
+
+/// Which blocks [`check_limits`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Every block.
+    All,
+    /// The local rate limit alone (a global limit is next).
+    RateLimit,
+    /// Everything after the rate limits.
+    AfterRateLimits,
+}
+
+/// Admits (or rejects) a request, or asks for the rate-limit service's answer first (a policy
+/// with a `global_rate_limit`). None when no policy matches.
 pub fn admit<S: SharedStore + ?Sized>(
     plan: &Plan,
     store: &S,
     req: &impl RequestView,
     now: Nanos,
-) -> Option<Admitted> {
+) -> Option<Step> {
     let (index, p) = plan.first_match(req)?;
     let mut a = Admitted {
         policy: index,
@@ -344,7 +365,131 @@ pub fn admit<S: SharedStore + ?Sized>(
         Some(r) if retriable => r.max_retries,
         _ => 0,
     };
-    let rejection = check_limits(p, store, req, now, &mut a, want);
+    let Some(gp) = &p.global else {
+        let rejection = check_limits(p, store, req, now, &mut a, want, Stage::All);
+        return Some(Step::Decided(conclude(plan, p, a, rejection, retriable)));
+    };
+    if let Some(rejection) = check_limits(p, store, req, now, &mut a, want, Stage::RateLimit) {
+        return Some(Step::Decided(conclude(plan, p, a, Some(rejection), retriable)));
+    }
+    Some(match global::route(store, gp, now) {
+        global::Route::Ask => {
+            a.events.push(Event::GlobalCall);
+            Step::Ask(Ask { call: gp.request(req), admitted: a, retriable, want })
+        }
+        global::Route::Degraded(known) => Step::Decided(after_global(
+            plan,
+            p,
+            store,
+            req,
+            now,
+            a,
+            (retriable, want),
+            Answer::Unavailable,
+            known,
+        )),
+    })
+}
+
+/// Goes on with a request that asked the rate-limit service, with its answer.
+pub fn resume<S: SharedStore + ?Sized>(
+    plan: &Plan,
+    store: &S,
+    req: &impl RequestView,
+    ask: Ask,
+    answer: Answer,
+    now: Nanos,
+) -> Admitted {
+    let Ask { admitted: mut a, retriable, want, .. } = ask;
+    let Some(p) = plan.policies.get(a.policy) else { return a };
+    let Some(gp) = &p.global else { return a };
+    let known = match global::record(store, gp, &answer, now) {
+        Ok((known, changed)) => {
+            if changed {
+                a.events.push(Event::GlobalDegraded(known.degraded));
+            }
+            known
+        }
+        Err(_) => global::Known { degraded: answer == Answer::Unavailable, ..global::Known::default() },
+    };
+    after_global(plan, p, store, req, now, a, (retriable, want), answer, known)
+}
+
+/// The global limit's verdict, then the blocks after it.
+#[allow(clippy::too_many_arguments)]
+fn after_global<S: SharedStore + ?Sized>(
+    plan: &Plan,
+    p: &PolicyPlan,
+    store: &S,
+    req: &impl RequestView,
+    now: Nanos,
+    mut a: Admitted,
+    (retriable, want): (bool, u32),
+    answer: Answer,
+    known: global::Known,
+) -> Admitted {
+    let rejection = match global_limited(p, store, req, now, &mut a, answer, &known) {
+        Some(r) => {
+            // Shadow mode: the request goes upstream anyway and counts toward the retry budget.
+            if !p.enforcing() {
+                flush(p, store, now, &mut a, [false; 3], Some(want));
+            }
+            Some(r)
+        }
+        None => check_limits(p, store, req, now, &mut a, want, Stage::AfterRateLimits),
+    };
+    conclude(plan, p, a, rejection, retriable)
+}
+
+/// The global limit's rejection, if the service's answer (or, without one, `failure_mode`) is one.
+fn global_limited<S: SharedStore + ?Sized>(
+    p: &PolicyPlan,
+    store: &S,
+    req: &impl RequestView,
+    now: Nanos,
+    a: &mut Admitted,
+    answer: Answer,
+    known: &global::Known,
+) -> Option<(Decision, Reply)> {
+    let (g, gp) = (p.policy.global_rate_limit.as_ref()?, p.global.as_ref()?);
+    let retry_after =
+        |wait: Nanos| vec![("retry-after".to_string(), text::u64_text(seconds_ceil(wait).max(1)))];
+    match answer {
+        Answer::Decided { over_limit: false, .. } => None,
+        Answer::Decided { over_limit: true, until, .. } => {
+            Some((Decision::GlobalRateLimited, reply(&g.response, retry_after(until))))
+        }
+        Answer::Unavailable => {
+            a.events.push(Event::GlobalUnavailable);
+            match g.failure_mode {
+                GlobalFailureMode::Allow => None,
+                GlobalFailureMode::Deny => {
+                    Some((Decision::GlobalRateLimited, reply(&g.response, Vec::new())))
+                }
+                GlobalFailureMode::Local => match global::decide_local(store, gp, g, known, req, now) {
+                    Some(d) if d.allowed => None,
+                    Some(d) => {
+                        Some((Decision::GlobalRateLimited, reply(&g.response, retry_after(d.retry_after))))
+                    }
+                    None => {
+                        a.events.push(Event::StateUnavailable);
+                        deny(p).then(|| (Decision::GlobalRateLimited, reply(&g.response, Vec::new())))
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Applies the first rejection (if any) and adds what every decided request carries: its
+/// decision event, the router's headers, the debug headers.
+fn conclude(
+    plan: &Plan,
+    p: &PolicyPlan,
+    mut a: Admitted,
+    rejection: Option<(Decision, Reply)>,
+    retriable: bool,
+) -> Admitted {
     if let Some((decision, r)) = rejection {
         a.decision = decision;
         if p.enforcing() {
@@ -363,13 +508,14 @@ pub fn admit<S: SharedStore + ?Sized>(
     if let Verdict::Reject(r) = &mut a.verdict {
         r.headers.extend(owned(a.response_headers.drain(..)));
     }
-    Some(a)
+    a
 }
 
 /// Blocks whose state is in the policy's record, indexed like its sections.
 type Blocks = [bool; 3];
 
-/// Rate limit → concurrency → breaker, each block on its keyed table or in the policy's record;
+/// Rate limit → (global limit, outside) → concurrency → breaker, each block on its keyed table or
+/// in the policy's record;
 /// consecutive record blocks are decided in one update of the record. The last update also starts
 /// the retry budget (`want` retries) when the request goes upstream. Returns the first rejection.
 fn check_limits<S: SharedStore + ?Sized>(
@@ -379,10 +525,13 @@ fn check_limits<S: SharedStore + ?Sized>(
     now: Nanos,
     a: &mut Admitted,
     want: u32,
+    stage: Stage,
 ) -> Option<(Decision, Reply)> {
     let mut pending: Blocks = [false; 3];
     let rejection = 'blocks: {
-        if let (Some(rl), Some(g)) = (&p.policy.rate_limit, &p.rate_limit) {
+        if stage != Stage::AfterRateLimits
+            && let (Some(rl), Some(g)) = (&p.policy.rate_limit, &p.rate_limit)
+        {
             match &p.state.rate_limit {
                 None => pending[record::RATE_LIMIT] = true,
                 Some(table) => {
@@ -392,6 +541,13 @@ fn check_limits<S: SharedStore + ?Sized>(
                         break 'blocks Some(r);
                     }
                 }
+            }
+        }
+        if stage == Stage::RateLimit {
+            // The record's rate limit on its own: the global limit decides before the rest.
+            match flush(p, store, now, a, pending, None) {
+                Some(r) => break 'blocks Some(r),
+                None => return None,
             }
         }
         if let Some(cl) = &p.policy.concurrency_limit {

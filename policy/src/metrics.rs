@@ -76,6 +76,8 @@ words! {
         RateLimited => "rate_limited",
         ConcurrencyLimited => "concurrency_limited",
         CircuitOpen => "circuit_open",
+        /// Rejected by the fleet-wide limit (`global_rate_limit`).
+        GlobalRateLimited => "global_rate_limited",
         /// A fallback reply replaced the upstream's answer.
         Fallback => "fallback",
         Retried => "retried",
@@ -83,16 +85,22 @@ words! {
         BudgetExhausted => "budget_exhausted",
         /// Shared state could not be used; `failure_mode` applied.
         StateUnavailable => "state_unavailable",
+        /// Calls to the rate-limit service (`global_rate_limit`).
+        GlobalCalls => "global_calls",
+        /// Requests the global limit decided without the service (it could not answer in time,
+        /// or was known to be unavailable): the block's `failure_mode` applied.
+        GlobalUnavailable => "global_unavailable",
     }
 }
 
 words! {
-    /// What a policy decided for a request: the first four [`Counter`]s, one per request.
+    /// What a policy decided for a request: the first five [`Counter`]s, one per request.
     pub enum Decision {
         Allowed => "allowed",
         RateLimited => "rate_limited",
         ConcurrencyLimited => "concurrency_limited",
         CircuitOpen => "circuit_open",
+        GlobalRateLimited => "global_rate_limited",
     }
 }
 
@@ -112,6 +120,9 @@ words! {
         BreakerState => "breaker_state",
         /// Requests holding a concurrency slot.
         InFlight => "in_flight",
+        /// 1 while the rate-limit service cannot answer and `failure_mode` decides (degraded
+        /// mode), 0 otherwise.
+        GlobalDegraded => "global_degraded",
     }
 }
 
@@ -135,6 +146,7 @@ impl Decision {
             Decision::RateLimited => Counter::RateLimited,
             Decision::ConcurrencyLimited => Counter::ConcurrencyLimited,
             Decision::CircuitOpen => Counter::CircuitOpen,
+            Decision::GlobalRateLimited => Counter::GlobalRateLimited,
         }
     }
 }

@@ -13,68 +13,7 @@ use crate::engine::rate_limit::Gcra;
 use crate::engine::{NANOS_PER_SEC, Nanos, concurrency};
 use crate::model::{self, Document, KeyPart, Mode, Policy};
 
-/// What a matcher needs to know about a request.
-pub trait RequestView {
-    /// `:authority`, possibly with a port.
-    fn authority(&self) -> &str;
-    /// `:path`, possibly with a query string.
-    fn path(&self) -> &str;
-    fn method(&self) -> &str;
-    /// A request header by lower-case name.
-    fn header(&self, name: &str) -> Option<&str>;
-    /// The downstream client's IP address (without port), when known.
-    fn client_ip(&self) -> Option<&str> {
-        None
-    }
-}
-
-/// A request held in plain fields: for tests, simulations and tools. The filter names headers
-/// with `&str` borrowed from the plan (`N`), so reading a request copies no header names.
-#[derive(Debug, Clone, Default)]
-pub struct SimpleRequest<N = String> {
-    pub authority: String,
-    pub path: String,
-    pub method: String,
-    pub headers: Vec<(N, String)>,
-    pub client_ip: Option<String>,
-}
-
-impl SimpleRequest {
-    pub fn new(method: &str, authority: &str, path: &str) -> Self {
-        SimpleRequest {
-            authority: authority.into(),
-            path: path.into(),
-            method: method.into(),
-            ..Self::default()
-        }
-    }
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-    pub fn from_ip(mut self, ip: &str) -> Self {
-        self.client_ip = Some(ip.into());
-        self
-    }
-}
-
-impl<N: AsRef<str>> RequestView for SimpleRequest<N> {
-    fn authority(&self) -> &str {
-        &self.authority
-    }
-    fn path(&self) -> &str {
-        &self.path
-    }
-    fn method(&self) -> &str {
-        &self.method
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.as_ref() == name).map(|(_, v)| v.as_str())
-    }
-    fn client_ip(&self) -> Option<&str> {
-        self.client_ip.as_deref()
-    }
-}
+pub use crate::request::{RequestView, SimpleRequest, compose_key, key_fingerprint, key_part, until};
 
 /// `Default`: a plan of no policies, which matches no request.
 #[derive(Debug, Clone, Default)]
@@ -112,18 +51,6 @@ struct PolicyIndex {
 /// The first segment of an absolute path (`/orders/7?x` → `orders`), without the query.
 fn first_segment(path: &str) -> Option<&str> {
     Some(until(until(path, b'?').strip_prefix('/')?, b'/'))
-}
-
-/// `s` up to its first `byte` (ASCII), or all of it. A plain loop: the strings are short (a path,
-/// an authority), and `split_once(char)` paid memchr's setup each time (BENCHMARKS.md,
-/// optimisation log).
-pub fn until(s: &str, byte: u8) -> &str {
-    debug_assert!(byte.is_ascii());
-    match s.bytes().position(|c| c == byte) {
-        // An ASCII byte is always a character boundary.
-        Some(i) => s.get(..i).unwrap_or(s),
-        None => s,
-    }
 }
 
 impl PolicyIndex {
@@ -164,6 +91,8 @@ pub struct PolicyPlan {
     pub policy: Policy,
     pub matcher: Matcher,
     pub rate_limit: Option<Gcra>,
+    /// The global limit's calls and degraded state.
+    pub global: Option<crate::global::GlobalPlan>,
     pub breaker: Option<BreakerConfig>,
     pub budget: Option<RetryBudget>,
     /// Header values that do not change between requests, rendered once.
@@ -372,6 +301,7 @@ impl Plan {
                 .rate_limit
                 .iter()
                 .flat_map(|r| &r.key)
+                .chain(p.global_rate_limit.iter().flat_map(|g| &g.key))
                 .chain(p.concurrency_limit.iter().flat_map(|c| &c.key));
             for k in keys {
                 match k {
@@ -385,6 +315,10 @@ impl Plan {
             policies.push(PolicyPlan {
                 matcher: Matcher::new(&p.matcher),
                 rate_limit,
+                global: p
+                    .global_rate_limit
+                    .as_ref()
+                    .map(|g| crate::global::GlobalPlan::new(&p, g, doc.key_seed.unwrap_or_default())),
                 breaker: p.circuit_breaker.as_ref().map(BreakerConfig::from_model),
                 budget: p.retry.as_ref().map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
                 headers: FixedHeaders::new(&p, rate_limit.as_ref()),

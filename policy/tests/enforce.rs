@@ -32,7 +32,9 @@ fn sim_with<S: SharedStore>(yaml: &str, store: S) -> Sim<S> {
 
 impl<S: SharedStore> Sim<S> {
     fn admit(&self, req: &Req) -> Admitted {
-        enforce::admit(&self.plan, &self.store, req, self.clock.now()).expect("a policy matches")
+        enforce::admit(&self.plan, &self.store, req, self.clock.now())
+            .and_then(enforce::Step::decided)
+            .expect("a policy matches")
     }
     fn finish(&self, a: &mut Admitted, status: u16, attempts: u32) {
         let ex = Exchange { status: Some(status), ..Exchange::default() };

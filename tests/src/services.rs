@@ -189,3 +189,22 @@ impl Drop for RateLimitService {
         }
     }
 }
+
+/// `envoy/demo.yaml` with its `breakwater-ratelimit` cluster pointing at `services` (gRPC
+/// addresses), for [`crate::Envoy::start_edited`].
+pub fn with_ratelimit(bootstrap: String, services: &[SocketAddr]) -> String {
+    let line = "                    socket_address: { address: 127.0.0.1, port_value: 8091 }\n";
+    assert!(bootstrap.contains(line), "envoy/demo.yaml has no breakwater-ratelimit endpoint");
+    let endpoints: Vec<String> = services
+        .iter()
+        .map(|a| {
+            format!(
+                "                    socket_address: {{ address: {}, port_value: {} }}\n",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    let separator = "              - endpoint:\n                  address:\n";
+    bootstrap.replace(line, &endpoints.join(separator))
+}

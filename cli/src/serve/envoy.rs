@@ -110,6 +110,7 @@ pub fn policy_stats(prometheus: &str) -> BTreeMap<String, PolicyStats> {
                 entry.breaker = Some(BreakerState::from_gauge(value).unwrap_or(BreakerState::Closed))
             }
             Metric::Gauge(Gauge::InFlight) => entry.in_flight = Some(value),
+            Metric::Gauge(Gauge::GlobalDegraded) => entry.global_degraded = Some(value > 0),
         }
     }
     out

@@ -113,6 +113,18 @@ pub fn decode_tat(bytes: &[u8]) -> Option<Nanos> {
     r.done().then_some(tat)
 }
 
+/// Rate-limit slots: idle when the bucket is full again; the fullest buckets are evicted first.
+#[derive(Debug, Clone, Copy)]
+pub struct RateSlots;
+impl super::keys::SlotState for RateSlots {
+    fn activity(&self, state: &[u8], now: Nanos) -> Option<u64> {
+        decode_tat(state).and_then(|tat| tat.checked_sub(now)).filter(|wait| *wait > 0)
+    }
+    fn evictable(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
