@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use breakwater_e2e::services::{RateLimitService, Redis, with_ratelimit};
 use breakwater_e2e::{Client, Envoy, Upstream, scratch_dir};
@@ -50,4 +51,81 @@ fn two_envoys_share_one_exact_limit_per_key() {
     let rejected: u64 = envoys.iter().map(|e| e.decisions("api", Counter::GlobalRateLimited.as_str())).sum();
     assert_eq!(rejected, 6);
     assert_eq!(envoys[0].gauge("api", Gauge::GlobalDegraded), 0);
+}
+
+/// A TCP server that accepts connections and never answers (a hung service or Redis).
+struct Silent {
+    port: u16,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                held.push(conn);
+            }
+        });
+        Silent { port }
+    }
+}
+
+/// Sends `n` requests one after the other; the slowest answer's time and every status.
+fn timed(client: &mut Client, n: usize) -> (Duration, Vec<u16>) {
+    let mut slowest = Duration::ZERO;
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        statuses.push(client.get("/", &[("x-api-key", "k")]).status);
+        slowest = slowest.max(started.elapsed());
+    }
+    (slowest, statuses)
+}
+
+/// However the service fails, no request waits much longer than the policy's `timeout` (50 ms):
+/// no endpoint, connection refused, a service that accepts and never answers, and a service
+/// whose Redis hangs. `failure_mode: deny` makes each such request a 429.
+#[test]
+fn no_request_waits_longer_than_the_timeout_whatever_the_service_does() {
+    const DENY: &str = "version: 1
+policies:
+  - name: api
+    global_rate_limit: { rate: 1000, key: [\"header:x-api-key\"], timeout: 50ms, failure_mode: deny }
+";
+    let upstream = Upstream::start();
+    let hung = Silent::start();
+    let hung_redis = Silent::start();
+    let slow_service = RateLimitService::start(
+        &policy_file(DENY),
+        &format!("redis://127.0.0.1:{}", hung_redis.port),
+        &["--redis-timeout", "2s"],
+    );
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let no_endpoint = |b: String| {
+        let b = with_ratelimit(b, &[refused]);
+        let start = b.find("        cluster_name: breakwater-ratelimit").unwrap();
+        format!("{}        cluster_name: breakwater-ratelimit\n        endpoints: []\n", &b[..start])
+    };
+    let cases: Vec<(&str, Box<dyn Fn(String) -> String>)> = vec![
+        ("no endpoint", Box::new(no_endpoint)),
+        ("connection refused", Box::new(move |b| with_ratelimit(b, &[refused]))),
+        ("hung service", Box::new(move |b| with_ratelimit(b, &[([127, 0, 0, 1], hung.port).into()]))),
+        ("hung redis", Box::new(|b| with_ratelimit(b, &[slow_service.grpc]))),
+    ];
+    let mut report = Vec::new();
+    for (name, edit) in cases {
+        let envoy = Envoy::start_edited(DENY, upstream.port(), edit);
+        let mut client = envoy.client();
+        // The first request (a new connection, maybe a new gRPC stream) and then nine more.
+        let (slowest, statuses) = timed(&mut client, 10);
+        report.push(format!("{name}: slowest {slowest:?}, statuses {statuses:?}"));
+        assert!(statuses.iter().all(|s| *s == 429), "{name}: {statuses:?}");
+        // Measured: 2 ms (no endpoint, refused), 49 ms (hung service), 53 ms (hung Redis).
+        assert!(slowest < Duration::from_millis(250), "{name}: a request waited {slowest:?}");
+        assert_eq!(envoy.gauge("api", Gauge::GlobalDegraded), 1, "{name}");
+        assert!(envoy.decisions("api", Counter::GlobalUnavailable.as_str()) >= 10, "{name}");
+    }
+    println!("{}", report.join("\n"));
 }
