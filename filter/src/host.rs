@@ -84,7 +84,10 @@ pub fn resume_request() {
 /// Sends a global limit's call to the rate-limit service; the token of the call.
 pub fn dispatch_grpc(call: &Call) -> Result<u32, Status> {
     let id = envoy_id();
-    let metadata: Vec<(&str, &[u8])> = vec![(ENVOY_HEADER, id.as_bytes())];
+    let mut metadata: Vec<(&str, &[u8])> = vec![(breakwater_policy::global::ENVOY_HEADER, id.as_bytes())];
+    if call.lease {
+        metadata.push((breakwater_policy::global::LEASE_HEADER, b"1"));
+    }
     hostcalls::dispatch_grpc_call(
         &call.service,
         rls::SERVICE,
@@ -99,9 +102,6 @@ pub fn dispatch_grpc(call: &Call) -> Result<u32, Status> {
 pub fn grpc_response(size: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
 }
-
-/// The gRPC metadata that names this Envoy to the rate-limit service (which counts the fleet).
-pub const ENVOY_HEADER: &str = "x-breakwater-envoy";
 
 /// Where an Envoy keeps its name for the rate-limit service when its node has no id.
 const ENVOY_ID_KEY: &str = "bw/envoy-id";

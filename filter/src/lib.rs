@@ -23,10 +23,12 @@ pub mod alloc;
 mod host;
 mod metrics;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use breakwater_policy::enforce::{self, Admitted, Ask, Exchange, Step, Verdict};
-use breakwater_policy::global::Answer;
+use breakwater_policy::global::{Answer, Renewal};
 use breakwater_policy::plan::{Plan, SimpleRequest};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -65,9 +67,29 @@ impl Drop for Config {
 #[derive(Default)]
 struct Root {
     config: Option<Rc<Config>>,
+    /// Lease renewals the worker's requests asked for; sent on the next tick by this context,
+    /// which (unlike a request's) lives until the answer comes.
+    renewals: Renewals,
+    /// Renewals sent, by call token.
+    sent: HashMap<u32, (Rc<Config>, Renewal)>,
 }
 
-impl Context for Root {}
+/// Lease renewals waiting for the root context's next tick, with the configuration they belong to.
+type Renewals = Rc<RefCell<Vec<(Rc<Config>, Renewal)>>>;
+
+/// How often the root context sends the renewals its requests asked for (leased global limits
+/// only; a lease is renewed when a quarter is left, so this delay is covered).
+const RENEWAL_TICK: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let Some((config, renewal)) = self.sent.remove(&token) else { return };
+        let message = if status == 0 { host::grpc_response(size) } else { None };
+        let answer = Answer::read(status, message.as_deref());
+        let events = enforce::renewed(&config.plan, &HostStore, &renewal, answer, host::now());
+        config.metrics.count(renewal.policy, events.into_iter());
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -83,7 +105,29 @@ impl RootContext for Root {
             exchange: None,
             attempts: None,
             asking: None,
+            renewals: self.renewals.clone(),
         }))
+    }
+
+    fn on_tick(&mut self) {
+        let queued = std::mem::take(&mut *self.renewals.borrow_mut());
+        for (config, renewal) in queued {
+            match host::dispatch_grpc(&renewal.call) {
+                Ok(token) => {
+                    self.sent.insert(token, (config, renewal));
+                }
+                Err(_) => {
+                    let events = enforce::renewed(
+                        &config.plan,
+                        &HostStore,
+                        &renewal,
+                        Answer::Unavailable,
+                        host::now(),
+                    );
+                    config.metrics.count(renewal.policy, events.into_iter());
+                }
+            }
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -110,6 +154,12 @@ impl Root {
                         ms(parsed, defined)
                     ),
                 );
+                let leased = plan.policies.iter().any(|p| p.global.as_ref().is_some_and(|g| g.leased()));
+                let _ = proxy_wasm::hostcalls::set_tick_period(if leased {
+                    RENEWAL_TICK
+                } else {
+                    std::time::Duration::ZERO
+                });
                 self.config = Some(Rc::new(Config { plan, metrics }));
                 metrics::record_memory();
                 true
@@ -141,6 +191,8 @@ struct Http {
     attempts: Option<u32>,
     /// Waiting for the rate-limit service: the question, and the call's token.
     asking: Option<(Ask, u32)>,
+    /// The root context's queue of lease renewals.
+    renewals: Renewals,
 }
 
 impl Context for Http {
@@ -196,8 +248,11 @@ fn outcome(status: Option<u16>) -> Exchange {
 impl Http {
     /// Acts on a decision: a local reply (the stream then stays paused), or the router's headers
     /// and on.
-    fn act(&mut self, config: &Config, mut admitted: Admitted) -> Action {
+    fn act(&mut self, config: &Rc<Config>, mut admitted: Admitted) -> Action {
         config.metrics.count(admitted.policy, admitted.events.drain(..));
+        if let Some(renewal) = admitted.renewal.take() {
+            self.renewals.borrow_mut().push((config.clone(), renewal));
+        }
         let action = match &admitted.verdict {
             Verdict::Reject(reply) => {
                 if let Err(status) = host::send_reply(reply.status, &reply.headers, &reply.body) {

@@ -18,7 +18,7 @@ use crate::engine::rate_limit::{RateDecision, RateSlots};
 use crate::engine::record;
 use crate::engine::store::{SharedStore, StoreError};
 use crate::engine::{NANOS_PER_SEC, concurrency, text};
-use crate::global::{self, Answer, Call};
+use crate::global::{self, Answer, Call, LeaseAt, LeaseStep, Renewal};
 use crate::metrics::{Counter, Decision};
 use crate::model::{FailureMode, GlobalFailureMode, Outcome, Response};
 use crate::plan::{Plan, PolicyPlan, RequestView};
@@ -119,6 +119,9 @@ pub struct Admitted {
     record_slot: bool,
     /// The lease bucket the concurrency slot (keyed or in the record) was acquired in.
     slot_epoch: u64,
+    /// Leased mode: a renewal of the lease to send in the background (the caller's root context
+    /// sends it and hands the answer to [`renewed`]).
+    pub renewal: Option<Renewal>,
     ticket: Option<Ticket>,
     reservation: Option<Reservation>,
     replied: bool,
@@ -313,6 +316,9 @@ pub struct Ask {
     admitted: Admitted,
     retriable: bool,
     want: u32,
+    /// Leased mode: where the lease is, how many tokens the call asks for, whether it is the
+    /// lease's renewal.
+    lease: Option<(LeaseAt, u64, bool)>,
 }
 
 impl Ask {
@@ -356,6 +362,7 @@ pub fn admit<S: SharedStore + ?Sized>(
         slot: None,
         record_slot: false,
         slot_epoch: 0,
+        renewal: None,
         ticket: None,
         reservation: None,
         replied: false,
@@ -372,12 +379,46 @@ pub fn admit<S: SharedStore + ?Sized>(
     if let Some(rejection) = check_limits(p, store, req, now, &mut a, want, Stage::RateLimit) {
         return Some(Step::Decided(conclude(plan, p, a, Some(rejection), retriable)));
     }
-    Some(match global::route(store, gp, now) {
-        global::Route::Ask => {
-            a.events.push(Event::GlobalCall);
-            Step::Ask(Ask { call: gp.request(req), admitted: a, retriable, want })
+    let known = match global::route(store, gp, now) {
+        global::Route::Degraded(known) => {
+            let decided =
+                after_global(plan, p, store, req, now, a, (retriable, want), Answer::Unavailable, known);
+            return Some(Step::Decided(decided));
         }
-        global::Route::Degraded(known) => Step::Decided(after_global(
+        global::Route::Ask => global::Known::default(),
+    };
+    let leased = match (gp.leased(), &p.policy.global_rate_limit) {
+        (true, Some(g)) => gp.lease_step(store, g, req, now).ok(),
+        _ => None,
+    };
+    let decided = |over_limit, until| Answer::Decided {
+        over_limit,
+        remaining: 0,
+        until,
+        envoys: None,
+        granted: 0,
+        valid_until: 0,
+    };
+    Some(match leased {
+        Some((LeaseStep::Spent { renew }, at)) => {
+            if let Some(tokens) = renew {
+                a.events.push(Event::GlobalCall);
+                let call = gp.lease_request(req, tokens);
+                a.renewal = Some(Renewal { policy: index, at, want: tokens, call });
+            }
+            Step::Decided(after_global(
+                plan,
+                p,
+                store,
+                req,
+                now,
+                a,
+                (retriable, want),
+                decided(false, 0),
+                known,
+            ))
+        }
+        Some((LeaseStep::Empty { wait }, _)) => Step::Decided(after_global(
             plan,
             p,
             store,
@@ -385,10 +426,38 @@ pub fn admit<S: SharedStore + ?Sized>(
             now,
             a,
             (retriable, want),
-            Answer::Unavailable,
+            decided(true, wait),
             known,
         )),
+        Some((LeaseStep::Ask { want: tokens, renewing }, at)) => {
+            a.events.push(Event::GlobalCall);
+            let call = gp.lease_request(req, tokens);
+            Step::Ask(Ask { call, admitted: a, retriable, want, lease: Some((at, tokens, renewing)) })
+        }
+        // Exact mode, or a lease that could not be read: one call for this request.
+        None => {
+            a.events.push(Event::GlobalCall);
+            Step::Ask(Ask { call: gp.request(req), admitted: a, retriable, want, lease: None })
+        }
     })
+}
+
+/// Puts a background renewal's answer into its lease (and what it says about the service into
+/// the policy's record). The events are the policy's ([`Renewal::policy`]).
+pub fn renewed<S: SharedStore + ?Sized>(
+    plan: &Plan,
+    store: &S,
+    renewal: &Renewal,
+    answer: Answer,
+    now: Nanos,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    let Some(gp) = plan.policies.get(renewal.policy).and_then(|p| p.global.as_ref()) else { return events };
+    if let Ok((known, true)) = global::record(store, gp, &answer, now) {
+        events.push(Event::GlobalDegraded(known.degraded));
+    }
+    gp.lease_answer(store, &renewal.at, renewal.want, 0, true, &answer, now);
+    events
 }
 
 /// Goes on with a request that asked the rate-limit service, with its answer.
@@ -400,9 +469,21 @@ pub fn resume<S: SharedStore + ?Sized>(
     answer: Answer,
     now: Nanos,
 ) -> Admitted {
-    let Ask { admitted: mut a, retriable, want, .. } = ask;
+    let Ask { admitted: mut a, retriable, want, lease, .. } = ask;
     let Some(p) = plan.policies.get(a.policy) else { return a };
     let Some(gp) = &p.global else { return a };
+    // A lease's answer: the request spends one of the tokens granted, the lease keeps the rest.
+    let answer = match (lease, answer) {
+        (Some((at, tokens, renewing)), Answer::Decided { envoys, until, remaining, valid_until, .. }) => {
+            let got = gp.lease_answer(store, &at, tokens, 1, renewing, &answer, now);
+            Answer::Decided { over_limit: !got, remaining, until, envoys, granted: 0, valid_until }
+        }
+        (Some((at, tokens, renewing)), Answer::Unavailable) => {
+            gp.lease_answer(store, &at, tokens, 1, renewing, &answer, now);
+            Answer::Unavailable
+        }
+        (None, answer) => answer,
+    };
     let known = match global::record(store, gp, &answer, now) {
         Ok((known, changed)) => {
             if changed {

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::engine::codec::{ByteReader, ByteWriter};
-use crate::engine::keys::{KeySeed, KeyTable};
+use crate::engine::keys::{KeySeed, KeyTable, SlotRef, SlotState};
 use crate::engine::rate_limit::{Gcra, RateDecision, RateSlots};
 use crate::engine::store::{self, SharedStore, StoreError};
 use crate::engine::{NANOS_PER_SEC, Nanos};
-use crate::model::{GlobalRateLimit, KeyPart, Policy};
+use crate::model::{GlobalMode, GlobalRateLimit, KeyPart, Policy};
+use crate::request::key_fingerprint as fingerprint_of;
 use crate::request::{RequestView, key_fingerprint, key_part};
 use crate::rls;
 
@@ -44,6 +45,13 @@ pub struct GlobalPlan {
     /// Degraded mode's buckets: one per request key (`bw/<policy>/gd/<slot>`), or one in all.
     local: Option<KeyTable>,
     local_key: String,
+    /// Leased mode's leases: one per request key (`bw/<policy>/gl/<slot>`), or one in all.
+    leases: Option<KeyTable>,
+    lease_key: String,
+    /// Leased mode: one token every `interval` ns, at most `max_lease` tokens per lease.
+    interval: Nanos,
+    max_lease: u64,
+    leased: bool,
 }
 
 impl GlobalPlan {
@@ -59,11 +67,26 @@ impl GlobalPlan {
             local: (!g.key.is_empty())
                 .then(|| KeyTable::new(format!("bw/{name}/gd"), g.max_keys).with_seed(seed)),
             local_key: ["bw/", name, "/gd"].concat(),
+            leases: (!g.key.is_empty())
+                .then(|| KeyTable::new(format!("bw/{name}/gl"), g.max_keys).with_seed(seed)),
+            lease_key: ["bw/", name, "/gl"].concat(),
+            interval: g.per.as_nanos().div_ceil(g.rate.max(1)),
+            max_lease: (g.burst / 2).clamp(1, MAX_LEASE),
+            leased: g.mode == GlobalMode::Leased,
         }
     }
 
     /// The `ShouldRateLimit` request for `req`: the policy's descriptor, one hit.
     pub fn request(&self, req: &impl RequestView) -> Call {
+        self.call(req, 1, false)
+    }
+
+    /// A lease request for `req`'s key: up to `want` tokens.
+    pub fn lease_request(&self, req: &impl RequestView, want: u64) -> Call {
+        self.call(req, want, true)
+    }
+
+    fn call(&self, req: &impl RequestView, hits: u64, lease: bool) -> Call {
         let mut entries = Vec::with_capacity(self.parts.len().saturating_add(1));
         entries.push(rls::Entry { key: POLICY_ENTRY.into(), value: self.policy.clone() });
         for (part, name) in &self.parts {
@@ -73,12 +96,17 @@ impl GlobalPlan {
             domain: self.domain.clone(),
             descriptors: vec![rls::RateLimitDescriptor {
                 entries,
-                hits_addend: None,
+                hits_addend: (hits != 1).then_some(rls::UInt64Value { value: hits }),
                 is_negative_hits: false,
             }],
             hits_addend: 0,
         };
-        Call { service: self.service.clone(), timeout_ms: self.timeout_ms, message: message.encode_to_vec() }
+        Call {
+            service: self.service.clone(),
+            timeout_ms: self.timeout_ms,
+            message: message.encode_to_vec(),
+            lease,
+        }
     }
 }
 
@@ -90,7 +118,15 @@ pub struct Call {
     pub timeout_ms: u64,
     /// The `RateLimitRequest`, encoded.
     pub message: Vec<u8>,
+    /// A lease request (the gRPC metadata [`LEASE_HEADER`]): the service grants as many of the
+    /// hits as the bucket holds, in the descriptor's `quota`.
+    pub lease: bool,
 }
+
+/// The gRPC metadata that makes a call a lease request.
+pub const LEASE_HEADER: &str = "x-breakwater-lease";
+/// The gRPC metadata that names the calling Envoy (the service counts the fleet by it).
+pub const ENVOY_HEADER: &str = "x-breakwater-envoy";
 
 /// What the service said about the request's descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +140,10 @@ pub enum Answer {
         until: Nanos,
         /// The Envoys the service counted in the last minute, when it says.
         envoys: Option<u32>,
+        /// A lease's tokens (the descriptor's `quota`), and until when they may be spent (ns
+        /// since the epoch); 0 when the answer carries no quota.
+        granted: u64,
+        valid_until: Nanos,
     },
     /// No usable answer in time: an error status, a timeout, no connection, a reply that does not
     /// decode. `failure_mode` decides.
@@ -133,11 +173,14 @@ impl Answer {
             .and_then(|v| v.number_value)
             .filter(|n| n.is_finite() && *n >= 1.0)
             .map(|n| n.min(f64::from(u32::MAX)) as u32);
+        let quota = status.and_then(|s| s.quota.as_ref());
         Answer::Decided {
             over_limit,
             remaining: status.map_or(0, |s| u64::from(s.limit_remaining)),
             until: status.and_then(|s| s.duration_until_reset).map_or(0, |d| d.nanos()),
             envoys,
+            granted: quota.map_or(0, |q| u64::from(q.requests)),
+            valid_until: quota.and_then(|q| q.valid_until).map_or(0, |t| t.nanos()),
         }
     }
 }
@@ -251,6 +294,236 @@ pub fn decide_local<S: SharedStore + ?Sized>(
     }
 }
 
+// ---- leased mode ----
+
+/// How long a lease should last at the Envoy's recent demand: its size is the requests of this
+/// period, so at steady load an Envoy renews about once per period and key.
+pub const LEASE_TARGET: Nanos = NANOS_PER_SEC;
+/// The longest a lease's tokens are spent after the service granted them, whatever it says.
+pub const MAX_LEASE_TTL: Nanos = 5 * NANOS_PER_SEC;
+/// The largest lease asked for.
+pub const MAX_LEASE: u64 = 1_000_000;
+/// Demand is counted in windows of this length.
+const DEMAND_WINDOW: Nanos = NANOS_PER_SEC;
+/// A renewal in flight blocks others for the call's timeout plus this.
+const ASKING_SLACK: Nanos = 50_000_000;
+const LEASE_TAG: u8 = b'L';
+
+/// One Envoy's lease of a key's global bucket (shared by its workers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Tokens left to spend.
+    pub tokens: u64,
+    /// Spend them before this (ns).
+    pub expires: Nanos,
+    /// A renewal is in flight until this (0: none).
+    pub asking: Nanos,
+    /// The service said the bucket is empty: ask again no earlier than this.
+    pub next_ask: Nanos,
+    /// Requests in the current demand window, which started at `window`.
+    pub count: u64,
+    pub window: Nanos,
+    /// Requests in the last whole window.
+    pub demand: u64,
+}
+
+impl Lease {
+    fn decode(bytes: Option<&[u8]>) -> Lease {
+        let read = || {
+            let mut r = ByteReader::with_tag(bytes?, LEASE_TAG)?;
+            let lease = Lease {
+                tokens: r.u64()?,
+                expires: r.u64()?,
+                asking: r.u64()?,
+                next_ask: r.u64()?,
+                count: r.u64()?,
+                window: r.u64()?,
+                demand: r.u64()?,
+            };
+            r.done().then_some(lease)
+        };
+        read().unwrap_or_default()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        ByteWriter::with_tag(LEASE_TAG)
+            .u64(self.tokens)
+            .u64(self.expires)
+            .u64(self.asking)
+            .u64(self.next_ask)
+            .u64(self.count)
+            .u64(self.window)
+            .u64(self.demand)
+            .finish()
+    }
+
+    /// Counts a request in its demand window.
+    fn count_request(&mut self, now: Nanos) {
+        let elapsed = now.saturating_sub(self.window);
+        if elapsed >= DEMAND_WINDOW {
+            self.demand = if elapsed < DEMAND_WINDOW.saturating_mul(2) { self.count } else { 0 };
+            self.window = now;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// The lease to ask for: the requests of [`LEASE_TARGET`] at the recent demand.
+    fn want(&self, max_lease: u64) -> u64 {
+        let per_target = self.demand.max(self.count).saturating_mul(LEASE_TARGET) / DEMAND_WINDOW;
+        per_target.clamp(1, max_lease)
+    }
+}
+
+/// Leases are evicted like rate-limit buckets: an idle one first.
+#[derive(Debug, Clone, Copy)]
+struct LeaseSlots;
+
+impl SlotState for LeaseSlots {
+    fn activity(&self, state: &[u8], now: Nanos) -> Option<u64> {
+        let lease = Lease::decode(Some(state));
+        let live = (lease.tokens > 0 && now < lease.expires) || lease.asking > now;
+        live.then_some(lease.tokens.max(1))
+    }
+    fn evictable(&self) -> bool {
+        true
+    }
+}
+
+/// Where a key's lease is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAt {
+    Slot(SlotRef),
+    Key(String),
+}
+
+/// What a request under a leased limit does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseStep {
+    /// Spent a token of the lease; `renew` asks for a new lease of that many tokens in the
+    /// background (the lease is running low and no renewal is in flight).
+    Spent { renew: Option<u64> },
+    /// The service said the bucket is empty, and it cannot have refilled yet.
+    Empty { wait: Nanos },
+    /// No tokens: the request asks the service itself, for a lease of `want` (one for itself).
+    /// `renewing`: this call is the lease's renewal (others wait for it rather than ask for
+    /// leases of their own); otherwise it asks for its own token alone.
+    Ask { want: u64, renewing: bool },
+}
+
+/// A renewal to send in the background (by the caller's root context, which outlives requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    pub policy: usize,
+    pub at: LeaseAt,
+    pub want: u64,
+    pub call: Call,
+}
+
+impl GlobalPlan {
+    /// Whether this limit is leased.
+    pub fn leased(&self) -> bool {
+        self.leased
+    }
+
+    /// Takes a token of `req`'s lease, or says what to do without one.
+    pub fn lease_step<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        g: &GlobalRateLimit,
+        req: &impl RequestView,
+        now: Nanos,
+    ) -> Result<(LeaseStep, LeaseAt), StoreError> {
+        let slow = self.timeout_ms.saturating_mul(1_000_000).saturating_add(ASKING_SLACK);
+        let max_lease = self.max_lease;
+        let decide = |old: Option<&[u8]>| {
+            let mut lease = Lease::decode(old);
+            lease.count_request(now);
+            let want = lease.want(max_lease);
+            let step = if lease.tokens > 0 && now < lease.expires {
+                lease.tokens = lease.tokens.saturating_sub(1);
+                // Renew when a quarter of a lease is left, so that the next one arrives in time.
+                let low = lease.tokens.saturating_mul(4) <= want;
+                let renew = low && lease.asking <= now && now >= lease.next_ask;
+                if renew {
+                    lease.asking = now.saturating_add(slow);
+                }
+                LeaseStep::Spent { renew: renew.then_some(want) }
+            } else if now < lease.next_ask {
+                LeaseStep::Empty { wait: lease.next_ask.saturating_sub(now) }
+            } else if lease.asking > now {
+                // A lease is on its way: this request asks for itself alone.
+                LeaseStep::Ask { want: 1, renewing: false }
+            } else {
+                lease.asking = now.saturating_add(slow);
+                LeaseStep::Ask { want, renewing: true }
+            };
+            (step, Some(lease.encode()))
+        };
+        match &self.leases {
+            Some(table) => {
+                let fp = fingerprint_of(table.seed(), &g.key, req);
+                table
+                    .update_fp(store, fp, now, &LeaseSlots, decide)
+                    .map(|(step, at)| (step, LeaseAt::Slot(at)))
+            }
+            None => store::update(store, &self.lease_key, decide)
+                .map(|step| (step, LeaseAt::Key(self.lease_key.clone()))),
+        }
+    }
+
+    /// Puts what the service granted for a lease of `want` into the lease: `taken` of the tokens
+    /// are spent at once (1 by the request that asked, 0 for a background renewal); `renewing`
+    /// ends the renewal in flight. Returns whether the asker got its token.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lease_answer<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        at: &LeaseAt,
+        want: u64,
+        taken: u64,
+        renewing: bool,
+        answer: &Answer,
+        now: Nanos,
+    ) -> bool {
+        let interval = self.interval;
+        let apply = |old: Option<&[u8]>| {
+            let mut lease = Lease::decode(old);
+            if renewing {
+                lease.asking = 0;
+            }
+            let got = match *answer {
+                Answer::Decided { granted, valid_until, until, .. } => {
+                    if lease.tokens == 0 || now >= lease.expires {
+                        lease.tokens = 0;
+                    }
+                    let mine = granted.min(taken);
+                    lease.tokens = lease.tokens.saturating_add(granted.saturating_sub(mine));
+                    if granted > mine {
+                        lease.expires = valid_until.clamp(now, now.saturating_add(MAX_LEASE_TTL));
+                    }
+                    if granted < want {
+                        // Empty, or short: ask again once the bucket can have refilled a part of
+                        // a lease (a half, and at least the service's own wait).
+                        let refill = interval.saturating_mul(want.saturating_sub(granted)) / 2;
+                        lease.next_ask = now.saturating_add(until.max(refill));
+                    } else {
+                        lease.next_ask = 0;
+                    }
+                    mine >= taken
+                }
+                Answer::Unavailable => false,
+            };
+            (got, Some(lease.encode()))
+        };
+        let updated = match at {
+            LeaseAt::Slot(slot) => KeyTable::update_at(store, slot, apply).map(|got| got.unwrap_or(false)),
+            LeaseAt::Key(key) => store::update(store, key, apply),
+        };
+        updated.unwrap_or(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,11 +576,25 @@ mod tests {
         };
         assert_eq!(
             Answer::read(0, Some(&response(rls::CODE_OK, 3, 1500, Some(4.0)))),
-            Answer::Decided { over_limit: false, remaining: 3, until: 1_500_000_000, envoys: Some(4) }
+            Answer::Decided {
+                over_limit: false,
+                remaining: 3,
+                until: 1_500_000_000,
+                envoys: Some(4),
+                granted: 0,
+                valid_until: 0
+            }
         );
         assert_eq!(
             Answer::read(0, Some(&response(rls::CODE_OVER_LIMIT, 0, 40, None))),
-            Answer::Decided { over_limit: true, remaining: 0, until: 40_000_000, envoys: None }
+            Answer::Decided {
+                over_limit: true,
+                remaining: 0,
+                until: 40_000_000,
+                envoys: None,
+                granted: 0,
+                valid_until: 0
+            }
         );
         // Errors, timeouts, garbage, unknown codes: no answer.
         assert_eq!(Answer::read(14, None), Answer::Unavailable);
@@ -317,7 +604,14 @@ mod tests {
         assert_eq!(Answer::read(0, None), Answer::Unavailable);
         assert_eq!(
             Answer::read(0, Some(&response(rls::CODE_OK, 0, 0, Some(f64::NAN)))),
-            Answer::Decided { over_limit: false, remaining: 0, until: 0, envoys: None }
+            Answer::Decided {
+                over_limit: false,
+                remaining: 0,
+                until: 0,
+                envoys: None,
+                granted: 0,
+                valid_until: 0
+            }
         );
     }
 
@@ -336,7 +630,14 @@ mod tests {
         let later = t0 + PROBE_EVERY;
         assert_eq!(route(&store, &g, later), Route::Ask);
         assert!(matches!(route(&store, &g, later), Route::Degraded(_)));
-        let ok = Answer::Decided { over_limit: false, remaining: 1, until: 0, envoys: Some(5) };
+        let ok = Answer::Decided {
+            over_limit: false,
+            remaining: 1,
+            until: 0,
+            envoys: Some(5),
+            granted: 0,
+            valid_until: 0,
+        };
         let (known, changed) = record(&store, &g, &ok, later).unwrap();
         assert!(!known.degraded && changed && known.envoys == 5);
         assert_eq!(route(&store, &g, later + 1), Route::Ask);
@@ -360,5 +661,67 @@ mod tests {
             (0..5).filter(|_| decide_local(&store, &g, limit, &known, &req("a"), t).unwrap().allowed).count();
         assert_eq!(admitted, 2);
         assert!(decide_local(&store, &g, limit, &known, &req("b"), t).unwrap().allowed);
+    }
+
+    const LEASED: &str = "version: 1\npolicies:\n  - name: api\n    global_rate_limit: { rate: 100, burst: 40, mode: leased }\n";
+
+    fn granted(granted: u64, valid_until: Nanos, until: Nanos) -> Answer {
+        Answer::Decided { over_limit: granted == 0, remaining: 0, until, envoys: None, granted, valid_until }
+    }
+
+    #[test]
+    fn a_lease_is_asked_for_spent_renewed_at_a_quarter_and_paced_when_the_bucket_is_empty() {
+        let (p, g) = plan(LEASED);
+        let limit = p.global_rate_limit.as_ref().unwrap();
+        let store = MemoryStore::default();
+        let req = SimpleRequest::new("GET", "h", "/");
+        let t = 1_000 * NANOS_PER_SEC;
+        // No lease yet: the first request asks, for what its demand so far needs (1).
+        let (step, at) = g.lease_step(&store, limit, &req, t).unwrap();
+        assert_eq!(step, LeaseStep::Ask { want: 1, renewing: true });
+        // While that call is out, another request asks for its own token only.
+        assert_eq!(g.lease_step(&store, limit, &req, t).unwrap().0, LeaseStep::Ask { want: 1, renewing: false });
+        // The lease's answer: one token, spent by the asker.
+        assert!(g.lease_answer(&store, &at, 1, 1, true, &granted(1, t + NANOS_PER_SEC, 0), t));
+        // No tokens, no call out: the next request asks, for the three requests seen so far.
+        let (step, at) = g.lease_step(&store, limit, &req, t).unwrap();
+        assert_eq!(step, LeaseStep::Ask { want: 3, renewing: true });
+        // (A lease of 20: more than asked, to see it spent.)
+        assert!(g.lease_answer(&store, &at, 20, 1, true, &granted(20, t + NANOS_PER_SEC, 0), t));
+        // 19 tokens: spent without calls; one renewal once a quarter of a lease is left.
+        let mut steps = Vec::new();
+        for _ in 0..19 {
+            steps.push(g.lease_step(&store, limit, &req, t).unwrap().0);
+        }
+        let renewals: Vec<_> = steps.iter().filter(|s| matches!(s, LeaseStep::Spent { renew: Some(_) })).collect();
+        assert_eq!(renewals.len(), 1, "{steps:?}");
+        assert!(steps.iter().all(|s| matches!(s, LeaseStep::Spent { .. })), "{steps:?}");
+        // The renewal finds the bucket empty: nothing granted, and no call until a part of a
+        // lease can have refilled (half of 20 tokens at 10 ms each: 100 ms).
+        let LeaseStep::Spent { renew: Some(want) } = renewals[0] else { unreachable!() };
+        g.lease_answer(&store, &at, *want, 0, true, &granted(0, 0, 10_000_000), t);
+        let (step, _) = g.lease_step(&store, limit, &req, t + 1).unwrap();
+        let LeaseStep::Empty { wait } = step else { panic!("{step:?}") };
+        assert_eq!(wait, *want / 2 * 10_000_000 - 1);
+        // Expired tokens are not spent.
+        let later = t + MAX_LEASE_TTL + NANOS_PER_SEC;
+        assert!(matches!(g.lease_step(&store, limit, &req, later).unwrap().0, LeaseStep::Ask { .. }));
+    }
+
+    #[test]
+    fn leases_are_at_most_half_the_burst() {
+        let (p, g) = plan(LEASED);
+        let limit = p.global_rate_limit.as_ref().unwrap();
+        let store = MemoryStore::default();
+        let req = SimpleRequest::new("GET", "h", "/");
+        let t = 1_000 * NANOS_PER_SEC;
+        let mut last = None;
+        for _ in 0..1000 {
+            last = Some(g.lease_step(&store, limit, &req, t).unwrap());
+        }
+        let (step, _) = last.unwrap();
+        assert_eq!(step, LeaseStep::Ask { want: 1, renewing: false });
+        let (step, _) = g.lease_step(&store, limit, &req, t + 200_000_000).unwrap();
+        assert_eq!(step, LeaseStep::Ask { want: 20, renewing: true });
     }
 }

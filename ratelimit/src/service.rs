@@ -26,10 +26,7 @@ use crate::fleet::Fleet;
 use crate::limits::{Limit, Limits};
 use crate::metrics::Metrics;
 
-/// gRPC metadata that makes a call a lease request.
-pub const LEASE_HEADER: &str = "x-breakwater-lease";
-/// gRPC metadata naming the calling Envoy (for the fleet count).
-pub const ENVOY_HEADER: &str = "x-breakwater-envoy";
+pub use breakwater_policy::global::{ENVOY_HEADER, LEASE_HEADER};
 /// How long a lease's tokens may be spent.
 pub const LEASE_TTL: Duration = Duration::from_secs(1);
 /// Most descriptors in one call, and most hits one descriptor may ask for.

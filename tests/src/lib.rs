@@ -215,6 +215,7 @@ impl Envoy {
         let ecds = ecds_dir.join("breakwater.json");
         let bootstrap = std::fs::read_to_string(repo().join("envoy/demo.yaml"))
             .unwrap()
+            .replace("id: breakwater-demo", &format!("id: breakwater-e2e-{admin}"))
             .replace("port_value: 9901", &format!("port_value: {admin}"))
             .replace("port_value: 10000", &format!("port_value: {port}"))
             .replace("port_value: 8081", &format!("port_value: {upstream_port}"))

@@ -108,7 +108,8 @@ policies:
         let start = b.find("        cluster_name: breakwater-ratelimit").unwrap();
         format!("{}        cluster_name: breakwater-ratelimit\n        endpoints: []\n", &b[..start])
     };
-    let cases: Vec<(&str, Box<dyn Fn(String) -> String>)> = vec![
+    type Edit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("no endpoint", Box::new(no_endpoint)),
         ("connection refused", Box::new(move |b| with_ratelimit(b, &[refused]))),
         ("hung service", Box::new(move |b| with_ratelimit(b, &[([127, 0, 0, 1], hung.port).into()]))),
@@ -128,4 +129,94 @@ policies:
         assert!(envoy.decisions("api", Counter::GlobalUnavailable.as_str()) >= 10, "{name}");
     }
     println!("{}", report.join("\n"));
+}
+
+const FLEET: &str = "version: 1
+policies:
+  - name: exact
+    match: { path_prefix: /exact }
+    global_rate_limit: { rate: 50, per: 1s, burst: 50, key: [\"header:x-key\"], timeout: 100ms }
+  - name: leased
+    match: { path_prefix: /leased }
+    global_rate_limit: { rate: 50, per: 1s, burst: 50, key: [\"header:x-key\"], timeout: 100ms, mode: leased }
+";
+
+/// Three Envoys (2 workers each), two replicas of the service, one Redis; each Envoy's clients
+/// send `path` on keys a and b as fast as they can for `seconds`. Admitted (200) and all requests
+/// per key, and the seconds from the first request to the last.
+fn overload(envoys: &[Envoy], path: &str, seconds: u64) -> (Vec<(u64, u64)>, f64) {
+    let duration = Duration::from_secs(seconds);
+    let results: Vec<(usize, breakwater_e2e::Hammered)> = std::thread::scope(|s| {
+        let handles: Vec<_> = envoys
+            .iter()
+            .flat_map(|e| [0, 1].map(|k| (e.port, k)))
+            .map(|(port, k)| {
+                s.spawn(move || {
+                    let key = ["a", "b"][k];
+                    (k, breakwater_e2e::hammer(port, path, &[("x-key", key)], 2, duration, |_| {}))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut per_key = vec![(0, 0); 2];
+    let mut seconds = 0f64;
+    for (k, h) in results {
+        per_key[k].0 += h.count(200);
+        per_key[k].1 += h.statuses.values().sum::<u64>();
+        assert_eq!(h.count(200) + h.count(429), h.statuses.values().sum::<u64>(), "{:?}", h.statuses);
+        seconds = seconds.max(h.seconds);
+    }
+    (per_key, seconds)
+}
+
+/// The fleet-wide bound, on two keys at ten times the limit for 10 s: exact mode admits
+/// `burst + rate·t` within ±1%; leased mode never more than that (its tokens are taken from the
+/// same bucket before they are spent) and at most the unspent leases fewer.
+#[test]
+fn a_fleet_of_three_envoys_holds_the_limit_in_exact_and_leased_mode() {
+    let redis = Redis::start();
+    let policy = policy_file(FLEET);
+    let services = [
+        RateLimitService::start(&policy, &redis.url(), &[]),
+        RateLimitService::start(&policy, &redis.url(), &[]),
+    ];
+    let addresses = [services[0].grpc, services[1].grpc];
+    let upstream = Upstream::start();
+    let envoys: Vec<Envoy> = (0..3)
+        .map(|_| Envoy::start_edited(FLEET, upstream.port(), |b| with_ratelimit(b, &addresses)))
+        .collect();
+    let (rate, burst) = (50.0, 50.0);
+    for (path, policy) in [("/exact", "exact"), ("/leased", "leased")] {
+        let (per_key, seconds) = overload(&envoys, path, 10);
+        let expected = burst + rate * seconds;
+        let calls: u64 = envoys.iter().map(|e| e.decisions(policy, Counter::GlobalCalls.as_str())).sum();
+        let unavailable: u64 =
+            envoys.iter().map(|e| e.decisions(policy, Counter::GlobalUnavailable.as_str())).sum();
+        let requests: u64 = per_key.iter().map(|(_, n)| n).sum();
+        println!(
+            "{policy}: admitted {:?} of {:?} requests in {seconds:.2} s (burst + rate·t = {expected:.0}); overload {:.1}×; {:.1} calls per 1,000 requests; {unavailable} without an answer",
+            per_key.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            per_key.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+            per_key.iter().map(|(_, n)| *n as f64 / seconds / rate).fold(f64::MAX, f64::min),
+            calls as f64 * 1000.0 / requests as f64,
+        );
+        for (admitted, offered) in &per_key {
+            assert!(
+                *offered as f64 >= 10.0 * rate * seconds * 0.8,
+                "{policy}: only {offered} requests: not an overload"
+            );
+            let admitted = *admitted as f64;
+            match policy {
+                "exact" => assert!(
+                    (admitted - expected).abs() <= expected * 0.01,
+                    "{policy}: {admitted} vs {expected}"
+                ),
+                _ => {
+                    assert!(admitted <= expected * 1.01, "{policy}: {admitted} over {expected}");
+                    assert!(admitted >= expected * 0.9, "{policy}: {admitted} under {expected}");
+                }
+            }
+        }
+    }
 }
