@@ -108,8 +108,8 @@ policies:
         let start = b.find("        cluster_name: breakwater-ratelimit").unwrap();
         format!("{}        cluster_name: breakwater-ratelimit\n        endpoints: []\n", &b[..start])
     };
-    type Edit = Box<dyn Fn(String) -> String>;
-    let cases: Vec<(&str, Edit)> = vec![
+    type Edit<'a> = Box<dyn Fn(String) -> String + 'a>;
+    let cases: Vec<(&str, Edit<'_>)> = vec![
         ("no endpoint", Box::new(no_endpoint)),
         ("connection refused", Box::new(move |b| with_ratelimit(b, &[refused]))),
         ("hung service", Box::new(move |b| with_ratelimit(b, &[([127, 0, 0, 1], hung.port).into()]))),
