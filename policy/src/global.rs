@@ -23,7 +23,11 @@ use crate::request::{RequestView, key_fingerprint, key_part};
 use crate::rls;
 
 /// While degraded, how often one request asks the service whether it is back.
-pub const PROBE_EVERY: Nanos = NANOS_PER_SEC / 2;
+pub const PROBE_EVERY: Nanos = NANOS_PER_SEC / 5;
+
+/// Calls in a row without an answer that make an Envoy degraded. A single failure (a call that
+/// went to a replica that just died) is decided by `failure_mode` alone.
+pub const DEGRADED_AFTER: u32 = 3;
 
 /// The descriptor entry that names the policy (the service finds the limit by it).
 pub const POLICY_ENTRY: &str = "policy";
@@ -189,6 +193,8 @@ impl Answer {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Known {
     pub degraded: bool,
+    /// Calls in a row that got no answer.
+    pub failures: u32,
     /// While degraded: when the next request asks the service.
     pub probe_at: Nanos,
     /// The fleet's size as the service last counted it (0 = not known).
@@ -199,14 +205,20 @@ impl Known {
     fn decode(bytes: Option<&[u8]>) -> Known {
         let read = || {
             let mut r = ByteReader::with_tag(bytes?, TAG)?;
-            let known = Known { degraded: r.u8()? == 1, probe_at: r.u64()?, envoys: r.u32()? };
+            let known =
+                Known { degraded: r.u8()? == 1, failures: r.u32()?, probe_at: r.u64()?, envoys: r.u32()? };
             r.done().then_some(known)
         };
         read().unwrap_or_default()
     }
 
     fn encode(&self) -> Vec<u8> {
-        ByteWriter::with_tag(TAG).u8(u8::from(self.degraded)).u64(self.probe_at).u32(self.envoys).finish()
+        ByteWriter::with_tag(TAG)
+            .u8(u8::from(self.degraded))
+            .u32(self.failures)
+            .u64(self.probe_at)
+            .u32(self.envoys)
+            .finish()
     }
 }
 
@@ -236,8 +248,8 @@ pub fn route<S: SharedStore + ?Sized>(store: &S, plan: &GlobalPlan, now: Nanos) 
 }
 
 /// Records what a call showed about the service: an answer ends degraded mode (and may bring the
-/// fleet's size), no answer starts it. Returns what is known now, and whether the degraded flag
-/// changed (for its gauge).
+/// fleet's size), [`DEGRADED_AFTER`] calls in a row without one start it. Returns what is known
+/// now, and whether the degraded flag changed (for its gauge).
 pub fn record<S: SharedStore + ?Sized>(
     store: &S,
     plan: &GlobalPlan,
@@ -250,13 +262,16 @@ pub fn record<S: SharedStore + ?Sized>(
         match answer {
             Answer::Decided { envoys, .. } => {
                 known.degraded = false;
+                known.failures = 0;
                 known.envoys = envoys.unwrap_or(known.envoys);
             }
-            Answer::Unavailable if !known.degraded => {
-                known.degraded = true;
-                known.probe_at = now.saturating_add(PROBE_EVERY);
+            Answer::Unavailable => {
+                known.failures = known.failures.saturating_add(1);
+                if !known.degraded && known.failures >= DEGRADED_AFTER {
+                    known.degraded = true;
+                    known.probe_at = now.saturating_add(PROBE_EVERY);
+                }
             }
-            Answer::Unavailable => {}
         }
         let changed = known.degraded != before.degraded;
         let write = (known != before || old.is_none()).then(|| known.encode());
@@ -616,11 +631,17 @@ mod tests {
     }
 
     #[test]
-    fn no_answer_starts_degraded_mode_with_one_probe_per_period_and_an_answer_ends_it() {
+    fn three_calls_without_an_answer_start_degraded_mode_with_one_probe_per_period_and_an_answer_ends_it() {
         let (_, g) = plan(KEYED);
         let store = MemoryStore::default();
         let t0 = 1_000 * NANOS_PER_SEC;
         assert_eq!(route(&store, &g, t0), Route::Ask);
+        // One failure, two: each request decides alone, the next one asks again.
+        for _ in 1..DEGRADED_AFTER {
+            let (known, changed) = record(&store, &g, &Answer::Unavailable, t0).unwrap();
+            assert!(!known.degraded && !changed);
+            assert_eq!(route(&store, &g, t0), Route::Ask);
+        }
         let (known, changed) = record(&store, &g, &Answer::Unavailable, t0).unwrap();
         assert!(known.degraded && changed);
         // A second failure changes nothing.
@@ -639,7 +660,7 @@ mod tests {
             valid_until: 0,
         };
         let (known, changed) = record(&store, &g, &ok, later).unwrap();
-        assert!(!known.degraded && changed && known.envoys == 5);
+        assert!(!known.degraded && changed && known.envoys == 5 && known.failures == 0);
         assert_eq!(route(&store, &g, later + 1), Route::Ask);
     }
 
@@ -680,7 +701,10 @@ mod tests {
         let (step, at) = g.lease_step(&store, limit, &req, t).unwrap();
         assert_eq!(step, LeaseStep::Ask { want: 1, renewing: true });
         // While that call is out, another request asks for its own token only.
-        assert_eq!(g.lease_step(&store, limit, &req, t).unwrap().0, LeaseStep::Ask { want: 1, renewing: false });
+        assert_eq!(
+            g.lease_step(&store, limit, &req, t).unwrap().0,
+            LeaseStep::Ask { want: 1, renewing: false }
+        );
         // The lease's answer: one token, spent by the asker.
         assert!(g.lease_answer(&store, &at, 1, 1, true, &granted(1, t + NANOS_PER_SEC, 0), t));
         // No tokens, no call out: the next request asks, for the three requests seen so far.
@@ -693,7 +717,8 @@ mod tests {
         for _ in 0..19 {
             steps.push(g.lease_step(&store, limit, &req, t).unwrap().0);
         }
-        let renewals: Vec<_> = steps.iter().filter(|s| matches!(s, LeaseStep::Spent { renew: Some(_) })).collect();
+        let renewals: Vec<_> =
+            steps.iter().filter(|s| matches!(s, LeaseStep::Spent { renew: Some(_) })).collect();
         assert_eq!(renewals.len(), 1, "{steps:?}");
         assert!(steps.iter().all(|s| matches!(s, LeaseStep::Spent { .. })), "{steps:?}");
         // The renewal finds the bucket empty: nothing granted, and no call until a part of a

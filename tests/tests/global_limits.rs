@@ -4,11 +4,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use breakwater_e2e::services::{RateLimitService, Redis, with_ratelimit};
 use breakwater_e2e::{Client, Envoy, Upstream, scratch_dir};
 use breakwater_policy::metrics::{Counter, Gauge};
+
+/// The tests that load the machine (three Envoys, two services, thousands of requests a second)
+/// run one at a time: on two cores, one of them next to another would time calls out.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn policy_file(text: &str) -> PathBuf {
     let path = scratch_dir("bw-global").join("policy.yaml");
@@ -175,12 +184,12 @@ fn overload(envoys: &[Envoy], path: &str, seconds: u64) -> (Vec<(u64, u64)>, f64
 /// same bucket before they are spent) and at most the unspent leases fewer.
 #[test]
 fn a_fleet_of_three_envoys_holds_the_limit_in_exact_and_leased_mode() {
+    let _heavy = heavy();
     let redis = Redis::start();
     let policy = policy_file(FLEET);
-    let services = [
-        RateLimitService::start(&policy, &redis.url(), &[]),
-        RateLimitService::start(&policy, &redis.url(), &[]),
-    ];
+    // Redis may take more than the default 10 ms on two loaded cores; the filter waits 100 ms.
+    let start = || RateLimitService::start(&policy, &redis.url(), &["--redis-timeout", "50ms"]);
+    let services = [start(), start()];
     let addresses = [services[0].grpc, services[1].grpc];
     let upstream = Upstream::start();
     let envoys: Vec<Envoy> = (0..3)
@@ -213,10 +222,143 @@ fn a_fleet_of_three_envoys_holds_the_limit_in_exact_and_leased_mode() {
                     "{policy}: {admitted} vs {expected}"
                 ),
                 _ => {
-                    assert!(admitted <= expected * 1.01, "{policy}: {admitted} over {expected}");
-                    assert!(admitted >= expected * 0.9, "{policy}: {admitted} under {expected}");
+                    // Never over (every token is taken from the bucket before it is spent); under
+                    // by at most what the pacing leaves in the bucket (a quarter of the burst)
+                    // and the unspent leases (half the burst per Envoy): docs/global-limits.md.
+                    let slack = burst / 4.0 + 3.0 * burst / 2.0;
+                    assert!(admitted <= expected + 1.0, "{policy}: {admitted} over {expected}");
+                    assert!(admitted >= expected - slack, "{policy}: {admitted} under {expected} - {slack}");
                 }
             }
         }
     }
+}
+
+/// What [`load`] saw: per status, and the slowest answer.
+#[derive(Debug, Default)]
+struct Seen {
+    admitted: u64,
+    rejected: u64,
+    slowest: Duration,
+}
+
+/// Two clients per Envoy send `path` (key `k`) as fast as they can for `duration`.
+fn load(envoys: &[Envoy], path: &str, duration: Duration) -> Seen {
+    let seen: Vec<Seen> = std::thread::scope(|s| {
+        let handles: Vec<_> = envoys
+            .iter()
+            .flat_map(|e| [e.port, e.port])
+            .map(|port| {
+                s.spawn(move || {
+                    let mut client = Client::new(port);
+                    let mut seen = Seen::default();
+                    let start = Instant::now();
+                    while start.elapsed() < duration {
+                        let sent = Instant::now();
+                        let r = client.get(path, &[("x-key", "k")]);
+                        seen.slowest = seen.slowest.max(sent.elapsed());
+                        match r.status {
+                            200 => seen.admitted += 1,
+                            429 => seen.rejected += 1,
+                            other => panic!("status {other}"),
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    seen.into_iter().fold(Seen::default(), |a, b| Seen {
+        admitted: a.admitted + b.admitted,
+        rejected: a.rejected + b.rejected,
+        slowest: a.slowest.max(b.slowest),
+    })
+}
+
+/// Redis killed under load: every request is still answered within the bound, each Envoy
+/// enforces its share of the limit (learned from the service: 3 Envoys, so 20 of 60 per second),
+/// the degraded gauge is 1; Redis back, the global limit holds again within a second or two.
+#[test]
+fn without_redis_each_envoy_enforces_its_learned_share_and_recovers() {
+    let _heavy = heavy();
+    const SHARED: &str = "version: 1
+policies:
+  - name: api
+    global_rate_limit: { rate: 60, per: 1s, burst: 60, key: [\"header:x-key\"], timeout: 50ms, degraded: { envoys: 1, learn: true } }
+";
+    let redis = Redis::start();
+    let policy = policy_file(SHARED);
+    let service = RateLimitService::start(&policy, &redis.url(), &[]);
+    let upstream = Upstream::start();
+    let envoys: Vec<Envoy> = (0..3)
+        .map(|_| Envoy::start_edited(SHARED, upstream.port(), |b| with_ratelimit(b, &[service.grpc])))
+        .collect();
+    // Healthy: the service counts the three Envoys (it flushes once a second) and says so.
+    let start = Instant::now();
+    while service.metric("breakwater_ratelimit_envoys") < 3.0 {
+        load(&envoys, "/", Duration::from_millis(200));
+        assert!(start.elapsed() < Duration::from_secs(10), "the service never counted 3 Envoys");
+    }
+    load(&envoys, "/", Duration::from_millis(300));
+    let port = redis.kill();
+    let degraded = load(&envoys, "/", Duration::from_secs(10));
+    // Each Envoy's share: ceil(60/3) = 20 per second and 20 at once, for 10 s: 3 × (20 + 200).
+    let share = 3.0 * (20.0 + 20.0 * 10.0);
+    println!(
+        "degraded: admitted {} (share {share}), slowest answer {:?}",
+        degraded.admitted, degraded.slowest
+    );
+    assert!((degraded.admitted as f64 - share).abs() <= share * 0.1, "{degraded:?} vs {share}");
+    assert!(degraded.slowest < Duration::from_millis(250), "{degraded:?}");
+    for e in &envoys {
+        assert_eq!(e.gauge("api", Gauge::GlobalDegraded), 1);
+    }
+    let _redis = Redis::start_on(port);
+    let back = Instant::now();
+    for e in &envoys {
+        while e.gauge("api", Gauge::GlobalDegraded) != 0 {
+            load(std::slice::from_ref(e), "/", Duration::from_millis(50));
+            assert!(back.elapsed() < Duration::from_secs(10), "still degraded 10 s after Redis came back");
+        }
+    }
+    let recovered = back.elapsed();
+    println!("global again {recovered:?} after Redis came back");
+    // Global again: the fleet admits burst + rate·t (fresh bucket: Redis lost its state).
+    let unavailable_before: u64 =
+        envoys.iter().map(|e| e.decisions("api", Counter::GlobalUnavailable.as_str())).sum();
+    let global = load(&envoys, "/", Duration::from_secs(3));
+    let unavailable_after: u64 =
+        envoys.iter().map(|e| e.decisions("api", Counter::GlobalUnavailable.as_str())).sum();
+    assert_eq!(unavailable_after, unavailable_before);
+    assert!(global.admitted as f64 <= 60.0 + 60.0 * 3.0 + 1.0, "{global:?}");
+    assert!(recovered < Duration::from_secs(5), "{recovered:?}");
+}
+
+/// A replica of the service killed under load: the other answers; the few calls that went to the
+/// dead one before Envoy took it out were decided in degraded mode.
+#[test]
+fn when_a_service_replica_dies_the_other_serves() {
+    let redis = Redis::start();
+    let policy = policy_file(EXACT);
+    let a = RateLimitService::start(&policy, &redis.url(), &[]);
+    let b = RateLimitService::start(&policy, &redis.url(), &[]);
+    let upstream = Upstream::start();
+    let envoy =
+        Envoy::start_edited(EXACT, upstream.port(), |bootstrap| with_ratelimit(bootstrap, &[a.grpc, b.grpc]));
+    let mut client = envoy.client();
+    for _ in 0..20 {
+        client.get("/", &[("x-api-key", "before")]);
+    }
+    let _ = Command::new("kill").args(["-KILL", &a.pid().to_string()]).status();
+    let mut statuses = Vec::new();
+    for i in 0..200 {
+        statuses.push(client.get("/", &[("x-api-key", &format!("key{}", i % 50))]).status);
+    }
+    let unavailable = envoy.decisions("api", Counter::GlobalUnavailable.as_str());
+    println!("{unavailable} of 200 requests decided without the service after a replica died");
+    assert!(unavailable <= 10, "{unavailable}");
+    // 50 keys × 5 tokens: every request admitted by the surviving replica.
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 200);
+    assert!(b.metric("breakwater_ratelimit_checks_total{decision=\"ok\"}") >= 190.0);
 }
