@@ -59,6 +59,12 @@ impl Limit {
     }
 }
 
+/// Whether a descriptor entry's key names a key part: its own name, or (for `client_ip`) the key
+/// of Envoy's `remote_address` action, which cannot be renamed.
+fn names(entry: &str, part: &str) -> bool {
+    entry == part || (part == "client_ip" && entry == "remote_address")
+}
+
 /// Why a descriptor names no limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unknown {
@@ -112,7 +118,7 @@ impl Limits {
             return Err(Unknown::Policy);
         }
         let limit = self.by_name.get(&(domain.to_string(), policy.clone())).ok_or(Unknown::Policy)?;
-        if rest.len() != limit.parts.len() || rest.iter().zip(&limit.parts).any(|((k, _), part)| k != part) {
+        if rest.len() != limit.parts.len() || rest.iter().zip(&limit.parts).any(|((k, _), part)| !names(k, part)) {
             return Err(Unknown::Parts);
         }
         Ok((limit, rest.iter().map(|(_, v)| v.as_str()).collect()))
@@ -146,6 +152,11 @@ mod tests {
         let swapped = entries(&[("policy", "api"), ("method", "GET"), ("header:x-api-key", "k1")]);
         assert_eq!(l.resolve("breakwater", &swapped).unwrap_err(), Unknown::Parts);
         assert_eq!(l.resolve("breakwater", &entries(&[("key", "api")])).unwrap_err(), Unknown::Policy);
+        // Envoy's remote_address action names the client's address its own way.
+        let ip = limits("version: 1\npolicies:\n  - name: ip\n    global_rate_limit: { rate: 3, key: [client_ip] }\n");
+        for key in ["client_ip", "remote_address"] {
+            assert!(ip.resolve("breakwater", &entries(&[("policy", "ip"), (key, "10.0.0.1")])).is_ok(), "{key}");
+        }
         assert_eq!(l.resolve("breakwater", &[]).unwrap_err(), Unknown::Policy);
     }
 

@@ -362,3 +362,61 @@ fn when_a_service_replica_dies_the_other_serves() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 200);
     assert!(b.metric("breakwater_ratelimit_checks_total{decision=\"ok\"}") >= 190.0);
 }
+
+/// `envoy/demo.yaml` with Envoy's own rate-limit filter in front, asking the same service for
+/// the descriptor breakwater's filter sends for policy `api` (key `header:x-api-key`).
+fn with_native_rate_limit(bootstrap: String) -> String {
+    let filter = "                http_filters:\n";
+    let native = "                http_filters:
+                  - name: envoy.filters.http.ratelimit
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+                      domain: breakwater
+                      timeout: 0.1s
+                      rate_limit_service:
+                        transport_api_version: V3
+                        grpc_service: { envoy_grpc: { cluster_name: breakwater-ratelimit } }
+";
+    let route = "                          route: { cluster: upstream }\n";
+    let limited = "                          route:
+                            cluster: upstream
+                            rate_limits:
+                              - actions:
+                                  - generic_key: { descriptor_key: policy, descriptor_value: api }
+                                  - request_headers: { header_name: x-api-key, descriptor_key: \"header:x-api-key\" }
+";
+    assert!(bootstrap.contains(filter) && bootstrap.contains(route));
+    bootstrap.replacen(filter, native, 1).replacen(route, limited, 1)
+}
+
+/// Envoy's native rate-limit filter, pointed at the service, gets the decisions breakwater's
+/// filter gets: the same traffic gives the same answers, and both draw on one bucket.
+#[test]
+fn envoys_native_rate_limit_filter_meets_the_same_limits() {
+    let redis = Redis::start();
+    let service = RateLimitService::start(&policy_file(EXACT), &redis.url(), &[]);
+    let upstream = Upstream::start();
+    let breakwater = Envoy::start_edited(EXACT, upstream.port(), |b| with_ratelimit(b, &[service.grpc]));
+    // The native Envoy runs no breakwater policy: only its own filter limits.
+    let native = Envoy::start_edited("version: 1\npolicies: []\n", upstream.port(), |b| {
+        with_native_rate_limit(with_ratelimit(b, &[service.grpc]))
+    });
+    let run = |envoy: &Envoy, key: &str| -> Vec<u16> {
+        let mut c = envoy.client();
+        (0..8).map(|_| c.get("/", &[("x-api-key", key)]).status).collect()
+    };
+    let ours = run(&breakwater, "ours");
+    let theirs = run(&native, "theirs");
+    assert_eq!(ours, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert_eq!(theirs, ours, "the native filter decided otherwise");
+    // One bucket per key, whoever asks: three from one Envoy, then two from the other, then none.
+    let mut b = breakwater.client();
+    let mut n = native.client();
+    let mut shared = Vec::new();
+    for i in 0..8 {
+        let c = if i < 3 { &mut b } else { &mut n };
+        shared.push(c.get("/", &[("x-api-key", "shared")]).status);
+    }
+    assert_eq!(shared, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert_eq!(native.stat("cluster.upstream.ratelimit.over_limit"), 6);
+}
