@@ -21,6 +21,8 @@ pub enum Kind {
     /// Comma-separated integers.
     IntList,
     Choice(&'static [&'static str]),
+    /// `true` or `false`.
+    Bool,
     /// A set of words, each a checkbox.
     Multi(&'static [&'static str]),
     /// `name: value` lines.
@@ -103,6 +105,33 @@ pub const BLOCKS: &[Block] = &[
             f("per", "Per", Kind::Duration, "the period, e.g. 1s or 1m"),
             f("burst", "Burst", Kind::Int, "requests allowed at once"),
             f("key", "Key", Kind::List, "client_ip, header:NAME, path, …; empty = one shared bucket"),
+            f("max_keys", "Max keys", Kind::Int, ""),
+            f("response.status", "Reject status", Kind::Int, "default 429"),
+            f("response.headers", "Reject headers", Kind::Map, ""),
+            f("response.body", "Reject body", Kind::LongText, ""),
+        ],
+    },
+    Block {
+        key: "global_rate_limit",
+        title: "Global rate limit (fleet-wide)",
+        template: Some(r#"{"rate": 1000, "per": "1s", "burst": 1000}"#),
+        fields: &[
+            f("rate", "Rate", Kind::Int, "requests per period, for every Envoy together"),
+            f("per", "Per", Kind::Duration, "the period, e.g. 1s or 1m"),
+            f("burst", "Burst", Kind::Int, "requests allowed at once, fleet-wide"),
+            f("key", "Key", Kind::List, "client_ip, header:NAME, path, …; empty = one shared bucket"),
+            f("mode", "Mode", Kind::Choice(&["exact", "leased"]), "exact: a call per request; leased: calls only to renew"),
+            f("service", "Service cluster", Kind::Text, "Envoy cluster of the rate-limit service"),
+            f("domain", "Domain", Kind::Text, "default breakwater"),
+            f("timeout", "Call timeout", Kind::Duration, "longest wait for the service, default 20ms"),
+            f(
+                "failure_mode",
+                "When the service can't answer",
+                Kind::Choice(&["local", "allow", "deny"]),
+                "local: each Envoy enforces its share",
+            ),
+            f("degraded.envoys", "Degraded: Envoys", Kind::Int, "the share is rate / envoys"),
+            f("degraded.learn", "Degraded: learn fleet size", Kind::Bool, "count Envoys from the service"),
             f("max_keys", "Max keys", Kind::Int, ""),
             f("response.status", "Reject status", Kind::Int, "default 429"),
             f("response.headers", "Reject headers", Kind::Map, ""),
@@ -245,6 +274,11 @@ pub fn parse_input(kind: Kind, text: &str) -> Option<Value> {
                 .collect(),
         ),
         Kind::LongText => Value::String(text.to_string()),
+        Kind::Bool => match text.trim() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            other => Value::String(other.to_string()),
+        },
         Kind::Text | Kind::Duration | Kind::Choice(_) => Value::String(text.trim().to_string()),
     })
 }
@@ -394,6 +428,8 @@ mod tests {
             "match.hosts",
             "match.headers",
             "rate_limit.per",
+            "global_rate_limit.mode",
+            "global_rate_limit.degraded.learn",
             "concurrency_limit.max_in_flight",
             "circuit_breaker.slow_call.rate",
             "retry.budget.percent",
@@ -428,6 +464,9 @@ mod tests {
         assert_eq!(display(p, "match.headers", Kind::Map), "x-a: 1\nx-b: *");
         assert_eq!(display(p, "retry.statuses", Kind::IntList), "409, 503");
         // Not a number: kept as typed, for the validator to report.
+        set(&mut d, 0, "global_rate_limit.degraded.learn", parse_input(Kind::Bool, "false"));
+        assert_eq!(policy(&d, 0).unwrap()["global_rate_limit"]["degraded"]["learn"], json!(false));
+        assert_eq!(display(policy(&d, 0).unwrap(), "global_rate_limit.degraded.learn", Kind::Bool), "false");
         set(&mut d, 0, "rate_limit.rate", parse_input(Kind::Int, "12x"));
         assert_eq!(policy(&d, 0).unwrap()["rate_limit"]["rate"], "12x");
         // Emptied fields go, and so do the objects they emptied.

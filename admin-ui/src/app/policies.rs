@@ -251,7 +251,11 @@ fn FieldView(block: &'static form::Block, field: &'static form::Field, index: us
         }
     };
     let input = match field.kind {
-        Kind::Choice(options) => {
+        Kind::Choice(_) | Kind::Bool => {
+            let options: &[&str] = match field.kind {
+                Kind::Choice(options) => options,
+                _ => &["true", "false"],
+            };
             let set = set.clone();
             view! {
                 <select data-testid=id.clone() prop:value=value.clone() on:change=move |ev| set(event_target_value(&ev))>
