@@ -120,7 +120,12 @@ pub const BLOCKS: &[Block] = &[
             f("per", "Per", Kind::Duration, "the period, e.g. 1s or 1m"),
             f("burst", "Burst", Kind::Int, "requests allowed at once, fleet-wide"),
             f("key", "Key", Kind::List, "client_ip, header:NAME, path, …; empty = one shared bucket"),
-            f("mode", "Mode", Kind::Choice(&["exact", "leased"]), "exact: a call per request; leased: calls only to renew"),
+            f(
+                "mode",
+                "Mode",
+                Kind::Choice(&["exact", "leased"]),
+                "exact: a call per request; leased: calls only to renew",
+            ),
             f("service", "Service cluster", Kind::Text, "Envoy cluster of the rate-limit service"),
             f("domain", "Domain", Kind::Text, "default breakwater"),
             f("timeout", "Call timeout", Kind::Duration, "longest wait for the service, default 20ms"),

@@ -118,7 +118,9 @@ impl Limits {
             return Err(Unknown::Policy);
         }
         let limit = self.by_name.get(&(domain.to_string(), policy.clone())).ok_or(Unknown::Policy)?;
-        if rest.len() != limit.parts.len() || rest.iter().zip(&limit.parts).any(|((k, _), part)| !names(k, part)) {
+        if rest.len() != limit.parts.len()
+            || rest.iter().zip(&limit.parts).any(|((k, _), part)| !names(k, part))
+        {
             return Err(Unknown::Parts);
         }
         Ok((limit, rest.iter().map(|(_, v)| v.as_str()).collect()))
@@ -153,9 +155,14 @@ mod tests {
         assert_eq!(l.resolve("breakwater", &swapped).unwrap_err(), Unknown::Parts);
         assert_eq!(l.resolve("breakwater", &entries(&[("key", "api")])).unwrap_err(), Unknown::Policy);
         // Envoy's remote_address action names the client's address its own way.
-        let ip = limits("version: 1\npolicies:\n  - name: ip\n    global_rate_limit: { rate: 3, key: [client_ip] }\n");
+        let ip = limits(
+            "version: 1\npolicies:\n  - name: ip\n    global_rate_limit: { rate: 3, key: [client_ip] }\n",
+        );
         for key in ["client_ip", "remote_address"] {
-            assert!(ip.resolve("breakwater", &entries(&[("policy", "ip"), (key, "10.0.0.1")])).is_ok(), "{key}");
+            assert!(
+                ip.resolve("breakwater", &entries(&[("policy", "ip"), (key, "10.0.0.1")])).is_ok(),
+                "{key}"
+            );
         }
         assert_eq!(l.resolve("breakwater", &[]).unwrap_err(), Unknown::Policy);
     }
