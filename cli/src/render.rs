@@ -87,14 +87,71 @@ pub struct EnvoyOptions {
     /// otherwise. The rendered policy is then the `default_config`: what the filter enforces
     /// until Envoy has accepted a version of the file (a first version Envoy rejects, say).
     pub ecds: Option<String>,
+    /// The rate-limit service's replicas (gRPC), for the clusters the document's global limits
+    /// name (`global_rate_limit.service`).
+    pub ratelimit: Vec<(String, u16)>,
+}
+
+/// The Envoy clusters a document's global limits call (`global_rate_limit.service`), each once,
+/// in document order.
+pub fn ratelimit_services(doc: &breakwater_policy::Document) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for g in doc.policies.iter().filter_map(|p| p.global_rate_limit.as_ref()) {
+        if !names.contains(&g.service) {
+            names.push(g.service.clone());
+        }
+    }
+    names
+}
+
+/// A cluster for the rate-limit service: gRPC (HTTP/2), a short connect timeout, no cap on
+/// concurrent calls below the filter's own, and replicas that refuse connections ejected after
+/// two failures (docs/global-limits.md, "Failures"). envoy/demo.yaml has the same (a test).
+pub fn ratelimit_cluster(name: &str, replicas: &[(String, u16)]) -> Value {
+    let endpoints: Vec<Value> =
+        replicas.iter().map(|r| json!({ "endpoint": { "address": address(r) } })).collect();
+    json!({
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "0.25s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        },
+        "circuit_breakers": { "thresholds": [{
+            "priority": "DEFAULT", "max_pending_requests": 100000, "max_requests": 100000,
+        }] },
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 2,
+            "interval": "1s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100,
+        },
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": endpoints }] },
+    })
 }
 
 fn address((host, port): &(String, u16)) -> Value {
     json!({ "socket_address": { "address": host, "port_value": port } })
 }
 
-/// A standalone Envoy bootstrap with the filter in front of one upstream cluster.
+/// A standalone Envoy bootstrap with the filter in front of one upstream cluster (and a cluster
+/// for each rate-limit service the document's global limits name).
 pub fn envoy(compiled_policy: &str, o: &EnvoyOptions) -> Value {
+    let mut bootstrap = envoy_without_services(compiled_policy, o);
+    let doc = breakwater_policy::load_config(compiled_policy.as_bytes()).ok();
+    let services = doc.as_ref().map(ratelimit_services).unwrap_or_default();
+    if let Some(clusters) = bootstrap.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut)
+    {
+        clusters.extend(services.iter().map(|name| ratelimit_cluster(name, &o.ratelimit)));
+    }
+    bootstrap
+}
+
+fn envoy_without_services(compiled_policy: &str, o: &EnvoyOptions) -> Value {
     let typed_config = crate::ecds::wasm_filter_config(&o.filter, compiled_policy);
     let filter = match &o.ecds {
         Some(file) => {
@@ -184,6 +241,19 @@ mod tests {
             assert!(demo.contains(&format!("tag_name: {name}")), "{name}");
             assert!(demo.contains(&format!("regex: '{regex}'")), "{regex}");
         }
+    }
+
+    /// The demo's rate-limit cluster is the rendered one (STATIC there, for a fixed address).
+    #[test]
+    fn demo_config_has_the_rendered_ratelimit_cluster() {
+        let demo =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/demo.yaml")).unwrap();
+        let demo = crate::yaml::from_yaml(&demo).unwrap();
+        let clusters = demo.pointer("/static_resources/clusters").and_then(Value::as_array).unwrap();
+        let mut ours = clusters.iter().find(|c| c["name"] == "breakwater-ratelimit").unwrap().clone();
+        ours["type"] = json!("STRICT_DNS");
+        let rendered = ratelimit_cluster("breakwater-ratelimit", &[("127.0.0.1".into(), 8091)]);
+        assert_eq!(ours, rendered);
     }
 
     #[test]

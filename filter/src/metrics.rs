@@ -85,7 +85,9 @@ impl Metrics {
                     let name = p.name();
                     let mut m = defined.remove(name).unwrap_or_default();
                     for (id, c) in m.counters.iter_mut().zip(Counter::ALL) {
-                        ensure(id, || host::define_counter(&counter_name(name, c)));
+                        if p.global.is_some() || !c.global_only() {
+                            ensure(id, || host::define_counter(&counter_name(name, c)));
+                        }
                     }
                     if p.breaker.is_some() {
                         ensure(&mut m.breaker_state, || {

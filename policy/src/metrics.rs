@@ -132,6 +132,12 @@ impl Counter {
         self as usize
     }
 
+    /// Whether only a policy with a `global_rate_limit` can count it (a policy without one does
+    /// not define it).
+    pub const fn global_only(self) -> bool {
+        matches!(self, Counter::GlobalRateLimited | Counter::GlobalCalls | Counter::GlobalUnavailable)
+    }
+
     /// The decision this counter counts, if it is one.
     pub fn decision(self) -> Option<Decision> {
         Decision::parse(self.as_str())

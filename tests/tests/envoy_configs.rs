@@ -72,6 +72,7 @@ fn rendered_bootstraps_validate_and_run() {
             upstream: ("127.0.0.1".into(), upstream.port()),
             filter: breakwater_cli::ecds::FilterSettings::breakwater(filter_wasm()),
             ecds: via_ecds.then(|| ecds.display().to_string()),
+            ratelimit: Vec::new(),
         };
         let file = root.join(format!("{name}.yaml"));
         std::fs::write(&file, breakwater_cli::yaml::to_yaml(&envoy(&compiled, &options))).unwrap();

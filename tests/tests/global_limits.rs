@@ -420,3 +420,54 @@ fn envoys_native_rate_limit_filter_meets_the_same_limits() {
     assert_eq!(shared, [200, 200, 200, 200, 200, 429, 429, 429]);
     assert_eq!(native.stat("cluster.upstream.ratelimit.over_limit"), 6);
 }
+
+/// `breakwater render envoy --ratelimit HOST:PORT` gives a bootstrap whose filter reaches the
+/// service: the rendered Envoy enforces the global limit.
+#[test]
+fn a_rendered_bootstrap_reaches_the_rate_limit_service() {
+    use breakwater_cli::render::{EnvoyOptions, envoy};
+    let redis = Redis::start();
+    let service = RateLimitService::start(&policy_file(EXACT), &redis.url(), &[]);
+    let upstream = Upstream::start();
+    let root = scratch_dir("bw-render-global");
+    let (port, admin) = (breakwater_e2e::free_port(), breakwater_e2e::free_port());
+    let compiled = breakwater_policy::compile(&breakwater_policy::load(EXACT).unwrap().document);
+    let options = EnvoyOptions {
+        listen: ("127.0.0.1".into(), port),
+        admin: ("127.0.0.1".into(), admin),
+        upstream: ("127.0.0.1".into(), upstream.port()),
+        filter: breakwater_cli::ecds::FilterSettings::breakwater(breakwater_e2e::filter_wasm()),
+        ecds: None,
+        ratelimit: vec![(service.grpc.ip().to_string(), service.grpc.port())],
+    };
+    let bootstrap = envoy(&compiled, &options);
+    let clusters = bootstrap.pointer("/static_resources/clusters").unwrap().as_array().unwrap();
+    assert!(clusters.iter().any(|c| c["name"] == "breakwater-ratelimit"));
+    let file = root.join("envoy.yaml");
+    std::fs::write(&file, breakwater_cli::yaml::to_yaml(&bootstrap)).unwrap();
+    let log = root.join("envoy.log");
+    let mut process = Command::new(breakwater_e2e::envoy_binary())
+        .args(["-c", &file.to_string_lossy(), "--concurrency", "1", "--disable-hot-restart"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while Client::new(admin).try_send("GET", "/ready", &[]).map_or(true, |r| r.status != 200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Client::new(port);
+    let statuses: Vec<u16> = (0..7).map(|_| c.get("/", &[("x-api-key", "rendered")]).status).collect();
+    let _ = process.kill();
+    let _ = process.wait();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429],
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -67,6 +67,11 @@ pub enum Render {
         /// What Envoy does with requests when the filter's VM fails.
         #[arg(long, value_enum, default_value_t = FailStrategy::FailOpen)]
         fail_strategy: FailStrategy,
+        /// A replica of the rate-limit service (`breakwater-ratelimit`), HOST:PORT; repeatable.
+        /// Needed when a policy has a `global_rate_limit`: each cluster the policies name gets
+        /// these endpoints.
+        #[arg(long, value_parser = render::host_port)]
+        ratelimit: Vec<(String, u16)>,
     },
 }
 
@@ -180,12 +185,19 @@ pub fn run(r: Render) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Render::Envoy { files, upstream, listen, admin, wasm, ecds, fail_strategy } => {
+        Render::Envoy { files, upstream, listen, admin, wasm, ecds, fail_strategy, ratelimit } => {
             let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let services = render::ratelimit_services(&doc);
+            if !services.is_empty() && ratelimit.is_empty() {
+                return fail(format!(
+                    "the policies have global limits (cluster {}): give --ratelimit HOST:PORT, a replica of breakwater-ratelimit",
+                    services.join(", ")
+                ));
+            }
             let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm);
             let mut filter = ecds::FilterSettings::breakwater(wasm);
             filter.failure_policy = fail_strategy.into();
-            let options = render::EnvoyOptions { listen, admin, upstream, filter, ecds };
+            let options = render::EnvoyOptions { listen, admin, upstream, filter, ecds, ratelimit };
             note_key_seed(&doc);
             emit(&yaml::to_yaml(&render::envoy(&breakwater_policy::compile(&doc), &options)));
             ExitCode::SUCCESS
