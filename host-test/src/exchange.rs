@@ -63,8 +63,23 @@ pub enum Begun {
     Forwarded { stream: u32 },
     /// The filter answered it itself (complete it with no upstream outcome).
     Answered { stream: u32 },
+    /// The filter paused it, waiting for a gRPC call's answer: it is forwarded or answered when
+    /// the answer is delivered ([`crate::Vm::deliver`], then [`crate::Vm::take_woken`]).
+    Paused { stream: u32 },
     /// The VM has failed (fail closed): this is the answer.
     Failed(ClientResponse),
+}
+
+impl Begun {
+    /// The stream, unless the VM has failed.
+    pub fn stream(&self) -> Option<u32> {
+        match self {
+            Begun::Forwarded { stream } | Begun::Answered { stream } | Begun::Paused { stream } => {
+                Some(*stream)
+            }
+            Begun::Failed(_) => None,
+        }
+    }
 }
 
 /// How a stream ended, as the client saw it.

@@ -131,6 +131,9 @@ impl Factory {
             calls: Vec::new(),
             next_call_token: 1,
             call_response: None,
+            grpc_calls: Vec::new(),
+            next_grpc_token: 1,
+            grpc_response: None,
             plugin_config: Vec::new(),
             vm_config: Vec::new(),
             streams: Default::default(),
@@ -167,6 +170,10 @@ pub(crate) struct Exports {
     pub(crate) on_tick: TypedFunc<i32, ()>,
     pub(crate) on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     pub(crate) on_http_call_response: Option<CallResponseFn>,
+    /// `proxy_on_grpc_receive(context, token, message size)`.
+    pub(crate) on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    /// `proxy_on_grpc_close(context, token, status)`.
+    pub(crate) on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
 }
 
 /// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
@@ -187,6 +194,8 @@ impl Exports {
             on_tick: i.get_typed_func(&mut *s, "proxy_on_tick")?,
             on_queue_ready: i.get_typed_func(&mut *s, "proxy_on_queue_ready").ok(),
             on_http_call_response: i.get_typed_func(&mut *s, "proxy_on_http_call_response").ok(),
+            on_grpc_receive: i.get_typed_func(&mut *s, "proxy_on_grpc_receive").ok(),
+            on_grpc_close: i.get_typed_func(&mut *s, "proxy_on_grpc_close").ok(),
         })
     }
 }

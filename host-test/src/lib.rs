@@ -19,6 +19,7 @@ pub mod exchange;
 pub mod header_map;
 pub mod host;
 pub mod memory;
+pub mod ratelimit;
 pub mod router;
 pub mod sim;
 pub mod state;

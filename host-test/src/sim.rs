@@ -22,11 +22,12 @@ use breakwater_policy::model::Document;
 use breakwater_scenario as scenario;
 use breakwater_scenario::{
     Arrivals, BreakerState, Effective, Latency, Load, MAX_REQUESTS, Pick, PolicyRef, Record, RequestDecision,
-    Run, Scenario, Values,
+    Run, Scenario, ServiceState, Values,
 };
 
 use crate::exchange::{Begun, ClientResponse, Request, UpstreamAnswer};
 use crate::host::Host;
+use crate::ratelimit;
 use crate::router::{self, Attempt};
 use crate::state::World;
 use crate::vm::Vm;
@@ -227,6 +228,8 @@ enum Kind {
         vm: u32,
     },
     Sample,
+    /// A gRPC call's answer (or its timeout) is due: delivered after the event, as all are.
+    Deliver,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +267,9 @@ struct Sim<'s> {
     run: Run,
     /// Upstream outcomes waiting for their completion event, by record.
     pending: HashMap<u32, UpstreamAnswer, breakwater_policy::fnv::BuildFnv>,
+    /// Streams the filter paused (waiting for the rate-limit service), by (VM, stream): the
+    /// record, and the generator's upstream and timeout, for when it is resumed.
+    paused: HashMap<(u32, u32), Waiting<'s>, breakwater_policy::fnv::BuildFnv>,
     counters: CounterIds,
     /// By policy: the breaker-state gauge's metric id.
     breaker_gauges: Vec<Option<usize>>,
@@ -306,6 +312,7 @@ pub fn run_within(
     budget: &Budget,
 ) -> Result<Run, String> {
     let world = World::new(START_NS, scenario.seed);
+    add_ratelimit_service(&world, scenario, document);
     let config = breakwater_policy::compile(document).into_bytes();
     // As Envoy: the main thread's VM starts and configures first (it serves no requests), then
     // one VM per worker.
@@ -365,6 +372,7 @@ pub fn run_within(
         rng: Rng(scenario.seed ^ 0x5bd1_e995),
         run,
         pending: HashMap::default(),
+        paused: HashMap::default(),
         counters,
         breaker_gauges,
         samples: scenario::sample_times(scenario).into_iter(),
@@ -376,6 +384,16 @@ pub fn run_within(
     let metrics = sim.world.metrics.borrow().iter().map(|m| (m.name.clone(), m.value)).collect();
     sim.run.metrics = metrics;
     Ok(sim.run)
+}
+
+/// A paused request: its record, and what its generator says about the upstream and timeout.
+#[derive(Debug, Clone, Copy)]
+struct Waiting<'s> {
+    record: u32,
+    upstream: &'s scenario::SimulatedUpstream,
+    timeout: Option<u64>,
+    /// When the request arrived (its client's timeout counts from then).
+    arrived: u64,
 }
 
 /// By metric id: the (policy, counter) a counter counts.
@@ -400,6 +418,44 @@ fn metric_ids(world: &World, policies: &[String]) -> (CounterIds, Vec<Option<usi
         })
         .collect();
     (counters, gauges)
+}
+
+/// The simulated rate-limit service on every cluster the document's global limits call, behaving
+/// as the scenario's `ratelimit_service` says at each moment.
+fn add_ratelimit_service(world: &Rc<World>, scenario: &Scenario, document: &Document) {
+    let services: Vec<&str> = document
+        .policies
+        .iter()
+        .filter_map(|p| p.global_rate_limit.as_ref())
+        .map(|g| g.service.as_str())
+        .collect();
+    if services.is_empty() {
+        return;
+    }
+    let simulated = scenario.ratelimit_service.clone();
+    let random = Rc::clone(world);
+    let behaviour = move |t_ns: u64| match simulated.at(t_ns.saturating_sub(START_NS)) {
+        ServiceState::Down => ratelimit::Behaviour::Down,
+        ServiceState::Hangs => ratelimit::Behaviour::Hangs,
+        ServiceState::Answers(latency) => {
+            let unit = (random.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+            ratelimit::Behaviour::Answers(match latency {
+                Latency::Fixed(d) => d.as_nanos(),
+                Latency::Uniform(lo, hi) => {
+                    lo.as_nanos() + (unit * hi.as_nanos().saturating_sub(lo.as_nanos()) as f64) as u64
+                }
+                Latency::Exponential(mean) => (-(1.0 - unit).ln() * mean.as_nanos() as f64) as u64,
+            })
+        }
+    };
+    let service = Rc::new(ratelimit::Service {
+        buckets: ratelimit::Buckets::new(document).into(),
+        envoys: scenario.ratelimit_service.envoys,
+        behaviour: Box::new(behaviour),
+    });
+    for name in services {
+        world.add_grpc_cluster(name, service.cluster());
+    }
 }
 
 /// One attempt against the upstream as it behaves at that moment.
@@ -437,7 +493,7 @@ fn attempt(e: Effective<'_>, rng: &mut Rng) -> Attempt {
     Attempt::status(status, latency_ns)
 }
 
-impl Sim<'_> {
+impl<'s> Sim<'s> {
     fn push(&mut self, t: u64, kind: Kind) {
         self.seq += 1;
         self.queue.push(Reverse(Event { t, seq: self.seq, kind }));
@@ -507,6 +563,7 @@ impl Sim<'_> {
                     let _ = self.vm(vm)?.tick();
                     self.schedule_tick(vm, event.t);
                 }
+                Kind::Deliver => {}
                 Kind::Sample => {
                     let metrics = self.world.metrics.borrow();
                     let states = self
@@ -523,12 +580,18 @@ impl Sim<'_> {
                     }
                 }
             }
-            // Items enqueued on shared queues reach their owners' on_queue_ready at once, and HTTP
-            // calls are answered at the first event after they are due (the filter makes none).
+            // Items enqueued on shared queues reach their owners' on_queue_ready at once; HTTP
+            // calls are answered at the first event after they are due (the filter makes none),
+            // gRPC calls (the rate-limit service) at an event of their own when they are due.
             if !self.world.queues.borrow().ready.is_empty() || self.world.pending_calls.get() > 0 {
                 for vm in &mut self.vms {
                     let _ = vm.deliver();
                 }
+                self.wake(event.t)?;
+            }
+            let due: Vec<u64> = std::mem::take(&mut *self.world.grpc_due.borrow_mut());
+            for t in due {
+                self.push(t.saturating_sub(START_NS).max(event.t), Kind::Deliver);
             }
         }
         Ok(())
@@ -604,11 +667,20 @@ impl Sim<'_> {
         });
         let begun =
             self.vm(vm)?.begin_owned(request).map_err(|e| format!("host error starting a stream: {e:#}"))?;
+        let waiting = Waiting { record, upstream, timeout, arrived: t };
+        self.proceed(t, vm, begun, waiting)
+    }
+
+    /// Goes on with a stream where the filter left it: to the upstream, answered by the filter,
+    /// failed, or paused until the filter wakes it ([`Sim::wake`]).
+    fn proceed(&mut self, t: u64, vm: u32, begun: Begun, w: Waiting<'s>) -> Result<(), String> {
+        let record = w.record;
         match begun {
             Begun::Forwarded { stream } => {
                 let policy = router::RetryPolicy::read(self.vm(vm)?.forwarded(stream).unwrap_or(&Vec::new()));
                 let world = self.world.clone();
                 let rng = &mut self.rng;
+                let upstream = w.upstream;
                 // The simulated upstream does not look at the request.
                 let up = router::route_with(
                     &policy,
@@ -617,7 +689,9 @@ impl Sim<'_> {
                     || world.next_random(),
                 );
                 let first = self.run.tries.len() as u32;
-                let cut = timeout.filter(|limit| *limit < up.duration_ns);
+                // The client's timeout counts from its request, the filter's wait included.
+                let left = w.timeout.map(|limit| limit.saturating_sub(t - w.arrived));
+                let cut = left.filter(|limit| *limit < up.duration_ns);
                 for (s, e) in &up.tries {
                     let end = cut.map_or(*e, |c| (*e).min(c));
                     if *s < end || cut.is_none() {
@@ -644,6 +718,20 @@ impl Sim<'_> {
                 self.finish(record, t, &response);
             }
             Begun::Failed(response) => self.finish(record, t, &response),
+            Begun::Paused { stream } => {
+                self.paused.insert((vm, stream), w);
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams the filter resumed or answered once a call's answer came: on they go.
+    fn wake(&mut self, t: u64) -> Result<(), String> {
+        for vm in 0..self.vms.len() as u32 {
+            for begun in self.vm(vm)?.take_woken() {
+                let Some(w) = begun.stream().and_then(|s| self.paused.remove(&(vm, s))) else { continue };
+                self.proceed(t, vm, begun, w)?;
+            }
         }
         Ok(())
     }

@@ -48,6 +48,54 @@ pub struct World {
     pub clusters: RefCell<Clusters>,
     /// HTTP calls dispatched and not yet answered, over all VMs.
     pub pending_calls: Cell<u32>,
+    /// Clusters that `proxy_grpc_call` can reach, by name (Envoy: any other name is
+    /// ParseFailure).
+    pub grpc_clusters: RefCell<GrpcClusters>,
+    /// When gRPC calls dispatched since the simulation last looked are due (it schedules their
+    /// delivery then).
+    pub grpc_due: RefCell<Vec<u64>>,
+}
+
+/// A gRPC call as the filter made it.
+#[derive(Debug, Clone)]
+pub struct GrpcCall {
+    pub service: String,
+    pub method: String,
+    pub metadata: HeaderMap,
+    pub message: Vec<u8>,
+}
+
+/// How a simulated gRPC service answers a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcReply {
+    /// OK, with this message.
+    Message(Vec<u8>),
+    /// This gRPC status (14: UNAVAILABLE, as Envoy reports a refused connection).
+    Status(u32),
+    /// No answer: the call times out.
+    Silence,
+}
+
+/// A simulated gRPC cluster: given the call and the time, the answer and its latency in ns.
+pub type GrpcCluster = Rc<dyn Fn(&GrpcCall, u64) -> (GrpcReply, u64)>;
+
+/// The world's gRPC clusters by name.
+#[derive(Default)]
+pub struct GrpcClusters(pub HashMap<String, GrpcCluster>);
+
+impl std::fmt::Debug for GrpcClusters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// A gRPC call on its way: at `due_ns`, its message goes to `proxy_on_grpc_receive`, or its
+/// status to `proxy_on_grpc_close` (Envoy reports a timeout as 14, UNAVAILABLE).
+#[derive(Debug, Clone)]
+pub struct PendingGrpc {
+    pub token: u32,
+    pub due_ns: u64,
+    pub reply: Result<Vec<u8>, u32>,
 }
 
 /// A simulated cluster for `proxy_http_call`: given the call's headers and body, the answer
@@ -135,6 +183,11 @@ impl World {
     }
 
     /// A counter or gauge by name (Envoy's `/stats` shows it as `wasmcustom.<name>`).
+    /// Makes `name` reachable by `proxy_grpc_call`.
+    pub fn add_grpc_cluster(&self, name: &str, cluster: GrpcCluster) {
+        self.grpc_clusters.borrow_mut().0.insert(name.to_string(), cluster);
+    }
+
     /// Makes `name` reachable by `proxy_http_call`.
     pub fn add_cluster(&self, name: &str, cluster: Cluster) {
         self.clusters.borrow_mut().0.insert(name.to_string(), cluster);
@@ -193,6 +246,9 @@ pub struct Stream {
     pub response_sent: bool,
     /// The response headers as sent, copied only if the filter changes them after that.
     pub sent_headers: Option<HeaderMap>,
+    /// Paused in request headers (waiting for a call), and whether the filter has resumed it.
+    pub paused: bool,
+    pub resumed: bool,
 }
 
 /// One VM's host state (a wasmtime Store's data).
@@ -209,6 +265,11 @@ pub struct HostState {
     /// The answer being delivered (`proxy_on_http_call_response` reads it as header map 6 and
     /// buffer 4).
     pub call_response: Option<(HeaderMap, Vec<u8>)>,
+    /// gRPC calls this VM dispatched, not yet delivered; tokens count from 1.
+    pub grpc_calls: Vec<PendingGrpc>,
+    pub next_grpc_token: u32,
+    /// The message being delivered (`proxy_on_grpc_receive` reads it as buffer 5).
+    pub grpc_response: Option<Vec<u8>>,
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
     /// By context id (FNV: SipHash was a visible share of every host call).

@@ -13,7 +13,7 @@ use crate::exchange::{
     upstream_response,
 };
 use crate::host::{EPOCHS_PER_CALL, Exports, Factory, Host};
-use crate::state::{HeaderMap, HostState, PendingCall, Stream, StreamInfo, World};
+use crate::state::{HeaderMap, HostState, PendingCall, PendingGrpc, Stream, StreamInfo, World};
 
 /// What a VM does after its guest trapped (Envoy's `failure_policy` of a Wasm plugin).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +49,8 @@ pub struct Vm {
     /// The configuration the plugin last accepted (applied again by FAIL_RELOAD).
     accepted: Vec<u8>,
     factory: Arc<Factory>,
+    /// Paused streams the filter has since resumed or answered ([`Vm::take_woken`]).
+    woken: Vec<Begun>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -178,7 +180,61 @@ impl Vm {
             result?;
             delivered += 1;
         }
-        Ok(queued + delivered)
+        Ok(queued + delivered + self.deliver_grpc(now)?)
+    }
+
+    /// Delivers the gRPC answers due by `now` to the root context, as Envoy does (the SDK passes
+    /// each to the context that made the call; answers for streams that have ended are dropped
+    /// there: Envoy does not cancel them). Then notes the paused streams the filter woke.
+    fn deliver_grpc(&mut self, now: u64) -> Result<usize> {
+        let (mut due, later): (Vec<PendingGrpc>, Vec<PendingGrpc>) =
+            std::mem::take(&mut self.store.data_mut().grpc_calls).into_iter().partition(|c| c.due_ns <= now);
+        if due.is_empty() {
+            self.store.data_mut().grpc_calls = later;
+            return Ok(0);
+        }
+        self.store.data_mut().grpc_calls = later;
+        due.sort_by_key(|c| (c.due_ns, c.token));
+        let world = self.store.data().world.clone();
+        world.pending_calls.set(world.pending_calls.get().saturating_sub(due.len() as u32));
+        let root = self.root as i32;
+        for call in &due {
+            let token = call.token as i32;
+            self.store.data_mut().effective_context = self.root;
+            let result = match &call.reply {
+                Ok(message) => {
+                    let size = message.len() as i32;
+                    self.store.data_mut().grpc_response = Some(message.clone());
+                    self.guest(|s, e| match &e.on_grpc_receive {
+                        Some(f) => f.call(s, (root, token, size)),
+                        None => Ok(()),
+                    })
+                }
+                Err(status) => {
+                    let status = *status as i32;
+                    self.guest(|s, e| match &e.on_grpc_close {
+                        Some(f) => f.call(s, (root, token, status)),
+                        None => Ok(()),
+                    })
+                }
+            };
+            self.store.data_mut().grpc_response = None;
+            result?;
+        }
+        let streams = &mut self.store.data_mut().streams;
+        for (id, st) in streams.iter_mut() {
+            if !st.paused {
+                continue;
+            }
+            if st.local_reply.is_some() {
+                st.paused = false;
+                self.woken.push(Begun::Answered { stream: *id });
+            } else if st.resumed {
+                st.paused = false;
+                self.woken.push(Begun::Forwarded { stream: *id });
+            }
+        }
+        Ok(due.len())
     }
 
     fn deliver_queues(&mut self) -> Result<usize> {
@@ -224,7 +280,11 @@ impl Vm {
         req: &Request,
         upstream: impl FnOnce(&HeaderMap) -> UpstreamAnswer,
     ) -> Result<ClientResponse> {
-        match self.begin(req)? {
+        let mut begun = self.begin(req)?;
+        if let Begun::Paused { stream } = begun {
+            begun = self.wait(stream)?;
+        }
+        match begun {
             Begun::Forwarded { stream } => {
                 let headers = self.forwarded(stream).cloned().unwrap_or_default();
                 let up = upstream(&headers);
@@ -232,7 +292,30 @@ impl Vm {
             }
             Begun::Answered { stream } => self.complete(stream, None),
             Begun::Failed(response) => Ok(response),
+            Begun::Paused { stream } => bail!("stream {stream} is still paused"),
         }
+    }
+
+    /// Waits for a paused stream: moves the world's clock to each of this VM's gRPC answers in
+    /// turn and delivers it, until the filter resumes or answers the stream.
+    fn wait(&mut self, stream: u32) -> Result<Begun> {
+        loop {
+            if let Some(i) = self.woken.iter().position(|b| b.stream() == Some(stream)) {
+                return Ok(self.woken.remove(i));
+            }
+            let Some(due) = self.store.data().grpc_calls.iter().map(|c| c.due_ns).min() else {
+                bail!("stream {stream} is paused and no call of this VM is pending");
+            };
+            let world = self.store.data().world.clone();
+            world.clock_ns.set(world.clock_ns.get().max(due));
+            self.deliver()?;
+        }
+    }
+
+    /// Streams that were paused and that the filter has resumed (forwarded) or answered since
+    /// the last call.
+    pub fn take_woken(&mut self) -> Vec<Begun> {
+        std::mem::take(&mut self.woken)
     }
 
     /// The request headers of a forwarded stream as the router receives them (the filter's
@@ -307,8 +390,11 @@ impl Vm {
             match (st.local_reply.is_some(), action) {
                 (true, _) => Ok(Begun::Answered { stream: id }),
                 (false, ACTION_CONTINUE) => Ok(Begun::Forwarded { stream: id }),
-                // Paused without a reply: Envoy would wait; nothing in breakwater resumes streams.
-                (false, _) => bail!("the filter paused the request without replying"),
+                // Paused without a reply: the filter waits for a call's answer (a global limit).
+                (false, _) => {
+                    st.paused = true;
+                    Ok(Begun::Paused { stream: id })
+                }
             }
         })();
         match begun {
@@ -473,6 +559,7 @@ impl Host {
             reloads: 0,
             accepted: Vec::new(),
             factory: self.factory.clone(),
+            woken: Vec::new(),
         };
         vm.initialize()?;
         Ok(vm)

@@ -3,8 +3,18 @@
 pub use breakwater_policy::metrics::{BreakerState, Decision};
 use breakwater_policy::model::{Document, Duration};
 
-pub const SCENARIO_FIELDS: &[&str] =
-    &["name", "description", "policy", "seed", "workers", "duration", "traffic", "upstream", "expect"];
+pub const SCENARIO_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "policy",
+    "seed",
+    "workers",
+    "duration",
+    "traffic",
+    "upstream",
+    "ratelimit_service",
+    "expect",
+];
 pub const TRAFFIC_FIELDS: &[&str] = &[
     "name",
     "rate",
@@ -26,6 +36,8 @@ pub const VALUES_FIELDS: &[&str] = &["one_of", "uniform", "zipf", "cycle", "pref
 pub const UPSTREAM_FIELDS: &[&str] = &["latency", "status", "reset", "connect_failure", "phases"];
 pub const PHASE_FIELDS: &[&str] = &["from", "to", "latency", "status", "reset", "connect_failure", "down"];
 pub const LATENCY_FIELDS: &[&str] = &["uniform", "exponential"];
+pub const SERVICE_FIELDS: &[&str] = &["latency", "envoys", "phases"];
+pub const SERVICE_PHASE_FIELDS: &[&str] = &["from", "to", "latency", "down", "hang"];
 
 /// What an expectation can measure; each expectation names exactly one.
 pub const MEASURES: &[&str] = &[
@@ -74,7 +86,63 @@ pub struct Scenario {
     pub duration: Duration,
     pub traffic: Vec<Traffic>,
     pub upstream: SimulatedUpstream,
+    /// The rate-limit service the policy's global limits call.
+    pub ratelimit_service: SimulatedService,
     pub expect: Vec<Expectation>,
+}
+
+/// The simulated rate-limit service (global limits): its buckets are the document's global
+/// limits, counted as the real service counts them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatedService {
+    /// Time to answer a call. Default 1ms.
+    pub latency: Latency,
+    /// The fleet's size it reports (what `degraded.learn` splits a limit by). Default 1.
+    pub envoys: u32,
+    pub phases: Vec<ServicePhase>,
+}
+
+impl Default for SimulatedService {
+    fn default() -> Self {
+        SimulatedService { latency: Latency::Fixed(Duration::from_millis(1)), envoys: 1, phases: Vec::new() }
+    }
+}
+
+/// The service from `from` to `to`: slower, refusing connections (`down`), or accepting and
+/// never answering (`hang`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePhase {
+    pub from: Duration,
+    pub to: Duration,
+    pub latency: Option<Latency>,
+    pub down: bool,
+    pub hang: bool,
+}
+
+/// How the service answers at a moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ServiceState {
+    Answers(Latency),
+    Down,
+    Hangs,
+}
+
+impl SimulatedService {
+    /// Its behaviour at `t_ns` (later phases win).
+    pub fn at(&self, t_ns: u64) -> ServiceState {
+        let mut state = ServiceState::Answers(self.latency);
+        for p in &self.phases {
+            if p.from.as_nanos() <= t_ns && t_ns < p.to.as_nanos() {
+                state = match (p.down, p.hang, p.latency) {
+                    (true, _, _) => ServiceState::Down,
+                    (_, true, _) => ServiceState::Hangs,
+                    (_, _, Some(l)) => ServiceState::Answers(l),
+                    _ => state,
+                };
+            }
+        }
+        state
+    }
 }
 
 /// The policy document a scenario runs against.

@@ -153,6 +153,10 @@ fn scenario(r: &mut Reader, node: &Node, given: Option<&Document>) -> Option<Sce
         Some((n, p)) => upstream(r, n, &p, end),
         None => Some(SimulatedUpstream { base: Behaviour::default(), phases: Vec::new() }),
     };
+    let ratelimit_service = match f.get("ratelimit_service") {
+        Some((n, p)) => service(r, n, &p, end),
+        None => Some(SimulatedService::default()),
+    };
     let traffic = match f.get("traffic") {
         Some((n, p)) => traffic_list(r, n, &p, end),
         None => {
@@ -174,6 +178,7 @@ fn scenario(r: &mut Reader, node: &Node, given: Option<&Document>) -> Option<Sce
         duration: duration?,
         traffic: traffic?,
         upstream: upstream?,
+        ratelimit_service: ratelimit_service?,
         expect: expect?,
     })
 }
@@ -500,6 +505,56 @@ fn upstream(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Opti
     };
     let (phases, complete) = phases?;
     (ok && complete).then_some(SimulatedUpstream { base, phases })
+}
+
+fn service(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<SimulatedService> {
+    let f = r.fields(node, path, SERVICE_FIELDS)?;
+    let mut service = SimulatedService::default();
+    let mut ok = true;
+    if let Some((n, p)) = f.get("latency") {
+        latency(r, n, &p).map(|l| service.latency = l).unwrap_or_else(|| ok = false);
+    }
+    if let Some((n, p)) = f.get("envoys") {
+        r.int_as(n, &p, 1, 100_000).map(|e| service.envoys = e).unwrap_or_else(|| ok = false);
+    }
+    if let Some((n, p)) = f.get("phases") {
+        match r.list_of(n, &p, |d, n, p| service_phase(d, n, p, end)) {
+            Some((phases, true)) => service.phases = phases,
+            _ => ok = false,
+        }
+    }
+    ok.then_some(service)
+}
+
+fn service_phase(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<ServicePhase> {
+    let f = r.fields(node, path, SERVICE_PHASE_FIELDS)?;
+    let from = match f.get("from") {
+        Some((n, p)) => r.duration(n, &p),
+        None => Some(Duration::from_millis(0)),
+    };
+    let to = match f.get("to") {
+        Some((n, p)) => r.duration(n, &p),
+        None => Some(end),
+    };
+    let (from, to) = (from?, to?);
+    if from >= to {
+        r.error(path, node, format!("`from` ({from}) must come before `to` ({to})"));
+        return None;
+    }
+    let latency = match f.get("latency") {
+        Some((n, p)) => Some(latency(r, n, &p)?),
+        None => None,
+    };
+    let flag = |r: &mut Reader, name: &str| f.get(name).map(|(n, p)| r.bool(n, &p));
+    let (down, hang) = (flag(r, "down"), flag(r, "hang"));
+    let (down, hang) =
+        (down.map(|d| d.ok_or(())).transpose().ok()?, hang.map(|h| h.ok_or(())).transpose().ok()?);
+    let (down, hang) = (down.unwrap_or(false), hang.unwrap_or(false));
+    if [down, hang, latency.is_some()].iter().filter(|x| **x).count() > 1 {
+        r.error(path, node, "a phase is one of: `down`, `hang`, or a `latency`");
+        return None;
+    }
+    Some(ServicePhase { from, to, latency, down, hang })
 }
 
 fn phase(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<UpstreamPhase> {

@@ -1,5 +1,5 @@
-//! Buffers: plugin and VM configuration, and the body of an HTTP call's answer (request and
-//! response bodies are not buffered: the filter does not read them).
+//! Buffers: plugin and VM configuration, the body of an HTTP call's answer and the message of a
+//! gRPC call's (request and response bodies are not buffered: the filter does not read them).
 
 use wasmtime::{Caller, Linker, Result};
 
@@ -8,6 +8,7 @@ use crate::memory;
 use crate::state::HostState;
 
 const HTTP_CALL_RESPONSE_BODY: i32 = 4;
+const GRPC_RECEIVE_BUFFER: i32 = 5;
 const VM_CONFIGURATION: i32 = 6;
 const PLUGIN_CONFIGURATION: i32 = 7;
 
@@ -27,6 +28,10 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
                 VM_CONFIGURATION => c.data().vm_config.clone(),
                 HTTP_CALL_RESPONSE_BODY => match &c.data().call_response {
                     Some((_, body)) => body.clone(),
+                    None => return Ok(Status::NotFound as i32),
+                },
+                GRPC_RECEIVE_BUFFER => match &c.data().grpc_response {
+                    Some(message) => message.clone(),
                     None => return Ok(Status::NotFound as i32),
                 },
                 _ => return Ok(Status::NotFound as i32),

@@ -43,8 +43,9 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
         "proxy_set_effective_context",
         |mut c: Caller<'_, HostState>, id: i32| -> Result<i32> {
             let id = id as u32;
-            // Envoy: BadArgument when the stream is gone (e.g. the client went away).
-            if c.data().streams.contains_key(&id) {
+            // Envoy: BadArgument when the stream is gone (e.g. the client went away). The root
+            // context is live too (the SDK makes it effective before a root's gRPC callback).
+            if c.data().streams.contains_key(&id) || id == c.data().root_context {
                 c.data_mut().effective_context = id;
                 Ok(Status::Ok as i32)
             } else {

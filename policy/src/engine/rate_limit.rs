@@ -24,6 +24,18 @@ pub struct Gcra {
     burst: u64,
 }
 
+/// What [`Gcra::take`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub granted: u64,
+    /// Whole tokens left in the bucket.
+    pub remaining: u64,
+    /// How long until what was asked for and not granted would be there (0: all was granted).
+    pub wait: Nanos,
+    /// How long until the bucket is full.
+    pub reset: Nanos,
+}
+
 /// What the limiter decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateDecision {
@@ -87,6 +99,47 @@ impl Gcra {
             reset_after: used,
         };
         (decision, Some(new_tat))
+    }
+
+    /// Takes `hits` tokens at once: all or none, or (`partial`) as many as the bucket holds, up
+    /// to `hits`. The rate-limit service's bucket (`ratelimit/src/gcra.lua`, in microseconds)
+    /// does exactly this; host-test's simulated service uses it. Returns what was taken and the
+    /// TAT to store (None when nothing changes).
+    pub fn take(&self, tat: Option<Nanos>, now: Nanos, hits: u64, partial: bool) -> (Taken, Option<Nanos>) {
+        let stored = tat;
+        let tat = tat.unwrap_or(now).clamp(now, now.saturating_add(self.tolerance));
+        let room = now.saturating_add(self.tolerance).saturating_sub(tat);
+        let available = room.checked_div(self.interval).unwrap_or(0);
+        let granted = if available >= hits {
+            hits
+        } else if partial {
+            available
+        } else {
+            0
+        };
+        let new_tat = tat.saturating_add(granted.saturating_mul(self.interval));
+        // What was asked for and not granted: for a lease, the next token; otherwise all of it.
+        let need = match (granted >= hits, partial) {
+            (true, _) => 0,
+            (false, true) => 1,
+            (false, false) => hits,
+        };
+        let wait = if need == 0 {
+            0
+        } else {
+            new_tat
+                .saturating_add(need.saturating_mul(self.interval))
+                .saturating_sub(self.tolerance)
+                .saturating_sub(now)
+        };
+        let taken = Taken {
+            granted,
+            remaining: available.saturating_sub(granted),
+            wait,
+            reset: new_tat.saturating_sub(now),
+        };
+        let changed = granted > 0 || stored.is_some_and(|s| s > tat);
+        (taken, changed.then_some(new_tat))
     }
 
     /// [`Gcra::decide`] on the shared-data encoding, for use inside [`super::store::update`].
@@ -249,5 +302,41 @@ mod tests {
             let admitted = run(&g, &times) as u64;
             prop_assert!(admitted == expected.min(steps), "admitted {} expected {}", admitted, expected);
         }
+    }
+
+    proptest! {
+        /// Taking one token, all or nothing, is the same decision as `decide`, on any sequence
+        /// of requests (the service's bucket and the filter's agree).
+        #[test]
+        fn taking_one_token_is_deciding(gaps in proptest::collection::vec(0u64..40_000_000, 1..200)) {
+            let g = Gcra::try_new(50, NANOS_PER_SEC, 5).unwrap();
+            let (mut a, mut b) = (None, None);
+            let mut now = 1_000 * NANOS_PER_SEC;
+            for gap in gaps {
+                now += gap;
+                let (d, ta) = g.decide(a, now);
+                let (t, tb) = g.take(b, now, 1, false);
+                prop_assert_eq!(d.allowed, t.granted == 1);
+                prop_assert_eq!(d.remaining, t.remaining);
+                if !d.allowed {
+                    prop_assert_eq!(d.retry_after, t.wait);
+                }
+                a = ta.or(a);
+                b = tb.or(b);
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_lease_takes_what_the_bucket_holds() {
+        let g = Gcra::try_new(10, NANOS_PER_SEC, 4).unwrap();
+        let now = 1_000 * NANOS_PER_SEC;
+        let (t, tat) = g.take(None, now, 10, true);
+        assert_eq!((t.granted, t.remaining, t.wait), (4, 0, 100_000_000));
+        let (t, _) = g.take(tat, now, 10, false);
+        assert_eq!((t.granted, t.wait), (0, 1_000_000_000));
+        let (t, _) = g.take(tat, now + 250_000_000, 10, true);
+        assert_eq!(t.granted, 2);
     }
 }
