@@ -471,3 +471,81 @@ fn a_rendered_bootstrap_reaches_the_rate_limit_service() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// host-test (its simulated rate-limit service) and real Envoy (with the real service and Redis)
+/// agree on exact mode, request by request: the same statuses for interleaved keys, the same
+/// counters, and the same fail-fast path with degraded mode when the service refuses connections.
+#[test]
+fn host_test_agrees_with_envoy_on_exact_global_limits() {
+    use breakwater_host_test::ratelimit::{Behaviour, Buckets, Service};
+    use breakwater_host_test::{Host, Request, UpstreamAnswer, World};
+    use std::rc::Rc;
+
+    const DOC: &str = "version: 1
+policies:
+  - name: up
+    match: { path_prefix: /up }
+    global_rate_limit: { rate: 4, per: 1h, burst: 4, key: [\"header:x-api-key\"] }
+  - name: down
+    match: { path_prefix: /down }
+    global_rate_limit: { rate: 4, per: 1h, service: nowhere, failure_mode: deny }
+";
+    let requests: Vec<(&str, String)> = (0..6)
+        .flat_map(|_| ["k1", "k2", "k3"].map(|k| ("/up", k.to_string())))
+        .chain((0..5).map(|_| ("/down", "k".to_string())))
+        .collect();
+
+    // Real Envoy (one connection: one worker), the real service, Redis; `nowhere` refuses
+    // connections.
+    let redis = Redis::start();
+    let service = RateLimitService::start(&policy_file(DOC), &redis.url(), &[]);
+    let upstream = Upstream::start();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let envoy = Envoy::start_edited(DOC, upstream.port(), |b| {
+        let b = with_ratelimit(b, &[service.grpc]);
+        let start = b.find("    - name: breakwater-ratelimit").unwrap();
+        let cluster = b[start..].replace("breakwater-ratelimit", "nowhere").replace(
+            &format!("port_value: {}", service.grpc.port()),
+            &format!("port_value: {}", refused.port()),
+        );
+        format!("{b}{cluster}")
+    });
+    let mut client = envoy.client();
+    let real: Vec<u16> = requests.iter().map(|(path, key)| client.get(path, &[("x-api-key", key)]).status).collect();
+
+    // host-test: the compiled filter, the simulated service.
+    let doc = breakwater_policy::load(DOC).unwrap().document;
+    let world = World::new(1_700_000_000_000_000_000, 1);
+    let simulated = |behaviour: Behaviour| {
+        Rc::new(Service { buckets: Buckets::new(&doc).into(), envoys: 1, behaviour: Box::new(move |_| behaviour) })
+    };
+    world.add_grpc_cluster("breakwater-ratelimit", simulated(Behaviour::Answers(1_000_000)).cluster());
+    world.add_grpc_cluster("nowhere", simulated(Behaviour::Down).cluster());
+    let host = Host::from_workspace().unwrap();
+    let mut vm = host.vm(world.clone(), 0).unwrap();
+    assert!(vm.configure(breakwater_policy::compile(&doc).as_bytes()).unwrap());
+    let simulated_statuses: Vec<u16> = requests
+        .iter()
+        .map(|(path, key)| {
+            let req = Request::get("h", path).header("x-api-key", key.as_str());
+            vm.request(&req, |_| UpstreamAnswer::status(200)).unwrap().status
+        })
+        .collect();
+
+    println!("envoy:     {real:?}\nhost-test: {simulated_statuses:?}");
+    assert_eq!(real, simulated_statuses);
+    let counters = [Counter::Allowed, Counter::GlobalRateLimited, Counter::GlobalCalls, Counter::GlobalUnavailable];
+    for policy in ["up", "down"] {
+        for c in counters {
+            let name = breakwater_policy::metrics::counter_name(policy, c);
+            assert_eq!(envoy.decisions(policy, c.as_str()), world.metric(&name).unwrap_or(0), "{name}");
+        }
+        let gauge = breakwater_policy::metrics::gauge_name(policy, Gauge::GlobalDegraded);
+        assert_eq!(envoy.gauge(policy, Gauge::GlobalDegraded), world.metric(&gauge).unwrap_or(0), "{gauge}");
+    }
+    // What they agree on: four per key, then 429; the refused service: deny, degraded after three.
+    assert_eq!(&real[..18], [[200; 3]; 4].concat().iter().chain(&[429; 6]).copied().collect::<Vec<_>>());
+    assert_eq!(&real[18..], [429; 5]);
+    assert_eq!(envoy.gauge("down", Gauge::GlobalDegraded), 1);
+    assert_eq!(envoy.decisions("down", Counter::GlobalCalls.as_str()), 3);
+}
