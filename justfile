@@ -94,6 +94,7 @@ demo-smoke: build-wasm build-admin bins
 # The benchmark suite (11–15 min): overhead, features, calls, accuracy, scale, memory, host-test; rewrites the
 # generated part of BENCHMARKS.md. `./dev bench --only overhead,scale` runs some sections.
 bench *args: bench-tools
+    cargo build --locked -q --release -p breakwater-ratelimit
     python3 bench/run.py {{args}}
 
 # Every benchmark section at toy sizes (about a minute), so the bench code cannot rot.

@@ -18,6 +18,10 @@ Sections (issue 7):
             time (from the filter's log line), ECDS publish-to-effect latency.
   memory    Envoy RSS while 1M distinct rate-limit keys arrive, against max_keys.
   host      host-test: simulated requests/s through the compiled filter on one core.
+  global    global limits: a local limit, a global one in exact and in leased mode, and Envoy's
+            native rate-limit filter against the same rate-limit service (Redis of its own),
+            side by side; calls per 1,000 requests; the service's CPU per check and Redis
+            commands per check.
 
 This 2-core machine is shared and noisy: variants run side by side, rounds are interleaved and
 medians reported; only ratios from one run mean anything.
@@ -46,6 +50,10 @@ BREAKWATER_WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/breakwater_fi
 NOOP_WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/noop_filter.wasm")
 CLI = os.path.join(ROOT, "target/debug/breakwater")
 LOADGEN = os.path.join(ROOT, "target/debug/loadgen")
+# The rate-limit service: the release build when `just bench` made one, else the debug build.
+RATELIMIT = next((p for p in (os.path.join(ROOT, "target/release/breakwater-ratelimit"),
+                              os.path.join(ROOT, "target/debug/breakwater-ratelimit")) if os.path.exists(p)),
+                 os.path.join(ROOT, "target/debug/breakwater-ratelimit"))
 BEGIN, END = "<!-- bench/run.py: generated from here -->", "<!-- bench/run.py: generated up to here -->"
 
 # The policy of variant (d): every engine on the path, nothing triggering.
@@ -769,6 +777,34 @@ def report(r, args):
         out += ["### host-test", "", f"`cargo bench -p breakwater-host-test --bench speed` ({h['profile']}): best "
                 f"{h['best']:,} / median {h['median']:,} simulated requests/s on one core.", ""]
         targets.append(("host-test ≥ 250,000 simulated requests/s on one core", f"{h['best']:,}", h["best"] >= 250000))
+    if "global" in r:
+        g = r["global"]["result"]
+        fmt = lambda v, f: "—" if v is None else format(v, f)
+        out += ["### Global limits", "",
+                f"Envoy --concurrency 1, proxied route (upstream: an Envoy direct_response), wrk -t1 -c16, "
+                f"{args.rounds} interleaved rounds of {args.seconds} s, medians; nothing is limited, so every "
+                "request does the whole work. The rate-limit service "
+                f"(`{r['global']['service']}`) and a Redis of its own run on the same two cores. Calls: checks "
+                "the service answered, per 1,000 requests. Service CPU: the service process's CPU time per "
+                "check (1 / that = checks per second on one core). Redis: commands per check (the script's "
+                "TIME, GET, SET counted) and round trips (EVALSHA) per check.", "",
+                "| variant | requests/s | p50 ms | p99 ms | calls per 1,000 requests | service CPU µs per check | "
+                "Redis commands per check | Redis round trips per check |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, x in g.items():
+            out.append(f"| {name} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
+                       f"{x['calls_per_1000']:.1f} | {fmt(x['service_us_per_check'], '.0f')} | "
+                       f"{fmt(x['redis_per_check'], '.1f')} | {fmt(x['evalsha_per_check'], '.2f')} |")
+        local, exact, leased = (g[k]["rps"] for k in ("local rate_limit", "global, exact", "global, leased"))
+        native = g["Envoy's ratelimit filter"]["rps"]
+        out += ["", f"Ratios: exact / local {exact / local:.3f} · **leased / local {leased / local:.3f}** · "
+                    f"leased / exact {leased / exact:.2f} · exact / native {exact / native:.3f}", ""]
+        targets.append(("leased: ≥ 99% of requests need no call (≤ 10 calls per 1,000)",
+                        f"{g['global, leased']['calls_per_1000']:.1f}", g["global, leased"]["calls_per_1000"] <= 10))
+        x = g["global, exact"]
+        if x["service_us_per_check"]:
+            targets.append(("the service on one core (checks/s, exact mode's calls)",
+                            f"{1e6 / x['service_us_per_check']:,.0f}", None))
     summary = ["### Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
     for name, value, met in targets:
         summary.append(f"| {name} | {value} | {'—' if met is None else ('yes' if met else '**no**')} |")
@@ -790,16 +826,157 @@ class Bench:
     def __init__(self):
         self.workdir = tempfile.mkdtemp(prefix="bw-bench-")
         self.envoys = []
+        self.processes = []
 
     def close(self):
         for e in self.envoys:
             e.stop()
+        for p in self.processes:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# Global limits
+
+
+GLOBAL_POLICY = """version: 1
+policies:
+  - name: bench
+    global_rate_limit: { rate: 1000000, per: 1s, burst: 1000000, mode: MODE, timeout: 100ms }
+"""
+LOCAL_POLICY = "version: 1\npolicies:\n  - name: bench\n    rate_limit: { rate: 1000000000, per: 1s, burst: 1000000000 }\n"
+
+
+def proc_cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_info(port):
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "all"], capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"total_commands_processed:(\d+)", out).group(1))
+    evalsha = re.search(r"cmdstat_evalsha:calls=(\d+)", out)
+    return total, int(evalsha.group(1)) if evalsha else 0
+
+
+def service_metric(port, name):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def global_limits(bench, rounds, seconds):
+    """A local limit, a global one (exact, leased) and Envoy's native rate-limit filter against the
+    same service, nothing limited (so every request does the full work): throughput and latency side
+    by side; calls per 1,000 requests; the service's CPU per check; Redis commands per check."""
+    redis_port, grpc_port, admin_port = free_port(), free_port(), free_port()
+    redis_dir = os.path.join(bench.workdir, "redis")
+    os.makedirs(redis_dir, exist_ok=True)
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", redis_dir],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bench.processes.append(redis)
+    policy_path = os.path.join(bench.workdir, "global.yaml")
+    with open(policy_path, "w") as f:
+        # Both modes' policies, under two names, in one document the service reads.
+        f.write(GLOBAL_POLICY.replace("MODE", "exact") +
+                GLOBAL_POLICY.replace("MODE", "leased").split("policies:\n", 1)[1].replace("name: bench",
+                                                                                             "name: leased"))
+    deadline = time.time() + 10
+    while subprocess.run(["redis-cli", "-p", str(redis_port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+        if time.time() > deadline:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    service = subprocess.Popen([RATELIMIT, "--policy", policy_path, "--redis", f"redis://127.0.0.1:{redis_port}",
+                                "--listen", f"127.0.0.1:{grpc_port}", "--admin", f"127.0.0.1:{admin_port}",
+                                "--redis-timeout", "50ms"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bench.processes.append(service)
+    deadline = time.time() + 10
+    while True:
+        try:
+            service_metric(admin_port, "breakwater_ratelimit_limits")
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError("the rate-limit service did not start")
+            time.sleep(0.05)
+    up = Envoy(bench, "global-upstream", bootstrap(DIRECT, []), 1).wait_ready()
+    rls_cluster = {"name": "breakwater-ratelimit", "type": "STATIC", "connect_timeout": "0.25s",
+                   "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                       "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                       "explicit_http_config": {"http2_protocol_options": {}}}},
+                   "circuit_breakers": {"thresholds": [{"max_pending_requests": 100000, "max_requests": 100000}]},
+                   "load_assignment": {"cluster_name": "breakwater-ratelimit", "endpoints": [{"lb_endpoints": [
+                       {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": grpc_port}}}}]}]}}
+    leased_doc = GLOBAL_POLICY.replace("MODE", "leased").replace("name: bench", "name: leased")
+    native = {"name": "envoy.filters.http.ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        "domain": "breakwater", "timeout": "0.1s",
+        "rate_limit_service": {"transport_api_version": "V3",
+                               "grpc_service": {"envoy_grpc": {"cluster_name": "breakwater-ratelimit"}}}}}
+    native_route = dict(PROXIED, route={"cluster": "up", "rate_limits": [
+        {"actions": [{"generic_key": {"descriptor_key": "policy", "descriptor_value": "bench"}}]}]})
+    variants = {
+        "local rate_limit": (PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, compile_policy(LOCAL_POLICY))]),
+        "global, exact": (PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM,
+                                                compile_policy(GLOBAL_POLICY.replace("MODE", "exact")))]),
+        "global, leased": (PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, compile_policy(leased_doc))]),
+        "Envoy's ratelimit filter": (native_route, [native]),
+    }
+    envoys = {}
+    for name, (route, filters) in variants.items():
+        config = bootstrap(route, filters, up.port)
+        config["static_resources"]["clusters"].append(rls_cluster)
+        envoys[name] = Envoy(bench, "global-" + re.sub(r"\W+", "-", name), config, 1)
+    for e in envoys.values():
+        e.wait_ready()
+        warm_up(e.port)
+    # Per variant: the service's CPU, Redis's commands and the checks over its runs.
+    cost = {name: {"cpu": 0.0, "commands": 0, "evalsha": 0, "checks": 0.0} for name in envoys}
+    runs = {name: [] for name in envoys}
+    for r in range(rounds):
+        for name, e in envoys.items():
+            cpu, (commands, evalsha) = proc_cpu_seconds(service.pid), redis_info(redis_port)
+            checks = service_metric(admin_port, "breakwater_ratelimit_checks_total")
+            run = wrk(e.port, seconds)
+            run["calls"] = service_metric(admin_port, "breakwater_ratelimit_checks_total") - checks
+            c = cost[name]
+            c["cpu"] += proc_cpu_seconds(service.pid) - cpu
+            now_commands, now_evalsha = redis_info(redis_port)
+            c["commands"] += now_commands - commands - 1  # the INFO call itself
+            c["evalsha"] += now_evalsha - evalsha
+            c["checks"] += run["calls"]
+            runs[name].append(run)
+        print(f"  global round {r + 1}/{rounds}: " + ", ".join(f"{n} {runs[n][-1]['rps']:.0f}/s" for n in envoys),
+              flush=True)
+    for e in list(envoys.values()) + [up]:
+        e.stop()
+    result = {}
+    for name, v in runs.items():
+        requests = sum(x["requests"] for x in v)
+        c = cost[name]
+        result[name] = {"rps": med([x["rps"] for x in v]), "p50": med([x["p50"] for x in v]),
+                        "p99": med([x["p99"] for x in v]), "non2xx": sum(x["non2xx"] for x in v),
+                        "calls_per_1000": c["checks"] / max(1, requests) * 1000,
+                        "service_us_per_check": c["cpu"] / c["checks"] * 1e6 if c["checks"] else None,
+                        "redis_per_check": c["commands"] / c["checks"] if c["checks"] else None,
+                        "evalsha_per_check": c["evalsha"] / c["checks"] if c["checks"] else None}
+        if result[name]["non2xx"]:
+            raise RuntimeError(f"global: {name} answered {result[name]['non2xx']} non-2xx: the comparison is void")
+    return {"result": result, "service": os.path.relpath(RATELIMIT, ROOT)}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="every section at toy sizes (seconds); report to stdout")
-    ap.add_argument("--only", help="comma-separated sections: overhead,features,calls,accuracy,scale,memory,host; "
+    ap.add_argument("--only", help="comma-separated sections: overhead,features,calls,accuracy,scale,memory,host,global; "
                                    "also firstcalls (not in the default run)")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--baseline", help="an earlier breakwater_filter.wasm to run as variant d0 beside d")
@@ -807,12 +984,12 @@ def main():
     args = ap.parse_args()
     smoke = args.smoke
     # firstcalls is opt-in for a full run (it would take it past 15 minutes); the smoke run has it.
-    default = "overhead,features,calls,accuracy,scale,memory,host" + (",firstcalls" if smoke else "")
+    default = "overhead,features,calls,accuracy,scale,memory,host,global" + (",firstcalls" if smoke else "")
     sections = (args.only or default).split(",")
     global SMOKE
     SMOKE = smoke
     args.rounds, args.seconds = (1, 1) if smoke else (4, 4)
-    for f in (ENVOY, BREAKWATER_WASM, NOOP_WASM, CLI, LOADGEN):
+    for f in (ENVOY, BREAKWATER_WASM, NOOP_WASM, CLI, LOADGEN, RATELIMIT):
         if not os.path.exists(f):
             sys.exit(f"missing {f}: run ./dev bench (it builds and installs what is needed)")
     bench = Bench()
@@ -838,6 +1015,8 @@ def main():
                                  memory(bench, 1000000, 100000, (100000, 250000, 500000, 1000000)))
         if "host" in sections:
             results["host"] = host(smoke)
+        if "global" in sections:
+            results["global"] = global_limits(bench, args.rounds, args.seconds)
     finally:
         bench.close()
     text = report(results, args) + f"\nThe run took {time.time() - started:.0f} s.\n"

@@ -103,24 +103,25 @@ pub fn grpc_response(size: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
 }
 
-/// Where an Envoy keeps its name for the rate-limit service when its node has no id.
+/// Where an Envoy keeps its name for the rate-limit service.
 const ENVOY_ID_KEY: &str = "bw/envoy-id";
 
 thread_local! {
     static ENVOY_ID: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
 }
 
-/// This Envoy's name for the rate-limit service: its node id, or (without one) a name drawn
-/// once and shared by its workers through shared data.
+/// This Envoy's name for the rate-limit service (which counts the fleet by it): its node id and
+/// a number drawn once per Envoy process, shared by its workers through shared data, so that
+/// Envoys rendered with one node id still count one each (a restarted Envoy counts anew for a
+/// minute: the share is then smaller, never larger).
 fn envoy_id() -> String {
     ENVOY_ID.with(|id| {
         id.get_or_init(|| {
-            if let Some(node) = property_string(&["xds", "node", "id"]).filter(|n| !n.is_empty()) {
-                return node;
-            }
-            let mut h = breakwater_policy::fnv::Fnv::default();
+            let node = property_string(&["xds", "node", "id"]).unwrap_or_default();
+            // Random per process (WASI random_get seeds RandomState), mixed with the clock.
+            let mut h = std::hash::BuildHasher::build_hasher(&std::collections::hash_map::RandomState::new());
             std::hash::Hasher::write(&mut h, &now().to_le_bytes());
-            let drawn = format!("envoy-{:016x}", std::hash::Hasher::finish(&h));
+            let drawn = format!("{node}/{:016x}", std::hash::Hasher::finish(&h));
             breakwater_policy::engine::store::update(&HostStore, ENVOY_ID_KEY, |old| match old {
                 Some(existing) => (String::from_utf8_lossy(existing).into_owned(), None),
                 None => (drawn.clone(), Some(drawn.clone().into_bytes())),

@@ -309,6 +309,16 @@ impl HttpContext for Http {
         }
     }
 
+    /// While the rate-limit service is asked, the body waits too (Envoy buffers it): continuing
+    /// it would send the request on before the answer.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if self.asking.is_some() { Action::Pause } else { Action::Continue }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.asking.is_some() { Action::Pause } else { Action::Continue }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let (Some(config), Some(admitted)) = (self.config.clone(), self.admitted.as_mut()) else {
             return Action::Continue;

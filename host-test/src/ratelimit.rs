@@ -19,7 +19,7 @@ use prost::Message;
 use crate::state::{GrpcCall, GrpcCluster, GrpcReply};
 
 /// How long a lease's tokens may be spent (the service's `LEASE_TTL`).
-pub const LEASE_TTL_NS: Nanos = 1_000_000_000;
+pub const LEASE_TTL_NS: Nanos = breakwater_policy::global::LEASE_TTL;
 
 /// The limits and buckets of a simulated service.
 #[derive(Debug, Default)]

@@ -328,7 +328,50 @@ fn check_cluster(name: &str) -> Result<String, String> {
     if name.is_empty() || name.len() > 255 || !name.bytes().all(ok) {
         return Err(format!("`{name}` is not an Envoy cluster name: 1-255 letters, digits and `-_.|:`"));
     }
+    if may_parse_as_protobuf(name.as_bytes()) {
+        return Err(format!(
+            "Envoy would read `{name}` as a serialized gRPC service definition, not a cluster name (its bytes happen to be valid protobuf); rename the cluster"
+        ));
+    }
     Ok(name.to_string())
+}
+
+/// Whether bytes may be a well-formed protobuf message. Envoy first tries to read a gRPC call's
+/// target as a serialized `GrpcService` and takes it as a cluster name only when that fails; a
+/// name that parses (`h2`: field 13, varint 50) would reach no cluster, and the proxy-wasm SDK
+/// panics on the status Envoy then returns. Conservative: groups count as parsing.
+fn may_parse_as_protobuf(mut bytes: &[u8]) -> bool {
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (first, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(first & 0x7f).checked_shl(shift).unwrap_or(0);
+            if first & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    while !bytes.is_empty() {
+        let Some(tag) = varint(&mut bytes) else { return false };
+        if tag >> 3 == 0 {
+            return false;
+        }
+        let skip = match tag & 7 {
+            0 => varint(&mut bytes).map(|_| 0),
+            1 => Some(8),
+            2 => varint(&mut bytes).and_then(|n| usize::try_from(n).ok()),
+            3 | 4 => return true,
+            5 => Some(4),
+            _ => None,
+        };
+        match skip.and_then(|n| bytes.get(n..)) {
+            Some(rest) => bytes = rest,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// A rate-limit domain (the RLS `domain` field, and part of every Redis key of the policy).
@@ -611,6 +654,17 @@ mod tests {
     #[test]
     fn suggestions_find_near_misses_only() {
         assert_eq!(suggest("rate_limt", POLICY_FIELDS), Some("rate_limit"));
+        // Cluster names Envoy would read as a serialized GrpcService are refused.
+        assert!(may_parse_as_protobuf(b"h2"));
+        assert!(check_cluster("h2").is_err());
+        for fine in [
+            "breakwater-ratelimit",
+            "outbound|8081||breakwater-ratelimit.ns.svc.cluster.local",
+            "rls",
+            "ratelimit",
+        ] {
+            assert!(check_cluster(fine).is_ok(), "{fine}");
+        }
         assert_eq!(suggest("max_retry", RETRY_FIELDS), Some("max_retries"));
         assert_eq!(suggest("zzz", POLICY_FIELDS), None);
     }

@@ -385,6 +385,11 @@ pub fn admit<S: SharedStore + ?Sized>(
                 after_global(plan, p, store, req, now, a, (retriable, want), Answer::Unavailable, known);
             return Some(Step::Decided(decided));
         }
+        // A probe calls for this request alone.
+        global::Route::Probe => {
+            a.events.push(Event::GlobalCall);
+            return Some(Step::Ask(Ask { call: gp.request(req), admitted: a, retriable, want, lease: None }));
+        }
         global::Route::Ask => global::Known::default(),
     };
     let leased = match (gp.leased(), &p.policy.global_rate_limit) {
@@ -476,6 +481,7 @@ pub fn resume<S: SharedStore + ?Sized>(
     let answer = match (lease, answer) {
         (Some((at, tokens, renewing)), Answer::Decided { envoys, until, remaining, valid_until, .. }) => {
             let got = gp.lease_answer(store, &at, tokens, 1, renewing, &answer, now);
+            // A lease that was short of this request's token: it waits for the next one.
             Answer::Decided { over_limit: !got, remaining, until, envoys, granted: 0, valid_until }
         }
         (Some((at, tokens, renewing)), Answer::Unavailable) => {

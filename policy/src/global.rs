@@ -226,6 +226,9 @@ impl Known {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Ask,
+    /// Degraded, and this request probes the service: it calls (a lease's tokens, if any, are
+    /// not spent instead, or no call would go out).
+    Probe,
     /// Degraded, and not this request's turn to probe.
     Degraded(Known),
 }
@@ -238,11 +241,12 @@ pub fn route<S: SharedStore + ?Sized>(store: &S, plan: &GlobalPlan, now: Nanos) 
         if !known.degraded {
             return (Route::Ask, None);
         }
-        if now < known.probe_at {
+        // A probe time further out than a period: the wall clock stepped back; probe now.
+        if now < known.probe_at && known.probe_at <= now.saturating_add(PROBE_EVERY) {
             return (Route::Degraded(known), None);
         }
         known.probe_at = now.saturating_add(PROBE_EVERY);
-        (Route::Ask, Some(known.encode()))
+        (Route::Probe, Some(known.encode()))
     });
     routed.unwrap_or(Route::Ask)
 }
@@ -314,8 +318,10 @@ pub fn decide_local<S: SharedStore + ?Sized>(
 /// How long a lease should last at the Envoy's recent demand: its size is the requests of this
 /// period, so at steady load an Envoy renews about once per period and key.
 pub const LEASE_TARGET: Nanos = NANOS_PER_SEC;
-/// The longest a lease's tokens are spent after the service granted them, whatever it says.
-pub const MAX_LEASE_TTL: Nanos = 5 * NANOS_PER_SEC;
+/// How long a lease's tokens may be spent: the service's `quota.valid_until` is this long after
+/// the grant, and the filter counts it on its own clock from the answer's arrival (a clock that
+/// is off from the service's does not shorten or stretch leases).
+pub const LEASE_TTL: Nanos = NANOS_PER_SEC;
 /// The largest lease asked for.
 pub const MAX_LEASE: u64 = 1_000_000;
 /// Demand is counted in windows of this length.
@@ -441,6 +447,12 @@ impl GlobalPlan {
         self.leased
     }
 
+    /// The longest an Envoy waits before asking again after a short or empty answer: half of the
+    /// largest lease's refill (at most a quarter of the bucket's), or one token's interval.
+    fn most_pacing(&self) -> Nanos {
+        self.interval.saturating_mul(self.max_lease).div_ceil(2).max(self.interval)
+    }
+
     /// Takes a token of `req`'s lease, or says what to do without one.
     pub fn lease_step<S: SharedStore + ?Sized>(
         &self,
@@ -451,8 +463,14 @@ impl GlobalPlan {
     ) -> Result<(LeaseStep, LeaseAt), StoreError> {
         let slow = self.timeout_ms.saturating_mul(1_000_000).saturating_add(ASKING_SLACK);
         let max_lease = self.max_lease;
+        let most_pacing = self.most_pacing();
         let decide = |old: Option<&[u8]>| {
             let mut lease = Lease::decode(old);
+            // After the wall clock steps back, no stored time may hold longer than it could
+            // have when it was stored.
+            lease.expires = lease.expires.min(now.saturating_add(LEASE_TTL));
+            lease.asking = lease.asking.min(now.saturating_add(slow));
+            lease.next_ask = lease.next_ask.min(now.saturating_add(most_pacing));
             lease.count_request(now);
             let want = lease.want(max_lease);
             let step = if lease.tokens > 0 && now < lease.expires {
@@ -501,28 +519,32 @@ impl GlobalPlan {
         answer: &Answer,
         now: Nanos,
     ) -> bool {
-        let interval = self.interval;
+        let (interval, most_pacing) = (self.interval, self.most_pacing());
         let apply = |old: Option<&[u8]>| {
             let mut lease = Lease::decode(old);
             if renewing {
                 lease.asking = 0;
             }
             let got = match *answer {
-                Answer::Decided { granted, valid_until, until, .. } => {
+                // OK without a quota: the service has no limit for this descriptor (a policy it
+                // has not loaded yet). As in exact mode, the request goes on; nothing is leased.
+                Answer::Decided { over_limit: false, granted: 0, .. } => true,
+                Answer::Decided { granted, until, .. } => {
                     if lease.tokens == 0 || now >= lease.expires {
                         lease.tokens = 0;
                     }
                     let mine = granted.min(taken);
                     lease.tokens = lease.tokens.saturating_add(granted.saturating_sub(mine));
                     if granted > mine {
-                        lease.expires = valid_until.clamp(now, now.saturating_add(MAX_LEASE_TTL));
+                        lease.expires = now.saturating_add(LEASE_TTL);
                     }
                     if granted < want {
-                        // Empty, or short: ask again once the bucket can have refilled a part of
-                        // a lease (a half, and at least the service's own wait).
+                        // Empty or short: ask again once the bucket can have refilled half of what
+                        // was missing; when it was empty, not before its next token either.
                         let refill = interval.saturating_mul(want.saturating_sub(granted)) / 2;
-                        lease.next_ask = now.saturating_add(until.max(refill));
-                    } else {
+                        let wait = if granted == 0 { until.max(refill) } else { refill };
+                        lease.next_ask = now.saturating_add(wait.min(most_pacing));
+                    } else if renewing {
                         lease.next_ask = 0;
                     }
                     mine >= taken
@@ -649,8 +671,11 @@ mod tests {
         assert!(matches!(route(&store, &g, t0 + 1), Route::Degraded(_)));
         // After PROBE_EVERY, one request (and only one) probes.
         let later = t0 + PROBE_EVERY;
-        assert_eq!(route(&store, &g, later), Route::Ask);
+        assert_eq!(route(&store, &g, later), Route::Probe);
         assert!(matches!(route(&store, &g, later), Route::Degraded(_)));
+        // A probe time beyond a period (the wall clock stepped back since): probe at once.
+        let stepped_back = later - 10 * NANOS_PER_SEC;
+        assert_eq!(route(&store, &g, stepped_back), Route::Probe);
         let ok = Answer::Decided {
             over_limit: false,
             remaining: 1,
@@ -729,7 +754,7 @@ mod tests {
         let LeaseStep::Empty { wait } = step else { panic!("{step:?}") };
         assert_eq!(wait, *want / 2 * 10_000_000 - 1);
         // Expired tokens are not spent.
-        let later = t + MAX_LEASE_TTL + NANOS_PER_SEC;
+        let later = t + LEASE_TTL + NANOS_PER_SEC;
         assert!(matches!(g.lease_step(&store, limit, &req, later).unwrap().0, LeaseStep::Ask { .. }));
     }
 
@@ -748,5 +773,35 @@ mod tests {
         assert_eq!(step, LeaseStep::Ask { want: 1, renewing: false });
         let (step, _) = g.lease_step(&store, limit, &req, t + 200_000_000).unwrap();
         assert_eq!(step, LeaseStep::Ask { want: 20, renewing: true });
+    }
+
+    #[test]
+    fn a_short_lease_paces_by_what_was_missing_and_an_unknown_descriptor_admits() {
+        let (p, g) = plan(LEASED);
+        let limit = p.global_rate_limit.as_ref().unwrap();
+        let store = MemoryStore::default();
+        let req = SimpleRequest::new("GET", "h", "/");
+        let t = 1_000 * NANOS_PER_SEC;
+        let (_, at) = g.lease_step(&store, limit, &req, t).unwrap();
+        // Asked for 20, got 4 (the service's `until` is then the time to a full bucket: 400 ms).
+        assert!(g.lease_answer(&store, &at, 20, 1, true, &granted(4, 0, 400_000_000), t));
+        for _ in 0..3 {
+            assert!(matches!(g.lease_step(&store, limit, &req, t).unwrap().0, LeaseStep::Spent { .. }));
+        }
+        // Paced by half of the 16 missing tokens at 10 ms each, not by the 400 ms.
+        assert_eq!(g.lease_step(&store, limit, &req, t).unwrap().0, LeaseStep::Empty { wait: 80_000_000 });
+        // OK without a quota (the service has no such limit): admitted, nothing leased or paced.
+        let later = t + NANOS_PER_SEC;
+        let (_, at) = g.lease_step(&store, limit, &req, later).unwrap();
+        let unknown = Answer::Decided {
+            over_limit: false,
+            remaining: 0,
+            until: 0,
+            envoys: None,
+            granted: 0,
+            valid_until: 0,
+        };
+        assert!(g.lease_answer(&store, &at, 5, 1, true, &unknown, later));
+        assert!(matches!(g.lease_step(&store, limit, &req, later).unwrap().0, LeaseStep::Ask { .. }));
     }
 }

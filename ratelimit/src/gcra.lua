@@ -19,8 +19,12 @@ local how = ARGV[4]
 local tolerance = interval * burst
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
--- Redis's clock stepped back: an empty bucket, refilling at the usual pace.
-if tat > now + tolerance then tat = now + tolerance end
+-- Redis's clock stepped back: an empty bucket, refilling at the usual pace (and kept so).
+local clamped = false
+if tat > now + tolerance then
+  tat = now + tolerance
+  clamped = true
+end
 
 local function store()
   if tat > now then
@@ -46,8 +50,8 @@ if available < hits then
 end
 if granted > 0 then
   tat = tat + granted * interval
-  store()
 end
+if granted > 0 or clamped then store() end
 local wait = 0
 if granted < hits then
   local need = hits - granted

@@ -78,6 +78,7 @@ pub enum Unknown {
 #[derive(Debug, Clone, Default)]
 pub struct Limits {
     by_name: HashMap<(String, String), Limit>,
+    domains: std::collections::HashSet<String>,
 }
 
 impl Limits {
@@ -89,8 +90,9 @@ impl Limits {
                 let g = p.global_rate_limit.as_ref()?;
                 Some(((g.domain.clone(), p.name.clone()), Limit::new(&g.domain, &p.name, g)))
             })
-            .collect();
-        Limits { by_name }
+            .collect::<HashMap<_, _>>();
+        let domains = by_name.keys().map(|(d, _)| d.clone()).collect();
+        Limits { by_name, domains }
     }
 
     pub fn len(&self) -> usize {
@@ -99,6 +101,11 @@ impl Limits {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// Whether some limit is in `domain`.
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains.contains(domain)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Limit> {

@@ -27,8 +27,8 @@ use crate::limits::{Limit, Limits};
 use crate::metrics::Metrics;
 
 pub use breakwater_policy::global::{ENVOY_HEADER, LEASE_HEADER};
-/// How long a lease's tokens may be spent.
-pub const LEASE_TTL: Duration = Duration::from_secs(1);
+/// How long a lease's tokens may be spent (the filter counts the same on its own clock).
+pub const LEASE_TTL: Duration = Duration::from_nanos(breakwater_policy::global::LEASE_TTL);
 /// Most descriptors in one call, and most hits one descriptor may ask for.
 const MAX_DESCRIPTORS: usize = 64;
 const MAX_ENTRIES: usize = 64;
@@ -78,10 +78,13 @@ impl RateLimiter {
         if req.descriptors.is_empty() || req.descriptors.len() > MAX_DESCRIPTORS {
             return Err(Status::invalid_argument(format!("send 1 to {MAX_DESCRIPTORS} descriptors")));
         }
-        if let Some(id) = envoy {
+        let limits = shared.limits.read().map(|l| Arc::clone(&l)).map_err(|_| Status::internal("limits"))?;
+        // Only domains the document has: a caller cannot grow the fleet count with made-up ones.
+        if let Some(id) = envoy
+            && limits.has_domain(&req.domain)
+        {
             shared.fleet.seen(&req.domain, id);
         }
-        let limits = shared.limits.read().map(|l| Arc::clone(&l)).map_err(|_| Status::internal("limits"))?;
         let mut statuses = Vec::with_capacity(req.descriptors.len());
         for d in &req.descriptors {
             statuses.push(self.descriptor(&limits, &req.domain, d, req.hits_addend, lease).await?);

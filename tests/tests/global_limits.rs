@@ -11,8 +11,8 @@ use breakwater_e2e::services::{RateLimitService, Redis, with_ratelimit};
 use breakwater_e2e::{Client, Envoy, Upstream, scratch_dir};
 use breakwater_policy::metrics::{Counter, Gauge};
 
-/// The tests that load the machine (three Envoys, two services, thousands of requests a second)
-/// run one at a time: on two cores, one of them next to another would time calls out.
+/// The tests of this file run one at a time: on two cores, three Envoys and two services under
+/// load next to another test would time calls out, and several tests measure timeouts.
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
@@ -33,6 +33,7 @@ policies:
 
 #[test]
 fn two_envoys_share_one_exact_limit_per_key() {
+    let _heavy = heavy();
     let redis = Redis::start();
     let service = RateLimitService::start(&policy_file(EXACT), &redis.url(), &[]);
     let upstream = Upstream::start();
@@ -98,6 +99,7 @@ fn timed(client: &mut Client, n: usize) -> (Duration, Vec<u16>) {
 /// whose Redis hangs. `failure_mode: deny` makes each such request a 429.
 #[test]
 fn no_request_waits_longer_than_the_timeout_whatever_the_service_does() {
+    let _heavy = heavy();
     const DENY: &str = "version: 1
 policies:
   - name: api
@@ -339,6 +341,7 @@ policies:
 /// dead one before Envoy took it out were decided in degraded mode.
 #[test]
 fn when_a_service_replica_dies_the_other_serves() {
+    let _heavy = heavy();
     let redis = Redis::start();
     let policy = policy_file(EXACT);
     let a = RateLimitService::start(&policy, &redis.url(), &[]);
@@ -393,6 +396,7 @@ fn with_native_rate_limit(bootstrap: String) -> String {
 /// filter gets: the same traffic gives the same answers, and both draw on one bucket.
 #[test]
 fn envoys_native_rate_limit_filter_meets_the_same_limits() {
+    let _heavy = heavy();
     let redis = Redis::start();
     let service = RateLimitService::start(&policy_file(EXACT), &redis.url(), &[]);
     let upstream = Upstream::start();
@@ -425,6 +429,7 @@ fn envoys_native_rate_limit_filter_meets_the_same_limits() {
 /// service: the rendered Envoy enforces the global limit.
 #[test]
 fn a_rendered_bootstrap_reaches_the_rate_limit_service() {
+    let _heavy = heavy();
     use breakwater_cli::render::{EnvoyOptions, envoy};
     let redis = Redis::start();
     let service = RateLimitService::start(&policy_file(EXACT), &redis.url(), &[]);
@@ -477,6 +482,7 @@ fn a_rendered_bootstrap_reaches_the_rate_limit_service() {
 /// counters, and the same fail-fast path with degraded mode when the service refuses connections.
 #[test]
 fn host_test_agrees_with_envoy_on_exact_global_limits() {
+    let _heavy = heavy();
     use breakwater_host_test::ratelimit::{Behaviour, Buckets, Service};
     use breakwater_host_test::{Host, Request, UpstreamAnswer, World};
     use std::rc::Rc;
@@ -511,13 +517,18 @@ policies:
         format!("{b}{cluster}")
     });
     let mut client = envoy.client();
-    let real: Vec<u16> = requests.iter().map(|(path, key)| client.get(path, &[("x-api-key", key)]).status).collect();
+    let real: Vec<u16> =
+        requests.iter().map(|(path, key)| client.get(path, &[("x-api-key", key)]).status).collect();
 
     // host-test: the compiled filter, the simulated service.
     let doc = breakwater_policy::load(DOC).unwrap().document;
     let world = World::new(1_700_000_000_000_000_000, 1);
     let simulated = |behaviour: Behaviour| {
-        Rc::new(Service { buckets: Buckets::new(&doc).into(), envoys: 1, behaviour: Box::new(move |_| behaviour) })
+        Rc::new(Service {
+            buckets: Buckets::new(&doc).into(),
+            envoys: 1,
+            behaviour: Box::new(move |_| behaviour),
+        })
     };
     world.add_grpc_cluster("breakwater-ratelimit", simulated(Behaviour::Answers(1_000_000)).cluster());
     world.add_grpc_cluster("nowhere", simulated(Behaviour::Down).cluster());
@@ -534,7 +545,8 @@ policies:
 
     println!("envoy:     {real:?}\nhost-test: {simulated_statuses:?}");
     assert_eq!(real, simulated_statuses);
-    let counters = [Counter::Allowed, Counter::GlobalRateLimited, Counter::GlobalCalls, Counter::GlobalUnavailable];
+    let counters =
+        [Counter::Allowed, Counter::GlobalRateLimited, Counter::GlobalCalls, Counter::GlobalUnavailable];
     for policy in ["up", "down"] {
         for c in counters {
             let name = breakwater_policy::metrics::counter_name(policy, c);
@@ -548,4 +560,38 @@ policies:
     assert_eq!(&real[18..], [429; 5]);
     assert_eq!(envoy.gauge("down", Gauge::GlobalDegraded), 1);
     assert_eq!(envoy.decisions("down", Counter::GlobalCalls.as_str()), 3);
+}
+
+/// A request with a body waits for the service as one without does: the body is held (Envoy
+/// buffers it) until the answer. Here the service never answers and `failure_mode: deny`
+/// rejects at the timeout: no request may reach the upstream (without the hold, its body would
+/// carry it there while the call is out).
+#[test]
+fn a_request_body_waits_for_the_answer_too() {
+    let _heavy = heavy();
+    use std::io::{Read, Write};
+    let policy = EXACT.replace("timeout: 100ms", "timeout: 100ms, failure_mode: deny");
+    let hung = Silent::start();
+    let upstream = Upstream::start();
+    let envoy = Envoy::start_edited(&policy, upstream.port(), |b| {
+        with_ratelimit(b, &[([127, 0, 0, 1], hung.port).into()])
+    });
+    let post = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+        let body = "x".repeat(10_000);
+        let head = format!(
+            "POST /orders HTTP/1.1\r\nhost: x\r\nx-api-key: body\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        // The headers first, the body while the call is out.
+        s.write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let _ = s.write_all(body.as_bytes());
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        response.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+    };
+    let statuses: Vec<u16> = (0..3).map(|_| post()).collect();
+    assert_eq!(statuses, [429; 3]);
+    assert_eq!(upstream.count("/orders"), 0, "a request went upstream before the rate-limit answer");
 }
