@@ -91,7 +91,7 @@ demo: build-wasm build-admin bins
 demo-smoke: build-wasm build-admin bins
     scripts/demo --smoke
 
-# The benchmark suite (11–15 min): overhead, features, calls, accuracy, scale, memory, host-test; rewrites the
+# The benchmark suite (12–16 min): overhead, features, calls, accuracy, scale, memory, host-test, global limits; rewrites the
 # generated part of BENCHMARKS.md. `./dev bench --only overhead,scale` runs some sections.
 bench *args: bench-tools
     cargo build --locked -q --release -p breakwater-ratelimit
