@@ -507,6 +507,30 @@ fn upstream(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Opti
     (ok && complete).then_some(SimulatedUpstream { base, phases })
 }
 
+/// A phase's `from` and `to` (0 and the scenario's end when left out), `from` before `to`.
+fn window(
+    r: &mut Reader,
+    f: &Fields<'_, '_>,
+    node: &Node,
+    path: &Path<'_>,
+    end: Duration,
+) -> Option<(Duration, Duration)> {
+    let from = match f.get("from") {
+        Some((n, p)) => r.duration(n, &p),
+        None => Some(Duration::from_millis(0)),
+    };
+    let to = match f.get("to") {
+        Some((n, p)) => r.duration(n, &p),
+        None => Some(end),
+    };
+    let (from, to) = (from?, to?);
+    if from >= to {
+        r.error(path, node, format!("`from` ({from}) must come before `to` ({to})"));
+        return None;
+    }
+    Some((from, to))
+}
+
 fn service(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<SimulatedService> {
     let f = r.fields(node, path, SERVICE_FIELDS)?;
     let mut service = SimulatedService::default();
@@ -528,19 +552,7 @@ fn service(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Optio
 
 fn service_phase(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<ServicePhase> {
     let f = r.fields(node, path, SERVICE_PHASE_FIELDS)?;
-    let from = match f.get("from") {
-        Some((n, p)) => r.duration(n, &p),
-        None => Some(Duration::from_millis(0)),
-    };
-    let to = match f.get("to") {
-        Some((n, p)) => r.duration(n, &p),
-        None => Some(end),
-    };
-    let (from, to) = (from?, to?);
-    if from >= to {
-        r.error(path, node, format!("`from` ({from}) must come before `to` ({to})"));
-        return None;
-    }
+    let (from, to) = window(r, &f, node, path, end)?;
     let latency = match f.get("latency") {
         Some((n, p)) => Some(latency(r, n, &p)?),
         None => None,
@@ -559,19 +571,7 @@ fn service_phase(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) ->
 
 fn phase(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<UpstreamPhase> {
     let f = r.fields(node, path, PHASE_FIELDS)?;
-    let from = match f.get("from") {
-        Some((n, p)) => r.duration(n, &p),
-        None => Some(Duration::from_millis(0)),
-    };
-    let to = match f.get("to") {
-        Some((n, p)) => r.duration(n, &p),
-        None => Some(end),
-    };
-    let (from, to) = (from?, to?);
-    if from >= to {
-        r.error(path, node, format!("`from` ({from}) must come before `to` ({to})"));
-        return None;
-    }
+    let (from, to) = window(r, &f, node, path, end)?;
     let latency = f.get("latency").map(|(n, p)| latency(r, n, &p));
     let status = f.get("status").map(|(n, p)| status_mix(r, n, &p));
     let reset = f.get("reset").map(|(n, p)| percent(r, n, &p));
