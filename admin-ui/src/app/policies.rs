@@ -25,6 +25,10 @@ fn blocks_of(p: &Value) -> Vec<(&'static str, String)> {
             format!("{}/{} burst {}", r["rate"], r["per"].as_str().unwrap_or("1s"), r["burst"]),
         ));
     }
+    if let Some(g) = p.get("global_rate_limit") {
+        let (per, mode) = (g["per"].as_str().unwrap_or("1s"), g["mode"].as_str().unwrap_or("exact"));
+        out.push(("global", format!("{}/{per} for the fleet ({mode})", g["rate"])));
+    }
     if let Some(c) = p.get("concurrency_limit") {
         out.push(("concurrency", format!("≤ {} in flight", c["max_in_flight"])));
     }
