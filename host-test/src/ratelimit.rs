@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use breakwater_policy::engine::Nanos;
 use breakwater_policy::engine::rate_limit::Gcra;
-use breakwater_policy::global::{LEASE_HEADER, POLICY_ENTRY};
+use breakwater_policy::global::{LEASE_HEADER, POLICY_ENTRY, entry_names_part};
 use breakwater_policy::model::Document;
 use breakwater_policy::rls;
 use prost::Message;
@@ -94,12 +94,9 @@ impl Buckets {
             return ok;
         };
         let Some((gcra, parts)) = self.limits.get(&(domain.to_string(), policy.clone())) else { return ok };
-        let names = |(k, _): &(String, String), part: &String| {
-            k == part || (part == "client_ip" && k == "remote_address")
-        };
         if first != POLICY_ENTRY
             || rest.len() != parts.len()
-            || !rest.iter().zip(parts).all(|(e, p)| names(e, p))
+            || !rest.iter().zip(parts).all(|((k, _), part)| entry_names_part(k, part))
         {
             return ok;
         }

@@ -32,6 +32,13 @@ pub const DEGRADED_AFTER: u32 = 3;
 /// The descriptor entry that names the policy (the service finds the limit by it).
 pub const POLICY_ENTRY: &str = "policy";
 
+/// Whether a descriptor entry's key names a key part (as the policy writes it): the part's own
+/// name, or for `client_ip` the key of Envoy's `remote_address` action, which cannot be renamed.
+/// The rate-limit service and host-test's simulation of it match descriptors with this.
+pub fn entry_names_part(entry: &str, part: &str) -> bool {
+    entry == part || (part == "client_ip" && entry == "remote_address")
+}
+
 const TAG: u8 = b'g';
 
 /// A global limit compiled for requests: where its state lives and what its calls carry.

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use breakwater_policy::global::entry_names_part;
 use breakwater_policy::model::{Document, GlobalRateLimit};
 use sha2::{Digest, Sha256};
 
@@ -57,12 +58,6 @@ impl Limit {
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         format!("bw:{{{}:{}:{hex}}}", self.domain, self.policy)
     }
-}
-
-/// Whether a descriptor entry's key names a key part: its own name, or (for `client_ip`) the key
-/// of Envoy's `remote_address` action, which cannot be renamed.
-fn names(entry: &str, part: &str) -> bool {
-    entry == part || (part == "client_ip" && entry == "remote_address")
 }
 
 /// Why a descriptor names no limit.
@@ -126,7 +121,7 @@ impl Limits {
         }
         let limit = self.by_name.get(&(domain.to_string(), policy.clone())).ok_or(Unknown::Policy)?;
         if rest.len() != limit.parts.len()
-            || rest.iter().zip(&limit.parts).any(|((k, _), part)| !names(k, part))
+            || rest.iter().zip(&limit.parts).any(|((k, _), part)| !entry_names_part(k, part))
         {
             return Err(Unknown::Parts);
         }
