@@ -95,6 +95,35 @@ fn dns_label(s: &str) -> bool {
     s.len() <= 63 && Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").is_ok_and(|r| r.is_match(s))
 }
 
+/// The documents of a YAML stream (`---` lines between them), each read with
+/// [`crate::yaml::from_yaml`]; documents of only comments and blank lines are skipped.
+pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut flush = |current: &mut String| -> Result<(), String> {
+        let blank = current.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+        if !blank {
+            docs.push(crate::yaml::from_yaml(current)?);
+        }
+        current.clear();
+        Ok(())
+    };
+    for line in text.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            flush(&mut current)?;
+        } else {
+            current.push_str(line);
+        }
+    }
+    flush(&mut current)?;
+    Ok(docs)
+}
+
+/// A DNS-1035 label: what a Kubernetes Service may be named.
+pub fn dns_1035_label(s: &str) -> bool {
+    s.len() <= 63 && Regex::new(r"^[a-z]([-a-z0-9]*[a-z0-9])?$").is_ok_and(|r| r.is_match(s))
+}
+
 fn label_value(s: &str) -> bool {
     s.len() <= 63 && Regex::new(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$").is_ok_and(|r| r.is_match(s))
 }
@@ -234,5 +263,27 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_splits_into_its_documents() {
+        let docs = documents("# a comment\n---\na: 1\n---\n# only a comment\n---\nb: [2]\n").unwrap();
+        assert_eq!(docs, [serde_json::json!({ "a": 1 }), serde_json::json!({ "b": [2] })]);
+        assert!(documents("a: [\n---\nb: 1\n").is_err());
+    }
+
+    #[test]
+    fn service_names_are_dns_1035_labels() {
+        for good in ["breakwater-ratelimit", "r", "a1"] {
+            assert!(dns_1035_label(good), "{good}");
+        }
+        for bad in ["1st", "Ratelimit", "rate_limit", "a.b", "end-", "", &"a".repeat(64)] {
+            assert!(!dns_1035_label(bad), "{bad}");
+        }
     }
 }

@@ -76,6 +76,181 @@ pub fn istio(compiled_policy: &str, o: &IstioOptions) -> Result<Value, String> {
     }))
 }
 
+/// The rate-limit service in Kubernetes, for `render istio` of policies with global limits.
+#[derive(Debug, Clone)]
+pub struct IstioRateLimit {
+    /// A container image with `breakwater-ratelimit` on its `PATH`.
+    pub image: String,
+    pub redis: Redis,
+    /// Where the service runs (its cluster name in every proxy names the namespace).
+    pub namespace: String,
+    pub replicas: u32,
+    /// The mesh's DNS domain (`cluster.local` unless the cluster was set up otherwise).
+    pub cluster_domain: String,
+}
+
+/// Where the service's Redis URL comes from.
+#[derive(Debug, Clone)]
+pub enum Redis {
+    /// Written into the Deployment's arguments.
+    Url(String),
+    /// A key of a Secret (for URLs with a password), passed as `BREAKWATER_REDIS_URL`.
+    Secret { name: String, key: String },
+}
+
+/// The service's ports in Kubernetes: gRPC (named `grpc`, so that Istio speaks HTTP/2 to it) and
+/// the admin port (/healthz, /readyz, /metrics).
+pub const RATELIMIT_GRPC_PORT: u16 = 8081;
+pub const RATELIMIT_ADMIN_PORT: u16 = 9091;
+/// Where the policy ConfigMap is mounted in the service's pods.
+pub const RATELIMIT_POLICY_DIR: &str = "/etc/breakwater";
+
+/// The Envoy cluster Istio gives a Service's port in every proxy of the mesh, which is what a
+/// filter's `proxy_grpc_call` names: `outbound|PORT||NAME.NAMESPACE.svc.DOMAIN`.
+pub fn istio_cluster(service: &str, rl: &IstioRateLimit) -> String {
+    format!("outbound|{RATELIMIT_GRPC_PORT}||{service}.{}.svc.{}", rl.namespace, rl.cluster_domain)
+}
+
+/// Points every global limit of `doc` at the Istio cluster of the Kubernetes Service named after
+/// its `service`; the services, each once, in document order. A `service` that cannot name a
+/// Kubernetes Service (a DNS-1035 label) is refused.
+pub fn use_istio_clusters(
+    doc: &mut breakwater_policy::Document,
+    rl: &IstioRateLimit,
+) -> Result<Vec<String>, String> {
+    let services = ratelimit_services(doc);
+    if let Some(bad) = services.iter().find(|s| !crate::k8s::dns_1035_label(s)) {
+        return Err(format!(
+            "global_rate_limit.service `{bad}` names the rate-limit service's Kubernetes Service in Istio: use a DNS-1035 label (lower-case letters, digits and `-`, starting with a letter, at most 63)"
+        ));
+    }
+    for g in doc.policies.iter_mut().filter_map(|p| p.global_rate_limit.as_mut()) {
+        g.service = istio_cluster(&g.service, rl);
+    }
+    Ok(services)
+}
+
+/// What runs the rate-limit service `service` in Kubernetes: the policy as a ConfigMap (the same
+/// compiled document the WasmPlugin carries; the service reloads it when the kubelet updates the
+/// mounted file), a Deployment, its Service and a PodDisruptionBudget.
+pub fn ratelimit_manifests(service: &str, compiled_policy: &str, rl: &IstioRateLimit) -> Vec<Value> {
+    let selector = json!({
+        "app.kubernetes.io/name": "breakwater-ratelimit",
+        "app.kubernetes.io/instance": service,
+    });
+    let mut labels = selector.clone();
+    labels["app.kubernetes.io/managed-by"] = json!("breakwater");
+    let metadata = |name: String| json!({ "name": name, "namespace": rl.namespace, "labels": labels });
+    let config_map = format!("{service}-policy");
+    let mut args = vec![
+        "--policy".to_string(),
+        format!("{RATELIMIT_POLICY_DIR}/policy.json"),
+        "--listen".into(),
+        format!("0.0.0.0:{RATELIMIT_GRPC_PORT}"),
+        "--admin".into(),
+        format!("0.0.0.0:{RATELIMIT_ADMIN_PORT}"),
+    ];
+    let mut container = json!({
+        "name": "ratelimit",
+        "image": rl.image,
+        "command": ["breakwater-ratelimit"],
+        "ports": [
+            { "name": "grpc", "containerPort": RATELIMIT_GRPC_PORT, "protocol": "TCP" },
+            { "name": "http-admin", "containerPort": RATELIMIT_ADMIN_PORT, "protocol": "TCP" },
+        ],
+        "readinessProbe": {
+            "httpGet": { "path": "/readyz", "port": "http-admin" },
+            "periodSeconds": 2, "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": { "path": "/healthz", "port": "http-admin" },
+            "periodSeconds": 10, "failureThreshold": 3,
+        },
+        "resources": {
+            "requests": { "cpu": "100m", "memory": "32Mi" },
+            "limits": { "memory": "128Mi" },
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": { "drop": ["ALL"] },
+        },
+        "volumeMounts": [{ "name": "policy", "mountPath": RATELIMIT_POLICY_DIR, "readOnly": true }],
+    });
+    match &rl.redis {
+        Redis::Url(url) => args.extend(["--redis".to_string(), url.clone()]),
+        Redis::Secret { name, key } => {
+            container["env"] = json!([{
+                "name": "BREAKWATER_REDIS_URL",
+                "valueFrom": { "secretKeyRef": { "name": name, "key": key } },
+            }]);
+        }
+    }
+    container["args"] = json!(args);
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(config_map.clone()),
+            "data": { "policy.json": compiled_policy },
+        }),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata(service.to_string()),
+            "spec": {
+                "replicas": rl.replicas,
+                "selector": { "matchLabels": selector },
+                // A replica leaves only once its successor is ready.
+                "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } },
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": {
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": RATELIMIT_ADMIN_PORT.to_string(),
+                            "prometheus.io/path": "/metrics",
+                        },
+                    },
+                    "spec": {
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": 65532,
+                            "seccompProfile": { "type": "RuntimeDefault" },
+                        },
+                        "topologySpreadConstraints": [{
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": { "matchLabels": selector },
+                        }],
+                        "containers": [container],
+                        "volumes": [{ "name": "policy", "configMap": { "name": config_map } }],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(service.to_string()),
+            "spec": {
+                "selector": selector,
+                "ports": [
+                    { "name": "grpc", "port": RATELIMIT_GRPC_PORT, "targetPort": "grpc", "appProtocol": "grpc" },
+                    { "name": "http-admin", "port": RATELIMIT_ADMIN_PORT, "targetPort": "http-admin", "appProtocol": "http" },
+                ],
+            },
+        }),
+        json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": metadata(service.to_string()),
+            "spec": { "maxUnavailable": 1, "selector": { "matchLabels": selector } },
+        }),
+    ]
+}
+
 #[derive(Debug, Clone)]
 pub struct EnvoyOptions {
     pub listen: (String, u16),

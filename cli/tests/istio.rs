@@ -6,7 +6,7 @@
 
 mod common;
 
-use breakwater_cli::k8s::{Crd, cel_rules};
+use breakwater_cli::k8s::{Crd, cel_rules, documents};
 use breakwater_cli::yaml::from_yaml;
 use common::repo;
 use serde_json::{Value, json};
@@ -24,6 +24,33 @@ fn render(args: &[&str]) -> Result<Value, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// Every document `render istio` writes.
+fn render_all(args: &[&str]) -> Result<Vec<Value>, String> {
+    let out = common::command().args(["render", "istio"]).args(args).output().unwrap();
+    if out.status.success() {
+        documents(&String::from_utf8_lossy(&out.stdout))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Kubernetes' own schemas for built-in kinds (PyPI kubernetes-validate, installed by
+/// scripts/bootstrap), strict as `kubectl apply --validate=strict`: Ok, or what it reported.
+fn kubernetes_validate(docs: &[Value]) -> Result<(), String> {
+    let tool = repo().join(".tools/bin/kubernetes-validate");
+    assert!(tool.exists(), "{} is missing: run scripts/bootstrap (./dev test does)", tool.display());
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("bw-k8s-{}-{n}.yaml", std::process::id()));
+    let stream: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
+    std::fs::write(&file, stream.join("\n---\n")).unwrap();
+    let out = std::process::Command::new(&tool).arg("--strict").arg(&file).output().unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
+    if out.status.success() && passed == docs.len() { Ok(()) } else { Err(report) }
 }
 
 const PIN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -245,21 +272,32 @@ fn deliberately_broken_manifests_fail_the_schema() {
 fn shipped_istio_examples_pass_the_crd_schema() {
     let (crd, _) = crd();
     let mut checked = 0;
+    let mut built_in = Vec::new();
     for entry in std::fs::read_dir(repo().join("envoy/istio")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
         }
-        let m = from_yaml(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        if m["kind"] == "WasmPlugin" {
-            let errors = crd.validate(&m);
-            assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
-            let plugin_config = serde_json::to_string(&m["spec"]["pluginConfig"]).unwrap();
-            breakwater_policy::load(&plugin_config).unwrap_or_else(|e| panic!("{}: {e:#?}", path.display()));
-            checked += 1;
+        for m in documents(&std::fs::read_to_string(&path).unwrap()).unwrap() {
+            if m["kind"] == "WasmPlugin" {
+                let errors = crd.validate(&m);
+                assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+                let plugin_config = serde_json::to_string(&m["spec"]["pluginConfig"]).unwrap();
+                breakwater_policy::load(&plugin_config)
+                    .unwrap_or_else(|e| panic!("{}: {e:#?}", path.display()));
+                checked += 1;
+            } else {
+                built_in.push(m);
+            }
         }
     }
-    assert!(checked >= 2, "the worked example has a WasmPlugin per gateway and per workload");
+    // Namespace, ConfigMaps, the rate-limit service's Deployment, Service and disruption budget.
+    assert!(built_in.len() >= 6, "{built_in:#?}");
+    kubernetes_validate(&built_in).unwrap();
+    assert!(
+        checked >= 3,
+        "the worked example has a WasmPlugin per gateway and per workload, and one with a global limit"
+    );
     // The proxies' bootstrap override carries the same tag extractors as every other config.
     let cm = from_yaml(&std::fs::read_to_string(repo().join("envoy/istio/stats-bootstrap.yaml")).unwrap())
         .unwrap();
@@ -288,4 +326,186 @@ fn rendering_a_document_that_trusts_the_attempt_count_header_says_what_the_proxi
     };
     assert!(note("policies/flaky-backend.yaml"));
     assert!(!note("policies/api-per-key.yaml"));
+}
+
+const SERVICE: [&str; 4] =
+    ["--ratelimit-image", "r.example/breakwater-ratelimit:0.1.0", "--redis", "redis://redis.shop:6379/0"];
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in {docs:#?}"))
+}
+
+#[test]
+fn global_limits_bring_the_rate_limit_service_along() {
+    let (crd, _) = crd();
+    let base =
+        ["policies/global-orders.yaml", "--image", "r/bw:1", "--sha256", PIN, "--selector", "app=shop"];
+    let docs = render_all(&[&base[..], &["--namespace", "shop"], &SERVICE].concat()).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["WasmPlugin", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]);
+    assert!(crd.validate(&docs[0]).is_empty(), "{:#?}", crd.validate(&docs[0]));
+    kubernetes_validate(&docs[1..]).unwrap();
+
+    // The filter calls the Service's gRPC port through the cluster Istio gives it.
+    let plugin = serde_json::to_string(&docs[0]["spec"]["pluginConfig"]).unwrap();
+    let plugin = breakwater_policy::load(&plugin).unwrap().document;
+    let global = plugin.policies[0].global_rate_limit.as_ref().unwrap();
+    assert_eq!(global.service, "outbound|8081||breakwater-ratelimit.shop.svc.cluster.local");
+    let service = of_kind(&docs, "Service");
+    assert_eq!(service["metadata"]["name"], "breakwater-ratelimit");
+    let grpc = &service["spec"]["ports"][0];
+    assert_eq!((grpc["name"].as_str(), grpc["port"].as_u64()), (Some("grpc"), Some(8081)));
+    // The service reads the very document the WasmPlugin carries, from the mounted ConfigMap.
+    let config_map = of_kind(&docs, "ConfigMap");
+    let policy = config_map["data"]["policy.json"].as_str().unwrap();
+    assert_eq!(breakwater_policy::load(policy).unwrap().document, plugin);
+    let deployment = of_kind(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], config_map["metadata"]["name"]);
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert!(args.windows(2).any(|w| w == ["--policy", &format!("{mount}/policy.json")]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--redis", "redis://redis.shop:6379/0"]), "{args:?}");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], "shop", "{}", d["kind"]);
+    }
+
+    // Elsewhere: the service in its own namespace, Redis's URL from a Secret, another domain.
+    let options = [
+        "--namespace",
+        "istio-system",
+        "--ratelimit-namespace",
+        "limits",
+        "--ratelimit-image",
+        "r/rl:1",
+        "--redis-secret",
+        "redis/url",
+        "--ratelimit-replicas",
+        "3",
+        "--cluster-domain",
+        "corp.internal",
+    ];
+    let docs = render_all(&[&base[..], &options].concat()).unwrap();
+    kubernetes_validate(&docs[1..]).unwrap();
+    assert_eq!(
+        docs[0]["spec"]["pluginConfig"]["policies"][0]["global_rate_limit"]["service"],
+        "outbound|8081||breakwater-ratelimit.limits.svc.corp.internal"
+    );
+    assert_eq!(docs[0]["metadata"]["namespace"], "istio-system");
+    assert!(docs[1..].iter().all(|d| d["metadata"]["namespace"] == "limits"));
+    let deployment = of_kind(&docs, "Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["env"],
+        json!([{ "name": "BREAKWATER_REDIS_URL", "valueFrom": { "secretKeyRef": { "name": "redis", "key": "url" } } }])
+    );
+    assert!(!container["args"].as_array().unwrap().contains(&json!("--redis")));
+    assert_eq!(deployment["spec"]["replicas"], 3);
+
+    // Policies without global limits render the WasmPlugin alone, whatever else is given.
+    let docs = render_all(&[
+        "policies/gateway-shadow.yaml",
+        "--image",
+        "r/bw:1",
+        "--sha256",
+        PIN,
+        SERVICE[0],
+        SERVICE[1],
+    ])
+    .unwrap();
+    assert_eq!(docs.len(), 1);
+}
+
+#[test]
+fn global_limits_without_what_the_service_needs_are_refused() {
+    let base = ["policies/global-orders.yaml", "--image", "r/bw:1", "--sha256", PIN];
+    let bad_name = std::env::temp_dir().join(format!("bw-istio-service-{}.yaml", std::process::id()));
+    std::fs::write(
+        &bad_name,
+        "version: 1\npolicies:\n  - name: g\n    global_rate_limit: { rate: 5, service: Rate_Limits }\n",
+    )
+    .unwrap();
+    let bad_name = bad_name.to_string_lossy().into_owned();
+    let cases: [(Vec<&str>, &str); 7] = [
+        (
+            [&base[..], &["--namespace", "shop", "--redis", "redis://r:6379"]].concat(),
+            "--ratelimit-image IMAGE",
+        ),
+        (
+            [&base[..], &["--namespace", "shop", "--ratelimit-image", "r/rl:1"]].concat(),
+            "--redis URL or --redis-secret",
+        ),
+        ([&base[..], &SERVICE].concat(), "--ratelimit-namespace NS"),
+        (
+            [&base[..], &["--namespace", "shop", "--ratelimit-image", "r/rl:1", "--redis", "r:6379"]]
+                .concat(),
+            "expected redis://",
+        ),
+        (
+            [&base[..], &["--namespace", "shop", "--ratelimit-image", "r/rl:1", "--redis-secret", "redis"]]
+                .concat(),
+            "expected SECRET/KEY",
+        ),
+        (
+            [&base[..], &["--namespace", "shop", "--ratelimit-replicas", "0"], &SERVICE].concat(),
+            "--ratelimit-replicas",
+        ),
+        (
+            [&[bad_name.as_str(), "--image", "r/bw:1", "--sha256", PIN, "--namespace", "shop"][..], &SERVICE]
+                .concat(),
+            "DNS-1035 label",
+        ),
+    ];
+    for (args, message) in cases {
+        let err = render_all(&args).unwrap_err();
+        assert!(err.contains(message), "{args:?}: expected `{message}` in {err}");
+    }
+    std::fs::remove_file(&bad_name).unwrap();
+}
+
+#[test]
+fn kubernetes_schemas_catch_broken_service_manifests() {
+    let args = [
+        &["policies/global-orders.yaml", "--image", "r/bw:1", "--sha256", PIN, "--namespace", "shop"][..],
+        &SERVICE,
+    ]
+    .concat();
+    let good = render_all(&args).unwrap();
+    kubernetes_validate(&good[1..]).unwrap();
+    type Breakage = Box<dyn Fn(&mut Vec<Value>)>;
+    fn container(docs: &mut [Value]) -> &mut Value {
+        &mut docs[2]["spec"]["template"]["spec"]["containers"][0]
+    }
+    let cases: Vec<(&str, Breakage, &str)> = vec![
+        (
+            "port as text",
+            Box::new(|d| container(d)["ports"][0]["containerPort"] = json!("8081")),
+            "is not of type 'integer'",
+        ),
+        (
+            "typo in a container field",
+            Box::new(|d| container(d)["argz"] = json!([])),
+            "'argz' was unexpected",
+        ),
+        (
+            "deployment without selector",
+            Box::new(|d| {
+                d[2]["spec"].as_object_mut().unwrap().remove("selector");
+            }),
+            "'selector' is a required property",
+        ),
+        (
+            "service ports as one number",
+            Box::new(|d| d[3]["spec"]["ports"] = json!(8081)),
+            "is not of type 'array'",
+        ),
+    ];
+    for (what, break_it, expected) in cases {
+        let mut docs = good.clone();
+        break_it(&mut docs);
+        let report = kubernetes_validate(&docs[1..]).expect_err(what);
+        assert!(report.contains(expected), "{what}: expected `{expected}` in {report}");
+    }
 }

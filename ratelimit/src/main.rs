@@ -18,8 +18,14 @@ struct Args {
     /// it changes; a document that does not validate is refused and the previous limits stay.
     #[arg(long)]
     policy: PathBuf,
-    /// Redis, as a URL (redis://host:port/db).
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    /// Redis, as a URL (redis://host:port/db); from the environment when it holds a password,
+    /// which the process list would show.
+    #[arg(
+        long,
+        env = "BREAKWATER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     redis: String,
     /// The gRPC address (RLS v3).
     #[arg(long, default_value = "127.0.0.1:8081")]

@@ -100,17 +100,22 @@ impl RateLimitService {
     /// Starts the service on free ports with `policy` (a file: a policy or an ECDS file), and
     /// waits until it prints its addresses and answers /readyz.
     pub fn start(policy: &Path, redis_url: &str, extra: &[&str]) -> RateLimitService {
-        let dir = scratch_dir("bw-ratelimit");
-        let log = dir.join("stderr.log");
-        let mut child = Command::new(workspace_binary("breakwater-ratelimit"))
+        let mut command = Command::new(workspace_binary("breakwater-ratelimit"));
+        command
             .arg("--policy")
             .arg(policy)
             .args(["--redis", redis_url, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .args(extra);
+        RateLimitService::spawn(command)
+    }
+
+    /// Starts the service as `command` says (which must listen on loopback) and waits as
+    /// [`RateLimitService::start`] does.
+    pub fn spawn(mut command: Command) -> RateLimitService {
+        let dir = scratch_dir("bw-ratelimit");
+        let log = dir.join("stderr.log");
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();

@@ -240,3 +240,69 @@ fn an_invalid_policy_at_start_is_an_error_naming_the_problem() {
         "{stderr}"
     );
 }
+
+/// What `breakwater render istio` deploys runs: the Deployment's command and arguments start the
+/// service (its addresses moved to loopback, the ConfigMap's files in a scratch folder standing
+/// for the mount, the Redis URL in the environment as the Secret gives it), it is ready at the
+/// readiness probe's path and alive at the liveness probe's, and it holds the WasmPlugin's limit.
+#[test]
+fn the_rendered_kubernetes_deployment_runs_the_service() {
+    use breakwater_cli::render;
+    let redis = Redis::start();
+    let text = std::fs::read_to_string(breakwater_e2e::repo().join("policies/global-orders.yaml")).unwrap();
+    let mut doc = breakwater_policy::load(&text).unwrap().document;
+    let rl = render::IstioRateLimit {
+        image: "r.example/breakwater-ratelimit:0.1.0".into(),
+        redis: render::Redis::Secret { name: "redis".into(), key: "url".into() },
+        namespace: "shop".into(),
+        replicas: 2,
+        cluster_domain: "cluster.local".into(),
+    };
+    let services = render::use_istio_clusters(&mut doc, &rl).unwrap();
+    let manifests = render::ratelimit_manifests(&services[0], &breakwater_policy::compile(&doc), &rl);
+    let of_kind = |kind: &str| manifests.iter().find(|m| m["kind"] == kind).unwrap();
+    let pod = &of_kind("Deployment")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], of_kind("ConfigMap")["metadata"]["name"]);
+    let dir = scratch_dir("bw-rendered-deployment");
+    for (file, content) in of_kind("ConfigMap")["data"].as_object().unwrap() {
+        std::fs::write(dir.join(file), content.as_str().unwrap()).unwrap();
+    }
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let a = a.as_str().unwrap();
+            if a.starts_with("0.0.0.0:") {
+                "127.0.0.1:0".to_string()
+            } else {
+                a.replacen(mount, dir.to_str().unwrap(), 1)
+            }
+        })
+        .collect();
+    let mut command = std::process::Command::new(breakwater_e2e::services::workspace_binary(
+        container["command"][0].as_str().unwrap(),
+    ));
+    command.args(&args);
+    assert_eq!(container["env"][0]["valueFrom"]["secretKeyRef"]["name"], "redis");
+    command.env(container["env"][0]["name"].as_str().unwrap(), redis.url());
+    let service = RateLimitService::spawn(command);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let path = container[probe]["httpGet"]["path"].as_str().unwrap();
+        assert_eq!(service.http(path).map(|(status, _)| status), Some(200), "{probe} {path}");
+    }
+    // orders-global: 5 per second, burst 5, per API key. The whole burst at once passes; one more
+    // within the second is over the limit; another key has its own bucket.
+    let rt = runtime();
+    let mut c = rt.block_on(client(&service));
+    let order = |key: &str, hits: u64| {
+        descriptor(&[("policy", "orders-global"), ("header:x-api-key", key)], Some(hits))
+    };
+    let codes: Vec<Code> = [order("k1", 5), order("k1", 5), order("k2", 1)]
+        .into_iter()
+        .map(|d| code(&rt.block_on(call(&mut c, d, false)).unwrap()))
+        .collect();
+    assert_eq!(codes, [Code::Ok, Code::OverLimit, Code::Ok]);
+}

@@ -44,6 +44,27 @@ pub enum Render {
         priority: i32,
         #[arg(long, value_enum, default_value_t = FailStrategy::FailOpen)]
         fail_strategy: FailStrategy,
+        /// The rate-limit service's container image (with `breakwater-ratelimit` on its PATH).
+        /// Needed when a policy has a `global_rate_limit`: the output then also holds the
+        /// service's ConfigMap, Deployment, Service and PodDisruptionBudget, and the policy's
+        /// `service` becomes the Istio cluster of that Service.
+        #[arg(long)]
+        ratelimit_image: Option<String>,
+        /// The service's Redis: redis://HOST:PORT/DB (or rediss:// for TLS).
+        #[arg(long, conflicts_with = "redis_secret", value_parser = parse_redis_url)]
+        redis: Option<String>,
+        /// A Secret's key that holds the Redis URL (for a URL with a password): SECRET/KEY.
+        #[arg(long, value_parser = parse_secret_key)]
+        redis_secret: Option<(String, String)>,
+        /// The service's namespace [default: --namespace].
+        #[arg(long)]
+        ratelimit_namespace: Option<String>,
+        /// The service's replicas.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+        ratelimit_replicas: u32,
+        /// The mesh's DNS domain, part of the service's cluster name.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
     },
     /// A standalone Envoy bootstrap: a listener with the filter in front of one upstream.
     Envoy {
@@ -113,6 +134,23 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `redis://…` or `rediss://…`.
+fn parse_redis_url(url: &str) -> Result<String, String> {
+    if (url.starts_with("redis://") || url.starts_with("rediss://")) && !url.contains(char::is_whitespace) {
+        Ok(url.to_string())
+    } else {
+        Err(format!("`{url}`: expected redis://HOST:PORT/DB or rediss://…"))
+    }
+}
+
+/// `SECRET/KEY`.
+fn parse_secret_key(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((name, key)) if !name.is_empty() && !key.is_empty() => Ok((name.to_string(), key.to_string())),
+        _ => Err(format!("`{s}`: expected SECRET/KEY")),
+    }
+}
+
 /// `Gateway/NAME` or `Service/NAME`.
 fn parse_target_ref(t: &str) -> Result<Target, String> {
     match t.split_once('/') {
@@ -137,8 +175,49 @@ pub fn run(r: Render) -> ExitCode {
             phase,
             priority,
             fail_strategy,
+            ratelimit_image,
+            redis,
+            redis_secret,
+            ratelimit_namespace,
+            ratelimit_replicas,
+            cluster_domain,
         } => {
-            let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let Some(mut doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let services = render::ratelimit_services(&doc);
+            let ratelimit = if services.is_empty() {
+                None
+            } else {
+                let needed = |what: &str| {
+                    fail(format!(
+                        "the policies have global limits (service {}): give {what}",
+                        services.join(", ")
+                    ))
+                };
+                let Some(image) = ratelimit_image else {
+                    return needed("--ratelimit-image IMAGE, an image of breakwater-ratelimit");
+                };
+                let redis = match (redis, redis_secret) {
+                    (Some(url), _) => render::Redis::Url(url),
+                    (None, Some((name, key))) => render::Redis::Secret { name, key },
+                    (None, None) => return needed("--redis URL or --redis-secret SECRET/KEY"),
+                };
+                let Some(namespace) = ratelimit_namespace.or_else(|| namespace.clone()) else {
+                    return needed(
+                        "--ratelimit-namespace NS (or --namespace): the proxies name the service by it",
+                    );
+                };
+                let rl = render::IstioRateLimit {
+                    image,
+                    redis,
+                    namespace,
+                    replicas: ratelimit_replicas,
+                    cluster_domain,
+                };
+                if let Err(e) = render::use_istio_clusters(&mut doc, &rl) {
+                    return fail(e);
+                }
+                Some(rl)
+            };
             let image = image.trim_start_matches("oci://").to_string();
             let tag = image.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/')).unwrap_or("latest");
             let pin = match (sha256, layout, image.split_once("@sha256:")) {
@@ -171,7 +250,8 @@ pub fn run(r: Render) -> ExitCode {
                 priority,
                 fail_strategy: ecds::FailurePolicy::from(fail_strategy).istio_word().into(),
             };
-            match render::istio(&breakwater_policy::compile(&doc), &options) {
+            let compiled = breakwater_policy::compile(&doc);
+            match render::istio(&compiled, &options) {
                 Ok(v) => {
                     note_key_seed(&doc);
                     if doc.trust_attempt_count_header {
@@ -179,7 +259,20 @@ pub fn run(r: Render) -> ExitCode {
                             "note: trust_attempt_count_header is set: the selected proxies' virtual hosts need include_attempt_count_in_response (an EnvoyFilter; see docs/istio.md)"
                         );
                     }
-                    emit(&yaml::to_yaml(&v));
+                    let mut manifests = vec![v];
+                    if let Some(rl) = &ratelimit {
+                        for service in &services {
+                            manifests.extend(render::ratelimit_manifests(service, &compiled, rl));
+                            eprintln!(
+                                "note: global limits call {service} through the Istio cluster {}; a Sidecar resource that limits the proxies' egress must list {service}.{}.svc.{}",
+                                render::istio_cluster(service, rl),
+                                rl.namespace,
+                                rl.cluster_domain
+                            );
+                        }
+                    }
+                    let text: Vec<String> = manifests.iter().map(yaml::to_yaml).collect();
+                    emit(&text.join("---\n"));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
