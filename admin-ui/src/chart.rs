@@ -31,11 +31,13 @@ pub const HEIGHT: f64 = 180.0;
 const PALETTE: &[(Counter, &str)] = &[
     (Counter::Allowed, "#2e7d32"),
     (Counter::RateLimited, "#f9a825"),
+    (Counter::GlobalRateLimited, "#fdd835"),
     (Counter::ConcurrencyLimited, "#ef6c00"),
     (Counter::CircuitOpen, "#c62828"),
     (Counter::Fallback, "#6a1b9a"),
     (Counter::BudgetExhausted, "#4e342e"),
     (Counter::StateUnavailable, "#546e7a"),
+    (Counter::GlobalUnavailable, "#90a4ae"),
 ];
 
 /// Where a label stands in [`PALETTE`] (other labels after it).

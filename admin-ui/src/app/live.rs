@@ -1,5 +1,5 @@
-//! The live page: breakwater's counters and breaker states from Envoy, refreshed every 2 s; one
-//! column per counter of [`Counter::ALL`].
+//! The live page: breakwater's counters, breaker states and global limits' state from Envoy,
+//! refreshed every 2 s; one column per counter of [`Counter::ALL`].
 
 use breakwater_policy::metrics::Counter;
 use leptos::prelude::*;
@@ -15,7 +15,7 @@ pub(super) fn LivePage() -> impl IntoView {
             <table data-testid="live-table">
                 <tr><th>"policy"</th>
                     {Counter::ALL.map(|c| view! { <th>{c.as_str().replace('_', " ")}</th> }).to_vec()}
-                    <th>"in flight"</th><th>"breaker"</th></tr>
+                    <th>"in flight"</th><th>"breaker"</th><th>"global"</th></tr>
                 {move || {
                     let policies = ctx.status.with(|s| s.as_ref().map(|s| s.policies.clone()).unwrap_or_default());
                     policies.into_iter().map(|(name, p)| {
@@ -27,10 +27,22 @@ pub(super) fn LivePage() -> impl IntoView {
                             }).to_vec()}
                             <td>{p.in_flight.map_or("–".to_string(), |v| v.to_string())}</td>
                             <td><span class=format!("breaker {breaker}")>{breaker.clone()}</span></td>
+                            <td data-testid=format!("live-{name}-global")>{global_state(p.global_degraded)}</td>
                         </tr> }
                     }).collect::<Vec<_>>()
                 }}
             </table>
         </div>
+    }
+}
+
+/// A global limit's state as the live page shows it: `degraded` while the Envoy decides on its
+/// local share because the rate-limit service does not answer (the `breakwater_global_degraded`
+/// gauge), `service` while it asks the service, `–` for policies without a global limit.
+pub(super) fn global_state(degraded: Option<bool>) -> &'static str {
+    match degraded {
+        Some(true) => "degraded",
+        Some(false) => "service",
+        None => "–",
     }
 }

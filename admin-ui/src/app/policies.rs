@@ -90,7 +90,8 @@ fn live_line(status: Option<&Status>, name: &str) -> String {
             .sum()
     };
     let breaker = p.breaker.map(|b| format!(" · breaker {b}")).unwrap_or_default();
-    format!("{} requests · {} rejected{breaker}", decided(false), decided(true))
+    let global = if p.global_degraded == Some(true) { " · global limit degraded" } else { "" };
+    format!("{} requests · {} rejected{breaker}{global}", decided(false), decided(true))
 }
 
 #[component]

@@ -128,14 +128,21 @@ mod tests {
             breakwater_requests{policy=\"api\",decision=\"rate_limited\"} 3\n\
             breakwater_breaker_state{policy=\"reco\"} 1\n\
             breakwater_in_flight{policy=\"writes\"} 7\n\
+            breakwater_global_degraded{policy=\"orders\"} 1\n\
+            breakwater_global_degraded{policy=\"api\"} 0\n\
             envoy_cluster_upstream_rq{envoy_cluster_name=\"x\"} 5\n\
             breakwater_requests{decision=\"allowed\"} 99\n";
         let stats = policy_stats(text);
-        assert_eq!(stats.keys().collect::<Vec<_>>(), ["api", "reco", "writes"]);
+        assert_eq!(stats.keys().collect::<Vec<_>>(), ["api", "orders", "reco", "writes"]);
         assert_eq!(stats["api"].requests[&Counter::Allowed], 12);
         assert_eq!(stats["api"].requests[&Counter::RateLimited], 3);
         assert_eq!(stats["reco"].breaker, Some(BreakerState::Open));
         assert_eq!(stats["writes"].in_flight, Some(7));
+        assert_eq!(
+            (stats["orders"].global_degraded, stats["api"].global_degraded),
+            (Some(true), Some(false))
+        );
+        assert_eq!(stats["reco"].global_degraded, None);
     }
 
     #[test]
