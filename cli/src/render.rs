@@ -79,6 +79,10 @@ pub fn istio(compiled_policy: &str, o: &IstioOptions) -> Result<Value, String> {
 /// The rate-limit service in Kubernetes, for `render istio` of policies with global limits.
 #[derive(Debug, Clone)]
 pub struct IstioRateLimit {
+    /// The Kubernetes name of the service's Deployment and Service (`<WasmPlugin>-ratelimit`):
+    /// one service per WasmPlugin, so that rendering another plugin never replaces this one's
+    /// limits.
+    pub name: String,
     /// A container image with `breakwater-ratelimit` on its `PATH`.
     pub image: String,
     pub redis: Redis,
@@ -105,35 +109,48 @@ pub const RATELIMIT_ADMIN_PORT: u16 = 9091;
 /// Where the policy ConfigMap is mounted in the service's pods.
 pub const RATELIMIT_POLICY_DIR: &str = "/etc/breakwater";
 
-/// The Envoy cluster Istio gives a Service's port in every proxy of the mesh, which is what a
-/// filter's `proxy_grpc_call` names: `outbound|PORT||NAME.NAMESPACE.svc.DOMAIN`.
-pub fn istio_cluster(service: &str, rl: &IstioRateLimit) -> String {
-    format!("outbound|{RATELIMIT_GRPC_PORT}||{service}.{}.svc.{}", rl.namespace, rl.cluster_domain)
+impl IstioRateLimit {
+    /// The name of the service of the WasmPlugin `plugin`: `<plugin>-ratelimit`, which must be a
+    /// DNS-1035 label (a Service's name).
+    pub fn service_name(plugin: &str) -> Result<String, String> {
+        let name = format!("{plugin}-ratelimit");
+        if crate::k8s::dns_1035_label(&name) {
+            Ok(name)
+        } else {
+            Err(format!(
+                "the rate-limit service is named after the WasmPlugin (`{name}`), which is no DNS-1035 label (lower-case letters, digits and `-`, starting with a letter, at most 63): choose another --name"
+            ))
+        }
+    }
+
+    /// The service's host name in the mesh.
+    pub fn host(&self) -> String {
+        format!("{}.{}.svc.{}", self.name, self.namespace, self.cluster_domain)
+    }
+
+    /// The Envoy cluster Istio gives the service's gRPC port in every proxy of the mesh, which is
+    /// what the filter's calls name: `outbound|PORT||HOST` (the filter sends it with the
+    /// authority `HOST:PORT`, see `breakwater_policy::rls::grpc_target`).
+    pub fn cluster(&self) -> String {
+        format!("outbound|{RATELIMIT_GRPC_PORT}||{}", self.host())
+    }
 }
 
-/// Points every global limit of `doc` at the Istio cluster of the Kubernetes Service named after
-/// its `service`; the services, each once, in document order. A `service` that cannot name a
-/// Kubernetes Service (a DNS-1035 label) is refused.
-pub fn use_istio_clusters(
-    doc: &mut breakwater_policy::Document,
-    rl: &IstioRateLimit,
-) -> Result<Vec<String>, String> {
-    let services = ratelimit_services(doc);
-    if let Some(bad) = services.iter().find(|s| !crate::k8s::dns_1035_label(s)) {
-        return Err(format!(
-            "global_rate_limit.service `{bad}` names the rate-limit service's Kubernetes Service in Istio: use a DNS-1035 label (lower-case letters, digits and `-`, starting with a letter, at most 63)"
-        ));
-    }
+/// Points every global limit of `doc` at the Istio cluster of the service `rl`.
+pub fn use_istio_cluster(doc: &mut breakwater_policy::Document, rl: &IstioRateLimit) -> Result<(), String> {
+    let cluster = rl.cluster();
+    breakwater_policy::rls::grpc_target(&cluster)?;
     for g in doc.policies.iter_mut().filter_map(|p| p.global_rate_limit.as_mut()) {
-        g.service = istio_cluster(&g.service, rl);
+        g.service = cluster.clone();
     }
-    Ok(services)
+    Ok(())
 }
 
-/// What runs the rate-limit service `service` in Kubernetes: the policy as a ConfigMap (the same
+/// What runs the rate-limit service `rl` in Kubernetes: the policy as a ConfigMap (the same
 /// compiled document the WasmPlugin carries; the service reloads it when the kubelet updates the
 /// mounted file), a Deployment, its Service and a PodDisruptionBudget.
-pub fn ratelimit_manifests(service: &str, compiled_policy: &str, rl: &IstioRateLimit) -> Vec<Value> {
+pub fn ratelimit_manifests(compiled_policy: &str, rl: &IstioRateLimit) -> Vec<Value> {
+    let service = rl.name.as_str();
     let selector = json!({
         "app.kubernetes.io/name": "breakwater-ratelimit",
         "app.kubernetes.io/instance": service,

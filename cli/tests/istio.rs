@@ -421,14 +421,8 @@ fn global_limits_bring_the_rate_limit_service_along() {
 #[test]
 fn global_limits_without_what_the_service_needs_are_refused() {
     let base = ["policies/global-orders.yaml", "--image", "r/bw:1", "--sha256", PIN];
-    let bad_name = std::env::temp_dir().join(format!("bw-istio-service-{}.yaml", std::process::id()));
-    std::fs::write(
-        &bad_name,
-        "version: 1\npolicies:\n  - name: g\n    global_rate_limit: { rate: 5, service: Rate_Limits }\n",
-    )
-    .unwrap();
-    let bad_name = bad_name.to_string_lossy().into_owned();
-    let cases: [(Vec<&str>, &str); 7] = [
+    let shop = ["--namespace", "shop", "--selector", "app=shop"];
+    let cases: [(Vec<&str>, &str); 9] = [
         (
             [&base[..], &["--namespace", "shop", "--redis", "redis://r:6379"]].concat(),
             "--ratelimit-image IMAGE",
@@ -452,23 +446,29 @@ fn global_limits_without_what_the_service_needs_are_refused() {
             [&base[..], &["--namespace", "shop", "--ratelimit-replicas", "0"], &SERVICE].concat(),
             "--ratelimit-replicas",
         ),
+        ([&base[..], &shop, &["--name", "breakwater.orders"], &SERVICE].concat(), "DNS-1035 label"),
+        // Without a selector the plugin would apply to the service's own pods.
         (
-            [&[bad_name.as_str(), "--image", "r/bw:1", "--sha256", PIN, "--namespace", "shop"][..], &SERVICE]
+            [&base[..], &["--namespace", "shop"], &SERVICE].concat(),
+            "would select every workload of namespace shop",
+        ),
+        (
+            [&base[..], &["--namespace", "istio-system", "--ratelimit-namespace", "limits"], &SERVICE]
                 .concat(),
-            "DNS-1035 label",
+            "would select every workload of namespace istio-system",
         ),
     ];
     for (args, message) in cases {
         let err = render_all(&args).unwrap_err();
         assert!(err.contains(message), "{args:?}: expected `{message}` in {err}");
     }
-    std::fs::remove_file(&bad_name).unwrap();
 }
 
 #[test]
 fn kubernetes_schemas_catch_broken_service_manifests() {
     let args = [
         &["policies/global-orders.yaml", "--image", "r/bw:1", "--sha256", PIN, "--namespace", "shop"][..],
+        &["--selector", "app=shop"],
         &SERVICE,
     ]
     .concat();
@@ -508,4 +508,34 @@ fn kubernetes_schemas_catch_broken_service_manifests() {
         let report = kubernetes_validate(&docs[1..]).expect_err(what);
         assert!(report.contains(expected), "{what}: expected `{expected}` in {report}");
     }
+}
+
+/// The worked example is what the command in its header renders (with its pin given directly).
+#[test]
+fn the_worked_global_example_is_the_rendered_one() {
+    let text = std::fs::read_to_string(repo().join("envoy/istio/ratelimit-orders.yaml")).unwrap();
+    let shipped = documents(&text).unwrap();
+    let pin = shipped[0]["spec"]["sha256"].as_str().unwrap();
+    let rendered = render_all(&[
+        "policies/global-orders.yaml",
+        "--image",
+        "registry.example.com/breakwater/filter:0.1.0",
+        "--sha256",
+        pin,
+        "--namespace",
+        "shop",
+        "--selector",
+        "app=shop",
+        "--name",
+        "breakwater-orders",
+        "--ratelimit-image",
+        "registry.example.com/breakwater/ratelimit:0.1.0",
+        "--redis-secret",
+        "breakwater-redis/url",
+    ])
+    .unwrap();
+    assert_eq!(shipped, rendered);
+    assert!(
+        text.contains("--name breakwater-orders") && text.contains("--redis-secret breakwater-redis/url")
+    );
 }

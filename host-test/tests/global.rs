@@ -24,11 +24,20 @@ fn envoy(
     policy: &str,
     behaviour: impl Fn(u64) -> Behaviour + 'static,
 ) -> (Rc<World>, Vec<Vm>, Rc<Service>) {
+    envoy_with_cluster(workers, policy, "breakwater-ratelimit", behaviour)
+}
+
+fn envoy_with_cluster(
+    workers: usize,
+    policy: &str,
+    cluster: &str,
+    behaviour: impl Fn(u64) -> Behaviour + 'static,
+) -> (Rc<World>, Vec<Vm>, Rc<Service>) {
     let doc = breakwater_policy::load(policy).unwrap().document;
     let world = World::new(1_700_000_000_000_000_000, 42);
     let service =
         Rc::new(Service { buckets: Buckets::new(&doc).into(), envoys: 1, behaviour: Box::new(behaviour) });
-    world.add_grpc_cluster("breakwater-ratelimit", service.cluster());
+    world.add_grpc_cluster(cluster, service.cluster());
     let compiled = breakwater_policy::compile(&doc).into_bytes();
     let vms = (0..workers)
         .map(|i| {
@@ -63,6 +72,20 @@ fn exact_mode_asks_for_every_request_and_waits_for_the_answer() {
     assert_eq!(world.metric("breakwater.requests.policy.api.decision.global_rate_limited"), Some(2));
     // Another key, its own bucket.
     assert_eq!(vms[0].request(&get("other"), ok).unwrap().status, 200);
+}
+
+/// An Istio cluster name (`outbound|PORT||HOST`) travels as a serialized GrpcService, which the
+/// host reads as Envoy does: the call reaches the cluster it names.
+#[test]
+fn an_istio_cluster_name_reaches_its_cluster() {
+    let istio = "outbound|8081||breakwater-ratelimit.shop.svc.cluster.local";
+    let policy =
+        EXACT.replace("timeout: 20ms", &format!("timeout: 20ms, service: \"{istio}\", failure_mode: deny"));
+    let (world, mut vms, service) = envoy_with_cluster(1, &policy, istio, |_| Behaviour::Answers(1_000_000));
+    let statuses: Vec<u16> = (0..4).map(|_| vms[0].request(&get("k"), ok).unwrap().status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(service.buckets.borrow().ok, 3);
+    assert_eq!(world.metric("breakwater.requests.policy.api.decision.global_unavailable"), Some(0));
 }
 
 #[test]

@@ -328,7 +328,8 @@ fn check_cluster(name: &str) -> Result<String, String> {
     if name.is_empty() || name.len() > 255 || !name.bytes().all(ok) {
         return Err(format!("`{name}` is not an Envoy cluster name: 1-255 letters, digits and `-_.|:`"));
     }
-    if may_parse_as_protobuf(name.as_bytes()) {
+    crate::rls::grpc_target(name)?;
+    if !name.contains(['|', ':']) && may_parse_as_protobuf(name.as_bytes()) {
         return Err(format!(
             "Envoy would read `{name}` as a serialized gRPC service definition, not a cluster name (its bytes happen to be valid protobuf); rename the cluster"
         ));

@@ -69,7 +69,8 @@ impl GlobalPlan {
     pub fn new(p: &Policy, g: &GlobalRateLimit, seed: KeySeed) -> GlobalPlan {
         let name = &p.name;
         GlobalPlan {
-            service: g.service.as_str().into(),
+            // A valid document's cluster always has a target (validation checks it).
+            service: rls::grpc_target(&g.service).unwrap_or_else(|_| g.service.clone()).into(),
             timeout_ms: g.timeout.as_millis(),
             domain: g.domain.clone(),
             policy: name.clone(),
@@ -121,8 +122,8 @@ impl GlobalPlan {
     }
 }
 
-/// A call to the rate-limit service: gRPC `rls::SERVICE`/`rls::METHOD` on the cluster `service`,
-/// given up after `timeout_ms`.
+/// A call to the rate-limit service: gRPC `rls::SERVICE`/`rls::METHOD` to `service` (the target
+/// [`rls::grpc_target`] gives for the policy's cluster), given up after `timeout_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     pub service: Arc<str>,

@@ -600,3 +600,35 @@ fn a_request_body_waits_for_the_answer_too() {
     assert_eq!(statuses, [429; 3]);
     assert_eq!(upstream.count("/orders"), 0, "a request went upstream before the rate-limit answer");
 }
+
+/// Istio names a Service's cluster `outbound|PORT||HOST` (what `render istio` points a policy at).
+/// Taken as the call's `:authority`, such a name makes the service's HTTP/2 server reset every
+/// call (a `|` is no valid authority): the filter names it through a GrpcService whose authority
+/// is `HOST:PORT` instead, and the service answers.
+#[test]
+fn an_istio_cluster_name_reaches_the_service() {
+    let _heavy = heavy();
+    let redis = Redis::start();
+    let istio = "outbound|8081||breakwater-ratelimit.shop.svc.cluster.local";
+    let policy = format!(
+        "version: 1\npolicies:\n  - name: api\n    global_rate_limit: {{ rate: 5, per: 1s, key: [\"header:x-api-key\"], timeout: 100ms, service: \"{istio}\", failure_mode: deny }}\n"
+    );
+    let service = RateLimitService::start(&policy_file(&policy), &redis.url(), &[]);
+    let upstream = Upstream::start();
+    let envoy = Envoy::start_edited(&policy, upstream.port(), |b| {
+        let b = with_ratelimit(b, &[service.grpc]);
+        assert_eq!(
+            b.matches("breakwater-ratelimit\n").count(),
+            2,
+            "the cluster's name and its load assignment's"
+        );
+        b.replace("name: breakwater-ratelimit\n", &format!("name: \"{istio}\"\n"))
+    });
+    let mut client = envoy.client();
+    let statuses: Vec<u16> = (0..7).map(|_| client.get("/", &[("x-api-key", "k1")]).status).collect();
+    // Without answers, failure_mode deny would reject all seven.
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    assert_eq!(service.metric("breakwater_ratelimit_checks_total{decision=\"ok\"}"), 5.0);
+    assert_eq!(service.metric("breakwater_ratelimit_checks_total{decision=\"over_limit\"}"), 2.0);
+    assert_eq!(envoy.decisions("api", Counter::GlobalUnavailable.as_str()), 0);
+}

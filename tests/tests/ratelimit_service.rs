@@ -252,14 +252,15 @@ fn the_rendered_kubernetes_deployment_runs_the_service() {
     let text = std::fs::read_to_string(breakwater_e2e::repo().join("policies/global-orders.yaml")).unwrap();
     let mut doc = breakwater_policy::load(&text).unwrap().document;
     let rl = render::IstioRateLimit {
+        name: render::IstioRateLimit::service_name("breakwater-orders").unwrap(),
         image: "r.example/breakwater-ratelimit:0.1.0".into(),
         redis: render::Redis::Secret { name: "redis".into(), key: "url".into() },
         namespace: "shop".into(),
         replicas: 2,
         cluster_domain: "cluster.local".into(),
     };
-    let services = render::use_istio_clusters(&mut doc, &rl).unwrap();
-    let manifests = render::ratelimit_manifests(&services[0], &breakwater_policy::compile(&doc), &rl);
+    render::use_istio_cluster(&mut doc, &rl).unwrap();
+    let manifests = render::ratelimit_manifests(&breakwater_policy::compile(&doc), &rl);
     let of_kind = |kind: &str| manifests.iter().find(|m| m["kind"] == kind).unwrap();
     let pod = &of_kind("Deployment")["spec"]["template"]["spec"];
     let container = &pod["containers"][0];

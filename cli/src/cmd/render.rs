@@ -134,6 +134,9 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Istio's default root namespace: a WasmPlugin there without a selector applies to the whole mesh.
+const ISTIO_ROOT_NAMESPACE: &str = "istio-system";
+
 /// `redis://…` or `rediss://…`.
 fn parse_redis_url(url: &str) -> Result<String, String> {
     if (url.starts_with("redis://") || url.starts_with("rediss://")) && !url.contains(char::is_whitespace) {
@@ -188,10 +191,7 @@ pub fn run(r: Render) -> ExitCode {
                 None
             } else {
                 let needed = |what: &str| {
-                    fail(format!(
-                        "the policies have global limits (service {}): give {what}",
-                        services.join(", ")
-                    ))
+                    fail(format!("the policies have global limits ({}): give {what}", services.join(", ")))
                 };
                 let Some(image) = ratelimit_image else {
                     return needed("--ratelimit-image IMAGE, an image of breakwater-ratelimit");
@@ -201,19 +201,39 @@ pub fn run(r: Render) -> ExitCode {
                     (None, Some((name, key))) => render::Redis::Secret { name, key },
                     (None, None) => return needed("--redis URL or --redis-secret SECRET/KEY"),
                 };
-                let Some(namespace) = ratelimit_namespace.or_else(|| namespace.clone()) else {
+                let Some(service_namespace) = ratelimit_namespace.or_else(|| namespace.clone()) else {
                     return needed(
                         "--ratelimit-namespace NS (or --namespace): the proxies name the service by it",
                     );
                 };
+                // A plugin without a target selects every workload of its namespace (all of the
+                // mesh's in the root namespace): the service's own sidecars would call it again.
+                let selects_the_service = selector.is_empty()
+                    && target_ref.is_none()
+                    && namespace
+                        .as_deref()
+                        .is_none_or(|ns| ns == service_namespace || ns == ISTIO_ROOT_NAMESPACE);
+                if selects_the_service {
+                    return fail(format!(
+                        "the WasmPlugin would select every workload of {}, the rate-limit service's pods in {service_namespace} too (each check would call the service again): give --selector or --target-ref, or --namespace and another --ratelimit-namespace",
+                        namespace.as_deref().map_or("kubectl's current namespace".to_string(), |ns| format!(
+                            "namespace {ns}"
+                        ))
+                    ));
+                }
+                let service_name = match render::IstioRateLimit::service_name(&name) {
+                    Ok(n) => n,
+                    Err(e) => return fail(e),
+                };
                 let rl = render::IstioRateLimit {
+                    name: service_name,
                     image,
                     redis,
-                    namespace,
+                    namespace: service_namespace,
                     replicas: ratelimit_replicas,
                     cluster_domain,
                 };
-                if let Err(e) = render::use_istio_clusters(&mut doc, &rl) {
+                if let Err(e) = render::use_istio_cluster(&mut doc, &rl) {
                     return fail(e);
                 }
                 Some(rl)
@@ -261,15 +281,17 @@ pub fn run(r: Render) -> ExitCode {
                     }
                     let mut manifests = vec![v];
                     if let Some(rl) = &ratelimit {
-                        for service in &services {
-                            manifests.extend(render::ratelimit_manifests(service, &compiled, rl));
-                            eprintln!(
-                                "note: global limits call {service} through the Istio cluster {}; a Sidecar resource that limits the proxies' egress must list {service}.{}.svc.{}",
-                                render::istio_cluster(service, rl),
-                                rl.namespace,
-                                rl.cluster_domain
-                            );
-                        }
+                        manifests.extend(render::ratelimit_manifests(&compiled, rl));
+                        eprintln!(
+                            "note: global limits call the rate-limit service {} through the Istio cluster {}; a Sidecar resource that limits the proxies' egress must list {}/{}",
+                            rl.name,
+                            rl.cluster(),
+                            rl.namespace,
+                            rl.host()
+                        );
+                        eprintln!(
+                            "note: apply the ConfigMap before the WasmPlugin when adding global limits: until the service has reloaded it, it answers OK for limits it does not know"
+                        );
                     }
                     let text: Vec<String> = manifests.iter().map(yaml::to_yaml).collect();
                     emit(&text.join("---\n"));

@@ -116,7 +116,9 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
          timeout_ms: i32,
          token_ptr: i32|
          -> Result<i32> {
-            let cluster = memory::read_string(&mut c, upstream, upstream_len)?;
+            // As Envoy reads it: a serialized GrpcService naming the cluster, or else the name.
+            let cluster =
+                breakwater_policy::rls::target_cluster(&memory::read(&mut c, upstream, upstream_len)?);
             let call = GrpcCall {
                 service: memory::read_string(&mut c, service, service_len)?,
                 method: memory::read_string(&mut c, method, method_len)?,
