@@ -12,6 +12,8 @@ pub enum Kind {
     Text,
     /// An integer (kept as text when it is not one: the validator says why).
     Int,
+    /// A number, decimals allowed (a percentage).
+    Number,
     /// `500ms`, `2s`, `1m`.
     Duration,
     /// A count of calls (`100`) or a time window (`30s`).
@@ -189,6 +191,28 @@ pub const BLOCKS: &[Block] = &[
         ],
     },
     Block {
+        key: "fault",
+        title: "Fault injection",
+        template: Some(r#"{"abort": {"percent": 1}}"#),
+        fields: &[
+            f(
+                "abort.percent",
+                "Abort %",
+                Kind::Number,
+                "share of requests answered with the abort reply; 0 = off",
+            ),
+            f("abort.response.status", "Abort status", Kind::Int, "default 503"),
+            f("abort.response.headers", "Abort headers", Kind::Map, ""),
+            f("abort.response.body", "Abort body", Kind::LongText, ""),
+            f("abort.count_in_breaker", "Aborts count in the breaker", Kind::Bool, "default false"),
+            f("delay.percent", "Delay %", Kind::Number, "share of requests held first; 0 = off"),
+            f("delay.duration", "Delay", Kind::Duration, "how long, e.g. 200ms"),
+            f("delay.max", "Delay up to", Kind::Duration, "with it, each delay is drawn between the two"),
+            f("headers", "On request headers", Kind::Bool, "only requests with x-breakwater-fault-* headers"),
+            f("max_active", "Max delayed at once", Kind::Int, "default 1000"),
+        ],
+    },
+    Block {
         key: "fallback",
         title: "Fallback",
         template: Some(r#"{"on": ["5xx", "timeout"], "response": {"status": 200, "body": ""}}"#),
@@ -264,6 +288,13 @@ pub fn parse_input(kind: Kind, text: &str) -> Option<Value> {
     }
     Some(match kind {
         Kind::Int => number_or_text(text),
+        Kind::Number => match text.trim().parse::<i64>() {
+            Ok(n) => Value::from(n),
+            Err(_) => match text.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() => Value::from(x),
+                _ => Value::String(text.trim().to_string()),
+            },
+        },
         Kind::Window => number_or_text(text),
         Kind::List | Kind::Multi(_) => {
             Value::Array(split_list(text).map(|s| Value::String(s.into())).collect())
@@ -439,6 +470,11 @@ mod tests {
             "circuit_breaker.slow_call.rate",
             "retry.budget.percent",
             "fallback.response.body",
+            "fault.abort.percent",
+            "fault.abort.count_in_breaker",
+            "fault.delay.max",
+            "fault.headers",
+            "fault.max_active",
         ] {
             assert!(paths.iter().any(|p| p == needed), "{needed}");
         }
@@ -468,6 +504,12 @@ mod tests {
         assert_eq!(display(p, "rate_limit.key", Kind::List), "client_ip, header:x-api-key");
         assert_eq!(display(p, "match.headers", Kind::Map), "x-a: 1\nx-b: *");
         assert_eq!(display(p, "retry.statuses", Kind::IntList), "409, 503");
+        // Percentages keep their decimals; whole ones stay integers.
+        set(&mut d, 0, "fault.abort.percent", parse_input(Kind::Number, "0.5"));
+        set(&mut d, 0, "fault.delay.percent", parse_input(Kind::Number, "10"));
+        let p = policy(&d, 0).unwrap();
+        assert_eq!(p["fault"]["abort"]["percent"], json!(0.5));
+        assert_eq!(display(p, "fault.delay.percent", Kind::Number), "10");
         // Not a number: kept as typed, for the validator to report.
         set(&mut d, 0, "global_rate_limit.degraded.learn", parse_input(Kind::Bool, "false"));
         assert_eq!(policy(&d, 0).unwrap()["global_rate_limit"]["degraded"]["learn"], json!(false));

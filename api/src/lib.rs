@@ -204,6 +204,9 @@ pub struct PolicyStats {
     /// cannot answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_degraded: Option<bool>,
+    /// When the policy injects delays: the requests they hold now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_active: Option<u64>,
 }
 
 #[cfg(test)]
@@ -219,6 +222,7 @@ mod tests {
             breaker: Some(BreakerState::HalfOpen),
             in_flight: None,
             global_degraded: None,
+            fault_active: None,
         };
         let json = serde_json::to_string(&stats).unwrap();
         assert_eq!(json, r#"{"requests":{"rate_limited":3},"breaker":"half_open","in_flight":null}"#);

@@ -76,6 +76,12 @@ pub fn send_reply(status: u16, headers: &[(String, String)], body: &str) -> Resu
     hostcalls::send_http_response(u32::from(status), headers, body)
 }
 
+/// Makes the stream `context` the one later calls act on (from the root context's tick). Err when
+/// the stream is gone.
+pub fn set_effective_context(context: u32) -> Result<(), Status> {
+    hostcalls::set_effective_context(context)
+}
+
 /// Resumes a paused request (Err when the stream is gone: nothing to do then).
 pub fn resume_request() {
     let _ = hostcalls::resume_http_request();

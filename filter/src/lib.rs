@@ -67,6 +67,8 @@ impl Drop for Config {
 #[derive(Default)]
 struct Root {
     config: Option<Rc<Config>>,
+    /// Requests held by injected delays on this worker; the tick lets each go when it is due.
+    holds: Holds,
     /// Lease renewals the worker's requests asked for; sent on the next tick by this context,
     /// which (unlike a request's) lives until the answer comes.
     renewals: Renewals,
@@ -76,6 +78,27 @@ struct Root {
 
 /// Lease renewals waiting for the root context's next tick, with the configuration they belong to.
 type Renewals = Rc<RefCell<Vec<(Rc<Config>, Renewal)>>>;
+
+/// A request held by an injected delay: the stream, when it may go, and its decision (shared with
+/// the stream's context, which takes it back once the delay is over or when the stream ends).
+struct Hold {
+    context: u32,
+    until: u64,
+    config: Rc<Config>,
+    held: std::rc::Weak<RefCell<Held>>,
+}
+
+/// A held request's decision, and whether its delay is over.
+struct Held {
+    admitted: Option<Admitted>,
+    over: bool,
+}
+
+type Holds = Rc<RefCell<Vec<Hold>>>;
+
+/// How often the root context lets delayed requests go: their delays end within a tick (Envoy
+/// fires a 1 ms tick 0–2 ms late on this machine; docs/envoy-facts.md).
+const HOLD_TICK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How often the root context sends the renewals its requests asked for (leased global limits
 /// only; a lease is renewed when a quarter is left, so this delay is covered).
@@ -98,8 +121,11 @@ impl RootContext for Root {
         alloc::bypassing_pools(|| self.configure())
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
+            id: context_id,
+            held: None,
+            holds: self.holds.clone(),
             config: self.config.clone(),
             admitted: None,
             exchange: None,
@@ -110,6 +136,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.release_holds();
         let queued = std::mem::take(&mut *self.renewals.borrow_mut());
         for (config, renewal) in queued {
             match host::dispatch_grpc(&renewal.call) {
@@ -136,6 +163,45 @@ impl RootContext for Root {
 }
 
 impl Root {
+    /// Lets every held request whose delay is due go on (or get its reply). The held decision is
+    /// updated and given back before Envoy is called: resuming may run the stream's own callbacks.
+    fn release_holds(&mut self) {
+        if self.holds.borrow().is_empty() {
+            return;
+        }
+        let now = host::now();
+        let due: Vec<Hold> = {
+            let mut holds = self.holds.borrow_mut();
+            let (due, later) = std::mem::take(&mut *holds).into_iter().partition(|h| h.until <= now);
+            *holds = later;
+            due
+        };
+        for hold in due {
+            // Gone: the stream ended first, and its end released the delay.
+            let Some(held) = hold.held.upgrade() else { continue };
+            let reply = {
+                let mut held = held.borrow_mut();
+                held.over = true;
+                let Some(admitted) = held.admitted.as_mut() else { continue };
+                enforce::delay_over(&hold.config.plan, &HostStore, admitted);
+                hold.config.metrics.count(admitted.policy, admitted.events.drain(..));
+                match &admitted.verdict {
+                    Verdict::Reject(reply) => Some(reply.clone()),
+                    Verdict::Forward { .. } => None,
+                }
+            };
+            if host::set_effective_context(hold.context).is_err() {
+                continue;
+            }
+            match reply {
+                Some(r) => {
+                    let _ = host::send_reply(r.status, &r.headers, &r.body);
+                }
+                None => host::resume_request(),
+            }
+        }
+    }
+
     fn configure(&mut self) -> bool {
         let started = host::now();
         match load_plan(&host::plugin_configuration()) {
@@ -155,10 +221,11 @@ impl Root {
                     ),
                 );
                 let leased = plan.policies.iter().any(|p| p.global.as_ref().is_some_and(|g| g.leased()));
-                let _ = proxy_wasm::hostcalls::set_tick_period(if leased {
-                    RENEWAL_TICK
-                } else {
-                    std::time::Duration::ZERO
+                let delays = plan.policies.iter().any(|p| p.fault.as_ref().is_some_and(|f| f.delays()));
+                let _ = proxy_wasm::hostcalls::set_tick_period(match (delays, leased) {
+                    (true, _) => HOLD_TICK,
+                    (false, true) => RENEWAL_TICK,
+                    (false, false) => std::time::Duration::ZERO,
                 });
                 self.config = Some(Rc::new(Config { plan, metrics }));
                 metrics::record_memory();
@@ -183,6 +250,11 @@ pub fn load_plan(bytes: &[u8]) -> Result<Plan, Vec<String>> {
 }
 
 struct Http {
+    /// This stream's context id (the root names it to resume the stream after a delay).
+    id: u32,
+    /// Held by an injected delay: the decision lives here meanwhile (the root's tick reads it).
+    held: Option<Rc<RefCell<Held>>>,
+    holds: Holds,
     config: Option<Rc<Config>>,
     admitted: Option<Admitted>,
     /// The upstream outcome as seen at response headers (before any fallback replaced it).
@@ -246,12 +318,45 @@ fn outcome(status: Option<u16>) -> Exchange {
 }
 
 impl Http {
+    /// Whether the request waits: for the rate-limit service, or out an injected delay (its body
+    /// and trailers wait too: going on would send it upstream early).
+    fn waiting(&self) -> bool {
+        self.asking.is_some() || self.held.as_ref().is_some_and(|h| !h.borrow().over)
+    }
+
+    /// Takes a held request's decision back (its delay is over, or its stream ends; `on_log`'s
+    /// `finish` then ends a delay still held).
+    fn take_held(&mut self) {
+        if let Some(held) = self.held.take()
+            && let Ok(mut held) = held.try_borrow_mut()
+        {
+            self.admitted = held.admitted.take().or(self.admitted.take());
+        }
+    }
+
     /// Acts on a decision: a local reply (the stream then stays paused), or the router's headers
     /// and on.
     fn act(&mut self, config: &Rc<Config>, mut admitted: Admitted) -> Action {
         config.metrics.count(admitted.policy, admitted.events.drain(..));
         if let Some(renewal) = admitted.renewal.take() {
             self.renewals.borrow_mut().push((config.clone(), renewal));
+        }
+        if let Some(delay) = admitted.delay {
+            // The router's headers now; the reply, or going on, when the root lets it go.
+            if let Verdict::Forward { request_headers } = &admitted.verdict {
+                for (name, value) in request_headers {
+                    host::set_request_header(name, value);
+                }
+            }
+            let held = Rc::new(RefCell::new(Held { admitted: Some(admitted), over: false }));
+            self.holds.borrow_mut().push(Hold {
+                context: self.id,
+                until: host::now().saturating_add(delay),
+                config: config.clone(),
+                held: Rc::downgrade(&held),
+            });
+            self.held = Some(held);
+            return Action::Pause;
         }
         let action = match &admitted.verdict {
             Verdict::Reject(reply) => {
@@ -312,14 +417,15 @@ impl HttpContext for Http {
     /// While the rate-limit service is asked, the body waits too (Envoy buffers it): continuing
     /// it would send the request on before the answer.
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        if self.asking.is_some() { Action::Pause } else { Action::Continue }
+        if self.waiting() { Action::Pause } else { Action::Continue }
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.asking.is_some() { Action::Pause } else { Action::Continue }
+        if self.waiting() { Action::Pause } else { Action::Continue }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.take_held();
         let (Some(config), Some(admitted)) = (self.config.clone(), self.admitted.as_mut()) else {
             return Action::Continue;
         };
@@ -346,6 +452,7 @@ impl HttpContext for Http {
 
     fn on_log(&mut self) {
         metrics::record_memory();
+        self.take_held();
         let (Some(config), Some(mut admitted)) = (self.config.clone(), self.admitted.take()) else { return };
         // Without response headers (a client abort, a reset), the status from the property, and
         // only when the outcome matters.

@@ -25,6 +25,7 @@ struct PolicyMetrics {
     breaker_state: Option<u32>,
     in_flight: Option<u32>,
     global_degraded: Option<u32>,
+    fault_active: Option<u32>,
 }
 
 thread_local! {
@@ -85,7 +86,8 @@ impl Metrics {
                     let name = p.name();
                     let mut m = defined.remove(name).unwrap_or_default();
                     for (id, c) in m.counters.iter_mut().zip(Counter::ALL) {
-                        if p.global.is_some() || !c.global_only() {
+                        if (p.global.is_some() || !c.global_only()) && (p.fault.is_some() || !c.fault_only())
+                        {
                             ensure(id, || host::define_counter(&counter_name(name, c)));
                         }
                     }
@@ -100,6 +102,11 @@ impl Metrics {
                     if p.global.is_some() {
                         ensure(&mut m.global_degraded, || {
                             host::define_gauge(&gauge_name(name, Gauge::GlobalDegraded))
+                        });
+                    }
+                    if p.fault.as_ref().is_some_and(|f| f.delays()) {
+                        ensure(&mut m.fault_active, || {
+                            host::define_gauge(&gauge_name(name, Gauge::FaultActive))
                         });
                     }
                     kept.insert(name.to_string(), m);
@@ -118,6 +125,7 @@ impl Metrics {
                 Event::Breaker(t) => host::record(m.breaker_state, t.to.state().gauge()),
                 Event::InFlight(n) => host::record(m.in_flight, u64::from(n)),
                 Event::GlobalDegraded(on) => host::record(m.global_degraded, u64::from(on)),
+                Event::FaultActive(n) => host::record(m.fault_active, u64::from(n)),
                 other => {
                     if let Some((c, by)) = other.counter() {
                         host::increment(m.counters.get(c.index()).copied().flatten(), by);

@@ -562,6 +562,8 @@ impl<'s> Sim<'s> {
                     // A trapping tick fails the VM, as in Envoy; the simulation goes on.
                     let _ = self.vm(vm)?.tick();
                     self.schedule_tick(vm, event.t);
+                    // Streams the tick resumed or answered (injected delays that are over).
+                    self.wake(event.t)?;
                 }
                 Kind::Deliver => {}
                 Kind::Sample => {

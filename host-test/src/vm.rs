@@ -139,10 +139,13 @@ impl Vm {
         Ok(ok)
     }
 
+    /// The root context's timer (`proxy_on_tick`); streams it resumes or answers are woken.
     pub fn tick(&mut self) -> Result<()> {
         let root = self.root as i32;
         self.store.data_mut().effective_context = self.root;
-        self.guest(|s, e| e.on_tick.call(s, root))
+        let result = self.guest(|s, e| e.on_tick.call(s, root));
+        self.collect_woken();
+        result
     }
 
     /// Delivers what Envoy would post to this VM's thread by now (the world's clock):
@@ -221,6 +224,12 @@ impl Vm {
             self.store.data_mut().grpc_response = None;
             result?;
         }
+        self.collect_woken();
+        Ok(due.len())
+    }
+
+    /// Paused streams the filter has resumed or answered since they paused, into [`Vm::take_woken`].
+    fn collect_woken(&mut self) {
         let streams = &mut self.store.data_mut().streams;
         for (id, st) in streams.iter_mut() {
             if !st.paused {
@@ -234,7 +243,6 @@ impl Vm {
                 self.woken.push(Begun::Forwarded { stream: *id });
             }
         }
-        Ok(due.len())
     }
 
     fn deliver_queues(&mut self) -> Result<usize> {
@@ -296,19 +304,33 @@ impl Vm {
         }
     }
 
-    /// Waits for a paused stream: moves the world's clock to each of this VM's gRPC answers in
-    /// turn and delivers it, until the filter resumes or answers the stream.
+    /// Waits for a paused stream: moves the world's clock to each of this VM's gRPC answers and
+    /// timer ticks in turn (the filter's tick period, from now), until the filter resumes or
+    /// answers the stream; at most a simulated day.
     fn wait(&mut self, stream: u32) -> Result<Begun> {
+        let world = self.store.data().world.clone();
+        let give_up = world.clock_ns.get().saturating_add(86_400 * 1_000_000_000);
+        let period = u64::from(self.tick_period_ms()) * 1_000_000;
+        let mut next_tick = world.clock_ns.get().saturating_add(period);
         loop {
             if let Some(i) = self.woken.iter().position(|b| b.stream() == Some(stream)) {
                 return Ok(self.woken.remove(i));
             }
-            let Some(due) = self.store.data().grpc_calls.iter().map(|c| c.due_ns).min() else {
-                bail!("stream {stream} is paused and no call of this VM is pending");
+            let call = self.store.data().grpc_calls.iter().map(|c| c.due_ns).min();
+            let tick = (period > 0).then_some(next_tick);
+            let Some(due) = call.into_iter().chain(tick).min() else {
+                bail!("stream {stream} is paused and nothing of this VM is pending (no call, no timer)");
             };
-            let world = self.store.data().world.clone();
+            if due > give_up {
+                bail!("stream {stream} was still paused after a simulated day");
+            }
             world.clock_ns.set(world.clock_ns.get().max(due));
-            self.deliver()?;
+            if tick == Some(due) && call.is_none_or(|c| c > due) {
+                self.tick()?;
+                next_tick = next_tick.saturating_add(period);
+            } else {
+                self.deliver()?;
+            }
         }
     }
 

@@ -109,6 +109,7 @@ fn policy(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Policy> {
         retry: None,
         timeout: None,
         fallback: None,
+        fault: None,
     };
     if let Some((n, p)) = f.get("match") {
         policy.matcher = matcher(r, n, &p);
@@ -141,6 +142,9 @@ fn policy(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Policy> {
     }
     if let Some((n, p)) = f.get("fallback") {
         policy.fallback = fallback(r, n, &p);
+    }
+    if let Some((n, p)) = f.get("fault") {
+        policy.fault = fault(r, n, &p);
     }
     Some(policy)
 }
@@ -534,6 +538,67 @@ fn fallback(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Fallback> {
         }
     };
     Some(Fallback { on, response })
+}
+
+fn fault(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Fault> {
+    let f = r.fields(node, path, FAULT_FIELDS)?;
+    let abort = f.get("abort").and_then(|(n, p)| {
+        let fa = r.fields(n, &p, FAULT_ABORT_FIELDS)?;
+        let percent = required_percent(r, &fa, n, &p);
+        let response = response_or(r, &fa, default_fault_response);
+        let count_in_breaker = fa.get("count_in_breaker").and_then(|(n, p)| r.bool(n, &p)).unwrap_or(false);
+        Some(FaultAbort { percent: percent?, response, count_in_breaker })
+    });
+    let delay = f.get("delay").and_then(|(n, p)| {
+        let fd = r.fields(n, &p, FAULT_DELAY_FIELDS)?;
+        let percent = required_percent(r, &fd, n, &p);
+        let duration = match fd.get("duration") {
+            Some((n, p)) => r.duration(n, &p),
+            None => {
+                r.error(
+                    &p.field("duration"),
+                    n,
+                    "missing field `duration` (how long a delayed request waits)",
+                );
+                None
+            }
+        };
+        let max = fd.get("max").and_then(|(n, p)| {
+            let max = r.duration(n, &p)?;
+            if duration.is_some_and(|d| max <= d) {
+                r.error(
+                    &p,
+                    n,
+                    format!(
+                        "must be longer than duration ({})",
+                        duration.map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                );
+                return None;
+            }
+            Some(max)
+        });
+        Some(FaultDelay { percent: percent?, duration: duration?, max })
+    });
+    let headers = f.get("headers").and_then(|(n, p)| r.bool(n, &p)).unwrap_or(false);
+    let max_active = f
+        .get("max_active")
+        .and_then(|(n, p)| r.int_as(n, &p, 1, 1_000_000))
+        .unwrap_or_else(default_fault_max_active);
+    if f.get("abort").is_none() && f.get("delay").is_none() {
+        r.error(path, node, "a fault needs `abort`, `delay` or both");
+    }
+    Some(Fault { abort, delay, headers, max_active })
+}
+
+fn required_percent(r: &mut Reader, f: &Fields<'_, '_>, node: &Node, path: &Path<'_>) -> Option<Percent> {
+    match f.get("percent") {
+        Some((n, p)) => r.percent(n, &p),
+        None => {
+            r.error(&path.field("percent"), node, "missing field `percent` (the share of requests, e.g. 5)");
+            None
+        }
+    }
 }
 
 fn response_or(r: &mut Reader, f: &Fields<'_, '_>, default: fn() -> Response) -> Response {

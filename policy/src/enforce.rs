@@ -42,6 +42,12 @@ pub enum Event {
     GlobalUnavailable,
     /// Degraded mode began (true) or ended (false).
     GlobalDegraded(bool),
+    /// The request is held by an injected delay.
+    FaultDelayed,
+    /// An injected delay was left out (`max_active` reached).
+    FaultDelaySkipped,
+    /// Requests held by injected delays now.
+    FaultActive(u32),
 }
 
 impl Event {
@@ -55,7 +61,11 @@ impl Event {
             Event::StateUnavailable => (Counter::StateUnavailable, 1),
             Event::GlobalCall => (Counter::GlobalCalls, 1),
             Event::GlobalUnavailable => (Counter::GlobalUnavailable, 1),
-            Event::Breaker(_) | Event::InFlight(_) | Event::GlobalDegraded(_) => return None,
+            Event::FaultDelayed => (Counter::FaultDelayed, 1),
+            Event::FaultDelaySkipped => (Counter::FaultDelaySkipped, 1),
+            Event::Breaker(_) | Event::InFlight(_) | Event::GlobalDegraded(_) | Event::FaultActive(_) => {
+                return None;
+            }
         })
     }
 }
@@ -125,6 +135,13 @@ pub struct Admitted {
     ticket: Option<Ticket>,
     reservation: Option<Reservation>,
     replied: bool,
+    /// An injected delay: hold the request this long before its verdict applies (the reply is
+    /// sent, or the request goes on, when it is over: [`delay_over`]).
+    pub delay: Option<Nanos>,
+    /// Holds one of the fault block's `max_active` delays until [`delay_over`] or [`finish`].
+    holding: bool,
+    /// An injected abort the breaker counts (`count_in_breaker`): the status it records.
+    injected: Option<u16>,
 }
 
 impl Admitted {
@@ -366,6 +383,9 @@ pub fn admit<S: SharedStore + ?Sized>(
         ticket: None,
         reservation: None,
         replied: false,
+        delay: None,
+        holding: false,
+        injected: None,
     };
     let retriable = p.policy.retry.as_ref().is_some_and(|r| r.methods.iter().any(|m| m == req.method()));
     let want = match &p.policy.retry {
@@ -373,7 +393,8 @@ pub fn admit<S: SharedStore + ?Sized>(
         _ => 0,
     };
     let Some(gp) = &p.global else {
-        let rejection = check_limits(p, store, req, now, &mut a, want, Stage::All);
+        let rejection = check_limits(p, store, req, now, &mut a, want, Stage::All)
+            .or_else(|| inject(p, store, req, &mut a));
         return Some(Step::Decided(conclude(plan, p, a, rejection, retriable)));
     };
     if let Some(rejection) = check_limits(p, store, req, now, &mut a, want, Stage::RateLimit) {
@@ -523,7 +544,8 @@ fn after_global<S: SharedStore + ?Sized>(
             }
             Some(r)
         }
-        None => check_limits(p, store, req, now, &mut a, want, Stage::AfterRateLimits),
+        None => check_limits(p, store, req, now, &mut a, want, Stage::AfterRateLimits)
+            .or_else(|| inject(p, store, req, &mut a)),
     };
     conclude(plan, p, a, rejection, retriable)
 }
@@ -565,6 +587,63 @@ fn global_limited<S: SharedStore + ?Sized>(
                 },
             }
         }
+    }
+}
+
+/// The fault block's decision for a request every other block let through: faults stand in for
+/// the upstream, so they come last (docs/policy.md, "Order of decisions"). An injected abort is
+/// the request's rejection; a delay holds it first. In shadow mode faults are chosen and counted,
+/// never applied. Without the fault record no fault applies.
+fn inject<S: SharedStore + ?Sized>(
+    p: &PolicyPlan,
+    store: &S,
+    req: &impl RequestView,
+    a: &mut Admitted,
+) -> Option<(Decision, Reply)> {
+    let (fp, f) = (p.fault.as_ref()?, p.policy.fault.as_ref()?);
+    let status = f.abort.as_ref().map_or(503, |x| x.response.status);
+    let injected = match fp.decide(store, req, status, p.enforcing()) {
+        Ok(i) => i,
+        Err(_) => {
+            a.events.push(Event::StateUnavailable);
+            return None;
+        }
+    };
+    if let Some(delay) = injected.delay {
+        a.events.push(Event::FaultDelayed);
+        if p.enforcing() {
+            (a.delay, a.holding) = (Some(delay), true);
+        }
+    }
+    if injected.skipped {
+        a.events.push(Event::FaultDelaySkipped);
+    }
+    a.events.extend(injected.active.map(Event::FaultActive));
+    let (abort, status) = (f.abort.as_ref()?, injected.abort?);
+    // An injected abort says nothing about the upstream: the breaker is not told, unless asked
+    // (then it records the abort as the request's outcome).
+    if p.enforcing() {
+        if abort.count_in_breaker {
+            a.injected = Some(status);
+        } else {
+            a.ticket = None;
+        }
+    }
+    let mut r = reply(&abort.response, Vec::new());
+    r.status = status;
+    Some((Decision::FaultAborted, r))
+}
+
+/// Ends the request's injected delay: call when its verdict applies (the reply is sent, or it
+/// goes on). Once; [`finish`] ends a delay still held when the stream ends first.
+pub fn delay_over<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted) {
+    if !std::mem::take(&mut a.holding) {
+        return;
+    }
+    let Some(fp) = plan.policies.get(a.policy).and_then(|p| p.fault.as_ref()) else { return };
+    match fp.end_delay(store) {
+        Ok(active) => a.events.push(Event::FaultActive(active)),
+        Err(_) => a.events.push(Event::StateUnavailable),
     }
 }
 
@@ -936,6 +1015,15 @@ pub fn finish<S: SharedStore + ?Sized>(
     attempts: Option<u32>,
     now: Nanos,
 ) {
+    delay_over(plan, store, a);
+    let injected;
+    let exchange = match a.injected.take() {
+        Some(status) => {
+            injected = Exchange { status: Some(status), flags: 0, details: String::new() };
+            &injected
+        }
+        None => exchange,
+    };
     let Some(p) = plan.policies.get(a.policy) else { return };
     release(store, p, a, now);
     let retried = attempts.unwrap_or(0).saturating_sub(1);

@@ -20,6 +20,7 @@ pub const POLICY_FIELDS: &[&str] = &[
     "retry",
     "timeout",
     "fallback",
+    "fault",
 ];
 pub const MATCH_FIELDS: &[&str] = &["hosts", "path", "path_prefix", "methods", "headers"];
 pub const RATE_LIMIT_FIELDS: &[&str] = &["rate", "per", "burst", "key", "max_keys", "response"];
@@ -55,9 +56,12 @@ pub const RETRY_FIELDS: &[&str] =
 pub const BUDGET_FIELDS: &[&str] = &["percent", "min_per_second"];
 pub const FALLBACK_FIELDS: &[&str] = &["on", "response"];
 pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
+pub const FAULT_FIELDS: &[&str] = &["abort", "delay", "headers", "max_active"];
+pub const FAULT_ABORT_FIELDS: &[&str] = &["percent", "response", "count_in_breaker"];
+pub const FAULT_DELAY_FIELDS: &[&str] = &["percent", "duration", "max"];
 
 /// Every field list of the language.
-pub const FIELD_LISTS: [&[&str]; 13] = [
+pub const FIELD_LISTS: [&[&str]; 16] = [
     DOCUMENT_FIELDS,
     POLICY_FIELDS,
     MATCH_FIELDS,
@@ -71,6 +75,9 @@ pub const FIELD_LISTS: [&[&str]; 13] = [
     BUDGET_FIELDS,
     FALLBACK_FIELDS,
     RESPONSE_FIELDS,
+    FAULT_FIELDS,
+    FAULT_ABORT_FIELDS,
+    FAULT_DELAY_FIELDS,
 ];
 
 /// The field names of the policy language, as `'static` text (for readers that want to borrow

@@ -22,6 +22,7 @@ pub mod decode;
 pub mod diag;
 pub mod enforce;
 pub mod engine;
+pub mod fault;
 pub mod fields;
 pub mod fnv;
 pub mod global;

@@ -78,6 +78,8 @@ words! {
         CircuitOpen => "circuit_open",
         /// Rejected by the fleet-wide limit (`global_rate_limit`).
         GlobalRateLimited => "global_rate_limited",
+        /// Answered by an injected abort (`fault.abort`).
+        FaultAborted => "fault_aborted",
         /// A fallback reply replaced the upstream's answer.
         Fallback => "fallback",
         Retried => "retried",
@@ -90,17 +92,22 @@ words! {
         /// Requests the global limit decided without the service (it could not answer in time,
         /// or was known to be unavailable): the block's `failure_mode` applied.
         GlobalUnavailable => "global_unavailable",
+        /// Requests held by an injected delay (`fault.delay`) before they went on.
+        FaultDelayed => "fault_delayed",
+        /// Injected delays left out because `fault.max_active` delays were held already.
+        FaultDelaySkipped => "fault_delay_skipped",
     }
 }
 
 words! {
-    /// What a policy decided for a request: the first five [`Counter`]s, one per request.
+    /// What a policy decided for a request: the first six [`Counter`]s, one per request.
     pub enum Decision {
         Allowed => "allowed",
         RateLimited => "rate_limited",
         ConcurrencyLimited => "concurrency_limited",
         CircuitOpen => "circuit_open",
         GlobalRateLimited => "global_rate_limited",
+        FaultAborted => "fault_aborted",
     }
 }
 
@@ -123,6 +130,8 @@ words! {
         /// 1 while the rate-limit service cannot answer and `failure_mode` decides (degraded
         /// mode), 0 otherwise.
         GlobalDegraded => "global_degraded",
+        /// Requests held by injected delays now (`fault.delay`), across the Envoy's workers.
+        FaultActive => "fault_active",
     }
 }
 
@@ -136,6 +145,11 @@ impl Counter {
     /// not define it).
     pub const fn global_only(self) -> bool {
         matches!(self, Counter::GlobalRateLimited | Counter::GlobalCalls | Counter::GlobalUnavailable)
+    }
+
+    /// Whether only a policy with a `fault` block can count it.
+    pub const fn fault_only(self) -> bool {
+        matches!(self, Counter::FaultAborted | Counter::FaultDelayed | Counter::FaultDelaySkipped)
     }
 
     /// The decision this counter counts, if it is one.
@@ -153,6 +167,7 @@ impl Decision {
             Decision::ConcurrencyLimited => Counter::ConcurrencyLimited,
             Decision::CircuitOpen => Counter::CircuitOpen,
             Decision::GlobalRateLimited => Counter::GlobalRateLimited,
+            Decision::FaultAborted => Counter::FaultAborted,
         }
     }
 }

@@ -144,6 +144,8 @@ pub struct Policy {
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 /// Conditions on a request; all given ones must hold.
@@ -591,6 +593,134 @@ pub type Text = Cow<'static, str>;
 /// HTTP methods a policy may name.
 pub const METHODS: [&str; 9] =
     ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+
+/// Faults injected into the requests the other blocks let through, standing in for a failing or
+/// slow upstream (chaos testing without touching the service): after the limits and the breaker
+/// have admitted a request, a share of requests is delayed, aborted, or both (delay first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Faults on request: only requests carrying `x-breakwater-fault-abort: STATUS` are aborted
+    /// (with that status) and only those carrying `x-breakwater-fault-delay: MILLISECONDS` are
+    /// delayed (by that long, at most the delay's `max`), each at the block's `percent`.
+    #[serde(default)]
+    pub headers: bool,
+    /// At most this many requests held by delays at once, across the Envoy's workers; a request
+    /// that would wait beyond it goes on without the delay.
+    #[serde(default = "default_fault_max_active")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_active: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// Share of requests aborted, 0 to 100: exact over time (a request counter, not a coin per
+    /// request).
+    pub percent: Percent,
+    /// The reply. Default: 503 `fault injected`.
+    #[serde(default = "default_fault_response")]
+    pub response: Response,
+    /// Count injected aborts as failures in the policy's circuit breaker. Off: the breaker judges
+    /// the upstream, and an injected abort says nothing about it.
+    #[serde(default)]
+    pub count_in_breaker: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    /// Share of requests delayed, exact over time like the abort's.
+    pub percent: Percent,
+    /// How long a delayed request waits before it goes upstream.
+    pub duration: Duration,
+    /// With `max`, each delay is drawn uniformly between `duration` and `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Duration>,
+}
+
+pub fn default_fault_max_active() -> u32 {
+    1000
+}
+pub fn default_fault_response() -> Response {
+    Response::with_status(503, "fault injected\n")
+}
+
+/// A share of requests: 0 to 100 percent in steps of 0.0001, kept as parts per million (exact
+/// arithmetic). 0 turns a fault off and keeps its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent {
+    ppm: u32,
+}
+
+impl Percent {
+    pub const MILLION: u32 = 1_000_000;
+    /// From parts per million; None above 1,000,000.
+    pub const fn from_ppm(ppm: u32) -> Option<Percent> {
+        if ppm <= Self::MILLION { Some(Percent { ppm }) } else { None }
+    }
+    pub const fn ppm(self) -> u32 {
+        self.ppm
+    }
+    /// From a percentage with at most four decimals (0 to 100).
+    pub fn from_percent(p: f64) -> Result<Percent, String> {
+        if !(0.0..=100.0).contains(&p) {
+            return Err(format!("must be between 0 and 100, found {p}"));
+        }
+        let ppm = (p * 10_000.0).round();
+        if (ppm - p * 10_000.0).abs() > 1e-6 {
+            return Err(format!("at most four decimals (0.0001 is the smallest share), found {p}"));
+        }
+        Percent::from_ppm(ppm as u32).ok_or_else(|| format!("must be between 0 and 100, found {p}"))
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, part) = (self.ppm / 10_000, self.ppm % 10_000);
+        if part == 0 {
+            write!(f, "{whole}")
+        } else {
+            let decimals = format!("{part:04}");
+            write!(f, "{whole}.{}", decimals.trim_end_matches('0'))
+        }
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.ppm.is_multiple_of(10_000) {
+            s.serialize_u32(self.ppm / 10_000)
+        } else {
+            s.serialize_f64(f64::from(self.ppm) / 10_000.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Percent::from_percent(f64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Percent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Percent".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "number",
+            "minimum": 0,
+            "maximum": 100,
+            "description": "A percentage of requests, 0 to 100, with at most four decimals (0 turns the fault off).",
+            "examples": [5, 0.5, 100]
+        })
+    }
+}
 
 // ---- value types with their own text forms ----
 

@@ -93,6 +93,8 @@ pub struct PolicyPlan {
     pub rate_limit: Option<Gcra>,
     /// The global limit's calls and degraded state.
     pub global: Option<crate::global::GlobalPlan>,
+    /// The fault block's shares and its record.
+    pub fault: Option<crate::fault::FaultPlan>,
     pub breaker: Option<BreakerConfig>,
     pub budget: Option<RetryBudget>,
     /// Header values that do not change between requests, rendered once.
@@ -297,6 +299,8 @@ impl Plan {
                 None => None,
             };
             header_names.extend(p.matcher.headers.keys().cloned());
+            let fault = p.fault.as_ref().map(|f| crate::fault::FaultPlan::new(&p.name, f));
+            header_names.extend(fault.iter().flat_map(|f| f.header_names()).map(|h| h.to_string()));
             let keys = p
                 .rate_limit
                 .iter()
@@ -319,6 +323,7 @@ impl Plan {
                     .global_rate_limit
                     .as_ref()
                     .map(|g| crate::global::GlobalPlan::new(&p, g, doc.key_seed.unwrap_or_default())),
+                fault,
                 breaker: p.circuit_breaker.as_ref().map(BreakerConfig::from_model),
                 budget: p.retry.as_ref().map(|r| RetryBudget::new(r.budget.percent, r.budget.min_per_second)),
                 headers: FixedHeaders::new(&p, rate_limit.as_ref()),

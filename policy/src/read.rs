@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::diag::{Diagnostic, Span};
-use crate::model::{Duration, METHODS, Text};
+use crate::model::{Duration, METHODS, Percent, Text};
 use crate::source::{Node, Value, key_text, same_key};
 
 /// Where each decoded path was written.
@@ -248,6 +248,30 @@ impl Reader {
             }
             _ => {
                 self.expected(path, node, "an integer");
+                None
+            }
+        }
+    }
+
+    /// A percentage of requests: a number from 0 to 100 with at most four decimals.
+    pub fn percent(&mut self, node: &Node, path: &Path<'_>) -> Option<Percent> {
+        self.visit(path, node);
+        let value = match &node.value {
+            Value::Int(i) => *i as f64,
+            Value::Float(f) => *f,
+            Value::BigInt(s) => {
+                self.error(path, node, format!("must be between 0 and 100, found {s}"));
+                return None;
+            }
+            _ => {
+                self.expected(path, node, "a percentage (a number from 0 to 100)");
+                return None;
+            }
+        };
+        match Percent::from_percent(value) {
+            Ok(p) => Some(p),
+            Err(m) => {
+                self.error(path, node, m);
                 None
             }
         }

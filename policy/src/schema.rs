@@ -61,6 +61,9 @@ mod tests {
             ("/$defs/Budget", BUDGET_FIELDS),
             ("/$defs/Fallback", FALLBACK_FIELDS),
             ("/$defs/Response", RESPONSE_FIELDS),
+            ("/$defs/Fault", FAULT_FIELDS),
+            ("/$defs/FaultAbort", FAULT_ABORT_FIELDS),
+            ("/$defs/FaultDelay", FAULT_DELAY_FIELDS),
         ];
         for (pointer, fields) in objects {
             let props = s.pointer(&format!("{pointer}/properties")).and_then(Value::as_object).unwrap();

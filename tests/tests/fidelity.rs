@@ -65,7 +65,20 @@ policies:
   - name: concurrency
     match: { path_prefix: /concurrency }
     concurrency_limit: { max_in_flight: 1 }
+  - name: faulted
+    match: { path_prefix: /faulted }
+    fault: { abort: { percent: 50, response: { status: 503, body: "injected" } } }
+  - name: delayed
+    match: { path_prefix: /delayed }
+    fault: { delay: { percent: 100, duration: 150ms }, abort: { percent: 50 } }
 "#;
+
+/// Requests under `/delayed` are held 150 ms by the filter's timer: Envoy's 1 ms tick fires a
+/// few ms late (docs/envoy-facts.md), the client's time adds the request's own; host-test's
+/// virtual clock lets them go at the first tick at or after 150 ms.
+const DELAY: Duration = Duration::from_millis(150);
+const ENVOY_DELAY_SLACK: Duration = Duration::from_millis(60);
+const HOST_DELAY_SLACK: Duration = Duration::from_millis(1);
 
 /// The response headers compared (besides status and body).
 const HEADERS: [&str; 7] = [
@@ -158,6 +171,8 @@ fn cases() -> Vec<(&'static str, Vec<Step>)> {
             ],
         ),
         ("shadow mode counts, rejects nothing", vec![get("/shadow"); 4]),
+        ("injected aborts: every other request, exactly", vec![get("/faulted"); 4]),
+        ("injected delay, then every other one aborted", vec![get("/delayed"); 2]),
         (
             "concurrency limit",
             vec![
@@ -178,17 +193,33 @@ struct Seen {
     headers: Vec<String>,
     /// Attempts that reached the upstream.
     hits: u64,
+    /// For requests the filter delays: whether the answer came after the delay, within the
+    /// timer's slack.
+    on_time: Option<bool>,
 }
 
 impl Seen {
     fn new(status: u16, body: String, header: impl Fn(&str) -> Option<String>, hits: u64) -> Seen {
         let headers = HEADERS.iter().filter_map(|h| header(h).map(|v| format!("{h}: {v}"))).collect();
-        Seen { status, body, headers, hits }
+        Seen { status, body, headers, hits, on_time: None }
+    }
+
+    /// Marks a delayed request: answered between the delay and the delay plus `slack`.
+    fn timed(mut self, path: &str, took: Duration, slack: Duration) -> Seen {
+        if path.starts_with("/delayed") {
+            self.on_time = Some(took >= DELAY && took <= DELAY + slack);
+        }
+        self
     }
 
     fn short(&self) -> String {
         let body: String = self.body.trim_end().chars().take(38).collect();
-        format!("{} ×{} {body:?}", self.status, self.hits)
+        let timing = match self.on_time {
+            Some(true) => " after its delay",
+            Some(false) => " NOT after its delay",
+            None => "",
+        };
+        format!("{} ×{} {body:?}{timing}", self.status, self.hits)
     }
 }
 
@@ -227,7 +258,8 @@ fn run_envoy(envoy: &Envoy, upstream: &Upstream, cases: &[(&str, Vec<Step>)]) ->
                     let at = start.elapsed();
                     let before = upstream.total();
                     let r = send_to_envoy(&mut c, method, path, headers);
-                    let seen = envoy_seen(&r, upstream.total() - before);
+                    let took = start.elapsed() - at;
+                    let seen = envoy_seen(&r, upstream.total() - before).timed(path, took, ENVOY_DELAY_SLACK);
                     out.push(Sent { case, label: format!("{method} {path}"), at, seen });
                 }
                 Hold(path, headers) => {
@@ -344,6 +376,7 @@ fn run_host(world: &Rc<World>, vm: &mut Vm, cases: &[(&str, Vec<Step>)], times: 
                     world.clock_ns.set(START_NS + at.next().unwrap().as_nanos() as u64);
                     let req = host_request(method, path, headers);
                     let mut hits = 0;
+                    let sent = world.clock_ns.get();
                     let r = vm
                         .request(&req, |fwd| {
                             let (up, n) = upstream_side(world, fwd);
@@ -351,7 +384,8 @@ fn run_host(world: &Rc<World>, vm: &mut Vm, cases: &[(&str, Vec<Step>)], times: 
                             up
                         })
                         .unwrap();
-                    out.push(host_seen(&r, hits));
+                    let took = Duration::from_nanos(world.clock_ns.get() - sent);
+                    out.push(host_seen(&r, hits).timed(path, took, HOST_DELAY_SLACK));
                 }
                 Hold(path, headers) => {
                     world.clock_ns.set(START_NS + at.next().unwrap().as_nanos() as u64);

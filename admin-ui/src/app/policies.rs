@@ -44,6 +44,19 @@ fn blocks_of(p: &Value) -> Vec<(&'static str, String)> {
     if p.get("fallback").is_some() {
         out.push(("fallback", "fallback".into()));
     }
+    if let Some(f) = p.get("fault") {
+        let mut parts = Vec::new();
+        if let Some(a) = f.get("abort") {
+            parts.push(format!("abort {}%", a["percent"]));
+        }
+        if let Some(d) = f.get("delay") {
+            let duration = d["duration"].as_str().unwrap_or_default();
+            let range = d["max"].as_str().map_or(duration.to_string(), |m| format!("{duration}–{m}"));
+            parts.push(format!("delay {}% by {range}", d["percent"]));
+        }
+        let on_request = if f["headers"] == true { " on request" } else { "" };
+        out.push(("fault", format!("{}{on_request}", parts.join(", "))));
+    }
     out
 }
 
@@ -309,7 +322,7 @@ fn FieldView(block: &'static form::Block, field: &'static form::Field, index: us
             on:change=move |ev| set(event_target_value(&ev))/> }
             .into_any()
         }
-        Kind::Text | Kind::Int | Kind::Duration | Kind::Window => {
+        Kind::Text | Kind::Int | Kind::Number | Kind::Duration | Kind::Window => {
             let set = set.clone();
             view! { <input type="text" data-testid=id.clone() prop:value=value.clone()
             on:input=move |ev| set(event_target_value(&ev))/> }

@@ -111,6 +111,7 @@ pub fn policy_stats(prometheus: &str) -> BTreeMap<String, PolicyStats> {
             }
             Metric::Gauge(Gauge::InFlight) => entry.in_flight = Some(value),
             Metric::Gauge(Gauge::GlobalDegraded) => entry.global_degraded = Some(value > 0),
+            Metric::Gauge(Gauge::FaultActive) => entry.fault_active = Some(value),
         }
     }
     out
@@ -130,6 +131,7 @@ mod tests {
             breakwater_in_flight{policy=\"writes\"} 7\n\
             breakwater_global_degraded{policy=\"orders\"} 1\n\
             breakwater_global_degraded{policy=\"api\"} 0\n\
+            breakwater_fault_active{policy=\"api\"} 4\n\
             envoy_cluster_upstream_rq{envoy_cluster_name=\"x\"} 5\n\
             breakwater_requests{decision=\"allowed\"} 99\n";
         let stats = policy_stats(text);
@@ -143,6 +145,7 @@ mod tests {
             (Some(true), Some(false))
         );
         assert_eq!(stats["reco"].global_degraded, None);
+        assert_eq!((stats["api"].fault_active, stats["reco"].fault_active), (Some(4), None));
     }
 
     #[test]
