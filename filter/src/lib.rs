@@ -42,7 +42,7 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         host::log(LogLevel::Critical, &format!("breakwater: panic: {info}"));
     }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, ..Root::default() }) });
 }}
 
 /// What every request of one configuration shares.
@@ -66,6 +66,8 @@ impl Drop for Config {
 
 #[derive(Default)]
 struct Root {
+    /// This root context's id (calls made from its tick act on it again afterwards).
+    id: u32,
     config: Option<Rc<Config>>,
     /// Requests held by injected delays on this worker; the tick lets each go when it is due.
     holds: Holds,
@@ -83,6 +85,8 @@ type Renewals = Rc<RefCell<Vec<(Rc<Config>, Renewal)>>>;
 /// the stream's context, which takes it back once the delay is over or when the stream ends).
 struct Hold {
     context: u32,
+    /// When the hold began: a wall clock that steps back before it lets the request go at once.
+    since: u64,
     until: u64,
     config: Rc<Config>,
     held: std::rc::Weak<RefCell<Held>>,
@@ -172,19 +176,22 @@ impl Root {
         let now = host::now();
         let due: Vec<Hold> = {
             let mut holds = self.holds.borrow_mut();
-            let (due, later) = std::mem::take(&mut *holds).into_iter().partition(|h| h.until <= now);
+            let (due, later) =
+                std::mem::take(&mut *holds).into_iter().partition(|h| h.until <= now || now < h.since);
             *holds = later;
             due
         };
+        let mut released: Vec<(Rc<Config>, usize)> = Vec::new();
         for hold in due {
             // Gone: the stream ended first, and its end released the delay.
             let Some(held) = hold.held.upgrade() else { continue };
             let reply = {
-                let mut held = held.borrow_mut();
+                let Ok(mut held) = held.try_borrow_mut() else { continue };
                 held.over = true;
                 let Some(admitted) = held.admitted.as_mut() else { continue };
-                enforce::delay_over(&hold.config.plan, &HostStore, admitted);
+                enforce::delay_over(&hold.config.plan, &HostStore, admitted, now);
                 hold.config.metrics.count(admitted.policy, admitted.events.drain(..));
+                released.push((hold.config.clone(), admitted.policy));
                 match &admitted.verdict {
                     Verdict::Reject(reply) => Some(reply.clone()),
                     Verdict::Forward { .. } => None,
@@ -198,6 +205,17 @@ impl Root {
                     let _ = host::send_reply(r.status, &r.headers, &r.body);
                 }
                 None => host::resume_request(),
+            }
+        }
+        let _ = host::set_effective_context(self.id);
+        // Workers record the gauge as they change the count, so a late write from another worker
+        // can leave it stale; the count itself is exact: read it again.
+        released.dedup_by(|a, b| Rc::ptr_eq(&a.0, &b.0) && a.1 == b.1);
+        for (config, policy) in released {
+            if let Some(fp) = config.plan.policies.get(policy).and_then(|p| p.fault.as_ref())
+                && let Ok(n) = fp.active(&HostStore, now)
+            {
+                config.metrics.count(policy, std::iter::once(enforce::Event::FaultActive(n)));
             }
         }
     }
@@ -327,11 +345,11 @@ impl Http {
     /// Takes a held request's decision back (its delay is over, or its stream ends; `on_log`'s
     /// `finish` then ends a delay still held).
     fn take_held(&mut self) {
-        if let Some(held) = self.held.take()
-            && let Ok(mut held) = held.try_borrow_mut()
-        {
-            self.admitted = held.admitted.take().or(self.admitted.take());
-        }
+        let Some(cell) = &self.held else { return };
+        let Ok(mut held) = cell.try_borrow_mut() else { return };
+        self.admitted = held.admitted.take().or(self.admitted.take());
+        drop(held);
+        self.held = None;
     }
 
     /// Acts on a decision: a local reply (the stream then stays paused), or the router's headers
@@ -349,9 +367,11 @@ impl Http {
                 }
             }
             let held = Rc::new(RefCell::new(Held { admitted: Some(admitted), over: false }));
+            let now = host::now();
             self.holds.borrow_mut().push(Hold {
                 context: self.id,
-                until: host::now().saturating_add(delay),
+                since: now,
+                until: now.saturating_add(delay),
                 config: config.clone(),
                 held: Rc::downgrade(&held),
             });

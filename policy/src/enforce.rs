@@ -138,8 +138,9 @@ pub struct Admitted {
     /// An injected delay: hold the request this long before its verdict applies (the reply is
     /// sent, or the request goes on, when it is over: [`delay_over`]).
     pub delay: Option<Nanos>,
-    /// Holds one of the fault block's `max_active` delays until [`delay_over`] or [`finish`].
-    holding: bool,
+    /// Holds one of the fault block's `max_active` delays (in this lease bucket) until
+    /// [`delay_over`] or [`finish`].
+    holding: Option<u64>,
     /// An injected abort the breaker counts (`count_in_breaker`): the status it records.
     injected: Option<u16>,
 }
@@ -384,7 +385,7 @@ pub fn admit<S: SharedStore + ?Sized>(
         reservation: None,
         replied: false,
         delay: None,
-        holding: false,
+        holding: None,
         injected: None,
     };
     let retriable = p.policy.retry.as_ref().is_some_and(|r| r.methods.iter().any(|m| m == req.method()));
@@ -394,7 +395,7 @@ pub fn admit<S: SharedStore + ?Sized>(
     };
     let Some(gp) = &p.global else {
         let rejection = check_limits(p, store, req, now, &mut a, want, Stage::All)
-            .or_else(|| inject(p, store, req, &mut a));
+            .or_else(|| inject(p, store, req, now, &mut a));
         return Some(Step::Decided(conclude(plan, p, a, rejection, retriable)));
     };
     if let Some(rejection) = check_limits(p, store, req, now, &mut a, want, Stage::RateLimit) {
@@ -545,7 +546,7 @@ fn after_global<S: SharedStore + ?Sized>(
             Some(r)
         }
         None => check_limits(p, store, req, now, &mut a, want, Stage::AfterRateLimits)
-            .or_else(|| inject(p, store, req, &mut a)),
+            .or_else(|| inject(p, store, req, now, &mut a)),
     };
     conclude(plan, p, a, rejection, retriable)
 }
@@ -598,11 +599,14 @@ fn inject<S: SharedStore + ?Sized>(
     p: &PolicyPlan,
     store: &S,
     req: &impl RequestView,
+    now: Nanos,
     a: &mut Admitted,
 ) -> Option<(Decision, Reply)> {
     let (fp, f) = (p.fault.as_ref()?, p.policy.fault.as_ref()?);
     let status = f.abort.as_ref().map_or(503, |x| x.response.status);
-    let injected = match fp.decide(store, req, status, p.enforcing()) {
+    // A half-open probe goes upstream: its outcome is what closes the breaker.
+    let probe = a.ticket.is_some_and(|t| t.is_probe());
+    let injected = match fp.decide(store, req, status, !probe, p.enforcing(), now) {
         Ok(i) => i,
         Err(_) => {
             a.events.push(Event::StateUnavailable);
@@ -612,7 +616,7 @@ fn inject<S: SharedStore + ?Sized>(
     if let Some(delay) = injected.delay {
         a.events.push(Event::FaultDelayed);
         if p.enforcing() {
-            (a.delay, a.holding) = (Some(delay), true);
+            (a.delay, a.holding) = (Some(delay), Some(injected.epoch));
         }
     }
     if injected.skipped {
@@ -635,13 +639,13 @@ fn inject<S: SharedStore + ?Sized>(
 }
 
 /// Ends the request's injected delay: call when its verdict applies (the reply is sent, or it
-/// goes on). Once; [`finish`] ends a delay still held when the stream ends first.
-pub fn delay_over<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted) {
-    if !std::mem::take(&mut a.holding) {
-        return;
-    }
+/// goes on). Once; [`finish`] ends a delay still held when the stream ends first. The request's
+/// time (a breaker's slow calls) starts over: the delay is not the upstream's.
+pub fn delay_over<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted, now: Nanos) {
+    let Some(epoch) = a.holding.take() else { return };
+    a.started = now;
     let Some(fp) = plan.policies.get(a.policy).and_then(|p| p.fault.as_ref()) else { return };
-    match fp.end_delay(store) {
+    match fp.end_delay(store, epoch, now) {
         Ok(active) => a.events.push(Event::FaultActive(active)),
         Err(_) => a.events.push(Event::StateUnavailable),
     }
@@ -1015,7 +1019,7 @@ pub fn finish<S: SharedStore + ?Sized>(
     attempts: Option<u32>,
     now: Nanos,
 ) {
-    delay_over(plan, store, a);
+    delay_over(plan, store, a, now);
     let injected;
     let exchange = match a.injected.take() {
         Some(status) => {

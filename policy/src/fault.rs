@@ -8,13 +8,19 @@
 //! were chosen: never more than half a request from `N · p`, on one Envoy. A fleet of E Envoys
 //! counts each on its own: within E/2 of the fleet's share.
 //!
-//! **Active delays.** The record also counts the delays held now; a delay that would go beyond
-//! `max_active` is skipped (the request goes on at once). A delay ends when its request goes on,
-//! or when its stream ends first (a client that went away): [`FaultPlan::end_delay`] is called
-//! exactly once either way.
+//! Aborts and delays count separately and at different phases (a half and a quarter of a
+//! request): equal shares choose different requests, and a request gets both only where the two
+//! patterns meet.
+//!
+//! **Active delays.** The record also holds the delays held now, as leases
+//! ([`crate::engine::concurrency`]: a hold its release never reaches, because the VM trapped or
+//! was replaced, or shared data failed, expires after the longest delay plus a minute); a delay
+//! that would go beyond `max_active` is skipped (the request goes on at once). A delay ends when
+//! its request goes on, or when its stream ends first (a client that went away):
+//! [`FaultPlan::end_delay`] is called exactly once either way.
 
-use crate::engine::Nanos;
 use crate::engine::store::{SharedStore, StoreError, update};
+use crate::engine::{NANOS_PER_SEC, Nanos, concurrency};
 use crate::model::{Fault, Percent};
 use crate::request::RequestView;
 
@@ -36,6 +42,8 @@ pub struct FaultPlan {
     delay: Option<(u32, Nanos, Nanos)>,
     headers: bool,
     max_active: u32,
+    /// The width of the delays' lease buckets (the longest delay plus a minute).
+    width: Nanos,
 }
 
 /// What the fault block does to one request.
@@ -49,21 +57,24 @@ pub struct Injected {
     pub skipped: bool,
     /// Delays held now, when this decision changed their number.
     pub active: Option<u32>,
+    /// The lease bucket the delay is held in (for [`FaultPlan::end_delay`]).
+    pub epoch: u64,
 }
 
-/// The fault record: candidates of each kind, and delays held.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The fault record: candidates of each kind (two u64), then the delays held, as concurrency
+/// leases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct State {
     aborts: u64,
     delays: u64,
-    active: u32,
+    holds: Option<Vec<u8>>,
 }
 
-const STATE_BYTES: usize = 20;
+const COUNTS_BYTES: usize = 16;
 
 impl State {
     fn decode(bytes: Option<&[u8]>) -> State {
-        let Some(b) = bytes.filter(|b| b.len() == STATE_BYTES) else { return State::default() };
+        let Some(b) = bytes.filter(|b| b.len() >= COUNTS_BYTES) else { return State::default() };
         let word = |from: usize| -> u64 {
             let mut w = [0u8; 8];
             if let Some(s) = b.get(from..from.saturating_add(8)) {
@@ -71,31 +82,33 @@ impl State {
             }
             u64::from_le_bytes(w)
         };
-        let mut a = [0u8; 4];
-        if let Some(s) = b.get(16..20) {
-            a.copy_from_slice(s);
-        }
-        State { aborts: word(0), delays: word(8), active: u32::from_le_bytes(a) }
+        let holds = b.get(COUNTS_BYTES..).filter(|h| !h.is_empty()).map(<[u8]>::to_vec);
+        State { aborts: word(0), delays: word(8), holds }
     }
 
-    fn encode(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(STATE_BYTES);
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(COUNTS_BYTES.saturating_add(24));
         out.extend_from_slice(&self.aborts.to_le_bytes());
         out.extend_from_slice(&self.delays.to_le_bytes());
-        out.extend_from_slice(&self.active.to_le_bytes());
+        out.extend_from_slice(self.holds.as_deref().unwrap_or_default());
         out
     }
 }
 
-/// Whether the n-th candidate (from 0) is chosen at a share of `ppm` parts per million: the
-/// rounded count of chosen candidates, `round(n · p)`, grows at it.
-pub fn chosen(n: u64, ppm: u32) -> bool {
-    chosen_of(n.saturating_add(1), ppm) > chosen_of(n, ppm)
+/// The phase of aborts (half a request: the count is `round(n · p)`) and of delays (a quarter).
+const ABORT_PHASE: u64 = MILLION / 2;
+const DELAY_PHASE: u64 = MILLION / 4;
+
+/// Whether the n-th candidate (from 0) is chosen at a share of `ppm` parts per million and a
+/// phase: the count of chosen candidates, `floor(n · p + phase)`, grows at it.
+pub fn chosen(n: u64, ppm: u32, phase: u64) -> bool {
+    chosen_of(n.saturating_add(1), ppm, phase) > chosen_of(n, ppm, phase)
 }
 
-/// How many of the first `n` candidates [`chosen`] picks: `round(n · p)`.
-pub fn chosen_of(n: u64, ppm: u32) -> u64 {
-    let total = u128::from(n).saturating_mul(u128::from(ppm)).saturating_add(u128::from(MILLION / 2));
+/// How many of the first `n` candidates [`chosen`] picks: `floor(n · p + phase)`, which is
+/// `round(n · p)` at a phase of half a million.
+pub fn chosen_of(n: u64, ppm: u32, phase: u64) -> u64 {
+    let total = u128::from(n).saturating_mul(u128::from(ppm)).saturating_add(u128::from(phase));
     u64::try_from(total.checked_div(u128::from(MILLION)).unwrap_or(0)).unwrap_or(u64::MAX)
 }
 
@@ -116,7 +129,9 @@ fn delay_for(n: u64, min: Nanos, max: Nanos) -> Nanos {
 
 impl FaultPlan {
     pub fn new(policy: &str, f: &Fault) -> FaultPlan {
+        let longest = f.delay.as_ref().map_or(0, |d| d.max.unwrap_or(d.duration).as_nanos());
         FaultPlan {
+            width: concurrency::lease_width(longest.saturating_add(60 * NANOS_PER_SEC)),
             record: ["bw/", policy, "/f"].concat(),
             abort: f.abort.as_ref().map(|a| a.percent.ppm()),
             delay: f.delay.as_ref().map(|d| {
@@ -139,14 +154,18 @@ impl FaultPlan {
     }
 
     /// Decides the faults of a request the other blocks let through. `default_status` is the
-    /// abort reply's own status; `hold` false (shadow mode) chooses delays without holding one of
+    /// abort reply's own status; `may_abort` false (a breaker's half-open probe) leaves it out of
+    /// the aborts' candidates; `hold` false (shadow mode) chooses delays without holding one of
     /// `max_active`. Err when the record could not be used (then no fault applies).
+    #[allow(clippy::too_many_arguments)]
     pub fn decide<S: SharedStore + ?Sized>(
         &self,
         store: &S,
         req: &impl RequestView,
         default_status: u16,
+        may_abort: bool,
         hold: bool,
+        now: Nanos,
     ) -> Result<Injected, StoreError> {
         // Which kinds this request is a candidate for, and with what.
         let abort = match (self.abort, self.headers) {
@@ -167,31 +186,37 @@ impl FaultPlan {
                 .map(|ms| ((ppm, min, max), Some(ms.saturating_mul(NANOS_PER_MS).min(max)))),
             (None, _) => None,
         };
-        let abort = abort.filter(|(ppm, _)| *ppm > 0);
+        let abort = abort.filter(|(ppm, _)| *ppm > 0 && may_abort);
         let delay = delay.filter(|((ppm, _, _), _)| *ppm > 0);
         if abort.is_none() && delay.is_none() {
             return Ok(Injected::default());
         }
-        let max_active = self.max_active;
+        let (max_active, width) = (self.max_active, self.width);
         update(store, &self.record, |old| {
             let mut s = State::decode(old);
             let mut injected = Injected::default();
             if let Some((ppm, status)) = abort {
-                if chosen(s.aborts, ppm) {
+                if chosen(s.aborts, ppm, ABORT_PHASE) {
                     injected.abort = Some(status);
                 }
                 s.aborts = s.aborts.wrapping_add(1);
             }
             if let Some(((ppm, min, max), asked)) = delay {
-                if chosen(s.delays, ppm) {
+                if chosen(s.delays, ppm, DELAY_PHASE) {
+                    let d = asked.unwrap_or_else(|| delay_for(s.delays, min, max));
                     if !hold {
-                        injected.delay = Some(asked.unwrap_or_else(|| delay_for(s.delays, min, max)));
-                    } else if s.active < max_active {
-                        injected.delay = Some(asked.unwrap_or_else(|| delay_for(s.delays, min, max)));
-                        s.active = s.active.saturating_add(1);
-                        injected.active = Some(s.active);
+                        injected.delay = Some(d);
                     } else {
-                        injected.skipped = true;
+                        let (slot, holds) = concurrency::acquire(s.holds.as_deref(), max_active, now, width);
+                        if slot.acquired {
+                            (injected.delay, injected.active, injected.epoch) =
+                                (Some(d), Some(slot.in_flight), slot.epoch);
+                        } else {
+                            injected.skipped = true;
+                        }
+                        if holds.is_some() {
+                            s.holds = holds;
+                        }
                     }
                 }
                 s.delays = s.delays.wrapping_add(1);
@@ -200,19 +225,30 @@ impl FaultPlan {
         })
     }
 
-    /// Ends a delay that [`FaultPlan::decide`] began (its request went on, or its stream ended
-    /// first); the delays still held.
-    pub fn end_delay<S: SharedStore + ?Sized>(&self, store: &S) -> Result<u32, StoreError> {
+    /// Ends a delay that [`FaultPlan::decide`] began in lease bucket `epoch` (its request went on,
+    /// or its stream ended first); the delays still held.
+    pub fn end_delay<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        epoch: u64,
+        now: Nanos,
+    ) -> Result<u32, StoreError> {
+        let width = self.width;
         update(store, &self.record, |old| {
             let mut s = State::decode(old);
-            s.active = s.active.saturating_sub(1);
-            (s.active, Some(s.encode()))
+            let (n, holds) = concurrency::release(s.holds.as_deref(), epoch, now, width);
+            if holds.is_some() {
+                s.holds = holds;
+            }
+            (n, Some(s.encode()))
         })
     }
 
     /// Delays held now (for the gauge).
-    pub fn active<S: SharedStore + ?Sized>(&self, store: &S) -> Result<u32, StoreError> {
-        Ok(State::decode(store.get(&self.record)?.as_ref().map(|(b, _)| b.as_slice())).active)
+    pub fn active<S: SharedStore + ?Sized>(&self, store: &S, now: Nanos) -> Result<u32, StoreError> {
+        let bytes = store.get(&self.record)?.map(|(b, _)| b);
+        let s = State::decode(bytes.as_deref());
+        Ok(concurrency::in_flight(s.holds.as_deref(), now, self.width))
     }
 }
 
@@ -223,6 +259,8 @@ mod tests {
     use crate::model::Duration;
     use crate::request::SimpleRequest;
     use proptest::prelude::*;
+
+    const NOW: Nanos = 1_700_000_000_000_000_000;
 
     fn plan(yaml: &str) -> FaultPlan {
         let doc = crate::load(&format!("version: 1\npolicies:\n  - name: f\n    fault: {yaml}\n"))
@@ -236,8 +274,9 @@ mod tests {
         let p = plan("{ abort: { percent: 5 } }");
         let store = MemoryStore::default();
         let req = SimpleRequest::new("GET", "h", "/");
-        let picked: Vec<usize> =
-            (0..1000).filter(|_| p.decide(&store, &req, 503, true).unwrap().abort == Some(503)).collect();
+        let picked: Vec<usize> = (0..1000)
+            .filter(|_| p.decide(&store, &req, 503, true, true, NOW).unwrap().abort == Some(503))
+            .collect();
         assert_eq!(picked.len(), 50);
         // One in every twenty, the first at the tenth.
         assert_eq!(&picked[..3], [9, 29, 49]);
@@ -246,10 +285,13 @@ mod tests {
     proptest! {
         #[test]
         fn the_chosen_count_is_the_rounded_share(ppm in 0u32..=1_000_000, n in 0u64..20_000) {
-            let counted = (0..n).filter(|k| chosen(*k, ppm)).count() as u64;
-            prop_assert_eq!(counted, chosen_of(n, ppm));
-            let exact = n as f64 * f64::from(ppm) / 1e6;
-            prop_assert!((counted as f64 - exact).abs() <= 0.5 + 1e-9);
+            for (phase, off) in [(ABORT_PHASE, 0.5), (DELAY_PHASE, 0.75)] {
+                let counted = (0..n).filter(|k| chosen(*k, ppm, phase)).count() as u64;
+                prop_assert_eq!(counted, chosen_of(n, ppm, phase));
+                let exact = n as f64 * f64::from(ppm) / 1e6;
+                // floor(x + phase) is within phase below and 1 - phase above x.
+                prop_assert!((counted as f64 - exact) <= 1.0 - off + 1e-9 && exact - (counted as f64) <= off + 1e-9);
+            }
         }
     }
 
@@ -258,18 +300,19 @@ mod tests {
         let p = plan("{ delay: { percent: 100, duration: 100ms, max: 300ms }, max_active: 3 }");
         let store = MemoryStore::default();
         let req = SimpleRequest::new("GET", "h", "/");
-        let got: Vec<Injected> = (0..5).map(|_| p.decide(&store, &req, 503, true).unwrap()).collect();
+        let got: Vec<Injected> =
+            (0..5).map(|_| p.decide(&store, &req, 503, true, true, NOW).unwrap()).collect();
         let delays: Vec<Nanos> = got.iter().filter_map(|i| i.delay).collect();
         assert_eq!(delays.len(), 3);
         assert!(delays.iter().all(|d| (100_000_000..=300_000_000).contains(d)), "{delays:?}");
         assert!(got[3].skipped && got[4].skipped);
-        assert_eq!(p.active(&store).unwrap(), 3);
-        assert_eq!(p.end_delay(&store).unwrap(), 2);
-        assert!(p.decide(&store, &req, 503, true).unwrap().delay.is_some());
+        assert_eq!(p.active(&store, NOW).unwrap(), 3);
+        assert_eq!(p.end_delay(&store, got[0].epoch, NOW).unwrap(), 2);
+        assert!(p.decide(&store, &req, 503, true, true, NOW).unwrap().delay.is_some());
         for _ in 0..10 {
-            p.end_delay(&store).unwrap();
+            p.end_delay(&store, got[0].epoch, NOW).unwrap();
         }
-        assert_eq!(p.active(&store).unwrap(), 0, "never below zero");
+        assert_eq!(p.active(&store, NOW).unwrap(), 0, "never below zero");
     }
 
     #[test]
@@ -277,9 +320,9 @@ mod tests {
         let p = plan("{ abort: { percent: 100 }, delay: { percent: 100, duration: 1s }, headers: true }");
         let store = MemoryStore::default();
         let plain = SimpleRequest::new("GET", "h", "/");
-        assert_eq!(p.decide(&store, &plain, 503, true).unwrap(), Injected::default());
+        assert_eq!(p.decide(&store, &plain, 503, true, true, NOW).unwrap(), Injected::default());
         let asks = plain.clone().header(ABORT_HEADER, "418").header(DELAY_HEADER, "5000");
-        let got = p.decide(&store, &asks, 503, true).unwrap();
+        let got = p.decide(&store, &asks, 503, true, true, NOW).unwrap();
         // The delay is bounded by the block's longest.
         assert_eq!(
             got,
@@ -287,14 +330,50 @@ mod tests {
                 abort: Some(418),
                 delay: Some(Duration::from_millis(1000).as_nanos()),
                 skipped: false,
-                active: Some(1)
+                active: Some(1),
+                epoch: got.epoch,
             }
         );
         for bad in ["700", "abc", ""] {
             let r = plain.clone().header(ABORT_HEADER, bad);
-            assert_eq!(p.decide(&store, &r, 503, true).unwrap().abort, None, "{bad}");
+            assert_eq!(p.decide(&store, &r, 503, true, true, NOW).unwrap().abort, None, "{bad}");
         }
         assert_eq!(p.header_names(), [ABORT_HEADER, DELAY_HEADER]);
+    }
+
+    #[test]
+    fn equal_shares_of_aborts_and_delays_choose_different_requests() {
+        let p = plan("{ abort: { percent: 10 }, delay: { percent: 10, duration: 1ms } }");
+        let store = MemoryStore::default();
+        let req = SimpleRequest::new("GET", "h", "/");
+        let got: Vec<Injected> =
+            (0..100).map(|_| p.decide(&store, &req, 503, true, false, NOW).unwrap()).collect();
+        assert_eq!(got.iter().filter(|i| i.abort.is_some()).count(), 10);
+        assert_eq!(got.iter().filter(|i| i.delay.is_some()).count(), 10);
+        assert!(got.iter().all(|i| !(i.abort.is_some() && i.delay.is_some())));
+    }
+
+    #[test]
+    fn a_hold_never_released_expires_with_its_lease() {
+        let p = plan("{ delay: { percent: 100, duration: 2s }, max_active: 1 }");
+        let store = MemoryStore::default();
+        let req = SimpleRequest::new("GET", "h", "/");
+        assert!(p.decide(&store, &req, 503, true, true, NOW).unwrap().delay.is_some());
+        // Its VM trapped: no release comes. The place is taken...
+        assert!(p.decide(&store, &req, 503, true, true, NOW).unwrap().skipped);
+        // ...until the lease (the longest delay plus a minute) is over.
+        let later = NOW + 2 * 62 * 1_000_000_000;
+        assert_eq!(p.active(&store, later).unwrap(), 0);
+        assert!(p.decide(&store, &req, 503, true, true, later).unwrap().delay.is_some());
+    }
+
+    #[test]
+    fn a_probe_is_never_aborted_and_does_not_count_as_a_candidate() {
+        let p = plan("{ abort: { percent: 100 } }");
+        let store = MemoryStore::default();
+        let req = SimpleRequest::new("GET", "h", "/");
+        assert_eq!(p.decide(&store, &req, 503, false, true, NOW).unwrap().abort, None);
+        assert_eq!(p.decide(&store, &req, 503, true, true, NOW).unwrap().abort, Some(503));
     }
 
     #[test]
@@ -302,7 +381,7 @@ mod tests {
         let p = plan("{ abort: { percent: 0 } }");
         let store = MemoryStore::default();
         assert_eq!(
-            p.decide(&store, &SimpleRequest::new("GET", "h", "/"), 503, true).unwrap(),
+            p.decide(&store, &SimpleRequest::new("GET", "h", "/"), 503, true, true, NOW).unwrap(),
             Injected::default()
         );
         assert!(store.get("bw/f/f").unwrap().is_none());
@@ -314,7 +393,7 @@ mod tests {
         store.set("bw/f/f", b"junk", 0).unwrap();
         let p = plan("{ abort: { percent: 100 } }");
         assert_eq!(
-            p.decide(&store, &SimpleRequest::new("GET", "h", "/"), 503, true).unwrap().abort,
+            p.decide(&store, &SimpleRequest::new("GET", "h", "/"), 503, true, true, NOW).unwrap().abort,
             Some(503)
         );
     }

@@ -110,11 +110,14 @@ pub struct PolicyPlan {
 pub const DEFAULT_CONCURRENCY_LEASE: Nanos = 600 * NANOS_PER_SEC;
 
 /// The bucket width of a policy's concurrency leases ([`concurrency::lease_width`]): a lease is
-/// the policy's `timeout` plus a minute, or [`DEFAULT_CONCURRENCY_LEASE`].
+/// the policy's `timeout` plus a minute, or [`DEFAULT_CONCURRENCY_LEASE`], plus its longest
+/// injected delay (a delayed request holds its slot, and the delay is not part of `timeout`).
 pub fn lease_width(p: &Policy) -> Nanos {
     let lease =
         p.timeout.map_or(DEFAULT_CONCURRENCY_LEASE, |t| t.as_nanos().saturating_add(60 * NANOS_PER_SEC));
-    concurrency::lease_width(lease)
+    let delay =
+        p.fault.as_ref().and_then(|f| f.delay.as_ref()).map_or(0, |d| d.max.unwrap_or(d.duration).as_nanos());
+    concurrency::lease_width(lease.saturating_add(delay))
 }
 
 /// Shared-data names of a policy's state: keyed blocks in bounded tables `bw/<policy>/<block>/<slot>`,

@@ -74,10 +74,11 @@ policies:
 "#;
 
 /// Requests under `/delayed` are held 150 ms by the filter's timer: Envoy's 1 ms tick fires a
-/// few ms late (docs/envoy-facts.md), the client's time adds the request's own; host-test's
-/// virtual clock lets them go at the first tick at or after 150 ms.
+/// few ms late (docs/envoy-facts.md), the client's time adds the request's own, and a loaded
+/// machine more (so Envoy's side is only bounded by a second: a stream never let go fails it);
+/// host-test's virtual clock lets them go at the first tick at or after 150 ms.
 const DELAY: Duration = Duration::from_millis(150);
-const ENVOY_DELAY_SLACK: Duration = Duration::from_millis(60);
+const ENVOY_DELAY_SLACK: Duration = Duration::from_millis(1000);
 const HOST_DELAY_SLACK: Duration = Duration::from_millis(1);
 
 /// The response headers compared (besides status and body).

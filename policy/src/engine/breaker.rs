@@ -107,6 +107,14 @@ pub struct Ticket {
     probe: bool,
 }
 
+impl Ticket {
+    /// Whether the request is one of the half-open phase's probes (its outcome decides whether
+    /// the breaker closes).
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Admitted(Ticket),
