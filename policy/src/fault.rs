@@ -143,9 +143,10 @@ impl FaultPlan {
         }
     }
 
-    /// Whether the block may delay requests (and so has a `fault_active` gauge).
+    /// Whether the block may delay requests (and so has a `fault_active` gauge, and the filter a
+    /// timer): a delay at a share above 0, or delays on request.
     pub fn delays(&self) -> bool {
-        self.delay.is_some()
+        self.delay.is_some_and(|(ppm, _, _)| ppm > 0 || self.headers)
     }
 
     /// The request headers this block reads (with `headers: true`).
