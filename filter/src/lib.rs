@@ -100,8 +100,9 @@ struct Held {
 
 type Holds = Rc<RefCell<Vec<Hold>>>;
 
-/// How often the root context lets delayed requests go: their delays end within a tick (Envoy
-/// fires a 1 ms tick 0–2 ms late on this machine; docs/envoy-facts.md).
+/// How often the root context lets delayed requests go: their delays end at the first tick after
+/// they are due (Envoy fires a 1 ms tick a few ms late on this machine: a 20 ms delay ended
+/// 0–9 ms late as a client saw it; docs/envoy-facts.md).
 const HOLD_TICK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How often the root context sends the renewals its requests asked for (leased global limits
