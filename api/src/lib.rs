@@ -207,6 +207,9 @@ pub struct PolicyStats {
     /// When the policy injects delays: the requests they hold now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_active: Option<u64>,
+    /// When the policy's concurrency limit has a queue: the requests waiting now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_length: Option<u64>,
 }
 
 #[cfg(test)]
@@ -223,6 +226,7 @@ mod tests {
             in_flight: None,
             global_degraded: None,
             fault_active: None,
+            queue_length: None,
         };
         let json = serde_json::to_string(&stats).unwrap();
         assert_eq!(json, r#"{"requests":{"rate_limited":3},"breaker":"half_open","in_flight":null}"#);

@@ -193,6 +193,10 @@ pub fn define_gauge(name: &str) -> Option<u32> {
     hostcalls::define_metric(MetricType::Gauge, name).ok()
 }
 
+pub fn define_histogram(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Histogram, name).ok()
+}
+
 pub fn increment(metric: Option<u32>, by: u64) {
     if let Some(id) = metric {
         let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));

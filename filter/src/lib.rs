@@ -69,8 +69,12 @@ struct Root {
     /// This root context's id (calls made from its tick act on it again afterwards).
     id: u32,
     config: Option<Rc<Config>>,
-    /// Requests held by injected delays on this worker; the tick lets each go when it is due.
+    /// Requests held on this worker, oldest first: by injected delays (the tick lets each go when
+    /// it is due) or waiting in a queue (the tick has each look at its line).
     holds: Holds,
+    /// Policies whose queue changed on this worker since the last tick: the tick reads their
+    /// lines' length again for the gauge.
+    refresh: Lines,
     /// Lease renewals the worker's requests asked for; sent on the next tick by this context,
     /// which (unlike a request's) lives until the answer comes.
     renewals: Renewals,
@@ -81,18 +85,23 @@ struct Root {
 /// Lease renewals waiting for the root context's next tick, with the configuration they belong to.
 type Renewals = Rc<RefCell<Vec<(Rc<Config>, Renewal)>>>;
 
-/// A request held by an injected delay: the stream, when it may go, and its decision (shared with
-/// the stream's context, which takes it back once the delay is over or when the stream ends).
+/// Policies (of a configuration, by index) whose queue changed.
+type Lines = Rc<RefCell<Vec<(Rc<Config>, usize)>>>;
+
+/// A request held by an injected delay or waiting in a queue: the stream, when it may go, and
+/// its decision (shared with the stream's context, which takes it back once it is decided and
+/// not delayed, or when the stream ends).
 struct Hold {
     context: u32,
-    /// When the hold began: a wall clock that steps back before it lets the request go at once.
+    /// When the delay began: a wall clock that steps back before it lets the request go at once.
     since: u64,
+    /// When the delay is over; when a waiting request's deadline comes.
     until: u64,
     config: Rc<Config>,
     held: std::rc::Weak<RefCell<Held>>,
 }
 
-/// A held request's decision, and whether its delay is over.
+/// A held request's decision, and whether it may go on (its delay is over, its wait decided).
 struct Held {
     admitted: Option<Admitted>,
     over: bool,
@@ -131,6 +140,7 @@ impl RootContext for Root {
             id: context_id,
             held: None,
             holds: self.holds.clone(),
+            refresh: self.refresh.clone(),
             config: self.config.clone(),
             admitted: None,
             exchange: None,
@@ -168,35 +178,90 @@ impl RootContext for Root {
 }
 
 impl Root {
-    /// Lets every held request whose delay is due go on (or get its reply). The held decision is
+    /// Goes through the requests held on this worker: a delay that is due lets its request go
+    /// on (or get its reply); a request waiting in a queue looks at its line, oldest first, and
+    /// one that must still wait spares the younger ones of its line the look. The held decision is
     /// updated and given back before Envoy is called: resuming may run the stream's own callbacks.
     fn release_holds(&mut self) {
-        if self.holds.borrow().is_empty() {
+        let refresh = std::mem::take(&mut *self.refresh.borrow_mut());
+        if self.holds.borrow().is_empty() && refresh.is_empty() {
             return;
         }
         let now = host::now();
-        let due: Vec<Hold> = {
-            let mut holds = self.holds.borrow_mut();
-            let (due, later) =
-                std::mem::take(&mut *holds).into_iter().partition(|h| h.until <= now || now < h.since);
-            *holds = later;
-            due
-        };
+        let holds = std::mem::take(&mut *self.holds.borrow_mut());
+        let mut kept = Vec::with_capacity(holds.len());
+        // Waiters that must wait on: the younger ones of their line need not look.
+        let mut blocked: Vec<(Rc<Config>, Rc<RefCell<Held>>)> = Vec::new();
         let mut released: Vec<(Rc<Config>, usize)> = Vec::new();
-        for hold in due {
-            // Gone: the stream ended first, and its end released the delay.
-            let Some(held) = hold.held.upgrade() else { continue };
+        let mut lines: Vec<(Rc<Config>, usize)> = Vec::new();
+        for mut hold in holds {
+            // Gone: the stream ended first, and its end settled it.
+            let Some(cell) = hold.held.upgrade() else { continue };
             let reply = {
-                let Ok(mut held) = held.try_borrow_mut() else { continue };
-                held.over = true;
+                let Ok(mut held) = cell.try_borrow_mut() else {
+                    kept.push(hold);
+                    continue;
+                };
                 let Some(admitted) = held.admitted.as_mut() else { continue };
-                enforce::delay_over(&hold.config.plan, &HostStore, admitted, now);
-                hold.config.metrics.count(admitted.policy, admitted.events.drain(..));
-                released.push((hold.config.clone(), admitted.policy));
-                match &admitted.verdict {
-                    Verdict::Reject(reply) => Some(reply.clone()),
-                    Verdict::Forward { .. } => None,
+                let plan = &hold.config.plan;
+                if admitted.verdict == Verdict::Wait {
+                    let behind = now < hold.until
+                        && blocked.iter().any(|(config, other)| {
+                            Rc::ptr_eq(config, &hold.config)
+                                && other
+                                    .try_borrow()
+                                    .is_ok_and(|o| o.admitted.as_ref().is_some_and(|o| admitted.behind(o)))
+                        });
+                    if behind {
+                        kept.push(hold);
+                        continue;
+                    }
+                    let context = hold.context;
+                    let decided = enforce::poll(plan, &HostStore, admitted, now, || {
+                        let _ = host::set_effective_context(context);
+                        read_request(plan)
+                    });
+                    if admitted.events.iter().any(|e| matches!(e, enforce::Event::QueueLength(_))) {
+                        lines.push((hold.config.clone(), admitted.policy));
+                    }
+                    hold.config.metrics.count(admitted.policy, admitted.events.drain(..));
+                    if !decided {
+                        drop(held);
+                        blocked.push((hold.config.clone(), cell.clone()));
+                        kept.push(hold);
+                        continue;
+                    }
+                    // Its turn came (or its time ran out): the router's headers now.
+                    if host::set_effective_context(hold.context).is_err() {
+                        continue;
+                    }
+                    if let Verdict::Forward { request_headers } = &admitted.verdict {
+                        for (name, value) in request_headers {
+                            host::set_request_header(name, value);
+                        }
+                    }
+                    if let Some(delay) = admitted.delay {
+                        // An injected delay follows the wait.
+                        (hold.since, hold.until) = (now, now.saturating_add(delay));
+                        kept.push(hold);
+                        continue;
+                    }
+                } else {
+                    // A delay: due, or the wall clock stepped back before it began.
+                    if hold.until > now && now >= hold.since {
+                        kept.push(hold);
+                        continue;
+                    }
+                    enforce::delay_over(plan, &HostStore, admitted, now);
+                    hold.config.metrics.count(admitted.policy, admitted.events.drain(..));
+                    released.push((hold.config.clone(), admitted.policy));
                 }
+                let reply = match &admitted.verdict {
+                    Verdict::Reject(reply) => Some(reply.clone()),
+                    Verdict::Forward { .. } | Verdict::Wait => None,
+                };
+                held.over = true;
+                reply
             };
             if host::set_effective_context(hold.context).is_err() {
                 continue;
@@ -208,9 +273,16 @@ impl Root {
                 None => host::resume_request(),
             }
         }
+        {
+            // Held ones first, then any held meanwhile: oldest first.
+            let mut holds = self.holds.borrow_mut();
+            let meanwhile = std::mem::replace(&mut *holds, kept);
+            holds.extend(meanwhile);
+        }
         let _ = host::set_effective_context(self.id);
-        // Workers record the gauge as they change the count, so a late write from another worker
-        // can leave it stale; the count itself is exact: read it again.
+        // Workers record the gauges as they change the counts, so a late write from another
+        // worker can leave one stale; the counts themselves are exact: read them again (a
+        // line's now and on the next tick, after the changes other workers make meanwhile).
         released.dedup_by(|a, b| Rc::ptr_eq(&a.0, &b.0) && a.1 == b.1);
         for (config, policy) in released {
             if let Some(fp) = config.plan.policies.get(policy).and_then(|p| p.fault.as_ref())
@@ -219,6 +291,18 @@ impl Root {
                 config.metrics.count(policy, std::iter::once(enforce::Event::FaultActive(n)));
             }
         }
+        let mut again = lines.clone();
+        lines.extend(refresh);
+        lines.dedup_by(|a, b| Rc::ptr_eq(&a.0, &b.0) && a.1 == b.1);
+        for (config, policy) in &lines {
+            if let Some(n) =
+                config.plan.policies.get(*policy).and_then(|p| enforce::queue_length(p, &HostStore, now))
+            {
+                config.metrics.count(*policy, std::iter::once(enforce::Event::QueueLength(n)));
+            }
+        }
+        again.dedup_by(|a, b| Rc::ptr_eq(&a.0, &b.0) && a.1 == b.1);
+        self.refresh.borrow_mut().extend(again);
     }
 
     fn configure(&mut self) -> bool {
@@ -240,7 +324,10 @@ impl Root {
                     ),
                 );
                 let leased = plan.policies.iter().any(|p| p.global.as_ref().is_some_and(|g| g.leased()));
-                let delays = plan.policies.iter().any(|p| p.fault.as_ref().is_some_and(|f| f.delays()));
+                let delays = plan.policies.iter().any(|p| {
+                    p.fault.as_ref().is_some_and(|f| f.delays())
+                        || p.policy.concurrency_limit.as_ref().is_some_and(|c| c.queue.is_some())
+                });
                 let _ = proxy_wasm::hostcalls::set_tick_period(match (delays, leased) {
                     (true, _) => HOLD_TICK,
                     (false, true) => RENEWAL_TICK,
@@ -271,9 +358,11 @@ pub fn load_plan(bytes: &[u8]) -> Result<Plan, Vec<String>> {
 struct Http {
     /// This stream's context id (the root names it to resume the stream after a delay).
     id: u32,
-    /// Held by an injected delay: the decision lives here meanwhile (the root's tick reads it).
+    /// Held by an injected delay or waiting in a queue: the decision lives here meanwhile (the
+    /// root's tick reads it).
     held: Option<Rc<RefCell<Held>>>,
     holds: Holds,
+    refresh: Lines,
     config: Option<Rc<Config>>,
     admitted: Option<Admitted>,
     /// The upstream outcome as seen at response headers (before any fallback replaced it).
@@ -337,8 +426,8 @@ fn outcome(status: Option<u16>) -> Exchange {
 }
 
 impl Http {
-    /// Whether the request waits: for the rate-limit service, or out an injected delay (its body
-    /// and trailers wait too: going on would send it upstream early).
+    /// Whether the request waits: for the rate-limit service, in a queue, or out an injected delay
+    /// (its body and trailers wait too: going on would send it upstream early).
     fn waiting(&self) -> bool {
         self.asking.is_some() || self.held.as_ref().is_some_and(|h| !h.borrow().over)
     }
@@ -356,9 +445,22 @@ impl Http {
     /// Acts on a decision: a local reply (the stream then stays paused), or the router's headers
     /// and on.
     fn act(&mut self, config: &Rc<Config>, mut admitted: Admitted) -> Action {
-        config.metrics.count(admitted.policy, admitted.events.drain(..));
+        self.count(config, &mut admitted);
         if let Some(renewal) = admitted.renewal.take() {
             self.renewals.borrow_mut().push((config.clone(), renewal));
+        }
+        if let Some(deadline) = admitted.waits_until() {
+            // In a queue: the root's tick has it look at its line.
+            let held = Rc::new(RefCell::new(Held { admitted: Some(admitted), over: false }));
+            self.holds.borrow_mut().push(Hold {
+                context: self.id,
+                since: host::now(),
+                until: deadline,
+                config: config.clone(),
+                held: Rc::downgrade(&held),
+            });
+            self.held = Some(held);
+            return Action::Pause;
         }
         if let Some(delay) = admitted.delay {
             // The router's headers now; the reply, or going on, when the root lets it go.
@@ -392,9 +494,18 @@ impl Http {
                 }
                 Action::Continue
             }
+            Verdict::Wait => Action::Pause,
         };
         self.admitted = Some(admitted);
         action
+    }
+
+    /// Counts a decision's events; a change to a queue has the root read the line again.
+    fn count(&self, config: &Rc<Config>, admitted: &mut Admitted) {
+        if admitted.events.iter().any(|e| matches!(e, enforce::Event::QueueLength(_))) {
+            self.refresh.borrow_mut().push((config.clone(), admitted.policy));
+        }
+        config.metrics.count(admitted.policy, admitted.events.drain(..));
     }
 }
 
@@ -494,7 +605,7 @@ impl HttpContext for Http {
             None
         };
         enforce::finish(&config.plan, &HostStore, &mut admitted, &exchange, attempts, host::now());
-        config.metrics.count(admitted.policy, admitted.events.drain(..));
+        self.count(&config, &mut admitted);
     }
 }
 

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 
 use breakwater_policy::enforce::Event;
 use breakwater_policy::engine::store;
-use breakwater_policy::metrics::{Counter, Gauge, VM_MEMORY_GAUGE, VM_MEMORY_KEY, counter_name, gauge_name};
+use breakwater_policy::metrics::{
+    Counter, Gauge, Histogram, VM_MEMORY_GAUGE, VM_MEMORY_KEY, counter_name, gauge_name, histogram_name,
+};
 use breakwater_policy::plan::Plan;
 
 use crate::host::{self, HostStore};
@@ -26,6 +28,8 @@ struct PolicyMetrics {
     in_flight: Option<u32>,
     global_degraded: Option<u32>,
     fault_active: Option<u32>,
+    queue_length: Option<u32>,
+    queue_wait: Option<u32>,
 }
 
 thread_local! {
@@ -85,11 +89,22 @@ impl Metrics {
                 .map(|p| {
                     let name = p.name();
                     let mut m = defined.remove(name).unwrap_or_default();
+                    let queue = p.policy.concurrency_limit.as_ref().is_some_and(|c| c.queue.is_some());
                     for (id, c) in m.counters.iter_mut().zip(Counter::ALL) {
-                        if (p.global.is_some() || !c.global_only()) && (p.fault.is_some() || !c.fault_only())
+                        if (p.global.is_some() || !c.global_only())
+                            && (p.fault.is_some() || !c.fault_only())
+                            && (queue || !c.queue_only())
                         {
                             ensure(id, || host::define_counter(&counter_name(name, c)));
                         }
+                    }
+                    if queue {
+                        ensure(&mut m.queue_length, || {
+                            host::define_gauge(&gauge_name(name, Gauge::QueueLength))
+                        });
+                        ensure(&mut m.queue_wait, || {
+                            host::define_histogram(&histogram_name(name, Histogram::QueueWaitMs))
+                        });
                     }
                     if p.breaker.is_some() {
                         ensure(&mut m.breaker_state, || {
@@ -126,6 +141,8 @@ impl Metrics {
                 Event::InFlight(n) => host::record(m.in_flight, u64::from(n)),
                 Event::GlobalDegraded(on) => host::record(m.global_degraded, u64::from(on)),
                 Event::FaultActive(n) => host::record(m.fault_active, u64::from(n)),
+                Event::QueueLength(n) => host::record(m.queue_length, u64::from(n)),
+                Event::QueueWaited(ms) => host::record(m.queue_wait, ms),
                 other => {
                     if let Some((c, by)) = other.counter() {
                         host::increment(m.counters.get(c.index()).copied().flatten(), by);

@@ -197,6 +197,11 @@ impl World {
         self.metrics.borrow().iter().find(|m| m.name == name).map(|m| m.value)
     }
 
+    /// The values recorded into a histogram, oldest first (empty when it is not defined).
+    pub fn samples(&self, name: &str) -> Vec<u64> {
+        self.metrics.borrow().iter().find(|m| m.name == name).map(|m| m.samples.clone()).unwrap_or_default()
+    }
+
     /// xorshift64*: deterministic for a seed.
     pub fn next_random(&self) -> u64 {
         let mut x = self.rng.get();

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::diag::Diagnostic;
+use crate::engine::concurrency;
 use crate::fields::*;
 use crate::model::*;
 use crate::read::{Fields, Path, Reader, SpanIndex};
@@ -403,7 +404,36 @@ fn concurrency_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Con
     let key = keys(r, &f);
     let max_keys = max_keys(r, &f);
     let response = response_or(r, &f, default_concurrency_response);
-    Some(ConcurrencyLimit { max_in_flight, key, max_keys, response })
+    let queue = f.get("queue").and_then(|(n, p)| queue(r, n, &p));
+    Some(ConcurrencyLimit { max_in_flight, key, max_keys, response, queue })
+}
+
+fn queue(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Queue> {
+    let f = r.fields(node, path, QUEUE_FIELDS)?;
+    let max_waiting = match f.get("max_waiting") {
+        Some((n, p)) => r.int_as(n, &p, 1, u64::from(concurrency::MAX_WAITING)),
+        None => {
+            r.error(
+                &path.field("max_waiting"),
+                node,
+                "missing field `max_waiting` (how many requests may wait at once)",
+            );
+            None
+        }
+    };
+    let max_wait = f
+        .get("max_wait")
+        .and_then(|(n, p)| {
+            let d = r.duration(n, &p)?;
+            if d.as_millis() > MAX_QUEUE_WAIT_MS {
+                let most = Duration::from_millis(MAX_QUEUE_WAIT_MS);
+                r.error(&p, n, format!("at most {most}: a proxy should not hold a request longer"));
+                return None;
+            }
+            Some(d)
+        })
+        .unwrap_or_else(default_queue_max_wait);
+    Some(Queue { max_waiting: max_waiting?, max_wait })
 }
 
 fn outcomes(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Vec<Outcome>> {

@@ -48,6 +48,16 @@ pub enum Event {
     FaultDelaySkipped,
     /// Requests held by injected delays now.
     FaultActive(u32),
+    /// The request waits for a concurrency slot (or, in shadow mode, would).
+    Queued,
+    /// A waiting request got its slot.
+    QueueAdmitted,
+    /// A waiting request's client went away.
+    QueueAbandoned,
+    /// Requests waiting in the line now.
+    QueueLength(u32),
+    /// How long a request waited in the line (milliseconds), when it got its slot or timed out.
+    QueueWaited(u64),
 }
 
 impl Event {
@@ -63,7 +73,15 @@ impl Event {
             Event::GlobalUnavailable => (Counter::GlobalUnavailable, 1),
             Event::FaultDelayed => (Counter::FaultDelayed, 1),
             Event::FaultDelaySkipped => (Counter::FaultDelaySkipped, 1),
-            Event::Breaker(_) | Event::InFlight(_) | Event::GlobalDegraded(_) | Event::FaultActive(_) => {
+            Event::Queued => (Counter::Queued, 1),
+            Event::QueueAdmitted => (Counter::QueueAdmitted, 1),
+            Event::QueueAbandoned => (Counter::QueueAbandoned, 1),
+            Event::Breaker(_)
+            | Event::InFlight(_)
+            | Event::GlobalDegraded(_)
+            | Event::FaultActive(_)
+            | Event::QueueLength(_)
+            | Event::QueueWaited(_) => {
                 return None;
             }
         })
@@ -111,6 +129,9 @@ pub enum Verdict {
     Forward { request_headers: Vec<(&'static str, HeaderValue)> },
     /// Answer with this reply instead.
     Reject(Reply),
+    /// Hold the request: it waits in a concurrency limit's queue. Call [`poll`] (on a timer)
+    /// until it returns true; the verdict is then one of the others.
+    Wait,
 }
 
 /// A request under a policy, from admission to its end.
@@ -143,11 +164,42 @@ pub struct Admitted {
     holding: Option<u64>,
     /// An injected abort the breaker counts (`count_in_breaker`): the status it records.
     injected: Option<u16>,
+    /// Whether the policy retries this request's method, and how many retries it wants.
+    retriable: bool,
+    want: u32,
+    /// Waiting for a concurrency slot ([`Verdict::Wait`]).
+    waiting: Option<Waiting>,
+}
+
+/// A request's place in a concurrency limit's queue.
+#[derive(Debug, Clone)]
+struct Waiting {
+    place: concurrency::Place,
+    /// The keyed slot the line is in; None: in the policy's record.
+    at: Option<SlotRef>,
+    since: Nanos,
 }
 
 impl Admitted {
     pub fn forwarded(&self) -> bool {
         matches!(self.verdict, Verdict::Forward { .. })
+    }
+
+    /// When a request that waits in a queue stops waiting at the latest (it is then answered
+    /// with the block's response at its next [`poll`]).
+    pub fn waits_until(&self) -> Option<Nanos> {
+        self.waiting.as_ref().map(|w| w.place.deadline)
+    }
+
+    /// Whether this waiting request is behind `other` in the same line (when `other` must wait,
+    /// so must this one: it need not look).
+    pub fn behind(&self, other: &Admitted) -> bool {
+        match (&self.waiting, &other.waiting) {
+            (Some(a), Some(b)) => {
+                self.policy == other.policy && a.at == b.at && b.place.ticket < a.place.ticket
+            }
+            _ => false,
+        }
     }
 
     /// Whether the router may have retried this request (it was allowed some retries); only then
@@ -258,14 +310,15 @@ impl Exchange {
     }
 }
 
-/// Concurrency slots: idle at zero in flight (expired leases not counted); never evicted (releases
-/// must find their count). Holds the lease's bucket width.
+/// Concurrency slots: idle at zero in flight and none waiting (expired leases and waiters past
+/// their deadline not counted); never evicted (releases and waiters must find their count). Holds the lease's bucket width.
 struct ConcurrencySlots(Nanos);
 
 impl SlotState for ConcurrencySlots {
     fn activity(&self, state: &[u8], now: Nanos) -> Option<u64> {
-        let n = concurrency::in_flight(Some(state), now, self.0);
-        (n > 0).then_some(u64::from(n))
+        let n = u64::from(concurrency::in_flight(Some(state), now, self.0))
+            .saturating_add(u64::from(concurrency::waiting(Some(state), now, self.0)));
+        (n > 0).then_some(n)
     }
     fn evictable(&self) -> bool {
         false
@@ -359,6 +412,8 @@ enum Stage {
     RateLimit,
     /// Everything after the rate limits.
     AfterRateLimits,
+    /// Everything after the concurrency limit (a request that waited for its slot).
+    AfterConcurrency,
 }
 
 /// Admits (or rejects) a request, or asks for the rate-limit service's answer first (a policy
@@ -371,32 +426,18 @@ pub fn admit<S: SharedStore + ?Sized>(
 ) -> Option<Step> {
     let (index, p) = plan.first_match(req)?;
     let mut a = Admitted {
-        policy: index,
-        decision: Decision::Allowed,
         verdict: Verdict::Forward { request_headers: Vec::new() },
-        events: Vec::new(),
-        response_headers: Vec::new(),
         started: now,
-        slot: None,
-        record_slot: false,
-        slot_epoch: 0,
-        renewal: None,
-        ticket: None,
-        reservation: None,
-        replied: false,
-        delay: None,
-        holding: None,
-        injected: None,
+        ..placeholder(index)
     };
     let retriable = p.policy.retry.as_ref().is_some_and(|r| r.methods.iter().any(|m| m == req.method()));
     let want = match &p.policy.retry {
         Some(r) if retriable => r.max_retries,
         _ => 0,
     };
+    (a.retriable, a.want) = (retriable, want);
     let Some(gp) = &p.global else {
-        let rejection = check_limits(p, store, req, now, &mut a, want, Stage::All)
-            .or_else(|| inject(p, store, req, now, &mut a));
-        return Some(Step::Decided(conclude(plan, p, a, rejection, retriable)));
+        return Some(Step::Decided(decide_rest(plan, p, store, req, now, a, Stage::All)));
     };
     if let Some(rejection) = check_limits(p, store, req, now, &mut a, want, Stage::RateLimit) {
         return Some(Step::Decided(conclude(plan, p, a, Some(rejection), retriable)));
@@ -545,10 +586,130 @@ fn after_global<S: SharedStore + ?Sized>(
             }
             Some(r)
         }
-        None => check_limits(p, store, req, now, &mut a, want, Stage::AfterRateLimits)
-            .or_else(|| inject(p, store, req, now, &mut a)),
+        None => return decide_rest(plan, p, store, req, now, a, Stage::AfterRateLimits),
     };
     conclude(plan, p, a, rejection, retriable)
+}
+
+/// The blocks of `stage` on, then the faults; or, when the request waits in a queue, nothing
+/// more yet ([`Verdict::Wait`]: [`poll`] goes on from there).
+fn decide_rest<S: SharedStore + ?Sized>(
+    plan: &Plan,
+    p: &PolicyPlan,
+    store: &S,
+    req: &impl RequestView,
+    now: Nanos,
+    mut a: Admitted,
+    stage: Stage,
+) -> Admitted {
+    let want = a.want;
+    let rejection = check_limits(p, store, req, now, &mut a, want, stage);
+    if rejection.is_none() && a.waiting.is_some() {
+        a.verdict = Verdict::Wait;
+        return a;
+    }
+    let rejection = rejection.or_else(|| inject(p, store, req, now, &mut a));
+    let retriable = a.retriable;
+    conclude(plan, p, a, rejection, retriable)
+}
+
+/// A request waiting in a queue looks at its line: when its turn has come it takes the slot and
+/// the blocks after the concurrency limit decide it (`request` is read then, for faults on
+/// request headers); at its deadline it gets the block's response. True when the request is
+/// decided ([`Admitted::verdict`] is no longer [`Verdict::Wait`]); false while it waits.
+pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
+    plan: &Plan,
+    store: &S,
+    a: &mut Admitted,
+    now: Nanos,
+    request: impl FnOnce() -> R,
+) -> bool {
+    let Some(w) = a.waiting.clone() else { return true };
+    let (Some(p), Some(cl)) = (
+        plan.policies.get(a.policy),
+        plan.policies.get(a.policy).and_then(|p| p.policy.concurrency_limit.as_ref()),
+    ) else {
+        a.waiting = None;
+        return true;
+    };
+    let (max, width) = (cl.max_in_flight, p.lease_width);
+    let max_wait = cl.queue.as_ref().map_or(0, |q| q.max_wait.as_nanos());
+    let look = |s: Option<&[u8]>| concurrency::poll(s, w.place, max, max_wait, now, width);
+    let result = match &w.at {
+        Some(at) => {
+            KeyTable::update_at(store, at, look).map(|r| r.unwrap_or((concurrency::Polled::TimedOut, 0)))
+        }
+        None => record::update(store, &p.state.record, |old, new| {
+            let (r, b) = look(old[record::CONCURRENCY]);
+            new[record::CONCURRENCY] = b;
+            r
+        }),
+    };
+    let polled = match result {
+        Ok((polled, waiting)) => {
+            if !matches!(polled, concurrency::Polled::Waiting { .. }) {
+                a.events.push(Event::QueueLength(waiting));
+            }
+            polled
+        }
+        Err(_) => {
+            a.events.push(Event::StateUnavailable);
+            if now < w.place.deadline {
+                return false;
+            }
+            concurrency::Polled::TimedOut
+        }
+    };
+    let rejection = match polled {
+        concurrency::Polled::Waiting { .. } => return false,
+        concurrency::Polled::TimedOut => Some((Decision::QueueTimeout, reply(&cl.response, Vec::new()))),
+        concurrency::Polled::Admitted(slot) => {
+            a.events.push(Event::QueueAdmitted);
+            a.events.push(Event::InFlight(slot.in_flight));
+            a.slot_epoch = slot.epoch;
+            match w.at {
+                Some(at) => a.slot = Some(at),
+                None => a.record_slot = true,
+            }
+            None
+        }
+    };
+    a.waiting = None;
+    a.verdict = Verdict::Forward { request_headers: Vec::new() };
+    a.events.push(Event::QueueWaited(now.saturating_sub(w.since) / 1_000_000));
+    // The wait is not the upstream's time (a breaker's slow calls).
+    a.started = now;
+    let taken = std::mem::replace(a, placeholder(a.policy));
+    *a = match rejection {
+        Some(r) => conclude(plan, p, taken, Some(r), false),
+        None => decide_rest(plan, p, store, &request(), now, taken, Stage::AfterConcurrency),
+    };
+    true
+}
+
+/// An empty decision, to stand in while the real one is moved.
+fn placeholder(policy: usize) -> Admitted {
+    Admitted {
+        policy,
+        decision: Decision::Allowed,
+        verdict: Verdict::Wait,
+        events: Vec::new(),
+        response_headers: Vec::new(),
+        started: 0,
+        slot: None,
+        record_slot: false,
+        slot_epoch: 0,
+        renewal: None,
+        ticket: None,
+        reservation: None,
+        replied: false,
+        delay: None,
+        holding: None,
+        injected: None,
+        retriable: false,
+        want: 0,
+        waiting: None,
+    }
 }
 
 /// The global limit's rejection, if the service's answer (or, without one, `failure_mode`) is one.
@@ -699,7 +860,7 @@ fn check_limits<S: SharedStore + ?Sized>(
 ) -> Option<(Decision, Reply)> {
     let mut pending: Blocks = [false; 3];
     let rejection = 'blocks: {
-        if stage != Stage::AfterRateLimits
+        if matches!(stage, Stage::All | Stage::RateLimit)
             && let (Some(rl), Some(g)) = (&p.policy.rate_limit, &p.rate_limit)
         {
             match &p.state.rate_limit {
@@ -720,7 +881,9 @@ fn check_limits<S: SharedStore + ?Sized>(
                 None => return None,
             }
         }
-        if let Some(cl) = &p.policy.concurrency_limit {
+        if stage != Stage::AfterConcurrency
+            && let Some(cl) = &p.policy.concurrency_limit
+        {
             match &p.state.concurrency {
                 None => pending[record::CONCURRENCY] = true,
                 Some(table) => {
@@ -728,17 +891,22 @@ fn check_limits<S: SharedStore + ?Sized>(
                         break 'blocks Some(r);
                     }
                     let fp = key_fingerprint(table.seed(), &cl.key, req);
-                    let max = cl.max_in_flight;
+                    let (max, queue, join) = queue_of(p);
                     let width = p.lease_width;
                     let result = table.update_fp(store, fp, now, &ConcurrencySlots(width), |s| {
-                        concurrency::acquire(s, max, now, width)
+                        concurrency::acquire_or_wait(s, max, queue, join, now, width)
                     });
-                    let (slot, at) = result.ok().unzip();
-                    if let Some(r) = concurrency_limited(p, a, slot) {
+                    let (admission, at) = result.ok().unzip();
+                    if let Some(r) = concurrency_limited(p, a, admission, at.clone(), now) {
                         break 'blocks Some(r);
                     }
-                    a.slot = at;
-                    a.slot_epoch = slot.map_or(0, |s| s.epoch);
+                    if a.waiting.is_some() {
+                        return None;
+                    }
+                    if admission.is_some_and(|ad| ad.slot.acquired) {
+                        a.slot = at;
+                        a.slot_epoch = admission.map_or(0, |ad| ad.slot.epoch);
+                    }
                 }
             }
         }
@@ -753,11 +921,22 @@ fn check_limits<S: SharedStore + ?Sized>(
     rejection
 }
 
+/// A policy's concurrency limit, its queue's bounds, and whether a request may join the line
+/// (not in shadow mode, where requests are never held).
+fn queue_of(p: &PolicyPlan) -> (u32, Option<concurrency::QueueLimits>, bool) {
+    let Some(cl) = &p.policy.concurrency_limit else { return (0, None, false) };
+    let queue = cl
+        .queue
+        .as_ref()
+        .map(|q| concurrency::QueueLimits { max_waiting: q.max_waiting, max_wait: q.max_wait.as_nanos() });
+    (cl.max_in_flight, queue, p.enforcing())
+}
+
 /// What one update of a policy's record decided.
 #[derive(Debug, Clone, Copy, Default)]
 struct Taken {
     rate: Option<RateDecision>,
-    slot: Option<concurrency::Slot>,
+    slot: Option<concurrency::Admission>,
     breaker: Option<(Admission, Option<Transition>)>,
     budget: Option<Reservation>,
 }
@@ -777,7 +956,7 @@ fn flush<S: SharedStore + ?Sized>(
         return None;
     }
     let forward_anyway = !p.enforcing();
-    let max_in_flight = p.policy.concurrency_limit.as_ref().map_or(0, |c| c.max_in_flight);
+    let (max_in_flight, queue, join) = queue_of(p);
     let width = p.lease_width;
     let taken = record::update(store, &p.state.record, |old, new| {
         let mut t = Taken::default();
@@ -792,9 +971,18 @@ fn flush<S: SharedStore + ?Sized>(
                 }
             }
             if blocks[record::CONCURRENCY] {
-                let (slot, b) = concurrency::acquire(old[record::CONCURRENCY], max_in_flight, now, width);
-                (new[record::CONCURRENCY], t.slot) = (b, Some(slot));
-                if !slot.acquired {
+                let (admission, b) = concurrency::acquire_or_wait(
+                    old[record::CONCURRENCY],
+                    max_in_flight,
+                    queue,
+                    join,
+                    now,
+                    width,
+                );
+                (new[record::CONCURRENCY], t.slot) = (b, Some(admission));
+                // Refused, or waiting in the line: the blocks after it decide later, if ever. In
+                // shadow mode a request that would wait goes on.
+                if !admission.slot.acquired && (join || admission.place.is_none()) {
                     break 'decide true;
                 }
             }
@@ -819,7 +1007,7 @@ fn flush<S: SharedStore + ?Sized>(
         }
         t
     });
-    apply(p, store, a, blocks, budget.map(|(_, w)| w), taken)
+    apply(p, store, a, (blocks, now), budget.map(|(_, w)| w), taken)
 }
 
 /// Acts on the decisions of one record update, in block order; Err (no state) lets each block's
@@ -828,7 +1016,7 @@ fn apply<S: SharedStore + ?Sized>(
     p: &PolicyPlan,
     store: &S,
     a: &mut Admitted,
-    blocks: Blocks,
+    (blocks, now): (Blocks, Nanos),
     want: Option<u32>,
     taken: Result<Taken, StoreError>,
 ) -> Option<(Decision, Reply)> {
@@ -839,7 +1027,7 @@ fn apply<S: SharedStore + ?Sized>(
             return Some(r);
         }
         if blocks[record::CONCURRENCY]
-            && let Some(r) = concurrency_limited(p, a, None)
+            && let Some(r) = concurrency_limited(p, a, None, None, 0)
         {
             return Some(r);
         }
@@ -865,12 +1053,17 @@ fn apply<S: SharedStore + ?Sized>(
     {
         return Some(r);
     }
-    if let Some(slot) = t.slot {
-        if let Some(r) = concurrency_limited(p, a, Some(slot)) {
+    if let Some(admission) = t.slot {
+        if let Some(r) = concurrency_limited(p, a, Some(admission), None, now) {
             return Some(r);
         }
-        a.record_slot = true;
-        a.slot_epoch = slot.epoch;
+        if a.waiting.is_some() {
+            return None;
+        }
+        if admission.slot.acquired {
+            a.record_slot = true;
+            a.slot_epoch = admission.slot.epoch;
+        }
     }
     if let Some(admitted) = t.breaker {
         return circuit_open(p, store, a, Some(admitted));
@@ -909,19 +1102,30 @@ fn rate_limited(
     }
 }
 
-/// The concurrency limit's rejection, if the slot was not had.
+/// The concurrency limit's rejection, if the slot was not had and the request does not wait
+/// for one (a request that waits gets its place, in the record's line or at the keyed slot `at`).
 fn concurrency_limited(
     p: &PolicyPlan,
     a: &mut Admitted,
-    slot: Option<concurrency::Slot>,
+    admission: Option<concurrency::Admission>,
+    at: Option<SlotRef>,
+    now: Nanos,
 ) -> Option<(Decision, Reply)> {
     let cl = p.policy.concurrency_limit.as_ref()?;
-    match slot {
-        Some(slot) if !slot.acquired => Some((Decision::ConcurrencyLimited, reply(&cl.response, Vec::new()))),
-        Some(slot) => {
-            a.events.push(Event::InFlight(slot.in_flight));
+    match admission {
+        Some(ad) if ad.slot.acquired => {
+            a.events.push(Event::InFlight(ad.slot.in_flight));
             None
         }
+        Some(concurrency::Admission { place: Some(place), waiting, .. }) => {
+            a.events.push(Event::Queued);
+            if p.enforcing() {
+                a.events.push(Event::QueueLength(waiting));
+                a.waiting = Some(Waiting { place, at, since: now });
+            }
+            None
+        }
+        Some(_) => Some((Decision::ConcurrencyLimited, reply(&cl.response, Vec::new()))),
         None => {
             a.events.push(Event::StateUnavailable);
             deny(p).then(|| (Decision::ConcurrencyLimited, reply(&cl.response, Vec::new())))
@@ -1019,6 +1223,9 @@ pub fn finish<S: SharedStore + ?Sized>(
     attempts: Option<u32>,
     now: Nanos,
 ) {
+    if leave_line(plan, store, a, now) {
+        return;
+    }
     delay_over(plan, store, a, now);
     let injected;
     let exchange = match a.injected.take() {
@@ -1069,6 +1276,29 @@ pub fn finish<S: SharedStore + ?Sized>(
     }
 }
 
+/// A request that ends while it waits in a queue (its client went away) leaves the line; it
+/// holds nothing else. Whether it was waiting.
+fn leave_line<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted, now: Nanos) -> bool {
+    let Some(w) = a.waiting.take() else { return false };
+    a.events.push(Event::QueueAbandoned);
+    let Some(p) = plan.policies.get(a.policy) else { return true };
+    let width = p.lease_width;
+    let leave = |s: Option<&[u8]>| concurrency::leave(s, w.place.ticket, now, width);
+    let result = match &w.at {
+        Some(at) => KeyTable::update_at(store, at, leave).map(|n| n.unwrap_or(0)),
+        None => record::update(store, &p.state.record, |old, new| {
+            let (n, b) = leave(old[record::CONCURRENCY]);
+            new[record::CONCURRENCY] = b;
+            n
+        }),
+    };
+    match result {
+        Ok(n) => a.events.push(Event::QueueLength(n)),
+        Err(_) => a.events.push(Event::StateUnavailable),
+    }
+    true
+}
+
 /// Gives the keyed concurrency slot back, once.
 fn release<S: SharedStore + ?Sized>(store: &S, p: &PolicyPlan, a: &mut Admitted, now: Nanos) {
     if let Some(slot) = a.slot.take() {
@@ -1081,6 +1311,19 @@ fn release<S: SharedStore + ?Sized>(store: &S, p: &PolicyPlan, a: &mut Admitted,
             }
         }
     }
+}
+
+/// Requests waiting in a policy's queue now, when its line is in the policy's record (an unkeyed
+/// limit with a queue): for the queue-length gauge, which workers write as they change the line
+/// (a late write from another worker can leave it stale; this reads the line itself).
+pub fn queue_length<S: SharedStore + ?Sized>(p: &PolicyPlan, store: &S, now: Nanos) -> Option<u32> {
+    p.policy.concurrency_limit.as_ref()?.queue.as_ref()?;
+    if p.state.concurrency.is_some() {
+        return None;
+    }
+    let bytes = store.get(&p.state.record).ok()?.map(|(b, _)| b);
+    let sections = record::split(bytes.as_deref());
+    Some(concurrency::waiting(sections[record::CONCURRENCY], now, p.lease_width))
 }
 
 /// The breaker phase of a policy as stored now (for the breaker-state gauge and the admin).

@@ -39,7 +39,8 @@ pub const GLOBAL_RATE_LIMIT_FIELDS: &[&str] = &[
     "response",
 ];
 pub const DEGRADED_FIELDS: &[&str] = &["envoys", "learn"];
-pub const CONCURRENCY_FIELDS: &[&str] = &["max_in_flight", "key", "max_keys", "response"];
+pub const CONCURRENCY_FIELDS: &[&str] = &["max_in_flight", "key", "max_keys", "response", "queue"];
+pub const QUEUE_FIELDS: &[&str] = &["max_waiting", "max_wait"];
 pub const BREAKER_FIELDS: &[&str] = &[
     "window",
     "minimum_calls",
@@ -61,7 +62,7 @@ pub const FAULT_ABORT_FIELDS: &[&str] = &["percent", "response", "count_in_break
 pub const FAULT_DELAY_FIELDS: &[&str] = &["percent", "duration", "max"];
 
 /// Every field list of the language.
-pub const FIELD_LISTS: [&[&str]; 16] = [
+pub const FIELD_LISTS: [&[&str]; 17] = [
     DOCUMENT_FIELDS,
     POLICY_FIELDS,
     MATCH_FIELDS,
@@ -69,6 +70,7 @@ pub const FIELD_LISTS: [&[&str]; 16] = [
     GLOBAL_RATE_LIMIT_FIELDS,
     DEGRADED_FIELDS,
     CONCURRENCY_FIELDS,
+    QUEUE_FIELDS,
     BREAKER_FIELDS,
     SLOW_CALL_FIELDS,
     RETRY_FIELDS,

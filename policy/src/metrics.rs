@@ -96,11 +96,21 @@ words! {
         FaultDelayed => "fault_delayed",
         /// Injected delays left out because `fault.max_active` delays were held already.
         FaultDelaySkipped => "fault_delay_skipped",
+        /// Requests that waited for a concurrency slot (`concurrency_limit.queue`).
+        Queued => "queued",
+        /// Waiting requests that got their slot.
+        QueueAdmitted => "queue_admitted",
+        /// Waiting requests answered with the block's response after `max_wait`.
+        QueueTimeout => "queue_timeout",
+        /// Waiting requests whose client went away before their turn.
+        QueueAbandoned => "queue_abandoned",
     }
 }
 
 words! {
-    /// What a policy decided for a request: the first six [`Counter`]s, one per request.
+    /// What a policy decided for a request, one per request (a request whose client left while
+    /// it waited for the rate-limit service or in a queue has none); each is counted by the
+    /// [`Counter`] of the same name.
     pub enum Decision {
         Allowed => "allowed",
         RateLimited => "rate_limited",
@@ -108,6 +118,7 @@ words! {
         CircuitOpen => "circuit_open",
         GlobalRateLimited => "global_rate_limited",
         FaultAborted => "fault_aborted",
+        QueueTimeout => "queue_timeout",
     }
 }
 
@@ -132,6 +143,18 @@ words! {
         GlobalDegraded => "global_degraded",
         /// Requests held by injected delays now (`fault.delay`), across the Envoy's workers.
         FaultActive => "fault_active",
+        /// Requests waiting for a concurrency slot now (`concurrency_limit.queue`), across the
+        /// Envoy's workers (a keyed limit: in the line the last change was made in).
+        QueueLength => "queue_length",
+    }
+}
+
+words! {
+    /// The histograms of one policy (Envoy's default buckets, which suit milliseconds).
+    pub enum Histogram {
+        /// How long requests waited in a concurrency limit's queue, in milliseconds (those that
+        /// got their slot and those that timed out).
+        QueueWaitMs => "queue_wait_ms",
     }
 }
 
@@ -152,6 +175,14 @@ impl Counter {
         matches!(self, Counter::FaultAborted | Counter::FaultDelayed | Counter::FaultDelaySkipped)
     }
 
+    /// Whether only a policy whose concurrency limit has a `queue` can count it.
+    pub const fn queue_only(self) -> bool {
+        matches!(
+            self,
+            Counter::Queued | Counter::QueueAdmitted | Counter::QueueTimeout | Counter::QueueAbandoned
+        )
+    }
+
     /// The decision this counter counts, if it is one.
     pub fn decision(self) -> Option<Decision> {
         Decision::parse(self.as_str())
@@ -168,6 +199,7 @@ impl Decision {
             Decision::CircuitOpen => Counter::CircuitOpen,
             Decision::GlobalRateLimited => Counter::GlobalRateLimited,
             Decision::FaultAborted => Counter::FaultAborted,
+            Decision::QueueTimeout => Counter::QueueTimeout,
         }
     }
 }
@@ -209,11 +241,17 @@ pub fn gauge_name(policy: &str, gauge: Gauge) -> String {
     format!("{PREFIX}.{gauge}.policy.{policy}")
 }
 
+/// The stat name the filter defines for one policy's histogram.
+pub fn histogram_name(policy: &str, histogram: Histogram) -> String {
+    format!("{PREFIX}.{histogram}.policy.{policy}")
+}
+
 /// One of breakwater's metrics, known by its stat name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricName<'a> {
     Counter { policy: &'a str, counter: Counter },
     Gauge { policy: &'a str, gauge: Gauge },
+    Histogram { policy: &'a str, histogram: Histogram },
 }
 
 impl<'a> MetricName<'a> {
@@ -226,8 +264,10 @@ impl<'a> MetricName<'a> {
         if kind == REQUESTS {
             let (policy, counter) = rest.rsplit_once(".decision.")?;
             Some(MetricName::Counter { policy, counter: Counter::parse(counter)? })
+        } else if let Some(gauge) = Gauge::parse(kind) {
+            Some(MetricName::Gauge { policy: rest, gauge })
         } else {
-            Some(MetricName::Gauge { policy: rest, gauge: Gauge::parse(kind)? })
+            Some(MetricName::Histogram { policy: rest, histogram: Histogram::parse(kind)? })
         }
     }
 }
@@ -303,6 +343,10 @@ mod tests {
             assert_eq!(MetricName::parse(&name), Some(MetricName::Gauge { policy: "api", gauge }));
             let line = format!("breakwater_{gauge}{{policy=\"api\"}} 2");
             assert_eq!(parse_prometheus_line(&line).map(|s| s.metric), Some(Metric::Gauge(gauge)));
+        }
+        for histogram in Histogram::ALL {
+            let name = histogram_name("api", histogram);
+            assert_eq!(MetricName::parse(&name), Some(MetricName::Histogram { policy: "api", histogram }));
         }
         for decision in Decision::ALL {
             assert_eq!(decision.counter().decision(), Some(decision));

@@ -320,9 +320,34 @@ pub struct ConcurrencyLimit {
     #[serde(default = "default_max_keys")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub max_keys: u32,
-    /// Reply when the limit is reached. Default: 503 `too many requests in flight`.
+    /// Reply when the limit is reached (and the queue, if any, is full), or when a request waited
+    /// `queue.max_wait` in vain. Default: 503 `too many requests in flight`.
     #[serde(default = "default_concurrency_response")]
     pub response: Response,
+    /// Let requests wait for a slot instead of rejecting them at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Queue>,
+}
+
+/// A waiting line in front of a concurrency limit (a bulkhead that waits): first come, first
+/// served across the Envoy's workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// Requests that may wait at once (per key, across workers); the next is rejected.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_waiting: u32,
+    /// How long a request may wait for its slot; one still waiting then gets the block's
+    /// response. Default 1s, at most 60s.
+    #[serde(default = "default_queue_max_wait")]
+    pub max_wait: Duration,
+}
+
+/// The longest `concurrency_limit.queue.max_wait`.
+pub const MAX_QUEUE_WAIT_MS: u64 = 60_000;
+
+pub fn default_queue_max_wait() -> Duration {
+    Duration::from_millis(1000)
 }
 
 /// Circuit breaker: stop calling an upstream that keeps failing, probe it after a pause.

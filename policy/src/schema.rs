@@ -55,6 +55,7 @@ mod tests {
             ("/$defs/GlobalRateLimit", GLOBAL_RATE_LIMIT_FIELDS),
             ("/$defs/Degraded", DEGRADED_FIELDS),
             ("/$defs/ConcurrencyLimit", CONCURRENCY_FIELDS),
+            ("/$defs/Queue", QUEUE_FIELDS),
             ("/$defs/CircuitBreaker", BREAKER_FIELDS),
             ("/$defs/SlowCall", SLOW_CALL_FIELDS),
             ("/$defs/Retry", RETRY_FIELDS),

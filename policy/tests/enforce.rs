@@ -57,14 +57,14 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn rejection(a: &Admitted) -> &enforce::Reply {
     match &a.verdict {
         Verdict::Reject(r) => r,
-        Verdict::Forward { .. } => panic!("expected a rejection, got {:?}", a.decision),
+        Verdict::Forward { .. } | Verdict::Wait => panic!("expected a rejection, got {:?}", a.decision),
     }
 }
 
 fn router_headers(a: &Admitted) -> &[(&'static str, HeaderValue)] {
     match &a.verdict {
         Verdict::Forward { request_headers } => request_headers,
-        Verdict::Reject(_) => panic!("expected forwarding"),
+        Verdict::Reject(_) | Verdict::Wait => panic!("expected forwarding"),
     }
 }
 
@@ -548,6 +548,105 @@ proptest::proptest! {
 }
 
 /// Every counted event lands on the counter of its own name; gauges count nothing.
+const QUEUED: &str = "version: 1
+policies:
+  - name: api
+    mode: MODE
+    concurrency_limit:
+      max_in_flight: 1
+      key: KEY
+      queue: { max_waiting: 2, max_wait: 1s }
+";
+
+fn queued(mode: &str, key: &str) -> Sim {
+    sim(&QUEUED.replace("MODE", mode).replace("KEY", key))
+}
+
+impl<S: SharedStore> Sim<S> {
+    /// A waiting request looks at its line; true once decided.
+    fn poll(&self, a: &mut Admitted, req: &Req) -> bool {
+        enforce::poll(&self.plan, &self.store, a, self.clock.now(), || req.clone())
+    }
+}
+
+/// A full limit makes requests wait (up to `max_waiting`, then it rejects); a freed slot goes to
+/// the oldest waiter even when a younger one looks first, in the policy's record and per key.
+#[test]
+fn a_full_limit_queues_and_serves_the_oldest_waiter_first() {
+    for key in ["[]", "[\"header:x-tenant\"]"] {
+        let s = queued("enforce", key);
+        let req = get("/").header("x-tenant", "a");
+        let mut held = s.admit(&req);
+        assert_eq!(held.decision, Decision::Allowed);
+        let (mut older, mut younger) = (s.admit(&req), s.admit(&req));
+        assert_eq!((&older.verdict, &younger.verdict), (&Verdict::Wait, &Verdict::Wait));
+        assert!(older.events.contains(&Event::Queued) && older.events.contains(&Event::QueueLength(1)));
+        assert!(older.waits_until().is_some_and(|t| t == s.clock.now() + 1_000_000_000));
+        assert!(younger.behind(&older) && !older.behind(&younger));
+        // The line is full.
+        assert_eq!(s.admit(&req).decision, Decision::ConcurrencyLimited);
+        // Another tenant has its own slot and line.
+        if key != "[]" {
+            assert_eq!(s.admit(&get("/").header("x-tenant", "b")).decision, Decision::Allowed);
+        }
+        assert!(!s.poll(&mut younger, &req) && !s.poll(&mut older, &req));
+        s.clock.advance_ms(30);
+        s.finish(&mut held, 200, 1);
+        assert!(!s.poll(&mut younger, &req), "the older waiter is first");
+        older.events.clear();
+        assert!(s.poll(&mut older, &req));
+        assert_eq!((older.decision, older.forwarded()), (Decision::Allowed, true));
+        for e in [Event::QueueAdmitted, Event::QueueWaited(30), Event::QueueLength(1), Event::InFlight(1)] {
+            assert!(older.events.contains(&e), "{e:?} in {:?}", older.events);
+        }
+        s.finish(&mut older, 200, 1);
+        assert!(s.poll(&mut younger, &req));
+        assert_eq!(younger.decision, Decision::Allowed);
+    }
+}
+
+/// A request that waited `max_wait` in vain gets the block's response and holds nothing; one
+/// whose client left frees its place and has no decision.
+#[test]
+fn waiters_time_out_or_leave() {
+    let s = queued("enforce", "[]");
+    let req = get("/");
+    let mut held = s.admit(&req);
+    let mut gone = s.admit(&req);
+    let mut late = s.admit(&req);
+    gone.events.clear();
+    enforce::finish(&s.plan, &s.store, &mut gone, &Exchange::default(), None, s.clock.now());
+    assert_eq!(gone.events, vec![Event::QueueAbandoned, Event::QueueLength(1)]);
+    s.clock.advance_ms(999);
+    assert!(!s.poll(&mut late, &req));
+    s.clock.advance_ms(1);
+    assert!(s.poll(&mut late, &req));
+    assert_eq!((late.decision, rejection(&late).status), (Decision::QueueTimeout, 503));
+    assert!(late.events.contains(&Event::Decision(Decision::QueueTimeout)));
+    assert!(late.events.contains(&Event::QueueWaited(1000)));
+    s.finish(&mut late, 503, 0);
+    s.finish(&mut held, 200, 1);
+    // Nothing was left behind: one slot, an empty line.
+    let mut next = s.admit(&req);
+    assert_eq!(next.decision, Decision::Allowed);
+    assert_eq!(s.admit(&req).verdict, Verdict::Wait);
+    s.finish(&mut next, 200, 1);
+}
+
+/// In shadow mode nobody waits: a request that would is counted and goes on.
+#[test]
+fn shadow_mode_counts_waiters_but_holds_none() {
+    for key in ["[]", "[\"header:x-tenant\"]"] {
+        let s = queued("shadow", key);
+        let req = get("/").header("x-tenant", "a");
+        let _held = s.admit(&req);
+        let would = s.admit(&req);
+        assert!(would.forwarded() && would.events.contains(&Event::Queued), "{key}");
+        assert_eq!(would.decision, Decision::Allowed);
+        assert!(would.waits_until().is_none());
+    }
+}
+
 #[test]
 fn events_map_to_their_counters() {
     use breakwater_policy::metrics::Counter;
@@ -560,9 +659,15 @@ fn events_map_to_their_counters() {
         (Event::Retried(3), "retried", 3),
         (Event::BudgetExhausted, "budget_exhausted", 1),
         (Event::StateUnavailable, "state_unavailable", 1),
+        (Event::Decision(Decision::QueueTimeout), "queue_timeout", 1),
+        (Event::Queued, "queued", 1),
+        (Event::QueueAdmitted, "queue_admitted", 1),
+        (Event::QueueAbandoned, "queue_abandoned", 1),
     ];
     for (event, name, by) in cases {
         assert_eq!(event.counter(), Some((Counter::parse(name).unwrap(), by)), "{name}");
     }
     assert_eq!(Event::InFlight(2).counter(), None);
+    assert_eq!(Event::QueueLength(2).counter(), None);
+    assert_eq!(Event::QueueWaited(2).counter(), None);
 }

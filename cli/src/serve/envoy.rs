@@ -112,6 +112,7 @@ pub fn policy_stats(prometheus: &str) -> BTreeMap<String, PolicyStats> {
             Metric::Gauge(Gauge::InFlight) => entry.in_flight = Some(value),
             Metric::Gauge(Gauge::GlobalDegraded) => entry.global_degraded = Some(value > 0),
             Metric::Gauge(Gauge::FaultActive) => entry.fault_active = Some(value),
+            Metric::Gauge(Gauge::QueueLength) => entry.queue_length = Some(value),
         }
     }
     out
@@ -132,6 +133,8 @@ mod tests {
             breakwater_global_degraded{policy=\"orders\"} 1\n\
             breakwater_global_degraded{policy=\"api\"} 0\n\
             breakwater_fault_active{policy=\"api\"} 4\n\
+            breakwater_queue_length{policy=\"writes\"} 2\n\
+            breakwater_queue_wait_ms_bucket{policy=\"writes\",le=\"5\"} 2\n\
             envoy_cluster_upstream_rq{envoy_cluster_name=\"x\"} 5\n\
             breakwater_requests{decision=\"allowed\"} 99\n";
         let stats = policy_stats(text);
@@ -146,6 +149,7 @@ mod tests {
         );
         assert_eq!(stats["reco"].global_degraded, None);
         assert_eq!((stats["api"].fault_active, stats["reco"].fault_active), (Some(4), None));
+        assert_eq!((stats["writes"].queue_length, stats["api"].queue_length), (Some(2), None));
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //! [`lease_width`]); a release finds its bucket by the epoch it was acquired in, and does nothing
 //! once that bucket has expired. A request that outlives its lease stops being counted (the limit
 //! may then admit one more): the lease is chosen well above any request's lifetime.
+//!
+//! A limit with a queue (`concurrency_limit.queue`) keeps its waiting line in the same value, so
+//! one atomic update decides both. Each waiter holds a ticket (handed out in arrival order, never
+//! reused) and a deadline. The line is strictly first come, first served across workers: a waiter
+//! takes a slot only when fewer waiters are ahead of it than slots are free, and a newcomer goes
+//! straight in only when every waiter ahead of it can be served too. A waiter that is never heard
+//! of again (its VM trapped) is dropped at its deadline, so it blocks the line for at most
+//! `max_wait`.
 
 use super::Nanos;
 use super::codec::{ByteReader, ByteWriter};
@@ -19,6 +27,8 @@ use super::codec::{ByteReader, ByteWriter};
 /// Shared data written by builds before leases: one u32 count.
 const COUNT_TAG: u8 = 0x43; // 'C'
 const TAG: u8 = 0x4c; // 'L'
+/// Holds, then the waiting line.
+const QUEUE_TAG: u8 = 0x51; // 'Q'
 /// Buckets of acquisition time.
 pub const BUCKETS: u64 = 4;
 
@@ -89,20 +99,59 @@ fn epoch_of(now: Nanos, width: Nanos) -> u64 {
     now.checked_div(width).unwrap_or(now)
 }
 
-fn decode_holds(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> Holds {
-    let Some(b) = bytes else { return Holds::empty(width, epoch) };
-    if let Some(mut r) = ByteReader::with_tag(b, TAG) {
+/// Requests waiting for a slot, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Line {
+    /// The next ticket to hand out. Tickets are never reused, so a waiter whose entry was dropped
+    /// cannot mistake a newer waiter's for its own.
+    next: u64,
+    /// (ticket, deadline), tickets ascending.
+    entries: Vec<(u64, Nanos)>,
+}
+
+impl Line {
+    /// Drops the waiters whose deadline has come, and (after the wall clock stepped back) those
+    /// whose deadline is further than `max_wait` away. Whether any was dropped.
+    fn prune(&mut self, now: Nanos, max_wait: Nanos) -> bool {
+        let before = self.entries.len();
+        let latest = now.saturating_add(max_wait);
+        self.entries.retain(|(_, deadline)| *deadline > now && *deadline <= latest);
+        self.entries.len() != before
+    }
+
+    fn waiting(&self) -> u32 {
+        u32::try_from(self.entries.len()).unwrap_or(u32::MAX)
+    }
+
+    fn position(&self, ticket: u64) -> Option<usize> {
+        self.entries.iter().position(|(t, _)| *t == ticket)
+    }
+}
+
+/// A concurrency key's state: its holds and its waiting line.
+#[derive(Debug, Clone)]
+struct State {
+    holds: Holds,
+    line: Line,
+}
+
+fn decode(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> State {
+    let Some(b) = bytes else { return State { holds: Holds::empty(width, epoch), line: Line::default() } };
+    let queued = b.first() == Some(&QUEUE_TAG);
+    let tag = if queued { QUEUE_TAG } else { TAG };
+    if let Some(mut r) = ByteReader::with_tag(b, tag) {
         let (stored_width, newest) = (r.u64(), r.u64());
         let counts = [r.u32(), r.u32(), r.u32(), r.u32()];
-        if let (Some(w), Some(newest), [Some(a), Some(b), Some(c), Some(d)], true) =
-            (stored_width, newest, counts, r.done())
+        let line = if queued { decode_line(&mut r) } else { Some(Line::default()) };
+        if let (Some(w), Some(newest), [Some(a), Some(b), Some(c), Some(d)], Some(line), true) =
+            (stored_width, newest, counts, line, r.done())
         {
             let h = Holds { width: w, newest, counts: [a, b, c, d], refolded: false };
             if w != width {
                 // The lease changed (the policy's timeout did): the old epochs mean nothing now.
-                return Holds::folded(width, epoch, h.total());
+                return State { holds: Holds::folded(width, epoch, h.total()), line };
             }
-            return h.at(epoch);
+            return State { holds: h.at(epoch), line };
         }
     }
     // A count written before leases: held from now on.
@@ -110,51 +159,188 @@ fn decode_holds(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> Holds {
         let n = r.u32()?;
         r.done().then_some(n)
     });
-    Holds::folded(width, epoch, old.unwrap_or(0))
+    State { holds: Holds::folded(width, epoch, old.unwrap_or(0)), line: Line::default() }
 }
 
-fn encode_holds(h: &Holds) -> Vec<u8> {
-    let mut w = ByteWriter::with_tag(TAG);
+fn decode_line(r: &mut ByteReader<'_>) -> Option<Line> {
+    let next = r.u64()?;
+    let n = r.u32()?;
+    let mut entries = Vec::with_capacity(usize::try_from(n).ok()?.min(MAX_WAITING as usize));
+    for _ in 0..n {
+        entries.push((r.u64()?, r.u64()?));
+    }
+    Some(Line { next, entries })
+}
+
+fn encode(s: &State) -> Vec<u8> {
+    let h = &s.holds;
+    // A line that never handed out a ticket is left out (the layout of limits without a queue).
+    let queued = s.line.next > 0 || !s.line.entries.is_empty();
+    let len = if queued { 36usize.saturating_add(s.line.entries.len().saturating_mul(16)) } else { 24 };
+    let mut w = ByteWriter::sized(if queued { QUEUE_TAG } else { TAG }, len);
     w.u64(h.width).u64(h.newest);
     for c in h.counts {
         w.u32(c);
     }
+    if queued {
+        w.u64(s.line.next).u32(s.line.waiting());
+        for (ticket, deadline) in &s.line.entries {
+            w.u64(*ticket).u64(*deadline);
+        }
+    }
     w.finish()
+}
+
+/// The most waiters one key's line can hold (the limit `queue.max_waiting` may name).
+pub const MAX_WAITING: u32 = 1000;
+
+/// A waiting line's bounds: at most `max_waiting` waiters, each for at most `max_wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_waiting: u32,
+    pub max_wait: Nanos,
+}
+
+/// A waiter's place in the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub ticket: u64,
+    /// When it stops waiting.
+    pub deadline: Nanos,
+}
+
+/// What [`acquire_or_wait`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// The slot, if taken now.
+    pub slot: Slot,
+    /// Not taken, but a place in the line (taken only when asked to join).
+    pub place: Option<Place>,
+    /// Requests waiting after this decision.
+    pub waiting: u32,
+}
+
+/// How a waiter's look at the line ([`poll`]) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    /// Its turn came: it holds this slot now and has left the line.
+    Admitted(Slot),
+    /// Still waiting, with `ahead` waiters before it.
+    Waiting { ahead: u32 },
+    /// Its deadline came (or its entry is gone): it has left the line.
+    TimedOut,
 }
 
 /// Requests in flight at `now` (leases expired are not counted).
 pub fn in_flight(state: Option<&[u8]>, now: Nanos, width: Nanos) -> u32 {
     let width = width.max(1);
-    decode_holds(state, width, epoch_of(now, width)).total()
+    decode(state, width, epoch_of(now, width)).holds.total()
+}
+
+/// Requests waiting at `now` (waiters past their deadline are not counted).
+pub fn waiting(state: Option<&[u8]>, now: Nanos, width: Nanos) -> u32 {
+    let width = width.max(1);
+    let mut s = decode(state, width, epoch_of(now, width));
+    s.line.prune(now, Nanos::MAX);
+    s.line.waiting()
 }
 
 /// Takes a slot if fewer than `max` are held at `now`.
 pub fn acquire(state: Option<&[u8]>, max: u32, now: Nanos, width: Nanos) -> (Slot, Option<Vec<u8>>) {
+    let (a, bytes) = acquire_or_wait(state, max, None, false, now, width);
+    (a.slot, bytes)
+}
+
+/// Takes a slot if one is free for a newcomer: fewer than `max` held, and more free than the
+/// waiters ahead need. Otherwise, with a `queue` that has room, a place in the line: joined when
+/// `join` (else only reported, as shadow mode wants).
+pub fn acquire_or_wait(
+    state: Option<&[u8]>,
+    max: u32,
+    queue: Option<QueueLimits>,
+    join: bool,
+    now: Nanos,
+    width: Nanos,
+) -> (Admission, Option<Vec<u8>>) {
     let width = width.max(1);
     let epoch = epoch_of(now, width);
-    let mut h = decode_holds(state, width, epoch);
-    let n = h.total();
-    if n >= max {
+    let mut s = decode(state, width, epoch);
+    let pruned = s.line.prune(now, queue.map_or(Nanos::MAX, |q| q.max_wait));
+    let (n, waiting) = (s.holds.total(), s.line.waiting());
+    let refused = |s: &State, place, waiting| {
         // Nothing taken; but holds that were re-dated (a step back, a new lease, a count from
         // before leases) are written, or their lease would start over at every decision and they
-        // would never expire.
-        let bytes = encode_holds(&h);
-        let write = (h.refolded && state != Some(bytes.as_slice())).then_some(bytes);
-        return (Slot { acquired: false, in_flight: n, epoch }, write);
+        // would never expire; and so are waiters dropped.
+        let bytes = encode(s);
+        let write = ((s.holds.refolded || pruned) && state != Some(bytes.as_slice())).then_some(bytes);
+        let slot = Slot { acquired: false, in_flight: n, epoch };
+        (Admission { slot, place, waiting }, write)
+    };
+    if n.saturating_add(waiting) >= max {
+        let Some(q) = queue.filter(|q| waiting < q.max_waiting) else { return refused(&s, None, waiting) };
+        let place = Place { ticket: s.line.next, deadline: now.saturating_add(q.max_wait) };
+        if !join {
+            return refused(&s, Some(place), waiting);
+        }
+        s.line.next = s.line.next.saturating_add(1);
+        s.line.entries.push((place.ticket, place.deadline));
+        let waiting = s.line.waiting();
+        let slot = Slot { acquired: false, in_flight: n, epoch };
+        return (Admission { slot, place: Some(place), waiting }, Some(encode(&s)));
     }
-    h.counts[0] = h.counts[0].saturating_add(1);
-    (Slot { acquired: true, in_flight: n.saturating_add(1), epoch }, Some(encode_holds(&h)))
+    s.holds.counts[0] = s.holds.counts[0].saturating_add(1);
+    let slot = Slot { acquired: true, in_flight: n.saturating_add(1), epoch };
+    (Admission { slot, place: None, waiting }, Some(encode(&s)))
+}
+
+/// A waiter looks at the line: it takes a slot when fewer waiters are ahead of it than slots are
+/// free, times out at its deadline, waits otherwise. Returns the line's length after it.
+pub fn poll(
+    state: Option<&[u8]>,
+    place: Place,
+    max: u32,
+    max_wait: Nanos,
+    now: Nanos,
+    width: Nanos,
+) -> ((Polled, u32), Option<Vec<u8>>) {
+    let width = width.max(1);
+    let epoch = epoch_of(now, width);
+    let mut s = decode(state, width, epoch);
+    let pruned = s.line.prune(now, max_wait);
+    let n = s.holds.total();
+    let polled = match s.line.position(place.ticket) {
+        None => Polled::TimedOut,
+        Some(ahead) if u32::try_from(ahead).is_ok_and(|a| a < max.saturating_sub(n)) => {
+            s.line.entries.remove(ahead);
+            s.holds.counts[0] = s.holds.counts[0].saturating_add(1);
+            Polled::Admitted(Slot { acquired: true, in_flight: n.saturating_add(1), epoch })
+        }
+        Some(ahead) => Polled::Waiting { ahead: u32::try_from(ahead).unwrap_or(u32::MAX) },
+    };
+    let write = (pruned || matches!(polled, Polled::Admitted(_)) || s.holds.refolded).then(|| encode(&s));
+    ((polled, s.line.waiting()), write)
+}
+
+/// A waiter leaves the line before its turn (its client went away). Returns the line's length.
+pub fn leave(state: Option<&[u8]>, ticket: u64, now: Nanos, width: Nanos) -> (u32, Option<Vec<u8>>) {
+    let width = width.max(1);
+    let mut s = decode(state, width, epoch_of(now, width));
+    let before = s.line.entries.len();
+    s.line.entries.retain(|(t, _)| *t != ticket);
+    let changed = s.line.entries.len() != before;
+    (s.line.waiting(), changed.then(|| encode(&s)))
 }
 
 /// Gives back a slot acquired in bucket `epoch`: nothing once its lease has expired; never below
 /// zero.
 pub fn release(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u32, Option<Vec<u8>>) {
     let width = width.max(1);
-    let mut h = decode_holds(state, width, epoch_of(now, width));
-    let newest_held = || h.counts.iter().position(|c| *c > 0);
+    let mut s = decode(state, width, epoch_of(now, width));
+    let h = &mut s.holds;
+    let newest_held = h.counts.iter().position(|c| *c > 0);
     let bucket = if h.refolded || epoch > h.newest {
         // Its hold was re-dated with the others (or taken "after" now: the clock stepped back).
-        newest_held()
+        newest_held
     } else {
         // Expired (older than the window): nothing to give back.
         h.newest.checked_sub(epoch).filter(|i| *i < BUCKETS).map(|i| i as usize)
@@ -164,7 +350,7 @@ pub fn release(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u
     {
         *c = c.saturating_sub(1);
     }
-    (h.total(), Some(encode_holds(&h)))
+    (h.total(), Some(encode(&s)))
 }
 
 #[cfg(test)]
@@ -260,6 +446,168 @@ mod tests {
             }
             // Left alone for a full window after the last write, every hold has expired.
             prop_assert_eq!(in_flight(bytes.as_deref(), latest + BUCKETS * width, width), 0);
+        }
+    }
+
+    /// A lease far longer than the queue tests run: holds never expire in them.
+    const LW: Nanos = 1000 * W;
+    const Q: QueueLimits = QueueLimits { max_waiting: 2, max_wait: 100 * W };
+
+    fn arrive(s: &MemoryStore, max: u32, now: Nanos) -> Admission {
+        update(s, "c", |b| acquire_or_wait(b, max, Some(Q), true, now, LW)).unwrap()
+    }
+
+    fn look(s: &MemoryStore, place: Place, max: u32, now: Nanos) -> (Polled, u32) {
+        update(s, "c", |b| poll(b, place, max, Q.max_wait, now, LW)).unwrap()
+    }
+
+    /// Waiters on different workers look at the line in any order: the oldest takes the slot,
+    /// newcomers queue behind the line, and a full line refuses.
+    #[test]
+    fn the_line_is_first_come_first_served() {
+        let s = MemoryStore::default();
+        let held = arrive(&s, 1, 0);
+        assert!(held.slot.acquired);
+        let a = arrive(&s, 1, W).place.unwrap();
+        let b = arrive(&s, 1, 2 * W).place.unwrap();
+        let full = arrive(&s, 1, 3 * W);
+        assert_eq!((full.slot.acquired, full.place, full.waiting), (false, None, 2));
+        assert_eq!(waiting(s.get("c").unwrap().map(|(b, _)| b).as_deref(), 3 * W, LW), 2);
+        update(&s, "c", |st| release(st, held.slot.epoch, 4 * W, LW)).unwrap();
+        // The slot is free, but a newcomer may not take it from the line.
+        let late = arrive(&s, 1, 4 * W);
+        assert!(!late.slot.acquired && late.place.is_none());
+        // b (on the other worker) looks first: a is ahead of it.
+        assert_eq!(look(&s, b, 1, 4 * W), (Polled::Waiting { ahead: 1 }, 2));
+        let (Polled::Admitted(slot), 1) = look(&s, a, 1, 4 * W) else { panic!("a is first") };
+        assert_eq!(slot.in_flight, 1);
+        assert_eq!(look(&s, b, 1, 5 * W), (Polled::Waiting { ahead: 0 }, 1));
+        update(&s, "c", |st| release(st, slot.epoch, 6 * W, LW)).unwrap();
+        assert!(matches!(look(&s, b, 1, 6 * W), (Polled::Admitted(_), 0)));
+    }
+
+    /// A waiter whose deadline came is out, and one that is never heard of again (its VM trapped)
+    /// blocks the line until its deadline only.
+    #[test]
+    fn waiters_leave_at_their_deadline_or_when_they_go() {
+        let s = MemoryStore::default();
+        let held = arrive(&s, 1, 0);
+        let lost = arrive(&s, 1, 0).place.unwrap();
+        let gone = arrive(&s, 1, W).place.unwrap();
+        assert_eq!(lost.deadline, Q.max_wait);
+        assert_eq!(update(&s, "c", |st| leave(st, gone.ticket, 2 * W, LW)).unwrap(), 1);
+        update(&s, "c", |st| release(st, held.slot.epoch, 3 * W, LW)).unwrap();
+        // The lost waiter is first in line: newcomers wait behind it...
+        let behind = arrive(&s, 1, 4 * W).place.unwrap();
+        assert_eq!(look(&s, behind, 1, 4 * W).0, Polled::Waiting { ahead: 1 });
+        // ...until its deadline.
+        assert_eq!(look(&s, lost, 1, Q.max_wait).0, Polled::TimedOut);
+        assert!(matches!(look(&s, behind, 1, Q.max_wait).0, Polled::Admitted(_)));
+        // A waiter that looks after its deadline is out, even with a slot free.
+        let s = MemoryStore::default();
+        let held = arrive(&s, 1, 0);
+        let late = arrive(&s, 1, 0).place.unwrap();
+        update(&s, "c", |st| release(st, held.slot.epoch, W, LW)).unwrap();
+        assert_eq!(look(&s, late, 1, late.deadline), (Polled::TimedOut, 0));
+        assert!(arrive(&s, 1, late.deadline).slot.acquired);
+    }
+
+    /// Tickets are never handed out twice: a waiter whose entry was dropped cannot take a newer
+    /// waiter's place, also after the line was empty.
+    #[test]
+    fn tickets_are_never_reused() {
+        let s = MemoryStore::default();
+        let held = arrive(&s, 1, 0);
+        let first = arrive(&s, 1, 0).place.unwrap();
+        // Dropped at its deadline by someone else's decision.
+        let second = arrive(&s, 1, first.deadline).place.unwrap();
+        assert_ne!(second.ticket, first.ticket);
+        assert_eq!(look(&s, first, 1, first.deadline).0, Polled::TimedOut);
+        assert_eq!(update(&s, "c", |st| leave(st, second.ticket, first.deadline, LW)).unwrap(), 0);
+        let third = arrive(&s, 1, first.deadline).place.unwrap();
+        assert!(third.ticket > second.ticket);
+        update(&s, "c", |st| release(st, held.slot.epoch, first.deadline, LW)).unwrap();
+        assert_eq!(look(&s, second, 1, first.deadline).0, Polled::TimedOut);
+        assert!(matches!(look(&s, third, 1, first.deadline).0, Polled::Admitted(_)));
+    }
+
+    /// Shadow mode asks where a request would wait without taking the place.
+    #[test]
+    fn a_place_can_be_reported_without_joining() {
+        let s = MemoryStore::default();
+        arrive(&s, 1, 0);
+        let (would, bytes) =
+            acquire_or_wait(s.get("c").unwrap().map(|(b, _)| b).as_deref(), 1, Some(Q), false, 0, LW);
+        assert!(would.place.is_some() && bytes.is_none());
+        assert_eq!(would.waiting, 0);
+    }
+
+    /// A clock that steps back leaves no waiter waiting longer than `max_wait` from now.
+    #[test]
+    fn a_step_back_drops_waiters_it_would_keep_too_long() {
+        let s = MemoryStore::default();
+        arrive(&s, 1, 1000 * W);
+        let place = arrive(&s, 1, 1000 * W).place.unwrap();
+        assert_eq!(look(&s, place, 1, 10 * W), (Polled::TimedOut, 0));
+    }
+
+    proptest! {
+        /// With one slot, waiters on any number of workers looking in any order take the slot in
+        /// arrival order (skipping only those that left); the line never exceeds its bound and
+        /// slots never exceed the limit.
+        #[test]
+        fn one_slot_goes_in_arrival_order(
+            ops in proptest::collection::vec((0u8..5, 0usize..8, 0u64..30), 0..300),
+        ) {
+            let q = QueueLimits { max_waiting: 4, max_wait: 50 };
+            let mut bytes: Option<Vec<u8>> = None;
+            let mut now: Nanos = 0;
+            let (mut line, mut held, mut admitted, mut left): (Vec<Place>, Vec<u64>, Vec<u64>, Vec<u64>) =
+                Default::default();
+            let keep = |b: Option<Vec<u8>>, bytes: &mut Option<Vec<u8>>| if let Some(b) = b { *bytes = Some(b) };
+            for (op, pick, arg) in ops {
+                match op {
+                    0 => {
+                        let (a, b) = acquire_or_wait(bytes.as_deref(), 1, Some(q), true, now, 1000);
+                        keep(b, &mut bytes);
+                        if a.slot.acquired { held.push(a.slot.epoch); }
+                        if let Some(p) = a.place { line.push(p); }
+                        prop_assert!(a.waiting <= q.max_waiting);
+                    }
+                    1 => if let Some(e) = held.pop() {
+                        keep(release(bytes.as_deref(), e, now, 1000).1, &mut bytes);
+                    },
+                    2 if !line.is_empty() => {
+                        let p = line[pick % line.len()];
+                        let ((polled, _), b) = poll(bytes.as_deref(), p, 1, q.max_wait, now, 1000);
+                        keep(b, &mut bytes);
+                        match polled {
+                            Polled::Admitted(slot) => {
+                                held.push(slot.epoch);
+                                admitted.push(p.ticket);
+                                line.retain(|x| x.ticket != p.ticket);
+                                // Every older waiter has left the line.
+                                prop_assert!(line.iter().all(|x| x.ticket > p.ticket || left.contains(&x.ticket) || x.deadline <= now));
+                            }
+                            Polled::TimedOut => {
+                                prop_assert!(now >= p.deadline);
+                                line.retain(|x| x.ticket != p.ticket);
+                                left.push(p.ticket);
+                            }
+                            Polled::Waiting { .. } => prop_assert!(now < p.deadline),
+                        }
+                    }
+                    3 if !line.is_empty() => {
+                        let p = line.remove(pick % line.len());
+                        keep(leave(bytes.as_deref(), p.ticket, now, 1000).1, &mut bytes);
+                        left.push(p.ticket);
+                    }
+                    _ => now += arg,
+                }
+                prop_assert!(in_flight(bytes.as_deref(), now, 1000) <= 1);
+                prop_assert!(waiting(bytes.as_deref(), now, 1000) <= q.max_waiting);
+            }
+            prop_assert!(admitted.windows(2).all(|w| w[0] < w[1]), "{admitted:?}");
         }
     }
 
