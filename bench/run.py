@@ -808,10 +808,12 @@ def report(r, args):
     if "holds" in r:
         h = r["holds"]
         base = h["d"]
-        out += ["### Holding requests (injected delays)", "",
+        out += ["### Holding requests (injected delays, queues)", "",
                 f"Envoy --concurrency 1, proxied route, wrk -t1 -c16, {args.rounds} interleaved rounds of "
                 f"{args.seconds} s, medians. Policy (d); (d) with a `fault` block whose shares are 0; (d) with "
-                "every request held 1 ms by an injected delay and let go by the worker's 1 ms timer. CPU: the "
+                "every request held 1 ms by an injected delay and let go by the worker's 1 ms timer; (d) whose "
+                "concurrency limit has a queue that never fills; (d) with one slot and a queue, so that of "
+                "the 16 connections' requests one is upstream and the others wait in line. CPU: the "
                 "Envoy process's CPU time per request (what holding and resuming costs, apart from the wait).",
                 "", "| variant | requests/s | p50 ms | p99 ms | CPU µs per request | vs d (requests/s) |",
                 "|---|---:|---:|---:|---:|---:|"]
@@ -826,6 +828,16 @@ def report(r, args):
                     "lateness included).", ""]
         targets.append(("a fault block at 0% ≤ 1.02 × the per-request cost of (d) (CPU per request)",
                         f"{off['cpu_us'] / base['cpu_us']:.3f}", off["cpu_us"] / base["cpu_us"] <= 1.02))
+        idle = h["d + a queue that never fills"]
+        line = h["d, one slot + a queue (15 of 16 waiting)"]
+        out += [f"A queue that never fills costs {(idle['cpu_us'] - base['cpu_us']):+.1f} µs of CPU per request "
+                f"(its workers' 1 ms timer included). Through one slot with a line behind it, {line['rps']:.0f} "
+                f"requests/s: the slot goes to the next waiter at its worker's next tick, "
+                f"{1000 / line['rps']:.1f} ms per request; the Envoy process then uses "
+                f"{line['cpu_us'] * line['rps'] / 1e4:.0f}% of a core (per request, Envoy's fixed costs "
+                "dominate at this rate).", ""]
+        targets.append(("a queue that never fills ≤ 1.02 × the per-request cost of (d) (CPU per request)",
+                        f"{idle['cpu_us'] / base['cpu_us']:.3f}", idle["cpu_us"] / base["cpu_us"] <= 1.02))
     summary = ["### Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
     for name, value, met in targets:
         summary.append(f"| {name} | {value} | {'—' if met is None else ('yes' if met else '**no**')} |")
@@ -996,15 +1008,24 @@ def global_limits(bench, rounds, seconds):
 
 FAULT_OFF = "    fault: { abort: { percent: 0 }, delay: { percent: 0, duration: 1ms } }\n"
 FAULT_DELAY = "    fault: { delay: { percent: 100, duration: 1ms }, max_active: 100000 }\n"
+# (d)'s concurrency limit with a queue: one that never fills, and one slot that 16 connections
+# share (all but one request waiting at any time).
+QUEUE_IDLE = NOTHING_TRIGGERS.replace("concurrency_limit: { max_in_flight: 100000 }",
+                                      "concurrency_limit: { max_in_flight: 100000, queue: { max_waiting: 1000, max_wait: 1s } }")
+QUEUE_FULL = NOTHING_TRIGGERS.replace("concurrency_limit: { max_in_flight: 100000 }",
+                                      "concurrency_limit: { max_in_flight: 1, queue: { max_waiting: 100, max_wait: 5s } }")
 
 
 def holds(bench, rounds, seconds):
-    """Policy (d) beside (d) with a fault block at 0% (the price of a block that is there but off)
-    and (d) with every request held 1 ms by an injected delay (what holding and resuming a request
-    on the worker's timer costs)."""
+    """Policy (d) beside (d) with a fault block at 0% (the price of a block that is there but off),
+    (d) with every request held 1 ms by an injected delay (what holding and resuming a request
+    on the worker's timer costs), (d) whose concurrency limit has a queue that never fills, and
+    (d) with one slot and a queue (every request but one waiting: what waiting in line costs)."""
     up = Envoy(bench, "holds-upstream", bootstrap(DIRECT, []), 1).wait_ready()
     variants = {"d": policy_doc(), "d + fault at 0%": policy_doc(body=NOTHING_TRIGGERS + FAULT_OFF),
-                "d + every request delayed 1 ms": policy_doc(body=NOTHING_TRIGGERS + FAULT_DELAY)}
+                "d + every request delayed 1 ms": policy_doc(body=NOTHING_TRIGGERS + FAULT_DELAY),
+                "d + a queue that never fills": policy_doc(body=QUEUE_IDLE),
+                "d, one slot + a queue (15 of 16 waiting)": policy_doc(body=QUEUE_FULL)}
     envoys = {name: Envoy(bench, "holds-" + re.sub(r"\W+", "-", name),
                           bootstrap(PROXIED, [wasm_filter("breakwater", BREAKWATER_WASM, compile_policy(doc))],
                                     up.port), 1)

@@ -91,6 +91,31 @@ pub fn series_of_numbers(timeline: &Timeline, fields: &[Number]) -> Vec<Series> 
         .collect()
 }
 
+/// A gauge sampled at the end of each second (`queue_length`, ...): one series per policy that
+/// has it, labelled with the policy's name.
+pub fn gauge_series(timeline: &Timeline, gauge: &str) -> Vec<Series> {
+    let mut policies: Vec<&String> = Vec::new();
+    for s in &timeline.seconds {
+        for (p, gauges) in &s.gauges {
+            if gauges.contains_key(gauge) && !policies.contains(&p) {
+                policies.push(p);
+            }
+        }
+    }
+    policies
+        .into_iter()
+        .map(|p| Series {
+            label: p.clone(),
+            color: color(p),
+            values: timeline
+                .seconds
+                .iter()
+                .map(|s| s.gauges.get(p).and_then(|g| g.get(gauge)).map_or(0.0, |v| *v as f64))
+                .collect(),
+        })
+        .collect()
+}
+
 /// The tallest stack.
 pub fn max_total(series: &[Series]) -> f64 {
     let n = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
@@ -180,6 +205,29 @@ mod tests {
                 second(1, &[("allowed", 10)], 0, BreakerState::Open),
             ],
         }
+    }
+
+    #[test]
+    fn gauges_become_one_series_per_policy_that_has_them() {
+        let second = |t: u64, gauges: &[(&str, &str, u64)]| {
+            let mut s = Second { t, ..Second::default() };
+            for (p, g, v) in gauges {
+                s.gauges.entry(p.to_string()).or_default().insert(g.to_string(), *v);
+            }
+            s
+        };
+        let t = Timeline {
+            policies: vec!["a".into(), "b".into()],
+            seconds: vec![
+                second(0, &[("a", "queue_length", 3), ("a", "in_flight", 9), ("b", "in_flight", 1)]),
+                second(1, &[("a", "in_flight", 2)]),
+                second(2, &[("a", "queue_length", 5)]),
+            ],
+        };
+        let s = gauge_series(&t, "queue_length");
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].label.as_str(), s[0].values.clone()), ("a", vec![3.0, 0.0, 5.0]));
+        assert!(gauge_series(&t, "fault_active").is_empty());
     }
 
     #[test]

@@ -273,6 +273,8 @@ struct Sim<'s> {
     counters: CounterIds,
     /// By policy: the breaker-state gauge's metric id.
     breaker_gauges: Vec<Option<usize>>,
+    /// The policies' other gauges: (policy, gauge, metric id).
+    gauges: Vec<(u32, Gauge, usize)>,
     samples: std::vec::IntoIter<u64>,
     /// By record: the closed-loop client that sent it.
     clients: Vec<u32>,
@@ -332,7 +334,7 @@ pub fn run_within(
         }
     }
     let policies: Vec<String> = document.policies.iter().map(|p| p.name.clone()).collect();
-    let (counters, breaker_gauges) = metric_ids(&world, &policies);
+    let (counters, breaker_gauges, gauges) = metric_ids(&world, &policies);
     let generators = scenario
         .traffic
         .iter()
@@ -375,6 +377,7 @@ pub fn run_within(
         paused: HashMap::default(),
         counters,
         breaker_gauges,
+        gauges,
         samples: scenario::sample_times(scenario).into_iter(),
         clients: Vec::new(),
         budget,
@@ -399,8 +402,13 @@ struct Waiting<'s> {
 /// By metric id: the (policy, counter) a counter counts.
 type CounterIds = Vec<Option<(u32, Counter)>>;
 
-/// Maps the filter's metric ids to what they count: counters, and each policy's breaker gauge.
-fn metric_ids(world: &World, policies: &[String]) -> (CounterIds, Vec<Option<usize>>) {
+/// Maps the filter's metric ids to what they count: counters, each policy's breaker gauge, and
+/// the policies' other gauges.
+#[allow(clippy::type_complexity)]
+fn metric_ids(
+    world: &World,
+    policies: &[String],
+) -> (CounterIds, Vec<Option<usize>>, Vec<(u32, Gauge, usize)>) {
     let metrics = world.metrics.borrow();
     let counters = metrics
         .iter()
@@ -417,7 +425,17 @@ fn metric_ids(world: &World, policies: &[String]) -> (CounterIds, Vec<Option<usi
             metrics.iter().position(|m| m.name == name)
         })
         .collect();
-    (counters, gauges)
+    let others = metrics
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match MetricName::parse(&m.name)? {
+            MetricName::Gauge { policy, gauge } if gauge != Gauge::BreakerState => {
+                Some((policies.iter().position(|n| n == policy)? as u32, gauge, i))
+            }
+            _ => None,
+        })
+        .collect();
+    (counters, gauges, others)
 }
 
 /// The simulated rate-limit service on every cluster the document's global limits call, behaving
@@ -575,8 +593,14 @@ impl<'s> Sim<'s> {
                             g.and_then(|i| metrics.get(i)).and_then(|m| BreakerState::from_gauge(m.value))
                         })
                         .collect();
+                    let gauges = self
+                        .gauges
+                        .iter()
+                        .filter_map(|(p, g, i)| Some((*p, *g, metrics.get(*i)?.value)))
+                        .collect();
                     drop(metrics);
                     self.run.breaker_samples.push((event.t, states));
+                    self.run.gauge_samples.push((event.t, gauges));
                     if let Some(t) = self.samples.next() {
                         self.push(t, Kind::Sample);
                     }
@@ -602,7 +626,11 @@ impl<'s> Sim<'s> {
     /// The VM's next tick after `now`, at the period the filter asked for, within the scenario.
     fn schedule_tick(&mut self, vm: u32, now: u64) {
         let period = u64::from(self.vms.get(vm as usize).map_or(0, Vm::tick_period_ms)) * 1_000_000;
-        if period > 0 && now + period <= self.scenario.duration.as_nanos() {
+        // After the end, only while requests are held (waiting in a queue, delayed): they are
+        // decided then, as in Envoy, not left without a decision.
+        let end = self.scenario.duration.as_nanos();
+        let held = !self.paused.is_empty() && now + period <= end.saturating_add(3_600_000_000_000);
+        if period > 0 && (now + period <= end || held) {
             self.push(now + period, Kind::Tick { vm });
         }
     }

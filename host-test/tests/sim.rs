@@ -196,3 +196,35 @@ fn the_shipped_scenarios_pass() {
         .count();
     assert_eq!(seen, examples);
 }
+
+/// Requests still waiting in a queue when the traffic ends are decided all the same (the
+/// workers' timers run on while any request is held), and the timeline has the line's length.
+#[test]
+fn requests_waiting_at_the_end_are_decided_and_the_line_is_charted() {
+    let (_, run) = run(
+        &host(),
+        r#"
+name: a queue fills
+policy:
+  version: 1
+  policies:
+    - name: q
+      concurrency_limit: { max_in_flight: 2, queue: { max_waiting: 20, max_wait: 2s } }
+duration: 5s
+traffic:
+  - rate: 40/s
+upstream:
+  latency: 100ms
+"#,
+    );
+    assert_eq!(count(&run, |r| r.decision == RequestDecision::Unmatched), 0);
+    let decided = |d| count(&run, |r| r.decision == RequestDecision::Decided(d));
+    // 2 slots of 100 ms serve 20 a second: half of the 200 requests get through, a line of 20
+    // takes a second to drain, so nobody times out and the rest are rejected.
+    assert!((95..=125).contains(&decided(Decision::Allowed)), "{}", decided(Decision::Allowed));
+    assert_eq!(decided(Decision::QueueTimeout), 0);
+    let timeline = scenario::timeline(&run);
+    let lengths: Vec<u64> = timeline.seconds.iter().map(|s| s.gauges["q"]["queue_length"]).collect();
+    assert!(lengths[1..].iter().all(|n| (15..=20).contains(n)), "{lengths:?}");
+    assert_eq!(timeline.seconds[0].gauges["q"]["in_flight"], 2);
+}

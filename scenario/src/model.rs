@@ -1,6 +1,6 @@
 //! What a scenario says: its traffic, its upstream, and what it expects.
 
-pub use breakwater_policy::metrics::{BreakerState, Decision};
+pub use breakwater_policy::metrics::{BreakerState, Decision, Gauge};
 use breakwater_policy::model::{Document, Duration};
 
 pub const SCENARIO_FIELDS: &[&str] = &[

@@ -36,6 +36,9 @@ pub struct Run {
     pub tries: Vec<(u64, u64)>,
     /// Breaker states sampled at times (ns since start), per policy (None: no breaker).
     pub breaker_samples: Vec<(u64, Vec<Option<BreakerState>>)>,
+    /// The policies' other gauges (in flight, queue length, ...) sampled at the same times:
+    /// (policy index, gauge, value).
+    pub gauge_samples: Vec<(u64, Vec<(u32, Gauge, u64)>)>,
     /// Every metric at the end, by name.
     pub metrics: BTreeMap<String, u64>,
     pub duration_ns: u64,

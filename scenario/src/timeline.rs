@@ -34,6 +34,10 @@ pub struct Second {
     pub max_upstream_concurrency: u64,
     /// Breaker state per policy at the end of the second.
     pub breaker: BTreeMap<String, BreakerState>,
+    /// The policies' other gauges at the end of the second (`in_flight`, `queue_length`, ...):
+    /// policy → gauge → value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gauges: BTreeMap<String, BTreeMap<String, u64>>,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
 }
@@ -78,6 +82,13 @@ pub fn timeline(run: &Run) -> Timeline {
             for (p, state) in run.policies.iter().zip(states) {
                 if let Some(state) = state {
                     sec.breaker.insert(p.clone(), *state);
+                }
+            }
+        }
+        if let Some((_, gauges)) = run.gauge_samples.iter().find(|(t, _)| *t == end) {
+            for (p, gauge, value) in gauges {
+                if let Some(name) = run.policies.get(*p as usize) {
+                    sec.gauges.entry(name.clone()).or_default().insert(gauge.as_str().to_string(), *value);
                 }
             }
         }

@@ -5,8 +5,8 @@
 
 use breakwater_scenario as scenario;
 use breakwater_scenario::{
-    Arrivals, BreakerState, Check, Decision, Latency, Load, Measure, PolicyRef, Record, RequestDecision, Run,
-    StatusSelect, Tolerance, Values,
+    Arrivals, BreakerState, Check, Decision, Gauge, Latency, Load, Measure, PolicyRef, Record,
+    RequestDecision, Run, StatusSelect, Tolerance, Values,
 };
 
 const MINIMAL: &str = "name: t\npolicy: p.yaml\nduration: 10s\ntraffic:\n  - rate: 10\n";
@@ -281,6 +281,7 @@ fn run() -> Run {
             (1_000_000_000, vec![Some(BreakerState::Open)]),
             (2_000_000_000, vec![Some(BreakerState::Closed)]),
         ],
+        gauge_samples: vec![(1_000_000_000, vec![(0, Gauge::QueueLength, 4)]), (2_000_000_000, vec![])],
         metrics: [("m".to_string(), 7)].into_iter().collect(),
         duration_ns: 2_000_000_000,
         workers: 1,
@@ -342,6 +343,9 @@ fn the_timeline_counts_each_second() {
     assert_eq!((s0.max_in_flight, s1.max_in_flight), (2, 2));
     assert_eq!(s0.breaker["api"], BreakerState::Open);
     assert_eq!(s1.breaker["api"], BreakerState::Closed);
+    // Other gauges at the end of each second, where sampled.
+    assert_eq!(s0.gauges["api"]["queue_length"], 4);
+    assert!(s1.gauges.is_empty());
     // Latencies of answered requests: 100, 100, 0 ms in second 0.
     assert_eq!((s0.latency_p50_ms, s0.latency_p99_ms), (100.0, 100.0));
     // The JSON the admin charts reads back to the same timeline.

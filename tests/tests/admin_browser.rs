@@ -328,3 +328,58 @@ async fn two_tabs(page: &Page, admin_port: u16) {
     let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
     assert!(yaml.contains("name: policy-1") && !yaml.contains("rate_limit"), "{yaml}");
 }
+
+/// Issue 22: a concurrency limit's queue is edited in the form, and the simulator charts the
+/// line's length over time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_is_edited_in_the_form_and_charted_by_the_simulator() {
+    let s = Session::start("chromium-profile-queue").await;
+    queue(&s.page, s.admin_port).await;
+    s.stop().await;
+}
+
+async fn queue(page: &Page, admin_port: u16) {
+    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
+    page.wait_text("doc-state", "the document", |t| t == "saved (version 1)").await;
+    page.click("add-policy").await;
+    page.el("policy-policy-1").await;
+    page.click("block-concurrency_limit").await;
+    page.type_into("field-concurrency_limit-max_in_flight", "2").await;
+    page.type_into("field-concurrency_limit-queue-max_waiting", "2000").await;
+    let error = page
+        .wait_text("error-concurrency_limit-queue-max_waiting", "the validator's error", |t| !t.is_empty())
+        .await;
+    assert_eq!(error, "must be between 1 and 1000, found 2000");
+    page.type_into("field-concurrency_limit-queue-max_waiting", "20").await;
+    page.type_into("field-concurrency_limit-queue-max_wait", "2s").await;
+    page.wait_text("error-concurrency_limit-queue-max_waiting", "no error", str::is_empty).await;
+    page.click("view-yaml").await;
+    let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+    assert!(
+        yaml.contains("queue:") && yaml.contains("max_waiting: 20") && yaml.contains("max_wait: 2s"),
+        "{yaml}"
+    );
+    page.click("view-form").await;
+
+    // 40 requests a second into a limit that serves 20 (2 slots, 100 ms each): the line grows.
+    page.click("tab-simulate").await;
+    page.type_into(
+        "scenario",
+        "name: a queue fills\nduration: 5s\ntraffic:\n  - rate: 40/s\nupstream:\n  latency: 100ms\n",
+    )
+    .await;
+    page.click("run-simulation").await;
+    page.el("simulation-result").await;
+    let bars = page.c.find_all(Locator::Css("[data-testid='chart-queue'] rect")).await.unwrap();
+    assert!(bars.len() >= 4, "a bar for most seconds: {}", bars.len());
+    let chart = page.text("chart-queue").await;
+    // The line holds at most max_waiting (20), and fills up to near it.
+    let top: u64 = chart
+        .split("max ")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{chart}"));
+    assert!(chart.contains("policy-1") && (10..=20).contains(&top), "{chart}");
+    page.shot("7-simulate-queue").await;
+}

@@ -71,6 +71,12 @@ policies:
   - name: delayed
     match: { path_prefix: /delayed }
     fault: { delay: { percent: 100, duration: 150ms }, abort: { percent: 50 } }
+  - name: queued
+    match: { path_prefix: /queued }
+    concurrency_limit: { max_in_flight: 1, queue: { max_waiting: 1, max_wait: 300ms } }
+  - name: lined
+    match: { path_prefix: /lined }
+    concurrency_limit: { max_in_flight: 1, queue: { max_waiting: 1, max_wait: 5s } }
 "#;
 
 /// Requests under `/delayed` are held 150 ms by the filter's timer: Envoy's 1 ms tick fires a
@@ -78,6 +84,8 @@ policies:
 /// machine more (so Envoy's side is only bounded by a second: a stream never let go fails it);
 /// host-test's virtual clock lets them go at the first tick at or after 150 ms.
 const DELAY: Duration = Duration::from_millis(150);
+/// Requests under `/queued/late` wait out the queue's `max_wait` on the same timer.
+const QUEUE_WAIT: Duration = Duration::from_millis(300);
 const ENVOY_DELAY_SLACK: Duration = Duration::from_millis(1000);
 const HOST_DELAY_SLACK: Duration = Duration::from_millis(1);
 
@@ -98,6 +106,9 @@ enum Step {
     /// Starts a request that stays in the upstream (give it a delay) until `Release`.
     Hold(&'static str, &'static [(&'static str, &'static str)]),
     Release,
+    /// Starts a request that waits in a queue (the slot is held) until `Admit`, after `Release`.
+    Queue(&'static str),
+    Admit,
     Wait(u64),
 }
 use Step::*;
@@ -183,6 +194,19 @@ fn cases() -> Vec<(&'static str, Vec<Step>)> {
                 get("/concurrency/fast"),
             ],
         ),
+        (
+            "queue: waits out max_wait, then the block's reply",
+            vec![
+                Hold("/queued/slow", &[("x-test-delay-ms", "600")]),
+                get("/queued/late"),
+                Release,
+                get("/queued/free"),
+            ],
+        ),
+        (
+            "queue: admitted when the slot comes back",
+            vec![Hold("/lined/slow", &[("x-test-delay-ms", "300")]), Queue("/lined/waits"), Release, Admit],
+        ),
     ]
 }
 
@@ -205,19 +229,25 @@ impl Seen {
         Seen { status, body, headers, hits, on_time: None }
     }
 
-    /// Marks a delayed request: answered between the delay and the delay plus `slack`.
+    /// Marks a request the filter holds for a known time (a delay, a wait out of `max_wait`):
+    /// answered between that time and that time plus `slack`.
     fn timed(mut self, path: &str, took: Duration, slack: Duration) -> Seen {
-        if path.starts_with("/delayed") {
-            self.on_time = Some(took >= DELAY && took <= DELAY + slack);
-        }
+        let held = if path.starts_with("/delayed") {
+            DELAY
+        } else if path.starts_with("/queued/late") {
+            QUEUE_WAIT
+        } else {
+            return self;
+        };
+        self.on_time = Some(took >= held && took <= held + slack);
         self
     }
 
     fn short(&self) -> String {
         let body: String = self.body.trim_end().chars().take(38).collect();
         let timing = match self.on_time {
-            Some(true) => " after its delay",
-            Some(false) => " NOT after its delay",
+            Some(true) => " held as long as due",
+            Some(false) => " NOT held as long as due",
             None => "",
         };
         format!("{} ×{} {body:?}{timing}", self.status, self.hits)
@@ -253,6 +283,7 @@ fn run_envoy(envoy: &Envoy, upstream: &Upstream, cases: &[(&str, Vec<Step>)]) ->
     let start = Instant::now();
     for (case, (_, steps)) in cases.iter().enumerate() {
         let mut held = None;
+        let mut waiting = None;
         for step in steps {
             match *step {
                 Send(method, path, headers) => {
@@ -286,6 +317,27 @@ fn run_envoy(envoy: &Envoy, upstream: &Upstream, cases: &[(&str, Vec<Step>)]) ->
                         label: format!("GET {path} (held)"),
                         at,
                         seen: envoy_seen(&r, hits),
+                    });
+                }
+                Queue(path) => {
+                    let at = start.elapsed();
+                    let before = upstream.total();
+                    let mut other = envoy.client();
+                    let thread = std::thread::spawn(move || send_to_envoy(&mut other, "GET", path, &[]));
+                    let policy = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+                    envoy.wait_for("the request to wait in the queue", Duration::from_secs(10), || {
+                        envoy.gauge(policy, Gauge::QueueLength) == 1
+                    });
+                    waiting = Some((path, at, before, thread));
+                }
+                Admit => {
+                    let (path, at, before, thread) = waiting.take().expect("Admit follows Queue");
+                    let r = thread.join().unwrap();
+                    out.push(Sent {
+                        case,
+                        label: format!("GET {path} (queued)"),
+                        at,
+                        seen: envoy_seen(&r, upstream.total() - before),
                     });
                 }
                 Wait(ms) => std::thread::sleep(Duration::from_millis(ms)),
@@ -371,6 +423,7 @@ fn run_host(world: &Rc<World>, vm: &mut Vm, cases: &[(&str, Vec<Step>)], times: 
     let mut at = times.iter();
     for (_, steps) in cases {
         let mut held = None;
+        let mut waiting = None;
         for step in steps {
             match *step {
                 Send(method, path, headers) => {
@@ -401,6 +454,33 @@ fn run_host(world: &Rc<World>, vm: &mut Vm, cases: &[(&str, Vec<Step>)], times: 
                     let (stream, headers) = held.take().expect("Release follows Hold");
                     let (up, hits) = upstream_side(world, &headers);
                     let r = vm.complete(stream, Some(up)).unwrap();
+                    out.push(host_seen(&r, hits));
+                }
+                Queue(path) => {
+                    world.clock_ns.set(START_NS + at.next().unwrap().as_nanos() as u64);
+                    match vm.begin(&host_request("GET", path, &[])).unwrap() {
+                        Begun::Paused { stream } => waiting = Some(stream),
+                        other => panic!("the queued request did not wait: {other:?}"),
+                    }
+                }
+                Admit => {
+                    // The slot is back: the waiter's worker lets it go at its next tick.
+                    let stream = waiting.take().expect("Admit follows Queue");
+                    let woken = (0..10_000)
+                        .find_map(|_| {
+                            world.clock_ns.set(world.clock_ns.get() + 1_000_000);
+                            vm.tick().unwrap();
+                            vm.take_woken().into_iter().find(|b| b.stream() == Some(stream))
+                        })
+                        .expect("the queued request is let go");
+                    let (r, hits) = match woken {
+                        Begun::Forwarded { stream } => {
+                            let headers = vm.forwarded(stream).cloned().unwrap_or_default();
+                            let (up, hits) = upstream_side(world, &headers);
+                            (vm.complete(stream, Some(up)).unwrap(), hits)
+                        }
+                        other => (vm.complete(other.stream().unwrap(), None).unwrap(), 0),
+                    };
                     out.push(host_seen(&r, hits));
                 }
                 Wait(_) => {}

@@ -6,6 +6,7 @@ use leptos::task::spawn_local;
 
 use breakwater_api::{ScenarioFile, SimulateBody, Simulation};
 use breakwater_policy::Diagnostic;
+use breakwater_policy::metrics::Gauge;
 
 use super::Ctx;
 use crate::api;
@@ -85,6 +86,7 @@ fn SimulationResult(r: Simulation) -> impl IntoView {
         &[("retries", |s| s.retries), ("budget_exhausted", |s| s.budget_exhausted)],
     );
     let bands = chart::breaker_bands(timeline);
+    let queues = chart::gauge_series(timeline, Gauge::QueueLength.as_str());
     let summary = format!(
         "{} requests over {} s on {} workers, simulated in {:.0} ms",
         report.requests, report.duration_s, report.workers, r.wall_ms
@@ -112,6 +114,9 @@ fn SimulationResult(r: Simulation) -> impl IntoView {
             <Chart title="Requests per second by decision" id="chart-decisions" series=decisions/>
             <Chart title="Requests per second by status" id="chart-status" series=statuses/>
             <Chart title="Retries and exhausted budget per second" id="chart-retries" series=retries/>
+            {(!queues.is_empty()).then(|| view! {
+                <Chart title="Requests waiting in a queue, at the end of each second" id="chart-queue" series=queues unit=""/>
+            })}
             {(!bands.is_empty()).then(|| view! {
                 <h3>"Breaker state"</h3>
                 <div class="bands" data-testid="chart-breaker">
@@ -134,13 +139,20 @@ fn SimulationResult(r: Simulation) -> impl IntoView {
 }
 
 #[component]
-fn Chart(title: &'static str, id: &'static str, series: Vec<chart::Series>) -> impl IntoView {
+fn Chart(
+    title: &'static str,
+    id: &'static str,
+    series: Vec<chart::Series>,
+    /// After the scale's number: `/s` for rates, nothing for gauges.
+    #[prop(default = "/s")]
+    unit: &'static str,
+) -> impl IntoView {
     let bars = chart::stacked_bars(&series);
     let top = chart::max_total(&series);
     let viewbox = format!("0 0 {} {}", chart::WIDTH, chart::HEIGHT);
     view! {
         <figure class="chart" data-testid=id>
-            <figcaption>{title} <span class="scale">{format!("max {top:.0}/s")}</span></figcaption>
+            <figcaption>{title} <span class="scale">{format!("max {top:.0}{unit}")}</span></figcaption>
             <svg viewBox=viewbox preserveAspectRatio="none" role="img" aria-label=title>
                 {bars.into_iter().map(|b| view! {
                     <rect x=b.x.to_string() y=b.y.to_string() width=b.width.to_string() height=b.height.to_string() fill=b.color/>
