@@ -274,7 +274,7 @@ struct Sim<'s> {
     /// By policy: the breaker-state gauge's metric id.
     breaker_gauges: Vec<Option<usize>>,
     /// The policies' other gauges: (policy, gauge, metric id).
-    gauges: Vec<(u32, Gauge, usize)>,
+    gauges: Vec<GaugeId>,
     samples: std::vec::IntoIter<u64>,
     /// By record: the closed-loop client that sent it.
     clients: Vec<u32>,
@@ -399,16 +399,15 @@ struct Waiting<'s> {
     arrived: u64,
 }
 
+/// A policy's gauge and its metric id: (policy, gauge, metric id).
+type GaugeId = (u32, Gauge, usize);
+
 /// By metric id: the (policy, counter) a counter counts.
 type CounterIds = Vec<Option<(u32, Counter)>>;
 
 /// Maps the filter's metric ids to what they count: counters, each policy's breaker gauge, and
 /// the policies' other gauges.
-#[allow(clippy::type_complexity)]
-fn metric_ids(
-    world: &World,
-    policies: &[String],
-) -> (CounterIds, Vec<Option<usize>>, Vec<(u32, Gauge, usize)>) {
+fn metric_ids(world: &World, policies: &[String]) -> (CounterIds, Vec<Option<usize>>, Vec<GaugeId>) {
     let metrics = world.metrics.borrow();
     let counters = metrics
         .iter()

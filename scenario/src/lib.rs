@@ -34,5 +34,5 @@ pub mod timeline;
 pub use evaluate::{Report, evaluate, format_number};
 pub use model::*;
 pub use read::{check_against, load, load_with_policy};
-pub use run::{Record, Run, sample_times};
+pub use run::{GaugeSample, Record, Run, sample_times};
 pub use timeline::{Second, Timeline, timeline};

@@ -26,6 +26,9 @@ pub struct Record {
     pub tries: (u32, u32),
 }
 
+/// One policy's gauge at a sample time: (policy index, gauge, value).
+pub type GaugeSample = (u32, Gauge, u64);
+
 /// What a simulation produced.
 #[derive(Debug, Clone, Default)]
 pub struct Run {
@@ -38,7 +41,7 @@ pub struct Run {
     pub breaker_samples: Vec<(u64, Vec<Option<BreakerState>>)>,
     /// The policies' other gauges (in flight, queue length, ...) sampled at the same times:
     /// (policy index, gauge, value).
-    pub gauge_samples: Vec<(u64, Vec<(u32, Gauge, u64)>)>,
+    pub gauge_samples: Vec<(u64, Vec<GaugeSample>)>,
     /// Every metric at the end, by name.
     pub metrics: BTreeMap<String, u64>,
     pub duration_ns: u64,

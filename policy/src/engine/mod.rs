@@ -7,6 +7,7 @@
 //! callers pass `now` (nanoseconds), so tests run on a [`clock::FakeClock`] and are exact and
 //! instant.
 
+pub mod adaptive;
 pub mod breaker;
 pub mod budget;
 pub mod clock;
