@@ -408,6 +408,10 @@ fn concurrency_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Con
     Some(ConcurrencyLimit { max_in_flight, key, max_keys, response, queue })
 }
 
+// The engine drops waiters further away than the language's longest wait (a wall clock that
+// stepped back): the two bounds are one.
+const _: () = assert!(MAX_QUEUE_WAIT_MS * 1_000_000 == concurrency::MAX_LINE_WAIT);
+
 fn queue(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Queue> {
     let f = r.fields(node, path, QUEUE_FIELDS)?;
     let max_waiting = match f.get("max_waiting") {

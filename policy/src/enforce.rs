@@ -178,6 +178,8 @@ struct Waiting {
     /// The keyed slot the line is in; None: in the policy's record.
     at: Option<SlotRef>,
     since: Nanos,
+    /// A look at the line failed (shared state unavailable): counted once.
+    unavailable: bool,
 }
 
 impl Admitted {
@@ -633,8 +635,7 @@ pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
         return true;
     };
     let (max, width) = (cl.max_in_flight, p.lease_width);
-    let max_wait = cl.queue.as_ref().map_or(0, |q| q.max_wait.as_nanos());
-    let look = |s: Option<&[u8]>| concurrency::poll(s, w.place, max, max_wait, now, width);
+    let look = |s: Option<&[u8]>| concurrency::poll(s, w.place, max, now, width);
     let result = match &w.at {
         Some(at) => {
             KeyTable::update_at(store, at, look).map(|r| r.unwrap_or((concurrency::Polled::TimedOut, 0)))
@@ -653,7 +654,11 @@ pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
             polled
         }
         Err(_) => {
-            a.events.push(Event::StateUnavailable);
+            // Counted once per request, not at every look (a thousand a second).
+            if let Some(w) = a.waiting.as_mut().filter(|w| !w.unavailable) {
+                w.unavailable = true;
+                a.events.push(Event::StateUnavailable);
+            }
             if now < w.place.deadline {
                 return false;
             }
@@ -1121,7 +1126,7 @@ fn concurrency_limited(
             a.events.push(Event::Queued);
             if p.enforcing() {
                 a.events.push(Event::QueueLength(waiting));
-                a.waiting = Some(Waiting { place, at, since: now });
+                a.waiting = Some(Waiting { place, at, since: now, unavailable: false });
             }
             None
         }

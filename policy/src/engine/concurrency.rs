@@ -105,16 +105,26 @@ struct Line {
     /// The next ticket to hand out. Tickets are never reused, so a waiter whose entry was dropped
     /// cannot mistake a newer waiter's for its own.
     next: u64,
+    /// The limit the line is served under, as the newest configuration has it (0: not known).
+    /// After a reload, waiters admitted under the old configuration follow the new one's limit:
+    /// with their own, they would wait behind slots newcomers are given.
+    max: u32,
     /// (ticket, deadline), tickets ascending.
     entries: Vec<(u64, Nanos)>,
 }
 
+/// The longest any waiter waits (the language's bound on `queue.max_wait`): after the wall clock
+/// steps back, a waiter whose deadline is further away than this is dropped.
+pub const MAX_LINE_WAIT: Nanos = 60_000_000_000;
+
 impl Line {
     /// Drops the waiters whose deadline has come, and (after the wall clock stepped back) those
-    /// whose deadline is further than `max_wait` away. Whether any was dropped.
-    fn prune(&mut self, now: Nanos, max_wait: Nanos) -> bool {
+    /// whose deadline is further than [`MAX_LINE_WAIT`] away. Whether any was dropped. The bound
+    /// is the language's, not a configuration's: after a reload that lengthened `max_wait`,
+    /// waiters of the old configuration must not drop the new ones.
+    fn prune(&mut self, now: Nanos) -> bool {
         let before = self.entries.len();
-        let latest = now.saturating_add(max_wait);
+        let latest = now.saturating_add(MAX_LINE_WAIT);
         self.entries.retain(|(_, deadline)| *deadline > now && *deadline <= latest);
         self.entries.len() != before
     }
@@ -164,26 +174,27 @@ fn decode(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> State {
 
 fn decode_line(r: &mut ByteReader<'_>) -> Option<Line> {
     let next = r.u64()?;
+    let max = r.u32()?;
     let n = r.u32()?;
     let mut entries = Vec::with_capacity(usize::try_from(n).ok()?.min(MAX_WAITING as usize));
     for _ in 0..n {
         entries.push((r.u64()?, r.u64()?));
     }
-    Some(Line { next, entries })
+    Some(Line { next, max, entries })
 }
 
 fn encode(s: &State) -> Vec<u8> {
     let h = &s.holds;
     // A line that never handed out a ticket is left out (the layout of limits without a queue).
     let queued = s.line.next > 0 || !s.line.entries.is_empty();
-    let len = if queued { 36usize.saturating_add(s.line.entries.len().saturating_mul(16)) } else { 24 };
+    let len = if queued { 40usize.saturating_add(s.line.entries.len().saturating_mul(16)) } else { 24 };
     let mut w = ByteWriter::sized(if queued { QUEUE_TAG } else { TAG }, len);
     w.u64(h.width).u64(h.newest);
     for c in h.counts {
         w.u32(c);
     }
     if queued {
-        w.u64(s.line.next).u32(s.line.waiting());
+        w.u64(s.line.next).u32(s.line.max).u32(s.line.waiting());
         for (ticket, deadline) in &s.line.entries {
             w.u64(*ticket).u64(*deadline);
         }
@@ -241,7 +252,7 @@ pub fn in_flight(state: Option<&[u8]>, now: Nanos, width: Nanos) -> u32 {
 pub fn waiting(state: Option<&[u8]>, now: Nanos, width: Nanos) -> u32 {
     let width = width.max(1);
     let mut s = decode(state, width, epoch_of(now, width));
-    s.line.prune(now, Nanos::MAX);
+    s.line.prune(now);
     s.line.waiting()
 }
 
@@ -265,7 +276,12 @@ pub fn acquire_or_wait(
     let width = width.max(1);
     let epoch = epoch_of(now, width);
     let mut s = decode(state, width, epoch);
-    let pruned = s.line.prune(now, queue.map_or(Nanos::MAX, |q| q.max_wait));
+    let mut pruned = s.line.prune(now);
+    if queue.is_some() && s.line.max != max && (s.line.next > 0 || !s.line.entries.is_empty()) {
+        // A line this configuration serves: under its limit from now on.
+        s.line.max = max;
+        pruned = true;
+    }
     let (n, waiting) = (s.holds.total(), s.line.waiting());
     let refused = |s: &State, place, waiting| {
         // Nothing taken; but holds that were re-dated (a step back, a new lease, a count from
@@ -283,6 +299,7 @@ pub fn acquire_or_wait(
             return refused(&s, Some(place), waiting);
         }
         s.line.next = s.line.next.saturating_add(1);
+        s.line.max = max;
         s.line.entries.push((place.ticket, place.deadline));
         let waiting = s.line.waiting();
         let slot = Slot { acquired: false, in_flight: n, epoch };
@@ -294,19 +311,20 @@ pub fn acquire_or_wait(
 }
 
 /// A waiter looks at the line: it takes a slot when fewer waiters are ahead of it than slots are
-/// free, times out at its deadline, waits otherwise. Returns the line's length after it.
+/// free (under the line's limit as the newest configuration set it, else `max`), times out at
+/// its deadline, waits otherwise. Returns the line's length after it.
 pub fn poll(
     state: Option<&[u8]>,
     place: Place,
     max: u32,
-    max_wait: Nanos,
     now: Nanos,
     width: Nanos,
 ) -> ((Polled, u32), Option<Vec<u8>>) {
     let width = width.max(1);
     let epoch = epoch_of(now, width);
     let mut s = decode(state, width, epoch);
-    let pruned = s.line.prune(now, max_wait);
+    let pruned = s.line.prune(now);
+    let max = if s.line.max > 0 { s.line.max } else { max };
     let n = s.holds.total();
     let polled = match s.line.position(place.ticket) {
         None => Polled::TimedOut,
@@ -451,14 +469,14 @@ mod tests {
 
     /// A lease far longer than the queue tests run: holds never expire in them.
     const LW: Nanos = 1000 * W;
-    const Q: QueueLimits = QueueLimits { max_waiting: 2, max_wait: 100 * W };
+    const Q: QueueLimits = QueueLimits { max_waiting: 2, max_wait: 50 * W };
 
     fn arrive(s: &MemoryStore, max: u32, now: Nanos) -> Admission {
         update(s, "c", |b| acquire_or_wait(b, max, Some(Q), true, now, LW)).unwrap()
     }
 
     fn look(s: &MemoryStore, place: Place, max: u32, now: Nanos) -> (Polled, u32) {
-        update(s, "c", |b| poll(b, place, max, Q.max_wait, now, LW)).unwrap()
+        update(s, "c", |b| poll(b, place, max, now, LW)).unwrap()
     }
 
     /// Waiters on different workers look at the line in any order: the oldest takes the slot,
@@ -542,13 +560,34 @@ mod tests {
         assert_eq!(would.waiting, 0);
     }
 
-    /// A clock that steps back leaves no waiter waiting longer than `max_wait` from now.
+    /// A clock that steps back leaves no waiter waiting longer than the language allows.
     #[test]
     fn a_step_back_drops_waiters_it_would_keep_too_long() {
         let s = MemoryStore::default();
         arrive(&s, 1, 1000 * W);
         let place = arrive(&s, 1, 1000 * W).place.unwrap();
+        assert_eq!(look(&s, place, 1, 1000 * W - 5 * W), (Polled::Waiting { ahead: 0 }, 1));
         assert_eq!(look(&s, place, 1, 10 * W), (Polled::TimedOut, 0));
+    }
+
+    /// After a reload, waiters of the old configuration follow the line as the new one sets it:
+    /// a higher limit serves them (not only newcomers), and a longer `max_wait` does not have
+    /// their looks drop the new waiters. Found by review.
+    #[test]
+    fn waiters_of_an_older_configuration_follow_the_new_one() {
+        let s = MemoryStore::default();
+        arrive(&s, 1, 0);
+        let (old1, old2) = (arrive(&s, 1, W).place.unwrap(), arrive(&s, 1, W).place.unwrap());
+        // The new configuration: 3 slots, waits of up to 55 s.
+        let q = QueueLimits { max_waiting: 3, max_wait: 55 * W };
+        let new = update(&s, "c", |b| acquire_or_wait(b, 3, Some(q), true, 2 * W, LW)).unwrap();
+        let new = new.place.expect("behind the two waiting: 1 held + 2 waiting fill 3");
+        assert!(matches!(look(&s, old1, 1, 3 * W).0, Polled::Admitted(_)));
+        assert!(matches!(look(&s, old2, 1, 3 * W).0, Polled::Admitted(_)));
+        assert_eq!(look(&s, new, 3, 3 * W), (Polled::Waiting { ahead: 0 }, 1));
+        // An old waiter's look (deadline 51 s) at 52 s keeps the new one (deadline 57 s).
+        assert_eq!(look(&s, old1, 1, 52 * W), (Polled::TimedOut, 1));
+        assert_eq!(look(&s, new, 3, 52 * W), (Polled::Waiting { ahead: 0 }, 1));
     }
 
     proptest! {
@@ -579,7 +618,7 @@ mod tests {
                     },
                     2 if !line.is_empty() => {
                         let p = line[pick % line.len()];
-                        let ((polled, _), b) = poll(bytes.as_deref(), p, 1, q.max_wait, now, 1000);
+                        let ((polled, _), b) = poll(bytes.as_deref(), p, 1, now, 1000);
                         keep(b, &mut bytes);
                         match polled {
                             Polled::Admitted(slot) => {

@@ -15,7 +15,9 @@
 //! policy's `failure_mode` decides.
 //!
 //! Memory is therefore at most `max_keys` entries per block, each a name of at most 78 bytes
-//! (`bw/<policy>/<block>/<slot>`) and a value of at most 41 (fingerprint and engine state).
+//! (`bw/<policy>/<block>/<slot>`) and a value of at most 41 (fingerprint and engine state), but
+//! for a concurrency limit with a queue, whose line adds 16 bytes per waiter (at most
+//! `max_waiting`) to its key's value.
 
 use std::hash::Hasher;
 
@@ -34,6 +36,9 @@ pub struct KeyTable {
     slots: u32,
     seed: KeySeed,
 }
+
+/// A slot as read: its value and CAS token, or nothing.
+type Read = Option<(Vec<u8>, u32)>;
 
 /// Where a key's state was found, to come back to it (e.g. to release a concurrency slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,26 +139,40 @@ impl KeyTable {
         S: SharedStore + ?Sized,
     {
         let mut closest: Option<(u64, u32)> = None;
+        // The first slot of an idle key: taken only if this key owns none further on (a key that
+        // found its home busy lives further on; taking the home back once it is idle would split
+        // the key's state in two: twice its concurrency limit, a second queue).
+        let mut idle: Option<(String, Read)> = None;
         for slot in self.probes(fp) {
             let name = self.name(slot);
             let current = store.get(&name)?;
             let (owner, state) = split(current.as_ref().map(|(v, _)| v.as_slice()));
-            let claimable = match owner {
-                None => true,
-                Some(o) if o == fp => true,
+            match owner {
+                // Never written (slots are never emptied): no key of this probe sequence lives
+                // further on.
+                None => {
+                    let (name, current) = idle.unwrap_or((name, current));
+                    return self.apply(store, name, Some(current), fp, now, kind, &mut decide, false);
+                }
+                Some(o) if o == fp => {
+                    return self.apply(store, name, Some(current), fp, now, kind, &mut decide, false);
+                }
                 Some(_) => match state.and_then(|s| kind.activity(s, now)) {
-                    None => true,
+                    None => {
+                        if idle.is_none() {
+                            idle = Some((name, current));
+                        }
+                    }
                     Some(score) => {
                         if closest.is_none_or(|(best, _)| score < best) {
                             closest = Some((score, slot));
                         }
-                        false
                     }
                 },
-            };
-            if claimable {
-                return self.apply(store, name, Some(current), fp, now, kind, &mut decide, false);
             }
+        }
+        if let Some((name, current)) = idle {
+            return self.apply(store, name, Some(current), fp, now, kind, &mut decide, false);
         }
         match closest {
             Some((_, slot)) if kind.evictable() => {
@@ -319,6 +338,29 @@ mod tests {
         // An evicting table takes active slots.
         let evicting = Counter { evictable: true };
         assert_eq!(t.update(&store, b"c", 0, &evicting, bump).unwrap().0, 1);
+    }
+
+    /// A key that found its home slot busy lives further on; when the home's owner goes idle, the
+    /// key goes on in its own slot (taking the home would split its state: twice its concurrency
+    /// limit, a second queue). Found by review of issue 22's queue.
+    #[test]
+    fn a_key_keeps_its_slot_when_an_earlier_one_frees() {
+        let store = MemoryStore::default();
+        let t = KeyTable::new("bw/p/c".into(), 4);
+        let home = |k: &str| fingerprint(KeySeed::default(), k.as_bytes()) % 4;
+        let names: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let j = names[0].as_str();
+        let k = names.iter().skip(1).find(|n| home(n) == home(j)).unwrap().as_str();
+        let busy = Counter { evictable: false };
+        t.update(&store, j.as_bytes(), 0, &busy, bump).unwrap();
+        let (_, k_slot) = t.update(&store, k.as_bytes(), 0, &busy, bump).unwrap();
+        // j goes idle: its slot could be taken, but k already has one.
+        t.update(&store, j.as_bytes(), 0, &busy, |_| ((), Some(vec![0]))).unwrap();
+        let (n, again) = t.update(&store, k.as_bytes(), 0, &busy, bump).unwrap();
+        assert_eq!((n, again), (2, k_slot));
+        // A new key with the same home takes the idle one.
+        let l = names.iter().skip(1).filter(|n| home(n) == home(j)).nth(1).unwrap();
+        assert_eq!(t.update(&store, l.as_bytes(), 0, &busy, bump).unwrap().0, 1);
     }
 
     /// Issue 20, defect 6: fingerprints are SipHash-2-4 under the deployment's seed: pinned here,
