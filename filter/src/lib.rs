@@ -82,6 +82,13 @@ struct Root {
     sent: HashMap<u32, (Rc<Config>, Renewal)>,
 }
 
+thread_local! {
+    /// The configuration this VM loaded last. A reload over ECDS gives the new configuration to a
+    /// new root context; the old one lives on for the streams that began under it, and has the
+    /// requests of those still waiting in a queue served under the new limit.
+    static NEWEST: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
+}
+
 /// Lease renewals waiting for the root context's next tick, with the configuration they belong to.
 type Renewals = Rc<RefCell<Vec<(Rc<Config>, Renewal)>>>;
 
@@ -194,6 +201,9 @@ impl Root {
         let mut blocked: Vec<(Rc<Config>, Rc<RefCell<Held>>)> = Vec::new();
         let mut released: Vec<(Rc<Config>, usize)> = Vec::new();
         let mut lines: Vec<(Rc<Config>, usize)> = Vec::new();
+        // Waiters from before a reload are served under the configuration in force now (the
+        // reload made a new root context; this one's holds stay here).
+        let newest = NEWEST.with_borrow(Clone::clone).or_else(|| self.config.clone());
         for mut hold in holds {
             // Gone: the stream ended first, and its end settled it.
             let Some(cell) = hold.held.upgrade() else { continue };
@@ -217,7 +227,8 @@ impl Root {
                         continue;
                     }
                     let context = hold.context;
-                    let decided = enforce::poll(plan, &HostStore, admitted, now, || {
+                    let newest = newest.as_ref().map_or(plan, |c| &c.plan);
+                    let decided = enforce::poll(plan, newest, &HostStore, admitted, now, || {
                         let _ = host::set_effective_context(context);
                         read_request(plan)
                     });
@@ -333,7 +344,9 @@ impl Root {
                     (false, true) => RENEWAL_TICK,
                     (false, false) => std::time::Duration::ZERO,
                 });
-                self.config = Some(Rc::new(Config { plan, metrics }));
+                let config = Rc::new(Config { plan, metrics });
+                NEWEST.set(Some(config.clone()));
+                self.config = Some(config);
                 metrics::record_memory();
                 true
             }

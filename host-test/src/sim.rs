@@ -273,6 +273,8 @@ struct Sim<'s> {
     counters: CounterIds,
     /// By policy: the breaker-state gauge's metric id.
     breaker_gauges: Vec<Option<usize>>,
+    /// When the attempts now in the upstream end, with how many end then (for `capacity`).
+    upstream_ends: std::collections::BTreeMap<u64, u32>,
     /// The policies' other gauges: (policy, gauge, metric id).
     gauges: Vec<GaugeId>,
     samples: std::vec::IntoIter<u64>,
@@ -377,6 +379,7 @@ pub fn run_within(
         paused: HashMap::default(),
         counters,
         breaker_gauges,
+        upstream_ends: Default::default(),
         gauges,
         samples: scenario::sample_times(scenario).into_iter(),
         clients: Vec::new(),
@@ -475,18 +478,23 @@ fn add_ratelimit_service(world: &Rc<World>, scenario: &Scenario, document: &Docu
     }
 }
 
-/// One attempt against the upstream as it behaves at that moment.
-fn attempt(e: Effective<'_>, rng: &mut Rng) -> Attempt {
+/// One attempt against the upstream as it behaves at that moment, with `busy` other attempts in
+/// it (an upstream with a `capacity` serves more than that many slower).
+fn attempt(e: Effective<'_>, busy: u64, rng: &mut Rng) -> Attempt {
     if e.connect_failure > 0.0 && rng.unit() < e.connect_failure {
         return Attempt::ConnectFailure;
     }
-    let latency_ns = match e.latency {
+    let base = match e.latency {
         Latency::Fixed(d) => d.as_nanos(),
         Latency::Uniform(lo, hi) => {
             let (lo, hi) = (lo.as_nanos(), hi.as_nanos());
             lo + (rng.unit() * (hi - lo) as f64) as u64
         }
         Latency::Exponential(mean) => rng.exponential(mean.as_nanos() as f64) as u64,
+    };
+    let latency_ns = match e.capacity.map(u64::from) {
+        Some(capacity) if busy + 1 > capacity => base.saturating_mul(busy + 1) / capacity,
+        _ => base,
     };
     if e.reset > 0.0 && rng.unit() < e.reset {
         return Attempt::Reset { after_ns: latency_ns };
@@ -710,11 +718,27 @@ impl<'s> Sim<'s> {
                 let world = self.world.clone();
                 let rng = &mut self.rng;
                 let upstream = w.upstream;
+                let ends = &mut self.upstream_ends;
+                // Attempts that ended before now are no longer in the upstream.
+                *ends = ends.split_off(&(t + 1));
                 // The simulated upstream does not look at the request.
                 let up = router::route_with(
                     &policy,
                     &Vec::new(),
-                    |_, start, _| attempt(upstream.at(t + start), rng),
+                    |_, start, _| {
+                        let at = t + start;
+                        let busy: u64 = ends.range(at + 1..).map(|(_, n)| u64::from(*n)).sum();
+                        let a = attempt(upstream.at(at), busy, rng);
+                        let took = match &a {
+                            Attempt::Response { latency_ns, .. } => Some(*latency_ns),
+                            Attempt::Reset { after_ns } => Some(*after_ns),
+                            _ => None,
+                        };
+                        if let Some(took) = took.filter(|_| upstream.at(at).capacity.is_some()) {
+                            *ends.entry(at + took).or_default() += 1;
+                        }
+                        a
+                    },
                     || world.next_random(),
                 );
                 let first = self.run.tries.len() as u32;

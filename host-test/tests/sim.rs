@@ -228,3 +228,37 @@ upstream:
     assert!(lengths[1..].iter().all(|n| (15..=20).contains(n)), "{lengths:?}");
     assert_eq!(timeline.seconds[0].gauges["q"]["in_flight"], 2);
 }
+
+/// An upstream with a `capacity` serves that many at its latency; more share it and each takes
+/// longer, in proportion: 20 clients against a capacity of 10 wait twice as long as 5 clients do.
+#[test]
+fn an_upstream_with_a_capacity_slows_down_under_its_own_load() {
+    let scenario = |clients: u32| {
+        format!(
+            "name: load
+policy:
+  version: 1
+  policies:
+    - name: api
+      rate_limit: {{ rate: 1000000, per: 1s }}
+duration: 5s
+traffic:
+  - concurrency: {clients}
+upstream:
+  latency: 100ms
+  capacity: 10
+"
+        )
+    };
+    let host = host();
+    let p50 = |clients| {
+        let (_, run) = run(&host, &scenario(clients));
+        let mut l: Vec<u64> =
+            run.records.iter().filter(|r| r.status == 200).map(|r| r.end_ns - r.start_ns).collect();
+        l.sort_unstable();
+        l[l.len() / 2] / 1_000_000
+    };
+    assert_eq!(p50(5), 100);
+    // 20 in the upstream when a request starts (19 with its client thinking for a millisecond).
+    assert!((190..=200).contains(&p50(20)), "{}", p50(20));
+}

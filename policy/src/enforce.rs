@@ -619,8 +619,13 @@ fn decide_rest<S: SharedStore + ?Sized>(
 /// the blocks after the concurrency limit decide it (`request` is read then, for faults on
 /// request headers); at its deadline it gets the block's response. True when the request is
 /// decided ([`Admitted::verdict`] is no longer [`Verdict::Wait`]); false while it waits.
+///
+/// `plan` is the one the request was admitted under; `newest` the configuration in force now.
+/// The line is served under the newest's limit for the same policy (after a reload that raised
+/// it, waiters from before are served as newcomers would be), everything else under `plan`.
 pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
     plan: &Plan,
+    newest: &Plan,
     store: &S,
     a: &mut Admitted,
     now: Nanos,
@@ -634,7 +639,17 @@ pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
         a.waiting = None;
         return true;
     };
-    let (max, width) = (cl.max_in_flight, p.lease_width);
+    let max = if std::ptr::eq(plan, newest) {
+        cl.max_in_flight
+    } else {
+        newest
+            .policies
+            .iter()
+            .find(|q| q.name() == p.name())
+            .and_then(|q| q.policy.concurrency_limit.as_ref())
+            .map_or(cl.max_in_flight, |c| c.max_in_flight)
+    };
+    let width = p.lease_width;
     let look = |s: Option<&[u8]>| concurrency::poll(s, w.place, max, now, width);
     let result = match &w.at {
         Some(at) => {

@@ -565,7 +565,7 @@ fn queued(mode: &str, key: &str) -> Sim {
 impl<S: SharedStore> Sim<S> {
     /// A waiting request looks at its line; true once decided.
     fn poll(&self, a: &mut Admitted, req: &Req) -> bool {
-        enforce::poll(&self.plan, &self.store, a, self.clock.now(), || req.clone())
+        enforce::poll(&self.plan, &self.plan, &self.store, a, self.clock.now(), || req.clone())
     }
 }
 

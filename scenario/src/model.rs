@@ -33,8 +33,9 @@ pub const TRAFFIC_FIELDS: &[&str] = &[
     "upstream",
 ];
 pub const VALUES_FIELDS: &[&str] = &["one_of", "uniform", "zipf", "cycle", "prefix", "exponent"];
-pub const UPSTREAM_FIELDS: &[&str] = &["latency", "status", "reset", "connect_failure", "phases"];
-pub const PHASE_FIELDS: &[&str] = &["from", "to", "latency", "status", "reset", "connect_failure", "down"];
+pub const UPSTREAM_FIELDS: &[&str] = &["latency", "capacity", "status", "reset", "connect_failure", "phases"];
+pub const PHASE_FIELDS: &[&str] =
+    &["from", "to", "latency", "capacity", "status", "reset", "connect_failure", "down"];
 pub const LATENCY_FIELDS: &[&str] = &["uniform", "exponential"];
 pub const SERVICE_FIELDS: &[&str] = &["latency", "envoys", "phases"];
 pub const SERVICE_PHASE_FIELDS: &[&str] = &["from", "to", "latency", "down", "hang"];
@@ -225,6 +226,9 @@ pub struct SimulatedUpstream {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Behaviour {
     pub latency: Latency,
+    /// Attempts the upstream serves at once at `latency`; an attempt that starts with k > capacity
+    /// in the upstream (itself included) takes `latency · k / capacity`. None: no limit.
+    pub capacity: Option<u32>,
     /// Status codes with their weights.
     pub status: Vec<(u16, f64)>,
     /// Share of attempts reset by the upstream after their latency, in 0..=1.
@@ -237,6 +241,7 @@ impl Default for Behaviour {
     fn default() -> Self {
         Behaviour {
             latency: Latency::Fixed(Duration::from_millis(10)),
+            capacity: None,
             status: vec![(200, 1.0)],
             reset: 0.0,
             connect_failure: 0.0,
@@ -250,6 +255,7 @@ pub struct UpstreamPhase {
     pub from: Duration,
     pub to: Duration,
     pub latency: Option<Latency>,
+    pub capacity: Option<u32>,
     pub status: Option<Vec<(u16, f64)>>,
     pub reset: Option<f64>,
     pub connect_failure: Option<f64>,
@@ -267,6 +273,7 @@ pub enum Latency {
 #[derive(Debug, Clone, Copy)]
 pub struct Effective<'a> {
     pub latency: Latency,
+    pub capacity: Option<u32>,
     pub status: &'a [(u16, f64)],
     pub reset: f64,
     pub connect_failure: f64,
@@ -276,6 +283,7 @@ impl SimulatedUpstream {
     pub fn at(&self, t_ns: u64) -> Effective<'_> {
         let mut e = Effective {
             latency: self.base.latency,
+            capacity: self.base.capacity,
             status: &self.base.status,
             reset: self.base.reset,
             connect_failure: self.base.connect_failure,
@@ -283,6 +291,7 @@ impl SimulatedUpstream {
         for p in &self.phases {
             if p.from.as_nanos() <= t_ns && t_ns < p.to.as_nanos() {
                 e.latency = p.latency.unwrap_or(e.latency);
+                e.capacity = p.capacity.or(e.capacity);
                 if let Some(s) = &p.status {
                     e.status = s;
                 }

@@ -490,6 +490,9 @@ fn upstream(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Opti
     if let Some((n, p)) = f.get("latency") {
         latency(r, n, &p).map(|l| base.latency = l).unwrap_or_else(|| ok = false);
     }
+    if let Some((n, p)) = f.get("capacity") {
+        capacity(r, n, &p).map(|c| base.capacity = Some(c)).unwrap_or_else(|| ok = false);
+    }
     if let Some((n, p)) = f.get("status") {
         status_mix(r, n, &p).map(|s| base.status = s).unwrap_or_else(|| ok = false);
     }
@@ -573,6 +576,7 @@ fn phase(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<
     let f = r.fields(node, path, PHASE_FIELDS)?;
     let (from, to) = window(r, &f, node, path, end)?;
     let latency = f.get("latency").map(|(n, p)| latency(r, n, &p));
+    let capacity = f.get("capacity").map(|(n, p)| capacity(r, n, &p));
     let status = f.get("status").map(|(n, p)| status_mix(r, n, &p));
     let reset = f.get("reset").map(|(n, p)| percent(r, n, &p));
     let mut connect_failure = f.get("connect_failure").map(|(n, p)| percent(r, n, &p));
@@ -591,10 +595,16 @@ fn phase(r: &mut Reader, node: &Node, path: &Path<'_>, end: Duration) -> Option<
         from,
         to,
         latency: latency.map(|l| l.ok_or(())).transpose().ok()?,
+        capacity: capacity.map(|c| c.ok_or(())).transpose().ok()?,
         status: status.map(|s| s.ok_or(())).transpose().ok()?,
         reset: reset.map(|r| r.ok_or(())).transpose().ok()?,
         connect_failure: connect_failure.map(|c| c.ok_or(())).transpose().ok()?,
     })
+}
+
+/// Attempts served at once: 1 to a million.
+fn capacity(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<u32> {
+    r.int(node, path, 1, 1_000_000).and_then(|n| u32::try_from(n).ok())
 }
 
 fn latency(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Latency> {

@@ -148,6 +148,7 @@ traffic:
 upstream:
   status: { 200: 1, 999: 1 }
   reset: 2
+  capacity: 0
 expect:
   - requests: { traffic: c, decison: allowed }
     equals: 1
@@ -164,11 +165,12 @@ expect:
         "9:5: error: traffic[1]: write either `rate` (open loop) or `concurrency` (closed loop), not both",
         "13:21: error: upstream.status.999: `999` is not an HTTP status code (100-599)",
         "14:10: error: upstream.reset: expected a string, found an integer",
-        "16:29: error: expect[0].requests.decison: unknown field `decison`; did you mean `decision`?",
-        "16:26: error: expect[0].requests.traffic: no traffic named `c`; the scenario has: a",
-        "18:5: error: expect[1]: a breaker expectation needs `at` (a time in the scenario)",
-        "19:15: error: expect[1].at_least: a breaker state is checked with `is: open` (closed, open, half_open)",
-        "21:9: error: expect[2].is: `is` compares breaker states; use equals, at_least, at_most or between",
+        "15:13: error: upstream.capacity: must be between 1 and 1000000, found 0",
+        "17:29: error: expect[0].requests.decison: unknown field `decison`; did you mean `decision`?",
+        "17:26: error: expect[0].requests.traffic: no traffic named `c`; the scenario has: a",
+        "19:5: error: expect[1]: a breaker expectation needs `at` (a time in the scenario)",
+        "20:15: error: expect[1].at_least: a breaker state is checked with `is: open` (closed, open, half_open)",
+        "22:9: error: expect[2].is: `is` compares breaker states; use equals, at_least, at_most or between",
     ];
     for want in expected {
         assert!(e.iter().any(|got| got == want), "missing {want:?} in\n{}", e.join("\n"));

@@ -183,3 +183,37 @@ fn clients_that_leave_and_upstreams_that_reset_leave_nothing_behind() {
     assert_eq!(envoy.decisions("q", "queue_timeout"), 0);
     assert!(!envoy.log().contains("panic"));
 }
+
+/// A publish while requests wait: the waiters (of the old configuration) follow the new limit,
+/// and nothing is left behind. Found by review.
+#[test]
+fn a_reload_while_requests_wait_serves_them_under_the_new_limit() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&policy(5, "10s"), upstream.port());
+    let holder = send(&envoy, &[("x-test-delay-ms", "3000")]);
+    envoy.wait_for("the slot to be taken", Duration::from_secs(5), || in_flight(&envoy) == 1);
+    let waiters: Vec<_> = (0..2u64)
+        .map(|i| {
+            let start = Instant::now();
+            let w = send(&envoy, &[]);
+            envoy.wait_for("the request to wait", Duration::from_secs(5), || waiting(&envoy) > i);
+            (start, w)
+        })
+        .collect();
+    // Three slots now: the two waiters need not wait for the holder's three seconds.
+    envoy.publish(&policy(5, "10s").replace("max_in_flight: 1", "max_in_flight: 3")).unwrap();
+    let waited: Vec<u128> = waiters
+        .into_iter()
+        .map(|(start, w)| {
+            let (status, _, end) = w.join().unwrap();
+            assert_eq!(status, 200);
+            end.duration_since(start).as_millis()
+        })
+        .collect();
+    println!(
+        "after a publish that raised the limit from 1 to 3, the waiters were served after {waited:?} ms"
+    );
+    assert!(waited.iter().all(|ms| *ms < 2500), "{waited:?}");
+    assert_eq!(holder.join().unwrap().0, 200);
+    envoy.wait_for("nothing held", Duration::from_secs(5), || waiting(&envoy) == 0 && in_flight(&envoy) == 0);
+}

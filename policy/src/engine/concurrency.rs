@@ -105,10 +105,6 @@ struct Line {
     /// The next ticket to hand out. Tickets are never reused, so a waiter whose entry was dropped
     /// cannot mistake a newer waiter's for its own.
     next: u64,
-    /// The limit the line is served under, as the newest configuration has it (0: not known).
-    /// After a reload, waiters admitted under the old configuration follow the new one's limit:
-    /// with their own, they would wait behind slots newcomers are given.
-    max: u32,
     /// (ticket, deadline), tickets ascending.
     entries: Vec<(u64, Nanos)>,
 }
@@ -174,27 +170,26 @@ fn decode(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> State {
 
 fn decode_line(r: &mut ByteReader<'_>) -> Option<Line> {
     let next = r.u64()?;
-    let max = r.u32()?;
     let n = r.u32()?;
     let mut entries = Vec::with_capacity(usize::try_from(n).ok()?.min(MAX_WAITING as usize));
     for _ in 0..n {
         entries.push((r.u64()?, r.u64()?));
     }
-    Some(Line { next, max, entries })
+    Some(Line { next, entries })
 }
 
 fn encode(s: &State) -> Vec<u8> {
     let h = &s.holds;
     // A line that never handed out a ticket is left out (the layout of limits without a queue).
     let queued = s.line.next > 0 || !s.line.entries.is_empty();
-    let len = if queued { 40usize.saturating_add(s.line.entries.len().saturating_mul(16)) } else { 24 };
+    let len = if queued { 36usize.saturating_add(s.line.entries.len().saturating_mul(16)) } else { 24 };
     let mut w = ByteWriter::sized(if queued { QUEUE_TAG } else { TAG }, len);
     w.u64(h.width).u64(h.newest);
     for c in h.counts {
         w.u32(c);
     }
     if queued {
-        w.u64(s.line.next).u32(s.line.max).u32(s.line.waiting());
+        w.u64(s.line.next).u32(s.line.waiting());
         for (ticket, deadline) in &s.line.entries {
             w.u64(*ticket).u64(*deadline);
         }
@@ -276,12 +271,7 @@ pub fn acquire_or_wait(
     let width = width.max(1);
     let epoch = epoch_of(now, width);
     let mut s = decode(state, width, epoch);
-    let mut pruned = s.line.prune(now);
-    if queue.is_some() && s.line.max != max && (s.line.next > 0 || !s.line.entries.is_empty()) {
-        // A line this configuration serves: under its limit from now on.
-        s.line.max = max;
-        pruned = true;
-    }
+    let pruned = s.line.prune(now);
     let (n, waiting) = (s.holds.total(), s.line.waiting());
     let refused = |s: &State, place, waiting| {
         // Nothing taken; but holds that were re-dated (a step back, a new lease, a count from
@@ -299,7 +289,6 @@ pub fn acquire_or_wait(
             return refused(&s, Some(place), waiting);
         }
         s.line.next = s.line.next.saturating_add(1);
-        s.line.max = max;
         s.line.entries.push((place.ticket, place.deadline));
         let waiting = s.line.waiting();
         let slot = Slot { acquired: false, in_flight: n, epoch };
@@ -311,8 +300,8 @@ pub fn acquire_or_wait(
 }
 
 /// A waiter looks at the line: it takes a slot when fewer waiters are ahead of it than slots are
-/// free (under the line's limit as the newest configuration set it, else `max`), times out at
-/// its deadline, waits otherwise. Returns the line's length after it.
+/// free under `max` (the newest configuration's: after a reload, waiters from before follow it as
+/// newcomers do), times out at its deadline, waits otherwise. Returns the line's length after it.
 pub fn poll(
     state: Option<&[u8]>,
     place: Place,
@@ -324,7 +313,6 @@ pub fn poll(
     let epoch = epoch_of(now, width);
     let mut s = decode(state, width, epoch);
     let pruned = s.line.prune(now);
-    let max = if s.line.max > 0 { s.line.max } else { max };
     let n = s.holds.total();
     let polled = match s.line.position(place.ticket) {
         None => Polled::TimedOut,
@@ -570,9 +558,9 @@ mod tests {
         assert_eq!(look(&s, place, 1, 10 * W), (Polled::TimedOut, 0));
     }
 
-    /// After a reload, waiters of the old configuration follow the line as the new one sets it:
-    /// a higher limit serves them (not only newcomers), and a longer `max_wait` does not have
-    /// their looks drop the new waiters. Found by review.
+    /// After a reload, waiters of the old configuration are served under the new limit (the
+    /// filter has every waiter look under the newest configuration), and a longer `max_wait`
+    /// does not have their looks drop the new waiters. Found by review.
     #[test]
     fn waiters_of_an_older_configuration_follow_the_new_one() {
         let s = MemoryStore::default();
@@ -582,11 +570,11 @@ mod tests {
         let q = QueueLimits { max_waiting: 3, max_wait: 55 * W };
         let new = update(&s, "c", |b| acquire_or_wait(b, 3, Some(q), true, 2 * W, LW)).unwrap();
         let new = new.place.expect("behind the two waiting: 1 held + 2 waiting fill 3");
-        assert!(matches!(look(&s, old1, 1, 3 * W).0, Polled::Admitted(_)));
-        assert!(matches!(look(&s, old2, 1, 3 * W).0, Polled::Admitted(_)));
+        assert!(matches!(look(&s, old1, 3, 3 * W).0, Polled::Admitted(_)));
+        assert!(matches!(look(&s, old2, 3, 3 * W).0, Polled::Admitted(_)));
         assert_eq!(look(&s, new, 3, 3 * W), (Polled::Waiting { ahead: 0 }, 1));
         // An old waiter's look (deadline 51 s) at 52 s keeps the new one (deadline 57 s).
-        assert_eq!(look(&s, old1, 1, 52 * W), (Polled::TimedOut, 1));
+        assert_eq!(look(&s, old1, 3, 52 * W), (Polled::TimedOut, 1));
         assert_eq!(look(&s, new, 3, 52 * W), (Polled::Waiting { ahead: 0 }, 1));
     }
 
