@@ -1,6 +1,6 @@
 //! Every engine's state decoder on hostile shared data: rate-limit buckets, count and time-window
-//! breakers, retry budgets, concurrency leases and the keyed tables' slots, read through the
-//! request lifecycle (`enforce::admit` / `finish`). Shared data is written by every plugin of the
+//! breakers, retry budgets, concurrency leases and their waiting lines, and the keyed tables'
+//! slots, read through the request lifecycle (`enforce::admit` / `poll` / `finish`). Shared data is written by every plugin of the
 //! same vm_id, by older filter builds, and outlives configurations: any bytes may be found there.
 //! The store hands out fuzzer-chosen values; the filter's code must never panic on them.
 #![no_main]
@@ -28,6 +28,13 @@ policies:
     rate_limit: { rate: 5, per: 1s }
     concurrency_limit: { max_in_flight: 2 }
     circuit_breaker: { window: 10s, minimum_calls: 2, failure_rate: 50, slow_call: { duration: 100ms, rate: 50 }, open_for: 1s }
+  - name: lined
+    match: { path_prefix: /c }
+    concurrency_limit: { max_in_flight: 1, key: ["header:x-key"], max_keys: 4, queue: { max_waiting: 3, max_wait: 2s } }
+  - name: queued
+    match: { path_prefix: /d }
+    concurrency_limit: { max_in_flight: 1, queue: { max_waiting: 3, max_wait: 1s } }
+    circuit_breaker: { window: 4, minimum_calls: 2, failure_rate: 50, open_for: 1s }
 "#;
 
 fn plan() -> &'static Plan {
@@ -96,14 +103,30 @@ fuzz_target!(|data: &[u8]| {
     let store = Hostile { inner: MemoryStore::default(), input: RefCell::new(Input(data)) };
     let mut now: u64 = 1_000_000_000_000;
     let mut held = Vec::new();
+    let mut waiting = Vec::new();
     for _ in 0..64 {
         let Some(op) = store.input.borrow_mut().byte() else { break };
-        now = now.saturating_add(u64::from(op & 0x3f) * 50_000_000);
-        let path = if op & 0x40 == 0 { "/a" } else { "/b" };
+        now = now.saturating_add(u64::from(op & 0x0f) * 50_000_000);
+        let path = ["/a", "/b", "/c", "/d"][usize::from((op >> 4) & 3)];
         let key = format!("k{}", op >> 6);
         let req = SimpleRequest::new("GET", "example.com", path).header("x-key", &key).from_ip("10.0.0.1");
         if let Some(a) = enforce::admit(plan, &store, &req, now).and_then(enforce::Step::decided) {
-            held.push(a);
+            if a.waits_until().is_some() { waiting.push((a, req.clone())) } else { held.push(a) }
+        }
+        // Every waiter looks at its line; the decided ones go on.
+        let mut still = Vec::new();
+        for (mut a, req) in waiting.drain(..) {
+            if enforce::poll(plan, plan, &store, &mut a, now, || req.clone()) {
+                held.push(a);
+            } else {
+                still.push((a, req));
+            }
+        }
+        waiting = still;
+        // A client that leaves while it waits.
+        if op & 2 == 2 && !waiting.is_empty() {
+            let (mut a, _) = waiting.remove(0);
+            enforce::finish(plan, &store, &mut a, &Exchange::default(), None, now);
         }
         // Finish the oldest request every other step, with an outcome chosen by the input.
         if op & 1 == 1 && !held.is_empty() {
@@ -125,7 +148,7 @@ fuzz_target!(|data: &[u8]| {
             enforce::finish(plan, &store, &mut a, &exchange, Some(u32::from(outcome >> 6)), now);
         }
     }
-    for mut a in held {
+    for mut a in held.into_iter().chain(waiting.into_iter().map(|(a, _)| a)) {
         enforce::finish(plan, &store, &mut a, &Exchange::default(), None, now);
     }
 });

@@ -4,24 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::rc::Rc;
+mod common;
 
-use breakwater_host_test::{Begun, Host, Request, UpstreamAnswer, Vm, World};
-
-fn envoy(workers: usize, policy: &str) -> (Rc<World>, Vec<Vm>) {
-    let host = Host::from_workspace().unwrap_or_else(|e| panic!("{e:#}"));
-    let compiled =
-        breakwater_policy::compile(&breakwater_policy::load(policy).unwrap().document).into_bytes();
-    let world = World::new(1_700_000_000_000_000_000, 42);
-    let vms = (0..workers)
-        .map(|i| {
-            let mut vm = host.vm(world.clone(), i).unwrap();
-            assert!(vm.configure(&compiled).unwrap(), "{:?}", world.logs.borrow());
-            vm
-        })
-        .collect();
-    (world, vms)
-}
+use breakwater_host_test::{Begun, Request, UpstreamAnswer, Vm, World};
+use common::envoy;
 
 const POLICY: &str = "version: 1
 policies:

@@ -387,8 +387,6 @@ impl Step {
 pub struct Ask {
     pub call: Call,
     admitted: Admitted,
-    retriable: bool,
-    want: u32,
     /// Leased mode: where the lease is, how many tokens the call asks for, whether it is the
     /// lease's renewal.
     lease: Option<(LeaseAt, u64, bool)>,
@@ -446,14 +444,13 @@ pub fn admit<S: SharedStore + ?Sized>(
     }
     let known = match global::route(store, gp, now) {
         global::Route::Degraded(known) => {
-            let decided =
-                after_global(plan, p, store, req, now, a, (retriable, want), Answer::Unavailable, known);
+            let decided = after_global(plan, p, store, req, now, a, Answer::Unavailable, known);
             return Some(Step::Decided(decided));
         }
         // A probe calls for this request alone.
         global::Route::Probe => {
             a.events.push(Event::GlobalCall);
-            return Some(Step::Ask(Ask { call: gp.request(req), admitted: a, retriable, want, lease: None }));
+            return Some(Step::Ask(Ask { call: gp.request(req), admitted: a, lease: None }));
         }
         global::Route::Ask => global::Known::default(),
     };
@@ -476,38 +473,20 @@ pub fn admit<S: SharedStore + ?Sized>(
                 let call = gp.lease_request(req, tokens);
                 a.renewal = Some(Renewal { policy: index, at, want: tokens, call });
             }
-            Step::Decided(after_global(
-                plan,
-                p,
-                store,
-                req,
-                now,
-                a,
-                (retriable, want),
-                decided(false, 0),
-                known,
-            ))
+            Step::Decided(after_global(plan, p, store, req, now, a, decided(false, 0), known))
         }
-        Some((LeaseStep::Empty { wait }, _)) => Step::Decided(after_global(
-            plan,
-            p,
-            store,
-            req,
-            now,
-            a,
-            (retriable, want),
-            decided(true, wait),
-            known,
-        )),
+        Some((LeaseStep::Empty { wait }, _)) => {
+            Step::Decided(after_global(plan, p, store, req, now, a, decided(true, wait), known))
+        }
         Some((LeaseStep::Ask { want: tokens, renewing }, at)) => {
             a.events.push(Event::GlobalCall);
             let call = gp.lease_request(req, tokens);
-            Step::Ask(Ask { call, admitted: a, retriable, want, lease: Some((at, tokens, renewing)) })
+            Step::Ask(Ask { call, admitted: a, lease: Some((at, tokens, renewing)) })
         }
         // Exact mode, or a lease that could not be read: one call for this request.
         None => {
             a.events.push(Event::GlobalCall);
-            Step::Ask(Ask { call: gp.request(req), admitted: a, retriable, want, lease: None })
+            Step::Ask(Ask { call: gp.request(req), admitted: a, lease: None })
         }
     })
 }
@@ -539,7 +518,7 @@ pub fn resume<S: SharedStore + ?Sized>(
     answer: Answer,
     now: Nanos,
 ) -> Admitted {
-    let Ask { admitted: mut a, retriable, want, lease, .. } = ask;
+    let Ask { admitted: mut a, lease, .. } = ask;
     let Some(p) = plan.policies.get(a.policy) else { return a };
     let Some(gp) = &p.global else { return a };
     // A lease's answer: the request spends one of the tokens granted, the lease keeps the rest.
@@ -564,7 +543,7 @@ pub fn resume<S: SharedStore + ?Sized>(
         }
         Err(_) => global::Known { degraded: answer == Answer::Unavailable, ..global::Known::default() },
     };
-    after_global(plan, p, store, req, now, a, (retriable, want), answer, known)
+    after_global(plan, p, store, req, now, a, answer, known)
 }
 
 /// The global limit's verdict, then the blocks after it.
@@ -576,10 +555,10 @@ fn after_global<S: SharedStore + ?Sized>(
     req: &impl RequestView,
     now: Nanos,
     mut a: Admitted,
-    (retriable, want): (bool, u32),
     answer: Answer,
     known: global::Known,
 ) -> Admitted {
+    let (retriable, want) = (a.retriable, a.want);
     let rejection = match global_limited(p, store, req, now, &mut a, answer, &known) {
         Some(r) => {
             // Shadow mode: the request goes upstream anyway and counts toward the retry budget.
