@@ -185,6 +185,11 @@ impl SharedStore for HostStore {
     }
 }
 
+/// Resets the request's stream (the client gets no response).
+pub fn reset_request() {
+    let _ = hostcalls::reset_http_request();
+}
+
 pub fn define_counter(name: &str) -> Option<u32> {
     hostcalls::define_metric(MetricType::Counter, name).ok()
 }

@@ -278,9 +278,7 @@ impl Root {
                 continue;
             }
             match reply {
-                Some(r) => {
-                    let _ = host::send_reply(r.status, &r.headers, &r.body);
-                }
+                Some(r) => answer(&r),
                 None => host::resume_request(),
             }
         }
@@ -408,6 +406,15 @@ impl Context for Http {
     }
 }
 
+/// Answers a rejected request: its local reply, or a reset of its stream.
+fn answer(reply: &enforce::Reply) {
+    if reply.reset {
+        host::reset_request();
+    } else if let Err(status) = host::send_reply(reply.status, &reply.headers, &reply.body) {
+        host::log(LogLevel::Debug, &format!("breakwater: local reply not sent: {status:?}"));
+    }
+}
+
 /// The request as the matcher sees it, read from the host once: `:path`, the other pseudo-headers
 /// and the client address only when the plan uses them, and the headers the plan names.
 fn read_request(plan: &Plan) -> SimpleRequest<&str> {
@@ -496,9 +503,7 @@ impl Http {
         }
         let action = match &admitted.verdict {
             Verdict::Reject(reply) => {
-                if let Err(status) = host::send_reply(reply.status, &reply.headers, &reply.body) {
-                    host::log(LogLevel::Debug, &format!("breakwater: local reply not sent: {status:?}"));
-                }
+                answer(reply);
                 Action::Pause
             }
             Verdict::Forward { request_headers } => {

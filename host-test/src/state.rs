@@ -254,6 +254,9 @@ pub struct Stream {
     /// Paused in request headers (waiting for a call), and whether the filter has resumed it.
     pub paused: bool,
     pub resumed: bool,
+    /// The filter reset the stream (`proxy_close_stream` on the request): the client gets no
+    /// response.
+    pub reset: bool,
 }
 
 /// One VM's host state (a wasmtime Store's data).

@@ -235,7 +235,7 @@ impl Vm {
             if !st.paused {
                 continue;
             }
-            if st.local_reply.is_some() {
+            if st.local_reply.is_some() || st.reset {
                 st.paused = false;
                 self.woken.push(Begun::Answered { stream: *id });
             } else if st.resumed {
@@ -409,7 +409,7 @@ impl Vm {
             self.store.data_mut().effective_context = id;
             let action = self.guest(|s, e| e.on_request_headers.call(s, (ctx, n, 1)))?;
             let st = self.stream_mut(id)?;
-            match (st.local_reply.is_some(), action) {
+            match (st.local_reply.is_some() || st.reset, action) {
                 (true, _) => Ok(Begun::Answered { stream: id }),
                 (false, ACTION_CONTINUE) => Ok(Begun::Forwarded { stream: id }),
                 // Paused without a reply: the filter waits for a call's answer (a global limit).
@@ -444,6 +444,18 @@ impl Vm {
                 Some(up) => Ok(upstream_response(up)),
                 None => bail!("stream {id} was forwarded but completed without an upstream outcome"),
             };
+        }
+        if self.store.data().streams.get(&id).is_some_and(|s| s.reset) {
+            // The filter reset the stream: no response; the stream ends as Envoy ends a reset one.
+            let counted = self.end(id)?;
+            return Ok(ClientResponse {
+                status: 0,
+                headers: Vec::new(),
+                body: Vec::new(),
+                local: true,
+                forwarded: None,
+                counted,
+            });
         }
         let (mut response, forwarded) = match self.response_for(id, upstream) {
             Ok(r) => r,
@@ -490,8 +502,14 @@ impl Vm {
         if self.bypassed.remove(&id).is_some() {
             return Ok(Vec::new());
         }
-        let ctx = id as i32;
         self.stream_mut(id)?.info.response_flags |= 0x4000; // DC: downstream connection termination
+        self.end(id)
+    }
+
+    /// `on_log`, `on_done`, `on_delete` for a stream without a response; the counter increments
+    /// the filter made for it.
+    fn end(&mut self, id: u32) -> Result<Vec<(u32, u64)>> {
+        let ctx = id as i32;
         self.store.data_mut().effective_context = id;
         let ended = self
             .guest(|s, e| e.on_log.call(s, ctx))

@@ -112,3 +112,21 @@ fn injected_aborts_leave_the_breaker_closed_unless_counted() {
         assert_eq!(metric(&world, "breakwater.breaker_state.policy.f"), opened, "count_in_breaker: {count}");
     }
 }
+
+/// `abort.reset`: the stream is reset instead of answered; the client gets nothing, the abort is
+/// counted, and a breaker that counts injected aborts records a reset.
+#[test]
+fn an_abort_can_reset_the_stream() {
+    let (world, mut vms) = envoy(
+        1,
+        "version: 1\npolicies:\n  - name: f\n    circuit_breaker: { window: 4, minimum_calls: 2, failure_rate: 50, failure_on: [reset] }\n    fault: { abort: { percent: 100, reset: true, count_in_breaker: true } }\n",
+    );
+    for _ in 0..2 {
+        let Begun::Answered { stream } = vms[0].begin(&Request::get("h", "/")).unwrap() else { panic!() };
+        let r = vms[0].complete(stream, None).unwrap();
+        assert_eq!((r.status, r.body.len(), r.local), (0, 0, true));
+    }
+    assert_eq!(metric(&world, "breakwater.requests.policy.f.decision.fault_aborted"), 2);
+    // Two resets of two calls: the breaker opened.
+    assert_eq!(metric(&world, "breakwater.breaker_state.policy.f"), 1);
+}

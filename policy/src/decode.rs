@@ -581,7 +581,14 @@ fn fault(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Fault> {
         let percent = required_percent(r, &fa, n, &p);
         let response = response_or(r, &fa, default_fault_response);
         let count_in_breaker = fa.get("count_in_breaker").and_then(|(n, p)| r.bool(n, &p)).unwrap_or(false);
-        Some(FaultAbort { percent: percent?, response, count_in_breaker })
+        let reset = fa.get("reset").and_then(|(n, p)| r.bool(n, &p)).unwrap_or(false);
+        // (A compiled document writes the default reply out: that one goes with a reset.)
+        if let (true, Some((n, p))) = (reset, fa.get("response"))
+            && response != default_fault_response()
+        {
+            r.error(&p, n, "a reset sends no response: write either `response` or `reset: true`");
+        }
+        Some(FaultAbort { percent: percent?, response, reset, count_in_breaker })
     });
     let delay = f.get("delay").and_then(|(n, p)| {
         let fd = r.fields(n, &p, FAULT_DELAY_FIELDS)?;

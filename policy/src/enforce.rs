@@ -120,6 +120,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// Reset the stream instead of sending the reply (an injected abort with `reset: true`).
+    pub reset: bool,
 }
 
 /// What to do with the request now.
@@ -162,8 +164,8 @@ pub struct Admitted {
     /// Holds one of the fault block's `max_active` delays (in this lease bucket) until
     /// [`delay_over`] or [`finish`].
     holding: Option<u64>,
-    /// An injected abort the breaker counts (`count_in_breaker`): the status it records.
-    injected: Option<u16>,
+    /// An injected abort the breaker counts (`count_in_breaker`): the outcome it records.
+    injected: Option<Exchange>,
     /// Whether the policy retries this request's method, and how many retries it wants.
     retriable: bool,
     want: u32,
@@ -333,7 +335,7 @@ fn reply(r: &Response, extra: Vec<(String, String)>) -> Reply {
     let mut headers: Vec<(String, String)> =
         r.headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     headers.extend(extra);
-    Reply { status: r.status, headers, body: r.body.to_string() }
+    Reply { status: r.status, headers, body: r.body.to_string(), reset: false }
 }
 
 fn seconds_ceil(ns: Nanos) -> u64 {
@@ -788,13 +790,20 @@ fn inject<S: SharedStore + ?Sized>(
     // (then it records the abort as the request's outcome).
     if p.enforcing() {
         if abort.count_in_breaker {
-            a.injected = Some(status);
+            // A reset as Envoy reports an upstream's: 503, flag UR.
+            let (flags, details) = match abort.reset {
+                true => {
+                    (flags::UPSTREAM_REMOTE_RESET, "upstream_reset_before_response_started{remote reset}")
+                }
+                false => (0, ""),
+            };
+            a.injected = Some(Exchange { status: Some(status), flags, details: details.to_string() });
         } else {
             a.ticket = None;
         }
     }
     let mut r = reply(&abort.response, Vec::new());
-    r.status = status;
+    (r.status, r.reset) = (status, abort.reset);
     Some((Decision::FaultAborted, r))
 }
 
@@ -1226,14 +1235,8 @@ pub fn finish<S: SharedStore + ?Sized>(
         return;
     }
     delay_over(plan, store, a, now);
-    let injected;
-    let exchange = match a.injected.take() {
-        Some(status) => {
-            injected = Exchange { status: Some(status), flags: 0, details: String::new() };
-            &injected
-        }
-        None => exchange,
-    };
+    let injected = a.injected.take();
+    let exchange = injected.as_ref().unwrap_or(exchange);
     let Some(p) = plan.policies.get(a.policy) else { return };
     release(store, p, a, now);
     let retried = attempts.unwrap_or(0).saturating_sub(1);

@@ -58,7 +58,7 @@ pub const BUDGET_FIELDS: &[&str] = &["percent", "min_per_second"];
 pub const FALLBACK_FIELDS: &[&str] = &["on", "response"];
 pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
 pub const FAULT_FIELDS: &[&str] = &["abort", "delay", "headers", "max_active"];
-pub const FAULT_ABORT_FIELDS: &[&str] = &["percent", "response", "count_in_breaker"];
+pub const FAULT_ABORT_FIELDS: &[&str] = &["percent", "response", "reset", "count_in_breaker"];
 pub const FAULT_DELAY_FIELDS: &[&str] = &["percent", "duration", "max"];
 
 /// Every field list of the language.

@@ -650,6 +650,10 @@ pub struct FaultAbort {
     /// The reply. Default: 503 `fault injected`.
     #[serde(default = "default_fault_response")]
     pub response: Response,
+    /// Reset the stream instead of replying (the client gets no response: HTTP/1 sees its
+    /// connection closed, HTTP/2 the stream reset).
+    #[serde(default)]
+    pub reset: bool,
     /// Count injected aborts as failures in the policy's circuit breaker. Off: the breaker judges
     /// the upstream, and an injected abort says nothing about it.
     #[serde(default)]

@@ -671,3 +671,16 @@ fn events_map_to_their_counters() {
     assert_eq!(Event::QueueLength(2).counter(), None);
     assert_eq!(Event::QueueWaited(2).counter(), None);
 }
+
+/// `abort.reset`: the rejection resets the stream; the compiled document (which writes the
+/// default reply out) loads back in the filter.
+#[test]
+fn an_abort_with_a_reset_compiles_and_resets() {
+    let yaml = "version: 1\npolicies:\n  - name: f\n    fault: { abort: { percent: 100, reset: true } }\n";
+    let doc = breakwater_policy::load(yaml).unwrap().document;
+    let compiled = breakwater_policy::compile(&doc);
+    assert!(breakwater_policy::load_config(compiled.as_bytes()).is_ok(), "{compiled}");
+    let s = sim(yaml);
+    let a = s.admit(&get("/"));
+    assert_eq!((a.decision, rejection(&a).reset), (Decision::FaultAborted, true));
+}

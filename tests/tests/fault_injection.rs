@@ -162,3 +162,28 @@ fn a_request_held_across_a_reload_still_goes_on() {
     assert_eq!(envoy.client().get("/", &[]).status, 200);
     assert!(start.elapsed() < Duration::from_millis(800));
 }
+
+/// `abort.reset`: Envoy resets the stream; an HTTP/1 client sees its connection closed without a
+/// response, and the abort is counted.
+#[test]
+fn an_abort_can_reset_the_stream() {
+    use std::io::Read;
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(
+        "version: 1\npolicies:\n  - name: f\n    match: { path_prefix: /reset }\n    fault: { abort: { percent: 100, reset: true } }\n",
+        upstream.port(),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /reset HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    // A reset connection ends the read (0 bytes) or fails it (connection reset): no response.
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    envoy
+        .wait_for("the abort counted", Duration::from_secs(5), || envoy.decisions("f", "fault_aborted") == 1);
+    assert_eq!(upstream.total(), 0);
+    // Other paths are untouched.
+    assert_eq!(envoy.client().get("/other", &[]).status, 200);
+    assert!(!envoy.log().contains("panic"));
+}

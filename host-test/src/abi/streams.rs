@@ -51,7 +51,13 @@ pub fn add_to_linker(l: &mut Linker<HostState>) -> Result<()> {
         }
         Ok(Status::Ok as i32)
     })?;
-    l.func_wrap("env", "proxy_close_stream", |_: Caller<'_, HostState>, _: i32| -> Result<i32> {
+    l.func_wrap("env", "proxy_close_stream", |mut c: Caller<'_, HostState>, kind: i32| -> Result<i32> {
+        // 0: the request. Envoy resets the stream: no response reaches the client.
+        if kind == 0
+            && let Some(stream) = c.data_mut().stream()
+        {
+            stream.reset = true;
+        }
         Ok(Status::Ok as i32)
     })?;
     l.func_wrap(
