@@ -790,14 +790,16 @@ fn inject<S: SharedStore + ?Sized>(
     // (then it records the abort as the request's outcome).
     if p.enforcing() {
         if abort.count_in_breaker {
-            // A reset as Envoy reports an upstream's: 503, flag UR.
-            let (flags, details) = match abort.reset {
-                true => {
-                    (flags::UPSTREAM_REMOTE_RESET, "upstream_reset_before_response_started{remote reset}")
-                }
-                false => (0, ""),
-            };
-            a.injected = Some(Exchange { status: Some(status), flags, details: details.to_string() });
+            // A reset as Envoy reports an upstream's: 503, flag UR (whatever status a request
+            // header asked for: a reset sends none).
+            a.injected = Some(match abort.reset {
+                true => Exchange {
+                    status: Some(503),
+                    flags: flags::UPSTREAM_REMOTE_RESET,
+                    details: "upstream_reset_before_response_started{remote reset}".to_string(),
+                },
+                false => Exchange { status: Some(status), flags: 0, details: String::new() },
+            });
         } else {
             a.ticket = None;
         }

@@ -684,3 +684,26 @@ fn an_abort_with_a_reset_compiles_and_resets() {
     let a = s.admit(&get("/"));
     assert_eq!((a.decision, rejection(&a).reset), (Decision::FaultAborted, true));
 }
+
+/// A reset counted in the breaker is a reset, whatever status a request header asked for (a
+/// reset sends none). Found by review: with `x-breakwater-fault-abort: 429` the breaker recorded
+/// a 429, a success, and never opened.
+#[test]
+fn an_injected_reset_counts_as_a_reset_whatever_the_header_asked() {
+    let s = sim("version: 1
+policies:
+  - name: f
+    circuit_breaker: { window: 4, minimum_calls: 2, failure_rate: 50, failure_on: [reset] }
+    fault: { abort: { percent: 100, reset: true, count_in_breaker: true }, headers: true }
+");
+    let req = get("/").header("x-breakwater-fault-abort", "429");
+    let mut opened = false;
+    for _ in 0..2 {
+        let mut a = s.admit(&req);
+        assert_eq!((a.decision, rejection(&a).reset), (Decision::FaultAborted, true));
+        enforce::finish(&s.plan, &s.store, &mut a, &Exchange::default(), None, s.clock.now());
+        opened |=
+            a.events.iter().any(|e| matches!(e, Event::Breaker(t) if t.to.state() == BreakerState::Open));
+    }
+    assert!(opened, "two resets of two calls open the breaker");
+}
