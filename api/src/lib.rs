@@ -210,6 +210,22 @@ pub struct PolicyStats {
     /// When the policy's concurrency limit has a queue: the requests waiting now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_length: Option<u64>,
+    /// When the policy's concurrency limit is adaptive: what its controller shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveStats>,
+}
+
+/// An adaptive concurrency limit, as its gauges show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdaptiveStats {
+    /// The limit in force.
+    pub limit: u64,
+    /// The last min RTT measured (milliseconds; 0 before the first).
+    pub min_rtt_ms: u64,
+    /// The latency sampled in the last interval (milliseconds).
+    pub sample_rtt_ms: u64,
+    /// Whether it measures the min RTT now (the limit is pinned at its `min`).
+    pub probing: bool,
 }
 
 #[cfg(test)]
@@ -227,6 +243,7 @@ mod tests {
             global_degraded: None,
             fault_active: None,
             queue_length: None,
+            adaptive: None,
         };
         let json = serde_json::to_string(&stats).unwrap();
         assert_eq!(json, r#"{"requests":{"rate_limited":3},"breaker":"half_open","in_flight":null}"#);

@@ -579,6 +579,9 @@ impl HttpContext for Http {
         let (Some(config), Some(admitted)) = (self.config.clone(), self.admitted.as_mut()) else {
             return Action::Continue;
         };
+        if admitted.samples_latency(&config.plan) {
+            admitted.answered(host::now());
+        }
         // Read before a fallback reply replaces the response (whose headers pass here again).
         if self.attempts.is_none() && admitted.reads_attempt_count_header(&config.plan) {
             self.attempts = host::response_header(enforce::ATTEMPT_COUNT_HEADER)

@@ -30,7 +30,13 @@ struct PolicyMetrics {
     fault_active: Option<u32>,
     queue_length: Option<u32>,
     queue_wait: Option<u32>,
+    /// An adaptive limit's gauges: the limit, min RTT, sampled latency, probing.
+    adaptive: [Option<u32>; 4],
 }
+
+/// An adaptive limit's gauges, in [`PolicyMetrics::adaptive`]'s order.
+const ADAPTIVE_GAUGES: [Gauge; 4] =
+    [Gauge::ConcurrencyLimit, Gauge::MinRttMs, Gauge::SampleRttMs, Gauge::MinRttCalculationActive];
 
 thread_local! {
     /// The ids this VM holds, by policy name: the policies of its current configuration (statics
@@ -111,8 +117,13 @@ impl Metrics {
                             host::define_gauge(&gauge_name(name, Gauge::BreakerState))
                         });
                     }
-                    if p.policy.concurrency_limit.is_some() {
+                    if let Some(cl) = &p.policy.concurrency_limit {
                         ensure(&mut m.in_flight, || host::define_gauge(&gauge_name(name, Gauge::InFlight)));
+                        if cl.adaptive.is_some() {
+                            for (id, gauge) in m.adaptive.iter_mut().zip(ADAPTIVE_GAUGES) {
+                                ensure(id, || host::define_gauge(&gauge_name(name, gauge)));
+                            }
+                        }
                     }
                     if p.global.is_some() {
                         ensure(&mut m.global_degraded, || {
@@ -143,6 +154,13 @@ impl Metrics {
                 Event::FaultActive(n) => host::record(m.fault_active, u64::from(n)),
                 Event::QueueLength(n) => host::record(m.queue_length, u64::from(n)),
                 Event::QueueWaited(ms) => host::record(m.queue_wait, ms),
+                Event::Adaptive(r) => {
+                    let [limit, min_rtt, sampled, probing] = m.adaptive;
+                    host::record(limit, u64::from(r.limit));
+                    host::record(min_rtt, r.min_rtt / 1_000_000);
+                    host::record(sampled, r.sampled / 1_000_000);
+                    host::record(probing, u64::from(r.probing));
+                }
                 other => {
                     if let Some((c, by)) = other.counter() {
                         host::increment(m.counters.get(c.index()).copied().flatten(), by);

@@ -1,5 +1,5 @@
 //! Every engine's state decoder on hostile shared data: rate-limit buckets, count and time-window
-//! breakers, retry budgets, concurrency leases and their waiting lines, and the keyed tables'
+//! breakers, retry budgets, concurrency leases, their waiting lines and adaptive limits' controllers, and the keyed tables'
 //! slots, read through the request lifecycle (`enforce::admit` / `poll` / `finish`). Shared data is written by every plugin of the
 //! same vm_id, by older filter builds, and outlives configurations: any bytes may be found there.
 //! The store hands out fuzzer-chosen values; the filter's code must never panic on them.
@@ -35,6 +35,12 @@ policies:
     match: { path_prefix: /d }
     concurrency_limit: { max_in_flight: 1, queue: { max_waiting: 3, max_wait: 1s } }
     circuit_breaker: { window: 4, minimum_calls: 2, failure_rate: 50, open_for: 1s }
+  - name: adaptive
+    match: { path_prefix: /e }
+    concurrency_limit:
+      adaptive: { min: 1, max: 4, initial: 2, interval: 10ms, probe_samples: 2 }
+      key: ["header:x-key"]
+      queue: { max_waiting: 3, max_wait: 1s }
 "#;
 
 fn plan() -> &'static Plan {
@@ -107,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..64 {
         let Some(op) = store.input.borrow_mut().byte() else { break };
         now = now.saturating_add(u64::from(op & 0x0f) * 50_000_000);
-        let path = ["/a", "/b", "/c", "/d"][usize::from((op >> 4) & 3)];
+        let path = ["/a", "/b", "/c", "/d", "/e"][usize::from((op >> 4) % 5)];
         let key = format!("k{}", op >> 6);
         let req = SimpleRequest::new("GET", "example.com", path).header("x-key", &key).from_ip("10.0.0.1");
         if let Some(a) = enforce::admit(plan, &store, &req, now).and_then(enforce::Step::decided) {
@@ -144,6 +150,9 @@ fuzz_target!(|data: &[u8]| {
                     ..Exchange::default()
                 },
             };
+            if exchange.status.is_some() && a.samples_latency(plan) {
+                a.answered(now);
+            }
             let _ = enforce::fallback(plan, &mut a, &exchange);
             enforce::finish(plan, &store, &mut a, &exchange, Some(u32::from(outcome >> 6)), now);
         }

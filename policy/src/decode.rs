@@ -394,18 +394,66 @@ fn check_domain(name: &str) -> Result<String, String> {
 
 fn concurrency_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<ConcurrencyLimit> {
     let f = r.fields(node, path, CONCURRENCY_FIELDS)?;
-    let max_in_flight = match f.get("max_in_flight") {
-        Some((n, p)) => r.int_as(n, &p, 1, 1_000_000).unwrap_or(1),
-        None => {
-            r.error(&path.field("max_in_flight"), node, "missing field `max_in_flight`");
-            1
-        }
-    };
+    let max_in_flight = f.get("max_in_flight").map(|(n, p)| r.int_as(n, &p, 1, 1_000_000).unwrap_or(1));
+    let adaptive = f.get("adaptive").and_then(|(n, p)| adaptive(r, n, &p));
+    match (f.get("max_in_flight"), f.get("adaptive")) {
+        (None, None) => r.error(
+            &path.field("max_in_flight"),
+            node,
+            "missing field `max_in_flight` (or `adaptive`, for a limit that follows the upstream's latency)",
+        ),
+        (Some(_), Some((n, p))) => r.error(
+            &p,
+            n,
+            "a limit is either fixed or adaptive: write `max_in_flight` or `adaptive`, not both",
+        ),
+        _ => {}
+    }
     let key = keys(r, &f);
     let max_keys = max_keys(r, &f);
     let response = response_or(r, &f, default_concurrency_response);
     let queue = f.get("queue").and_then(|(n, p)| queue(r, n, &p));
-    Some(ConcurrencyLimit { max_in_flight, key, max_keys, response, queue })
+    Some(ConcurrencyLimit { max_in_flight, adaptive, key, max_keys, response, queue })
+}
+
+fn adaptive(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Adaptive> {
+    let f = r.fields(node, path, ADAPTIVE_FIELDS)?;
+    let d = Adaptive::default();
+    let int = |r: &mut Reader, name: &str, default: u32, max: u64| {
+        f.get(name).map_or(Some(default), |(n, p)| r.int_as(n, &p, 1, max))
+    };
+    let min = int(r, "min", d.min, 1_000_000);
+    let max = int(r, "max", d.max, 1_000_000);
+    let initial = int(r, "initial", d.initial, 1_000_000);
+    let probe_samples = int(r, "probe_samples", d.probe_samples, 10_000);
+    let tolerance = f.get("tolerance").map_or(Some(d.tolerance), |(n, p)| r.int_as(n, &p, 0, 100));
+    let mut bounded = |name: &str, default: Duration, least: u64, most: u64| {
+        let Some((n, p)) = f.get(name) else { return Some(default) };
+        let v = r.duration(n, &p)?;
+        if !(least..=most).contains(&v.as_millis()) {
+            let (least, most) = (Duration::from_millis(least), Duration::from_millis(most));
+            r.error(&p, n, format!("must be between {least} and {most}"));
+            return None;
+        }
+        Some(v)
+    };
+    let interval = bounded("interval", d.interval, 10, 60_000);
+    let probe_interval = bounded("probe_interval", d.probe_interval, 1_000, 3_600_000);
+    if let (Some(lo), Some(hi), Some((n, p))) = (min, max, f.get("max").or(f.get("min")))
+        && lo > hi
+    {
+        r.error(&p, n, format!("`min` ({lo}) is above `max` ({hi})"));
+        return None;
+    }
+    Some(Adaptive {
+        min: min?,
+        max: max?,
+        initial: initial?,
+        interval: interval?,
+        tolerance: tolerance?,
+        probe_interval: probe_interval?,
+        probe_samples: probe_samples?,
+    })
 }
 
 // The engine drops waiters further away than the language's longest wait (a wall clock that

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use crate::engine::Nanos;
+use crate::engine::adaptive::Reading;
 use crate::engine::breaker::{Admission, Phase, Ticket, Transition};
 use crate::engine::budget::Reservation;
 use crate::engine::keys::{KeyTable, SlotRef, SlotState};
@@ -21,7 +22,7 @@ use crate::engine::{NANOS_PER_SEC, concurrency, text};
 use crate::global::{self, Answer, Call, LeaseAt, LeaseStep, Renewal};
 use crate::metrics::{Counter, Decision};
 use crate::model::{FailureMode, GlobalFailureMode, Outcome, Response};
-use crate::plan::{Plan, PolicyPlan, RequestView};
+use crate::plan::{Plan, PolicyPlan, RequestView, concurrency_limit};
 
 /// Something worth counting, reported to the caller's metrics sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub enum Event {
     QueueLength(u32),
     /// How long a request waited in the line (milliseconds), when it got its slot or timed out.
     QueueWaited(u64),
+    /// An adaptive concurrency limit changed (or started): what it shows now.
+    Adaptive(Reading),
 }
 
 impl Event {
@@ -81,7 +84,8 @@ impl Event {
             | Event::GlobalDegraded(_)
             | Event::FaultActive(_)
             | Event::QueueLength(_)
-            | Event::QueueWaited(_) => {
+            | Event::QueueWaited(_)
+            | Event::Adaptive(_) => {
                 return None;
             }
         })
@@ -152,6 +156,10 @@ pub struct Admitted {
     record_slot: bool,
     /// The lease bucket the concurrency slot (keyed or in the record) was acquired in.
     slot_epoch: u64,
+    /// Requests in flight when the slot was taken (itself included): an adaptive limit's sample.
+    admitted_at: u32,
+    /// When the response headers came (an adaptive limit's latency sample ends there).
+    answered: Option<Nanos>,
     /// Leased mode: a renewal of the lease to send in the background (the caller's root context
     /// sends it and hands the answer to [`renewed`]).
     pub renewal: Option<Renewal>,
@@ -204,6 +212,24 @@ impl Admitted {
             }
             _ => false,
         }
+    }
+
+    /// Whether the filter should tell [`Admitted::answered`] when the response headers come: the
+    /// request holds a slot of an adaptive concurrency limit, and was not answered by the filter.
+    pub fn samples_latency(&self, plan: &Plan) -> bool {
+        (self.slot.is_some() || self.record_slot)
+            && !self.replied
+            && self.answered.is_none()
+            && plan
+                .policies
+                .get(self.policy)
+                .and_then(|p| p.policy.concurrency_limit.as_ref())
+                .is_some_and(|c| c.adaptive.is_some())
+    }
+
+    /// The response headers came at `now` (see [`Admitted::samples_latency`]).
+    pub fn answered(&mut self, now: Nanos) {
+        self.answered.get_or_insert(now);
     }
 
     /// Whether the router may have retried this request (it was allowed some retries); only then
@@ -620,18 +646,18 @@ pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
         a.waiting = None;
         return true;
     };
-    let max = if std::ptr::eq(plan, newest) {
-        cl.max_in_flight
+    let limit = if std::ptr::eq(plan, newest) {
+        concurrency_limit(cl)
     } else {
         newest
             .policies
             .iter()
             .find(|q| q.name() == p.name())
             .and_then(|q| q.policy.concurrency_limit.as_ref())
-            .map_or(cl.max_in_flight, |c| c.max_in_flight)
+            .map_or(concurrency_limit(cl), concurrency_limit)
     };
     let width = p.lease_width;
-    let look = |s: Option<&[u8]>| concurrency::poll(s, w.place, max, now, width);
+    let look = |s: Option<&[u8]>| concurrency::poll(s, w.place, limit, now, width);
     let result = match &w.at {
         Some(at) => {
             KeyTable::update_at(store, at, look).map(|r| r.unwrap_or((concurrency::Polled::TimedOut, 0)))
@@ -667,7 +693,7 @@ pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
         concurrency::Polled::Admitted(slot) => {
             a.events.push(Event::QueueAdmitted);
             a.events.push(Event::InFlight(slot.in_flight));
-            a.slot_epoch = slot.epoch;
+            (a.slot_epoch, a.admitted_at) = (slot.epoch, slot.in_flight);
             match w.at {
                 Some(at) => a.slot = Some(at),
                 None => a.record_slot = true,
@@ -700,6 +726,8 @@ fn placeholder(policy: usize) -> Admitted {
         slot: None,
         record_slot: false,
         slot_epoch: 0,
+        admitted_at: 0,
+        answered: None,
         renewal: None,
         ticket: None,
         reservation: None,
@@ -901,10 +929,10 @@ fn check_limits<S: SharedStore + ?Sized>(
                         break 'blocks Some(r);
                     }
                     let fp = key_fingerprint(table.seed(), &cl.key, req);
-                    let (max, queue, join) = queue_of(p);
+                    let (limit, queue, join) = queue_of(p);
                     let width = p.lease_width;
                     let result = table.update_fp(store, fp, now, &ConcurrencySlots(width), |s| {
-                        concurrency::acquire_or_wait(s, max, queue, join, now, width)
+                        concurrency::acquire_or_wait(s, limit, queue, join, now, width)
                     });
                     let (admission, at) = result.ok().unzip();
                     if let Some(r) = concurrency_limited(p, a, admission, at.clone(), now) {
@@ -913,9 +941,9 @@ fn check_limits<S: SharedStore + ?Sized>(
                     if a.waiting.is_some() {
                         return None;
                     }
-                    if admission.is_some_and(|ad| ad.slot.acquired) {
+                    if let Some(ad) = admission.filter(|ad| ad.slot.acquired) {
                         a.slot = at;
-                        a.slot_epoch = admission.map_or(0, |ad| ad.slot.epoch);
+                        (a.slot_epoch, a.admitted_at) = (ad.slot.epoch, ad.slot.in_flight);
                     }
                 }
             }
@@ -933,13 +961,13 @@ fn check_limits<S: SharedStore + ?Sized>(
 
 /// A policy's concurrency limit, its queue's bounds, and whether a request may join the line
 /// (not in shadow mode, where requests are never held).
-fn queue_of(p: &PolicyPlan) -> (u32, Option<concurrency::QueueLimits>, bool) {
-    let Some(cl) = &p.policy.concurrency_limit else { return (0, None, false) };
+fn queue_of(p: &PolicyPlan) -> (concurrency::Limit, Option<concurrency::QueueLimits>, bool) {
+    let Some(cl) = &p.policy.concurrency_limit else { return (concurrency::Limit::Fixed(0), None, false) };
     let queue = cl
         .queue
         .as_ref()
         .map(|q| concurrency::QueueLimits { max_waiting: q.max_waiting, max_wait: q.max_wait.as_nanos() });
-    (cl.max_in_flight, queue, p.enforcing())
+    (concurrency_limit(cl), queue, p.enforcing())
 }
 
 /// What one update of a policy's record decided.
@@ -966,7 +994,7 @@ fn flush<S: SharedStore + ?Sized>(
         return None;
     }
     let forward_anyway = !p.enforcing();
-    let (max_in_flight, queue, join) = queue_of(p);
+    let (limit, queue, join) = queue_of(p);
     let width = p.lease_width;
     let taken = record::update(store, &p.state.record, |old, new| {
         let mut t = Taken::default();
@@ -981,14 +1009,8 @@ fn flush<S: SharedStore + ?Sized>(
                 }
             }
             if blocks[record::CONCURRENCY] {
-                let (admission, b) = concurrency::acquire_or_wait(
-                    old[record::CONCURRENCY],
-                    max_in_flight,
-                    queue,
-                    join,
-                    now,
-                    width,
-                );
+                let (admission, b) =
+                    concurrency::acquire_or_wait(old[record::CONCURRENCY], limit, queue, join, now, width);
                 (new[record::CONCURRENCY], t.slot) = (b, Some(admission));
                 // Refused, or waiting in the line: the blocks after it decide later, if ever. In
                 // shadow mode a request that would wait goes on.
@@ -1072,7 +1094,7 @@ fn apply<S: SharedStore + ?Sized>(
         }
         if admission.slot.acquired {
             a.record_slot = true;
-            a.slot_epoch = admission.slot.epoch;
+            (a.slot_epoch, a.admitted_at) = (admission.slot.epoch, admission.slot.in_flight);
         }
     }
     if let Some(admitted) = t.breaker {
@@ -1122,6 +1144,7 @@ fn concurrency_limited(
     now: Nanos,
 ) -> Option<(Decision, Reply)> {
     let cl = p.policy.concurrency_limit.as_ref()?;
+    a.events.extend(admission.and_then(|ad| ad.started).map(Event::Adaptive));
     match admission {
         Some(ad) if ad.slot.acquired => {
             a.events.push(Event::InFlight(ad.slot.in_flight));
@@ -1175,7 +1198,7 @@ fn circuit_open<S: SharedStore + ?Sized>(
         }
     };
     let now = a.started;
-    release(store, p, a, now);
+    release(store, p, a, now, None);
     Some((Decision::CircuitOpen, reply(&cb.response, extra)))
 }
 
@@ -1240,7 +1263,8 @@ pub fn finish<S: SharedStore + ?Sized>(
     let injected = a.injected.take();
     let exchange = injected.as_ref().unwrap_or(exchange);
     let Some(p) = plan.policies.get(a.policy) else { return };
-    release(store, p, a, now);
+    let sample = sample(p, a);
+    release(store, p, a, now, sample);
     let retried = attempts.unwrap_or(0).saturating_sub(1);
     if retried > 0 {
         a.events.push(Event::Retried(retried));
@@ -1259,8 +1283,8 @@ pub fn finish<S: SharedStore + ?Sized>(
     let result = record::update(store, &p.state.record, |old, new| {
         let (mut in_flight, mut transition) = (None, None);
         if release_slot {
-            let (n, b) = concurrency::release(old[record::CONCURRENCY], epoch, now, width);
-            (new[record::CONCURRENCY], in_flight) = (b, Some(n));
+            let (r, b) = concurrency::release(old[record::CONCURRENCY], epoch, now, width, sample);
+            (new[record::CONCURRENCY], in_flight) = (b, Some(r));
         }
         if let Some(((cfg, _), ticket)) = breaker {
             let ((t, _), b) = cfg.record_bytes(old[record::BREAKER], now, ticket, failed, duration);
@@ -1272,8 +1296,11 @@ pub fn finish<S: SharedStore + ?Sized>(
         (in_flight, transition)
     });
     match result {
-        Ok((in_flight, transition)) => {
-            a.events.extend(in_flight.map(Event::InFlight));
+        Ok((released, transition)) => {
+            if let Some(r) = released {
+                a.events.push(Event::InFlight(r.in_flight));
+                a.events.extend(r.reading.map(Event::Adaptive));
+            }
             a.events.extend(transition.map(Event::Breaker));
         }
         Err(_) => a.events.push(Event::StateUnavailable),
@@ -1303,12 +1330,32 @@ fn leave_line<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted,
     true
 }
 
-/// Gives the keyed concurrency slot back, once.
-fn release<S: SharedStore + ?Sized>(store: &S, p: &PolicyPlan, a: &mut Admitted, now: Nanos) {
+/// What a request's end tells its adaptive concurrency limit: the time from its admission (or
+/// the end of its wait, or of its injected delay) to its response headers. None without response
+/// headers (a client that went away, a reset), or under a fixed limit.
+fn sample(p: &PolicyPlan, a: &Admitted) -> Option<(crate::engine::adaptive::Gradient, concurrency::Sample)> {
+    let concurrency::Limit::Adaptive(g) = concurrency_limit(p.policy.concurrency_limit.as_ref()?) else {
+        return None;
+    };
+    let latency = a.answered?.saturating_sub(a.started);
+    Some((g, concurrency::Sample { latency, admitted_at: a.admitted_at }))
+}
+
+/// Gives the keyed concurrency slot back, once (with an adaptive limit's `sample`).
+fn release<S: SharedStore + ?Sized>(
+    store: &S,
+    p: &PolicyPlan,
+    a: &mut Admitted,
+    now: Nanos,
+    sample: Option<(crate::engine::adaptive::Gradient, concurrency::Sample)>,
+) {
     if let Some(slot) = a.slot.take() {
         let (epoch, width) = (a.slot_epoch, p.lease_width);
-        match KeyTable::update_at(store, &slot, |s| concurrency::release(s, epoch, now, width)) {
-            Ok(Some(n)) => a.events.push(Event::InFlight(n)),
+        match KeyTable::update_at(store, &slot, |s| concurrency::release(s, epoch, now, width, sample)) {
+            Ok(Some(r)) => {
+                a.events.push(Event::InFlight(r.in_flight));
+                a.events.extend(r.reading.map(Event::Adaptive));
+            }
             Ok(None) => {}
             Err(StoreError::CasMismatch | StoreError::Contended | StoreError::Unavailable(_)) => {
                 a.events.push(Event::StateUnavailable)

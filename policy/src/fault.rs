@@ -237,11 +237,11 @@ impl FaultPlan {
         let width = self.width;
         update(store, &self.record, |old| {
             let mut s = State::decode(old);
-            let (n, holds) = concurrency::release(s.holds.as_deref(), epoch, now, width);
+            let (r, holds) = concurrency::release(s.holds.as_deref(), epoch, now, width, None);
             if holds.is_some() {
                 s.holds = holds;
             }
-            (n, Some(s.encode()))
+            (r.in_flight, Some(s.encode()))
         })
     }
 

@@ -39,7 +39,10 @@ pub const GLOBAL_RATE_LIMIT_FIELDS: &[&str] = &[
     "response",
 ];
 pub const DEGRADED_FIELDS: &[&str] = &["envoys", "learn"];
-pub const CONCURRENCY_FIELDS: &[&str] = &["max_in_flight", "key", "max_keys", "response", "queue"];
+pub const CONCURRENCY_FIELDS: &[&str] =
+    &["max_in_flight", "adaptive", "key", "max_keys", "response", "queue"];
+pub const ADAPTIVE_FIELDS: &[&str] =
+    &["min", "max", "initial", "interval", "tolerance", "probe_interval", "probe_samples"];
 pub const QUEUE_FIELDS: &[&str] = &["max_waiting", "max_wait"];
 pub const BREAKER_FIELDS: &[&str] = &[
     "window",
@@ -62,7 +65,7 @@ pub const FAULT_ABORT_FIELDS: &[&str] = &["percent", "response", "reset", "count
 pub const FAULT_DELAY_FIELDS: &[&str] = &["percent", "duration", "max"];
 
 /// Every field list of the language.
-pub const FIELD_LISTS: [&[&str]; 17] = [
+pub const FIELD_LISTS: [&[&str]; 18] = [
     DOCUMENT_FIELDS,
     POLICY_FIELDS,
     MATCH_FIELDS,
@@ -71,6 +74,7 @@ pub const FIELD_LISTS: [&[&str]; 17] = [
     DEGRADED_FIELDS,
     CONCURRENCY_FIELDS,
     QUEUE_FIELDS,
+    ADAPTIVE_FIELDS,
     BREAKER_FIELDS,
     SLOW_CALL_FIELDS,
     RETRY_FIELDS,

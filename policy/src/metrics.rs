@@ -146,6 +146,15 @@ words! {
         /// Requests waiting for a concurrency slot now (`concurrency_limit.queue`), across the
         /// Envoy's workers (a keyed limit: in the line the last change was made in).
         QueueLength => "queue_length",
+        /// An adaptive concurrency limit's limit now (`min` while it measures the min RTT).
+        ConcurrencyLimit => "concurrency_limit",
+        /// An adaptive limit's last min RTT measurement (the unloaded upstream's latency), in
+        /// milliseconds; 0 before the first.
+        MinRttMs => "min_rtt_ms",
+        /// An adaptive limit's latency sampled in its last interval, in milliseconds.
+        SampleRttMs => "sample_rtt_ms",
+        /// 1 while an adaptive limit measures the min RTT (the limit is pinned at `min`).
+        MinRttCalculationActive => "min_rtt_calculation_active",
     }
 }
 

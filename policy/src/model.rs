@@ -310,8 +310,14 @@ impl Default for Degraded {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyLimit {
+    /// A fixed limit. Exactly one of `max_in_flight` and `adaptive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
-    pub max_in_flight: u32,
+    pub max_in_flight: Option<u32>,
+    /// A limit that follows the upstream's latency (a gradient controller). Exactly one of
+    /// `max_in_flight` and `adaptive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<Adaptive>,
     /// What the limit is per; omitted = one limit for all requests of the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_ITEMS))]
@@ -341,6 +347,76 @@ pub struct Queue {
     /// response. Default 1s, at most 60s.
     #[serde(default = "default_queue_max_wait")]
     pub max_wait: Duration,
+}
+
+/// A concurrency limit that finds itself: a gradient controller (as Envoy's
+/// `adaptive_concurrency` filter) raises it while the upstream answers about as fast as unloaded
+/// and lowers it when latency grows. See docs/policy.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Adaptive {
+    /// The lowest limit, and the limit while the unloaded latency (min RTT) is measured.
+    #[serde(default = "default_adaptive_min")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub min: u32,
+    /// The highest limit.
+    #[serde(default = "default_adaptive_max")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max: u32,
+    /// The limit after the first min RTT measurement (kept within `min` and `max`).
+    #[serde(default = "default_adaptive_initial")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub initial: u32,
+    /// How often the limit is recomputed from the latency sampled since the last change.
+    #[serde(default = "default_adaptive_interval")]
+    pub interval: Duration,
+    /// Latency above the min RTT, in percent, still taken for an unloaded upstream.
+    #[serde(default = "default_adaptive_tolerance")]
+    #[schemars(range(min = 0, max = 100))]
+    pub tolerance: u8,
+    /// Time from the end of one min RTT measurement to the start of the next.
+    #[serde(default = "default_adaptive_probe_interval")]
+    pub probe_interval: Duration,
+    /// Requests a min RTT measurement takes (admitted at `min` in flight or fewer).
+    #[serde(default = "default_adaptive_probe_samples")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub probe_samples: u32,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            min: default_adaptive_min(),
+            max: default_adaptive_max(),
+            initial: default_adaptive_initial(),
+            interval: default_adaptive_interval(),
+            tolerance: default_adaptive_tolerance(),
+            probe_interval: default_adaptive_probe_interval(),
+            probe_samples: default_adaptive_probe_samples(),
+        }
+    }
+}
+
+pub fn default_adaptive_min() -> u32 {
+    3
+}
+pub fn default_adaptive_max() -> u32 {
+    1000
+}
+pub fn default_adaptive_initial() -> u32 {
+    20
+}
+pub fn default_adaptive_interval() -> Duration {
+    Duration::from_millis(100)
+}
+pub fn default_adaptive_tolerance() -> u8 {
+    25
+}
+pub fn default_adaptive_probe_interval() -> Duration {
+    Duration::from_millis(60_000)
+}
+pub fn default_adaptive_probe_samples() -> u32 {
+    50
 }
 
 /// The longest `concurrency_limit.queue.max_wait`.

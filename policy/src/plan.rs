@@ -120,6 +120,23 @@ pub fn lease_width(p: &Policy) -> Nanos {
     concurrency::lease_width(lease.saturating_add(delay))
 }
 
+/// What bounds a concurrency limit's slots: its `max_in_flight`, or its `adaptive` controller.
+pub fn concurrency_limit(cl: &crate::model::ConcurrencyLimit) -> concurrency::Limit {
+    match &cl.adaptive {
+        Some(a) => concurrency::Limit::Adaptive(crate::engine::adaptive::Gradient {
+            min: a.min,
+            max: a.max.max(a.min),
+            initial: a.initial,
+            interval: a.interval.as_nanos(),
+            tolerance_ppm: u32::from(a.tolerance).saturating_mul(10_000),
+            probe_interval: a.probe_interval.as_nanos(),
+            probe_samples: a.probe_samples,
+        }),
+        // Validation requires one of the two.
+        None => concurrency::Limit::Fixed(cl.max_in_flight.unwrap_or(1)),
+    }
+}
+
 /// Shared-data names of a policy's state: keyed blocks in bounded tables `bw/<policy>/<block>/<slot>`,
 /// everything without a request key in the policy's record `bw/<policy>/p` (see
 /// [`crate::engine::record`]).

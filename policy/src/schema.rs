@@ -56,6 +56,7 @@ mod tests {
             ("/$defs/Degraded", DEGRADED_FIELDS),
             ("/$defs/ConcurrencyLimit", CONCURRENCY_FIELDS),
             ("/$defs/Queue", QUEUE_FIELDS),
+            ("/$defs/Adaptive", ADAPTIVE_FIELDS),
             ("/$defs/CircuitBreaker", BREAKER_FIELDS),
             ("/$defs/SlowCall", SLOW_CALL_FIELDS),
             ("/$defs/Retry", RETRY_FIELDS),

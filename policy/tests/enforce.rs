@@ -707,3 +707,143 @@ policies:
     }
     assert!(opened, "two resets of two calls open the breaker");
 }
+
+const ADAPTIVE: &str = "
+version: 1
+policies:
+  - name: api
+    concurrency_limit:
+      adaptive: { min: 2, max: 200, initial: 10, interval: 100ms, probe_samples: 5 }
+      key: KEY
+      QUEUE
+";
+
+/// A closed loop of `clients` against an upstream that serves `knee` at once in `base_ms`; a
+/// request that finds k > knee in it takes `base_ms · k / knee`. Runs `ms` milliseconds in 1 ms
+/// steps (a waiter looks at its line each step, as the filter's tick has it; a refused client
+/// tries again 10 ms later); at the end, every request still out is finished. Returns, for each
+/// second, the limit the adaptive events showed at its end and the most requests in the upstream
+/// during it.
+fn closed_loop(s: &Sim, req: &Req, clients: usize, knee: u64, base_ms: u64, ms: u64) -> Vec<(u32, u64)> {
+    struct Client {
+        a: Option<Admitted>,
+        at: u64,
+    }
+    let mut clients: Vec<Client> = (0..clients).map(|_| Client { a: None, at: 0 }).collect();
+    let (limit, mut seconds, mut most) = (std::cell::Cell::new(0), Vec::new(), 0);
+    let seen = |a: &mut Admitted| {
+        for e in a.events.drain(..) {
+            if let Event::Adaptive(r) = e {
+                limit.set(r.limit);
+            }
+        }
+    };
+    let mut upstream = 0u64;
+    for t in 0..ms {
+        for c in &mut clients {
+            if c.at > t {
+                continue;
+            }
+            match &mut c.a {
+                Some(a) if a.forwarded() => {
+                    a.answered(s.clock.now());
+                    s.finish(a, 200, 1);
+                    seen(a);
+                    c.a = None;
+                    upstream -= 1;
+                }
+                Some(a) => {
+                    if s.poll(a, req) && a.forwarded() {
+                        upstream += 1;
+                        c.at = t + base_ms * upstream.max(knee) / knee;
+                    }
+                    seen(a);
+                    continue;
+                }
+                None => {}
+            }
+            let mut a = s.admit(req);
+            seen(&mut a);
+            if a.forwarded() {
+                upstream += 1;
+                c.at = t + base_ms * upstream.max(knee) / knee;
+            } else if a.verdict != Verdict::Wait {
+                c.at = t + 10;
+                continue;
+            }
+            c.a = Some(a);
+        }
+        most = most.max(upstream);
+        s.clock.advance_ms(1);
+        if (t + 1) % 1000 == 0 {
+            seconds.push((limit.get(), std::mem::take(&mut most)));
+        }
+    }
+    for c in &mut clients {
+        if let Some(a) = c.a.as_mut() {
+            enforce::finish(&s.plan, &s.store, a, &Exchange::default(), None, s.clock.now());
+        }
+    }
+    seconds
+}
+
+/// The adaptive limit finds an upstream's knee: it probes the unloaded latency at `min`, then
+/// settles where latency meets the tolerance, just above the knee; per key and in the record,
+/// with or without a queue (a queue keeps the limit busy as the closed loop's clients do).
+#[test]
+fn an_adaptive_limit_settles_near_the_upstreams_knee() {
+    for key in ["[]", "[\"header:x-tenant\"]"] {
+        for queue in ["", "queue: { max_waiting: 100, max_wait: 5s }"] {
+            let s = sim(&ADAPTIVE.replace("KEY", key).replace("QUEUE", queue));
+            let req = get("/").header("x-tenant", "a");
+            let seconds = closed_loop(&s, &req, 80, 20, 50, 15_000);
+            // The knee is 20; the tolerance (25%) allows 25, and √25 of headroom over that.
+            assert!(
+                seconds[5..].iter().all(|(limit, most)| (20..=32).contains(limit) && *most <= 32),
+                "{key} {queue}: (limit, most in the upstream) by second: {seconds:?}"
+            );
+        }
+    }
+}
+
+/// The limit follows a slowed upstream down and comes back up; the gauges' reading starts with
+/// the first request (at `min`, probing).
+#[test]
+fn an_adaptive_limit_follows_the_upstream_and_reports_its_readings() {
+    let s = sim(&ADAPTIVE.replace("KEY", "[]").replace("QUEUE", ""));
+    let req = get("/");
+    let mut first = s.admit(&req);
+    let reading = first.events.iter().find_map(|e| match e {
+        Event::Adaptive(r) => Some(*r),
+        _ => None,
+    });
+    let r = reading.expect("the first request starts the controller");
+    assert_eq!((r.limit, r.probing, r.min_rtt), (2, true, 0));
+    enforce::finish(&s.plan, &s.store, &mut first, &Exchange::default(), None, s.clock.now());
+    let last = |v: &[(u32, u64)]| v.last().unwrap().0;
+    let fast = closed_loop(&s, &req, 100, 40, 20, 10_000);
+    assert!(last(&fast) >= 40, "{fast:?}");
+    let slow = closed_loop(&s, &req, 100, 5, 100, 10_000);
+    assert!(last(&slow) < 20, "a slowed upstream lowers the limit: {fast:?} then {slow:?}");
+    let again = closed_loop(&s, &req, 100, 40, 20, 70_000);
+    assert!(last(&again) >= 40, "and it recovers: {again:?}");
+}
+
+/// A request that ends without response headers (client gone, reset), or answered by the filter,
+/// gives no sample; one the filter answers is not even asked for the time.
+#[test]
+fn only_answered_upstream_requests_are_latency_samples() {
+    let s = sim(&ADAPTIVE.replace("KEY", "[]").replace("QUEUE", ""));
+    let req = get("/");
+    let mut a = s.admit(&req);
+    assert!(a.samples_latency(&s.plan));
+    s.clock.advance_ms(5);
+    a.events.clear();
+    enforce::finish(&s.plan, &s.store, &mut a, &Exchange::default(), None, s.clock.now());
+    assert_eq!(a.events, vec![Event::InFlight(0)], "no sample: no Adaptive reading");
+    let fixed = sim("version: 1\npolicies:\n  - name: api\n    concurrency_limit: { max_in_flight: 1 }\n");
+    let held = fixed.admit(&req);
+    assert!(!held.samples_latency(&fixed.plan), "a fixed limit takes no samples");
+    let refused = fixed.admit(&req);
+    assert!(!refused.samples_latency(&fixed.plan));
+}

@@ -113,6 +113,12 @@ pub fn policy_stats(prometheus: &str) -> BTreeMap<String, PolicyStats> {
             Metric::Gauge(Gauge::GlobalDegraded) => entry.global_degraded = Some(value > 0),
             Metric::Gauge(Gauge::FaultActive) => entry.fault_active = Some(value),
             Metric::Gauge(Gauge::QueueLength) => entry.queue_length = Some(value),
+            Metric::Gauge(Gauge::ConcurrencyLimit) => entry.adaptive.get_or_insert_default().limit = value,
+            Metric::Gauge(Gauge::MinRttMs) => entry.adaptive.get_or_insert_default().min_rtt_ms = value,
+            Metric::Gauge(Gauge::SampleRttMs) => entry.adaptive.get_or_insert_default().sample_rtt_ms = value,
+            Metric::Gauge(Gauge::MinRttCalculationActive) => {
+                entry.adaptive.get_or_insert_default().probing = value > 0
+            }
         }
     }
     out
@@ -135,6 +141,10 @@ mod tests {
             breakwater_fault_active{policy=\"api\"} 4\n\
             breakwater_queue_length{policy=\"writes\"} 2\n\
             breakwater_queue_wait_ms_bucket{policy=\"writes\",le=\"5\"} 2\n\
+            breakwater_concurrency_limit{policy=\"writes\"} 23\n\
+            breakwater_min_rtt_ms{policy=\"writes\"} 41\n\
+            breakwater_sample_rtt_ms{policy=\"writes\"} 52\n\
+            breakwater_min_rtt_calculation_active{policy=\"writes\"} 1\n\
             envoy_cluster_upstream_rq{envoy_cluster_name=\"x\"} 5\n\
             breakwater_requests{decision=\"allowed\"} 99\n";
         let stats = policy_stats(text);
@@ -150,6 +160,9 @@ mod tests {
         assert_eq!(stats["reco"].global_degraded, None);
         assert_eq!((stats["api"].fault_active, stats["reco"].fault_active), (Some(4), None));
         assert_eq!((stats["writes"].queue_length, stats["api"].queue_length), (Some(2), None));
+        let adaptive =
+            breakwater_api::AdaptiveStats { limit: 23, min_rtt_ms: 41, sample_rtt_ms: 52, probing: true };
+        assert_eq!((stats["writes"].adaptive, stats["api"].adaptive), (Some(adaptive), None));
     }
 
     #[test]

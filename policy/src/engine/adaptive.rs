@@ -30,6 +30,8 @@ use super::Nanos;
 use super::codec::{ByteReader, ByteWriter};
 
 const TAG: u8 = 0x47; // 'G'
+/// The length of an encoded [`State`].
+pub const ENCODED_LEN: usize = 70;
 const MILLI: u64 = 1000;
 const PPM: u64 = 1_000_000;
 
@@ -187,7 +189,7 @@ fn scale(value: u64, ppm: u64) -> u64 {
     u64::try_from(x).unwrap_or(u64::MAX)
 }
 
-fn decode(b: &[u8]) -> Option<State> {
+pub fn decode(b: &[u8]) -> Option<State> {
     let mut r = ByteReader::with_tag(b, TAG)?;
     let limit_milli = r.u64()?;
     let min_rtt = r.u64()?;
@@ -212,7 +214,7 @@ pub fn encode(s: &State) -> Vec<u8> {
         Some(p) => (1, p),
         None => (0, (0, 0)),
     };
-    let mut w = ByteWriter::sized(TAG, 77);
+    let mut w = ByteWriter::sized(TAG, ENCODED_LEN - 1);
     w.u64(s.limit_milli).u64(s.min_rtt).u8(probing).u32(n).u64(sum);
     w.u64(s.next_probe).u64(s.interval_start).u64(s.sum).u32(s.count).u32(s.peak).u64(s.sampled);
     w.finish()
@@ -369,6 +371,7 @@ mod tests {
         let mut s = g.start(5);
         let _ = saturate(&g, &mut s, 20, 50 * MS, 5, 20);
         assert_eq!(decode(&encode(&s)), Some(s));
+        assert_eq!(encode(&s).len(), ENCODED_LEN);
         assert_eq!(g.decode(Some(b"nonsense"), 9), g.start(9));
         let mut bytes = encode(&s);
         bytes.pop();

@@ -20,8 +20,13 @@
 //! straight in only when every waiter ahead of it can be served too. A waiter that is never heard
 //! of again (its VM trapped) is dropped at its deadline, so it blocks the line for at most
 //! `max_wait`.
+//!
+//! An adaptive limit (`concurrency_limit.adaptive`) keeps its controller's state there too
+//! ([`adaptive`](super::adaptive)): the limit a request is admitted under, and the latency sample
+//! its end gives, are decided in the same update as its slot.
 
 use super::Nanos;
+use super::adaptive::{self, Gradient, Reading};
 use super::codec::{ByteReader, ByteWriter};
 
 /// Shared data written by builds before leases: one u32 count.
@@ -29,6 +34,8 @@ const COUNT_TAG: u8 = 0x43; // 'C'
 const TAG: u8 = 0x4c; // 'L'
 /// Holds, then the waiting line.
 const QUEUE_TAG: u8 = 0x51; // 'Q'
+/// Holds, the waiting line, then an adaptive limit's controller.
+const ADAPTIVE_TAG: u8 = 0x41; // 'A'
 /// Buckets of acquisition time.
 pub const BUCKETS: u64 = 4;
 
@@ -134,30 +141,79 @@ impl Line {
     }
 }
 
-/// A concurrency key's state: its holds and its waiting line.
+/// What bounds a key's slots: a fixed number, or an adaptive limit's controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Fixed(u32),
+    Adaptive(Gradient),
+}
+
+/// A concurrency key's state: its holds, its waiting line, an adaptive limit's controller.
 #[derive(Debug, Clone)]
 struct State {
     holds: Holds,
     line: Line,
+    gradient: Option<adaptive::State>,
+}
+
+impl State {
+    /// The limit in force under `limit`: a fixed one drops a controller left by an adaptive
+    /// configuration; an adaptive one starts its controller if there is none yet (whether it did
+    /// is the second value).
+    fn limit(&mut self, limit: Limit, now: Nanos) -> (u32, bool) {
+        match limit {
+            Limit::Fixed(max) => {
+                self.gradient = None;
+                (max, false)
+            }
+            Limit::Adaptive(g) => {
+                let fresh = self.gradient.is_none();
+                (g.limit(self.gradient.get_or_insert_with(|| g.start(now))), fresh)
+            }
+        }
+    }
+
+    /// Counts a slot taken under `limit`.
+    fn take(&mut self, limit: Limit, epoch: u64) -> Slot {
+        let in_flight = self.holds.total().saturating_add(1);
+        self.holds.counts[0] = self.holds.counts[0].saturating_add(1);
+        if let (Limit::Adaptive(g), Some(s)) = (limit, self.gradient.as_mut()) {
+            g.admitted(s, in_flight);
+        }
+        Slot { acquired: true, in_flight, epoch }
+    }
 }
 
 fn decode(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> State {
-    let Some(b) = bytes else { return State { holds: Holds::empty(width, epoch), line: Line::default() } };
-    let queued = b.first() == Some(&QUEUE_TAG);
-    let tag = if queued { QUEUE_TAG } else { TAG };
+    let fresh = |holds| State { holds, line: Line::default(), gradient: None };
+    let Some(b) = bytes else { return fresh(Holds::empty(width, epoch)) };
+    let tag = match b.first() {
+        Some(&t @ (QUEUE_TAG | ADAPTIVE_TAG)) => t,
+        _ => TAG,
+    };
     if let Some(mut r) = ByteReader::with_tag(b, tag) {
         let (stored_width, newest) = (r.u64(), r.u64());
         let counts = [r.u32(), r.u32(), r.u32(), r.u32()];
-        let line = if queued { decode_line(&mut r) } else { Some(Line::default()) };
-        if let (Some(w), Some(newest), [Some(a), Some(b), Some(c), Some(d)], Some(line), true) =
-            (stored_width, newest, counts, line, r.done())
+        let line = if tag == TAG { Some(Line::default()) } else { decode_line(&mut r) };
+        let gradient = match tag {
+            ADAPTIVE_TAG => r.bytes(adaptive::ENCODED_LEN).and_then(adaptive::decode).map(Some),
+            _ => Some(None),
+        };
+        if let (
+            Some(w),
+            Some(newest),
+            [Some(a), Some(b), Some(c), Some(d)],
+            Some(line),
+            Some(gradient),
+            true,
+        ) = (stored_width, newest, counts, line, gradient, r.done())
         {
             let h = Holds { width: w, newest, counts: [a, b, c, d], refolded: false };
             if w != width {
                 // The lease changed (the policy's timeout did): the old epochs mean nothing now.
-                return State { holds: Holds::folded(width, epoch, h.total()), line };
+                return State { holds: Holds::folded(width, epoch, h.total()), line, gradient };
             }
-            return State { holds: h.at(epoch), line };
+            return State { holds: h.at(epoch), line, gradient };
         }
     }
     // A count written before leases: held from now on.
@@ -165,7 +221,7 @@ fn decode(bytes: Option<&[u8]>, width: Nanos, epoch: u64) -> State {
         let n = r.u32()?;
         r.done().then_some(n)
     });
-    State { holds: Holds::folded(width, epoch, old.unwrap_or(0)), line: Line::default() }
+    fresh(Holds::folded(width, epoch, old.unwrap_or(0)))
 }
 
 fn decode_line(r: &mut ByteReader<'_>) -> Option<Line> {
@@ -180,10 +236,19 @@ fn decode_line(r: &mut ByteReader<'_>) -> Option<Line> {
 
 fn encode(s: &State) -> Vec<u8> {
     let h = &s.holds;
-    // A line that never handed out a ticket is left out (the layout of limits without a queue).
-    let queued = s.line.next > 0 || !s.line.entries.is_empty();
-    let len = if queued { 36usize.saturating_add(s.line.entries.len().saturating_mul(16)) } else { 24 };
-    let mut w = ByteWriter::sized(if queued { QUEUE_TAG } else { TAG }, len);
+    // A line that never handed out a ticket is left out (the layout of limits without a queue),
+    // unless a controller follows it.
+    let queued = s.line.next > 0 || !s.line.entries.is_empty() || s.gradient.is_some();
+    let mut len = if queued { 36usize.saturating_add(s.line.entries.len().saturating_mul(16)) } else { 24 };
+    let tag = match (&s.gradient, queued) {
+        (Some(_), _) => {
+            len = len.saturating_add(adaptive::ENCODED_LEN);
+            ADAPTIVE_TAG
+        }
+        (None, true) => QUEUE_TAG,
+        (None, false) => TAG,
+    };
+    let mut w = ByteWriter::sized(tag, len);
     w.u64(h.width).u64(h.newest);
     for c in h.counts {
         w.u32(c);
@@ -193,6 +258,9 @@ fn encode(s: &State) -> Vec<u8> {
         for (ticket, deadline) in &s.line.entries {
             w.u64(*ticket).u64(*deadline);
         }
+    }
+    if let Some(g) = &s.gradient {
+        w.bytes(&adaptive::encode(g));
     }
     w.finish()
 }
@@ -224,6 +292,8 @@ pub struct Admission {
     pub place: Option<Place>,
     /// Requests waiting after this decision.
     pub waiting: u32,
+    /// An adaptive limit's controller started by this decision: its first reading.
+    pub started: Option<Reading>,
 }
 
 /// How a waiter's look at the line ([`poll`]) ended.
@@ -251,18 +321,24 @@ pub fn waiting(state: Option<&[u8]>, now: Nanos, width: Nanos) -> u32 {
     s.line.waiting()
 }
 
+/// What an adaptive limit's controller shows now (its gauges), if the state has one.
+pub fn reading(state: Option<&[u8]>, g: &Gradient, now: Nanos, width: Nanos) -> Option<Reading> {
+    let width = width.max(1);
+    decode(state, width, epoch_of(now, width)).gradient.map(|s| g.reading(&s))
+}
+
 /// Takes a slot if fewer than `max` are held at `now`.
 pub fn acquire(state: Option<&[u8]>, max: u32, now: Nanos, width: Nanos) -> (Slot, Option<Vec<u8>>) {
-    let (a, bytes) = acquire_or_wait(state, max, None, false, now, width);
+    let (a, bytes) = acquire_or_wait(state, Limit::Fixed(max), None, false, now, width);
     (a.slot, bytes)
 }
 
-/// Takes a slot if one is free for a newcomer: fewer than `max` held, and more free than the
+/// Takes a slot if one is free for a newcomer: fewer than the limit held, and more free than the
 /// waiters ahead need. Otherwise, with a `queue` that has room, a place in the line: joined when
 /// `join` (else only reported, as shadow mode wants).
 pub fn acquire_or_wait(
     state: Option<&[u8]>,
-    max: u32,
+    limit: Limit,
     queue: Option<QueueLimits>,
     join: bool,
     now: Nanos,
@@ -272,6 +348,11 @@ pub fn acquire_or_wait(
     let epoch = epoch_of(now, width);
     let mut s = decode(state, width, epoch);
     let pruned = s.line.prune(now);
+    let (max, fresh) = s.limit(limit, now);
+    let started = match (limit, &s.gradient) {
+        (Limit::Adaptive(g), Some(gs)) if fresh => Some(g.reading(gs)),
+        _ => None,
+    };
     let (n, waiting) = (s.holds.total(), s.line.waiting());
     let refused = |s: &State, place, waiting| {
         // Nothing taken; but holds that were re-dated (a step back, a new lease, a count from
@@ -280,7 +361,7 @@ pub fn acquire_or_wait(
         let bytes = encode(s);
         let write = ((s.holds.refolded || pruned) && state != Some(bytes.as_slice())).then_some(bytes);
         let slot = Slot { acquired: false, in_flight: n, epoch };
-        (Admission { slot, place, waiting }, write)
+        (Admission { slot, place, waiting, started }, write)
     };
     if n.saturating_add(waiting) >= max {
         let Some(q) = queue.filter(|q| waiting < q.max_waiting) else { return refused(&s, None, waiting) };
@@ -292,20 +373,20 @@ pub fn acquire_or_wait(
         s.line.entries.push((place.ticket, place.deadline));
         let waiting = s.line.waiting();
         let slot = Slot { acquired: false, in_flight: n, epoch };
-        return (Admission { slot, place: Some(place), waiting }, Some(encode(&s)));
+        return (Admission { slot, place: Some(place), waiting, started }, Some(encode(&s)));
     }
-    s.holds.counts[0] = s.holds.counts[0].saturating_add(1);
-    let slot = Slot { acquired: true, in_flight: n.saturating_add(1), epoch };
-    (Admission { slot, place: None, waiting }, Some(encode(&s)))
+    let slot = s.take(limit, epoch);
+    (Admission { slot, place: None, waiting, started }, Some(encode(&s)))
 }
 
 /// A waiter looks at the line: it takes a slot when fewer waiters are ahead of it than slots are
-/// free under `max` (the newest configuration's: after a reload, waiters from before follow it as
-/// newcomers do), times out at its deadline, waits otherwise. Returns the line's length after it.
+/// free under `limit` (the newest configuration's: after a reload, waiters from before follow it
+/// as newcomers do), times out at its deadline, waits otherwise. Returns the line's length after
+/// it.
 pub fn poll(
     state: Option<&[u8]>,
     place: Place,
-    max: u32,
+    limit: Limit,
     now: Nanos,
     width: Nanos,
 ) -> ((Polled, u32), Option<Vec<u8>>) {
@@ -313,13 +394,13 @@ pub fn poll(
     let epoch = epoch_of(now, width);
     let mut s = decode(state, width, epoch);
     let pruned = s.line.prune(now);
+    let (max, _) = s.limit(limit, now);
     let n = s.holds.total();
     let polled = match s.line.position(place.ticket) {
         None => Polled::TimedOut,
         Some(ahead) if u32::try_from(ahead).is_ok_and(|a| a < max.saturating_sub(n)) => {
             s.line.entries.remove(ahead);
-            s.holds.counts[0] = s.holds.counts[0].saturating_add(1);
-            Polled::Admitted(Slot { acquired: true, in_flight: n.saturating_add(1), epoch })
+            Polled::Admitted(s.take(limit, epoch))
         }
         Some(ahead) => Polled::Waiting { ahead: u32::try_from(ahead).unwrap_or(u32::MAX) },
     };
@@ -337,11 +418,42 @@ pub fn leave(state: Option<&[u8]>, ticket: u64, now: Nanos, width: Nanos) -> (u3
     (s.line.waiting(), changed.then(|| encode(&s)))
 }
 
+/// What a request's end tells an adaptive limit: how long the upstream took to answer it, and how
+/// many were in flight when it was admitted (itself included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub latency: Nanos,
+    pub admitted_at: u32,
+}
+
+/// What [`release`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub in_flight: u32,
+    /// An adaptive limit's new reading, when the sample changed it.
+    pub reading: Option<Reading>,
+}
+
 /// Gives back a slot acquired in bucket `epoch`: nothing once its lease has expired; never below
-/// zero.
-pub fn release(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u32, Option<Vec<u8>>) {
+/// zero. Under an adaptive limit, a `sample` goes to its controller (whatever became of the slot).
+pub fn release(
+    state: Option<&[u8]>,
+    epoch: u64,
+    now: Nanos,
+    width: Nanos,
+    sample: Option<(Gradient, Sample)>,
+) -> (Released, Option<Vec<u8>>) {
     let width = width.max(1);
     let mut s = decode(state, width, epoch_of(now, width));
+    let mut reading = None;
+    if let Some((g, sample)) = sample {
+        let fresh = s.gradient.is_none();
+        let state = s.gradient.get_or_insert_with(|| g.start(now));
+        reading = g.finished(state, sample.latency, sample.admitted_at, now);
+        if fresh && reading.is_none() {
+            reading = Some(g.reading(state));
+        }
+    }
     let h = &mut s.holds;
     let newest_held = h.counts.iter().position(|c| *c > 0);
     let bucket = if h.refolded || epoch > h.newest {
@@ -356,7 +468,7 @@ pub fn release(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u
     {
         *c = c.saturating_sub(1);
     }
-    (h.total(), Some(encode(&s)))
+    (Released { in_flight: h.total(), reading }, Some(encode(&s)))
 }
 
 #[cfg(test)]
@@ -366,6 +478,12 @@ mod tests {
     use proptest::prelude::*;
 
     const W: Nanos = 1_000_000_000;
+
+    /// Gives back a slot of a fixed limit.
+    fn free(state: Option<&[u8]>, epoch: u64, now: Nanos, width: Nanos) -> (u32, Option<Vec<u8>>) {
+        let (r, b) = release(state, epoch, now, width, None);
+        (r.in_flight, b)
+    }
 
     /// Issue 20, defect 5: holds whose release never comes (their VM trapped) expire with their
     /// lease: the key admits again within `BUCKETS · width`, and not before `(BUCKETS-1) · width`.
@@ -383,8 +501,8 @@ mod tests {
         assert_eq!(in_flight(s.get("c").unwrap().map(|(b, _)| b).as_deref(), bound, width), 1);
         // A release after the lease expired changes nothing.
         let slot_epoch = 0;
-        assert_eq!(update(&s, "c", |b| release(b, slot_epoch, bound, width)).unwrap(), 1);
-        assert_eq!(update(&s, "c", |b| release(b, bound / width, bound, width)).unwrap(), 0);
+        assert_eq!(update(&s, "c", |b| free(b, slot_epoch, bound, width)).unwrap(), 1);
+        assert_eq!(update(&s, "c", |b| free(b, bound / width, bound, width)).unwrap(), 0);
     }
 
     /// A stream admitted before the wall clock stepped back still gives its slot back (its epoch is
@@ -394,11 +512,11 @@ mod tests {
         let s = MemoryStore::default();
         let slot = update(&s, "c", |b| acquire(b, 2, 5_500, 1000)).unwrap();
         assert!(slot.acquired);
-        assert_eq!(update(&s, "c", |b| release(b, slot.epoch, 3_200, 1000)).unwrap(), 0);
+        assert_eq!(update(&s, "c", |b| free(b, slot.epoch, 3_200, 1000)).unwrap(), 0);
         // And after the lease changed (the policy's timeout did).
         let slot = update(&s, "c", |b| acquire(b, 2, 5_500, 1000)).unwrap();
         assert_eq!(in_flight(s.get("c").unwrap().map(|(b, _)| b).as_deref(), 5_500, 3000), 1);
-        assert_eq!(update(&s, "c", |b| release(b, slot.epoch, 5_600, 3000)).unwrap(), 0);
+        assert_eq!(update(&s, "c", |b| free(b, slot.epoch, 5_600, 3000)).unwrap(), 0);
     }
 
     /// A count from before leases that fills its key expires too: the first refused acquire
@@ -443,7 +561,7 @@ mod tests {
                         prop_assert!(slot.in_flight <= max);
                     }
                     1 => if let Some(epoch) = held.pop() {
-                        bytes = release(bytes.as_deref(), epoch, now, width).1;
+                        bytes = free(bytes.as_deref(), epoch, now, width).1;
                     },
                     2 => now += arg,
                     _ => now = now.saturating_sub(arg),
@@ -460,11 +578,11 @@ mod tests {
     const Q: QueueLimits = QueueLimits { max_waiting: 2, max_wait: 50 * W };
 
     fn arrive(s: &MemoryStore, max: u32, now: Nanos) -> Admission {
-        update(s, "c", |b| acquire_or_wait(b, max, Some(Q), true, now, LW)).unwrap()
+        update(s, "c", |b| acquire_or_wait(b, Limit::Fixed(max), Some(Q), true, now, LW)).unwrap()
     }
 
     fn look(s: &MemoryStore, place: Place, max: u32, now: Nanos) -> (Polled, u32) {
-        update(s, "c", |b| poll(b, place, max, now, LW)).unwrap()
+        update(s, "c", |b| poll(b, place, Limit::Fixed(max), now, LW)).unwrap()
     }
 
     /// Waiters on different workers look at the line in any order: the oldest takes the slot,
@@ -479,7 +597,7 @@ mod tests {
         let full = arrive(&s, 1, 3 * W);
         assert_eq!((full.slot.acquired, full.place, full.waiting), (false, None, 2));
         assert_eq!(waiting(s.get("c").unwrap().map(|(b, _)| b).as_deref(), 3 * W, LW), 2);
-        update(&s, "c", |st| release(st, held.slot.epoch, 4 * W, LW)).unwrap();
+        update(&s, "c", |st| free(st, held.slot.epoch, 4 * W, LW)).unwrap();
         // The slot is free, but a newcomer may not take it from the line.
         let late = arrive(&s, 1, 4 * W);
         assert!(!late.slot.acquired && late.place.is_none());
@@ -488,7 +606,7 @@ mod tests {
         let (Polled::Admitted(slot), 1) = look(&s, a, 1, 4 * W) else { panic!("a is first") };
         assert_eq!(slot.in_flight, 1);
         assert_eq!(look(&s, b, 1, 5 * W), (Polled::Waiting { ahead: 0 }, 1));
-        update(&s, "c", |st| release(st, slot.epoch, 6 * W, LW)).unwrap();
+        update(&s, "c", |st| free(st, slot.epoch, 6 * W, LW)).unwrap();
         assert!(matches!(look(&s, b, 1, 6 * W), (Polled::Admitted(_), 0)));
     }
 
@@ -502,7 +620,7 @@ mod tests {
         let gone = arrive(&s, 1, W).place.unwrap();
         assert_eq!(lost.deadline, Q.max_wait);
         assert_eq!(update(&s, "c", |st| leave(st, gone.ticket, 2 * W, LW)).unwrap(), 1);
-        update(&s, "c", |st| release(st, held.slot.epoch, 3 * W, LW)).unwrap();
+        update(&s, "c", |st| free(st, held.slot.epoch, 3 * W, LW)).unwrap();
         // The lost waiter is first in line: newcomers wait behind it...
         let behind = arrive(&s, 1, 4 * W).place.unwrap();
         assert_eq!(look(&s, behind, 1, 4 * W).0, Polled::Waiting { ahead: 1 });
@@ -513,7 +631,7 @@ mod tests {
         let s = MemoryStore::default();
         let held = arrive(&s, 1, 0);
         let late = arrive(&s, 1, 0).place.unwrap();
-        update(&s, "c", |st| release(st, held.slot.epoch, W, LW)).unwrap();
+        update(&s, "c", |st| free(st, held.slot.epoch, W, LW)).unwrap();
         assert_eq!(look(&s, late, 1, late.deadline), (Polled::TimedOut, 0));
         assert!(arrive(&s, 1, late.deadline).slot.acquired);
     }
@@ -532,7 +650,7 @@ mod tests {
         assert_eq!(update(&s, "c", |st| leave(st, second.ticket, first.deadline, LW)).unwrap(), 0);
         let third = arrive(&s, 1, first.deadline).place.unwrap();
         assert!(third.ticket > second.ticket);
-        update(&s, "c", |st| release(st, held.slot.epoch, first.deadline, LW)).unwrap();
+        update(&s, "c", |st| free(st, held.slot.epoch, first.deadline, LW)).unwrap();
         assert_eq!(look(&s, second, 1, first.deadline).0, Polled::TimedOut);
         assert!(matches!(look(&s, third, 1, first.deadline).0, Polled::Admitted(_)));
     }
@@ -542,8 +660,14 @@ mod tests {
     fn a_place_can_be_reported_without_joining() {
         let s = MemoryStore::default();
         arrive(&s, 1, 0);
-        let (would, bytes) =
-            acquire_or_wait(s.get("c").unwrap().map(|(b, _)| b).as_deref(), 1, Some(Q), false, 0, LW);
+        let (would, bytes) = acquire_or_wait(
+            s.get("c").unwrap().map(|(b, _)| b).as_deref(),
+            Limit::Fixed(1),
+            Some(Q),
+            false,
+            0,
+            LW,
+        );
         assert!(would.place.is_some() && bytes.is_none());
         assert_eq!(would.waiting, 0);
     }
@@ -568,7 +692,7 @@ mod tests {
         let (old1, old2) = (arrive(&s, 1, W).place.unwrap(), arrive(&s, 1, W).place.unwrap());
         // The new configuration: 3 slots, waits of up to 55 s.
         let q = QueueLimits { max_waiting: 3, max_wait: 55 * W };
-        let new = update(&s, "c", |b| acquire_or_wait(b, 3, Some(q), true, 2 * W, LW)).unwrap();
+        let new = update(&s, "c", |b| acquire_or_wait(b, Limit::Fixed(3), Some(q), true, 2 * W, LW)).unwrap();
         let new = new.place.expect("behind the two waiting: 1 held + 2 waiting fill 3");
         assert!(matches!(look(&s, old1, 3, 3 * W).0, Polled::Admitted(_)));
         assert!(matches!(look(&s, old2, 3, 3 * W).0, Polled::Admitted(_)));
@@ -595,18 +719,18 @@ mod tests {
             for (op, pick, arg) in ops {
                 match op {
                     0 => {
-                        let (a, b) = acquire_or_wait(bytes.as_deref(), 1, Some(q), true, now, 1000);
+                        let (a, b) = acquire_or_wait(bytes.as_deref(), Limit::Fixed(1), Some(q), true, now, 1000);
                         keep(b, &mut bytes);
                         if a.slot.acquired { held.push(a.slot.epoch); }
                         if let Some(p) = a.place { line.push(p); }
                         prop_assert!(a.waiting <= q.max_waiting);
                     }
                     1 => if let Some(e) = held.pop() {
-                        keep(release(bytes.as_deref(), e, now, 1000).1, &mut bytes);
+                        keep(free(bytes.as_deref(), e, now, 1000).1, &mut bytes);
                     },
                     2 if !line.is_empty() => {
                         let p = line[pick % line.len()];
-                        let ((polled, _), b) = poll(bytes.as_deref(), p, 1, now, 1000);
+                        let ((polled, _), b) = poll(bytes.as_deref(), p, Limit::Fixed(1), now, 1000);
                         keep(b, &mut bytes);
                         match polled {
                             Polled::Admitted(slot) => {
@@ -638,6 +762,54 @@ mod tests {
         }
     }
 
+    const G: Gradient = Gradient {
+        min: 2,
+        max: 40,
+        initial: 8,
+        interval: 100_000_000,
+        tolerance_ppm: 250_000,
+        probe_interval: 60 * W,
+        probe_samples: 2,
+    };
+
+    /// An adaptive limit keeps its controller with the holds and the line: it admits `min` while
+    /// it measures, samples at release end the measurement, and the line survives beside it.
+    #[test]
+    fn an_adaptive_limit_keeps_its_controller_with_the_slots_and_the_line() {
+        let s = MemoryStore::default();
+        let limit = Limit::Adaptive(G);
+        let arrive = |now| update(&s, "c", |b| acquire_or_wait(b, limit, Some(Q), true, now, LW)).unwrap();
+        let first = arrive(0);
+        assert_eq!(first.started.map(|r| (r.limit, r.probing)), Some((2, true)));
+        let second = arrive(0);
+        assert!(second.slot.acquired && second.started.is_none());
+        let waiter = arrive(0);
+        let place = waiter.place.unwrap();
+        let sample = |latency| Some((G, Sample { latency, admitted_at: 1 }));
+        let r = update(&s, "c", |b| release(b, first.slot.epoch, 10, LW, sample(10))).unwrap();
+        assert_eq!((r.in_flight, r.reading), (1, None));
+        let r = update(&s, "c", |b| release(b, second.slot.epoch, 30, LW, sample(30))).unwrap();
+        let reading = r.reading.unwrap();
+        assert_eq!((reading.limit, reading.min_rtt, reading.probing), (8, 20, false));
+        // The waiter is still in line, and takes a slot under the new limit.
+        let (polled, _) = update(&s, "c", |b| poll(b, place, limit, 40, LW)).unwrap();
+        assert!(matches!(polled, Polled::Admitted(slot) if slot.in_flight == 1));
+        let bytes = s.get("c").unwrap().unwrap().0;
+        assert_eq!(bytes[0], ADAPTIVE_TAG);
+        assert_eq!(reading_of(&bytes).map(|r| r.limit), Some(8));
+        // A fixed limit drops the controller; an adaptive one after it starts afresh.
+        let (_, b) = acquire_or_wait(Some(&bytes), Limit::Fixed(5), None, true, 50, LW);
+        let b = b.unwrap();
+        assert_eq!((b[0], reading_of(&b)), (QUEUE_TAG, None));
+        let (again, _) = acquire_or_wait(Some(&b), limit, None, true, 60, LW);
+        assert_eq!(again.started.map(|r| r.probing), Some(true));
+        assert!(!again.slot.acquired, "two in flight: the measurement's min is reached");
+    }
+
+    fn reading_of(bytes: &[u8]) -> Option<Reading> {
+        reading(Some(bytes), &G, 0, LW)
+    }
+
     #[test]
     fn limit_then_release() {
         let s = MemoryStore::default();
@@ -647,15 +819,15 @@ mod tests {
         let third = take();
         assert!(!third.acquired);
         assert_eq!(third.in_flight, 2);
-        update(&s, "c", |b| release(b, 0, 0, W)).unwrap();
+        update(&s, "c", |b| free(b, 0, 0, W)).unwrap();
         assert!(take().acquired);
     }
 
     #[test]
     fn release_never_goes_below_zero() {
         let s = MemoryStore::default();
-        assert_eq!(update(&s, "c", |b| release(b, 0, 0, W)).unwrap(), 0);
-        assert_eq!(update(&s, "c", |b| release(b, 0, 0, W)).unwrap(), 0);
+        assert_eq!(update(&s, "c", |b| free(b, 0, 0, W)).unwrap(), 0);
+        assert_eq!(update(&s, "c", |b| free(b, 0, 0, W)).unwrap(), 0);
     }
 
     proptest! {
@@ -676,7 +848,7 @@ mod tests {
                     prop_assert_eq!(slot.in_flight, held);
                 } else if held > 0 {
                     held -= 1;
-                    prop_assert_eq!(update(&s, "c", |b| release(b, 0, 0, W)).unwrap(), held);
+                    prop_assert_eq!(update(&s, "c", |b| free(b, 0, 0, W)).unwrap(), held);
                 }
                 prop_assert!(held <= max);
             }
