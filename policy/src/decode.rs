@@ -402,7 +402,7 @@ fn concurrency_limit(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Con
             node,
             "missing field `max_in_flight` (or `adaptive`, for a limit that follows the upstream's latency)",
         ),
-        (Some(_), Some((n, p))) => r.error(
+        (Some((n, p)), Some(_)) => r.error(
             &p,
             n,
             "a limit is either fixed or adaptive: write `max_in_flight` or `adaptive`, not both",

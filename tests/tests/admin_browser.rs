@@ -382,4 +382,44 @@ async fn queue(page: &Page, admin_port: u16) {
         .unwrap_or_else(|| panic!("{chart}"));
     assert!(chart.contains("policy-1") && (10..=20).contains(&top), "{chart}");
     page.shot("7-simulate-queue").await;
+
+    // The limit made adaptive: with max_in_flight still there, the validator says to pick one.
+    page.click("tab-policies").await;
+    page.type_into("field-concurrency_limit-adaptive-max", "40").await;
+    let error = page
+        .wait_text("error-concurrency_limit-max_in_flight", "the validator's error", |t| !t.is_empty())
+        .await;
+    assert!(error.starts_with("a limit is either fixed or adaptive"), "{error}");
+    // Emptying max_in_flight (a key typed, then taken back: an input event with no text).
+    page.type_into("field-concurrency_limit-max_in_flight", "x").await;
+    page.el("field-concurrency_limit-max_in_flight").await.send_keys("\u{e003}").await.unwrap();
+    page.type_into("field-concurrency_limit-adaptive-probe_samples", "10").await;
+    page.type_into("field-concurrency_limit-adaptive-initial", "5").await;
+    page.wait_text("error-concurrency_limit-max_in_flight", "no error", str::is_empty).await;
+    page.click("view-yaml").await;
+    let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+    assert!(
+        yaml.contains("adaptive:") && yaml.contains("max: 40") && !yaml.contains("max_in_flight"),
+        "{yaml}"
+    );
+    page.click("view-form").await;
+    // 30 clients against an upstream that serves 10 at once in 40 ms: the limit finds the knee.
+    page.click("tab-simulate").await;
+    page.type_into(
+        "scenario",
+        "name: a limit finds the knee\nduration: 10s\ntraffic:\n  - concurrency: 30\n    think: 5ms\nupstream:\n  latency: 40ms\n  capacity: 10\n",
+    )
+    .await;
+    page.click("run-simulation").await;
+    page.el("simulation-result").await;
+    let chart = page.wait_text("chart-adaptive", "the limit's chart", |t| t.contains("policy-1")).await;
+    let top: u64 = chart
+        .split("max ")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{chart}"));
+    // The knee is 10; 25% tolerance and √ headroom over it, well below the max of 40.
+    assert!((10..=18).contains(&top), "{chart}");
+    page.shot("7-simulate-adaptive").await;
 }

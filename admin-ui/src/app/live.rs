@@ -25,7 +25,7 @@ pub(super) fn LivePage() -> impl IntoView {
                             {Counter::ALL.map(|c| view! {
                                 <td data-testid=format!("live-{name}-{c}")>{p.requests.get(&c).copied().unwrap_or(0)}</td>
                             }).to_vec()}
-                            <td>{p.in_flight.map_or("–".to_string(), |v| v.to_string())}</td>
+                            <td data-testid=format!("live-{name}-in-flight")>{in_flight(&p)}</td>
                             <td><span class=format!("breaker {breaker}")>{breaker.clone()}</span></td>
                             <td data-testid=format!("live-{name}-global")>{global_state(p.global_degraded)}</td>
                         </tr> }
@@ -33,6 +33,17 @@ pub(super) fn LivePage() -> impl IntoView {
                 }}
             </table>
         </div>
+    }
+}
+
+/// Requests in flight, and an adaptive limit's limit beside them (`7 / 25`, and `probing` while
+/// it measures the min RTT).
+pub(super) fn in_flight(p: &breakwater_api::PolicyStats) -> String {
+    let n = p.in_flight.map_or("–".to_string(), |v| v.to_string());
+    match p.adaptive {
+        Some(a) if a.probing => format!("{n} / {} (probing)", a.limit),
+        Some(a) => format!("{n} / {} (min RTT {} ms)", a.limit, a.min_rtt_ms),
+        None => n,
     }
 }
 

@@ -30,7 +30,15 @@ fn blocks_of(p: &Value) -> Vec<(&'static str, String)> {
         out.push(("global", format!("{}/{per} for the fleet ({mode})", g["rate"])));
     }
     if let Some(c) = p.get("concurrency_limit") {
-        out.push(("concurrency", format!("≤ {} in flight", c["max_in_flight"])));
+        let limit = match c.get("adaptive") {
+            Some(a) => format!(
+                "adaptive {}–{} in flight",
+                a.get("min").map_or("3".into(), ToString::to_string),
+                a.get("max").map_or("1000".into(), ToString::to_string)
+            ),
+            None => format!("≤ {} in flight", c["max_in_flight"]),
+        };
+        out.push(("concurrency", limit));
     }
     if let Some(b) = p.get("circuit_breaker") {
         out.push(("breaker", format!("{}% of {}", b["failure_rate"], b["window"])));

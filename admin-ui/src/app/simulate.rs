@@ -87,6 +87,7 @@ fn SimulationResult(r: Simulation) -> impl IntoView {
     );
     let bands = chart::breaker_bands(timeline);
     let queues = chart::gauge_series(timeline, Gauge::QueueLength.as_str());
+    let limits = chart::gauge_series(timeline, Gauge::ConcurrencyLimit.as_str());
     let summary = format!(
         "{} requests over {} s on {} workers, simulated in {:.0} ms",
         report.requests, report.duration_s, report.workers, r.wall_ms
@@ -116,6 +117,9 @@ fn SimulationResult(r: Simulation) -> impl IntoView {
             <Chart title="Retries and exhausted budget per second" id="chart-retries" series=retries/>
             {(!queues.is_empty()).then(|| view! {
                 <Chart title="Requests waiting in a queue, at the end of each second" id="chart-queue" series=queues unit=""/>
+            })}
+            {(!limits.is_empty()).then(|| view! {
+                <Chart title="Adaptive concurrency limit, at the end of each second" id="chart-adaptive" series=limits unit=""/>
             })}
             {(!bands.is_empty()).then(|| view! {
                 <h3>"Breaker state"</h3>
