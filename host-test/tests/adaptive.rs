@@ -57,8 +57,9 @@ fn workers_share_one_adaptive_limit_and_its_measurement() {
         (0..10).map(|i| (i % 2, forwarded(vms[i % 2].begin(&get).unwrap()))).collect();
     assert!(matches!(vms[1].begin(&get).unwrap(), Begun::Answered { .. }));
     // They come back slowly: 110 ms against a min RTT of 32.5 ms is far over the 25% tolerance,
-    // and the limit halves (the most one interval takes off). Only the first of them is a sample:
-    // the others were admitted before the change its interval made.
+    // and the limit halves (the most one interval takes off). The first five are the interval's
+    // samples (half as many as it had in flight at most); the other five were admitted before the
+    // change it made, and are not.
     advance_ms(&world, 110);
     for (i, s) in held {
         vms[i].complete(s, Some(UpstreamAnswer::status(200))).unwrap();

@@ -5,10 +5,15 @@
 //! - `x-test-script: 503,503,200`: the k-th attempt of a request (by `x-request-id`, which Envoy
 //!   keeps across retries) gets the k-th entry; `reset` closes the connection without answering;
 //! - `x-test-delay-ms: 300`: wait before answering;
+//! - `x-test-capacity: 10` (with a delay): a service with that many workers: a request that finds
+//!   k > 10 requests in it (itself included) waits `delay · k / 10` instead (the scenario
+//!   language's `upstream.capacity`);
 //! - `x-test-reset: 1`: close the connection without answering.
 //! - `x-test-response-header: name: value`: add that header to the response.
 //!
-//! [`Upstream::set_outage`] makes every request fail with 503 until switched off. Counters (total,
+//! [`Upstream::set_outage`] makes every request fail with 503 until switched off;
+//! [`Upstream::set_load_latency`] gives requests without `x-test-delay-ms` a load-dependent
+//! latency (as `x-test-capacity`), changed for every request that arrives from then on. Counters (total,
 //! in flight, the highest in-flight count seen, per path) let tests check what reached it.
 
 use std::collections::HashMap;
@@ -25,6 +30,8 @@ struct State {
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     outage: AtomicBool,
+    /// (delay ms, capacity) for requests without their own delay; capacity 0: none.
+    load_latency: AtomicU64,
     stop: AtomicBool,
     by_path: Mutex<HashMap<String, u64>>,
     attempts: Mutex<HashMap<String, usize>>,
@@ -76,6 +83,12 @@ impl Upstream {
     pub fn count(&self, path: &str) -> u64 {
         self.state.by_path.lock().map(|m| m.get(path).copied().unwrap_or(0)).unwrap_or(0)
     }
+    /// Requests without `x-test-delay-ms` take `delay_ms`, or `delay_ms · k / capacity` when they
+    /// find k > `capacity` requests in the upstream (themselves included).
+    pub fn set_load_latency(&self, delay_ms: u32, capacity: u32) {
+        self.state.load_latency.store(u64::from(delay_ms) << 32 | u64::from(capacity), Ordering::SeqCst);
+    }
+
     pub fn set_outage(&self, on: bool) {
         self.state.outage.store(on, Ordering::SeqCst);
     }
@@ -159,7 +172,13 @@ fn serve(conn: TcpStream, s: &State) {
         if s.outage.load(Ordering::SeqCst) {
             status = "503".into();
         }
-        if let Some(ms) = req.headers.get("x-test-delay-ms").and_then(|v| v.parse().ok()) {
+        let load = s.load_latency.load(Ordering::SeqCst);
+        let delay = match req.headers.get("x-test-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
+            Some(ms) => Some((ms, req.headers.get("x-test-capacity").and_then(|v| v.parse().ok()).unwrap_or(0))),
+            None => (load & 0xffff_ffff > 0).then_some((load >> 32, load & 0xffff_ffff)),
+        };
+        if let Some((ms, capacity)) = delay {
+            let ms = if capacity > 0 { ms * now.max(capacity) / capacity } else { ms };
             std::thread::sleep(Duration::from_millis(ms));
         }
         let reset = status == "reset" || req.headers.get("x-test-reset").is_some_and(|v| v == "1");

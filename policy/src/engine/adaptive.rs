@@ -12,8 +12,11 @@
 //! - **Sampled latency.** Every `interval`, the mean latency of the requests that were admitted
 //!   and finished in it. Requests admitted before the last change of the limit are left out:
 //!   counting them would have the controller act twice on the same news (with an upstream
-//!   slower than the interval it then swings from `min` to twice the knee and back); an
-//!   interval lasts until a request admitted in it has finished.
+//!   slower than the interval it then swings from `min` to twice the knee and back). An
+//!   interval lasts until requests admitted in it have finished, at least half as many as it had
+//!   in flight at most: the first to finish after a change were admitted into the emptiest
+//!   upstream, and alone they would tell of a faster upstream than the limit makes (in real
+//!   Envoy the limit then swung between the knee and three times it).
 //! - **The gradient** `min RTT · (1 + tolerance) / sampled`, clamped to [0.5, 2]. At 1 or above
 //!   (the upstream answers as fast as unloaded, within the tolerance) the limit grows to
 //!   `limit · gradient + √limit`, but only if the interval used at least half of it (an idle
@@ -141,7 +144,12 @@ impl Gradient {
         }
         s.sum = s.sum.saturating_add(latency);
         s.count = s.count.saturating_add(1);
-        if now.saturating_sub(s.interval_start) < self.interval {
+        // An interval needs samples from at least half as many requests as it had in flight at
+        // most: the first to come back after a change are those admitted into the emptiest
+        // upstream, and alone they would tell of a faster upstream than the limit makes.
+        if now.saturating_sub(s.interval_start) < self.interval
+            || u64::from(s.count).saturating_mul(2) < u64::from(s.peak)
+        {
             return None;
         }
         let sampled = s.sum.checked_div(u64::from(s.count)).unwrap_or(latency);
@@ -305,7 +313,7 @@ mod tests {
         assert!((40..=60).contains(&before), "{fast:?}");
         // The upstream slows down fivefold and serves 8 at once: far above the tolerance, the
         // limit halves every interval, down to min...
-        let (slow, now) = saturate(&g, &mut s, 8, 100 * MS, now, 20);
+        let (slow, now) = saturate(&g, &mut s, 8, 100 * MS, now, 60);
         assert!(
             slow.windows(2).all(|w| w[1] <= w[0]) && *slow.last().unwrap() == 3,
             "{before} then {slow:?}"
