@@ -174,7 +174,9 @@ fn serve(conn: TcpStream, s: &State) {
         }
         let load = s.load_latency.load(Ordering::SeqCst);
         let delay = match req.headers.get("x-test-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
-            Some(ms) => Some((ms, req.headers.get("x-test-capacity").and_then(|v| v.parse().ok()).unwrap_or(0))),
+            Some(ms) => {
+                Some((ms, req.headers.get("x-test-capacity").and_then(|v| v.parse().ok()).unwrap_or(0)))
+            }
             None => (load & 0xffff_ffff > 0).then_some((load >> 32, load & 0xffff_ffff)),
         };
         if let Some((ms, capacity)) = delay {

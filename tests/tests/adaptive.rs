@@ -55,7 +55,8 @@ fn the_limit_settles_near_the_knee_falls_when_the_upstream_slows_and_recovers() 
     let fast = watch(&envoy, Duration::from_secs(6));
     let min_rtt = envoy.gauge("a", Gauge::MinRttMs);
     // Between measurements of the min RTT (every 3 s, at the limit's min while they last).
-    let settled: Vec<u64> = fast.iter().filter(|(t, _, probing)| *t >= 1000 && !probing).map(|s| s.1).collect();
+    let settled: Vec<u64> =
+        fast.iter().filter(|(t, _, probing)| *t >= 1000 && !probing).map(|s| s.1).collect();
     let upstream_most = upstream.max_in_flight();
     // Slow: 100 ms while at most 3 are in it.
     upstream.reset_counters();
