@@ -180,7 +180,7 @@ fn serve(conn: TcpStream, s: &State) {
             None => (load & 0xffff_ffff > 0).then_some((load >> 32, load & 0xffff_ffff)),
         };
         if let Some((ms, capacity)) = delay {
-            let ms = if capacity > 0 { ms * now.max(capacity) / capacity } else { ms };
+            let ms = (ms * now.max(capacity)).checked_div(capacity).unwrap_or(ms);
             std::thread::sleep(Duration::from_millis(ms));
         }
         let reset = status == "reset" || req.headers.get("x-test-reset").is_some_and(|v| v == "1");
