@@ -22,7 +22,7 @@
 //! `max_wait`.
 //!
 //! An adaptive limit (`concurrency_limit.adaptive`) keeps its controller's state there too
-//! ([`adaptive`](super::adaptive)): the limit a request is admitted under, and the latency sample
+//! ([`super::adaptive`]): the limit a request is admitted under, and the latency sample
 //! its end gives, are decided in the same update as its slot.
 
 use super::Nanos;
