@@ -123,6 +123,11 @@ impl Metrics {
                             for (id, gauge) in m.adaptive.iter_mut().zip(ADAPTIVE_GAUGES) {
                                 ensure(id, || host::define_gauge(&gauge_name(name, gauge)));
                             }
+                        } else {
+                            // No longer adaptive (a reload): its gauges say so (a limit is never 0).
+                            for id in m.adaptive {
+                                host::record(id, 0);
+                            }
                         }
                     }
                     if p.global.is_some() {

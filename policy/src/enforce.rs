@@ -156,8 +156,10 @@ pub struct Admitted {
     record_slot: bool,
     /// The lease bucket the concurrency slot (keyed or in the record) was acquired in.
     slot_epoch: u64,
-    /// Requests in flight when the slot was taken (itself included): an adaptive limit's sample.
+    /// Requests in flight when the slot was taken (itself included), and when (moved on to the end
+    /// of an injected delay): an adaptive limit's sample.
     admitted_at: u32,
+    slot_at: Nanos,
     /// When the response headers came (an adaptive limit's latency sample ends there).
     answered: Option<Nanos>,
     /// Leased mode: a renewal of the lease to send in the background (the caller's root context
@@ -693,7 +695,7 @@ pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
         concurrency::Polled::Admitted(slot) => {
             a.events.push(Event::QueueAdmitted);
             a.events.push(Event::InFlight(slot.in_flight));
-            (a.slot_epoch, a.admitted_at) = (slot.epoch, slot.in_flight);
+            (a.slot_epoch, a.admitted_at, a.slot_at) = (slot.epoch, slot.in_flight, now);
             match w.at {
                 Some(at) => a.slot = Some(at),
                 None => a.record_slot = true,
@@ -727,6 +729,7 @@ fn placeholder(policy: usize) -> Admitted {
         record_slot: false,
         slot_epoch: 0,
         admitted_at: 0,
+        slot_at: 0,
         answered: None,
         renewal: None,
         ticket: None,
@@ -842,7 +845,7 @@ fn inject<S: SharedStore + ?Sized>(
 /// time (a breaker's slow calls) starts over: the delay is not the upstream's.
 pub fn delay_over<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted, now: Nanos) {
     let Some(epoch) = a.holding.take() else { return };
-    a.started = now;
+    (a.started, a.slot_at) = (now, now);
     let Some(fp) = plan.policies.get(a.policy).and_then(|p| p.fault.as_ref()) else { return };
     match fp.end_delay(store, epoch, now) {
         Ok(active) => a.events.push(Event::FaultActive(active)),
@@ -943,7 +946,7 @@ fn check_limits<S: SharedStore + ?Sized>(
                     }
                     if let Some(ad) = admission.filter(|ad| ad.slot.acquired) {
                         a.slot = at;
-                        (a.slot_epoch, a.admitted_at) = (ad.slot.epoch, ad.slot.in_flight);
+                        (a.slot_epoch, a.admitted_at, a.slot_at) = (ad.slot.epoch, ad.slot.in_flight, now);
                     }
                 }
             }
@@ -1094,7 +1097,7 @@ fn apply<S: SharedStore + ?Sized>(
         }
         if admission.slot.acquired {
             a.record_slot = true;
-            (a.slot_epoch, a.admitted_at) = (admission.slot.epoch, admission.slot.in_flight);
+            (a.slot_epoch, a.admitted_at, a.slot_at) = (admission.slot.epoch, admission.slot.in_flight, now);
         }
     }
     if let Some(admitted) = t.breaker {
@@ -1259,11 +1262,13 @@ pub fn finish<S: SharedStore + ?Sized>(
     if leave_line(plan, store, a, now) {
         return;
     }
+    // Before the delay is over: a request answered while an injected delay held it (a local reply
+    // of Envoy's) never reached the upstream and gives no sample.
+    let sample = plan.policies.get(a.policy).and_then(|p| sample(p, a));
     delay_over(plan, store, a, now);
     let injected = a.injected.take();
     let exchange = injected.as_ref().unwrap_or(exchange);
     let Some(p) = plan.policies.get(a.policy) else { return };
-    let sample = sample(p, a);
     release(store, p, a, now, sample);
     let retried = attempts.unwrap_or(0).saturating_sub(1);
     if retried > 0 {
@@ -1330,15 +1335,18 @@ fn leave_line<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted,
     true
 }
 
-/// What a request's end tells its adaptive concurrency limit: the time from its admission (or
-/// the end of its wait, or of its injected delay) to its response headers. None without response
-/// headers (a client that went away, a reset), or under a fixed limit.
+/// What a request's end tells its adaptive concurrency limit: the time from when its slot was
+/// taken (or its injected delay ended) to its response headers. None without response headers (a
+/// client that went away, a reset), while an injected delay holds it, or under a fixed limit.
 fn sample(p: &PolicyPlan, a: &Admitted) -> Option<(crate::engine::adaptive::Gradient, concurrency::Sample)> {
     let concurrency::Limit::Adaptive(g) = concurrency_limit(p.policy.concurrency_limit.as_ref()?) else {
         return None;
     };
-    let latency = a.answered?.saturating_sub(a.started);
-    Some((g, concurrency::Sample { latency, admitted_at: a.admitted_at }))
+    if a.holding.is_some() {
+        return None;
+    }
+    let latency = a.answered?.checked_sub(a.slot_at)?;
+    Some((g, concurrency::Sample { latency, admitted_at: a.admitted_at, admitted: a.slot_at }))
 }
 
 /// Gives the keyed concurrency slot back, once (with an adaptive limit's `sample`).

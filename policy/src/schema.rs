@@ -16,6 +16,14 @@ pub fn json_schema() -> String {
             required.retain(|f| f != "burst");
         }
     }
+    // A concurrency limit is fixed or adaptive: exactly one of the two fields.
+    if let Some(cl) = schema.pointer_mut("/$defs/ConcurrencyLimit").and_then(serde_json::Value::as_object_mut)
+    {
+        cl.insert(
+            "oneOf".into(),
+            serde_json::json!([{ "required": ["max_in_flight"] }, { "required": ["adaptive"] }]),
+        );
+    }
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
     text

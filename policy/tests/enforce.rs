@@ -725,12 +725,25 @@ policies:
 /// second, the limit the adaptive events showed at its end and the most requests in the upstream
 /// during it.
 fn closed_loop(s: &Sim, req: &Req, clients: usize, knee: u64, base_ms: u64, ms: u64) -> Vec<(u32, u64)> {
+    closed_loop_from(s, req, clients, (knee, base_ms), ms, &std::cell::Cell::new(0))
+}
+
+/// As [`closed_loop`], with the last limit the adaptive events showed kept in `limit` (across
+/// calls: a phase in which the limit never changes shows the one before it).
+fn closed_loop_from(
+    s: &Sim,
+    req: &Req,
+    clients: usize,
+    (knee, base_ms): (u64, u64),
+    ms: u64,
+    limit: &std::cell::Cell<u32>,
+) -> Vec<(u32, u64)> {
     struct Client {
         a: Option<Admitted>,
         at: u64,
     }
     let mut clients: Vec<Client> = (0..clients).map(|_| Client { a: None, at: 0 }).collect();
-    let (limit, mut seconds, mut most) = (std::cell::Cell::new(0), Vec::new(), 0);
+    let (mut seconds, mut most) = (Vec::new(), 0);
     let seen = |a: &mut Admitted| {
         for e in a.events.drain(..) {
             if let Event::Adaptive(r) = e {
@@ -821,29 +834,61 @@ fn an_adaptive_limit_follows_the_upstream_and_reports_its_readings() {
     assert_eq!((r.limit, r.probing, r.min_rtt), (2, true, 0));
     enforce::finish(&s.plan, &s.store, &mut first, &Exchange::default(), None, s.clock.now());
     let last = |v: &[(u32, u64)]| v.last().unwrap().0;
-    let fast = closed_loop(&s, &req, 100, 40, 20, 10_000);
+    let limit = std::cell::Cell::new(r.limit);
+    let fast = closed_loop_from(&s, &req, 100, (40, 20), 10_000, &limit);
     assert!(last(&fast) >= 40, "{fast:?}");
-    let slow = closed_loop(&s, &req, 100, 5, 100, 10_000);
+    let slow = closed_loop_from(&s, &req, 100, (5, 100), 10_000, &limit);
     assert!(last(&slow) < 20, "a slowed upstream lowers the limit: {fast:?} then {slow:?}");
-    let again = closed_loop(&s, &req, 100, 40, 20, 70_000);
+    let again = closed_loop_from(&s, &req, 100, (40, 20), 70_000, &limit);
     assert!(last(&again) >= 40, "and it recovers: {again:?}");
 }
 
-/// A request that ends without response headers (client gone, reset), or answered by the filter,
-/// gives no sample; one the filter answers is not even asked for the time.
+/// A request that ends without response headers (client gone, reset), one the filter answers, and
+/// one answered while an injected delay held it give no sample; one answered by the upstream does.
+/// (One sample ends the measurement of the min RTT here: a sample taken shows as a reading.)
 #[test]
 fn only_answered_upstream_requests_are_latency_samples() {
-    let s = sim(&ADAPTIVE.replace("KEY", "[]").replace("QUEUE", ""));
+    let yaml = "version: 1
+policies:
+  - name: api
+    concurrency_limit: { adaptive: { min: 2, probe_samples: 1 } }
+    FAULT
+";
+    let reading = |a: &Admitted| a.events.iter().any(|e| matches!(e, Event::Adaptive(_)));
+    let s = sim(&yaml.replace("FAULT", ""));
     let req = get("/");
-    let mut a = s.admit(&req);
-    assert!(a.samples_latency(&s.plan));
+    let mut gone = s.admit(&req);
+    assert!(gone.samples_latency(&s.plan));
     s.clock.advance_ms(5);
-    a.events.clear();
-    enforce::finish(&s.plan, &s.store, &mut a, &Exchange::default(), None, s.clock.now());
-    assert_eq!(a.events, vec![Event::InFlight(0)], "no sample: no Adaptive reading");
+    gone.events.clear();
+    enforce::finish(&s.plan, &s.store, &mut gone, &Exchange::default(), None, s.clock.now());
+    assert_eq!(gone.events, vec![Event::InFlight(0)], "no sample: no reading");
+    let mut answered = s.admit(&req);
+    s.clock.advance_ms(5);
+    answered.answered(s.clock.now());
+    answered.events.clear();
+    s.finish(&mut answered, 200, 1);
+    assert!(reading(&answered), "one sample ends the measurement: {:?}", answered.events);
+
+    // Answered by the filter (an injected abort): not even asked for the time.
+    let s = sim(&yaml.replace("FAULT", "fault: { abort: { percent: 100 } }"));
+    let mut aborted = s.admit(&req);
+    assert!(!aborted.forwarded() && !aborted.samples_latency(&s.plan));
+    aborted.events.clear();
+    s.finish(&mut aborted, 503, 0);
+    assert!(!reading(&aborted), "{:?}", aborted.events);
+
+    // Answered while an injected delay holds it (a local reply of Envoy's): no sample.
+    let s = sim(&yaml.replace("FAULT", "fault: { delay: { percent: 100, duration: 1s } }"));
+    let mut held = s.admit(&req);
+    assert!(held.delay.is_some());
+    s.clock.advance_ms(200);
+    held.answered(s.clock.now());
+    held.events.clear();
+    s.finish(&mut held, 504, 0);
+    assert!(!reading(&held), "{:?}", held.events);
+
     let fixed = sim("version: 1\npolicies:\n  - name: api\n    concurrency_limit: { max_in_flight: 1 }\n");
-    let held = fixed.admit(&req);
-    assert!(!held.samples_latency(&fixed.plan), "a fixed limit takes no samples");
-    let refused = fixed.admit(&req);
-    assert!(!refused.samples_latency(&fixed.plan));
+    let taken = fixed.admit(&req);
+    assert!(!taken.samples_latency(&fixed.plan), "a fixed limit takes no samples");
 }

@@ -121,6 +121,11 @@ pub fn policy_stats(prometheus: &str) -> BTreeMap<String, PolicyStats> {
             }
         }
     }
+    // A policy that is no longer adaptive keeps its gauges at 0 (Envoy never forgets a metric); an
+    // adaptive limit is never 0.
+    for stats in out.values_mut() {
+        stats.adaptive = stats.adaptive.filter(|a| a.limit > 0);
+    }
     out
 }
 
@@ -145,6 +150,8 @@ mod tests {
             breakwater_min_rtt_ms{policy=\"writes\"} 41\n\
             breakwater_sample_rtt_ms{policy=\"writes\"} 52\n\
             breakwater_min_rtt_calculation_active{policy=\"writes\"} 1\n\
+            breakwater_concurrency_limit{policy=\"api\"} 0\n\
+            breakwater_min_rtt_ms{policy=\"api\"} 0\n\
             envoy_cluster_upstream_rq{envoy_cluster_name=\"x\"} 5\n\
             breakwater_requests{decision=\"allowed\"} 99\n";
         let stats = policy_stats(text);

@@ -74,6 +74,18 @@ pub struct State {
     sampled: Nanos,
 }
 
+/// What a request's end tells the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// From its admission (when its slot was taken, or its injected delay ended) to its response
+    /// headers.
+    pub latency: Nanos,
+    /// Requests in flight when it was admitted, itself included.
+    pub admitted_at: u32,
+    /// When it was admitted.
+    pub admitted: Nanos,
+}
+
 /// What the controller shows (gauges).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reading {
@@ -118,10 +130,17 @@ impl Gradient {
         s.peak = s.peak.max(in_flight);
     }
 
-    /// A request admitted with `admitted_at` in flight finished after `latency`. Returns the
-    /// new reading when the limit (or the min RTT) changed.
-    pub fn finished(&self, s: &mut State, latency: Nanos, admitted_at: u32, now: Nanos) -> Option<Reading> {
+    /// A request finished with this `sample`. Returns the new reading when the limit (or the min
+    /// RTT) changed.
+    pub fn finished(&self, s: &mut State, sample: Sample, now: Nanos) -> Option<Reading> {
+        let Sample { latency, admitted_at, admitted } = sample;
         let latency = latency.max(1);
+        if now < s.interval_start || s.peak > self.max {
+            // The wall clock stepped back (or the state is not one this controller wrote): the
+            // interval starts over now, and the next probe is no further than a probe interval.
+            (s.interval_start, s.sum, s.count, s.peak) = (now, 0, 0, 0);
+            s.next_probe = s.next_probe.min(now.saturating_add(self.probe_interval));
+        }
         if let Some((n, sum)) = s.probe {
             if admitted_at > self.min {
                 return None;
@@ -139,7 +158,7 @@ impl Gradient {
         }
         // Only requests admitted since the last change of the limit say how the upstream copes
         // with it: older ones would make the controller act twice on the same news.
-        if now.saturating_sub(latency) < s.interval_start {
+        if admitted < s.interval_start {
             return None;
         }
         s.sum = s.sum.saturating_add(latency);
@@ -234,6 +253,11 @@ mod tests {
 
     const MS: Nanos = 1_000_000;
 
+    /// A request admitted `latency` before `now` with `admitted_at` in flight.
+    fn fin(g: &Gradient, s: &mut State, latency: Nanos, admitted_at: u32, now: Nanos) -> Option<Reading> {
+        g.finished(s, Sample { latency, admitted_at, admitted: now.saturating_sub(latency) }, now)
+    }
+
     fn gradient() -> Gradient {
         Gradient {
             min: 3,
@@ -278,7 +302,8 @@ mod tests {
                 }
                 upstream.pop();
                 now = done;
-                g.finished(
+                fin(
+                    g,
                     s,
                     base * u64::from(admitted_at.max(capacity)) / u64::from(capacity),
                     admitted_at,
@@ -337,7 +362,7 @@ mod tests {
         // The probe: ten requests, one at a time.
         for i in 0..10 {
             g.admitted(&mut s, 1);
-            g.finished(&mut s, 10 * MS, 1, i * 10 * MS);
+            fin(&g, &mut s, 10 * MS, 1, i * 10 * MS);
         }
         assert_eq!((g.limit(&s), s.min_rtt), (20, 10 * MS));
         // Fast answers, but never more than 5 in flight: the limit of 20 is not tested.
@@ -345,7 +370,7 @@ mod tests {
         for _ in 0..100 {
             g.admitted(&mut s, 5);
             now += 10 * MS;
-            g.finished(&mut s, 10 * MS, 5, now);
+            fin(&g, &mut s, 10 * MS, 5, now);
         }
         assert_eq!(g.limit(&s), 20);
     }
@@ -356,10 +381,10 @@ mod tests {
         let mut s = g.start(0);
         // Requests admitted under load (before the probe pinned the limit) are not probe samples.
         for _ in 0..50 {
-            assert_eq!(g.finished(&mut s, 500 * MS, 15, MS), None);
+            assert_eq!(fin(&g, &mut s, 500 * MS, 15, MS), None);
         }
         for i in 0..10 {
-            let r = g.finished(&mut s, 30 * MS, 3, i * MS);
+            let r = fin(&g, &mut s, 30 * MS, 3, i * MS);
             assert_eq!(r.is_some(), i == 9);
         }
         assert_eq!((s.min_rtt, s.probe), (30 * MS, None));
@@ -367,8 +392,8 @@ mod tests {
         let _ = saturate(&g, &mut s, 100, 30 * MS, 10 * MS, 1);
         assert!(s.probe.is_none());
         let later = g.probe_interval + 20 * MS;
-        g.finished(&mut s, 30 * MS, 3, later);
-        g.finished(&mut s, 30 * MS, 3, later + g.interval);
+        fin(&g, &mut s, 30 * MS, 3, later);
+        fin(&g, &mut s, 30 * MS, 3, later + g.interval);
         assert!(s.probe.is_some());
         assert_eq!(g.limit(&s), 3);
     }
@@ -386,6 +411,23 @@ mod tests {
         assert_eq!(g.decode(Some(&bytes), 9), g.start(9));
     }
 
+    /// After the wall clock steps back, samples still count (found by review: every sample was
+    /// "admitted before the interval began" until the clock caught up, and the limit froze).
+    #[test]
+    fn a_clock_step_back_does_not_freeze_the_limit() {
+        let g = gradient();
+        let t0 = 10_000_000 * MS;
+        let mut s = g.start(t0);
+        let (_, now) = saturate(&g, &mut s, 20, 50 * MS, t0, 60);
+        let before = g.limit(&s);
+        let back = now - 3_600_000 * MS;
+        let mut s2 = s;
+        // The upstream slowed down (a knee of 5): the limit must follow.
+        let (limits, _) = saturate(&g, &mut s2, 5, 50 * MS, back, 60);
+        assert!(*limits.last().unwrap() < before, "{before} then {limits:?}");
+        assert!(s2.interval_start < now, "the interval started over at the earlier time");
+    }
+
     #[test]
     fn limits_stay_within_min_and_max() {
         let g = Gradient { max: 25, ..gradient() };
@@ -396,7 +438,7 @@ mod tests {
         // A wildly slow sample halves the limit at most, never below min.
         let before = g.limit(&s);
         g.admitted(&mut s, before);
-        g.finished(&mut s, 100_000 * MS, before, 10_000 * MS);
+        fin(&g, &mut s, 100_000 * MS, before, 10_000 * MS);
         assert!(g.limit(&s) >= before / 2 && g.limit(&s) >= 3, "{}", g.limit(&s));
     }
 }

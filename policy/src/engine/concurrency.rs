@@ -418,13 +418,7 @@ pub fn leave(state: Option<&[u8]>, ticket: u64, now: Nanos, width: Nanos) -> (u3
     (s.line.waiting(), changed.then(|| encode(&s)))
 }
 
-/// What a request's end tells an adaptive limit: how long the upstream took to answer it, and how
-/// many were in flight when it was admitted (itself included).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sample {
-    pub latency: Nanos,
-    pub admitted_at: u32,
-}
+pub use super::adaptive::Sample;
 
 /// What [`release`] left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,7 +429,9 @@ pub struct Released {
 }
 
 /// Gives back a slot acquired in bucket `epoch`: nothing once its lease has expired; never below
-/// zero. Under an adaptive limit, a `sample` goes to its controller (whatever became of the slot).
+/// zero. Under an adaptive limit, a `sample` goes to its controller (whatever became of the slot);
+/// none is started for it (after a reload to a fixed limit, requests admitted before it must not
+/// bring the controller back).
 pub fn release(
     state: Option<&[u8]>,
     epoch: u64,
@@ -446,13 +442,8 @@ pub fn release(
     let width = width.max(1);
     let mut s = decode(state, width, epoch_of(now, width));
     let mut reading = None;
-    if let Some((g, sample)) = sample {
-        let fresh = s.gradient.is_none();
-        let state = s.gradient.get_or_insert_with(|| g.start(now));
-        reading = g.finished(state, sample.latency, sample.admitted_at, now);
-        if fresh && reading.is_none() {
-            reading = Some(g.reading(state));
-        }
+    if let (Some((g, sample)), Some(state)) = (sample, s.gradient.as_mut()) {
+        reading = g.finished(state, sample, now);
     }
     let h = &mut s.holds;
     let newest_held = h.counts.iter().position(|c| *c > 0);
@@ -785,7 +776,7 @@ mod tests {
         assert!(second.slot.acquired && second.started.is_none());
         let waiter = arrive(0);
         let place = waiter.place.unwrap();
-        let sample = |latency| Some((G, Sample { latency, admitted_at: 1 }));
+        let sample = |latency| Some((G, Sample { latency, admitted_at: 1, admitted: 0 }));
         let r = update(&s, "c", |b| release(b, first.slot.epoch, 10, LW, sample(10))).unwrap();
         assert_eq!((r.in_flight, r.reading), (1, None));
         let r = update(&s, "c", |b| release(b, second.slot.epoch, 30, LW, sample(30))).unwrap();
@@ -804,6 +795,19 @@ mod tests {
         let (again, _) = acquire_or_wait(Some(&b), limit, None, true, 60, LW);
         assert_eq!(again.started.map(|r| r.probing), Some(true));
         assert!(!again.slot.acquired, "two in flight: the measurement's min is reached");
+    }
+
+    /// A request admitted under an adaptive limit that ends after a reload to a fixed one (whose
+    /// first decision dropped the controller) does not bring the controller back.
+    #[test]
+    fn a_sample_never_starts_a_controller() {
+        let (a, b) = acquire_or_wait(None, Limit::Adaptive(G), None, true, 0, LW);
+        let (fixed, b) = acquire_or_wait(b.as_deref(), Limit::Fixed(5), None, true, 1, LW);
+        assert!(a.slot.acquired && fixed.slot.acquired);
+        let sample = Some((G, Sample { latency: 10, admitted_at: 1, admitted: 0 }));
+        let (r, b) = release(b.as_deref(), a.slot.epoch, 10, LW, sample);
+        assert_eq!((r.in_flight, r.reading), (1, None));
+        assert_eq!(reading_of(&b.unwrap()), None);
     }
 
     fn reading_of(bytes: &[u8]) -> Option<Reading> {

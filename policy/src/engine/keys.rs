@@ -16,8 +16,10 @@
 //!
 //! Memory is therefore at most `max_keys` entries per block, each a name of at most 78 bytes
 //! (`bw/<policy>/<block>/<slot>`) and a value of at most 41 (fingerprint and engine state), but
-//! for a concurrency limit with a queue, whose line adds 16 bytes per waiter (at most
-//! `max_waiting`) to its key's value.
+//! for a concurrency limit with a queue, whose line adds 12 bytes and 16 per waiter (at most
+//! `max_waiting`) to its key's value, and an adaptive one, whose controller adds 70. An idle
+//! adaptive key (nothing in flight, nobody waiting) may be taken over like any other: its
+//! controller is lost with it, and the key measures its min RTT afresh when it comes back.
 
 use std::hash::Hasher;
 
