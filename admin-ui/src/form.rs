@@ -263,6 +263,23 @@ pub const BLOCKS: &[Block] = &[
             f("response.body", "Body", Kind::LongText, ""),
         ],
     },
+    Block {
+        key: "alerts",
+        title: "Alerts (breakwater render alerts)",
+        template: Some(r#"{"rejected_share": 5}"#),
+        fields: &[
+            f("enabled", "Enabled", Kind::Bool, "default true; false: no alerts for this policy"),
+            f("rejected_share", "Rejected share %", Kind::Int, "one kind of rejection above it alerts"),
+            f("for", "For", Kind::Duration, "how long a condition holds before it alerts"),
+            f(
+                "breaker_open_for",
+                "Breaker open for",
+                Kind::Duration,
+                "open this long alerts again, critical",
+            ),
+            f("in_flight_share", "In flight at limit %", Kind::Int, "share of the concurrency limit"),
+        ],
+    },
 ];
 
 /// The field's path relative to the policy (`rate_limit.rate`).
@@ -525,6 +542,11 @@ mod tests {
             "fault.delay.max",
             "fault.headers",
             "fault.max_active",
+            "alerts.enabled",
+            "alerts.rejected_share",
+            "alerts.for",
+            "alerts.breaker_open_for",
+            "alerts.in_flight_share",
         ] {
             assert!(paths.iter().any(|p| p == needed), "{needed}");
         }

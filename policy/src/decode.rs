@@ -111,6 +111,7 @@ fn policy(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Policy> {
         timeout: None,
         fallback: None,
         fault: None,
+        alerts: None,
     };
     if let Some((n, p)) = f.get("match") {
         policy.matcher = matcher(r, n, &p);
@@ -147,7 +148,23 @@ fn policy(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Policy> {
     if let Some((n, p)) = f.get("fault") {
         policy.fault = fault(r, n, &p);
     }
+    if let Some((n, p)) = f.get("alerts") {
+        policy.alerts = alerts(r, n, &p);
+    }
     Some(policy)
+}
+
+fn alerts(r: &mut Reader, node: &Node, path: &Path<'_>) -> Option<Alerts> {
+    let f = r.fields(node, path, ALERTS_FIELDS)?;
+    let mut a = Alerts::default();
+    if let Some((n, p)) = f.get("enabled") {
+        a.enabled = r.bool(n, &p).unwrap_or(true);
+    }
+    a.rejected_share = f.get("rejected_share").and_then(|(n, p)| r.int_as(n, &p, 1, 100));
+    a.in_flight_share = f.get("in_flight_share").and_then(|(n, p)| r.int_as(n, &p, 1, 100));
+    a.hold_for = f.get("for").and_then(|(n, p)| r.duration(n, &p));
+    a.breaker_open_for = f.get("breaker_open_for").and_then(|(n, p)| r.duration(n, &p));
+    Some(a)
 }
 
 fn matcher(r: &mut Reader, node: &Node, path: &Path<'_>) -> Match {

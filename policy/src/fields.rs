@@ -21,6 +21,7 @@ pub const POLICY_FIELDS: &[&str] = &[
     "timeout",
     "fallback",
     "fault",
+    "alerts",
 ];
 pub const MATCH_FIELDS: &[&str] = &["hosts", "path", "path_prefix", "methods", "headers"];
 pub const RATE_LIMIT_FIELDS: &[&str] = &["rate", "per", "burst", "key", "max_keys", "response"];
@@ -63,9 +64,11 @@ pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body"];
 pub const FAULT_FIELDS: &[&str] = &["abort", "delay", "headers", "max_active"];
 pub const FAULT_ABORT_FIELDS: &[&str] = &["percent", "response", "reset", "count_in_breaker"];
 pub const FAULT_DELAY_FIELDS: &[&str] = &["percent", "duration", "max"];
+pub const ALERTS_FIELDS: &[&str] =
+    &["enabled", "rejected_share", "for", "breaker_open_for", "in_flight_share"];
 
 /// Every field list of the language.
-pub const FIELD_LISTS: [&[&str]; 18] = [
+pub const FIELD_LISTS: [&[&str]; 19] = [
     DOCUMENT_FIELDS,
     POLICY_FIELDS,
     MATCH_FIELDS,
@@ -84,6 +87,7 @@ pub const FIELD_LISTS: [&[&str]; 18] = [
     FAULT_FIELDS,
     FAULT_ABORT_FIELDS,
     FAULT_DELAY_FIELDS,
+    ALERTS_FIELDS,
 ];
 
 /// The field names of the policy language, as `'static` text (for readers that want to borrow

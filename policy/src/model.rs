@@ -146,6 +146,50 @@ pub struct Policy {
     pub fallback: Option<Fallback>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// What `breakwater render alerts` watches for this policy (the filter ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Alerts>,
+}
+
+/// The thresholds of the Prometheus alerts `breakwater render alerts` writes for a policy; a
+/// field left out takes the command line's value (docs/observability.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// `false`: no alerts for this policy.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Percent of the policy's requests one kind of rejection may take before it alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub rejected_share: Option<u8>,
+    /// How long a condition (a rejected share, an exhausted budget, a full limit) must hold
+    /// before it alerts.
+    #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
+    pub hold_for: Option<Duration>,
+    /// How long a breaker may stay open (or half-open) before that alerts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_open_for: Option<Duration>,
+    /// Percent of the concurrency limit in flight that counts as "at the limit".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub in_flight_share: Option<u8>,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            enabled: true,
+            rejected_share: None,
+            hold_for: None,
+            breaker_open_for: None,
+            in_flight_share: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Conditions on a request; all given ones must hold.

@@ -74,6 +74,7 @@ mod tests {
             ("/$defs/Fault", FAULT_FIELDS),
             ("/$defs/FaultAbort", FAULT_ABORT_FIELDS),
             ("/$defs/FaultDelay", FAULT_DELAY_FIELDS),
+            ("/$defs/Alerts", ALERTS_FIELDS),
         ];
         for (pointer, fields) in objects {
             let props = s.pointer(&format!("{pointer}/properties")).and_then(Value::as_object).unwrap();

@@ -93,6 +93,12 @@ pub const DOCUMENT_KEY_ORDER: &[&str] = &[
     "response",
     "status",
     "body",
+    "alerts",
+    "enabled",
+    "rejected_share",
+    "for",
+    "breaker_open_for",
+    "in_flight_share",
 ];
 
 /// As [`to_yaml`], with the keys of every map in `order` (keys not in it follow, in name order).

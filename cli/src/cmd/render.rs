@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use breakwater_cli::alerts;
 use breakwater_cli::render::{self, Target};
 use breakwater_cli::{ecds, oci, yaml};
+use breakwater_policy::model::Duration;
 use clap::{Subcommand, ValueEnum};
 
 use super::{FILTER_WASM, FailStrategy, emit, fail, load_all};
@@ -94,6 +96,38 @@ pub enum Render {
         #[arg(long, value_parser = render::host_port)]
         ratelimit: Vec<(String, u16)>,
     },
+    /// Prometheus alerting rules for the policies (check them with `promtool check rules`). A
+    /// policy's `alerts` block overrides these thresholds for that policy.
+    Alerts {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The range of every rate() and increase().
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        window: Duration,
+        /// How long a condition must hold before it alerts.
+        #[arg(long = "for", default_value = "5m", value_parser = parse_duration)]
+        hold_for: Duration,
+        /// Percent of a policy's requests one kind of rejection may take.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=100))]
+        rejected_share: u8,
+        /// How long a breaker may stay open before that alerts too.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        breaker_open_for: Duration,
+        /// Percent of the concurrency limit in flight that counts as at the limit.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+        in_flight_share: u8,
+        /// Requests per second below which a rejected share is not judged.
+        #[arg(long, default_value_t = 0.1)]
+        min_rate: f64,
+        /// The filter's ECDS resource name (its update-rejected stat is watched).
+        #[arg(long, default_value = "breakwater")]
+        ecds_name: String,
+    },
+}
+
+/// A duration as the policy language writes it (`30s`, `5m`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    Duration::parse(s)
 }
 
 /// Accepted as Istio spells them too (`AUTHZ`, `FAIL_OPEN`).
@@ -315,6 +349,28 @@ pub fn run(r: Render) -> ExitCode {
             let options = render::EnvoyOptions { listen, admin, upstream, filter, ecds, ratelimit };
             note_key_seed(&doc);
             emit(&yaml::to_yaml(&render::envoy(&breakwater_policy::compile(&doc), &options)));
+            ExitCode::SUCCESS
+        }
+        Render::Alerts {
+            files,
+            window,
+            hold_for,
+            rejected_share,
+            breaker_open_for,
+            in_flight_share,
+            min_rate,
+            ecds_name,
+        } => {
+            let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let t = alerts::Thresholds {
+                window,
+                hold_for,
+                rejected_share,
+                breaker_open_for,
+                in_flight_share,
+                min_rate,
+            };
+            emit(&yaml::to_yaml(&alerts::rules(&doc, &t, &ecds_name)));
             ExitCode::SUCCESS
         }
     }
