@@ -19,6 +19,7 @@ use breakwater_policy::metrics::{
 use breakwater_policy::plan::Plan;
 
 use crate::host::{self, HostStore};
+use proxy_wasm::types::LogLevel;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct PolicyMetrics {
@@ -81,6 +82,8 @@ fn ensure(id: &mut Option<u32>, define: impl FnOnce() -> Option<u32>) {
 #[derive(Default)]
 pub struct Metrics {
     policies: Vec<PolicyMetrics>,
+    /// The policies' names, by index (breaker transitions are logged with them).
+    names: Vec<String>,
 }
 
 impl Metrics {
@@ -145,7 +148,7 @@ impl Metrics {
                 })
                 .collect();
             *defined = kept;
-            Metrics { policies }
+            Metrics { policies, names: plan.policies.iter().map(|p| p.name().to_string()).collect() }
         })
     }
 
@@ -153,7 +156,12 @@ impl Metrics {
         let Some(m) = self.policies.get(policy) else { return };
         for event in events {
             match event {
-                Event::Breaker(t) => host::record(m.breaker_state, t.to.state().gauge()),
+                Event::Breaker(t) => {
+                    host::record(m.breaker_state, t.to.state().gauge());
+                    if let Some(name) = self.names.get(policy) {
+                        host::log(LogLevel::Info, &t.log_line(name));
+                    }
+                }
                 Event::InFlight(n) => host::record(m.in_flight, u64::from(n)),
                 Event::GlobalDegraded(on) => host::record(m.global_degraded, u64::from(on)),
                 Event::FaultActive(n) => host::record(m.fault_active, u64::from(n)),

@@ -126,6 +126,40 @@ pub enum Admission {
 pub struct Transition {
     pub from: Phase,
     pub to: Phase,
+    /// What the window held when it opened the breaker (a closed breaker that went over its
+    /// thresholds); None for every other transition.
+    pub window: Option<WindowCounts>,
+}
+
+impl Transition {
+    /// The line the filter logs for this transition of `policy`'s breaker (Envoy's log, info):
+    /// `breakwater: breaker transition policy=reco from=closed to=open calls=20 failed=12 slow=0`
+    /// and, when the window opened it, the rates in words. Key=value pairs, so that the admin can
+    /// read the transitions back from the log.
+    pub fn log_line(&self, policy: &str) -> String {
+        let (from, to) = (self.from.state(), self.to.state());
+        let mut line = format!("breakwater: breaker transition policy={policy} from={from} to={to}");
+        match self.window {
+            Some(c) => {
+                let pct =
+                    |n: u32| u64::from(n).saturating_mul(100).checked_div(u64::from(c.calls)).unwrap_or(0);
+                line.push_str(&format!(
+                    " calls={} failed={} slow={} (failure rate {}%, slow-call rate {}% of the window)",
+                    c.calls,
+                    c.failed,
+                    c.slow,
+                    pct(c.failed),
+                    pct(c.slow)
+                ));
+            }
+            None => line.push_str(match (from, to) {
+                (_, BreakerState::Open) => " (a probe failed)",
+                (_, BreakerState::HalfOpen) => " (open_for is over: probing)",
+                (_, BreakerState::Closed) => " (the probes succeeded)",
+            }),
+        }
+        line
+    }
 }
 
 impl BreakerConfig {
@@ -231,7 +265,11 @@ impl BreakerConfig {
             Phase::Closed => {
                 self.push(&mut st.window, now, failed, slow);
                 let c = self.recorded_counts(&st.window);
-                (c.calls >= self.minimum_calls && self.over_threshold(c)).then(|| self.to_open(st, now))
+                (c.calls >= self.minimum_calls && self.over_threshold(c)).then(|| {
+                    let mut t = self.to_open(st, now);
+                    t.window = Some(c);
+                    t
+                })
             }
             Phase::HalfOpen { .. } if ticket.probe && (failed || slow) => Some(self.to_open(st, now)),
             Phase::HalfOpen { ref mut succeeded, .. } if ticket.probe => {
@@ -259,7 +297,7 @@ impl BreakerConfig {
         let from = st.phase;
         st.phase = to;
         st.generation = st.generation.wrapping_add(1);
-        Transition { from, to }
+        Transition { from, to, window: None }
     }
 
     /// Closed or HalfOpen → Open, for `open_for`.
@@ -673,6 +711,21 @@ fn set_bit(bits: &mut [u8], i: u32, on: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transitions_log_what_they_did() {
+        let open = Phase::Open { until: 5 };
+        let half = Phase::HalfOpen { since: 1, admitted: 0, succeeded: 0 };
+        let line = |from, to, window| Transition { from, to, window }.log_line("p");
+        assert_eq!(
+            line(Phase::Closed, open, Some(WindowCounts { calls: 20, failed: 11, slow: 3 })),
+            "breakwater: breaker transition policy=p from=closed to=open calls=20 failed=11 slow=3 \
+             (failure rate 55%, slow-call rate 15% of the window)"
+        );
+        assert!(line(open, half, None).ends_with("from=open to=half_open (open_for is over: probing)"));
+        assert!(line(half, open, None).ends_with("from=half_open to=open (a probe failed)"));
+        assert!(line(half, Phase::Closed, None).ends_with("to=closed (the probes succeeded)"));
+    }
     use crate::model::{CircuitBreaker, Duration, SlowCall};
     use proptest::prelude::*;
 
