@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod client;
+pub mod monitoring;
 pub mod registry;
 pub mod services;
 pub mod upstream;
