@@ -2,6 +2,7 @@
 //! admin server): what `publish` writes is written by exactly this code everywhere.
 
 pub mod alerts;
+pub mod dashboard;
 pub mod ecds;
 pub mod k8s;
 pub mod oci;

@@ -135,3 +135,56 @@ fn breaker_and_rejection_alerts_fire_reach_alertmanager_and_resolve() {
         resolved.as_secs_f64()
     );
 }
+
+const DASHBOARD_POLICY: &str = "version: 1
+policies:
+  - name: reco
+    match: { path_prefix: /reco }
+    circuit_breaker: { window: 10, minimum_calls: 5, failure_rate: 50 }
+    retry: { max_retries: 1 }
+    concurrency_limit: { max_in_flight: 10, queue: { max_waiting: 5 } }
+  - name: search
+    match: { path_prefix: /search }
+    concurrency_limit: { adaptive: {} }
+  - name: api
+    match: { path_prefix: /api }
+    rate_limit: { rate: 5, per: 1s }
+";
+
+/// Every query of every panel `breakwater render dashboard` writes parses in a real Prometheus
+/// and returns series from a real Envoy's metrics.
+#[test]
+fn every_dashboard_query_returns_series() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(DASHBOARD_POLICY, upstream.port());
+    let prometheus = monitoring::prometheus(envoy.admin, "groups: []\n", None);
+    let doc = breakwater_policy::load(DASHBOARD_POLICY).unwrap().document;
+    let mut c = envoy.client();
+    let start = Instant::now();
+    let queries: Vec<(String, String)> = doc
+        .policies
+        .iter()
+        .flat_map(breakwater_cli::dashboard::panels)
+        .flat_map(|p| {
+            p.queries.into_iter().map(move |(_, q)| (p.title.clone(), q.replace("$__rate_interval", "30s")))
+        })
+        .collect();
+    assert!(queries.len() >= 8, "{queries:?}");
+    for (title, q) in &queries {
+        monitoring::parses(&prometheus, q).unwrap_or_else(|e| panic!("{title}: {q}: {e}"));
+    }
+    let mut empty: Vec<&(String, String)> = queries.iter().collect();
+    while !empty.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no series for: {empty:#?}");
+        for path in ["/reco", "/search", "/api"] {
+            let _ = c.get(path, &[]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        empty.retain(|(_, q)| monitoring::query(&prometheus, q).is_empty());
+    }
+    println!(
+        "{} dashboard queries return series after {:.1} s",
+        queries.len(),
+        start.elapsed().as_secs_f64()
+    );
+}

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use breakwater_cli::alerts;
 use breakwater_cli::render::{self, Target};
+use breakwater_cli::{alerts, dashboard};
 use breakwater_cli::{ecds, oci, yaml};
 use breakwater_policy::model::Duration;
 use clap::{Subcommand, ValueEnum};
@@ -122,6 +122,12 @@ pub enum Render {
         /// The filter's ECDS resource name (its update-rejected stat is watched).
         #[arg(long, default_value = "breakwater")]
         ecds_name: String,
+    },
+    /// A Grafana dashboard (JSON) with a row per policy: decisions per second, breaker state,
+    /// retries and budget, in flight against the limit.
+    Dashboard {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -371,6 +377,13 @@ pub fn run(r: Render) -> ExitCode {
                 min_rate,
             };
             emit(&yaml::to_yaml(&alerts::rules(&doc, &t, &ecds_name)));
+            ExitCode::SUCCESS
+        }
+        Render::Dashboard { files } => {
+            let Some(doc) = load_all(&files) else { return ExitCode::FAILURE };
+            let mut text = serde_json::to_string_pretty(&dashboard::dashboard(&doc)).unwrap_or_default();
+            text.push('\n');
+            emit(&text);
             ExitCode::SUCCESS
         }
     }
