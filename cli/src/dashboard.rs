@@ -1,13 +1,13 @@
 //! `breakwater render dashboard`: a Grafana dashboard (JSON model, schema version 41: Grafana 12)
 //! with one row per policy: its decisions per second by kind, its breaker's state over time, its
 //! retries and retry budget, its requests in flight against its concurrency limit (and the queue),
-//! and its upstream latency.
+//! and its upstream latency (p50, p99).
 //!
 //! Every panel's query is PromQL over the series Envoy exports with breakwater's `stats_tags`
 //! (docs/observability.md); `$__rate_interval` is Grafana's. `tests/tests/monitoring.rs` runs each
 //! query against a real Prometheus scraping a real Envoy.
 
-use breakwater_policy::metrics::{Counter, Decision, Gauge, PREFIX};
+use breakwater_policy::metrics::{Counter, Decision, Gauge, Histogram, PREFIX};
 use breakwater_policy::model::{Document, Policy};
 use serde_json::{Value, json};
 
@@ -42,6 +42,21 @@ pub fn panels(p: &Policy) -> Vec<Panel> {
             ),
         )],
     }];
+    let buckets = format!("{PREFIX}_{}_bucket{}", Histogram::UpstreamLatencyMs, sel(""));
+    out.push(Panel {
+        title: format!("{name}: upstream latency (ms)"),
+        kind: "timeseries",
+        queries: ["0.5", "0.99"]
+            .into_iter()
+            .map(|q| {
+                let label = if q == "0.5" { "p50" } else { "p99" };
+                (
+                    label.to_string(),
+                    format!("histogram_quantile({q}, sum by (le) (rate({buckets}[$__rate_interval])))"),
+                )
+            })
+            .collect(),
+    });
     if p.circuit_breaker.is_some() {
         out.push(Panel {
             title: format!("{name}: breaker state"),
@@ -184,8 +199,10 @@ policies:
             [
                 "policy api",
                 "api: decisions per second",
+                "api: upstream latency (ms)",
                 "policy reco",
                 "reco: decisions per second",
+                "reco: upstream latency (ms)",
                 "reco: breaker state",
                 "reco: retries and retry budget",
                 "reco: in flight vs limit",
@@ -193,9 +210,13 @@ policies:
         );
         let ids: std::collections::BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
         assert_eq!(ids.len(), panels.len(), "unique ids");
-        let limit = &panels[6]["targets"];
+        let limit = &panels[8]["targets"];
         assert_eq!(limit[1]["expr"], "max by (instance) (breakwater_concurrency_limit{policy=\"reco\"})");
         assert_eq!(limit[2]["legendFormat"], "waiting {{instance}}");
-        assert_eq!(panels[4]["fieldConfig"]["defaults"]["mappings"][0]["options"]["1"]["text"], "open");
+        assert_eq!(panels[6]["fieldConfig"]["defaults"]["mappings"][0]["options"]["1"]["text"], "open");
+        assert_eq!(
+            panels[2]["targets"][1]["expr"],
+            "histogram_quantile(0.99, sum by (le) (rate(breakwater_upstream_latency_ms_bucket{policy=\"api\"}[$__rate_interval])))"
+        );
     }
 }

@@ -579,7 +579,7 @@ impl HttpContext for Http {
         let (Some(config), Some(admitted)) = (self.config.clone(), self.admitted.as_mut()) else {
             return Action::Continue;
         };
-        if admitted.samples_latency(&config.plan) {
+        if admitted.times_answer() {
             admitted.answered(host::now());
         }
         // Read before a fallback reply replaces the response (whose headers pass here again).

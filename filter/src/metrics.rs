@@ -31,6 +31,7 @@ struct PolicyMetrics {
     fault_active: Option<u32>,
     queue_length: Option<u32>,
     queue_wait: Option<u32>,
+    latency: Option<u32>,
     /// An adaptive limit's gauges: the limit, min RTT, sampled latency, probing.
     adaptive: [Option<u32>; 4],
 }
@@ -115,6 +116,9 @@ impl Metrics {
                             host::define_histogram(&histogram_name(name, Histogram::QueueWaitMs))
                         });
                     }
+                    ensure(&mut m.latency, || {
+                        host::define_histogram(&histogram_name(name, Histogram::UpstreamLatencyMs))
+                    });
                     if p.breaker.is_some() {
                         ensure(&mut m.breaker_state, || {
                             host::define_gauge(&gauge_name(name, Gauge::BreakerState))
@@ -167,6 +171,7 @@ impl Metrics {
                 Event::FaultActive(n) => host::record(m.fault_active, u64::from(n)),
                 Event::QueueLength(n) => host::record(m.queue_length, u64::from(n)),
                 Event::QueueWaited(ms) => host::record(m.queue_wait, ms),
+                Event::UpstreamLatency(ms) => host::record(m.latency, ms),
                 Event::Adaptive(r) => {
                     let [limit, min_rtt, sampled, probing] = m.adaptive;
                     host::record(limit, u64::from(r.limit));

@@ -79,4 +79,11 @@ fn workers_share_one_adaptive_limit_and_its_measurement() {
     vms[1].complete(last, Some(UpstreamAnswer::status(200))).unwrap();
     assert_eq!((gauge(&world, "sample_rtt_ms"), gauge(&world, "concurrency_limit")), (38, 7));
     assert_eq!(gauge(&world, "in_flight"), 0);
+    // Every answered request is in the policy's latency histogram too (not the one whose client
+    // left, nor the refused ones).
+    let mut latencies = world.samples("breakwater.upstream_latency_ms.policy.a");
+    latencies.sort();
+    let mut expected = vec![20, 30, 30, 30, 30, 30, 30, 40, 40, 80];
+    expected.extend([110; 10]);
+    assert_eq!(latencies, expected);
 }

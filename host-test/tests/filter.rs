@@ -309,15 +309,16 @@ fn reconfiguration_defines_only_new_metrics_and_keeps_counting() {
     let second = "version: 1\npolicies:\n  - name: a\n    match: { path_prefix: /a }\n    rate_limit: { rate: 100, per: 1s }\n  - name: c\n    concurrency_limit: { max_in_flight: 5 }\n    circuit_breaker: {}\n";
     let (world, mut vms) = envoy(&host, 1, first);
     let vm = &mut vms[0];
-    // 8 counters per policy, b's in-flight gauge, and the VM's memory gauge (once per VM).
-    assert_eq!(vm.metric_definitions(), 18);
+    // 8 counters and a latency histogram per policy, b's in-flight gauge, and the VM's memory
+    // gauge (once per VM).
+    assert_eq!(vm.metric_definitions(), 20);
     assert_eq!(vm.request(&Request::get("h", "/a"), ok).unwrap().status, 200);
 
     assert!(vm.configure(&compiled(second)).unwrap());
-    // Only c's: 8 counters, its in-flight and breaker gauges.
-    assert_eq!(vm.metric_definitions(), 18 + 10);
+    // Only c's: 8 counters, its histogram, its in-flight and breaker gauges.
+    assert_eq!(vm.metric_definitions(), 20 + 11);
     assert!(vm.configure(&compiled(second)).unwrap());
-    assert_eq!(vm.metric_definitions(), 28, "the same configuration again defines nothing");
+    assert_eq!(vm.metric_definitions(), 31, "the same configuration again defines nothing");
 
     assert_eq!(vm.request(&Request::get("h", "/a"), ok).unwrap().status, 200);
     assert_eq!(vm.request(&Request::get("h", "/c"), ok).unwrap().status, 200);
@@ -327,7 +328,7 @@ fn reconfiguration_defines_only_new_metrics_and_keeps_counting() {
 
     // A policy dropped and brought back is defined again (its old ids were forgotten).
     assert!(vm.configure(&compiled(first)).unwrap());
-    assert_eq!(vm.metric_definitions(), 28 + 9);
+    assert_eq!(vm.metric_definitions(), 31 + 10);
     assert_eq!(vm.request(&Request::get("h", "/b"), ok).unwrap().status, 200);
     assert_eq!(world.metric("breakwater.requests.policy.b.decision.allowed"), Some(1));
 }

@@ -61,6 +61,9 @@ pub enum Event {
     QueueWaited(u64),
     /// An adaptive concurrency limit changed (or started): what it shows now.
     Adaptive(Reading),
+    /// The upstream answered the request (response headers) this many milliseconds after it went
+    /// on (after its wait in a queue, its injected delay, its call to the rate-limit service).
+    UpstreamLatency(u64),
 }
 
 impl Event {
@@ -85,7 +88,8 @@ impl Event {
             | Event::FaultActive(_)
             | Event::QueueLength(_)
             | Event::QueueWaited(_)
-            | Event::Adaptive(_) => {
+            | Event::Adaptive(_)
+            | Event::UpstreamLatency(_) => {
                 return None;
             }
         })
@@ -217,19 +221,13 @@ impl Admitted {
     }
 
     /// Whether the filter should tell [`Admitted::answered`] when the response headers come: the
-    /// request holds a slot of an adaptive concurrency limit, and was not answered by the filter.
-    pub fn samples_latency(&self, plan: &Plan) -> bool {
-        (self.slot.is_some() || self.record_slot)
-            && !self.replied
-            && self.answered.is_none()
-            && plan
-                .policies
-                .get(self.policy)
-                .and_then(|p| p.policy.concurrency_limit.as_ref())
-                .is_some_and(|c| c.adaptive.is_some())
+    /// request went upstream and the filter did not answer it (its upstream latency is a sample
+    /// of the policy's latency histogram, and of an adaptive concurrency limit).
+    pub fn times_answer(&self) -> bool {
+        self.forwarded() && !self.replied && self.answered.is_none()
     }
 
-    /// The response headers came at `now` (see [`Admitted::samples_latency`]).
+    /// The response headers came at `now` (see [`Admitted::times_answer`]).
     pub fn answered(&mut self, now: Nanos) {
         self.answered.get_or_insert(now);
     }
@@ -549,6 +547,8 @@ pub fn resume<S: SharedStore + ?Sized>(
     now: Nanos,
 ) -> Admitted {
     let Ask { admitted: mut a, lease, .. } = ask;
+    // The call is not the upstream's time (its latency, a breaker's slow calls).
+    a.started = now;
     let Some(p) = plan.policies.get(a.policy) else { return a };
     let Some(gp) = &p.global else { return a };
     // A lease's answer: the request spends one of the tokens granted, the lease keeps the rest.
@@ -1265,6 +1265,11 @@ pub fn finish<S: SharedStore + ?Sized>(
     // Before the delay is over: a request answered while an injected delay held it (a local reply
     // of Envoy's) never reached the upstream and gives no sample.
     let sample = plan.policies.get(a.policy).and_then(|p| sample(p, a));
+    if a.holding.is_none()
+        && let Some(latency) = a.answered.and_then(|at| at.checked_sub(a.started))
+    {
+        a.events.push(Event::UpstreamLatency(latency / 1_000_000));
+    }
     delay_over(plan, store, a, now);
     let injected = a.injected.take();
     let exchange = injected.as_ref().unwrap_or(exchange);

@@ -164,6 +164,9 @@ words! {
         /// How long requests waited in a concurrency limit's queue, in milliseconds (those that
         /// got their slot and those that timed out).
         QueueWaitMs => "queue_wait_ms",
+        /// How long the upstream took to answer (to its response headers, retries included), in
+        /// milliseconds, for every request the policy let through.
+        UpstreamLatencyMs => "upstream_latency_ms",
     }
 }
 

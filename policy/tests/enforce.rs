@@ -858,7 +858,7 @@ policies:
     let s = sim(&yaml.replace("FAULT", ""));
     let req = get("/");
     let mut gone = s.admit(&req);
-    assert!(gone.samples_latency(&s.plan));
+    assert!(gone.times_answer());
     s.clock.advance_ms(5);
     gone.events.clear();
     enforce::finish(&s.plan, &s.store, &mut gone, &Exchange::default(), None, s.clock.now());
@@ -873,7 +873,7 @@ policies:
     // Answered by the filter (an injected abort): not even asked for the time.
     let s = sim(&yaml.replace("FAULT", "fault: { abort: { percent: 100 } }"));
     let mut aborted = s.admit(&req);
-    assert!(!aborted.forwarded() && !aborted.samples_latency(&s.plan));
+    assert!(!aborted.forwarded() && !aborted.times_answer());
     aborted.events.clear();
     s.finish(&mut aborted, 503, 0);
     assert!(!reading(&aborted), "{:?}", aborted.events);
@@ -888,7 +888,56 @@ policies:
     s.finish(&mut held, 504, 0);
     assert!(!reading(&held), "{:?}", held.events);
 
+    // Under a fixed limit a request is timed too (the latency histogram), without a sample.
     let fixed = sim("version: 1\npolicies:\n  - name: api\n    concurrency_limit: { max_in_flight: 1 }\n");
-    let taken = fixed.admit(&req);
-    assert!(!taken.samples_latency(&fixed.plan), "a fixed limit takes no samples");
+    let mut taken = fixed.admit(&req);
+    assert!(taken.times_answer());
+    fixed.clock.advance_ms(7);
+    taken.answered(fixed.clock.now());
+    taken.events.clear();
+    fixed.finish(&mut taken, 200, 1);
+    assert_eq!(taken.events, vec![Event::UpstreamLatency(7), Event::InFlight(0)]);
+}
+
+/// The upstream latency runs from when the request went on: after its wait in a queue, its
+/// injected delay, or its call to the rate-limit service; a request answered by the filter, or
+/// while an injected delay holds it, has none.
+#[test]
+fn upstream_latency_leaves_out_what_the_filter_held() {
+    let s = sim("version: 1
+policies:
+  - name: q
+    match: { path_prefix: /q }
+    concurrency_limit: { max_in_flight: 1, queue: { max_waiting: 1, max_wait: 1s } }
+  - name: d
+    match: { path_prefix: /d }
+    fault: { delay: { percent: 100, duration: 100ms } }
+");
+    let latency = |a: &Admitted| {
+        a.events.iter().find_map(|e| match e {
+            Event::UpstreamLatency(ms) => Some(*ms),
+            _ => None,
+        })
+    };
+    let q = get("/q");
+    let mut first = s.admit(&q);
+    let mut waiter = s.admit(&q);
+    s.clock.advance_ms(40);
+    first.answered(s.clock.now());
+    s.finish(&mut first, 200, 1);
+    assert_eq!(latency(&first), Some(40));
+    assert!(s.poll(&mut waiter, &q));
+    s.clock.advance_ms(15);
+    waiter.answered(s.clock.now());
+    waiter.events.clear();
+    s.finish(&mut waiter, 200, 1);
+    assert_eq!(latency(&waiter), Some(15), "the wait is not the upstream's");
+    let mut delayed = s.admit(&get("/d"));
+    s.clock.advance_ms(100);
+    enforce::delay_over(&s.plan, &s.store, &mut delayed, s.clock.now());
+    s.clock.advance_ms(9);
+    delayed.answered(s.clock.now());
+    delayed.events.clear();
+    s.finish(&mut delayed, 200, 1);
+    assert_eq!(latency(&delayed), Some(9), "nor the delay");
 }
