@@ -539,3 +539,24 @@ fn the_worked_global_example_is_the_rendered_one() {
         text.contains("--name breakwater-orders") && text.contains("--redis-secret breakwater-redis/url")
     );
 }
+
+/// The example monitors for the Prometheus Operator (envoy/istio/monitoring/) pass its own CRD
+/// schemas (envoy/istio/crd/, from prometheus-operator); a broken copy does not.
+#[test]
+fn the_example_monitors_pass_the_prometheus_operator_crds() {
+    let read = |p: &str| from_yaml(&std::fs::read_to_string(repo().join(p)).unwrap()).unwrap();
+    for (crd, manifest) in [
+        ("envoy/istio/crd/podmonitors.yaml", "envoy/istio/monitoring/podmonitor-envoy.yaml"),
+        ("envoy/istio/crd/servicemonitors.yaml", "envoy/istio/monitoring/servicemonitor-ratelimit.yaml"),
+    ] {
+        let crd = Crd::new(&read(crd)).unwrap();
+        let m = read(manifest);
+        assert_eq!(crd.validate(&m), Vec::<String>::new(), "{manifest}");
+        let mut typo = m.clone();
+        typo["spec"]["namespaceSelectr"] = json!({ "any": true });
+        assert!(!crd.validate(&typo).is_empty(), "{manifest}: an unknown field must be refused");
+        let mut wrong = m.clone();
+        wrong["spec"]["namespaceSelector"]["any"] = json!("yes");
+        assert!(!crd.validate(&wrong).is_empty(), "{manifest}: a string for a bool must be refused");
+    }
+}
