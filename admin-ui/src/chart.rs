@@ -126,8 +126,12 @@ pub fn max_total(series: &[Series]) -> f64 {
 
 /// Stacked bars, one column per second, scaled to WIDTH × HEIGHT.
 pub fn stacked_bars(series: &[Series]) -> Vec<Bar> {
+    stacked_bars_on(series, max_total(series))
+}
+
+/// Stacked bars on a scale whose top is `top` (at least the tallest stack).
+pub fn stacked_bars_on(series: &[Series], top: f64) -> Vec<Bar> {
     let n = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
-    let top = max_total(series);
     if n == 0 || top <= 0.0 {
         return Vec::new();
     }
@@ -186,6 +190,53 @@ pub fn breaker_bands(timeline: &Timeline) -> Vec<(String, Vec<(&'static str, Str
         .collect()
 }
 
+/// The live page's decisions (requests per second per point; a missing point is 0), as series
+/// ordered as the simulator's.
+pub fn live_series(decisions: &BTreeMap<String, Vec<Option<f64>>>) -> Vec<Series> {
+    let mut labels: Vec<&String> = decisions.keys().collect();
+    labels.sort_by_key(|l| (rank(l), l.to_string()));
+    labels
+        .into_iter()
+        .map(|label| Series {
+            label: label.clone(),
+            color: color(label),
+            values: decisions[label].iter().map(|v| v.unwrap_or(0.0)).collect(),
+        })
+        .collect()
+}
+
+/// A breaker's state per point as band cells (grey where there is no data).
+pub fn state_cells(values: &[Option<f64>]) -> Vec<(&'static str, String)> {
+    values
+        .iter()
+        .map(|v| match v.and_then(|x| BreakerState::from_gauge(x as u64)) {
+            Some(BreakerState::Open) => ("#c62828", "open".to_string()),
+            Some(BreakerState::HalfOpen) => ("#f9a825", "half_open".to_string()),
+            Some(BreakerState::Closed) => ("#2e7d32", "closed".to_string()),
+            None => ("#cfd8dc", "no data".to_string()),
+        })
+        .collect()
+}
+
+/// A line over the chart (a limit): SVG polyline points on the scale whose top is `top`; points
+/// without data are left out.
+pub fn line_points(values: &[Option<f64>], top: f64) -> String {
+    if values.is_empty() || top <= 0.0 {
+        return String::new();
+    }
+    let column = WIDTH / values.len() as f64;
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let v = (*v)?;
+            let y = HEIGHT - (v / top).min(1.0) * HEIGHT;
+            Some(format!("{:.1},{:.1}", i as f64 * column + column / 2.0, y))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +279,20 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].label.as_str(), s[0].values.clone()), ("a", vec![3.0, 0.0, 5.0]));
         assert!(gauge_series(&t, "fault_active").is_empty());
+    }
+
+    #[test]
+    fn live_series_and_lines() {
+        let d = BTreeMap::from([
+            ("circuit_open".to_string(), vec![Some(1.0), None]),
+            ("allowed".to_string(), vec![Some(5.0), Some(4.0)]),
+        ]);
+        let s = live_series(&d);
+        assert_eq!((s[0].label.as_str(), s[0].values.clone()), ("allowed", vec![5.0, 4.0]));
+        assert_eq!(s[1].values, vec![1.0, 0.0]);
+        let cells = state_cells(&[Some(0.0), Some(1.0), None]);
+        assert_eq!(cells.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["closed", "open", "no data"]);
+        assert_eq!(line_points(&[Some(10.0), None, Some(5.0)], 10.0), "120.0,0.0 600.0,90.0");
     }
 
     #[test]

@@ -215,6 +215,68 @@ pub struct PolicyStats {
     pub adaptive: Option<AdaptiveStats>,
 }
 
+/// `GET /api/live`: the last minutes of every policy, for the live page's charts, with the breaker
+/// transitions from Envoy's log and the alerts firing in Alertmanager.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Live {
+    /// Where the series come from: `prometheus` (the server's `--prometheus`), `envoy` (the
+    /// server's own sampling of Envoy's stats), or `none` (no Envoy admin configured).
+    pub source: String,
+    /// Seconds between points.
+    pub step_s: u64,
+    /// Unix time of the first point, in seconds.
+    pub start: u64,
+    /// Points per series.
+    pub points: usize,
+    pub policies: BTreeMap<String, LivePolicy>,
+    /// The last breaker transitions in Envoy's log, oldest first (empty without `--envoy-log`).
+    pub transitions: Vec<BreakerTransition>,
+    /// The breakwater alerts firing now; None when no Alertmanager is configured.
+    pub alerts: Option<Vec<FiringAlert>>,
+    /// What went wrong reading a source, if anything did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One policy's series: one value per point, None where there is no data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LivePolicy {
+    /// Requests per second, by decision.
+    pub decisions: BTreeMap<String, Vec<Option<f64>>>,
+    /// The breaker's state (0 closed, 1 open, 2 half-open), when the policy has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Vec<Option<f64>>>,
+    /// Requests in flight, when the policy has a concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<Vec<Option<f64>>>,
+    /// Its limit (fixed, or the adaptive limit's gauge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Vec<Option<f64>>>,
+}
+
+/// A breaker transition as the filter logs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerTransition {
+    /// Envoy's timestamp of the line.
+    pub at: String,
+    pub policy: String,
+    pub from: String,
+    pub to: String,
+    /// The window's counts and rates, or why (`a probe failed`).
+    pub detail: String,
+}
+
+/// An alert firing in Alertmanager.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FiringAlert {
+    pub name: String,
+    pub policy: Option<String>,
+    pub severity: Option<String>,
+    pub summary: Option<String>,
+    /// When it started firing (RFC 3339).
+    pub since: String,
+}
+
 /// An adaptive concurrency limit, as its gauges show it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdaptiveStats {

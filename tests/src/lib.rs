@@ -304,6 +304,8 @@ impl Envoy {
             failure_policy: Default::default(),
             envoy_admin: Some(format!("127.0.0.1:{}", self.admin)),
             envoy_log: Some(self.log.clone()),
+            prometheus: None,
+            alertmanager: None,
             publish_timeout: Duration::from_secs(10),
             simulation: breakwater_cli::serve::SimulationLimits::default(),
         }

@@ -423,3 +423,127 @@ async fn queue(page: &Page, admin_port: u16) {
     assert!((10..=18).contains(&top), "{chart}");
     page.shot("7-simulate-adaptive").await;
 }
+
+/// Issue 23: the Live page is a dashboard. With Prometheus and Alertmanager (real ones, on
+/// loopback) behind the admin server: the firing breaker alert at the top, per policy the
+/// decisions per second and the breaker's state band from Prometheus' query API, and the breaker
+/// transition from Envoy's log. Screenshot: tests/output/admin/8-live-dashboard.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_charts_prometheus_and_shows_firing_alerts() {
+    use breakwater_cli::alerts::{self, Thresholds};
+    use breakwater_e2e::monitoring;
+    use breakwater_policy::model::Duration as Span;
+
+    const POLICY: &str = "version: 1
+policies:
+  - name: reco
+    match: { path_prefix: /reco }
+    circuit_breaker: { window: 10, minimum_calls: 5, failure_rate: 50, open_for: 5m }
+    concurrency_limit: { max_in_flight: 20 }
+  - name: api
+    match: { path_prefix: /api }
+    rate_limit: { rate: 5, per: 1s, burst: 5 }
+";
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(POLICY, upstream.port());
+    let doc = breakwater_policy::load(POLICY).unwrap().document;
+    let t = Thresholds {
+        window: Span::from_millis(10_000),
+        hold_for: Span::from_millis(1_000),
+        ..Thresholds::default()
+    };
+    let am = monitoring::alertmanager();
+    let prometheus = monitoring::prometheus(
+        envoy.admin,
+        &breakwater_policy::yaml::to_yaml(&alerts::rules(&doc, &t, "breakwater")),
+        Some(am.port),
+    );
+    let mut config = envoy.admin_config(TOKEN, filter_wasm(), Some(repo().join("admin-ui/dist")));
+    config.prometheus = Some(format!("127.0.0.1:{}", prometheus.port));
+    config.alertmanager = Some(format!("127.0.0.1:{}", am.port));
+    // The active document is the one Envoy runs (the store starts from it).
+    std::fs::create_dir_all(config.policy.parent().unwrap()).unwrap();
+    std::fs::write(&config.policy, POLICY).unwrap();
+    let router = serve::app(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let _ = serve::serve_on(listener, router).await;
+    });
+
+    // Traffic: the breaker opens, and api sees a few 429s among its requests.
+    let mut c = envoy.client();
+    for _ in 0..5 {
+        c.get("/reco", &[("x-test-status", "503")]);
+    }
+    // And goes on all along, so that every refresh has rates: api at 10 a second against its 5.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, mut c) = (stop.clone(), envoy.client());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.get("/api", &[]);
+                c.get("/reco", &[]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !monitoring::alertmanager_alerts(&am)
+        .iter()
+        .any(|a| a["labels"]["alertname"] == alerts::BREAKER_OPEN)
+    {
+        assert!(Instant::now() < deadline, "the breaker alert never reached Alertmanager");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let driver = Driver::start(envoy.dir.join("chromium-profile-live"));
+    let page = Page { c: driver.client().await, shots: screenshots() };
+    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
+    page.click("tab-live").await;
+    let firing =
+        page.wait_text("live-alerts", "the firing alert", |t| t.contains(alerts::BREAKER_OPEN)).await;
+    assert!(firing.contains("reco: circuit breaker open"), "{firing}");
+    let dashboard =
+        page.wait_text("live-dashboard", "Prometheus' series", |t| t.contains("from Prometheus")).await;
+    assert!(!dashboard.contains("Prometheus answered"), "{dashboard}");
+    // The breaker's band has open cells; api's decisions chart has bars of allowed and 429s (the
+    // page refreshes every 5 s; Prometheus needs two scrapes for a rate).
+    for (css, what) in [
+        ("[data-testid='live-reco-breaker'] rect[fill='#c62828']", "an open cell in reco's band"),
+        ("[data-testid='live-api-decisions'] rect", "bars in api's decisions chart"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while page.c.find_all(Locator::Css(css)).await.unwrap().is_empty() {
+            if Instant::now() > deadline {
+                let html = page
+                    .c
+                    .find(Locator::Css("[data-testid='live-dashboard']"))
+                    .await
+                    .unwrap()
+                    .html(true)
+                    .await
+                    .unwrap();
+                panic!("no {what}: {}", &html[..html.len().min(4000)]);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let legend = page.text("live-api-decisions").await;
+    assert!(legend.contains("allowed") && legend.contains("rate_limited"), "{legend}");
+    let limit =
+        page.c.find_all(Locator::Css("[data-testid='live-reco-in-flight'] polyline.limit")).await.unwrap();
+    assert_eq!(limit.len(), 1, "reco's fixed limit is drawn over its in-flight bars");
+    let transitions = page
+        .wait_text("live-transitions", "the transition from Envoy's log", |t| {
+            t.contains("reco closed → open")
+        })
+        .await;
+    assert!(transitions.contains("calls=5 failed=5"), "{transitions}");
+    page.shot("8-live-dashboard").await;
+    std::fs::copy(screenshots().join("8-live-dashboard.png"), repo().join("docs/admin-live.png")).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = traffic.join();
+    let _ = page.c.clone().close().await;
+    server.abort();
+}

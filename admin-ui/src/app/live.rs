@@ -1,17 +1,34 @@
 //! The live page: breakwater's counters, breaker states and global limits' state from Envoy,
 //! refreshed every 2 s; one column per counter of [`Counter::ALL`].
 
+use breakwater_api::Live;
 use breakwater_policy::metrics::Counter;
 use leptos::prelude::*;
+use leptos::task::spawn_local;
 
+use super::charts::Chart;
 use super::{Ctx, envoy_state};
+use crate::{api, chart};
 
 #[component]
 pub(super) fn LivePage() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
+    let live = RwSignal::new(None::<Live>);
+    let refresh = move || {
+        spawn_local(async move {
+            if let Ok(l) = api::get::<Live>("/live").await {
+                live.set(Some(l));
+            }
+        })
+    };
+    refresh();
+    if let Ok(handle) = set_interval_with_handle(refresh, std::time::Duration::from_secs(5)) {
+        on_cleanup(move || handle.clear());
+    }
     view! {
         <div class="live">
             <p>{move || ctx.status.with(|s| envoy_state(s.as_ref()))} " · refreshed every 2 s"</p>
+            {move || live.get().map(|l| view! { <Dashboard live=l/> })}
             <table data-testid="live-table">
                 <tr><th>"policy"</th>
                     {Counter::ALL.map(|c| view! { <th>{c.as_str().replace('_', " ")}</th> }).to_vec()}
@@ -33,6 +50,84 @@ pub(super) fn LivePage() -> impl IntoView {
                 }}
             </table>
         </div>
+    }
+}
+
+/// Firing alerts, then per policy its charts over the last 15 minutes, then the breaker
+/// transitions from Envoy's log.
+#[component]
+fn Dashboard(live: Live) -> impl IntoView {
+    let minutes = (live.points as u64 * live.step_s) / 60;
+    let source = match live.source.as_str() {
+        "prometheus" => "from Prometheus",
+        "envoy" => "sampled from Envoy by the admin server",
+        _ => "no Envoy configured",
+    };
+    let alerts = live.alerts.clone().map(|alerts| {
+        let firing = !alerts.is_empty();
+        view! {
+            <section class="alerts" class:firing=firing data-testid="live-alerts">
+                <h3>{if firing { format!("{} alert(s) firing", alerts.len()) } else { "No alert firing".to_string() }}</h3>
+                <ul>{alerts.into_iter().map(|a| view! {
+                    <li data-testid=format!("alert-{}", a.name)>
+                        <b>{a.name.clone()}</b> " " {a.severity.clone().unwrap_or_default()} " · "
+                        {a.summary.clone().unwrap_or_default()} " · since " {a.since.clone()}
+                    </li>
+                }).collect_view()}</ul>
+            </section>
+        }
+    });
+    let transitions = live.transitions.clone();
+    view! {
+        <section class="dashboard" data-testid="live-dashboard">
+            {alerts}
+            <p class="hint">{format!("The last {minutes} minutes, {source}.")}
+                {live.error.clone().map(|e| view! { <span class="error">" " {e}</span> })}</p>
+            {live.policies.into_iter().map(|(name, p)| {
+                let decisions = chart::live_series(&p.decisions);
+                let band = p.breaker.as_ref().map(|b| chart::state_cells(b));
+                let in_flight = p.in_flight.clone().map(|v| vec![chart::Series {
+                    label: "in flight".into(),
+                    color: "#1565c0",
+                    values: v.iter().map(|x| x.unwrap_or(0.0)).collect(),
+                }]);
+                let limit = p.limit.clone().map(|l| ("limit".to_string(), l));
+                view! {
+                    <div class="policy-live" data-testid=format!("live-policy-{name}")>
+                        <h3>{name.clone()}</h3>
+                        <Chart title="Decisions per second" id=format!("live-{name}-decisions") series=decisions/>
+                        {band.map(|cells| {
+                            let n = cells.len().max(1) as f64;
+                            view! {
+                                <div class="band" data-testid=format!("live-{name}-breaker")><span>"breaker"</span>
+                                    <svg viewBox="0 0 720 16" preserveAspectRatio="none">
+                                        {cells.into_iter().enumerate().map(|(i, (c, state))| view! {
+                                            <rect x=(i as f64 * 720.0 / n).to_string() y="0" width=(720.0 / n).to_string() height="16" fill=c>
+                                                <title>{state}</title>
+                                            </rect>
+                                        }).collect_view()}
+                                    </svg>
+                                </div>
+                            }
+                        })}
+                        {in_flight.map(|series| match limit {
+                            Some(line) => view! { <Chart title="In flight vs limit" id=format!("live-{name}-in-flight") series=series unit="" line=line/> }.into_any(),
+                            None => view! { <Chart title="In flight" id=format!("live-{name}-in-flight") series=series unit=""/> }.into_any(),
+                        })}
+                    </div>
+                }
+            }).collect_view()}
+            <section data-testid="live-transitions">
+                <h3>"Breaker transitions"</h3>
+                {if transitions.is_empty() {
+                    view! { <p class="empty">"None in Envoy's log (the server needs --envoy-log)."</p> }.into_any()
+                } else {
+                    view! { <ul>{transitions.into_iter().rev().map(|t| view! {
+                        <li>{t.at} " · " <b>{t.policy}</b> " " {t.from} " → " {t.to} " " {t.detail}</li>
+                    }).collect_view()}</ul> }.into_any()
+                }}
+            </section>
+        </section>
     }
 }
 

@@ -1,6 +1,7 @@
 //! The admin's shell (login, tabs, the state every page shares) and its pages, one module each:
 //! policies (list and editor), simulate, publish, history, live.
 
+mod charts;
 mod history;
 mod live;
 mod policies;

@@ -9,6 +9,7 @@ use breakwater_policy::Diagnostic;
 use breakwater_policy::metrics::Gauge;
 
 use super::Ctx;
+use super::charts::Chart;
 use crate::api;
 use crate::chart;
 
@@ -139,32 +140,5 @@ fn SimulationResult(r: Simulation) -> impl IntoView {
                 </div>
             })}
         </section>
-    }
-}
-
-#[component]
-fn Chart(
-    title: &'static str,
-    id: &'static str,
-    series: Vec<chart::Series>,
-    /// After the scale's number: `/s` for rates, nothing for gauges.
-    #[prop(default = "/s")]
-    unit: &'static str,
-) -> impl IntoView {
-    let bars = chart::stacked_bars(&series);
-    let top = chart::max_total(&series);
-    let viewbox = format!("0 0 {} {}", chart::WIDTH, chart::HEIGHT);
-    view! {
-        <figure class="chart" data-testid=id>
-            <figcaption>{title} <span class="scale">{format!("max {top:.0}{unit}")}</span></figcaption>
-            <svg viewBox=viewbox preserveAspectRatio="none" role="img" aria-label=title>
-                {bars.into_iter().map(|b| view! {
-                    <rect x=b.x.to_string() y=b.y.to_string() width=b.width.to_string() height=b.height.to_string() fill=b.color/>
-                }).collect_view()}
-            </svg>
-            <div class="legend">{series.into_iter().map(|s| view! {
-                <span><i style=format!("background:{}", s.color)></i>{s.label}</span>
-            }).collect_view()}</div>
-        </figure>
     }
 }

@@ -43,9 +43,17 @@ pub struct Args {
     /// Envoy's admin endpoint, HOST:PORT: confirms publishes and feeds the live view.
     #[arg(long)]
     envoy_admin: Option<String>,
-    /// Envoy's log file: a rejected publish quotes Envoy's reason from it.
+    /// Envoy's log file: a rejected publish quotes Envoy's reason from it, and the live page shows
+    /// the breaker transitions logged there.
     #[arg(long)]
     envoy_log: Option<PathBuf>,
+    /// Prometheus, HOST:PORT: the live page's charts come from its query API (else from the
+    /// server's own sampling of Envoy's stats, every 5 s for 15 minutes).
+    #[arg(long)]
+    prometheus: Option<String>,
+    /// Alertmanager, HOST:PORT: the live page shows the breakwater alerts firing there.
+    #[arg(long)]
+    alertmanager: Option<String>,
     /// The filter's name in Envoy's HTTP filter chain.
     #[arg(long, default_value = "breakwater")]
     name: String,
@@ -96,6 +104,8 @@ pub fn run(a: Args) -> ExitCode {
         failure_policy: a.fail_strategy.into(),
         envoy_admin: a.envoy_admin,
         envoy_log: a.envoy_log,
+        prometheus: a.prometheus,
+        alertmanager: a.alertmanager,
         publish_timeout: a.publish_timeout,
         simulation: serve::SimulationLimits::default(),
     };

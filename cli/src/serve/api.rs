@@ -37,6 +37,7 @@ pub fn router(state: Shared) -> Router {
         .route("/simulate", post(simulate))
         .route("/publish", post(publish))
         .route("/status", get(status))
+        .route("/live", get(live))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
@@ -477,6 +478,33 @@ async fn status(State(state): State<Shared>) -> Json<Status> {
     let envoy =
         EnvoyStatus { configured: true, address: Some(admin.address), reachable: Some(reachable), error };
     Json(Status { envoy, ecds, published, policies })
+}
+
+/// The live page's dashboard (see [`super::live`]).
+async fn live(State(state): State<Shared>) -> Json<breakwater_api::Live> {
+    // A fixed concurrency limit is the active policy's number (an adaptive one has its gauge).
+    let active = state.store.lock().await.active().ok();
+    let limits = active
+        .and_then(|text| breakwater_policy::load(&text).ok())
+        .map(|l| {
+            l.document
+                .policies
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.concurrency_limit.as_ref()?.max_in_flight)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let c = &state.config;
+    Json(
+        super::live::live(
+            state.samples.as_ref(),
+            c.prometheus.as_deref(),
+            c.alertmanager.as_deref(),
+            c.envoy_log.as_deref(),
+            &limits,
+        )
+        .await,
+    )
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 mod api;
 pub mod envoy;
+pub mod live;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -46,8 +47,14 @@ pub struct Config {
     pub failure_policy: FailurePolicy,
     /// Envoy's admin endpoint (HOST:PORT); None: no confirmation, no live stats.
     pub envoy_admin: Option<String>,
-    /// Envoy's log file: where a publish finds Envoy's reason for a rejection.
+    /// Envoy's log file: where a publish finds Envoy's reason for a rejection, and the live page
+    /// the breaker transitions.
     pub envoy_log: Option<PathBuf>,
+    /// Prometheus (HOST:PORT): the live page's charts come from its query API; None: from the
+    /// server's own sampling of Envoy's stats.
+    pub prometheus: Option<String>,
+    /// Alertmanager (HOST:PORT): the live page shows the breakwater alerts firing there.
+    pub alertmanager: Option<String>,
     /// How long a publish waits for Envoy to apply (or reject) the new version.
     pub publish_timeout: Duration,
     /// What one simulation through the API may ask for.
@@ -119,18 +126,29 @@ pub struct State {
     simulations: Arc<tokio::sync::Semaphore>,
     /// Publishes run one at a time, from writing the file to Envoy's answer.
     publishing: tokio::sync::Mutex<()>,
+    /// The server's own samples of Envoy's stats (with an Envoy admin, without Prometheus).
+    samples: Option<Arc<live::Samples>>,
 }
 
 /// Opens the store and builds the router.
 pub fn app(config: Config) -> Result<Router, String> {
     let store = store::Store::open(&config.policy, &config.state_dir)?;
     let ui = config.ui_dir.clone();
+    let samples = match (&config.envoy_admin, &config.prometheus) {
+        (Some(address), None) => {
+            let samples = Arc::new(live::Samples::default());
+            live::sample_envoy(envoy::Admin { address: address.clone() }, Arc::downgrade(&samples));
+            Some(samples)
+        }
+        _ => None,
+    };
     let state = Arc::new(State {
         config,
         store: Arc::new(tokio::sync::Mutex::new(store)),
         host: tokio::sync::OnceCell::new(),
         simulations: Arc::new(tokio::sync::Semaphore::new(1)),
         publishing: tokio::sync::Mutex::new(()),
+        samples,
     });
     let api = api::router(state.clone()).layer(DefaultBodyLimit::max(MAX_BODY)).layer(
         tower_http::timeout::TimeoutLayer::with_status_code(

@@ -38,6 +38,8 @@ pub fn serve_config(dir: &Path, token: &str) -> breakwater_cli::serve::Config {
         failure_policy: Default::default(),
         envoy_admin: None,
         envoy_log: None,
+        prometheus: None,
+        alertmanager: None,
         publish_timeout: std::time::Duration::from_secs(2),
         simulation: breakwater_cli::serve::SimulationLimits::default(),
     }
