@@ -82,6 +82,57 @@ async fn publish_is_confirmed_by_envoy_and_enforced() {
     assert_eq!(stats_seen["ecds"]["applied"], body["ecds_version"].as_u64().unwrap().to_string());
 }
 
+/// Without Prometheus the Live page's series come from the server's own samples of Envoy's stats
+/// (every 5 s): rates of the decisions between samples, and Envoy's log's breaker transitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_series_are_sampled_from_envoy_without_prometheus() {
+    const BREAKER: &str = "version: 1\npolicies:\n  - name: reco\n    circuit_breaker: { window: 10, minimum_calls: 3, failure_rate: 50, open_for: 5m }\n";
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(BREAKER, upstream.port());
+    let router = admin_server(&envoy, &filter_wasm());
+    let start = std::time::Instant::now();
+    // Requests across two samples at least: three failures open the breaker, the rest get 503.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = std::thread::spawn({
+        let (mut client, stop) = (envoy.client(), stop.clone());
+        move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                client.get("/", &[("x-test-status", "503")]);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+    let mut seen = Value::Null;
+    while start.elapsed() < Duration::from_secs(30) {
+        let (status, body) = call(&router, "GET", "/api/live", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let open = body["policies"]["reco"]["decisions"]["circuit_open"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x.as_f64().is_some_and(|r| r > 0.0)));
+        let band = body["policies"]["reco"]["breaker"].as_array().is_some_and(|v| v.iter().any(|x| x == 1.0));
+        seen = body;
+        if open && band && !seen["transitions"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.join().unwrap();
+    assert_eq!(seen["source"], "envoy", "{seen}");
+    assert_eq!((seen["step_s"].as_u64(), seen["points"].as_u64()), (Some(5), Some(180)), "{seen}");
+    assert!(seen["alerts"].is_null(), "no Alertmanager configured: {seen}");
+    let t = &seen["transitions"][0];
+    assert_eq!(
+        (t["policy"].as_str(), t["from"].as_str(), t["to"].as_str()),
+        (Some("reco"), Some("closed"), Some("open")),
+        "{seen}"
+    );
+    let rates = seen["policies"]["reco"]["decisions"]["circuit_open"].as_array().cloned().unwrap_or_default();
+    // About 5 requests a second, all answered by the open breaker after the first three.
+    let top = rates.iter().filter_map(Value::as_f64).fold(0.0, f64::max);
+    assert!((2.0..=6.0).contains(&top), "circuit_open per second: {rates:?}");
+}
+
 /// Defect 1 of issue 20: a rejected version stayed in the ECDS file, so an Envoy restarted
 /// afterwards loaded it and ran without the policy. Now the last applied version is written back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
