@@ -231,8 +231,11 @@ pub struct Live {
     pub policies: BTreeMap<String, LivePolicy>,
     /// The last breaker transitions in Envoy's log, oldest first (empty without `--envoy-log`).
     pub transitions: Vec<BreakerTransition>,
-    /// The breakwater alerts firing now; None when no Alertmanager is configured.
+    /// The breakwater alerts firing now; None when no Alertmanager is configured, or it could
+    /// not be asked (`alerts_error` says why).
     pub alerts: Option<Vec<FiringAlert>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_error: Option<String>,
     /// What went wrong reading a source, if anything did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

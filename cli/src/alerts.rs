@@ -122,25 +122,33 @@ fn policy_rules(p: &Policy, t: &Thresholds) -> Vec<Value> {
     if p.circuit_breaker.is_some() {
         out.push(rule(
             BREAKER_OPEN,
-            &format!("{} == 1", gauge(Gauge::BreakerState)),
+            &format!("{} >= 1", gauge(Gauge::BreakerState)),
             None,
             "warning",
             Some(name),
             &format!("{name}: circuit breaker open"),
-            "The upstream failed often enough that the breaker opened: requests get the breaker's \
-             reply without reaching it. Look at the upstream's health; the breaker probes it after \
-             `open_for` and closes when the probes succeed.",
+            "The upstream failed often enough that the breaker opened (or is probing it, half-open): \
+             requests get the breaker's reply without reaching it. Look at the upstream's health; the \
+             breaker probes it after `open_for` and closes when the probes succeed.",
         ));
         let stuck = a.breaker_open_for.unwrap_or(t.breaker_open_for);
+        // Only while it still answers requests: the gauge changes at a request (open turns
+        // half-open when one arrives after `open_for`), so a breaker nobody calls keeps showing
+        // open.
         out.push(rule(
             BREAKER_STUCK_OPEN,
-            &format!("{} >= 1", gauge(Gauge::BreakerState)),
+            &format!(
+                "{} >= 1 and on (policy) {} > 0",
+                gauge(Gauge::BreakerState),
+                counter_rate(Counter::CircuitOpen)
+            ),
             Some(stuck),
             "critical",
             Some(name),
             &format!("{name}: circuit breaker open for {stuck}"),
-            "The breaker keeps failing its probes: the upstream has not recovered. Its callers get \
-             the breaker's reply (or the fallback). Restore the upstream, or route around it.",
+            "The breaker has stayed open (or half-open) while requests kept coming: its probes keep \
+             failing, the upstream has not recovered. Its callers get the breaker's reply (or the \
+             fallback). Restore the upstream, or route around it.",
         ));
     }
     let limits = [

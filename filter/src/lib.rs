@@ -29,6 +29,7 @@ use std::rc::Rc;
 
 use breakwater_policy::enforce::{self, Admitted, Ask, Exchange, Step, Verdict};
 use breakwater_policy::global::{Answer, Renewal};
+use breakwater_policy::metrics::BreakerState;
 use breakwater_policy::plan::{Plan, SimpleRequest};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -320,6 +321,14 @@ impl Root {
             Ok(plan) => {
                 let parsed = host::now();
                 let metrics = Metrics::define(&plan);
+                // The breaker gauges say what the shared state holds now: after a reload that
+                // changed a breaker's window its state starts afresh (closed) without a transition.
+                for (i, p) in plan.policies.iter().enumerate() {
+                    if p.breaker.is_some() {
+                        let phase = enforce::breaker_phase(p, &HostStore);
+                        metrics.breaker_state(i, phase.map_or(BreakerState::Closed, |ph| ph.state()));
+                    }
+                }
                 let defined = host::now();
                 // Operators (and bench/run.py) read the cost of a configuration from this line.
                 let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use breakwater_policy::enforce::Event;
 use breakwater_policy::engine::store;
 use breakwater_policy::metrics::{
-    Counter, Gauge, Histogram, VM_MEMORY_GAUGE, VM_MEMORY_KEY, counter_name, gauge_name, histogram_name,
+    BreakerState, Counter, Gauge, Histogram, VM_MEMORY_GAUGE, VM_MEMORY_KEY, counter_name, gauge_name,
+    histogram_name,
 };
 use breakwater_policy::plan::Plan;
 
@@ -156,6 +157,13 @@ impl Metrics {
         })
     }
 
+    /// Sets a policy's breaker-state gauge.
+    pub fn breaker_state(&self, policy: usize, state: BreakerState) {
+        if let Some(m) = self.policies.get(policy) {
+            host::record(m.breaker_state, state.gauge());
+        }
+    }
+
     pub fn count(&self, policy: usize, events: impl Iterator<Item = Event>) {
         let Some(m) = self.policies.get(policy) else { return };
         for event in events {
@@ -163,7 +171,11 @@ impl Metrics {
                 Event::Breaker(t) => {
                     host::record(m.breaker_state, t.to.state().gauge());
                     if let Some(name) = self.names.get(policy) {
-                        host::log(LogLevel::Info, &t.log_line(name));
+                        // An opening at warn: Envoys (Istio's sidecars among them) often log
+                        // nothing below it.
+                        let level =
+                            if t.to.state() == BreakerState::Open { LogLevel::Warn } else { LogLevel::Info };
+                        host::log(level, &t.log_line(name));
                     }
                 }
                 Event::InFlight(n) => host::record(m.in_flight, u64::from(n)),

@@ -150,7 +150,7 @@ fuzz_target!(|data: &[u8]| {
                     ..Exchange::default()
                 },
             };
-            if exchange.status.is_some() && a.samples_latency(plan) {
+            if exchange.status.is_some() && a.times_answer() {
                 a.answered(now);
             }
             let _ = enforce::fallback(plan, &mut a, &exchange);

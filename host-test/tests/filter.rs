@@ -120,7 +120,7 @@ policies:
     let open = vms[0].request(&req, |_| panic!("an open breaker must not call the upstream")).unwrap();
     assert_eq!((open.status, String::from_utf8_lossy(&open.body).as_ref()), (503, "circuit open\n"));
     assert_eq!(world.metric("breakwater.requests.policy.recs.decision.fallback"), Some(3));
-    // The transition is in Envoy's log, at info, with the window that opened it.
+    // The transition is in Envoy's log, at warn (an opening), with the window that opened it.
     let logs = world.logs.borrow();
     let opened: Vec<(u32, &str)> = logs
         .iter()
@@ -130,7 +130,7 @@ policies:
     assert_eq!(
         opened,
         [(
-            2,
+            3,
             "breakwater: breaker transition policy=recs from=closed to=open calls=3 failed=3 slow=0 \
              (failure rate 100%, slow-call rate 0% of the window)"
         )]

@@ -102,14 +102,14 @@ async fn live_series_are_sampled_from_envoy_without_prometheus() {
             }
         }
     });
-    let mut seen = Value::Null;
+    let (mut seen, mut open, mut band) = (Value::Null, false, false);
     while start.elapsed() < Duration::from_secs(30) {
         let (status, body) = call(&router, "GET", "/api/live", None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let open = body["policies"]["reco"]["decisions"]["circuit_open"]
+        open = body["policies"]["reco"]["decisions"]["circuit_open"]
             .as_array()
             .is_some_and(|v| v.iter().any(|x| x.as_f64().is_some_and(|r| r > 0.0)));
-        let band = body["policies"]["reco"]["breaker"].as_array().is_some_and(|v| v.iter().any(|x| x == 1.0));
+        band = body["policies"]["reco"]["breaker"].as_array().is_some_and(|v| v.iter().any(|x| x == 1.0));
         seen = body;
         if open && band && !seen["transitions"].as_array().unwrap().is_empty() {
             break;
@@ -118,6 +118,7 @@ async fn live_series_are_sampled_from_envoy_without_prometheus() {
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     sender.join().unwrap();
+    assert!(open && band, "the open breaker's rate and band: {seen}");
     assert_eq!(seen["source"], "envoy", "{seen}");
     assert_eq!((seen["step_s"].as_u64(), seen["points"].as_u64()), (Some(5), Some(180)), "{seen}");
     assert!(seen["alerts"].is_null(), "no Alertmanager configured: {seen}");

@@ -14,10 +14,16 @@ use crate::{api, chart};
 pub(super) fn LivePage() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let live = RwSignal::new(None::<Live>);
+    let failed = RwSignal::new(None::<String>);
     let refresh = move || {
         spawn_local(async move {
-            if let Ok(l) = api::get::<Live>("/live").await {
-                live.set(Some(l));
+            match api::get::<Live>("/live").await {
+                Ok(l) => {
+                    live.set(Some(l));
+                    failed.set(None);
+                }
+                // The charts stay, marked stale.
+                Err(f) => failed.set(Some(f.message())),
             }
         })
     };
@@ -28,6 +34,7 @@ pub(super) fn LivePage() -> impl IntoView {
     view! {
         <div class="live">
             <p>{move || ctx.status.with(|s| envoy_state(s.as_ref()))} " · refreshed every 2 s"</p>
+            {move || failed.get().map(|e| view! { <p class="error" data-testid="live-stale">"Not refreshed: " {e}</p> })}
             {move || live.get().map(|l| view! { <Dashboard live=l/> })}
             <table data-testid="live-table">
                 <tr><th>"policy"</th>
@@ -63,6 +70,9 @@ fn Dashboard(live: Live) -> impl IntoView {
         "envoy" => "sampled from Envoy by the admin server",
         _ => "no Envoy configured",
     };
+    let unreachable = live.alerts_error.clone().map(|e| view! {
+        <section class="alerts firing" data-testid="live-alerts"><h3>"Alertmanager could not be asked"</h3><p>{e}</p></section>
+    });
     let alerts = live.alerts.clone().map(|alerts| {
         let firing = !alerts.is_empty();
         view! {
@@ -81,6 +91,7 @@ fn Dashboard(live: Live) -> impl IntoView {
     view! {
         <section class="dashboard" data-testid="live-dashboard">
             {alerts}
+            {unreachable}
             <p class="hint">{format!("The last {minutes} minutes, {source}.")}
                 {live.error.clone().map(|e| view! { <span class="error">" " {e}</span> })}</p>
             {live.policies.into_iter().map(|(name, p)| {
@@ -120,7 +131,7 @@ fn Dashboard(live: Live) -> impl IntoView {
             <section data-testid="live-transitions">
                 <h3>"Breaker transitions"</h3>
                 {if transitions.is_empty() {
-                    view! { <p class="empty">"None in Envoy's log (the server needs --envoy-log)."</p> }.into_any()
+                    view! { <p class="empty">"None in the end of Envoy's log (with --envoy-log; openings are logged at warn, the other transitions at info)."</p> }.into_any()
                 } else {
                     view! { <ul>{transitions.into_iter().rev().map(|t| view! {
                         <li>{t.at} " · " <b>{t.policy}</b> " " {t.from} " → " {t.to} " " {t.detail}</li>

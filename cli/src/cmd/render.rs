@@ -117,7 +117,7 @@ pub enum Render {
         #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
         in_flight_share: u8,
         /// Requests per second below which a rejected share is not judged.
-        #[arg(long, default_value_t = 0.1)]
+        #[arg(long, default_value_t = 0.1, value_parser = parse_rate)]
         min_rate: f64,
         /// The filter's ECDS resource name (its update-rejected stat is watched).
         #[arg(long, default_value = "breakwater")]
@@ -129,6 +129,14 @@ pub enum Render {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+/// A finite rate, 0 or more.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("`{s}`: expected requests per second, a number 0 or more")),
+    }
 }
 
 /// A duration as the policy language writes it (`30s`, `5m`).

@@ -482,9 +482,14 @@ async fn status(State(state): State<Shared>) -> Json<Status> {
 
 /// The live page's dashboard (see [`super::live`]).
 async fn live(State(state): State<Shared>) -> Json<breakwater_api::Live> {
-    // A fixed concurrency limit is the active policy's number (an adaptive one has its gauge).
-    let active = state.store.lock().await.active().ok();
-    let limits = active
+    // A fixed concurrency limit is the published policy's number (what Envoy enforces; the active
+    // version may be a draft), or the active one's before anything was published; an adaptive
+    // limit has its gauge.
+    let enforced = {
+        let store = state.store.lock().await;
+        store.published().and_then(|p| store.get(p.version)).or_else(|| store.active().ok())
+    };
+    let limits = enforced
         .and_then(|text| breakwater_policy::load(&text).ok())
         .map(|l| {
             l.document

@@ -28,15 +28,20 @@ fn points() -> usize {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    unix_now_ms() / 1000
 }
 
-/// The server's own samples of Envoy's stats: (unix seconds, per policy), oldest first.
+fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The server's own samples of Envoy's stats: (unix milliseconds, per policy), oldest first.
 #[derive(Debug, Default)]
 pub struct Samples(Mutex<VecDeque<(u64, BTreeMap<String, PolicyStats>)>>);
 
 impl Samples {
-    fn push(&self, at: u64, stats: BTreeMap<String, PolicyStats>) {
+    fn push(&self, at_ms: u64, stats: BTreeMap<String, PolicyStats>) {
+        let at = at_ms;
         let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         q.push_back((at, stats));
         while q.len() > points().saturating_add(1) {
@@ -50,8 +55,11 @@ impl Samples {
         let q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let n = points();
         let mut out: BTreeMap<String, LivePolicy> = BTreeMap::new();
-        let slot = |t: u64| -> Option<usize> {
-            let i = usize::try_from(t.checked_sub(start)? / STEP.as_secs()).ok()?;
+        // The nearest point of the grid (a sample's time wanders with the admin request's).
+        let step_ms = STEP.as_millis() as u64;
+        let slot = |t_ms: u64| -> Option<usize> {
+            let from = t_ms.checked_add(step_ms / 2)?.checked_sub(start.saturating_mul(1000))?;
+            let i = usize::try_from(from / step_ms).ok()?;
             (i < n).then_some(i)
         };
         let mut previous: Option<&(u64, BTreeMap<String, PolicyStats>)> = None;
@@ -74,7 +82,7 @@ impl Samples {
                         }
                     }
                     if let Some((before, old)) = previous {
-                        let dt = at.saturating_sub(*before).max(1) as f64;
+                        let dt = at.saturating_sub(*before).max(1) as f64 / 1000.0;
                         for d in Decision::ALL {
                             let now = s.requests.get(&d.counter()).copied().unwrap_or(0);
                             let then = old
@@ -106,8 +114,10 @@ pub fn sample_envoy(admin: Admin, samples: Weak<Samples>) {
         loop {
             tick.tick().await;
             let Some(samples) = samples.upgrade() else { return };
+            // Stamped when asked, not when answered (a slow answer would move it off the grid).
+            let at = unix_now_ms();
             if let Ok((200, body)) = admin.get("/stats/prometheus").await {
-                samples.push(unix_now(), envoy::policy_stats(&body));
+                samples.push(at, envoy::policy_stats(&body));
             }
         }
     });
@@ -128,8 +138,9 @@ async fn from_prometheus(
             format!("sum by (policy, decision) (rate({PREFIX}_requests{{decision=~\"{decisions}\"}}[1m]))"),
         ),
         ("breaker", format!("max by (policy) ({PREFIX}_breaker_state)")),
-        ("in_flight", format!("sum by (policy) ({PREFIX}_in_flight)")),
-        ("limit", format!("sum by (policy) ({PREFIX}_concurrency_limit)")),
+        // Per Envoy (each has its own limit): the busiest one, against its limit.
+        ("in_flight", format!("max by (policy) ({PREFIX}_in_flight)")),
+        ("limit", format!("max by (policy) ({PREFIX}_concurrency_limit)")),
     ];
     let admin = Admin { address: address.to_string() };
     let mut out: BTreeMap<String, LivePolicy> = BTreeMap::new();
@@ -226,7 +237,12 @@ pub fn transitions(log: &std::path::Path) -> Vec<BreakerTransition> {
 /// One log line of a transition (`[2026-12-03 15:19:41.102][10848][info][wasm] ... breakwater:
 /// breaker transition policy=p from=closed to=open calls=20 ...`).
 fn transition(line: &str) -> Option<BreakerTransition> {
-    let (_, rest) = line.split_once("breakwater: breaker transition ")?;
+    // Only the filter's own lines (a wasm log line of Envoy's), not text some other line quotes.
+    let (head, rest) = line.split_once("wasm log ")?;
+    if !head.contains("][wasm]") {
+        return None;
+    }
+    let (_, rest) = rest.split_once(": breakwater: breaker transition ")?;
     let at = line
         .strip_prefix('[')
         .and_then(|l| l.split_once(']'))
@@ -281,14 +297,12 @@ pub async fn live(
     if let Some(address) = alertmanager {
         match alerts(address).await {
             Ok(a) => live.alerts = Some(a),
-            Err(e) => {
-                errors.push(e);
-                live.alerts = Some(Vec::new());
-            }
+            Err(e) => live.alerts_error = Some(e),
         }
     }
     if let Some(log) = log {
-        live.transitions = transitions(log);
+        let log = log.to_path_buf();
+        live.transitions = tokio::task::spawn_blocking(move || transitions(&log)).await.unwrap_or_default();
     }
     live.error = (!errors.is_empty()).then(|| errors.join("; "));
     live
@@ -311,11 +325,18 @@ mod tests {
         );
         assert!(t.detail.starts_with("calls=3 failed=3"), "{}", t.detail);
         assert_eq!(transition("[x] breakwater: loaded 3 policies"), None);
+        // Text that only quotes the marker (an access log line, a request's header) is not one.
+        assert_eq!(
+            transition(
+                "[t][1][info][http] GET /x ua=\"wasm log x: breakwater: breaker transition policy=a from=closed to=open\""
+            ),
+            None
+        );
         let dir = std::env::temp_dir().join(format!("bw-live-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("envoy.log");
         let lines: Vec<String> = (0..30)
-            .map(|i| format!("[t{i}][1][info][wasm] breakwater: breaker transition policy=p{i} from=open to=half_open (x)"))
+            .map(|i| format!("[t{i}][1][info][wasm] [c.cc:1] wasm log breakwater: breakwater: breaker transition policy=p{i} from=open to=half_open (x)"))
             .collect();
         std::fs::write(&log, lines.join("\n")).unwrap();
         let ts = transitions(&log);
@@ -337,14 +358,15 @@ mod tests {
             BTreeMap::from([("a".to_string(), p)])
         };
         let start = 1_000_000;
-        s.push(start, stats(100, 0, 3));
-        s.push(start + 5, stats(150, 10, 4));
-        s.push(start + 10, stats(20, 10, 5)); // Envoy restarted: no rate
+        // Sampled 2.4 s late, 2.4 s early, on time: still one point each.
+        s.push(start * 1000 + 2_400, stats(100, 0, 3));
+        s.push(start * 1000 + 2_600, stats(150, 10, 4));
+        s.push(start * 1000 + 10_000, stats(20, 10, 5)); // Envoy restarted: no rate
         let limits = BTreeMap::from([("a".to_string(), Some(10))]);
         let out = s.series(start, &limits);
         let a = &out["a"];
-        assert_eq!(a.decisions["allowed"][..3], [None, Some(10.0), None]);
-        assert_eq!(a.decisions["circuit_open"][..3], [None, Some(2.0), Some(0.0)]);
+        assert_eq!(a.decisions["allowed"][..3], [None, Some(250.0), None], "50 in 0.2 s");
+        assert_eq!(a.decisions["circuit_open"][..3], [None, Some(50.0), Some(0.0)]);
         assert_eq!(a.in_flight.as_ref().unwrap()[..3], [Some(3.0), Some(4.0), Some(5.0)]);
         assert_eq!(a.limit.as_ref().unwrap()[0], Some(10.0));
         assert_eq!(a.breaker.as_ref().unwrap()[1], Some(1.0));
