@@ -130,15 +130,7 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     c.try_send("GET", path, &[]).ok().map(|r| (r.status, r.body))
 }
 
-/// Percent-encodes a query parameter.
-pub fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use breakwater_cli::serve::live::encode;
 
 /// A PromQL instant query: the result vector (empty on any error).
 pub fn query(prometheus: &Process, promql: &str) -> Vec<Value> {

@@ -100,6 +100,16 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// The top of a chart's scale, from its caption (`max 17/s`).
+fn chart_top(chart: &str) -> u64 {
+    chart
+        .split("max ")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no scale in {chart}"))
+}
+
 fn css(testid: &str) -> String {
     format!("[data-testid='{testid}']")
 }
@@ -150,6 +160,22 @@ impl Page {
     async fn shot(&self, name: &str) {
         let png = self.c.screenshot().await.unwrap();
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// The document as the raw YAML view shows it (back on the form afterwards).
+    async fn yaml(&self) -> String {
+        self.click("view-yaml").await;
+        let yaml = self.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+        self.click("view-form").await;
+        yaml
+    }
+
+    /// Runs `scenario` in the simulator against the edited document, until its result shows.
+    async fn simulate(&self, scenario: &str) {
+        self.click("tab-simulate").await;
+        self.type_into("scenario", scenario).await;
+        self.click("run-simulation").await;
+        self.el("simulation-result").await;
     }
 
     async fn disabled(&self, testid: &str) -> bool {
@@ -219,10 +245,8 @@ async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
     page.wait_text("error-rate_limit-rate", "no error", str::is_empty).await;
     assert!(!page.disabled("save").await);
     // The raw YAML view follows the form.
-    page.click("view-yaml").await;
-    let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+    let yaml = page.yaml().await;
     assert!(yaml.contains("- name: policy-1") && yaml.contains("per: 1h"), "{yaml}");
-    page.click("view-form").await;
     page.click("save").await;
     page.wait_text("notice", "the save", |t| t.starts_with("Saved as version 2")).await;
 
@@ -353,33 +377,22 @@ async fn queue(page: &Page, admin_port: u16) {
     page.type_into("field-concurrency_limit-queue-max_waiting", "20").await;
     page.type_into("field-concurrency_limit-queue-max_wait", "2s").await;
     page.wait_text("error-concurrency_limit-queue-max_waiting", "no error", str::is_empty).await;
-    page.click("view-yaml").await;
-    let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+    let yaml = page.yaml().await;
     assert!(
         yaml.contains("queue:") && yaml.contains("max_waiting: 20") && yaml.contains("max_wait: 2s"),
         "{yaml}"
     );
-    page.click("view-form").await;
 
     // 40 requests a second into a limit that serves 20 (2 slots, 100 ms each): the line grows.
-    page.click("tab-simulate").await;
-    page.type_into(
-        "scenario",
+    page.simulate(
         "name: a queue fills\nduration: 5s\ntraffic:\n  - rate: 40/s\nupstream:\n  latency: 100ms\n",
     )
     .await;
-    page.click("run-simulation").await;
-    page.el("simulation-result").await;
     let bars = page.c.find_all(Locator::Css("[data-testid='chart-queue'] rect")).await.unwrap();
     assert!(bars.len() >= 4, "a bar for most seconds: {}", bars.len());
     let chart = page.text("chart-queue").await;
     // The line holds at most max_waiting (20), and fills up to near it.
-    let top: u64 = chart
-        .split("max ")
-        .nth(1)
-        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{chart}"));
+    let top = chart_top(&chart);
     assert!(chart.contains("policy-1") && (10..=20).contains(&top), "{chart}");
     page.shot("7-simulate-queue").await;
 
@@ -396,29 +409,18 @@ async fn queue(page: &Page, admin_port: u16) {
     page.type_into("field-concurrency_limit-adaptive-probe_samples", "10").await;
     page.type_into("field-concurrency_limit-adaptive-initial", "5").await;
     page.wait_text("error-concurrency_limit-max_in_flight", "no error", str::is_empty).await;
-    page.click("view-yaml").await;
-    let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+    let yaml = page.yaml().await;
     assert!(
         yaml.contains("adaptive:") && yaml.contains("max: 40") && !yaml.contains("max_in_flight"),
         "{yaml}"
     );
-    page.click("view-form").await;
     // 30 clients against an upstream that serves 10 at once in 40 ms: the limit finds the knee.
-    page.click("tab-simulate").await;
-    page.type_into(
-        "scenario",
+    page.simulate(
         "name: a limit finds the knee\nduration: 10s\ntraffic:\n  - concurrency: 30\n    think: 5ms\nupstream:\n  latency: 40ms\n  capacity: 10\n",
     )
     .await;
-    page.click("run-simulation").await;
-    page.el("simulation-result").await;
     let chart = page.wait_text("chart-adaptive", "the limit's chart", |t| t.contains("policy-1")).await;
-    let top: u64 = chart
-        .split("max ")
-        .nth(1)
-        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{chart}"));
+    let top = chart_top(&chart);
     // The knee is 10; 25% tolerance and √ headroom over it, well below the max of 40.
     assert!((10..=18).contains(&top), "{chart}");
     page.shot("7-simulate-adaptive").await;

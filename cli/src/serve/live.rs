@@ -258,7 +258,7 @@ fn transition(line: &str) -> Option<BreakerTransition> {
 }
 
 /// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
+pub fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
