@@ -160,10 +160,10 @@ pub struct Admitted {
     record_slot: bool,
     /// The lease bucket the concurrency slot (keyed or in the record) was acquired in.
     slot_epoch: u64,
-    /// Requests in flight when the slot was taken (itself included), and when (moved on to the end
-    /// of an injected delay): an adaptive limit's sample.
+    /// Requests in flight when the slot was taken (itself included): an adaptive limit's sample.
+    /// (The slot was taken at `started`: admission, or the end of a wait in a queue or for the
+    /// rate-limit service, moved on to the end of an injected delay.)
     admitted_at: u32,
-    slot_at: Nanos,
     /// When the response headers came (an adaptive limit's latency sample ends there).
     answered: Option<Nanos>,
     /// Leased mode: a renewal of the lease to send in the background (the caller's root context
@@ -695,7 +695,7 @@ pub fn poll<S: SharedStore + ?Sized, R: RequestView>(
         concurrency::Polled::Admitted(slot) => {
             a.events.push(Event::QueueAdmitted);
             a.events.push(Event::InFlight(slot.in_flight));
-            (a.slot_epoch, a.admitted_at, a.slot_at) = (slot.epoch, slot.in_flight, now);
+            (a.slot_epoch, a.admitted_at) = (slot.epoch, slot.in_flight);
             match w.at {
                 Some(at) => a.slot = Some(at),
                 None => a.record_slot = true,
@@ -729,7 +729,6 @@ fn placeholder(policy: usize) -> Admitted {
         record_slot: false,
         slot_epoch: 0,
         admitted_at: 0,
-        slot_at: 0,
         answered: None,
         renewal: None,
         ticket: None,
@@ -845,7 +844,7 @@ fn inject<S: SharedStore + ?Sized>(
 /// time (a breaker's slow calls) starts over: the delay is not the upstream's.
 pub fn delay_over<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted, now: Nanos) {
     let Some(epoch) = a.holding.take() else { return };
-    (a.started, a.slot_at) = (now, now);
+    a.started = now;
     let Some(fp) = plan.policies.get(a.policy).and_then(|p| p.fault.as_ref()) else { return };
     match fp.end_delay(store, epoch, now) {
         Ok(active) => a.events.push(Event::FaultActive(active)),
@@ -946,7 +945,7 @@ fn check_limits<S: SharedStore + ?Sized>(
                     }
                     if let Some(ad) = admission.filter(|ad| ad.slot.acquired) {
                         a.slot = at;
-                        (a.slot_epoch, a.admitted_at, a.slot_at) = (ad.slot.epoch, ad.slot.in_flight, now);
+                        (a.slot_epoch, a.admitted_at) = (ad.slot.epoch, ad.slot.in_flight);
                     }
                 }
             }
@@ -1097,7 +1096,7 @@ fn apply<S: SharedStore + ?Sized>(
         }
         if admission.slot.acquired {
             a.record_slot = true;
-            (a.slot_epoch, a.admitted_at, a.slot_at) = (admission.slot.epoch, admission.slot.in_flight, now);
+            (a.slot_epoch, a.admitted_at) = (admission.slot.epoch, admission.slot.in_flight);
         }
     }
     if let Some(admitted) = t.breaker {
@@ -1262,14 +1261,12 @@ pub fn finish<S: SharedStore + ?Sized>(
     if leave_line(plan, store, a, now) {
         return;
     }
-    // Before the delay is over: a request answered while an injected delay held it (a local reply
-    // of Envoy's) never reached the upstream and gives no sample.
-    let sample = plan.policies.get(a.policy).and_then(|p| sample(p, a));
-    if a.holding.is_none()
-        && let Some(latency) = a.answered.and_then(|at| at.checked_sub(a.started))
-    {
-        a.events.push(Event::UpstreamLatency(latency / 1_000_000));
-    }
+    // The upstream's latency: from when the request went on to its response headers. Read before
+    // the delay is over: a request answered while an injected delay held it (a local reply of
+    // Envoy's) never reached the upstream and has none.
+    let latency = a.answered.filter(|_| a.holding.is_none()).and_then(|at| at.checked_sub(a.started));
+    a.events.extend(latency.map(|l| Event::UpstreamLatency(l / 1_000_000)));
+    let sample = latency.and_then(|l| sample(plan.policies.get(a.policy)?, a, l));
     delay_over(plan, store, a, now);
     let injected = a.injected.take();
     let exchange = injected.as_ref().unwrap_or(exchange);
@@ -1340,18 +1337,17 @@ fn leave_line<S: SharedStore + ?Sized>(plan: &Plan, store: &S, a: &mut Admitted,
     true
 }
 
-/// What a request's end tells its adaptive concurrency limit: the time from when its slot was
-/// taken (or its injected delay ended) to its response headers. None without response headers (a
-/// client that went away, a reset), while an injected delay holds it, or under a fixed limit.
-fn sample(p: &PolicyPlan, a: &Admitted) -> Option<(crate::engine::adaptive::Gradient, concurrency::Sample)> {
+/// What a request's end, with its upstream `latency`, tells its adaptive concurrency limit (None
+/// under a fixed limit). The slot was taken at `started`, when the request went on.
+fn sample(
+    p: &PolicyPlan,
+    a: &Admitted,
+    latency: Nanos,
+) -> Option<(crate::engine::adaptive::Gradient, concurrency::Sample)> {
     let concurrency::Limit::Adaptive(g) = concurrency_limit(p.policy.concurrency_limit.as_ref()?) else {
         return None;
     };
-    if a.holding.is_some() {
-        return None;
-    }
-    let latency = a.answered?.checked_sub(a.slot_at)?;
-    Some((g, concurrency::Sample { latency, admitted_at: a.admitted_at, admitted: a.slot_at }))
+    Some((g, concurrency::Sample { latency, admitted_at: a.admitted_at, admitted: a.started }))
 }
 
 /// Gives the keyed concurrency slot back, once (with an adaptive limit's `sample`).
