@@ -158,7 +158,7 @@ fn policy_rules(p: &Policy, t: &Thresholds) -> Vec<Value> {
         p.circuit_breaker.is_some(),
     ];
     if limits.iter().any(|l| *l) {
-        let all = Decision::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("|");
+        let all = Decision::promql_any();
         let rejected = rejections().map(|d| d.as_str()).collect::<Vec<_>>().join("|");
         let total =
             format!("sum by (policy) (rate({requests}{}[{w}]))", sel(&format!(",decision=~\"{all}\"")));

@@ -27,7 +27,7 @@ pub fn panels(p: &Policy) -> Vec<Panel> {
     let name = p.name.as_str();
     let sel = |extra: &str| format!("{{policy=\"{name}\"{extra}}}");
     let requests = format!("{PREFIX}_requests");
-    let decisions = Decision::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("|");
+    let decisions = Decision::promql_any();
     let rate =
         |c: Counter| format!("sum(rate({requests}{}[$__rate_interval]))", sel(&format!(",decision=\"{c}\"")));
     let gauge = |g: Gauge| format!("{PREFIX}_{g}{}", sel(""));

@@ -202,6 +202,12 @@ impl Counter {
 }
 
 impl Decision {
+    /// Every decision as a PromQL regex alternative (`allowed|rate_limited|...`): the decisions of
+    /// `breakwater_requests`, whose sum is a policy's request rate.
+    pub fn promql_any() -> String {
+        Decision::ALL.map(|d| d.as_str()).join("|")
+    }
+
     /// The counter that counts this decision.
     pub fn counter(self) -> Counter {
         match self {

@@ -131,7 +131,7 @@ async fn from_prometheus(
     limits: &BTreeMap<String, Option<u32>>,
 ) -> Result<BTreeMap<String, LivePolicy>, String> {
     let n = points();
-    let decisions = Decision::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("|");
+    let decisions = Decision::promql_any();
     let queries = [
         (
             "decisions",
