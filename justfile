@@ -34,10 +34,16 @@ build-wasm:
 
 # The web admin (Leptos, client-side), built by trunk offline with the pinned wasm-bindgen and
 # wasm-opt (Trunk.toml) into admin-ui/dist, which `breakwater serve` serves.
-build-admin:
+build-admin: editor
     cargo fetch --locked -q
     cd admin-ui && trunk build --skip-version-check
     @ls -l admin-ui/dist/*.wasm | awk '{print "admin wasm: " $5 " bytes"}'
+
+# The admin's code editor (CodeMirror 6 and admin-ui/editor/src), bundled offline by esbuild into
+# one classic script that trunk copies beside the app; its pure parts tested with node.
+editor:
+    cd admin-ui/editor && node_modules/.bin/esbuild src/editor.js --bundle --minify --format=iife --target=es2020 --legal-comments=eof --log-level=warning --outfile=dist/editor.js
+    cd admin-ui/editor && node --test test/
 
 # Unit, property and integration tests of every crate (the browser tests need the built admin).
 test-rust: build-admin bins

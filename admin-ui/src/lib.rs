@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod chart;
+pub mod editor;
 pub mod form;
 
 /// Validates a document and returns the diagnostics as JSON (`[{severity, path, message, line,

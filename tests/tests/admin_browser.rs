@@ -165,15 +165,41 @@ impl Page {
     /// The document as the raw YAML view shows it (back on the form afterwards).
     async fn yaml(&self) -> String {
         self.click("view-yaml").await;
-        let yaml = self.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+        let yaml = self.code("yaml").await;
         self.click("view-form").await;
         yaml
+    }
+
+    /// The text of a code editor (CodeMirror: admin-ui/editor).
+    async fn code(&self, testid: &str) -> String {
+        self.el(testid).await;
+        let text = self
+            .c
+            .execute(
+                "return document.querySelector(arguments[0]).breakwaterEditor.text()",
+                vec![json!(css(testid))],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{testid} is not a code editor: {e}"));
+        text.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Replaces a code editor's text, as a paste would.
+    async fn paste_code(&self, testid: &str, text: &str) {
+        self.el(testid).await;
+        self.c
+            .execute(
+                "document.querySelector(arguments[0]).breakwaterEditor.type(arguments[1])",
+                vec![json!(css(testid)), json!(text)],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{testid} is not a code editor: {e}"));
     }
 
     /// Runs `scenario` in the simulator against the edited document, until its result shows.
     async fn simulate(&self, scenario: &str) {
         self.click("tab-simulate").await;
-        self.type_into("scenario", scenario).await;
+        self.paste_code("scenario", scenario).await;
         self.click("run-simulation").await;
         self.el("simulation-result").await;
     }
@@ -349,7 +375,7 @@ async fn two_tabs(page: &Page, admin_port: u16) {
     page.click("conflict-reload").await;
     page.wait_text("doc-state", "the reloaded document", |t| t == "saved (version 2)").await;
     page.click("view-yaml").await;
-    let yaml = page.el("yaml").await.prop("value").await.unwrap().unwrap_or_default();
+    let yaml = page.code("yaml").await;
     assert!(yaml.contains("name: policy-1") && !yaml.contains("rate_limit"), "{yaml}");
 }
 
@@ -552,4 +578,142 @@ policies:
     let _ = traffic.join();
     let _ = page.c.clone().close().await;
     server.abort();
+}
+
+/// Issue 24: the YAML view is a code editor. An error is underlined at the validator's line and
+/// column, with its message on hover and a marker in the gutter; completion offers the fields of
+/// the block under the cursor, and hovering a key shows its documentation, both from the JSON
+/// Schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_yaml_editor_marks_errors_and_completes_from_the_schema() {
+    let s = Session::start("chromium-profile-editor").await;
+    code_editor(&s.page, s.admin_port).await;
+    s.stop().await;
+}
+
+async fn code_editor(page: &Page, admin_port: u16) {
+    use fantoccini::actions::{InputSource, MouseActions, PointerAction};
+    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
+    page.el("add-policy").await;
+    page.click("view-yaml").await;
+
+    // An invalid duration: where the validator says it is, the editor underlines it.
+    let doc = "version: 1\npolicies:\n  - name: api\n    rate_limit:\n      rate: 10\n      per: 3parsecs\n";
+    let diagnostics = breakwater_policy::load(doc).unwrap_err();
+    let wrong = diagnostics.iter().find(|d| d.span.is_some()).expect("a diagnostic with a position");
+    let span = wrong.span.unwrap();
+    let token: String = doc.lines().nth(span.line - 1).unwrap().chars().skip(span.col - 1).collect();
+    page.paste_code("yaml", doc).await;
+    let mark = page
+        .c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("[data-testid='yaml'] .cm-lintRange-error"))
+        .await
+        .expect("an underlined error");
+    let at = page
+        .c
+        .execute(
+            "const m = arguments[0]; const line = m.closest('.cm-line');
+             const lines = [...document.querySelectorAll(\"[data-testid='yaml'] .cm-line\")];
+             const r = document.createRange(); r.setStart(line, 0); r.setEndBefore(m);
+             return [lines.indexOf(line) + 1, r.toString().length + 1, m.textContent];",
+            vec![serde_json::to_value(&mark).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(at, json!([span.line, span.col, token.trim()]), "{wrong:?}");
+    assert_eq!(
+        page.c.find_all(Locator::Css("[data-testid='yaml'] .cm-lint-marker-error")).await.unwrap().len(),
+        1,
+        "one marker in the gutter"
+    );
+    let listed = page.text("diagnostics").await;
+    assert!(listed.contains("1 problem marked in the text") && !listed.contains(&wrong.message), "{listed}");
+    // The message on hover.
+    let hover = |element| {
+        MouseActions::new("mouse".into()).then(PointerAction::MoveToElement {
+            element,
+            duration: Some(Duration::from_millis(100)),
+            x: 0.0,
+            y: 0.0,
+        })
+    };
+    page.c.perform_actions(hover(mark)).await.unwrap();
+    let tip = page
+        .c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(".cm-tooltip-lint"))
+        .await
+        .expect("the message on hover");
+    assert!(tip.text().await.unwrap().contains(&wrong.message), "{}", tip.text().await.unwrap());
+    page.shot("9-yaml-editor-error").await;
+
+    // Completion under `rate_limit:` offers the rate limit's fields, less those already there.
+    let valid = "version: 1\npolicies:\n  - name: api\n    rate_limit:\n      rate: 10\n      \n";
+    page.paste_code("yaml", valid).await;
+    page.c
+        .execute(
+            "document.querySelector(arguments[0]).breakwaterEditor.setCursor(6, 7)",
+            vec![json!(css("yaml"))],
+        )
+        .await
+        .unwrap();
+    page.c.active_element().await.unwrap().send_keys("\u{E009} \u{E000}").await.unwrap();
+    page.c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(".cm-tooltip-autocomplete"))
+        .await
+        .expect("the completion list");
+    let mut offered = Vec::new();
+    for label in page.c.find_all(Locator::Css(".cm-tooltip-autocomplete .cm-completionLabel")).await.unwrap()
+    {
+        offered.push(label.text().await.unwrap());
+    }
+    offered.sort();
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("policies/schema.json")).unwrap()).unwrap();
+    let mut expected: Vec<String> = schema["$defs"]["RateLimit"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "rate")
+        .cloned()
+        .collect();
+    expected.sort();
+    assert!(expected.len() >= 2, "{expected:?}");
+    assert_eq!(offered, expected);
+    page.shot("10-yaml-editor-completion").await;
+    // Taking the first one writes the key.
+    page.c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
+    let text = page.code("yaml").await;
+    let taken = text.lines().nth(5).unwrap().trim().to_string();
+    assert!(expected.iter().any(|k| taken == format!("{k}:")), "{taken:?}");
+
+    // Hovering a key shows its documentation from the schema.
+    let at = page
+        .c
+        .execute(
+            "const line = document.querySelectorAll(\"[data-testid='yaml'] .cm-line\")[4];
+             const walker = document.createTreeWalker(line, NodeFilter.SHOW_TEXT);
+             let node; while ((node = walker.nextNode()) && !node.textContent.includes('rate')) {}
+             const r = document.createRange(); const i = node.textContent.indexOf('rate');
+             r.setStart(node, i); r.setEnd(node, i + 4); const b = r.getBoundingClientRect();
+             return [b.left + b.width / 2, b.top + b.height / 2];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (x, y) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
+    let to_key = MouseActions::new("mouse".into()).then(PointerAction::MoveTo {
+        duration: Some(Duration::from_millis(100)),
+        x,
+        y,
+    });
+    page.c.perform_actions(to_key).await.unwrap();
+    let doc = page.wait_text("editor-hover", "the key's documentation", |t| !t.is_empty()).await;
+    let description = schema["$defs"]["RateLimit"]["properties"]["rate"]["description"].as_str().unwrap();
+    assert!(doc.starts_with("policies[].rate_limit.rate") && doc.contains(description), "{doc}");
 }

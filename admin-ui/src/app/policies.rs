@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::Ctx;
 use crate::api;
+use crate::editor::{CodeEditor, POLICY_SCHEMA};
 use crate::form::{self, BLOCKS, Kind};
 
 fn policies(doc: &Value) -> Vec<Value> {
@@ -147,9 +148,15 @@ fn Editor() -> impl IntoView {
             .get()
             .1
             .into_iter()
-            .filter(|d| match form::locate(&d.path) {
-                Some((i, Some(_))) => raw.get() || Some(i) != sel,
-                _ => true,
+            .filter(|d| {
+                if raw.get() {
+                    // The editor marks the others at their line and column.
+                    return d.span.is_none();
+                }
+                match form::locate(&d.path) {
+                    Some((i, Some(_))) => Some(i) != sel,
+                    _ => true,
+                }
             })
             .collect::<Vec<_>>()
     };
@@ -167,15 +174,22 @@ fn Editor() -> impl IntoView {
                     on:click=save>"Save"</button>
             </div>
             <ul class="diagnostics" data-testid="diagnostics">
+                {move || raw.get().then(|| {
+                    let marked = ctx.diags.with(|(_, d)| d.iter().filter(|d| d.span.is_some()).count());
+                    (marked > 0).then(|| view! {
+                        <li class="hint">{format!("{marked} {} marked in the text: hover the underline or the gutter for the message",
+                            if marked == 1 { "problem" } else { "problems" })}</li>
+                    })
+                })}
                 {move || unplaced().into_iter().map(|d| view! {
                     <li class=if d.is_error() { "error" } else { "warning" }>{diag_text(&d)}</li>
                 }).collect_view()}
             </ul>
             {move || if raw.get() {
                 view! {
-                    <textarea class="yaml" data-testid="yaml" spellcheck="false" aria-label="policy document (YAML)"
-                        prop:value=move || ctx.text.get()
-                        on:input=move |ev| ctx.set_text(event_target_value(&ev))></textarea>
+                    <CodeEditor text=ctx.text on_change=Callback::new(move |t| ctx.set_text(t))
+                        diagnostics=Signal::derive(move || ctx.diags.get().1) schema=POLICY_SCHEMA
+                        label="policy document (YAML)" testid="yaml"/>
                 }.into_any()
             } else {
                 view! { <PolicyForm/> }.into_any()

@@ -12,6 +12,7 @@ use super::Ctx;
 use super::charts::Chart;
 use crate::api;
 use crate::chart;
+use crate::editor::CodeEditor;
 
 #[component]
 pub(super) fn SimulatePage() -> impl IntoView {
@@ -23,6 +24,15 @@ pub(super) fn SimulatePage() -> impl IntoView {
     let result = RwSignal::new(None::<Simulation>);
     let error = RwSignal::new(None::<(String, Vec<Diagnostic>)>);
     let running = RwSignal::new(false);
+    // The scenario checked as it is typed, against the edited document when that one is valid.
+    let scenario_diags = Memo::new(move |_| {
+        let text = scenario.get();
+        let checked = match breakwater_policy::load(&ctx.text.get()) {
+            Ok(loaded) => breakwater_scenario::load_with_policy(&text, &loaded.document).map(|_| ()),
+            Err(_) => breakwater_scenario::load(&text).map(|_| ()),
+        };
+        checked.err().unwrap_or_default()
+    });
     spawn_local(async move {
         if let Ok(list) = api::get::<Vec<ScenarioFile>>("/scenarios").await {
             scenarios.set(list);
@@ -64,8 +74,8 @@ pub(super) fn SimulatePage() -> impl IntoView {
                 <button class="primary" data-testid="run-simulation" disabled=move || running.get() || !ctx.diags.get().0
                     on:click=run>{move || if running.get() { "Running…" } else { "Run" }}</button>
             </div>
-            <textarea class="yaml scenario" data-testid="scenario" spellcheck="false" aria-label="scenario (YAML)"
-                prop:value=move || scenario.get() on:input=move |ev| scenario.set(event_target_value(&ev))></textarea>
+            <CodeEditor text=scenario on_change=Callback::new(move |t| scenario.set(t)) diagnostics=scenario_diags
+                label="scenario (YAML)" testid="scenario" class="scenario"/>
             {move || error.get().map(|(m, d)| view! {
                 <div class="notice" data-testid="simulation-error">{m}
                     <ul>{d.into_iter().map(|d| view! { <li>{format!("{}: {}", d.path, d.message)}</li> }).collect_view()}</ul>
