@@ -19,6 +19,7 @@
 
 pub mod check;
 pub mod decode;
+pub mod describe;
 pub mod diag;
 pub mod enforce;
 pub mod engine;

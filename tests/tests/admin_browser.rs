@@ -649,10 +649,18 @@ async fn code_editor(page: &Page, admin_port: u16) {
         .expect("the message on hover");
     assert!(tip.text().await.unwrap().contains(&wrong.message), "{}", tip.text().await.unwrap());
     page.shot("9-yaml-editor-error").await;
+    // The policy's chips say it has an error to fix.
+    page.wait_text("chips-api", "the error chip", |t| t.starts_with("1 error to fix")).await;
 
     // Completion under `rate_limit:` offers the rate limit's fields, less those already there.
     let valid = "version: 1\npolicies:\n  - name: api\n    rate_limit:\n      rate: 10\n      \n";
     page.paste_code("yaml", valid).await;
+    // Chips come from the model, defaults applied: no `burst null`.
+    let model = breakwater_policy::load(valid).unwrap().document;
+    let chips: Vec<String> =
+        breakwater_policy::describe::chips(&model.policies[0]).into_iter().map(|c| c.text).collect();
+    page.wait_text("chips-api", "the chips of the valid policy", |t| t.replace('\n', " ") == chips.join(" "))
+        .await;
     page.c
         .execute(
             "document.querySelector(arguments[0]).breakwaterEditor.setCursor(6, 7)",

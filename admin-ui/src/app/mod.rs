@@ -9,7 +9,7 @@ mod publish;
 mod simulate;
 
 use breakwater_api::{PolicyAnswer, Status};
-use breakwater_policy::Diagnostic;
+use breakwater_policy::{Diagnostic, Document};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde_json::{Value, json};
@@ -63,6 +63,9 @@ struct Ctx {
     saved: RwSignal<String>,
     version: RwSignal<u64>,
     diags: Memo<(bool, Vec<Diagnostic>)>,
+    /// The document as the model reads it (every default applied), from the last text that was
+    /// valid: what the policy list's chips show while an edit is not valid yet.
+    model: Memo<Option<Document>>,
     selected: RwSignal<Option<usize>>,
     tab: RwSignal<Tab>,
     /// The last `GET /api/status` (None until it answered).
@@ -145,12 +148,13 @@ fn Login(authed: RwSignal<bool>) -> impl IntoView {
 #[component]
 fn Admin() -> impl IntoView {
     let text = RwSignal::new(String::new());
-    let diags = Memo::new(move |_| {
-        let t = text.get();
-        match breakwater_policy::load(&t) {
-            Ok(l) => (true, l.warnings),
-            Err(d) => (false, d),
-        }
+    let checked = Memo::new(move |_| match breakwater_policy::load(&text.get()) {
+        Ok(l) => (true, l.warnings, Some(l.document)),
+        Err(d) => (false, d, None),
+    });
+    let diags = Memo::new(move |_| checked.with(|(valid, d, _)| (*valid, d.clone())));
+    let model = Memo::new(move |last: Option<&Option<Document>>| {
+        checked.with(|(_, _, doc)| doc.clone()).or_else(|| last.cloned().flatten())
     });
     let ctx = Ctx {
         doc: RwSignal::new(json!({ "version": 1, "policies": [] })),
@@ -158,6 +162,7 @@ fn Admin() -> impl IntoView {
         saved: RwSignal::new(String::new()),
         version: RwSignal::new(0),
         diags,
+        model,
         selected: RwSignal::new(None),
         tab: RwSignal::new(Tab::Policies),
         status: RwSignal::new(None),

@@ -5,6 +5,7 @@ use leptos::task::spawn_local;
 
 use breakwater_api::{Saved, Status, TextBody};
 use breakwater_policy::Diagnostic;
+use breakwater_policy::describe::Chip;
 use breakwater_policy::metrics::Decision;
 use serde_json::Value;
 
@@ -17,54 +18,29 @@ fn policies(doc: &Value) -> Vec<Value> {
     doc.get("policies").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
-/// One-line summaries of a policy's blocks.
-fn blocks_of(p: &Value) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(r) = p.get("rate_limit") {
-        out.push((
-            "rate",
-            format!("{}/{} burst {}", r["rate"], r["per"].as_str().unwrap_or("1s"), r["burst"]),
-        ));
-    }
-    if let Some(g) = p.get("global_rate_limit") {
-        let (per, mode) = (g["per"].as_str().unwrap_or("1s"), g["mode"].as_str().unwrap_or("exact"));
-        out.push(("global", format!("{}/{per} for the fleet ({mode})", g["rate"])));
-    }
-    if let Some(c) = p.get("concurrency_limit") {
-        let limit = match c.get("adaptive") {
-            Some(a) => format!(
-                "adaptive {}–{} in flight",
-                a.get("min").map_or("3".into(), ToString::to_string),
-                a.get("max").map_or("1000".into(), ToString::to_string)
-            ),
-            None => format!("≤ {} in flight", c["max_in_flight"]),
-        };
-        out.push(("concurrency", limit));
-    }
-    if let Some(b) = p.get("circuit_breaker") {
-        out.push(("breaker", format!("{}% of {}", b["failure_rate"], b["window"])));
-    }
-    if let Some(r) = p.get("retry") {
-        out.push(("retry", format!("{} retries", r["max_retries"])));
-    }
-    if let Some(t) = p.get("timeout") {
-        out.push(("timeout", t.as_str().unwrap_or_default().to_string()));
-    }
-    if p.get("fallback").is_some() {
-        out.push(("fallback", "fallback".into()));
-    }
-    if let Some(f) = p.get("fault") {
-        let mut parts = Vec::new();
-        if let Some(a) = f.get("abort") {
-            parts.push(format!("abort {}%", a["percent"]));
-        }
-        if let Some(d) = f.get("delay") {
-            let duration = d["duration"].as_str().unwrap_or_default();
-            let range = d["max"].as_str().map_or(duration.to_string(), |m| format!("{duration}–{m}"));
-            parts.push(format!("delay {}% by {range}", d["percent"]));
-        }
-        let on_request = if f["headers"] == true { " on request" } else { "" };
-        out.push(("fault", format!("{}{on_request}", parts.join(", "))));
+/// A policy's chips: from the model (every default applied) of the last valid document, and a
+/// warning chip while the policy's current text has errors.
+fn chips_of(ctx: &Ctx, index: usize, name: &str) -> Vec<Chip> {
+    let mut out = ctx.model.with(|m| {
+        m.as_ref()
+            .and_then(|d| d.policies.iter().find(|p| p.name == name))
+            .map(breakwater_policy::describe::chips)
+            .unwrap_or_default()
+    });
+    let prefix = format!("policies[{index}]");
+    let errors = ctx.diags.with(|(_, d)| {
+        d.iter()
+            .filter(|d| {
+                d.is_error()
+                    && d.path
+                        .strip_prefix(&prefix)
+                        .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .count()
+    });
+    if errors > 0 {
+        let text = format!("{errors} {} to fix", if errors == 1 { "error" } else { "errors" });
+        out.insert(0, Chip { kind: "invalid", text });
     }
     out
 }
@@ -83,9 +59,12 @@ pub(super) fn PoliciesPage() -> impl IntoView {
                             class:selected=move || ctx.selected.get() == Some(i)
                             on:click=move |_| ctx.selected.set(Some(i))>
                             <strong>{name.clone()}</strong>
-                            <span class="badges">{blocks_of(&p).into_iter().map(|(k, v)| view! {
-                                <span class=format!("badge {k}")>{v}</span>
-                            }).collect_view()}</span>
+                            <span class="badges" data-testid=format!("chips-{name}")>{
+                                let chip_name = name.clone();
+                                move || chips_of(&ctx, i, &chip_name).into_iter().map(|c| view! {
+                                    <span class=format!("badge {}", c.kind)>{c.text}</span>
+                                }).collect_view()
+                            }</span>
                             <span class="counters">{move || ctx.status.with(|s| live_line(s.as_ref(), &live_name))}</span>
                         </button>
                     }
