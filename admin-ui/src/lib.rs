@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod chart;
+pub mod diff;
 pub mod editor;
 pub mod form;
 

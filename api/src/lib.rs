@@ -104,6 +104,10 @@ pub struct Diff {
     pub to: u64,
     /// A unified diff.
     pub diff: String,
+    /// What changes, policy by policy and field by field, read from the two models; empty when
+    /// either version does not load (then `diff` is all there is).
+    #[serde(default)]
+    pub changes: Vec<breakwater_policy::describe::Change>,
 }
 
 /// The body of `POST /api/rollback`.
@@ -169,8 +173,46 @@ pub struct Status {
     pub envoy: EnvoyStatus,
     /// The ECDS subscription, when Envoy could be asked.
     pub ecds: Option<EcdsState>,
+    /// The active saved version (what the editor loads; what Publish sends).
+    #[serde(default)]
+    pub saved: u64,
+    /// The last publish this server made that Envoy applied (or wrote, without Envoy's admin).
     pub published: Option<Published>,
+    /// What Envoy runs, in saved versions; None when publishing is off (no ECDS file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Running>,
     pub policies: BTreeMap<String, PolicyStats>,
+}
+
+/// What Envoy runs: its applied ECDS version, the saved version with that document, and a newer
+/// ECDS version it did not apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    /// The ECDS `version_info` Envoy applied (None: it could not be asked, or applied none).
+    pub ecds_version: Option<u64>,
+    /// Whether the document of that version could be read (from the ECDS file, or the copy of
+    /// the last applied resource kept beside it).
+    pub known: bool,
+    /// The newest saved version with that document (None: in no saved version, i.e. published by
+    /// something else, or not known).
+    pub version: Option<u64>,
+    /// Its policies' names.
+    pub policies: Vec<String>,
+    /// Whether this server published that ECDS version (else `breakwater publish`, a script...).
+    pub from_admin: bool,
+    /// The ECDS file holds a newer version than Envoy applied.
+    pub not_applied: Option<NotApplied>,
+}
+
+/// A version in the ECDS file that Envoy did not apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotApplied {
+    pub ecds_version: u64,
+    /// Envoy rejected it (its `update_rejected` counter moved); false: not read yet, or Envoy
+    /// could not be asked.
+    pub rejected: bool,
+    /// Envoy's reason, from its log (`--envoy-log`).
+    pub reason: Option<String>,
 }
 
 /// Envoy's admin endpoint, as the server sees it.
@@ -330,12 +372,14 @@ mod tests {
         let status = Status {
             envoy: EnvoyStatus { configured: false, address: None, reachable: None, error: None },
             ecds: None,
+            saved: 4,
             published: None,
+            running: None,
             policies: BTreeMap::new(),
         };
         assert_eq!(
             serde_json::to_string(&status).unwrap(),
-            r#"{"envoy":{"configured":false,"address":null,"reachable":null,"error":null},"ecds":null,"published":null,"policies":{}}"#
+            r#"{"envoy":{"configured":false,"address":null,"reachable":null,"error":null},"ecds":null,"saved":4,"published":null,"policies":{}}"#
         );
         // An unconfirmed publish has no reason and no elapsed time.
         let answer = PublishAnswer {

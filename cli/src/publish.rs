@@ -191,7 +191,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A file's text from byte `offset` on (what Envoy logged since then), at most 1 MiB.
-fn read_from(path: &Path, offset: u64) -> String {
+pub fn read_from(path: &Path, offset: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let mut text = Vec::new();
     if let Ok(mut f) = std::fs::File::open(path)

@@ -4,7 +4,16 @@
 //!
 //! One chip per block, in the order the filter applies them; a chip leaves out what is usual
 //! (a burst equal to the rate, the `1s` of a rate, the default replies) so the unusual stands out.
+//!
+//! [`changes`] says what a new version changes, policy by policy and field by field, from the
+//! two models: what Publish and History show above the text diff.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Document;
 use crate::model::{
     Adaptive, CircuitBreaker, ConcurrencyLimit, Duration, Fault, GlobalRateLimit, KeyPart, Match, Mode,
     Outcome, Policy, RateLimit, Retry, Window,
@@ -158,6 +167,141 @@ fn fault(f: &Fault) -> String {
     format!("{}{on_request}", parts.join(", "))
 }
 
+/// What changes between two documents, policy by policy: read from the models (defaults applied,
+/// so `burst` left out and `burst: 100` at a rate of 100 are the same), not from the text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// A new policy, with its chips.
+    Added {
+        policy: String,
+        chips: Vec<String>,
+    },
+    Removed {
+        policy: String,
+    },
+    /// A policy (or, with `policy` empty, the document's own settings) whose fields changed.
+    Changed {
+        policy: String,
+        fields: Vec<FieldChange>,
+    },
+}
+
+/// One field: its path within the policy (`rate_limit.rate`) and its values, as YAML writes them
+/// (None: not set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// The changes from `old` to `new`: removed policies, then changed and added ones in `new`'s order.
+pub fn changes(old: &Document, new: &Document) -> Vec<Change> {
+    let mut out = Vec::new();
+    let settings = |d: &Document| {
+        let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.remove("policies");
+            // A secret: whether it changed is worth saying, not its value.
+            if let Some(seed) = m.get_mut("key_seed").filter(|s| !s.is_null()) {
+                *seed = Value::String("(set)".into());
+            }
+        }
+        v
+    };
+    let fields = field_changes(&settings(old), &settings(new));
+    if !fields.is_empty() {
+        out.push(Change::Changed { policy: String::new(), fields });
+    }
+    for p in &old.policies {
+        if !new.policies.iter().any(|n| n.name == p.name) {
+            out.push(Change::Removed { policy: p.name.clone() });
+        }
+    }
+    for p in &new.policies {
+        match old.policies.iter().find(|o| o.name == p.name) {
+            None => out.push(Change::Added {
+                policy: p.name.clone(),
+                chips: chips(p).into_iter().map(|c| c.text).collect(),
+            }),
+            Some(o) => {
+                let as_value = |p: &Policy| serde_json::to_value(p).unwrap_or(Value::Null);
+                let fields = field_changes(&as_value(o), &as_value(p));
+                if !fields.is_empty() {
+                    out.push(Change::Changed { policy: p.name.clone(), fields });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn field_changes(old: &Value, new: &Value) -> Vec<FieldChange> {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", old, &mut a);
+    flatten("", new, &mut b);
+    let mut out = Vec::new();
+    for (field, value) in &a {
+        let other = b.get(field);
+        if other != Some(value) {
+            out.push(FieldChange { field: field.clone(), old: Some(value.clone()), new: other.cloned() });
+        }
+    }
+    for (field, value) in &b {
+        if !a.contains_key(field) {
+            out.push(FieldChange { field: field.clone(), old: None, new: Some(value.clone()) });
+        }
+    }
+    // In the order of the fields, wherever they came from.
+    out.sort_by(|x, y| x.field.cmp(&y.field));
+    out
+}
+
+/// Leaves as `path → value`: mappings are walked, lists of plain values are one value
+/// (`[5xx, reset]`), lists of mappings are walked by index.
+fn flatten(path: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    match v {
+        Value::Null => {}
+        Value::Object(m) => {
+            for (k, v) in m {
+                flatten(&join(k), v, out);
+            }
+        }
+        Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten(&format!("{path}[{i}]"), item, out);
+            }
+        }
+        other => {
+            out.insert(path.to_string(), plain(other));
+        }
+    }
+}
+
+/// A value as YAML shows it: `30s`, `100`, `[GET, HEAD]`, never JSON quotes.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => format!("[{}]", items.iter().map(plain).collect::<Vec<_>>().join(", ")),
+        Value::Null => "null".into(),
+        other => other.to_string(),
+    }
+}
+
+impl FieldChange {
+    /// `rate_limit.rate: 100 → 50`, `retry: added`.
+    pub fn text(&self) -> String {
+        match (&self.old, &self.new) {
+            (Some(o), Some(n)) => format!("{}: {o} → {n}", self.field),
+            (None, Some(n)) => format!("{}: {n} (new)", self.field),
+            (Some(o), None) => format!("{}: {o} (removed)", self.field),
+            (None, None) => self.field.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -251,5 +395,44 @@ mod tests {
             }
         }
         assert!(seen >= 10, "only {seen} example policies");
+    }
+
+    #[test]
+    fn changes_are_read_from_the_models() {
+        let old = crate::load(
+            "version: 1\npolicies:\n  - name: checkout\n    rate_limit: { rate: 100 }\n  - name: gone\n    timeout: 1s\n  - name: same\n    retry: { max_retries: 2 }\n",
+        )
+        .unwrap()
+        .document;
+        // `burst: 50` is the default once the rate is 50: only the rate changes.
+        let new = crate::load(
+            "version: 1\ndebug_headers: true\npolicies:\n  - name: checkout\n    rate_limit: { rate: 50, burst: 50 }\n    timeout: 2s\n  - name: same\n    retry: { max_retries: 2, budget: { percent: 20 } }\n  - name: fresh\n    rate_limit: { rate: 5, per: 1m }\n",
+        )
+        .unwrap()
+        .document;
+        let list = changes(&old, &new);
+        let text: Vec<String> = list
+            .iter()
+            .map(|c| match c {
+                Change::Added { policy, chips } => format!("+ {policy}: {}", chips.join("; ")),
+                Change::Removed { policy } => format!("- {policy}"),
+                Change::Changed { policy, fields } => {
+                    format!(
+                        "~ {policy}: {}",
+                        fields.iter().map(FieldChange::text).collect::<Vec<_>>().join("; ")
+                    )
+                }
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "~ : debug_headers: false → true",
+                "- gone",
+                "~ checkout: rate_limit.burst: 100 → 50; rate_limit.rate: 100 → 50; timeout: 2s (new)",
+                "+ fresh: 5/min",
+            ]
+        );
+        assert!(changes(&new, &new).is_empty());
     }
 }

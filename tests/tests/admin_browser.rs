@@ -725,3 +725,97 @@ async fn code_editor(page: &Page, admin_port: u16) {
     let description = schema["$defs"]["RateLimit"]["properties"]["rate"]["description"].as_str().unwrap();
     assert!(doc.starts_with("policies[].rate_limit.rate") && doc.contains(description), "{doc}");
 }
+
+/// Issue 24: one version story in the header, on Publish and in History (saved, published from
+/// here, what Envoy runs), right also when something else published: Envoy starts on a document
+/// in no saved version, then runs a saved version published from the command line, then one the
+/// admin published; a version Envoy rejects shows with Envoy's reason. The diff reads at a glance:
+/// the changed rate as old → new, unified and side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_story_and_diffs_follow_cli_and_admin_publishes() {
+    let s = Session::start("chromium-profile-story").await;
+    version_story(&s.page, &s.envoy, s.admin_port).await;
+    s.stop().await;
+}
+
+async fn version_story(page: &Page, envoy: &Envoy, admin_port: u16) {
+    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
+    page.el("add-policy").await;
+    // Envoy runs what the test published before the admin started (START): in no saved version.
+    page.wait_text("story-envoy", "what Envoy runs", |t| {
+        t.starts_with("Envoy runs a document in no saved version (ECDS 1)")
+    })
+    .await;
+    assert_eq!(page.text("story-saved").await, "saved v1");
+    assert_eq!(page.text("story-published").await, "not published from here");
+    page.click("tab-publish").await;
+    assert_eq!(page.text("card-envoy").await, "a document in no saved version");
+    let detail = page.text("card-envoy-detail").await;
+    assert!(detail.contains("ECDS 1") && detail.contains("published by something else"), "{detail}");
+    page.wait_text("diff-title", "the diff from what Envoy runs", |t| t == "What Envoy runs → version 1")
+        .await;
+    page.wait_text("diff-summary", "the removed policy", |t| t.contains("open removed")).await;
+
+    // Saved here, published from the command line (the code of `breakwater publish`).
+    let v2 = "version: 1\npolicies:\n  - name: checkout\n    rate_limit: { rate: 100 }\n";
+    page.click("tab-policies").await;
+    page.click("view-yaml").await;
+    page.paste_code("yaml", v2).await;
+    page.click("save").await;
+    page.wait_text("notice", "the save", |t| t.starts_with("Saved as version 2")).await;
+    assert_eq!(envoy.publish(v2).unwrap(), 2);
+    page.wait_text("story-envoy", "the CLI publish", |t| t == "Envoy runs v2 (published by something else)")
+        .await;
+
+    // A new rate, saved: the diff says rate 100 → 50 for checkout, from what Envoy runs.
+    let v3 = v2.replace("rate: 100", "rate: 50");
+    page.paste_code("yaml", &v3).await;
+    page.click("save").await;
+    page.wait_text("notice", "the save", |t| t.starts_with("Saved as version 3")).await;
+    page.click("tab-publish").await;
+    page.wait_text("diff-title", "the diff from version 2", |t| {
+        t == "What Envoy runs (version 2) → version 3"
+    })
+    .await;
+    let summary = page.text("diff-summary").await;
+    assert!(summary.starts_with("checkout: ") && summary.contains("rate_limit.rate 100 → 50"), "{summary}");
+    let old =
+        page.c.find(Locator::Css("[data-testid='diff-summary'] del")).await.unwrap().text().await.unwrap();
+    let new =
+        page.c.find(Locator::Css("[data-testid='diff-summary'] ins")).await.unwrap().text().await.unwrap();
+    assert_eq!((old.as_str(), new.as_str()), ("100", "50"));
+    let removed = page.c.find_all(Locator::Css("[data-testid='diff'] tr.del")).await.unwrap();
+    let added = page.c.find_all(Locator::Css("[data-testid='diff'] tr.add")).await.unwrap();
+    assert_eq!((removed.len(), added.len()), (1, 1));
+    assert!(
+        removed[0].text().await.unwrap().contains("rate: 100")
+            && added[0].text().await.unwrap().contains("rate: 50")
+    );
+    page.click("diff-split").await;
+    let pairs = page.c.find_all(Locator::Css("[data-testid='diff'] table.side-by-side td.del")).await.unwrap();
+    assert_eq!(pairs.len(), 1);
+    let row = page.c.find(Locator::Css("[data-testid='diff'] table.side-by-side tr:has(td.del)")).await.unwrap();
+    let row = row.text().await.unwrap();
+    assert!(row.contains("rate: 100") && row.contains("rate: 50"), "side by side: {row}");
+    page.shot("11-publish-story-diff").await;
+
+    // Published from here: all three agree.
+    page.click("publish").await;
+    page.click("confirm-publish").await;
+    let outcome = page.el("publish-result").await;
+    assert_eq!(outcome.attr("data-state").await.unwrap().as_deref(), Some("applied"));
+    page.wait_text("story-envoy", "the admin publish", |t| t == "Envoy runs v3").await;
+    assert_eq!(page.text("story-published").await, "published v3");
+    assert_eq!(page.el("envoy-state").await.attr("class").await.unwrap().as_deref(), Some("story ok"));
+    page.click("tab-history").await;
+    page.wait_text("version-3", "the tags", |t| {
+        t.contains("saved (active)") && t.contains("published from here") && t.contains("Envoy runs it")
+    })
+    .await;
+    page.shot("6-history").await;
+
+    // Something publishes a configuration Envoy rejects: the story says so, with Envoy's reason.
+    assert_eq!(envoy.publish_raw("{not a policy").unwrap(), 4);
+    let story = page.wait_text("story-envoy", "the rejection", |t| t.contains("rejected ECDS 4")).await;
+    assert!(story.starts_with("Envoy runs v3") && !story.ends_with("see Envoy's log"), "{story}");
+}

@@ -6,13 +6,14 @@ use leptos::task::spawn_local;
 use breakwater_api::{Diff, History, RollbackBody, Saved};
 
 use super::Ctx;
+use super::diffview::DiffView;
 use crate::api;
 
 #[component]
 pub(super) fn HistoryPage() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let versions = RwSignal::new(None::<History>);
-    let shown = RwSignal::new(None::<(u64, String)>);
+    let shown = RwSignal::new(None::<(u64, Result<Diff, String>)>);
     let load = move || {
         spawn_local(async move {
             versions.set(api::get::<History>("/history").await.ok());
@@ -22,7 +23,7 @@ pub(super) fn HistoryPage() -> impl IntoView {
     let show = move |id: u64| {
         spawn_local(async move {
             let diff = api::get::<Diff>(&format!("/diff?from={id}&to=active")).await;
-            shown.set(Some((id, diff.map_or_else(|e| e.message(), |d| d.diff))));
+            shown.set(Some((id, diff.map_err(|e| e.message()))));
         })
     };
     let rollback = move |id: u64| {
@@ -42,34 +43,52 @@ pub(super) fn HistoryPage() -> impl IntoView {
         })
     };
     view! {
-        <div class="history split">
+        <div class="history">
             <table data-testid="history">
-                <tr><th>"version"</th><th>"saved"</th><th>"policies"</th><th></th></tr>
+                <thead><tr><th scope="col">"version"</th><th scope="col">"state"</th><th scope="col">"saved at"</th>
+                    <th scope="col">"size"</th><th scope="col">"policies"</th><th scope="col"><span class="sr-only">"actions"</span></th></tr></thead>
+                <tbody>
                 {move || {
                     let Some(v) = versions.get() else { return Vec::new() };
                     let (published, current) = (v.published, Some(v.current));
+                    let running = ctx.status.with(|s| s.as_ref().and_then(|s| s.running.as_ref()?.version));
                     v.versions.into_iter().map(|e| {
                         let id = e.id;
-                        let tags = [(Some(id) == current).then_some("active"), (Some(id) == published).then_some("published")]
-                            .into_iter().flatten().collect::<Vec<_>>().join(", ");
+                        let tags = [
+                            (Some(id) == current).then_some(("saved", "saved (active)")),
+                            (Some(id) == published).then_some(("published", "published from here")),
+                            (Some(id) == running).then_some(("running", "Envoy runs it")),
+                        ];
                         let when = js_time(e.saved_at_ms as f64);
                         let names = e.policies.join(", ");
-                        view! { <tr data-testid=format!("version-{id}")>
-                            <td>{id} " " <em>{tags}</em></td><td>{when}</td><td>{names}</td>
-                            <td><button on:click=move |_| show(id)>"diff"</button>
-                                <button data-testid=format!("rollback-{id}") disabled=Some(id) == current on:click=move |_| rollback(id)>"roll back"</button></td>
+                        let size = format!("{:.1} KB", e.bytes as f64 / 1024.0);
+                        view! { <tr data-testid=format!("version-{id}") class:selected=move || shown.with(|s| s.as_ref().is_some_and(|(i, _)| *i == id))>
+                            <td class="num">{id}</td>
+                            <td class="tags">{tags.into_iter().flatten().map(|(class, text)| view! {
+                                <span class=format!("badge {class}")>{text}</span>
+                            }).collect_view()}</td>
+                            <td>{when}</td><td class="num">{size}</td><td class="names">{names}</td>
+                            <td class="actions"><button data-testid=format!("diff-{id}") disabled=Some(id) == current on:click=move |_| show(id)>"Diff to active"</button>
+                                <button data-testid=format!("rollback-{id}") disabled=Some(id) == current on:click=move |_| rollback(id)>"Roll back"</button></td>
                         </tr> }
                     }).collect::<Vec<_>>()
                 }}
+                </tbody>
             </table>
-            <div>{move || shown.get().map(|(id, d)| view! {
-                <h3>{format!("version {id} → active")}</h3><pre class="diff">{d}</pre>
-            })}</div>
+            {move || shown.get().map(|(id, d)| view! {
+                <section class="history-diff">
+                    <h3>{format!("Version {id} → active")}</h3>
+                    {match d {
+                        Ok(d) => view! { <DiffView diff=d testid="history-diff"/> }.into_any(),
+                        Err(e) => view! { <p class="error">{e}</p> }.into_any(),
+                    }}
+                </section>
+            })}
         </div>
     }
 }
 
-fn js_time(ms: f64) -> String {
+pub(super) fn js_time(ms: f64) -> String {
     let d = js_sys_date(ms);
     if d.is_empty() { format!("{ms}") } else { d }
 }

@@ -7,7 +7,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 
 use super::charts::Chart;
-use super::{Ctx, envoy_state};
+use super::{Ctx, story};
 use crate::{api, chart};
 
 #[component]
@@ -33,7 +33,10 @@ pub(super) fn LivePage() -> impl IntoView {
     }
     view! {
         <div class="live">
-            <p>{move || ctx.status.with(|s| envoy_state(s.as_ref()))} " · refreshed every 2 s"</p>
+            <p>{move || ctx.status.with(|s| s.as_ref().map(|s| {
+                let address = s.envoy.address.clone().unwrap_or_default();
+                format!("Envoy {address} · {}", story(s).envoy)
+            }))} " · refreshed every 2 s"</p>
             {move || failed.get().map(|e| view! { <p class="error" data-testid="live-stale">"Not refreshed: " {e}</p> })}
             {move || live.get().map(|l| view! { <Dashboard live=l/> })}
             <table data-testid="live-table">

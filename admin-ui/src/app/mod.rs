@@ -2,6 +2,7 @@
 //! policies (list and editor), simulate, publish, history, live.
 
 mod charts;
+mod diffview;
 mod history;
 mod live;
 mod policies;
@@ -15,6 +16,7 @@ use leptos::task::spawn_local;
 use serde_json::{Value, json};
 
 use crate::api;
+use diffview::DiffView;
 use history::HistoryPage;
 use live::LivePage;
 use policies::PoliciesPage;
@@ -95,8 +97,20 @@ impl Ctx {
         self.text.set(t);
     }
 
+    /// Asks the server for the status now (it is also polled every 2 s): after a save, a publish
+    /// or a rollback the version story must not lag.
+    fn refresh_status(&self) {
+        let ctx = *self;
+        spawn_local(async move {
+            if let Ok(status) = api::get::<Status>("/status").await {
+                ctx.status.set(Some(status));
+            }
+        });
+    }
+
     fn load(&self) {
         let ctx = *self;
+        ctx.refresh_status();
         spawn_local(async move {
             match api::get::<PolicyAnswer>("/policy").await {
                 Ok(answer) => {
@@ -171,15 +185,7 @@ fn Admin() -> impl IntoView {
     };
     provide_context(ctx);
     ctx.load();
-    let refresh = move || {
-        spawn_local(async move {
-            if let Ok(status) = api::get::<Status>("/status").await {
-                ctx.status.set(Some(status));
-            }
-        })
-    };
-    refresh();
-    set_interval(refresh, std::time::Duration::from_secs(2));
+    set_interval(move || ctx.refresh_status(), std::time::Duration::from_secs(2));
     view! {
         <header>
             <span class="brand">"breakwater"</span>
@@ -191,7 +197,14 @@ fn Admin() -> impl IntoView {
                         on:click=move |_| ctx.tab.set(t)>{t.title()}</button>
                 }).collect_view()}
             </nav>
-            <span class="envoy" data-testid="envoy-state">{move || ctx.status.with(|s| envoy_state(s.as_ref()))}</span>
+            {move || ctx.status.with(|s| s.as_ref().map(story)).map(|s| view! {
+                <span class=format!("story {}", s.state) data-testid="envoy-state"
+                    title="saved: what the editor saves and Publish sends; published: the last version this admin published; Envoy: the version Envoy applied, also when something else published it">
+                    <span data-testid="story-saved">{s.saved}</span>" · "
+                    <span data-testid="story-published">{s.published}</span>" · "
+                    <span data-testid="story-envoy">{s.envoy}</span>
+                </span>
+            })}
         </header>
         {move || ctx.notice.get().map(|(good, m)| view! {
             <div class="notice" class:good=good data-testid="notice">{m}
@@ -210,17 +223,53 @@ fn Admin() -> impl IntoView {
     }
 }
 
-fn envoy_state(status: Option<&Status>) -> String {
-    let Some(status) = status else { return String::new() };
-    match (status.envoy.configured, status.envoy.reachable) {
-        (true, Some(true)) => format!(
-            "Envoy {} · config v{}",
-            status.envoy.address.as_deref().unwrap_or_default(),
-            status.ecds.as_ref().and_then(|e| e.applied.as_deref()).unwrap_or("–")
-        ),
-        (true, _) => "Envoy unreachable".into(),
-        (false, _) => "no Envoy configured".into(),
+/// The one version story the header, Publish and History tell: the saved version (what the
+/// editor saves and Publish sends), the version last published from here, and what Envoy runs,
+/// in the same numbering (ECDS versions are Envoy's, shown only as a detail).
+pub(super) struct Story {
+    pub saved: String,
+    pub published: String,
+    pub envoy: String,
+    /// `ok` (Envoy runs the saved version), `behind` (it runs an older or other one), `bad`
+    /// (unreachable, or a rejection).
+    pub state: &'static str,
+}
+
+pub(super) fn story(status: &Status) -> Story {
+    let saved = format!("saved v{}", status.saved);
+    let published = match &status.published {
+        Some(p) => format!("published v{}", p.version),
+        None => "not published from here".into(),
+    };
+    let (envoy, mut state) = match (&status.running, status.envoy.configured, status.envoy.reachable) {
+        (_, true, Some(false)) => ("Envoy unreachable".to_string(), "bad"),
+        (None, _, _) => ("publishing off".into(), "behind"),
+        (Some(r), configured, _) => {
+            let runs = match (r.ecds_version, r.version, r.known) {
+                (None, _, _) if !configured => "Envoy not asked".to_string(),
+                (None, _, _) => "Envoy runs nothing published yet".into(),
+                (Some(_), Some(v), _) => format!("Envoy runs v{v}"),
+                (Some(e), None, true) => format!("Envoy runs a document in no saved version (ECDS {e})"),
+                (Some(e), None, false) => format!("Envoy runs ECDS {e}"),
+            };
+            let by = match (r.version, r.from_admin) {
+                (Some(_), false) if r.ecds_version.is_some() => " (published by something else)",
+                _ => "",
+            };
+            let state = if r.version == Some(status.saved) { "ok" } else { "behind" };
+            (format!("{runs}{by}"), state)
+        }
+    };
+    let mut envoy = envoy;
+    if let Some(n) = status.running.as_ref().and_then(|r| r.not_applied.as_ref()).filter(|n| n.rejected) {
+        state = "bad";
+        envoy.push_str(&format!(
+            " · rejected ECDS {}: {}",
+            n.ecds_version,
+            n.reason.as_deref().unwrap_or("see Envoy's log")
+        ));
     }
+    Story { saved, published, envoy, state }
 }
 
 /// Another editor saved since this one loaded: say so, show what they changed, and offer to load
@@ -228,16 +277,12 @@ fn envoy_state(status: Option<&Status>) -> String {
 #[component]
 fn Conflict(message: String) -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let diff = RwSignal::new(None::<String>);
+    let diff = RwSignal::new(None::<Result<breakwater_api::Diff, String>>);
     let compare = move |_| {
         let from = ctx.version.get_untracked();
         spawn_local(async move {
-            diff.set(Some(
-                match api::get::<breakwater_api::Diff>(&format!("/diff?from={from}&to=active")).await {
-                    Ok(d) => d.diff,
-                    Err(e) => e.message(),
-                },
-            ));
+            let answer = api::get::<breakwater_api::Diff>(&format!("/diff?from={from}&to=active")).await;
+            diff.set(Some(answer.map_err(|e| e.message())));
         });
     };
     let reload = move |_| {
@@ -264,7 +309,10 @@ fn Conflict(message: String) -> impl IntoView {
             <button data-testid="conflict-compare" on:click=compare>"What changed"</button>
             <button class="primary" data-testid="conflict-reload" on:click=reload>"Load the active version (drop my edits)"</button>
             <button class="link" data-testid="conflict-keep" on:click=keep>"keep my edits (my next save replaces theirs)"</button>
-            {move || diff.get().map(|d| view! { <pre class="diff" data-testid="conflict-diff">{d}</pre> })}
+            {move || diff.get().map(|d| match d {
+                Ok(d) => view! { <DiffView diff=d testid="conflict-diff"/> }.into_any(),
+                Err(e) => view! { <p class="error" data-testid="conflict-diff">{e}</p> }.into_any(),
+            })}
         </div>
     }
 }

@@ -112,6 +112,7 @@ fn Editor() -> impl IntoView {
                 Ok(saved) => {
                     ctx.saved.set(ctx.text.get_untracked());
                     ctx.version.set(saved.version);
+                    ctx.refresh_status();
                     ctx.notice.set(Some((true, format!("Saved as version {}", saved.version))));
                 }
                 Err(e) if e.status == api::CONFLICT => ctx.conflict.set(Some(e.message())),

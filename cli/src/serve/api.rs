@@ -233,9 +233,11 @@ async fn history(State(state): State<Shared>) -> Result<Json<History>, ApiError>
     .await
 }
 
-/// A version named in a request: a number, or `active` / `published`.
-fn resolve(store: &store::Store, name: &str) -> Result<(u64, String), ApiError> {
+/// A version named in a request: a number, or `active` / `published` / `running` (what Envoy
+/// runs: version 0 when that document is in no saved version).
+fn resolve(store: &store::Store, running: &Option<Envoys>, name: &str) -> Result<(u64, String), ApiError> {
     let id = match name {
+        "running" => return running_text(store, running),
         "active" | "current" => store.current(),
         "published" => store
             .published()
@@ -244,7 +246,7 @@ fn resolve(store: &store::Store, name: &str) -> Result<(u64, String), ApiError> 
         n => n.parse::<u64>().map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                format!("`{n}` is not a version (a number, `active` or `published`)"),
+                format!("`{n}` is not a version (a number, `active`, `published` or `running`)"),
             )
         })?,
     };
@@ -254,12 +256,49 @@ fn resolve(store: &store::Store, name: &str) -> Result<(u64, String), ApiError> 
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no version {id}")))
 }
 
+/// What `running` resolves against: the ECDS file and the version Envoy applied (without Envoy's
+/// admin: the file's own version, the best knowledge there is).
+struct Envoys {
+    ecds: std::path::PathBuf,
+    applied: Option<u64>,
+}
+
+/// Asks Envoy what it applied when a request names `running`.
+async fn envoys(state: &super::State, names: &[&str]) -> Option<Envoys> {
+    if !names.contains(&"running") {
+        return None;
+    }
+    let ecds = state.config.ecds.clone()?;
+    let applied = match admin(state) {
+        Some(a) => a.ecds(&state.config.filter_name).await.ok().and_then(|e| e.applied?.parse().ok()),
+        None => Some(crate::ecds::current_version(&ecds)).filter(|v| *v > 0),
+    };
+    Some(Envoys { ecds, applied })
+}
+
+fn running_text(store: &store::Store, envoys: &Option<Envoys>) -> Result<(u64, String), ApiError> {
+    let Some(Envoys { ecds, applied }) = envoys else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "publishing is off: start the server with --ecds FILE",
+        ));
+    };
+    let document = applied
+        .and_then(|v| super::running::document_of(ecds, v))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "what Envoy runs is not known"))?;
+    match super::running::find_saved(store, ecds, &document).and_then(|id| Some((id, store.get(id)?))) {
+        Some(found) => Ok(found),
+        None => Ok((0, super::running::as_yaml(ecds, &document))),
+    }
+}
+
 async fn history_version(
     State(state): State<Shared>,
     Path(version): Path<String>,
 ) -> Result<Json<VersionText>, ApiError> {
+    let envoys = envoys(&state, &[version.as_str()]).await;
     with_store(&state, move |store| {
-        let (version, text) = resolve(store, &version)?;
+        let (version, text) = resolve(store, &envoys, &version)?;
         Ok(Json(VersionText { version, text }))
     })
     .await?
@@ -277,11 +316,18 @@ async fn diff(
     query: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Diff>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let to_name = q.to.clone().unwrap_or_else(|| "active".into());
+    let envoys = envoys(&state, &[q.from.as_str(), to_name.as_str()]).await;
     with_store(&state, move |store| {
-        let (from, from_text) = resolve(store, &q.from)?;
-        let (to, to_text) = resolve(store, q.to.as_deref().unwrap_or("active"))?;
-        let diff = store::diff(&format!("version {from}"), &from_text, &format!("version {to}"), &to_text);
-        Ok(Json(Diff { from, to, diff }))
+        let (from, from_text) = resolve(store, &envoys, &q.from)?;
+        let (to, to_text) = resolve(store, &envoys, &to_name)?;
+        let name = |id: u64| if id == 0 { "what Envoy runs".to_string() } else { format!("version {id}") };
+        let diff = store::diff(&name(from), &from_text, &name(to), &to_text);
+        let changes = match (breakwater_policy::load(&from_text), breakwater_policy::load(&to_text)) {
+            (Ok(a), Ok(b)) => breakwater_policy::describe::changes(&a.document, &b.document),
+            _ => Vec::new(),
+        };
+        Ok(Json(Diff { from, to, diff, changes }))
     })
     .await?
 }
@@ -462,11 +508,18 @@ async fn publish_to(
     }))
 }
 
-async fn status(State(state): State<Shared>) -> Json<Status> {
-    let published = state.store.lock().await.published();
+async fn status(State(state): State<Shared>) -> Result<Json<Status>, ApiError> {
     let Some(admin) = admin(&state) else {
         let envoy = EnvoyStatus { configured: false, address: None, reachable: None, error: None };
-        return Json(Status { envoy, ecds: None, published, policies: Default::default() });
+        let (saved, published, running) = versions(&state, None).await?;
+        return Ok(Json(Status {
+            envoy,
+            ecds: None,
+            saved,
+            published,
+            running,
+            policies: Default::default(),
+        }));
     };
     let stats = admin.get("/stats/prometheus").await;
     let (reachable, error, policies) = match stats {
@@ -475,9 +528,38 @@ async fn status(State(state): State<Shared>) -> Json<Status> {
         Err(e) => (false, Some(e), Default::default()),
     };
     let ecds = if reachable { admin.ecds(&state.config.filter_name).await.ok() } else { None };
+    let (saved, published, running) = versions(&state, ecds.clone()).await?;
     let envoy =
         EnvoyStatus { configured: true, address: Some(admin.address), reachable: Some(reachable), error };
-    Json(Status { envoy, ecds, published, policies })
+    Ok(Json(Status { envoy, ecds, saved, published, running, policies }))
+}
+
+/// The active saved version, the last publish recorded, and what Envoy runs (from its ECDS state,
+/// when it could be asked).
+async fn versions(
+    state: &Shared,
+    ecds: Option<breakwater_api::EcdsState>,
+) -> Result<(u64, Option<Published>, Option<breakwater_api::Running>), ApiError> {
+    let file = state.config.ecds.clone();
+    let log = state.config.envoy_log.clone();
+    with_store(state, move |store| {
+        let running = file.map(|file| {
+            let (applied, rejected) = ecds.map_or((None, 0), |e| (e.applied, e.rejected));
+            super::running::running(store, &file, applied.as_deref(), rejected, || {
+                last_rejection(log.as_deref())
+            })
+        });
+        (store.current(), store.published(), running)
+    })
+    .await
+}
+
+/// Envoy's last reason for rejecting configuration, from the end of its log.
+fn last_rejection(log: Option<&std::path::Path>) -> Option<String> {
+    let log = log?;
+    let size = std::fs::metadata(log).ok()?.len();
+    let tail = crate::publish::read_from(log, size.saturating_sub(256 << 10));
+    envoy::rejection_reasons(&tail).pop()
 }
 
 /// The live page's dashboard (see [`super::live`]).

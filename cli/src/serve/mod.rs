@@ -7,6 +7,7 @@
 mod api;
 pub mod envoy;
 pub mod live;
+pub mod running;
 pub mod store;
 
 use std::path::{Path, PathBuf};
