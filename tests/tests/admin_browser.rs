@@ -792,9 +792,11 @@ async fn version_story(page: &Page, envoy: &Envoy, admin_port: u16) {
             && added[0].text().await.unwrap().contains("rate: 50")
     );
     page.click("diff-split").await;
-    let pairs = page.c.find_all(Locator::Css("[data-testid='diff'] table.side-by-side td.del")).await.unwrap();
+    let pairs =
+        page.c.find_all(Locator::Css("[data-testid='diff'] table.side-by-side td.del")).await.unwrap();
     assert_eq!(pairs.len(), 1);
-    let row = page.c.find(Locator::Css("[data-testid='diff'] table.side-by-side tr:has(td.del)")).await.unwrap();
+    let row =
+        page.c.find(Locator::Css("[data-testid='diff'] table.side-by-side tr:has(td.del)")).await.unwrap();
     let row = row.text().await.unwrap();
     assert!(row.contains("rate: 100") && row.contains("rate: 50"), "side by side: {row}");
     page.shot("11-publish-story-diff").await;

@@ -542,12 +542,11 @@ async fn versions(
 ) -> Result<(u64, Option<Published>, Option<breakwater_api::Running>), ApiError> {
     let file = state.config.ecds.clone();
     let log = state.config.envoy_log.clone();
+    let cache = state.running.clone();
     with_store(state, move |store| {
         let running = file.map(|file| {
             let (applied, rejected) = ecds.map_or((None, 0), |e| (e.applied, e.rejected));
-            super::running::running(store, &file, applied.as_deref(), rejected, || {
-                last_rejection(log.as_deref())
-            })
+            cache.running(store, &file, applied.as_deref(), rejected, || last_rejection(log.as_deref()))
         });
         (store.current(), store.published(), running)
     })

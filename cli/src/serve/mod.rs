@@ -129,6 +129,8 @@ pub struct State {
     publishing: tokio::sync::Mutex<()>,
     /// The server's own samples of Envoy's stats (with an Envoy admin, without Prometheus).
     samples: Option<Arc<live::Samples>>,
+    /// What Envoy runs, as last worked out.
+    running: Arc<running::Cache>,
 }
 
 /// Opens the store and builds the router.
@@ -150,6 +152,7 @@ pub fn app(config: Config) -> Result<Router, String> {
         simulations: Arc::new(tokio::sync::Semaphore::new(1)),
         publishing: tokio::sync::Mutex::new(()),
         samples,
+        running: Arc::default(),
     });
     let api = api::router(state.clone()).layer(DefaultBodyLimit::max(MAX_BODY)).layer(
         tower_http::timeout::TimeoutLayer::with_status_code(

@@ -71,6 +71,44 @@ pub fn as_yaml(ecds: &Path, running: &Document) -> String {
     }
 }
 
+/// The last answer of [`running`] and what it depended on: the admin polls the status every 2 s
+/// per tab, and searching the saved versions compiles each of them.
+#[derive(Debug, Default)]
+pub struct Cache(std::sync::Mutex<Option<(String, Running)>>);
+
+impl Cache {
+    /// [`running`], or its last answer when nothing it reads has changed: Envoy's answer, the
+    /// ECDS file and its applied copy (size and time), the saved versions and the publish record.
+    pub fn running(
+        &self,
+        store: &Store,
+        ecds: &Path,
+        applied: Option<&str>,
+        rejected: u64,
+        reason: impl FnOnce() -> Option<String>,
+    ) -> Running {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())).map(|s| format!("{s:?}"))
+        };
+        let key = format!(
+            "{applied:?}|{rejected}|{:?}|{:?}|{}|{:?}",
+            stamp(ecds),
+            stamp(&crate::ecds::applied_path(ecds)),
+            store.current(),
+            store.published()
+        );
+        let Ok(mut cached) = self.0.lock() else { return running(store, ecds, applied, rejected, reason) };
+        if let Some((k, r)) = cached.as_ref()
+            && *k == key
+        {
+            return r.clone();
+        }
+        let r = running(store, ecds, applied, rejected, reason);
+        *cached = Some((key, r.clone()));
+        r
+    }
+}
+
 /// The story of what Envoy runs, from its applied ECDS version (`applied`, None when Envoy could
 /// not be asked or has applied nothing yet), its rejected-update count, and the publishes this
 /// server recorded. `reason` finds Envoy's last rejection reason (from its log) when needed.
@@ -146,7 +184,12 @@ mod tests {
         let c = "version: 1\npolicies:\n  - name: c\n    retry: { max_retries: 1 }\n";
         assert_eq!(publish_document(&ecds, &settings, &doc(c)).unwrap(), 4);
         let r = running(&store, &ecds, Some("4"), 1, || None);
-        assert_eq!((r.known, r.version, r.not_applied), (true, None, None));
+        assert_eq!((r.known, r.version, r.not_applied.clone()), (true, None, None));
+        // The cache answers the same, and sees a new saved version with that document.
+        let cache = Cache::default();
+        assert_eq!(cache.running(&store, &ecds, Some("4"), 1, || None), r);
+        store.save(c).unwrap();
+        assert_eq!(cache.running(&store, &ecds, Some("4"), 1, || None).version, Some(store.current()));
         let yaml = as_yaml(&ecds, &document_of(&ecds, 4).unwrap());
         assert!(yaml.contains("name: c") && !yaml.contains("key_seed"), "{yaml}");
         // Envoy never applied anything: nothing is known.
