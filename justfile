@@ -43,7 +43,7 @@ build-admin: editor
 # one classic script that trunk copies beside the app; its pure parts tested with node.
 editor:
     cd admin-ui/editor && node_modules/.bin/esbuild src/editor.js --bundle --minify --format=iife --target=es2020 --legal-comments=eof --log-level=warning --outfile=dist/editor.js
-    cd admin-ui/editor && node --test test/
+    cd admin-ui/editor && node --test --test-reporter=dot test/
 
 # Unit, property and integration tests of every crate (the browser tests need the built admin).
 test-rust: build-admin bins

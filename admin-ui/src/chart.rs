@@ -24,8 +24,15 @@ pub struct Bar {
     pub title: String,
 }
 
-pub const WIDTH: f64 = 720.0;
+/// The plot area (bars and lines are drawn in it), inside a chart of [`VIEW_WIDTH`] ×
+/// [`VIEW_HEIGHT`] whose margins hold the axes: [`LEFT`] for the values, [`BOTTOM`] for the times.
+pub const WIDTH: f64 = 880.0;
 pub const HEIGHT: f64 = 180.0;
+pub const LEFT: f64 = 64.0;
+pub const TOP: f64 = 8.0;
+pub const BOTTOM: f64 = 24.0;
+pub const VIEW_WIDTH: f64 = LEFT + WIDTH + 16.0;
+pub const VIEW_HEIGHT: f64 = TOP + HEIGHT + BOTTOM;
 
 /// The colours of the counters, in the order series are stacked.
 const PALETTE: &[(Counter, &str)] = &[
@@ -237,6 +244,149 @@ pub fn line_points(values: &[Option<f64>], top: f64) -> String {
         .join(" ")
 }
 
+/// A value axis that reads well: its top (a round number at or above `max`) and its ticks
+/// (0 and 3 to 5 steps of 1, 2 or 5 × a power of ten). Whole steps only (`whole`) for counts.
+pub fn nice_scale(max: f64, whole: bool) -> (f64, Vec<f64>) {
+    let max = if max.is_finite() && max > 0.0 { max } else { 1.0 };
+    let raw = max / 4.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let mut step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= raw).unwrap_or(raw);
+    if whole {
+        step = step.max(1.0).round();
+    }
+    let top = (max / step).ceil() * step;
+    let n = (top / step).round() as usize;
+    (top, (0..=n).map(|i| i as f64 * step).collect())
+}
+
+/// A number as a chart label: whole numbers plain, others with one decimal, thousands as `k`.
+pub fn number(v: f64) -> String {
+    if v.abs() >= 10_000.0 {
+        format!("{}k", number(v / 1000.0))
+    } else if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// What the time axis counts: seconds from a simulation's start, or the clock (Unix seconds of
+/// the first point, seconds between points).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimeAxis {
+    Seconds,
+    Clock { start: u64, step: u64 },
+}
+
+impl TimeAxis {
+    /// The time of point `i`: `12s`, or the local clock time `14:05:30`.
+    pub fn label(self, i: usize) -> String {
+        match self {
+            TimeAxis::Seconds => format!("{i}s"),
+            TimeAxis::Clock { start, step } => clock(start + i as u64 * step),
+        }
+    }
+
+    /// The points that get a label on an axis of `n` points: about 6, on round steps.
+    pub fn ticks(self, n: usize) -> Vec<usize> {
+        let per_point = match self {
+            TimeAxis::Seconds => 1,
+            TimeAxis::Clock { step, .. } => step.max(1),
+        };
+        // Round spans of time, in seconds.
+        const SPANS: &[u64] =
+            &[1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+        let total = n as u64 * per_point;
+        let span = SPANS.iter().copied().find(|s| total / s <= 6).unwrap_or(86400).max(per_point);
+        let every = (span / per_point).max(1) as usize;
+        (0..n)
+            .filter(|i| match self {
+                TimeAxis::Seconds => i % every == 0,
+                // On the clock's round marks, wherever the window starts.
+                TimeAxis::Clock { start, step } => (start + *i as u64 * step) % span < step.max(1),
+            })
+            .collect()
+    }
+}
+
+/// `HH:MM:SS` in the browser's time zone (UTC outside a browser).
+pub fn clock(unix_s: u64) -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let d = web_sys::js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(unix_s as f64 * 1000.0));
+        format!("{:02}:{:02}:{:02}", d.get_hours(), d.get_minutes(), d.get_seconds())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let s = unix_s % 86_400;
+        format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+    }
+}
+
+/// One line of a readout: label, value, the colour of its key.
+pub type Reading = (String, String, &'static str);
+
+/// What a chart shows at point `i`: each series' value (stacked series also as a total), and the
+/// line's value.
+pub fn readout(series: &[Series], line: Option<(&str, &[Option<f64>])>, i: usize) -> Vec<Reading> {
+    let mut out: Vec<Reading> = series
+        .iter()
+        .map(|s| (s.label.clone(), number(s.values.get(i).copied().unwrap_or(0.0)), s.color))
+        .collect();
+    if series.len() > 1 {
+        let total: f64 = series.iter().map(|s| s.values.get(i).copied().unwrap_or(0.0)).sum();
+        out.push(("total".into(), number(total), "transparent"));
+    }
+    if let Some((label, values)) = line {
+        let v = values.get(i).copied().flatten().map_or("–".to_string(), number);
+        out.push((label.to_string(), v, "#37474f"));
+    }
+    out
+}
+
+/// A policy at a glance: requests per second let through, refused by a limit, and refused
+/// because something fails (an open breaker, an injected abort).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Glance {
+    pub allowed: f64,
+    pub limited: f64,
+    pub failing: f64,
+}
+
+/// Which of the three a decision counts in.
+pub fn glance_group(decision: &str) -> usize {
+    use breakwater_policy::metrics::Decision;
+    match Decision::ALL.iter().find(|d| d.as_str() == decision) {
+        Some(Decision::Allowed) => 0,
+        Some(Decision::CircuitOpen | Decision::FaultAborted) => 2,
+        _ => 1,
+    }
+}
+
+/// The mean of the last `points` points that have data, per group; None when none has.
+pub fn glance(decisions: &BTreeMap<String, Vec<Option<f64>>>, points: usize) -> Option<Glance> {
+    let n = decisions.values().map(Vec::len).max().unwrap_or(0);
+    let with_data: Vec<usize> = (0..n)
+        .rev()
+        .filter(|i| decisions.values().any(|v| v.get(*i).copied().flatten().is_some()))
+        .take(points)
+        .collect();
+    if with_data.is_empty() {
+        return None;
+    }
+    let mut sums = [0.0; 3];
+    for (decision, values) in decisions {
+        let g = glance_group(decision);
+        for i in &with_data {
+            if let Some(slot) = sums.get_mut(g) {
+                *slot += values.get(*i).copied().flatten().unwrap_or(0.0);
+            }
+        }
+    }
+    let k = with_data.len() as f64;
+    Some(Glance { allowed: sums[0] / k, limited: sums[1] / k, failing: sums[2] / k })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,7 +442,11 @@ mod tests {
         assert_eq!(s[1].values, vec![1.0, 0.0]);
         let cells = state_cells(&[Some(0.0), Some(1.0), None]);
         assert_eq!(cells.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["closed", "open", "no data"]);
-        assert_eq!(line_points(&[Some(10.0), None, Some(5.0)], 10.0), "120.0,0.0 600.0,90.0");
+        let column = WIDTH / 3.0;
+        assert_eq!(
+            line_points(&[Some(10.0), None, Some(5.0)], 10.0),
+            format!("{:.1},0.0 {:.1},90.0", column / 2.0, column * 2.5)
+        );
     }
 
     #[test]
@@ -316,5 +470,59 @@ mod tests {
         assert_eq!(bands.len(), 1);
         assert_eq!(bands[0].1.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(), ["closed", "open"]);
         assert_eq!(series_of_numbers(&timeline(), &[("retries", |s| s.retries)])[0].values, [2.0, 0.0]);
+    }
+
+    #[test]
+    fn value_axes_are_round() {
+        assert_eq!(nice_scale(17.0, true), (20.0, vec![0.0, 5.0, 10.0, 15.0, 20.0]));
+        assert_eq!(nice_scale(40.0, false), (40.0, vec![0.0, 10.0, 20.0, 30.0, 40.0]));
+        assert_eq!(nice_scale(0.0, true), (1.0, vec![0.0, 1.0]));
+        assert_eq!(nice_scale(3.0, true), (3.0, vec![0.0, 1.0, 2.0, 3.0]));
+        assert!((nice_scale(0.3, false).0 - 0.3).abs() < 1e-9);
+        assert_eq!(nice_scale(1234.0, false), (1500.0, vec![0.0, 500.0, 1000.0, 1500.0]));
+        assert_eq!((number(12.0), number(2.25), number(25_000.0)), ("12".into(), "2.2".into(), "25k".into()));
+    }
+
+    #[test]
+    fn time_axes_label_round_times() {
+        assert_eq!(TimeAxis::Seconds.ticks(60), [0, 10, 20, 30, 40, 50]);
+        assert_eq!(TimeAxis::Seconds.ticks(5), [0, 1, 2, 3, 4]);
+        assert_eq!(TimeAxis::Seconds.label(12), "12s");
+        // 15 minutes of 5 s points from 10:02:35 UTC: a label every 5 minutes, on the minute.
+        let clock = TimeAxis::Clock { start: 36_155, step: 5 };
+        let ticks = clock.ticks(180);
+        assert_eq!(
+            ticks.iter().map(|i| clock.label(*i)).collect::<Vec<_>>(),
+            ["10:05:00", "10:10:00", "10:15:00"]
+        );
+    }
+
+    #[test]
+    fn a_readout_has_every_series_and_the_total() {
+        let series = series_of(&timeline(), |s| &s.by_decision);
+        let r = readout(&series, Some(("limit", &[Some(50.0)])), 0);
+        assert_eq!(
+            r.iter().map(|(l, v, _)| format!("{l} {v}")).collect::<Vec<_>>(),
+            ["allowed 10", "rate_limited 30", "total 40", "limit 50"]
+        );
+        assert_eq!(r[0].2, color("allowed"));
+        assert_eq!(readout(&series, None, 9)[0].1, "0");
+    }
+
+    #[test]
+    fn a_policy_at_a_glance() {
+        let d = BTreeMap::from([
+            ("allowed".to_string(), vec![Some(100.0), Some(10.0), Some(20.0), None]),
+            ("rate_limited".to_string(), vec![None, Some(4.0), Some(2.0), None]),
+            ("queue_timeout".to_string(), vec![None, Some(1.0), None, None]),
+            ("circuit_open".to_string(), vec![None, None, Some(6.0), None]),
+        ]);
+        // The last two points with data (the last one has none).
+        assert_eq!(glance(&d, 2), Some(Glance { allowed: 15.0, limited: 3.5, failing: 3.0 }));
+        assert_eq!(glance(&BTreeMap::new(), 2), None);
+        assert_eq!(
+            (glance_group("allowed"), glance_group("fault_aborted"), glance_group("concurrency_limited")),
+            (0, 2, 1)
+        );
     }
 }

@@ -204,6 +204,26 @@ impl Page {
         self.el("simulation-result").await;
     }
 
+    /// Moves the pointer over point `i` of the `n` points of a chart.
+    async fn hover_point(&self, chart: &str, i: usize, n: usize) {
+        use breakwater_admin_ui::chart::{LEFT, VIEW_WIDTH, WIDTH};
+        use fantoccini::actions::{InputSource, MouseActions, PointerAction};
+        let rect = self
+            .c
+            .execute(
+                "const svg = document.querySelector(arguments[0] + ' svg'); svg.scrollIntoView({block: 'center'});
+                 const b = svg.getBoundingClientRect(); return [b.left, b.top, b.width, b.height];",
+                vec![json!(css(chart))],
+            )
+            .await
+            .unwrap();
+        let r: Vec<f64> = serde_json::from_value(rect).unwrap();
+        let x = r[0] + (LEFT + (i as f64 + 0.5) * WIDTH / n as f64) / VIEW_WIDTH * r[2];
+        let y = r[1] + r[3] / 2.0;
+        let to = MouseActions::new("mouse".into()).then(PointerAction::MoveTo { duration: None, x, y });
+        self.c.perform_actions(to).await.unwrap();
+    }
+
     async fn disabled(&self, testid: &str) -> bool {
         self.el(testid).await.prop("disabled").await.unwrap().as_deref() == Some("true")
     }
@@ -284,7 +304,37 @@ async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
     assert!(bars.len() >= 10, "one or more bars per second: {}", bars.len());
     let legend = page.text("chart-decisions").await;
     assert!(legend.contains("allowed") && legend.contains("rate_limited"), "{legend}");
+    // Axes: values with their unit, times in seconds.
+    let times = breakwater_admin_ui::chart::TimeAxis::Seconds.ticks(10);
+    assert!(times.len() >= 3, "{times:?}");
+    for label in times.iter().map(|i| format!("{i}s")).chain(["0/s".to_string()]) {
+        assert!(legend.split_whitespace().any(|w| w == label), "no axis label {label} in {legend}");
+    }
+    // The readout under the pointer: 1 request per hour with a burst of 2, at 50 a second: 2
+    // allowed and 48 limited in the first second, then all 50 limited.
+    page.hover_point("chart-decisions", 0, 10).await;
+    let first =
+        page.wait_text("chart-decisions-tooltip", "the readout of second 0", |t| t.starts_with("0s")).await;
+    assert_eq!(
+        first.split_whitespace().collect::<Vec<_>>(),
+        ["0s", "allowed", "2/s", "rate_limited", "48/s", "total", "50/s"]
+    );
+    page.hover_point("chart-decisions", 3, 10).await;
+    let fourth =
+        page.wait_text("chart-decisions-tooltip", "the readout of second 3", |t| t.starts_with("3s")).await;
+    assert_eq!(
+        fourth.split_whitespace().collect::<Vec<_>>(),
+        ["3s", "allowed", "0/s", "rate_limited", "50/s", "total", "50/s"]
+    );
     page.shot("2-simulate").await;
+    // And from the keyboard: End reads the last second.
+    page.c
+        .execute("document.querySelector(\"[data-testid='chart-decisions'] svg\").focus()", vec![])
+        .await
+        .unwrap();
+    page.c.active_element().await.unwrap().send_keys("\u{E010}").await.unwrap();
+    page.wait_text("chart-decisions-tooltip", "the readout of the last second", |t| t.starts_with("9s"))
+        .await;
 
     // Publish: the diff shows the new policy, the confirmation is asked, Envoy applies it.
     page.click("tab-publish").await;

@@ -6,7 +6,7 @@ use breakwater_policy::metrics::Counter;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use super::charts::Chart;
+use super::charts::{Chart, StateBand};
 use super::{Ctx, story};
 use crate::{api, chart};
 
@@ -39,7 +39,7 @@ pub(super) fn LivePage() -> impl IntoView {
             }))} " · refreshed every 2 s"</p>
             {move || failed.get().map(|e| view! { <p class="error" data-testid="live-stale">"Not refreshed: " {e}</p> })}
             {move || live.get().map(|l| view! { <Dashboard live=l/> })}
-            <table data-testid="live-table">
+            <div class="table-scroll"><table data-testid="live-table">
                 <tr><th>"policy"</th>
                     {Counter::ALL.map(|c| view! { <th>{c.as_str().replace('_', " ")}</th> }).to_vec()}
                     <th>"in flight"</th><th>"breaker"</th><th>"global"</th></tr>
@@ -58,7 +58,7 @@ pub(super) fn LivePage() -> impl IntoView {
                         </tr> }
                     }).collect::<Vec<_>>()
                 }}
-            </table>
+            </table></div>
         </div>
     }
 }
@@ -91,6 +91,7 @@ fn Dashboard(live: Live) -> impl IntoView {
         }
     });
     let transitions = live.transitions.clone();
+    let time = chart::TimeAxis::Clock { start: live.start, step: live.step_s.max(1) };
     view! {
         <section class="dashboard" data-testid="live-dashboard">
             {alerts}
@@ -109,24 +110,14 @@ fn Dashboard(live: Live) -> impl IntoView {
                 view! {
                     <div class="policy-live" data-testid=format!("live-policy-{name}")>
                         <h3>{name.clone()}</h3>
-                        <Chart title="Decisions per second" id=format!("live-{name}-decisions") series=decisions/>
-                        {band.map(|cells| {
-                            let n = cells.len().max(1) as f64;
-                            view! {
-                                <div class="band" data-testid=format!("live-{name}-breaker")><span>"breaker"</span>
-                                    <svg viewBox="0 0 720 16" preserveAspectRatio="none">
-                                        {cells.into_iter().enumerate().map(|(i, (c, state))| view! {
-                                            <rect x=(i as f64 * 720.0 / n).to_string() y="0" width=(720.0 / n).to_string() height="16" fill=c>
-                                                <title>{state}</title>
-                                            </rect>
-                                        }).collect_view()}
-                                    </svg>
-                                </div>
-                            }
+                        <Summary name=name.clone() decisions=p.decisions.clone()/>
+                        <Chart title="Decisions per second" id=format!("live-{name}-decisions") series=decisions time/>
+                        {band.map(|cells| view! {
+                            <StateBand label="breaker" testid=format!("live-{name}-breaker") cells time/>
                         })}
                         {in_flight.map(|series| match limit {
-                            Some(line) => view! { <Chart title="In flight vs limit" id=format!("live-{name}-in-flight") series=series unit="" line=line/> }.into_any(),
-                            None => view! { <Chart title="In flight" id=format!("live-{name}-in-flight") series=series unit=""/> }.into_any(),
+                            Some(line) => view! { <Chart title="In flight vs limit" id=format!("live-{name}-in-flight") series=series unit="" line=line time/> }.into_any(),
+                            None => view! { <Chart title="In flight" id=format!("live-{name}-in-flight") series=series unit="" time/> }.into_any(),
                         })}
                     </div>
                 }
@@ -142,6 +133,28 @@ fn Dashboard(live: Live) -> impl IntoView {
                 }}
             </section>
         </section>
+    }
+}
+
+/// A policy at a glance: requests per second allowed, limited and failing over the last minute.
+#[component]
+fn Summary(name: String, decisions: std::collections::BTreeMap<String, Vec<Option<f64>>>) -> impl IntoView {
+    let g = chart::glance(&decisions, 12);
+    let tile = move |label: &'static str, class: &'static str, title: &'static str, v: Option<f64>| {
+        view! {
+            <div class=format!("tile {class}") title=title>
+                <b data-testid=format!("glance-{name}-{class}")>{v.map_or("–".to_string(), |v| format!("{}/s", chart::number((v * 10.0).round() / 10.0)))}</b>
+                <span>{label}</span>
+            </div>
+        }
+    };
+    view! {
+        <div class="glance" aria-label="the last minute at a glance">
+            {tile("allowed", "allowed", "allowed", g.map(|g| g.allowed))}
+            {tile("limited", "limited", "rate_limited, global_rate_limited, concurrency_limited, queue_timeout", g.map(|g| g.limited))}
+            {tile("failing", "failing", "circuit_open, fault_aborted", g.map(|g| g.failing))}
+            <span class="hint">"mean of the last minute"</span>
+        </div>
     }
 }
 

@@ -9,7 +9,7 @@ use breakwater_policy::Diagnostic;
 use breakwater_policy::metrics::Gauge;
 
 use super::Ctx;
-use super::charts::Chart;
+use super::charts::{Chart, StateBand};
 use crate::api;
 use crate::chart;
 use crate::editor::CodeEditor;
@@ -111,8 +111,8 @@ fn SimulationResult(r: Simulation) -> impl IntoView {
             {no_expectations.then(|| view! {
                 <p class="hint">"This scenario has no expectations (add an `expect:` list to check numbers)."</p>
             })}
-            <table class="expectations" data-testid="expectations">
-                <tr><th></th><th>"measured"</th><th>"expected"</th><th>"found"</th></tr>
+            <table class="expectations" data-testid="expectations" class:empty=no_expectations>
+                <tr><th scope="col"><span class="sr-only">"verdict"</span></th><th scope="col">"measured"</th><th scope="col">"expected"</th><th scope="col">"found"</th></tr>
                 {expectations.into_iter().map(|e| {
                     let passed = e.passed;
                     view! { <tr class:fail=!passed>
@@ -135,17 +135,8 @@ fn SimulationResult(r: Simulation) -> impl IntoView {
             {(!bands.is_empty()).then(|| view! {
                 <h3>"Breaker state"</h3>
                 <div class="bands" data-testid="chart-breaker">
-                    {bands.into_iter().map(|(policy, cells)| {
-                        let n = cells.len().max(1) as f64;
-                        view! {
-                            <div class="band"><span>{policy}</span>
-                                <svg viewBox="0 0 720 16" preserveAspectRatio="none">
-                                    {cells.into_iter().enumerate().map(|(i, (c, _))| view! {
-                                        <rect x=(i as f64 * 720.0 / n).to_string() y="0" width=(720.0 / n).to_string() height="16" fill=c/>
-                                    }).collect_view()}
-                                </svg>
-                            </div>
-                        }
+                    {bands.into_iter().map(|(policy, cells)| view! {
+                        <StateBand label=policy.clone() testid=format!("band-{policy}") cells/>
                     }).collect_view()}
                 </div>
             })}
