@@ -871,3 +871,147 @@ async fn version_story(page: &Page, envoy: &Envoy, admin_port: u16) {
     let story = page.wait_text("story-envoy", "the rejection", |t| t.contains("rejected ECDS 4")).await;
     assert!(story.starts_with("Envoy runs v3") && !story.ends_with("see Envoy's log"), "{story}");
 }
+
+/// axe-core's violations of serious or critical impact on the page as it stands.
+async fn axe(page: &Page, what: &str) -> Vec<String> {
+    let source = std::fs::read_to_string(repo().join("admin-ui/editor/node_modules/axe-core/axe.min.js"))
+        .expect("axe-core is installed by scripts/bootstrap (admin-ui/editor, npm ci)");
+    page.c.execute(&source, vec![]).await.unwrap();
+    let found = page
+        .c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] })
+               .then(r => done(r.violations
+                 .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => v.impact + ' ' + v.id + ': ' + v.help + ' at ' + v.nodes.map(n => n.target.join(' ')).join(', '))))
+               .catch(e => done(['axe failed: ' + e]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let list: Vec<String> = serde_json::from_value(found).unwrap();
+    list.into_iter().map(|v| format!("{what}: {v}")).collect()
+}
+
+/// Presses a key (a WebDriver key code such as Tab `\u{E004}` or Enter `\u{E007}`) where the
+/// focus is.
+async fn press(page: &Page, key: char) {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let keys = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: key })
+        .then(KeyAction::Up { value: key });
+    page.c.perform_actions(keys).await.unwrap();
+}
+
+/// The focused element's test id and whether its focus is visible (an outline or a box shadow).
+async fn focused(page: &Page) -> (String, bool) {
+    let v = page
+        .c
+        .execute(
+            "const e = document.activeElement; const s = getComputedStyle(e);
+             return [e.getAttribute('data-testid') || e.tagName, (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none'];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    (v[0].as_str().unwrap_or_default().to_string(), v[1].as_bool().unwrap_or(false))
+}
+
+/// Tabs until the element with `testid` has the focus (at most `limit` presses); every element
+/// passed on the way shows its focus.
+async fn tab_to(page: &Page, testid: &str, limit: usize) {
+    let mut passed = Vec::new();
+    for _ in 0..limit {
+        press(page, '\u{E004}').await;
+        let (at, visible) = focused(page).await;
+        assert!(visible, "{at} has the focus but does not show it");
+        if at == testid {
+            return;
+        }
+        passed.push(at);
+    }
+    panic!("{testid} not reached with Tab; passed {passed:?}");
+}
+
+/// Issue 24: every page passes axe-core with no serious or critical violation, and a publish is
+/// done from the keyboard alone, each focused control showing its focus. Screenshots of every
+/// page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_passes_axe_and_publish_works_from_the_keyboard() {
+    let s = Session::start("chromium-profile-a11y").await;
+    accessibility(&s.page, &s.envoy, s.admin_port).await;
+    s.stop().await;
+}
+
+async fn accessibility(page: &Page, envoy: &Envoy, admin_port: u16) {
+    let mut violations = Vec::new();
+    page.c.goto(&format!("http://127.0.0.1:{admin_port}/")).await.unwrap();
+    page.el("token").await;
+    violations.extend(axe(page, "login").await);
+    // A new document (from `/` to `/#token=…` would only move to a fragment).
+    page.c.goto("about:blank").await.unwrap();
+    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
+    page.el("add-policy").await;
+    page.click("add-policy").await;
+    page.click("block-rate_limit").await;
+    page.type_into("field-rate_limit-rate", "1").await;
+    page.type_into("field-rate_limit-per", "1h").await;
+    page.type_into("field-rate_limit-burst", "1").await;
+    page.wait_text("doc-state", "a valid document", |t| t == "unsaved changes").await;
+    violations.extend(axe(page, "policies (form)").await);
+    page.shot("a11y-1-policies").await;
+    page.click("view-yaml").await;
+    page.el("yaml").await;
+    violations.extend(axe(page, "policies (YAML)").await);
+    page.click("view-form").await;
+    page.click("save").await;
+    page.wait_text("notice", "the save", |t| t.starts_with("Saved as version 2")).await;
+    page.click("tab-simulate").await;
+    page.click("run-simulation").await;
+    page.el("simulation-result").await;
+    violations.extend(axe(page, "simulate").await);
+    page.click("tab-publish").await;
+    page.el("diff-summary").await;
+    violations.extend(axe(page, "publish").await);
+    page.click("tab-history").await;
+    page.click("diff-1").await;
+    page.el("history-diff").await;
+    violations.extend(axe(page, "history").await);
+    page.click("tab-live").await;
+    page.el("live-dashboard").await;
+    violations.extend(axe(page, "live").await);
+    page.shot("a11y-2-live").await;
+    assert!(violations.is_empty(), "axe-core found:\n{}", violations.join("\n"));
+
+    // Publish with the keyboard alone: from the top of the page to the Publish tab, its button,
+    // the confirmation (which takes the focus), Enter.
+    page.c.goto("about:blank").await.unwrap();
+    page.c.goto(&format!("http://127.0.0.1:{admin_port}/")).await.unwrap();
+    page.el("add-policy").await;
+    tab_to(page, "tab-publish", 10).await;
+    press(page, '\u{E007}').await;
+    page.el("diff-summary").await;
+    tab_to(page, "publish", 20).await;
+    page.shot("a11y-3-keyboard-focus").await;
+    press(page, '\u{E007}').await;
+    page.el("confirm-box").await;
+    let (at, visible) = focused(page).await;
+    assert_eq!((at.as_str(), visible), ("confirm-publish", true), "the confirmation takes the focus");
+    press(page, '\u{E007}').await;
+    let outcome = page.el("publish-result").await;
+    assert_eq!(
+        outcome.attr("data-state").await.unwrap().as_deref(),
+        Some("applied"),
+        "{}",
+        outcome.text().await.unwrap()
+    );
+    // Envoy enforces it: 1 request an hour.
+    let statuses: Vec<u16> = tokio::task::spawn_blocking({
+        let mut client = envoy.client();
+        move || (0..2).map(|_| client.get("/", &[]).status).collect()
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, [200, 429]);
+}

@@ -39,7 +39,7 @@ pub(super) fn LivePage() -> impl IntoView {
             }))} " · refreshed every 2 s"</p>
             {move || failed.get().map(|e| view! { <p class="error" data-testid="live-stale">"Not refreshed: " {e}</p> })}
             {move || live.get().map(|l| view! { <Dashboard live=l/> })}
-            <div class="table-scroll"><table data-testid="live-table">
+            <div class="table-scroll" tabindex="0" role="region" aria-label="counters per policy"><table data-testid="live-table">
                 <tr><th>"policy"</th>
                     {Counter::ALL.map(|c| view! { <th>{c.as_str().replace('_', " ")}</th> }).to_vec()}
                     <th>"in flight"</th><th>"breaker"</th><th>"global"</th></tr>

@@ -270,6 +270,10 @@ fn FieldView(block: &'static form::Block, field: &'static form::Field, index: us
             ctx.edit(|d| form::set(d, index, &path, v));
         }
     };
+    // The control is named by its label and described by its help and its error.
+    let control = format!("ctl-{id}");
+    let label_id = format!("{control}-label");
+    let described = format!("{control}-help {control}-error");
     let input = match field.kind {
         Kind::Choice(_) | Kind::Bool => {
             let options: &[&str] = match field.kind {
@@ -278,7 +282,8 @@ fn FieldView(block: &'static form::Block, field: &'static form::Field, index: us
             };
             let set = set.clone();
             view! {
-                <select data-testid=id.clone() prop:value=value.clone() on:change=move |ev| set(event_target_value(&ev))>
+                <select data-testid=id.clone() id=control.clone() aria-describedby=described.clone()
+                    prop:value=value.clone() on:change=move |ev| set(event_target_value(&ev))>
                     <option value="">"(default)"</option>
                     {options.iter().map(|o| view! { <option value=*o>{*o}</option> }).collect_view()}
                 </select>
@@ -288,7 +293,7 @@ fn FieldView(block: &'static form::Block, field: &'static form::Field, index: us
         Kind::Multi(words) => {
             let path = path.clone();
             view! {
-                <span class="words" data-testid=id.clone()>
+                <span class="words" data-testid=id.clone() role="group" aria-labelledby=label_id.clone()>
                     {words.iter().map(|w| {
                         let path = path.clone();
                         let checked = {
@@ -312,7 +317,7 @@ fn FieldView(block: &'static form::Block, field: &'static form::Field, index: us
             let set = set.clone();
             let on_input = field.kind == Kind::LongText;
             view! {
-                <textarea data-testid=id.clone() rows="2" prop:value=value.clone()
+                <textarea data-testid=id.clone() id=control.clone() aria-describedby=described.clone() rows="2" prop:value=value.clone()
                     on:input={let set = set.clone(); move |ev| if on_input { set(event_target_value(&ev)) }}
                     on:change=move |ev| if !on_input { set(event_target_value(&ev)) }></textarea>
             }
@@ -320,23 +325,27 @@ fn FieldView(block: &'static form::Block, field: &'static form::Field, index: us
         }
         Kind::List | Kind::IntList => {
             let set = set.clone();
-            view! { <input type="text" data-testid=id.clone() prop:value=value.clone()
-            on:change=move |ev| set(event_target_value(&ev))/> }
+            view! { <input type="text" data-testid=id.clone() id=control.clone() aria-describedby=described.clone()
+            prop:value=value.clone() on:change=move |ev| set(event_target_value(&ev))/> }
             .into_any()
         }
         Kind::Text | Kind::Int | Kind::Number | Kind::Duration | Kind::Window => {
             let set = set.clone();
-            view! { <input type="text" data-testid=id.clone() prop:value=value.clone()
-            on:input=move |ev| set(event_target_value(&ev))/> }
+            view! { <input type="text" data-testid=id.clone() id=control.clone() aria-describedby=described.clone()
+            prop:value=value.clone() on:input=move |ev| set(event_target_value(&ev))/> }
             .into_any()
         }
     };
     view! {
         <div class="field" class:invalid=has_error>
-            <label>{field.label}</label>
+            {if matches!(field.kind, Kind::Multi(_)) {
+                view! { <span class="label" id=label_id>{field.label}</span> }.into_any()
+            } else {
+                view! { <label for=control.clone() id=label_id>{field.label}</label> }.into_any()
+            }}
             {input}
-            <span class="help">{field.help}</span>
-            <span class="error" data-testid=format!("error-{}", &id[6..])>{move || errors().join("; ")}</span>
+            <span class="help" id=format!("{control}-help")>{field.help}</span>
+            <span class="error" id=format!("{control}-error") aria-live="polite" data-testid=format!("error-{}", &id[6..])>{move || errors().join("; ")}</span>
         </div>
     }
 }

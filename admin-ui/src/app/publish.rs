@@ -74,6 +74,13 @@ pub(super) fn PublishPage() -> impl IntoView {
         });
     };
     let unsaved = move || ctx.text.get() != ctx.saved.get();
+    // The confirmation takes the focus when it opens: Enter publishes, Tab reaches Cancel.
+    let confirm_button = NodeRef::<leptos::html::Button>::new();
+    Effect::new(move |_| {
+        if let Some(b) = confirm_button.get() {
+            let _ = b.focus();
+        }
+    });
     view! {
         <div class="publish">
             <p>{move || format!("Publishing sends the active version ({}) to Envoy over ECDS.", ctx.version.get())}</p>
@@ -84,8 +91,8 @@ pub(super) fn PublishPage() -> impl IntoView {
                 Shown::Message(m) => view! { <p class="hint" data-testid="diff">{m}</p> }.into_any(),
             })}
             <Show when=move || !confirming.get() fallback=move || view! {
-                <div class="confirm" data-testid="confirm-box">"Publish version " {move || ctx.version.get()} " to Envoy?"
-                    <button class="primary" data-testid="confirm-publish" on:click=publish>"Yes, publish"</button>
+                <div class="confirm" data-testid="confirm-box" role="alertdialog" aria-label="confirm the publish">"Publish version " {move || ctx.version.get()} " to Envoy?"
+                    <button class="primary" data-testid="confirm-publish" node_ref=confirm_button on:click=publish>"Yes, publish"</button>
                     <button data-testid="cancel-publish" on:click=move |_| confirming.set(false)>"Cancel"</button>
                 </div>
             }>
