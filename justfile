@@ -33,17 +33,23 @@ build-wasm:
     @ls -l {{filter_wasm}} | awk '{print "filter wasm: " $5 " bytes"}'
 
 # The web admin (Leptos, client-side), built by trunk offline with the pinned wasm-bindgen and
-# wasm-opt (Trunk.toml) into admin-ui/dist, which `breakwater serve` serves.
+# wasm-opt (Trunk.toml) and Cargo's `admin` profile (size first) into admin-ui/dist, precompressed
+# (brotli and gzip beside each file), which `breakwater serve` serves.
 build-admin: editor
     cargo fetch --locked -q
     cd admin-ui && trunk build --skip-version-check
     @ls -l admin-ui/dist/*.wasm | awk '{print "admin wasm: " $5 " bytes"}'
+    @node admin-ui/editor/compress.mjs admin-ui/dist
 
 # The admin's code editor (CodeMirror 6 and admin-ui/editor/src), bundled offline by esbuild into
 # one classic script that trunk copies beside the app; its pure parts tested with node.
 editor:
     cd admin-ui/editor && node_modules/.bin/esbuild src/editor.js --bundle --minify --format=iife --target=es2020 --legal-comments=eof --log-level=warning --outfile=dist/editor.js
     cd admin-ui/editor && node --test --test-reporter=dot test/
+
+# What the admin weighs under Cargo's release and admin profiles, raw and compressed (3 min).
+admin-size:
+    scripts/admin-size
 
 # Unit, property and integration tests of every crate (the browser tests need the built admin).
 test-rust: build-admin bins

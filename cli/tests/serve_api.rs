@@ -548,3 +548,46 @@ fn a_generated_token_is_private_and_kept() {
     assert!(serve::token(Some("short".into()), &dir).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The admin's files are sent precompressed to a browser that accepts it (brotli first, then
+/// gzip), as they are to one that does not; a page path falls back to index.html, compressed too.
+#[tokio::test]
+async fn the_ui_is_served_precompressed() {
+    let ui = std::env::temp_dir().join(format!("bw-serve-ui-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&ui);
+    std::fs::create_dir_all(&ui).unwrap();
+    for (name, body) in [("index.html", "<html>index</html>"), ("app.wasm", "plain wasm")] {
+        std::fs::write(ui.join(name), body).unwrap();
+        std::fs::write(ui.join(format!("{name}.br")), format!("br of {name}")).unwrap();
+        std::fs::write(ui.join(format!("{name}.gz")), format!("gz of {name}")).unwrap();
+    }
+    let s = server_with(|c| c.ui_dir = Some(ui.clone()));
+    let get = |path: &'static str, accept: Option<&'static str>| {
+        let router = s.router.clone();
+        async move {
+            let mut r = Request::get(path);
+            if let Some(a) = accept {
+                r = r.header(header::ACCEPT_ENCODING, a);
+            }
+            let res = router.oneshot(r.body(Body::empty()).unwrap()).await.unwrap();
+            let encoding =
+                res.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap().to_string());
+            let kind = res.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string());
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (encoding, kind, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (enc, kind, body) = get("/app.wasm", Some("gzip, deflate, br, zstd")).await;
+    assert_eq!(
+        (enc.as_deref(), kind.as_deref(), body.as_str()),
+        (Some("br"), Some("application/wasm"), "br of app.wasm")
+    );
+    let (enc, _, body) = get("/app.wasm", Some("gzip")).await;
+    assert_eq!((enc.as_deref(), body.as_str()), (Some("gzip"), "gz of app.wasm"));
+    let (enc, _, body) = get("/app.wasm", None).await;
+    assert_eq!((enc, body.as_str()), (None, "plain wasm"));
+    let (enc, kind, body) = get("/publish", Some("br")).await;
+    assert_eq!((enc.as_deref(), body.as_str()), (Some("br"), "br of index.html"));
+    assert!(kind.unwrap().starts_with("text/html"));
+    let _ = std::fs::remove_dir_all(&ui);
+}
