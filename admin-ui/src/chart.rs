@@ -326,6 +326,19 @@ pub fn clock(unix_s: u64) -> String {
 /// One line of a readout: label, value, the colour of its key.
 pub type Reading = (String, String, &'static str);
 
+/// An RFC 3339 time (`2026-12-03T18:59:07.171Z`) as the browser's clock time (`18:59:07`); as it
+/// came where it cannot be read.
+pub fn clock_of(rfc3339: &str) -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let ms = web_sys::js_sys::Date::parse(rfc3339);
+        if ms.is_finite() {
+            return clock((ms / 1000.0) as u64);
+        }
+    }
+    rfc3339.to_string()
+}
+
 /// What a chart shows at point `i`: each series' value (stacked series also as a total), and the
 /// line's value.
 pub fn readout(series: &[Series], line: Option<(&str, &[Option<f64>])>, i: usize) -> Vec<Reading> {

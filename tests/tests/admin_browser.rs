@@ -162,6 +162,16 @@ impl Page {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// A screenshot that README.md or docs/admin.md shows as `docs/{doc}.png`: refreshed there on
+    /// request (`BREAKWATER_UPDATE_DOCS=1`; a test run leaves docs/ alone).
+    async fn doc_shot(&self, name: &str, doc: &str) {
+        self.shot(name).await;
+        if std::env::var_os("BREAKWATER_UPDATE_DOCS").is_some() {
+            std::fs::copy(self.shots.join(format!("{name}.png")), repo().join(format!("docs/{doc}.png")))
+                .unwrap();
+        }
+    }
+
     /// The document as the raw YAML view shows it (back on the form afterwards).
     async fn yaml(&self) -> String {
         self.click("view-yaml").await;
@@ -282,7 +292,7 @@ async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
     assert_eq!(error, "expected an integer, found a string");
     assert!(page.disabled("save").await, "save is refused while the document is invalid");
     assert!(page.text("doc-state").await.starts_with("invalid"));
-    page.shot("1-policy-invalid").await;
+    page.doc_shot("1-policy-invalid", "admin-editor").await;
 
     // Fixed: 1 request per hour with a burst of 2, so the third request is limited.
     page.type_into("field-rate_limit-rate", "1").await;
@@ -326,7 +336,7 @@ async fn journey(page: &Page, envoy: &Envoy, admin_port: u16) {
         fourth.split_whitespace().collect::<Vec<_>>(),
         ["3s", "allowed", "0/s", "rate_limited", "50/s", "total", "50/s"]
     );
-    page.shot("2-simulate").await;
+    page.doc_shot("2-simulate", "admin-simulate").await;
     // And from the keyboard: End reads the last second.
     page.c
         .execute("document.querySelector(\"[data-testid='chart-decisions'] svg\").focus()", vec![])
@@ -618,12 +628,7 @@ policies:
         })
         .await;
     assert!(transitions.contains("calls=5 failed=5"), "{transitions}");
-    page.shot("8-live-dashboard").await;
-    // docs/admin-live.png is this screenshot, refreshed on request (a test run leaves docs/ alone).
-    if std::env::var_os("BREAKWATER_UPDATE_DOCS").is_some() {
-        std::fs::copy(screenshots().join("8-live-dashboard.png"), repo().join("docs/admin-live.png"))
-            .unwrap();
-    }
+    page.doc_shot("8-live-dashboard", "admin-live").await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = traffic.join();
     let _ = page.c.clone().close().await;
@@ -698,7 +703,7 @@ async fn code_editor(page: &Page, admin_port: u16) {
         .await
         .expect("the message on hover");
     assert!(tip.text().await.unwrap().contains(&wrong.message), "{}", tip.text().await.unwrap());
-    page.shot("9-yaml-editor-error").await;
+    page.doc_shot("9-yaml-editor-error", "admin-yaml").await;
     // The policy's chips say it has an error to fix.
     page.wait_text("chips-api", "the error chip", |t| t.starts_with("1 error to fix")).await;
 
@@ -743,7 +748,7 @@ async fn code_editor(page: &Page, admin_port: u16) {
     expected.sort();
     assert!(expected.len() >= 2, "{expected:?}");
     assert_eq!(offered, expected);
-    page.shot("10-yaml-editor-completion").await;
+    page.doc_shot("10-yaml-editor-completion", "admin-completion").await;
     // Taking the first one writes the key.
     page.c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
     let text = page.code("yaml").await;
@@ -849,7 +854,7 @@ async fn version_story(page: &Page, envoy: &Envoy, admin_port: u16) {
         page.c.find(Locator::Css("[data-testid='diff'] table.side-by-side tr:has(td.del)")).await.unwrap();
     let row = row.text().await.unwrap();
     assert!(row.contains("rate: 100") && row.contains("rate: 50"), "side by side: {row}");
-    page.shot("11-publish-story-diff").await;
+    page.doc_shot("11-publish-story-diff", "admin-publish").await;
 
     // Published from here: all three agree.
     page.click("publish").await;
@@ -864,7 +869,7 @@ async fn version_story(page: &Page, envoy: &Envoy, admin_port: u16) {
         t.contains("saved (active)") && t.contains("published from here") && t.contains("Envoy runs it")
     })
     .await;
-    page.shot("6-history").await;
+    page.doc_shot("12-history-story", "admin-history").await;
 
     // Something publishes a configuration Envoy rejects: the story says so, with Envoy's reason.
     assert_eq!(envoy.publish_raw("{not a policy").unwrap(), 4);

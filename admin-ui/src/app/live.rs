@@ -80,11 +80,15 @@ fn Dashboard(live: Live) -> impl IntoView {
         let firing = !alerts.is_empty();
         view! {
             <section class="alerts" class:firing=firing data-testid="live-alerts">
-                <h3>{if firing { format!("{} alert(s) firing", alerts.len()) } else { "No alert firing".to_string() }}</h3>
+                <h3>{match alerts.len() {
+                    0 => "No alert firing".to_string(),
+                    1 => "1 alert firing".to_string(),
+                    n => format!("{n} alerts firing"),
+                }}</h3>
                 <ul>{alerts.into_iter().map(|a| view! {
                     <li data-testid=format!("alert-{}", a.name)>
                         <b>{a.name.clone()}</b> " " {a.severity.clone().unwrap_or_default()} " · "
-                        {a.summary.clone().unwrap_or_default()} " · since " {a.since.clone()}
+                        {a.summary.clone().unwrap_or_default()} " · since " {chart::clock_of(&a.since)}
                     </li>
                 }).collect_view()}</ul>
             </section>
