@@ -244,8 +244,8 @@ pub fn line_points(values: &[Option<f64>], top: f64) -> String {
         .join(" ")
 }
 
-/// A value axis that reads well: its top (a round number at or above `max`) and its ticks
-/// (0 and 3 to 5 steps of 1, 2 or 5 × a power of ten). Whole steps only (`whole`) for counts.
+/// A value axis that reads well: its top (a round number at or above `max`) and its ticks (0 and
+/// at most 5 steps of 1, 2 or 5 × a power of ten). Whole steps only (`whole`) for counts.
 pub fn nice_scale(max: f64, whole: bool) -> (f64, Vec<f64>) {
     let max = if max.is_finite() && max > 0.0 { max } else { 1.0 };
     let raw = max / 4.0;
@@ -259,15 +259,31 @@ pub fn nice_scale(max: f64, whole: bool) -> (f64, Vec<f64>) {
     (top, (0..=n).map(|i| i as f64 * step).collect())
 }
 
-/// A number as a chart label: whole numbers plain, others with one decimal, thousands as `k`.
+/// A number as a chart label: whole numbers plain, others with one decimal (two below 1, three
+/// below 0.01, so light traffic still reads), ten thousands and more as `k`.
 pub fn number(v: f64) -> String {
-    if v.abs() >= 10_000.0 {
+    let a = v.abs();
+    if a >= 10_000.0 {
         format!("{}k", number(v / 1000.0))
     } else if (v - v.round()).abs() < 1e-9 {
         format!("{}", v.round() as i64)
-    } else {
+    } else if a >= 1.0 {
         format!("{v:.1}")
+    } else if a >= 0.01 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
     }
+}
+
+/// An axis tick: with as many decimals as its step needs (ticks 0.01 apart get two), so ticks
+/// never read alike.
+pub fn tick(v: f64, step: f64) -> String {
+    if step >= 1.0 || v == 0.0 {
+        return number(v);
+    }
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// What the time axis counts: seconds from a simulation's start, or the clock (Unix seconds of
@@ -494,6 +510,20 @@ mod tests {
         assert!((nice_scale(0.3, false).0 - 0.3).abs() < 1e-9);
         assert_eq!(nice_scale(1234.0, false), (1500.0, vec![0.0, 500.0, 1000.0, 1500.0]));
         assert_eq!((number(12.0), number(2.25), number(25_000.0)), ("12".into(), "2.2".into(), "25k".into()));
+        assert_eq!(
+            (number(0.04), number(0.004), number(0.3)),
+            ("0.04".into(), "0.004".into(), "0.30".into())
+        );
+        // Light traffic: every tick reads apart.
+        for max in [0.04, 0.12, 0.6, 3.3] {
+            let (_, ticks) = nice_scale(max, false);
+            let step = ticks[1] - ticks[0];
+            let labels: Vec<String> = ticks.iter().map(|t| tick(*t, step)).collect();
+            let mut unique = labels.clone();
+            unique.dedup();
+            assert_eq!(unique, labels, "{max}");
+        }
+        assert_eq!(tick(0.2, 0.1), "0.2");
     }
 
     #[test]

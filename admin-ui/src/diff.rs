@@ -26,8 +26,10 @@ pub enum Line {
 pub fn lines(unified: &str) -> Vec<Line> {
     let (mut old, mut new) = (0usize, 0usize);
     let mut out = Vec::new();
+    let mut in_hunks = false;
     for l in unified.lines() {
-        if l.starts_with("--- ") || l.starts_with("+++ ") {
+        // The file headers come before the first hunk; after it, `--- x` is a removed `-- x`.
+        if !in_hunks && (l.starts_with("--- ") || l.starts_with("+++ ")) {
             continue;
         }
         if let Some(rest) = l.strip_prefix("@@ ") {
@@ -38,6 +40,7 @@ pub fn lines(unified: &str) -> Vec<Line> {
             };
             old = start(parts.next()).unwrap_or(1);
             new = start(parts.next()).unwrap_or(1);
+            in_hunks = true;
             out.push(Line::Hunk(l.to_string()));
         } else if let Some(text) = l.strip_prefix('-') {
             out.push(Line::Removed { old, text: text.to_string() });
@@ -121,6 +124,10 @@ mod tests {
         assert_eq!(l[5], Line::Added { new: 5, text: "    timeout: 2s".into() });
         assert_eq!(l[6], Line::Same { old: 5, new: 6, text: "  - name: b".into() });
         assert!(lines("").is_empty());
+        // A removed line that reads like a header (a `-- x` in a block scalar).
+        let l = lines("--- a\n+++ b\n@@ -1,2 +1,1 @@\n--- x\n keep\n");
+        assert_eq!(l[1], Line::Removed { old: 1, text: "-- x".into() });
+        assert_eq!(l[2], Line::Same { old: 2, new: 1, text: "keep".into() });
     }
 
     #[test]

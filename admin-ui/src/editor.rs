@@ -57,10 +57,14 @@ pub fn CodeEditor(
     label: &'static str,
     testid: &'static str,
     #[prop(optional)] class: &'static str,
+    /// Set when the editor could not be created and a plain text area stands in: the caller
+    /// must then list every diagnostic itself.
+    #[prop(optional)]
+    fallback: Option<RwSignal<bool>>,
 ) -> impl IntoView {
     let node = NodeRef::<leptos::html::Div>::new();
     let mounted = StoredValue::new_local(None::<Mounted>);
-    let fallback = RwSignal::new(false);
+    let fallback = fallback.unwrap_or_else(|| RwSignal::new(false));
     Effect::new(move |_| {
         let Some(el) = node.get() else { return };
         if mounted.with_value(Option::is_some) {

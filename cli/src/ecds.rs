@@ -269,13 +269,6 @@ pub fn deployment_seed(ecds: &Path) -> std::io::Result<KeySeed> {
     }
 }
 
-/// The deployment's key seed if it has one (never creates it): what the admin leaves out of a
-/// published document it shows or compares.
-pub fn read_deployment_seed(ecds: &Path) -> Option<KeySeed> {
-    let text = std::fs::read_to_string(beside(ecds, "key-seed")).ok()?;
-    KeySeed::parse(text.trim()).ok()
-}
-
 /// `bytes` random bytes from the kernel, as lower-case hex: the tools' secrets (the admin's token,
 /// a deployment's key seed).
 pub fn random_hex(bytes: usize) -> std::io::Result<String> {

@@ -185,6 +185,11 @@ pub enum Change {
         policy: String,
         fields: Vec<FieldChange>,
     },
+    /// The policies both documents have are in another order (the first that matches a request
+    /// applies): the new order of those policies.
+    Reordered {
+        order: Vec<String>,
+    },
 }
 
 /// One field: its path within the policy (`rate_limit.rate`) and its values, as YAML writes them
@@ -218,6 +223,17 @@ pub fn changes(old: &Document, new: &Document) -> Vec<Change> {
         if !new.policies.iter().any(|n| n.name == p.name) {
             out.push(Change::Removed { policy: p.name.clone() });
         }
+    }
+    let common = |of: &Document, other: &Document| -> Vec<String> {
+        of.policies
+            .iter()
+            .filter(|p| other.policies.iter().any(|o| o.name == p.name))
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    let order = common(new, old);
+    if common(old, new) != order {
+        out.push(Change::Reordered { order });
     }
     for p in &new.policies {
         match old.policies.iter().find(|o| o.name == p.name) {
@@ -416,6 +432,7 @@ mod tests {
             .map(|c| match c {
                 Change::Added { policy, chips } => format!("+ {policy}: {}", chips.join("; ")),
                 Change::Removed { policy } => format!("- {policy}"),
+                Change::Reordered { order } => format!("order: {}", order.join(", ")),
                 Change::Changed { policy, fields } => {
                     format!(
                         "~ {policy}: {}",
@@ -434,5 +451,15 @@ mod tests {
             ]
         );
         assert!(changes(&new, &new).is_empty());
+        // Two policies swapped: the first that matches applies, so the order is a change.
+        let swapped = crate::load(
+            "version: 1\ndebug_headers: true\npolicies:\n  - name: same\n    retry: { max_retries: 2 }\n  - name: checkout\n    rate_limit: { rate: 50 }\n    timeout: 2s\n  - name: fresh\n    rate_limit: { rate: 5, per: 1m }\n",
+        )
+        .unwrap()
+        .document;
+        assert_eq!(
+            changes(&new, &swapped),
+            [Change::Reordered { order: vec!["same".into(), "checkout".into(), "fresh".into()] }]
+        );
     }
 }

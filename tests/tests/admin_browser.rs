@@ -120,6 +120,13 @@ struct Page {
 }
 
 impl Page {
+    /// Opens the admin with the token in the URL, as `breakwater serve` prints it; returns when
+    /// the app has mounted.
+    async fn open(&self, admin_port: u16) {
+        self.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
+        self.el("add-policy").await;
+    }
+
     async fn el(&self, testid: &str) -> fantoccini::elements::Element {
         self.c
             .wait()
@@ -648,8 +655,7 @@ async fn the_yaml_editor_marks_errors_and_completes_from_the_schema() {
 
 async fn code_editor(page: &Page, admin_port: u16) {
     use fantoccini::actions::{InputSource, MouseActions, PointerAction};
-    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
-    page.el("add-policy").await;
+    page.open(admin_port).await;
     page.click("view-yaml").await;
 
     // An invalid duration: where the validator says it is, the editor underlines it.
@@ -794,8 +800,7 @@ async fn the_version_story_and_diffs_follow_cli_and_admin_publishes() {
 }
 
 async fn version_story(page: &Page, envoy: &Envoy, admin_port: u16) {
-    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
-    page.el("add-policy").await;
+    page.open(admin_port).await;
     // Envoy runs what the test published before the admin started (START): in no saved version.
     page.wait_text("story-envoy", "what Envoy runs", |t| {
         t.starts_with("Envoy runs a document in no saved version (ECDS 1)")
@@ -956,8 +961,7 @@ async fn accessibility(page: &Page, envoy: &Envoy, admin_port: u16) {
     violations.extend(axe(page, "login").await);
     // A new document (from `/` to `/#token=…` would only move to a fragment).
     page.c.goto("about:blank").await.unwrap();
-    page.c.goto(&format!("http://127.0.0.1:{admin_port}/#token={TOKEN}")).await.unwrap();
-    page.el("add-policy").await;
+    page.open(admin_port).await;
     page.click("add-policy").await;
     page.click("block-rate_limit").await;
     page.type_into("field-rate_limit-rate", "1").await;

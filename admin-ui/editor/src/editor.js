@@ -14,7 +14,8 @@ import { yaml } from "@codemirror/lang-yaml";
 import { lintGutter, setDiagnostics } from "@codemirror/lint";
 import { autocompletion } from "@codemirror/autocomplete";
 import {
-  alternatives, defaultOf, describe, keysAt, lineShape, parentPath, schemasAt, siblingKeys, step, typeOf, valuesOf,
+  alternatives, defaultOf, describe, keysAt, lineShape, parentPath, schemasAt, siblingKeys, step, typeOf, unitsBefore,
+  valuesOf,
 } from "./schema.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -36,7 +37,7 @@ function schemaCompletion(root) {
       if (!word && !context.explicit) return null;
       const path = parentPath(lines, line.number, s.contentCol, s.dashes);
       // Keys already in this mapping are not offered again.
-      const present = siblingKeys(lines, context.state.doc.lines, line.number, s.contentCol);
+      const present = siblingKeys(lines, context.state.doc.lines, line.number, s.contentCol, s.dashes.length > 0);
       const options = keysAt(root, path)
         .filter((k) => !present.has(k.name))
         .map((k) => ({
@@ -110,7 +111,7 @@ function schemaHover(root) {
 /** From the validator's 1-based line:col to a range: the token that starts there. */
 function range(doc, line, col) {
   const l = doc.line(Math.min(Math.max(line, 1), doc.lines));
-  const from = Math.min(l.from + Math.max(col - 1, 0), l.to);
+  const from = Math.min(l.from + unitsBefore(l.text, col), l.to);
   let to = from;
   const text = doc.sliceString(from, l.to);
   const m = /^("[^"]*"|'[^']*'|[^\s:,\]}]+)/.exec(text);
@@ -179,7 +180,7 @@ function create(parent, text, schemaText, label, onChange) {
     /** Puts the cursor at a 1-based line:col and focuses the editor. */
     setCursor(line, col) {
       const l = view.state.doc.line(Math.min(Math.max(line, 1), view.state.doc.lines));
-      view.dispatch({ selection: { anchor: Math.min(l.from + Math.max(col - 1, 0), l.to) }, scrollIntoView: true });
+      view.dispatch({ selection: { anchor: Math.min(l.from + unitsBefore(l.text, col), l.to) }, scrollIntoView: true });
       view.focus();
     },
     focus() {
@@ -194,4 +195,4 @@ function create(parent, text, schemaText, label, onChange) {
   return handle;
 }
 
-window.breakwaterEditor = { create, lineShape, parentPath, keysAt, schemasAt };
+window.breakwaterEditor = { create, lineShape, parentPath, keysAt, schemasAt, unitsBefore };

@@ -139,8 +139,11 @@ export function valuesOf(schemas) {
   return [...out];
 }
 
-/** The keys at column `col` in the mapping around line `lineNo`. */
-export function siblingKeys(lines, count, lineNo, col) {
+/**
+ * The keys at column `col` in the mapping around line `lineNo` (which opens a list item when
+ * `opensItem`: then the keys above belong to the item before).
+ */
+export function siblingKeys(lines, count, lineNo, col, opensItem = false) {
   const out = new Set();
   const scan = (from, dir) => {
     for (let n = from; n >= 1 && n <= count; n += dir) {
@@ -148,15 +151,31 @@ export function siblingKeys(lines, count, lineNo, col) {
       if (s.blank) continue;
       const first = s.dashes.length > 0 ? s.dashes[0] : s.keyCol ?? s.contentCol;
       if (first < col) {
-        // The line that opens this list item holds one of its keys too.
-        if (s.key !== null && s.keyCol === col) out.add(s.key);
+        // Going up, the line that opens this list item holds one of its keys too; going down,
+        // such a line opens the next item.
+        if (dir < 0 && s.key !== null && s.keyCol === col) out.add(s.key);
         break;
       }
       if (s.key !== null && s.keyCol === col && s.dashes.length === 0) out.add(s.key);
     }
   };
-  scan(lineNo - 1, -1);
+  if (!opensItem) scan(lineNo - 1, -1);
   scan(lineNo + 1, 1);
   return out;
+}
+
+/**
+ * The offset in a line of its `col`th character (1-based): the validator counts characters,
+ * CodeMirror counts UTF-16 units, which differ after a character outside the BMP (an emoji).
+ */
+export function unitsBefore(text, col) {
+  let units = 0;
+  let chars = 0;
+  for (const c of text) {
+    if (chars >= col - 1) break;
+    units += c.length;
+    chars += 1;
+  }
+  return units;
 }
 

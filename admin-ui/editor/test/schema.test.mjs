@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { keysAt, lineShape, parentPath, schemasAt, siblingKeys, step, valuesOf } from "../src/schema.js";
+import { keysAt, lineShape, parentPath, schemasAt, siblingKeys, step, unitsBefore, valuesOf } from "../src/schema.js";
 
 const schema = JSON.parse(readFileSync(new URL("../../../policies/schema.json", import.meta.url), "utf8"));
 
@@ -62,10 +62,22 @@ test("keys already in the mapping are known", () => {
   const lines = "policies:\n  - name: a\n    retry:\n      max_retries: 1\n    \n    timeout: 2s".split("\n");
   const keys = siblingKeys((i) => lines[i - 1], lines.length, 5, 4);
   assert.deepEqual([...keys].sort(), ["name", "retry", "timeout"]);
+  // A new item: the keys of the items before and after are theirs, not its own.
+  const items = "policies:\n  - name: a\n    rate_limit: {}\n  - \n  - name: b\n    timeout: 1s".split("\n");
+  assert.deepEqual([...siblingKeys((i) => items[i - 1], items.length, 4, 4, true)], []);
+  // The last key of an item does not see the next item's.
+  assert.deepEqual([...siblingKeys((i) => items[i - 1], items.length, 3, 4)].sort(), ["name"]);
 });
 
 test("a property's own description and default win over its type's", () => {
   const per = step(schema, schemasAt(schema, ["policies", "[]", "rate_limit"]), "per");
   assert.equal(per[0].description, "The period `rate` refers to.");
   assert.equal(per[0].default, "1s");
+});
+
+test("the validator's character columns are CodeMirror's UTF-16 offsets", () => {
+  assert.equal(unitsBefore("rate: x", 7), 6);
+  // An emoji is one character and two UTF-16 units.
+  assert.equal(unitsBefore("name: \u{1F600} x", 9), 9);
+  assert.equal(unitsBefore("ab", 1), 0);
 });

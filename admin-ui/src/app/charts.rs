@@ -80,6 +80,7 @@ pub(super) fn Chart(
     let scale = format!("max {}{unit}", chart::number(peak));
     let label = format!("{title}: {scale}; use the arrow keys to read the values at each point");
     let time_ticks = time.ticks(n);
+    let step = ticks.get(1).copied().unwrap_or(1.0);
     let tooltip_id = format!("{id}-tooltip");
     view! {
         <figure class="chart" data-testid=id.clone()>
@@ -93,7 +94,7 @@ pub(super) fn Chart(
                         view! {
                             <line class="grid" x1=LEFT.to_string() x2=(LEFT + WIDTH).to_string() y1=ty.to_string() y2=ty.to_string()/>
                             <text class="tick" x=(LEFT - 6.0).to_string() y=(ty + 4.0).to_string() text-anchor="end">
-                                {format!("{}{unit}", chart::number(t))}
+                                {format!("{}{unit}", chart::tick(t, step))}
                             </text>
                         }
                     }).collect_view()}

@@ -49,6 +49,11 @@ fn change_view(c: Change) -> impl IntoView {
         Change::Removed { policy } => {
             view! { <li class="removed"><strong>{policy}</strong>" removed"</li> }.into_any()
         }
+        Change::Reordered { order } => view! {
+            <li class="changed"><strong>"order"</strong>": "{order.join(" → ")}
+                <span class="hint">" (the first policy that matches a request applies)"</span></li>
+        }
+        .into_any(),
         Change::Changed { policy, fields } => {
             let who = if policy.is_empty() { "document settings".to_string() } else { policy };
             view! {

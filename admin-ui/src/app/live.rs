@@ -147,13 +147,13 @@ fn Summary(name: String, decisions: std::collections::BTreeMap<String, Vec<Optio
     let tile = move |label: &'static str, class: &'static str, title: &'static str, v: Option<f64>| {
         view! {
             <div class=format!("tile {class}") title=title>
-                <b data-testid=format!("glance-{name}-{class}")>{v.map_or("–".to_string(), |v| format!("{}/s", chart::number((v * 10.0).round() / 10.0)))}</b>
+                <b data-testid=format!("glance-{name}-{class}")>{v.map_or("–".to_string(), |v| format!("{}/s", chart::number(v)))}</b>
                 <span>{label}</span>
             </div>
         }
     };
     view! {
-        <div class="glance" aria-label="the last minute at a glance">
+        <div class="glance" role="group" aria-label="the last minute at a glance">
             {tile("allowed", "allowed", "allowed", g.map(|g| g.allowed))}
             {tile("limited", "limited", "rate_limited, global_rate_limited, concurrency_limited, queue_timeout", g.map(|g| g.limited))}
             {tile("failing", "failing", "circuit_open, fault_aborted", g.map(|g| g.failing))}

@@ -99,6 +99,8 @@ fn live_line(status: Option<&Status>, name: &str) -> String {
 fn Editor() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let raw = RwSignal::new(false);
+    // The code editor did not load: its text area marks nothing, so everything is listed.
+    let plain = RwSignal::new(false);
     let saving = RwSignal::new(false);
     let save = move |_| {
         saving.set(true);
@@ -131,7 +133,7 @@ fn Editor() -> impl IntoView {
             .filter(|d| {
                 if raw.get() {
                     // The editor marks the others at their line and column.
-                    return d.span.is_none();
+                    return plain.get() || d.span.is_none();
                 }
                 match form::locate(&d.path) {
                     Some((i, Some(_))) => Some(i) != sel,
@@ -154,7 +156,7 @@ fn Editor() -> impl IntoView {
                     on:click=save>"Save"</button>
             </div>
             <ul class="diagnostics" data-testid="diagnostics">
-                {move || raw.get().then(|| {
+                {move || (raw.get() && !plain.get()).then(|| {
                     let marked = ctx.diags.with(|(_, d)| d.iter().filter(|d| d.span.is_some()).count());
                     (marked > 0).then(|| view! {
                         <li class="hint">{format!("{marked} {} marked in the text: hover the underline or the gutter for the message",
@@ -169,7 +171,7 @@ fn Editor() -> impl IntoView {
                 view! {
                     <CodeEditor text=ctx.text on_change=Callback::new(move |t| ctx.set_text(t))
                         diagnostics=Signal::derive(move || ctx.diags.get().1) schema=POLICY_SCHEMA
-                        label="policy document (YAML)" testid="yaml"/>
+                        label="policy document (YAML)" testid="yaml" fallback=plain/>
                 }.into_any()
             } else {
                 view! { <PolicyForm/> }.into_any()

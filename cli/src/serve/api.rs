@@ -256,8 +256,8 @@ fn resolve(store: &store::Store, running: &Option<Envoys>, name: &str) -> Result
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no version {id}")))
 }
 
-/// What `running` resolves against: the ECDS file and the version Envoy applied (without Envoy's
-/// admin: the file's own version, the best knowledge there is).
+/// What `running` resolves against: the ECDS file and the version Envoy applied (None without
+/// Envoy's admin, or when it could not be asked).
 struct Envoys {
     ecds: std::path::PathBuf,
     applied: Option<u64>,
@@ -269,9 +269,10 @@ async fn envoys(state: &super::State, names: &[&str]) -> Option<Envoys> {
         return None;
     }
     let ecds = state.config.ecds.clone()?;
+    // Without Envoy's answer nothing is known, as the status says.
     let applied = match admin(state) {
         Some(a) => a.ecds(&state.config.filter_name).await.ok().and_then(|e| e.applied?.parse().ok()),
-        None => Some(crate::ecds::current_version(&ecds)).filter(|v| *v > 0),
+        None => None,
     };
     Some(Envoys { ecds, applied })
 }
@@ -286,9 +287,9 @@ fn running_text(store: &store::Store, envoys: &Option<Envoys>) -> Result<(u64, S
     let document = applied
         .and_then(|v| super::running::document_of(ecds, v))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "what Envoy runs is not known"))?;
-    match super::running::find_saved(store, ecds, &document).and_then(|id| Some((id, store.get(id)?))) {
+    match super::running::find_saved(store, &document).and_then(|id| Some((id, store.get(id)?))) {
         Some(found) => Ok(found),
-        None => Ok((0, super::running::as_yaml(ecds, &document))),
+        None => Ok((0, super::running::as_yaml(&document))),
     }
 }
 
@@ -553,12 +554,12 @@ async fn versions(
     .await
 }
 
-/// Envoy's last reason for rejecting configuration, from the end of its log.
+/// Envoy's last reason for rejecting configuration: the last one in the end of its log.
 fn last_rejection(log: Option<&std::path::Path>) -> Option<String> {
     let log = log?;
     let size = std::fs::metadata(log).ok()?.len();
     let tail = crate::publish::read_from(log, size.saturating_sub(256 << 10));
-    envoy::rejection_reasons(&tail).pop()
+    tail.lines().rev().find_map(|line| envoy::rejection_reasons(line).pop())
 }
 
 /// The live page's dashboard (see [`super::live`]).
