@@ -183,31 +183,52 @@ mod tests {
         breakwater_policy::load(text).unwrap().document
     }
 
+    /// A scratch folder (removed when dropped), a store whose first version is `first`, and
+    /// where the ECDS file goes.
+    struct Fixture {
+        dir: std::path::PathBuf,
+        store: Store,
+        ecds: std::path::PathBuf,
+    }
+
+    impl Fixture {
+        fn new(name: &str, first: &str) -> Fixture {
+            let dir = std::env::temp_dir().join(format!("bw-running-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let policy = dir.join("policy.yaml");
+            std::fs::write(&policy, first).unwrap();
+            let store = Store::open(&policy, &dir.join("state")).unwrap();
+            Fixture { ecds: dir.join("ecds/breakwater.json"), dir, store }
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     #[test]
     fn finds_the_saved_version_a_cli_publish_wrote() {
-        let dir = std::env::temp_dir().join(format!("bw-running-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ecds = dir.join("ecds/breakwater.json");
-        let policy = dir.join("policy.yaml");
         let a = "version: 1\npolicies:\n  - name: a\n    rate_limit: { rate: 10 }\n";
         let b = "version: 1\npolicies:\n  - name: b\n    rate_limit: { rate: 20 }\n";
-        std::fs::write(&policy, a).unwrap();
-        let store = Store::open(&policy, &dir.join("state")).unwrap();
+        let f = Fixture::new("cli", a);
+        let (store, ecds) = (&f.store, &f.ecds);
         store.save(b).unwrap();
         store.save("# the same as b, written otherwise\nversion: 1\npolicies: [{name: b, rate_limit: {rate: 20, burst: 20}}]\n").unwrap();
         // Published from the command line (a key seed added), twice: Envoy runs version 2 of the file.
         let settings = FilterSettings::breakwater("/x.wasm".into());
-        assert_eq!(publish_document(&ecds, &settings, &doc(a)).unwrap(), 1);
-        assert_eq!(publish_document(&ecds, &settings, &doc(b)).unwrap(), 2);
-        let r = running(&store, &ecds, Some("2"), false, || None);
+        assert_eq!(publish_document(ecds, &settings, &doc(a)).unwrap(), 1);
+        assert_eq!(publish_document(ecds, &settings, &doc(b)).unwrap(), 2);
+        let r = running(store, ecds, Some("2"), false, || None);
         assert_eq!((r.ecds_version, r.known, r.version, r.from_admin), (Some(2), true, Some(3), false));
         assert_eq!(r.policies, ["b"]);
         assert_eq!(r.not_applied, None);
         // Version 1 of the file is gone from it, but kept as the applied copy after Envoy applied it.
-        crate::ecds::remember_applied(&ecds, "2").unwrap();
-        assert_eq!(publish_document(&ecds, &settings, &doc(a)).unwrap(), 3);
-        let r = running(&store, &ecds, Some("2"), true, || Some("bad".into()));
+        crate::ecds::remember_applied(ecds, "2").unwrap();
+        assert_eq!(publish_document(ecds, &settings, &doc(a)).unwrap(), 3);
+        let r = running(store, ecds, Some("2"), true, || Some("bad".into()));
         assert_eq!((r.known, r.version), (true, Some(3)));
         assert_eq!(
             r.not_applied,
@@ -215,77 +236,65 @@ mod tests {
         );
         // A document in no saved version: known, but not found.
         let c = "version: 1\npolicies:\n  - name: c\n    retry: { max_retries: 1 }\n";
-        assert_eq!(publish_document(&ecds, &settings, &doc(c)).unwrap(), 4);
-        let r = running(&store, &ecds, Some("4"), false, || None);
+        assert_eq!(publish_document(ecds, &settings, &doc(c)).unwrap(), 4);
+        let r = running(store, ecds, Some("4"), false, || None);
         assert_eq!((r.known, r.version, r.not_applied.clone()), (true, None, None));
         // The cache answers the same, and sees a new saved version with that document.
         let cache = Cache::default();
-        assert_eq!(cache.running(&store, &ecds, Some("4"), 1, || None), r);
+        assert_eq!(cache.running(store, ecds, Some("4"), 1, || None), r);
         store.save(c).unwrap();
-        assert_eq!(cache.running(&store, &ecds, Some("4"), 1, || None).version, Some(store.current()));
-        let yaml = as_yaml(&document_of(&ecds, 4).unwrap());
+        assert_eq!(cache.running(store, ecds, Some("4"), 1, || None).version, Some(store.current()));
+        let yaml = as_yaml(&document_of(ecds, 4).unwrap());
         assert!(yaml.contains("name: c") && !yaml.contains("key_seed"), "{yaml}");
         // Envoy never applied anything (or cannot be asked): nothing is said of the file.
-        let r = running(&store, &ecds, None, false, || None);
+        let r = running(store, ecds, None, false, || None);
         assert_eq!((r.ecds_version, r.known, r.not_applied), (None, false, None));
         // A file that starts again from 1 while Envoy runs 4 holds nothing newer.
-        std::fs::remove_file(&ecds).unwrap();
-        assert_eq!(publish_document(&ecds, &settings, &doc(a)).unwrap(), 1);
-        assert_eq!(running(&store, &ecds, Some("4"), true, || None).not_applied, None);
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_file(ecds).unwrap();
+        assert_eq!(publish_document(ecds, &settings, &doc(a)).unwrap(), 1);
+        assert_eq!(running(store, ecds, Some("4"), true, || None).not_applied, None);
     }
 
     /// A seed other than the deployment's (another machine's publish, a recreated seed file)
     /// neither hides the saved version nor shows in the admin; a saved seed must match.
     #[test]
     fn seeds_neither_hide_nor_leak() {
-        let dir = std::env::temp_dir().join(format!("bw-running-seed-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let policy = dir.join("policy.yaml");
         let a = "version: 1\npolicies:\n  - name: a\n    rate_limit: { rate: 10 }\n";
-        std::fs::write(&policy, a).unwrap();
-        let store = Store::open(&policy, &dir.join("state")).unwrap();
+        let f = Fixture::new("seed", a);
+        let store = &f.store;
         let mut running_doc = doc(a);
         running_doc.key_seed = Some(
             breakwater_policy::engine::keys::KeySeed::parse("0123456789abcdef0123456789abcdef").unwrap(),
         );
-        assert_eq!(find_saved(&store, &running_doc), Some(1));
+        assert_eq!(find_saved(store, &running_doc), Some(1));
         assert!(!as_yaml(&running_doc).contains("key_seed"));
         let seeded = "version: 1\nkey_seed: ffffffffffffffffffffffffffffffff\npolicies:\n  - name: a\n    rate_limit: { rate: 10 }\n";
         store.save(seeded).unwrap();
-        assert_eq!(find_saved(&store, &running_doc), Some(1), "a saved seed must be the one running");
+        assert_eq!(find_saved(store, &running_doc), Some(1), "a saved seed must be the one running");
         running_doc.key_seed = Some(
             breakwater_policy::engine::keys::KeySeed::parse("ffffffffffffffffffffffffffffffff").unwrap(),
         );
-        assert_eq!(find_saved(&store, &running_doc), Some(2));
-        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(find_saved(store, &running_doc), Some(2));
     }
 
     /// A rejection counted before the file's newest version was written is not that version's.
     #[test]
     fn an_old_rejection_is_not_the_new_versions() {
-        let dir = std::env::temp_dir().join(format!("bw-running-rejected-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ecds = dir.join("ecds/breakwater.json");
-        let policy = dir.join("policy.yaml");
         let a = "version: 1\npolicies:\n  - name: a\n    rate_limit: { rate: 10 }\n";
-        std::fs::write(&policy, a).unwrap();
-        let store = Store::open(&policy, &dir.join("state")).unwrap();
+        let f = Fixture::new("rejected", a);
+        let (store, ecds) = (&f.store, &f.ecds);
         let settings = FilterSettings::breakwater("/x.wasm".into());
-        publish_document(&ecds, &settings, &doc(a)).unwrap();
-        publish_document(&ecds, &settings, &doc(a)).unwrap();
+        publish_document(ecds, &settings, &doc(a)).unwrap();
+        publish_document(ecds, &settings, &doc(a)).unwrap();
         let cache = Cache::default();
         // Envoy runs 1, has rejected something once before, and has not read 2 yet (just written).
-        let pending = cache.running(&store, &ecds, Some("1"), 1, || Some("old".into()));
+        let pending = cache.running(store, ecds, Some("1"), 1, || Some("old".into()));
         assert_eq!(pending.not_applied, Some(NotApplied { ecds_version: 2, rejected: false, reason: None }));
         // Its counter moves: version 2 is rejected, with the reason found now.
-        let rejected = cache.running(&store, &ecds, Some("1"), 2, || Some("new".into()));
+        let rejected = cache.running(store, ecds, Some("1"), 2, || Some("new".into()));
         assert_eq!(
             rejected.not_applied,
             Some(NotApplied { ecds_version: 2, rejected: true, reason: Some("new".into()) })
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
