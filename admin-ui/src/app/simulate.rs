@@ -27,10 +27,12 @@ pub(super) fn SimulatePage() -> impl IntoView {
     // The scenario checked as it is typed, against the edited document when that one is valid.
     let scenario_diags = Memo::new(move |_| {
         let text = scenario.get();
-        let checked = match breakwater_policy::load(&ctx.text.get()) {
-            Ok(loaded) => breakwater_scenario::load_with_policy(&text, &loaded.document).map(|_| ()),
-            Err(_) => breakwater_scenario::load(&text).map(|_| ()),
-        };
+        // The model the shell already decoded (the last valid one: the current one when valid).
+        let valid = ctx.diags.with(|(valid, _)| *valid);
+        let checked = ctx.model.with(|model| match model.as_ref().filter(|_| valid) {
+            Some(document) => breakwater_scenario::load_with_policy(&text, document).map(|_| ()),
+            None => breakwater_scenario::load(&text).map(|_| ()),
+        });
         checked.err().unwrap_or_default()
     });
     spawn_local(async move {
